@@ -1,0 +1,206 @@
+//! A bounded, batching chunk channel from op threads (blocking) to one async consumer.
+//!
+//! A channel send per token is the real cost of streaming, so producers push into a shared
+//! buffer under a mutex and the consumer takes everything there in one swap. The consumer is
+//! woken only when the buffer goes from empty to non-empty; producers block when the buffer is
+//! full (backpressure: a slow reader never grows memory past the bound).
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::chunk::Chunk;
+
+struct State {
+    buf: Vec<Chunk>,
+    senders: usize,
+    receiver_gone: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    not_full: Condvar,
+    not_empty: Notify,
+    capacity: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the buffer inconsistent (every critical
+        // section is a push or a swap), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+/// The producing side; clone it for parallel branches.
+pub struct Sender {
+    shared: Arc<Shared>,
+}
+
+/// The consuming side.
+pub struct Receiver {
+    shared: Arc<Shared>,
+}
+
+/// A channel holding at most `capacity` chunks between producers and the consumer.
+pub fn channel(capacity: usize) -> (Sender, Receiver) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            buf: Vec::with_capacity(capacity.min(1024)),
+            senders: 1,
+            receiver_gone: false,
+        }),
+        not_full: Condvar::new(),
+        not_empty: Notify::new(),
+        capacity: capacity.max(1),
+    });
+    (
+        Sender {
+            shared: shared.clone(),
+        },
+        Receiver { shared },
+    )
+}
+
+impl Sender {
+    /// Pushes a chunk, blocking while the buffer is full. Returns `false` when the receiver is
+    /// gone or `cancel` fires: the producer should stop.
+    pub fn push(&self, chunk: Chunk, cancel: &CancellationToken) -> bool {
+        let mut state = self.shared.lock();
+        loop {
+            if state.receiver_gone || cancel.is_cancelled() {
+                return false;
+            }
+            if state.buf.len() < self.shared.capacity {
+                break;
+            }
+            // Cancellation does not signal this condvar, so wake now and then to look at it.
+            state = match self
+                .shared
+                .not_full
+                .wait_timeout(state, Duration::from_millis(5))
+            {
+                Ok((guard, _)) => guard,
+                Err(poison) => poison.into_inner().0,
+            };
+        }
+        let was_empty = state.buf.is_empty();
+        state.buf.push(chunk);
+        drop(state);
+        if was_empty {
+            self.shared.not_empty.notify_one();
+        }
+        true
+    }
+}
+
+impl Sender {
+    /// Pushes a last chunk without waiting for room (the run's closing error), so async code
+    /// never blocks on a slow reader.
+    pub fn push_final(&self, chunk: Chunk) {
+        let mut state = self.shared.lock();
+        if state.receiver_gone {
+            return;
+        }
+        let was_empty = state.buf.is_empty();
+        state.buf.push(chunk);
+        drop(state);
+        if was_empty {
+            self.shared.not_empty.notify_one();
+        }
+    }
+}
+
+impl Clone for Sender {
+    fn clone(&self) -> Sender {
+        self.shared.lock().senders += 1;
+        Sender {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let last = {
+            let mut state = self.shared.lock();
+            state.senders -= 1;
+            state.senders == 0
+        };
+        if last {
+            self.shared.not_empty.notify_one();
+        }
+    }
+}
+
+impl Receiver {
+    /// Waits for chunks and moves all of them into `out` (which should be empty). Returns
+    /// `false` once every sender is gone and nothing is left.
+    pub async fn recv_batch(&mut self, out: &mut Vec<Chunk>) -> bool {
+        loop {
+            {
+                let mut state = self.shared.lock();
+                if !state.buf.is_empty() {
+                    std::mem::swap(&mut state.buf, out);
+                    drop(state);
+                    self.shared.not_full.notify_all();
+                    return true;
+                }
+                if state.senders == 0 {
+                    return false;
+                }
+            }
+            self.shared.not_empty.notified().await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.shared.lock().receiver_gone = true;
+        self.shared.not_full.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::ChunkKind;
+
+    fn chunk(i: usize) -> Chunk {
+        Chunk::text(ChunkKind::Answer, "T", i.to_string())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delivers_everything_in_order_with_backpressure() {
+        let (tx, mut rx) = channel(8);
+        let cancel = CancellationToken::new();
+        let producer = std::thread::spawn(move || {
+            for i in 0..10_000 {
+                assert!(tx.push(chunk(i), &cancel));
+            }
+        });
+        let mut got = Vec::new();
+        let mut batch = Vec::new();
+        while rx.recv_batch(&mut batch).await {
+            assert!(batch.len() <= 8, "buffer exceeded its bound: {}", batch.len());
+            got.append(&mut batch);
+        }
+        producer.join().unwrap();
+        let texts: Vec<usize> = got.iter().map(|c| c.text.parse().unwrap()).collect();
+        assert_eq!(texts, (0..10_000).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn dropped_receiver_stops_a_blocked_producer() {
+        let (tx, rx) = channel(1);
+        let cancel = CancellationToken::new();
+        assert!(tx.push(chunk(0), &cancel));
+        let producer = std::thread::spawn(move || tx.push(chunk(1), &cancel));
+        std::thread::sleep(Duration::from_millis(20));
+        drop(rx);
+        assert!(!producer.join().unwrap());
+    }
+}

@@ -1,0 +1,388 @@
+//! The catalog: what is served. Holds the current immutable [`Snapshot`] (flows compiled against
+//! the op registry) behind an `ArcSwap`, and rebuilds it when flow files or plugins change.
+//! Knows nothing of transports or of how changes are noticed (`watch` calls [`Catalog::reload`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::flow::{self, Diagnostic, Flow, Severity, Spec};
+use crate::ops::{Plugins, Registry};
+
+/// One flow as served: live (`flow` is `Some`) or broken (`flow` is `None`, `error` says why).
+/// A live flow can carry an error too: its file's newest version failed and the last good
+/// version is still serving.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub spec: Arc<Spec>,
+    pub flow: Option<Arc<Flow>>,
+    pub error: Option<Diagnostic>,
+}
+
+impl Entry {
+    pub fn status(&self) -> &'static str {
+        match (&self.flow, &self.error) {
+            (Some(_), None) => "live",
+            (Some(_), Some(_)) => "stale",
+            (None, _) => "broken",
+        }
+    }
+}
+
+/// An immutable view of everything served. A reload builds a new one; requests in flight keep
+/// the one they started with.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub registry: Arc<Registry>,
+    pub flows: BTreeMap<String, Entry>,
+    /// Every flow-file problem (including those attached to flows).
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Snapshot {
+    pub fn get(&self, name: &str) -> Option<&Entry> {
+        self.flows.get(name)
+    }
+
+    pub fn live(&self) -> impl Iterator<Item = (&String, &Arc<Flow>)> {
+        self.flows
+            .iter()
+            .filter_map(|(name, entry)| entry.flow.as_ref().map(|flow| (name, flow)))
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+    }
+}
+
+/// Which flows to serve (FlowLLM's `enabled_flows` / `disabled_flows`).
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub enabled: Vec<String>,
+    pub disabled: Vec<String>,
+}
+
+impl Filter {
+    fn allows(&self, name: &str) -> bool {
+        (self.enabled.is_empty() || self.enabled.iter().any(|n| n == name))
+            && !self.disabled.iter().any(|n| n == name)
+    }
+}
+
+/// What changed in one reload.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub flows: bool,
+    pub plugins: bool,
+}
+
+struct FileState {
+    text_hash: u64,
+    parsed: flow::FileFlows,
+    /// The last version that parsed as YAML; used while the file has a syntax error.
+    last_parsed: Vec<Result<Spec, Diagnostic>>,
+}
+
+struct State {
+    flow_dirs: Vec<PathBuf>,
+    files: BTreeMap<PathBuf, FileState>,
+    plugins: Plugins,
+    /// Per flow name, the newest spec that compiled.
+    last_good: HashMap<String, Arc<Spec>>,
+    registry: Arc<Registry>,
+    filter: Filter,
+}
+
+/// The served state and its reload logic.
+pub struct Catalog {
+    current: ArcSwap<Snapshot>,
+    state: Mutex<State>,
+    changes: watch::Sender<u64>,
+}
+
+impl Catalog {
+    /// Loads every plugin and flow file once.
+    pub fn load(flow_dirs: Vec<PathBuf>, plugin_dirs: Vec<PathBuf>, filter: Filter) -> Catalog {
+        let plugins = Plugins::new(plugin_dirs);
+        let (changes, _) = watch::channel(0);
+        let catalog = Catalog {
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            state: Mutex::new(State {
+                flow_dirs,
+                files: BTreeMap::new(),
+                plugins,
+                last_good: HashMap::new(),
+                registry: Arc::new(Registry::default()),
+                filter,
+            }),
+            changes,
+        };
+        catalog.reload(true, true);
+        catalog
+    }
+
+    /// The snapshot to serve a request from.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// The generation counter, bumped on every reload that changed something.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub fn flow_dirs(&self) -> Vec<PathBuf> {
+        self.lock().flow_dirs.clone()
+    }
+
+    pub fn plugin_dirs(&self) -> Vec<PathBuf> {
+        self.lock().plugins.dirs().to_vec()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Rescans flow files and/or plugin folders; publishes a new snapshot if anything changed.
+    pub fn reload(&self, flows: bool, plugins: bool) -> Changes {
+        let started = std::time::Instant::now();
+        let mut state = self.lock();
+        let mut changes = Changes::default();
+        let first = self.current.load().generation == 0;
+        if plugins {
+            let report = state.plugins.scan();
+            if report.changed() || first {
+                changes.plugins = report.changed();
+                let registry = Arc::new(state.plugins.registry());
+                for error in &registry.errors {
+                    if !state.registry.errors.contains(error) {
+                        tracing::warn!("{error}");
+                    }
+                }
+                state.registry = registry;
+            }
+        }
+        if flows {
+            changes.flows = state.scan_flows();
+        }
+        if !(changes.flows || changes.plugins || first) {
+            return changes;
+        }
+        let generation = self.current.load().generation + 1;
+        let snapshot = state.build(generation);
+        drop(state);
+        for diag in &snapshot.diagnostics {
+            let previous = self.current.load();
+            if !previous.diagnostics.contains(diag) {
+                tracing::warn!("{diag}");
+            }
+        }
+        tracing::info!(
+            generation,
+            flows = snapshot.flows.len(),
+            live = snapshot.live().count(),
+            ops = snapshot.registry.ops.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "catalog reloaded"
+        );
+        self.current.store(Arc::new(snapshot));
+        self.changes.send_replace(generation);
+        changes
+    }
+}
+
+impl State {
+    /// Re-reads the flow folders; returns whether any file's content changed.
+    fn scan_flows(&mut self) -> bool {
+        let mut seen = Vec::new();
+        let mut changed = false;
+        for dir in &self.flow_dirs {
+            for path in flow::list_files(dir) {
+                seen.push(path.clone());
+                let text = match std::fs::read(&path) {
+                    Ok(bytes) => String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string()),
+                    Err(err) => Err(err.to_string()),
+                };
+                let hash = match &text {
+                    Ok(text) => crate::ops::plugin::content_hash(text.as_bytes()),
+                    Err(message) => crate::ops::plugin::content_hash(message.as_bytes()) ^ 1,
+                };
+                if self.files.get(&path).is_some_and(|f| f.text_hash == hash) {
+                    continue;
+                }
+                changed = true;
+                let parsed = match &text {
+                    Ok(text) => flow::parse_file(&path, text),
+                    Err(message) => flow::FileFlows {
+                        specs: Vec::new(),
+                        diagnostics: vec![Diagnostic {
+                            file: path.clone(),
+                            line: 1,
+                            col: 1,
+                            severity: Severity::Error,
+                            flow: None,
+                            message: format!("cannot read flow file: {message}"),
+                        }],
+                    },
+                };
+                let last_parsed = match self.files.remove(&path) {
+                    Some(old) if !parsed.diagnostics.is_empty() => {
+                        if old.parsed.diagnostics.is_empty() {
+                            old.parsed.specs
+                        } else {
+                            old.last_parsed
+                        }
+                    }
+                    _ => Vec::new(),
+                };
+                self.files.insert(
+                    path,
+                    FileState {
+                        text_hash: hash,
+                        parsed,
+                        last_parsed,
+                    },
+                );
+            }
+        }
+        let before = self.files.len();
+        self.files.retain(|path, _| seen.contains(path));
+        changed || before != self.files.len()
+    }
+
+    fn build(&mut self, generation: u64) -> Snapshot {
+        let mut snapshot = Snapshot {
+            generation,
+            registry: self.registry.clone(),
+            ..Snapshot::default()
+        };
+        let mut owner: HashMap<String, PathBuf> = HashMap::new();
+        for (path, file) in &self.files {
+            let file_broken = !file.parsed.diagnostics.is_empty();
+            for diag in &file.parsed.diagnostics {
+                let mut diag = diag.clone();
+                if !file.last_parsed.is_empty() {
+                    diag.message
+                        .push_str(" (the last good version of this file stays live)");
+                }
+                snapshot.diagnostics.push(diag);
+            }
+            let specs = if file_broken {
+                &file.last_parsed
+            } else {
+                &file.parsed.specs
+            };
+            for item in specs {
+                let (name, spec) = match item {
+                    Ok(spec) => (spec.name.clone(), Some(spec)),
+                    Err(diag) => (diag.flow.clone().unwrap_or_default(), None),
+                };
+                if !self.filter.allows(&name) {
+                    continue;
+                }
+                if let Some(first) = owner.get(&name) {
+                    snapshot.diagnostics.push(Diagnostic {
+                        file: path.clone(),
+                        line: spec.map_or(1, |s| s.line),
+                        col: 1,
+                        severity: Severity::Error,
+                        flow: Some(name.clone()),
+                        message: format!(
+                            "flow `{name}` is also defined in {}; keeping that one",
+                            first.display()
+                        ),
+                    });
+                    continue;
+                }
+                owner.insert(name.clone(), path.clone());
+                let entry = compile_entry(&mut self.last_good, &self.registry, &name, item);
+                if let Some(error) = &entry.error {
+                    snapshot.diagnostics.push(error.clone());
+                }
+                if let Some(entry) = entry.into_entry() {
+                    snapshot.flows.insert(name, entry);
+                }
+            }
+        }
+        // Flows whose file vanished or no longer defines them are gone, good version and all.
+        self.last_good.retain(|name, _| owner.contains_key(name));
+        snapshot
+    }
+
+}
+
+/// Compiles one flow, falling back to its last good spec when the new one fails.
+fn compile_entry(
+    last_good: &mut HashMap<String, Arc<Spec>>,
+    registry: &Registry,
+    name: &str,
+    item: &Result<Spec, Diagnostic>,
+) -> Pending {
+    {
+        let attempt = match item {
+            Ok(spec) => {
+                let spec = Arc::new(spec.clone());
+                match flow::compile(spec.clone(), registry) {
+                    Ok(flow) => {
+                        last_good.insert(name.to_string(), spec);
+                        return Pending {
+                            spec: Some(flow.spec.clone()),
+                            flow: Some(Arc::new(flow)),
+                            error: None,
+                        };
+                    }
+                    Err(diag) => (Some(spec), diag),
+                }
+            }
+            Err(diag) => (None, diag.clone()),
+        };
+        let (new_spec, mut error) = attempt;
+        if let Some(good) = last_good.get(name).cloned() {
+            if new_spec.as_deref() != Some(&*good) {
+                if let Ok(flow) = flow::compile(good.clone(), registry) {
+                    error
+                        .message
+                        .push_str(" (the last good version of this flow stays live)");
+                    return Pending {
+                        spec: Some(good),
+                        flow: Some(Arc::new(flow)),
+                        error: Some(error),
+                    };
+                }
+            }
+        }
+        Pending {
+            spec: new_spec,
+            flow: None,
+            error: Some(error),
+        }
+    }
+}
+
+struct Pending {
+    spec: Option<Arc<Spec>>,
+    flow: Option<Arc<Flow>>,
+    error: Option<Diagnostic>,
+}
+
+impl Pending {
+    /// A flow whose spec never parsed has no entry; its diagnostic is reported on its own.
+    fn into_entry(self) -> Option<Entry> {
+        Some(Entry {
+            spec: self.spec?,
+            flow: self.flow,
+            error: self.error,
+        })
+    }
+}
+
+/// Whether `path` is inside one of `dirs` (event routing).
+pub fn is_under(path: &Path, dirs: &[PathBuf]) -> bool {
+    dirs.iter().any(|dir| path.starts_with(dir))
+}

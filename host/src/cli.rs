@@ -1,0 +1,413 @@
+//! The command line: clap types and the commands they run. Argument parsing does no I/O;
+//! [`crate::config::load`] turns the arguments into a `Config`, and each command is a function
+//! over it that returns an exit code.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Map, Value};
+
+use crate::catalog::{Catalog, Snapshot};
+use crate::config::{self, Config, Flags};
+use crate::exec;
+
+#[derive(Debug, Parser)]
+#[command(name = "flowhost", version, about = "A plugin host for LLM flows: hot-loaded op plugins, live-reloaded YAML flows, streamed over HTTP/SSE and MCP", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter for stderr (error, warn, info, debug, or a RUST_LOG-style filter).
+    #[arg(long, global = true, env = "FLOWHOST_LOG")]
+    pub log: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the ops of every loaded plugin.
+    Ops {
+        #[command(flatten)]
+        common: Common,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the flows and their status (live, stale, broken).
+    Flows {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check flow files and plugins; print every problem as file:line:col: message.
+    Check {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run one flow and write its chunks to stdout as JSON lines, then a summary line.
+    Run {
+        /// The flow to run.
+        flow: String,
+        /// The request body as a JSON object.
+        #[arg(long, short)]
+        input: Option<String>,
+        /// Input fields as key=value (typed: true/false, numbers, JSON, else text).
+        #[arg(value_name = "KEY=VALUE")]
+        fields: Vec<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print the effective configuration as JSON.
+    Config {
+        #[command(flatten)]
+        common: Common,
+        /// FlowLLM-style overrides such as http.port=9000.
+        #[arg(value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+}
+
+/// Options every command shares.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Common {
+    /// Config file (default: ./flowhost.yaml if present).
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Flow folder (repeatable; default: ./flows).
+    #[arg(long = "flows", value_name = "DIR")]
+    pub flows: Vec<PathBuf>,
+    /// Extra plugin folder (repeatable); the folder of the flowhost binary is always searched.
+    #[arg(long = "plugins", value_name = "DIR")]
+    pub plugins: Vec<PathBuf>,
+    /// Do not load plugins from the folder of the flowhost binary.
+    #[arg(long)]
+    pub no_default_plugins: bool,
+    /// A config override key=value (repeatable), as FlowLLM's command line takes them.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl Common {
+    fn flags(&self) -> Flags {
+        Flags {
+            config: self.config.clone(),
+            flows: self.flows.clone(),
+            plugins: self.plugins.clone(),
+            no_default_plugins: self.no_default_plugins,
+            overrides: self.set.clone(),
+            ..Flags::default()
+        }
+    }
+}
+
+/// The log filter a command uses unless told otherwise.
+pub fn default_log_filter(command: &Command) -> &'static str {
+    match command {
+        // `ops` has no other way to show a refused plugin; the others print flow problems
+        // themselves, so repeating them as log lines is noise.
+        Command::Ops { .. } => "warn",
+        Command::Flows { .. } | Command::Check { .. } | Command::Run { .. } | Command::Config { .. } => "error",
+    }
+}
+
+/// Runs a parsed command.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Ops { common, json } => with_config(common.flags(), |config| ops(&config, json)),
+        Command::Flows { common, json } => {
+            with_config(common.flags(), |config| flows(&config, json))
+        }
+        Command::Check { common } => with_config(common.flags(), |config| check(&config)),
+        Command::Run {
+            flow,
+            input,
+            fields,
+            common,
+        } => with_config(common.flags(), |config| {
+            run_flow(&config, &flow, input.as_deref(), &fields)
+        }),
+        Command::Config { common, overrides } => {
+            let mut flags = common.flags();
+            flags.overrides.extend(overrides);
+            with_config(flags, |config| show_config(&config))
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("flowhost: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn with_config(
+    flags: Flags,
+    command: impl FnOnce(Config) -> Result<ExitCode, String>,
+) -> Result<ExitCode, String> {
+    command(config::load(flags)?)
+}
+
+fn load_catalog(config: &Config) -> Catalog {
+    Catalog::load(
+        config.flow_dirs.clone(),
+        config.plugin_dirs.clone(),
+        config.filter.clone(),
+    )
+}
+
+fn print(text: &str) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}").map_err(|err| format!("cannot write to stdout: {err}"))
+}
+
+fn ops(config: &Config, as_json: bool) -> Result<ExitCode, String> {
+    let catalog = load_catalog(config);
+    let snapshot = catalog.snapshot();
+    let registry = &snapshot.registry;
+    if as_json {
+        let ops: Vec<Value> = registry
+            .ops
+            .values()
+            .map(|op| {
+                json!({
+                    "name": op.name,
+                    "description": op.description,
+                    "plugin": op.library.plugin_name,
+                    "plugin_version": op.library.plugin_version,
+                    "sdk_version": op.library.sdk_version,
+                    "file": op.library.path,
+                    "args_schema": op.args_schema,
+                })
+            })
+            .collect();
+        let errors: Vec<Value> = registry
+            .errors
+            .iter()
+            .map(|e| json!({"file": e.path, "message": e.message}))
+            .collect();
+        print(&serde_json::to_string_pretty(&json!({"ops": ops, "errors": errors})).unwrap_or_default())?;
+    } else {
+        if registry.ops.is_empty() {
+            eprintln!(
+                "no ops loaded from {} (build plugins with `cargo build --workspace`, or pass --plugins DIR)",
+                display_dirs(&config.plugin_dirs)
+            );
+        }
+        let width = registry.ops.keys().map(|n| n.len()).max().unwrap_or(0);
+        for op in registry.ops.values() {
+            print(&format!(
+                "{:width$}  {}  [{} {}, op-sdk {}, {}]",
+                op.name,
+                op.description,
+                op.library.plugin_name,
+                op.library.plugin_version,
+                op.library.sdk_version,
+                op.library.path.display(),
+            ))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn display_dirs(dirs: &[PathBuf]) -> String {
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Lists flows as JSON values (shared by `flows --json` and, later, `/flows`).
+pub fn flows_json(snapshot: &Snapshot) -> Value {
+    let flows: Vec<Value> = snapshot
+        .flows
+        .iter()
+        .map(|(name, entry)| {
+            json!({
+                "name": name,
+                "status": entry.status(),
+                "stream": entry.spec.stream,
+                "description": entry.spec.description,
+                "file": entry.spec.file,
+                "input_schema": entry.spec.input_schema,
+                "flow_content": entry.spec.flow_content,
+                "error": entry.error.as_ref().map(|d| d.to_string()),
+            })
+        })
+        .collect();
+    let errors: Vec<String> = snapshot.errors().map(|d| d.to_string()).collect();
+    json!({"flows": flows, "errors": errors})
+}
+
+fn flows(config: &Config, as_json: bool) -> Result<ExitCode, String> {
+    let catalog = load_catalog(config);
+    let snapshot = catalog.snapshot();
+    if as_json {
+        print(&serde_json::to_string_pretty(&flows_json(&snapshot)).unwrap_or_default())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if snapshot.flows.is_empty() {
+        eprintln!("no flows in {}", display_dirs(&config.flow_dirs));
+    }
+    let width = snapshot.flows.keys().map(|n| n.len()).max().unwrap_or(0);
+    for (name, entry) in &snapshot.flows {
+        let kind = if entry.spec.stream { "stream" } else { "json" };
+        let mut line = format!(
+            "{name:width$}  {:6}  {kind:6}  {}",
+            entry.status(),
+            entry.spec.description
+        );
+        if let Some(error) = &entry.error {
+            let first = error.message.lines().next().unwrap_or_default();
+            line.push_str(&format!("\n{:width$}  ^ {first}", ""));
+        }
+        print(&line)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(config: &Config) -> Result<ExitCode, String> {
+    let catalog = load_catalog(config);
+    let snapshot = catalog.snapshot();
+    let mut errors = 0;
+    for error in &snapshot.registry.errors {
+        print(&format!("{}: error: {}", error.path.display(), error.message))?;
+        errors += 1;
+    }
+    for diag in &snapshot.diagnostics {
+        print(&diag.to_string())?;
+        if diag.severity == crate::flow::Severity::Error {
+            errors += 1;
+        }
+    }
+    let live = snapshot.live().count();
+    eprintln!(
+        "{live} flow(s) live, {} broken, {errors} error(s)",
+        snapshot.flows.len() - live
+    );
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn show_config(config: &Config) -> Result<ExitCode, String> {
+    let value = json!({
+        "source": config.source,
+        "backend": format!("{:?}", config.backend).to_lowercase(),
+        "http": {"host": config.http.host, "port": config.http.port},
+        "flows_dir": config.flow_dirs,
+        "plugin_dirs": config.plugin_dirs,
+        "enabled_flows": config.filter.enabled,
+        "disabled_flows": config.filter.disabled,
+        "llm": config.llm,
+        "watch": config.watch,
+        "debounce_ms": config.debounce.as_millis() as u64,
+        "max_op_threads": config.max_op_threads,
+    });
+    print(&serde_json::to_string_pretty(&value).unwrap_or_default())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds the request body from `--input` and `key=value` fields (fields win).
+pub fn input_object(input: Option<&str>, fields: &[String]) -> Result<Map<String, Value>, String> {
+    let mut object = match input {
+        None => Map::new(),
+        Some(text) => match serde_json::from_str(text) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => return Err("--input must be a JSON object such as '{\"query\": \"hi\"}'".into()),
+            Err(err) => return Err(format!("--input is not valid JSON: {err}")),
+        },
+    };
+    for field in fields {
+        let Some((key, value)) = field.split_once('=') else {
+            return Err(format!(
+                "input field `{field}` is not key=value (for example query=hello)"
+            ));
+        };
+        object.insert(key.to_string(), config::typed_value(value));
+    }
+    Ok(object)
+}
+
+/// A runtime for one-shot commands, with the same op thread bound as the server.
+pub fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(config.max_op_threads)
+        .build()
+        .map_err(|err| format!("cannot start the async runtime: {err}"))
+}
+
+fn run_flow(
+    config: &Config,
+    name: &str,
+    input: Option<&str>,
+    fields: &[String],
+) -> Result<ExitCode, String> {
+    let input = input_object(input, fields)?;
+    let catalog = load_catalog(config);
+    let snapshot = catalog.snapshot();
+    let Some(entry) = snapshot.get(name) else {
+        let known: Vec<&str> = snapshot.flows.keys().map(String::as_str).collect();
+        return Err(format!(
+            "no flow named `{name}` in {} (flows: {})",
+            display_dirs(&config.flow_dirs),
+            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+        ));
+    };
+    let Some(flow) = entry.flow.clone() else {
+        let reason = entry
+            .error
+            .as_ref()
+            .map_or("unknown error".to_string(), |d| d.to_string());
+        return Err(format!("flow `{name}` is broken: {reason}"));
+    };
+    if let Err(problems) = flow.validate(&Value::Object(input.clone())) {
+        let lines: Vec<String> = problems
+            .iter()
+            .map(|(field, message)| format!("  {field}: {message}"))
+            .collect();
+        return Err(format!("invalid input for flow `{name}`:\n{}", lines.join("\n")));
+    }
+    let runtime = runtime(config)?;
+    let outcome = runtime.block_on(stream_to_stdout(flow, input))?;
+    let summary = json!({
+        "flow_id": outcome.flow_id,
+        "answer": outcome.answer,
+        "success": outcome.success(),
+        "error": outcome.error,
+    });
+    print(&summary.to_string())?;
+    Ok(if outcome.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn stream_to_stdout(
+    flow: Arc<crate::flow::Flow>,
+    input: Map<String, Value>,
+) -> Result<exec::Outcome, String> {
+    let mut run = exec::start(flow, input, &exec::Options::default());
+    let mut batch = Vec::new();
+    let mut line = String::new();
+    let stdout = std::io::stdout();
+    while run.next_batch(&mut batch).await {
+        line.clear();
+        for chunk in batch.drain(..) {
+            chunk.write_json(&run.flow_id, &mut line);
+            line.push('\n');
+        }
+        let mut out = stdout.lock();
+        // A closed pipe (`| head`) ends the run like a disconnected client.
+        if out.write_all(line.as_bytes()).and_then(|_| out.flush()).is_err() {
+            return Err("stdout closed; run cancelled".into());
+        }
+    }
+    Ok(run.finish().await)
+}

@@ -1,0 +1,340 @@
+//! Configuration: an optional `flowhost.yaml` (FlowLLM-like keys), FlowLLM-style `key=value`
+//! overrides, then command-line flags, validated into one [`Config`]. No clap type gets past
+//! this module; nothing else reads the environment or the config file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::catalog::Filter;
+
+/// The validated configuration every command runs from.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub backend: Backend,
+    pub http: Http,
+    pub flow_dirs: Vec<PathBuf>,
+    pub plugin_dirs: Vec<PathBuf>,
+    pub filter: Filter,
+    /// FlowLLM's `llm:` section, kept for the LLM service.
+    pub llm: Value,
+    pub watch: bool,
+    pub debounce: Duration,
+    /// Upper bound of threads running ops at once.
+    pub max_op_threads: usize,
+    /// The config file that was read, if any.
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Http,
+    Stdio,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Http {
+    pub host: String,
+    pub port: u16,
+}
+
+/// What the command line adds on top of the file and the overrides.
+#[derive(Clone, Debug, Default)]
+pub struct Flags {
+    pub config: Option<PathBuf>,
+    pub flows: Vec<PathBuf>,
+    pub plugins: Vec<PathBuf>,
+    /// Skip the folder of the flowhost binary (tests, isolated setups).
+    pub no_default_plugins: bool,
+    pub overrides: Vec<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub transport: Option<Backend>,
+    pub no_watch: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct Raw {
+    backend: Backend,
+    http: RawHttp,
+    flows_dir: OneOrMany,
+    plugin_dirs: Vec<PathBuf>,
+    enabled_flows: Vec<String>,
+    disabled_flows: Vec<String>,
+    llm: Value,
+    watch: bool,
+    debounce_ms: u64,
+    max_op_threads: usize,
+    /// Allowed so a FlowLLM config can be read; flows are served from the flows folder.
+    flow: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawHttp {
+    host: String,
+    port: u16,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+impl Default for Raw {
+    fn default() -> Raw {
+        Raw {
+            backend: Backend::Http,
+            http: RawHttp::default(),
+            flows_dir: OneOrMany::One(PathBuf::from("flows")),
+            plugin_dirs: Vec::new(),
+            enabled_flows: Vec::new(),
+            disabled_flows: Vec::new(),
+            llm: Value::Null,
+            watch: true,
+            debounce_ms: 50,
+            max_op_threads: 512,
+            flow: Value::Null,
+        }
+    }
+}
+
+impl Default for RawHttp {
+    fn default() -> RawHttp {
+        RawHttp {
+            host: "127.0.0.1".into(),
+            port: 8002,
+        }
+    }
+}
+
+/// Keys FlowLLM configs carry that flowhost has no use for; accepted without a warning.
+const FLOWLLM_KEYS: &[&str] = &[
+    "mcp",
+    "enable_logo",
+    "thread_pool_max_workers",
+    "language",
+    "embedding_model",
+    "vector_store",
+    "ray_max_workers",
+    "external_mcp",
+    "cmd",
+    "disabled_flows_only",
+];
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_FILE: &str = "flowhost.yaml";
+
+/// Builds the configuration: defaults, then the config file, then `key=value` overrides, then
+/// flags.
+pub fn load(flags: Flags) -> Result<Config, String> {
+    let source = match &flags.config {
+        Some(path) => Some(path.clone()),
+        None => Some(PathBuf::from(DEFAULT_FILE)).filter(|p| p.is_file()),
+    };
+    let mut tree = match &source {
+        Some(path) => read_file(path)?,
+        None => Value::Object(Map::new()),
+    };
+    for item in &flags.overrides {
+        apply_override(&mut tree, item)?;
+    }
+    if let Value::Object(map) = &mut tree {
+        map.retain(|key, _| {
+            let known = FLOWLLM_KEYS.contains(&key.as_str());
+            if known {
+                tracing::debug!("config key `{key}` is FlowLLM's; flowhost ignores it");
+            }
+            !known
+        });
+    }
+    let where_ = source
+        .as_ref()
+        .map_or("configuration".to_string(), |p| p.display().to_string());
+    let raw: Raw = serde_json::from_value(tree).map_err(|err| format!("{where_}: {err}"))?;
+    let mut flow_dirs = match raw.flows_dir {
+        OneOrMany::One(dir) => vec![dir],
+        OneOrMany::Many(dirs) => dirs,
+    };
+    if !flags.flows.is_empty() {
+        flow_dirs = flags.flows;
+    }
+    let mut plugin_dirs = Vec::new();
+    if !flags.no_default_plugins {
+        plugin_dirs.extend(crate::ops::default_dir());
+    }
+    plugin_dirs.extend(raw.plugin_dirs);
+    plugin_dirs.extend(flags.plugins);
+    for dir in &plugin_dirs {
+        if !dir.is_dir() {
+            return Err(format!(
+                "plugin folder {} does not exist (check --plugins or plugin_dirs)",
+                dir.display()
+            ));
+        }
+    }
+    if raw.max_op_threads == 0 {
+        return Err(format!("{where_}: max_op_threads must be at least 1"));
+    }
+    Ok(Config {
+        backend: flags.transport.unwrap_or(raw.backend),
+        http: Http {
+            host: flags.host.unwrap_or(raw.http.host),
+            port: flags.port.unwrap_or(raw.http.port),
+        },
+        flow_dirs,
+        plugin_dirs,
+        filter: Filter {
+            enabled: raw.enabled_flows,
+            disabled: raw.disabled_flows,
+        },
+        llm: raw.llm,
+        watch: raw.watch && !flags.no_watch,
+        debounce: Duration::from_millis(raw.debounce_ms),
+        max_op_threads: raw.max_op_threads,
+        source,
+    })
+}
+
+fn read_file(path: &Path) -> Result<Value, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| format!("cannot read config file {}: {err}", path.display()))?;
+    let value: Value = serde_yaml::from_str(&text).map_err(|err| {
+        let (line, col) = err.location().map_or((1, 1), |l| (l.line(), l.column()));
+        format!("{}:{line}:{col}: invalid YAML: {err}", path.display())
+    })?;
+    match value {
+        Value::Null => Ok(Value::Object(Map::new())),
+        Value::Object(_) => Ok(value),
+        _ => Err(format!(
+            "{}: a config file is a mapping of keys (backend, http, llm, ...)",
+            path.display()
+        )),
+    }
+}
+
+/// Applies one FlowLLM-style `a.b.c=value` override.
+pub fn apply_override(tree: &mut Value, item: &str) -> Result<(), String> {
+    let Some((path, raw)) = item.split_once('=') else {
+        return Err(format!(
+            "override `{item}` is not key=value (for example http.port=9000)"
+        ));
+    };
+    let keys: Vec<&str> = path.split('.').collect();
+    if keys.iter().any(|k| k.is_empty()) {
+        return Err(format!("override `{item}`: `{path}` is not a dotted key"));
+    }
+    let mut node = tree;
+    for key in &keys[..keys.len() - 1] {
+        if !node.is_object() {
+            *node = Value::Object(Map::new());
+        }
+        let map = node.as_object_mut().ok_or("unreachable")?;
+        node = map
+            .entry(key.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !node.is_object() {
+            *node = Value::Object(Map::new());
+        }
+    }
+    if !node.is_object() {
+        *node = Value::Object(Map::new());
+    }
+    let last = keys[keys.len() - 1].to_string();
+    node.as_object_mut()
+        .ok_or("unreachable")?
+        .insert(last, typed_value(raw));
+    Ok(())
+}
+
+/// Types a command-line value the FlowLLM way: bool, int, float, JSON, else string.
+pub fn typed_value(raw: &str) -> Value {
+    match raw {
+        "true" | "True" => return Value::Bool(true),
+        "false" | "False" => return Value::Bool(false),
+        _ => {}
+    }
+    if let Ok(int) = raw.parse::<i64>() {
+        return Value::from(int);
+    }
+    if let Ok(float) = raw.parse::<f64>() {
+        if float.is_finite() {
+            return Value::from(float);
+        }
+    }
+    if raw.starts_with('{') || raw.starts_with('[') || raw.starts_with('"') || raw == "null" {
+        if let Ok(value) = serde_json::from_str(raw) {
+            return value;
+        }
+    }
+    Value::String(raw.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn overrides_are_typed() {
+        let cases = [
+            ("a=true", json!({"a": true})),
+            ("a=False", json!({"a": false})),
+            ("a=9000", json!({"a": 9000})),
+            ("a=0.5", json!({"a": 0.5})),
+            ("a=[1,2]", json!({"a": [1, 2]})),
+            ("a={\"k\":1}", json!({"a": {"k": 1}})),
+            ("a=hello world", json!({"a": "hello world"})),
+            ("a={oops", json!({"a": "{oops"})),
+            ("a.b.c=x", json!({"a": {"b": {"c": "x"}}})),
+            ("a=", json!({"a": ""})),
+        ];
+        for (item, expected) in cases {
+            let mut tree = json!({});
+            apply_override(&mut tree, item).unwrap();
+            assert_eq!(tree, expected, "{item}");
+        }
+        let mut tree = json!({"http": {"host": "h"}});
+        apply_override(&mut tree, "http.port=1").unwrap();
+        assert_eq!(tree, json!({"http": {"host": "h", "port": 1}}));
+        assert!(apply_override(&mut tree, "noequals").is_err());
+        assert!(apply_override(&mut tree, "a..b=1").is_err());
+    }
+
+    #[test]
+    fn file_then_overrides_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "backend: http\nhttp: {host: 0.0.0.0, port: 1}\nthread_pool_max_workers: 8\ndisabled_flows: [x]\nflow: {a: {flow_content: EchoOp()}}\n",
+        )
+        .unwrap();
+        let config = load(Flags {
+            config: Some(file.clone()),
+            overrides: vec!["http.port=9000".into()],
+            host: Some("127.0.0.2".into()),
+            no_default_plugins: true,
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(config.http, Http { host: "127.0.0.2".into(), port: 9000 });
+        assert_eq!(config.filter.disabled, vec!["x".to_string()]);
+        assert_eq!(config.flow_dirs, vec![PathBuf::from("flows")]);
+
+        let err = load(Flags {
+            config: Some(file),
+            overrides: vec!["http.port=high".into()],
+            no_default_plugins: true,
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("c.yaml") && err.contains("invalid type"), "{err}");
+    }
+}

@@ -1,0 +1,467 @@
+//! The executor: runs a compiled flow into a stream of chunks. Serial steps share one context;
+//! parallel branches run on copies and merge in declaration order; a failure cancels the rest.
+//! Knows nothing of HTTP, MCP or files: callers hand it a flow and an input object.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use abi_stable::std_types::RStr;
+use op_sdk::ffi::HostCtx;
+use serde_json::{Map, Value};
+use tokio::task::JoinSet;
+use tokio::time::Instant as TokioInstant;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch;
+use crate::chunk::{Chunk, ChunkKind};
+use crate::flow::{Flow, Limits};
+use crate::ops::OpHandle;
+
+/// A compiled expression.
+#[derive(Debug)]
+pub enum Node {
+    Call(Step),
+    Seq(Vec<Arc<Node>>),
+    Par(Vec<Arc<Node>>),
+}
+
+/// One op call: the op and its JSON arguments.
+#[derive(Debug)]
+pub struct Step {
+    pub op: Arc<OpHandle>,
+    pub args_json: Arc<str>,
+}
+
+/// How a run is driven.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Chunks held between op threads and the consumer before producers wait.
+    pub buffer: usize,
+    /// Keep the concatenated answer chunks for [`Outcome::answer`] (non-stream callers).
+    pub collect_answer: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            buffer: 1024,
+            collect_answer: true,
+        }
+    }
+}
+
+/// The op that failed and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failure {
+    pub op: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} failed: {}", self.op, self.message)
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub flow_id: String,
+    /// The context's `answer` if an op set one, else the concatenated answer chunks.
+    pub answer: Value,
+    /// The final context: the input plus every write.
+    pub context: Map<String, Value>,
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    pub fn success(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// A running flow. Read it with [`Run::next_batch`]; dropping it cancels the run (a client
+/// that goes away stops the ops at their next `emit`).
+pub struct Run {
+    pub flow_id: String,
+    flow_name: &'static str,
+    rx: batch::Receiver,
+    cancel: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<Map<String, Value>, Failure>>>,
+    input: Map<String, Value>,
+    limits: Limits,
+    started: TokioInstant,
+    last_chunk: Option<TokioInstant>,
+    output_bytes: u64,
+    answer: String,
+    collect_answer: bool,
+    /// Set when the consumer side ended the run (timeout, output limit).
+    stopped: Option<String>,
+    finished: bool,
+}
+
+static RUN_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A flow id unique across runs and processes: start time, pid and a counter.
+fn new_flow_id() -> String {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        format!("{:x}{:x}", nanos & 0xffff_ffff_ffff, std::process::id())
+    });
+    format!(
+        "{prefix}-{}",
+        RUN_COUNTER.fetch_add(1, Ordering::Relaxed) + 1
+    )
+}
+
+/// Starts a flow on the current tokio runtime.
+pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> Run {
+    let (tx, rx) = batch::channel(options.buffer);
+    let cancel = CancellationToken::new();
+    let flow_name = crate::ops::intern(&flow.spec.name);
+    let limits = flow.spec.limits.clone();
+    let task = {
+        let cancel = cancel.clone();
+        let context = Arc::new(input.clone());
+        tokio::spawn(async move {
+            let result = run_node(&flow.root, context, &tx, &cancel).await;
+            if let Err(failure) = &result {
+                tx.push_final(Chunk::error(failure.op, failure.to_string()));
+            }
+            result
+        })
+    };
+    Run {
+        flow_id: new_flow_id(),
+        flow_name,
+        rx,
+        cancel,
+        task: Some(task),
+        input,
+        limits,
+        started: TokioInstant::now(),
+        last_chunk: None,
+        output_bytes: 0,
+        answer: String::new(),
+        collect_answer: options.collect_answer,
+        stopped: None,
+        finished: false,
+    }
+}
+
+impl Run {
+    /// A handle that cancels this run from elsewhere (MCP `notifications/cancelled`).
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Moves the next chunks into `out`. Returns `false` once the run has ended and every
+    /// chunk was delivered. A timeout or the output limit ends the run with an `error` chunk.
+    pub async fn next_batch(&mut self, out: &mut Vec<Chunk>) -> bool {
+        if self.finished {
+            return false;
+        }
+        let deadline = self.deadline();
+        let received = match &deadline {
+            Some((at, _)) => tokio::time::timeout_at(*at, self.rx.recv_batch(out)).await,
+            None => Ok(self.rx.recv_batch(out).await),
+        };
+        match received {
+            Ok(true) => {
+                self.last_chunk = Some(TokioInstant::now());
+                for chunk in out.iter() {
+                    self.output_bytes += chunk.text.len() as u64;
+                    if self.collect_answer && chunk.kind == ChunkKind::Answer {
+                        self.answer.push_str(&chunk.text);
+                    }
+                }
+                if let Some(max) = self.limits.max_output_bytes {
+                    if self.output_bytes > max {
+                        self.stop(
+                            out,
+                            format!("flow {} exceeded its output limit of {max} bytes (limits.max_output_bytes)", self.flow_name),
+                        );
+                    }
+                }
+                true
+            }
+            Ok(false) => {
+                self.finished = true;
+                false
+            }
+            Err(_elapsed) => {
+                let what = deadline.map(|(_, what)| what).unwrap_or_default();
+                self.stop(out, format!("flow {} timed out: {what}", self.flow_name));
+                true
+            }
+        }
+    }
+
+    fn deadline(&self) -> Option<(TokioInstant, String)> {
+        let limits = &self.limits;
+        let total = limits.total_timeout.map(|d| {
+            (self.started + d, format!("not finished within limits.total_timeout ({}s)", d.as_secs_f64()))
+        });
+        let quiet = match self.last_chunk {
+            None => limits.first_chunk_timeout.map(|d| {
+                (self.started + d, format!("no first chunk within limits.first_chunk_timeout ({}s)", d.as_secs_f64()))
+            }),
+            Some(last) => limits.idle_timeout.map(|d| {
+                (last + d, format!("no chunk within limits.idle_timeout ({}s)", d.as_secs_f64()))
+            }),
+        };
+        match (total, quiet) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn stop(&mut self, out: &mut Vec<Chunk>, message: String) {
+        tracing::warn!(flow = self.flow_name, flow_id = %self.flow_id, "{message}");
+        self.cancel.cancel();
+        out.push(Chunk::error(self.flow_name, message.clone()));
+        self.stopped = Some(message);
+        self.finished = true;
+    }
+
+    /// Reads the run to its end (dropping chunks not yet read) and reports how it ended.
+    pub async fn finish(mut self) -> Outcome {
+        let mut scratch = Vec::new();
+        while self.next_batch(&mut scratch).await {
+            scratch.clear();
+        }
+        let mut context = std::mem::take(&mut self.input);
+        let error = if let Some(message) = self.stopped.take() {
+            // The op may ignore cancellation; do not wait for it.
+            Some(message)
+        } else {
+            match self.task.take() {
+                Some(task) => match task.await {
+                    Ok(Ok(writes)) => {
+                        context.extend(writes);
+                        None
+                    }
+                    Ok(Err(failure)) => Some(failure.to_string()),
+                    Err(join) => Some(format!("flow {} crashed: {join}", self.flow_name)),
+                },
+                None => None,
+            }
+        };
+        let answer = match context.get("answer") {
+            Some(answer) if !answer.is_null() => answer.clone(),
+            _ => Value::String(std::mem::take(&mut self.answer)),
+        };
+        Outcome {
+            flow_id: self.flow_id.clone(),
+            answer,
+            context,
+            error,
+        }
+    }
+
+    /// Runs to the end, keeping every chunk.
+    pub async fn collect(mut self) -> (Vec<Chunk>, Outcome) {
+        let mut chunks = Vec::new();
+        let mut batch = Vec::new();
+        while self.next_batch(&mut batch).await {
+            chunks.append(&mut batch);
+        }
+        (chunks, self.finish().await)
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.cancel.cancel();
+        }
+    }
+}
+
+type NodeFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Map<String, Value>, Failure>> + Send + 'a>>;
+
+/// Runs a node on `context`; returns what it wrote, in write order.
+fn run_node<'a>(
+    node: &'a Node,
+    context: Arc<Map<String, Value>>,
+    tx: &'a batch::Sender,
+    cancel: &'a CancellationToken,
+) -> NodeFuture<'a> {
+    Box::pin(async move {
+        match node {
+            Node::Call(step) => run_step(step, &context, tx, cancel).await,
+            Node::Seq(items) => {
+                let mut context = context;
+                let mut writes = Map::new();
+                for item in items {
+                    if cancel.is_cancelled() {
+                        break;
+                    }
+                    let step_writes = run_node(item, context.clone(), tx, cancel).await?;
+                    if !step_writes.is_empty() {
+                        let shared = Arc::make_mut(&mut context);
+                        for (key, value) in &step_writes {
+                            shared.insert(key.clone(), value.clone());
+                        }
+                        writes.extend(step_writes);
+                    }
+                }
+                Ok(writes)
+            }
+            Node::Par(branches) => {
+                let group = cancel.child_token();
+                let mut set = JoinSet::new();
+                for (index, branch) in branches.iter().enumerate() {
+                    let branch = branch.clone();
+                    let context = context.clone();
+                    let tx = tx.clone();
+                    let group = group.clone();
+                    set.spawn(async move {
+                        (index, run_node(&branch, context, &tx, &group).await)
+                    });
+                }
+                let mut results: Vec<Option<Map<String, Value>>> = vec![None; branches.len()];
+                let mut first_failure = None;
+                while let Some(joined) = set.join_next().await {
+                    let (index, result) = match joined {
+                        Ok(done) => done,
+                        Err(join) => {
+                            group.cancel();
+                            first_failure.get_or_insert(Failure {
+                                op: "flow",
+                                message: format!("a parallel branch crashed: {join}"),
+                            });
+                            continue;
+                        }
+                    };
+                    match result {
+                        Ok(writes) => results[index] = Some(writes),
+                        Err(failure) => {
+                            // The first failure wins; the siblings it cancels fail after it.
+                            group.cancel();
+                            first_failure.get_or_insert(failure);
+                        }
+                    }
+                }
+                if let Some(failure) = first_failure {
+                    return Err(failure);
+                }
+                let mut writes = Map::new();
+                for branch_writes in results.into_iter().flatten() {
+                    writes.extend(branch_writes);
+                }
+                Ok(writes)
+            }
+        }
+    })
+}
+
+async fn run_step(
+    step: &Step,
+    context: &Map<String, Value>,
+    tx: &batch::Sender,
+    cancel: &CancellationToken,
+) -> Result<Map<String, Value>, Failure> {
+    let op_name = step.op.name;
+    let context_json = serde_json::to_string(context).map_err(|err| Failure {
+        op: op_name,
+        message: format!("context is not serialisable: {err}"),
+    })?;
+    let host = OpHost {
+        op: op_name,
+        tx: tx.clone(),
+        cancel: cancel.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let op = step.op.clone();
+    let args = step.args_json.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        op.library.run(op.name, &args, &context_json, &host)
+    })
+    .await;
+    let writes_json = match joined {
+        Ok(Ok(writes)) => writes,
+        Ok(Err(message)) => return Err(Failure {
+            op: op_name,
+            message,
+        }),
+        Err(join) => {
+            return Err(Failure {
+                op: op_name,
+                message: format!("op thread failed: {join}"),
+            })
+        }
+    };
+    match serde_json::from_str(&writes_json) {
+        Ok(Value::Object(writes)) => Ok(writes),
+        _ => Err(Failure {
+            op: op_name,
+            message: "returned context writes that are not a JSON object".into(),
+        }),
+    }
+}
+
+/// The host context handed to one op call.
+struct OpHost {
+    op: &'static str,
+    tx: batch::Sender,
+    cancel: CancellationToken,
+    runtime: tokio::runtime::Handle,
+}
+
+impl HostCtx for OpHost {
+    #[inline]
+    fn emit(&self, kind: u8, content: RStr<'_>, json: bool) -> bool {
+        // A panic must not unwind into the plugin's frames.
+        catch_unwind(AssertUnwindSafe(|| {
+            let Some(kind) = ChunkKind::from_u8(kind) else {
+                // A kind from a newer SDK: drop it, keep the op running.
+                return !self.cancel.is_cancelled();
+            };
+            let chunk = Chunk {
+                kind,
+                json,
+                op: self.op,
+                text: content.as_str().to_owned(),
+            };
+            self.tx.push(chunk, &self.cancel)
+        }))
+        .unwrap_or(false)
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    fn sleep(&self, millis: u64) -> bool {
+        catch_unwind(AssertUnwindSafe(|| {
+            let duration = Duration::from_millis(millis);
+            self.runtime.block_on(async {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => false,
+                    _ = tokio::time::sleep(duration) => true,
+                }
+            })
+        }))
+        .unwrap_or(false)
+    }
+
+    fn log(&self, level: u8, message: RStr<'_>) {
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            let message = message.as_str();
+            let op = self.op;
+            match level {
+                1 => tracing::error!(op, "{message}"),
+                2 => tracing::warn!(op, "{message}"),
+                3 => tracing::info!(op, "{message}"),
+                _ => tracing::debug!(op, "{message}"),
+            }
+        }));
+    }
+}

@@ -1,0 +1,618 @@
+//! Flow files: the YAML model, reading a file into flow specs plus diagnostics, and compiling a
+//! spec against the op registry. Knows nothing of watching, serving or running.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::exec::{Node, Step};
+use crate::expr::{self, Expr};
+use crate::ops::Registry;
+
+/// One flow as written in a file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spec {
+    pub name: String,
+    pub file: PathBuf,
+    /// 1-based line of the flow's key in the file.
+    pub line: usize,
+    pub flow_content: String,
+    pub stream: bool,
+    pub description: String,
+    /// The input schema as a full JSON Schema object (FlowLLM's short form is converted).
+    pub input_schema: Value,
+    pub limits: Limits,
+    /// Where `flow_content`'s text starts, to map expression positions to file positions.
+    content_origin: Origin,
+}
+
+/// Per-flow limits; `None` means unlimited.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Limits {
+    pub first_chunk_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub total_timeout: Option<Duration>,
+    pub max_output_bytes: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Origin {
+    line: usize,
+    col: usize,
+    /// Block scalar (`|`/`>`): expression lines map to file lines, columns from `col`.
+    block: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// A problem found in a flow file, with its position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub severity: Severity,
+    /// The flow it concerns, if any.
+    pub flow: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let severity = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "{}:{}:{}: {severity}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
+    }
+}
+
+/// A compiled, runnable flow.
+#[derive(Debug)]
+pub struct Flow {
+    pub spec: Arc<Spec>,
+    pub root: Node,
+    pub validator: Arc<jsonschema::Validator>,
+}
+
+impl Flow {
+    /// Checks a request body against the input schema; one message per problem, naming the
+    /// field (`query: "query" is a required property`).
+    pub fn validate(&self, input: &Value) -> Result<(), Vec<(String, String)>> {
+        let problems: Vec<(String, String)> = self
+            .validator
+            .iter_errors(input)
+            .map(|err| {
+                let mut field = err.instance_path().to_string();
+                if field.is_empty() {
+                    // A missing required property is reported on the parent object.
+                    if let jsonschema::error::ValidationErrorKind::Required { property } = err.kind()
+                    {
+                        field = format!("/{}", property.as_str().unwrap_or_default());
+                    }
+                }
+                (field.trim_start_matches('/').to_string(), err.to_string())
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// What reading one file produced: the flows that parsed (each may still fail to compile) and
+/// the problems, which never stop the other flows of the file.
+#[derive(Debug, Default)]
+pub struct FileFlows {
+    pub specs: Vec<Result<Spec, Diagnostic>>,
+    /// File-level problems (unreadable, YAML syntax). When present, `specs` is empty.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Whether a path is a flow file (`*.yaml`/`*.yml`, not hidden or an editor's temp file).
+pub fn is_flow_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    !name.starts_with('.')
+        && !name.starts_with('#')
+        && !name.ends_with('~')
+        && matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml") | Some("yml")
+        )
+}
+
+/// The flow files of a folder, sorted (symlinks followed).
+pub fn list_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_flow_file(p) && p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    flow_content: String,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    input_schema: Option<Value>,
+    #[serde(default)]
+    limits: Option<RawLimits>,
+    /// FlowLLM's own flag; flows here are always run the same way.
+    #[serde(default, rename = "use_async")]
+    _use_async: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    first_chunk_timeout: Option<f64>,
+    idle_timeout: Option<f64>,
+    total_timeout: Option<f64>,
+    max_output_bytes: Option<u64>,
+}
+
+/// Parses the text of one flow file.
+pub fn parse_file(path: &Path, text: &str) -> FileFlows {
+    let mut out = FileFlows::default();
+    let file_error = |line: usize, col: usize, message: String| Diagnostic {
+        file: path.to_path_buf(),
+        line,
+        col,
+        severity: Severity::Error,
+        flow: None,
+        message,
+    };
+    let doc: serde_yaml::Value = match serde_yaml::from_str(text) {
+        Ok(doc) => doc,
+        Err(err) => {
+            let (line, col) = err
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            let message = err.to_string();
+            // yaml errors end with " at line L column C"; the position is ours to print.
+            let message = message
+                .split(" at line ")
+                .next()
+                .unwrap_or(&message)
+                .to_string();
+            out.diagnostics
+                .push(file_error(line, col, format!("invalid YAML: {message}")));
+            return out;
+        }
+    };
+    let doc = match doc {
+        serde_yaml::Value::Null => return out,
+        serde_yaml::Value::Mapping(map) => map,
+        _ => {
+            out.diagnostics.push(file_error(
+                1,
+                1,
+                "a flow file maps flow names to flow specs (name: {flow_content: ...})".into(),
+            ));
+            return out;
+        }
+    };
+    // A FlowLLM config keeps its flows under `flow:`; its other sections are not flows.
+    let (flows, wrapper_line) = match doc.get("flow") {
+        Some(serde_yaml::Value::Mapping(flows)) if !looks_like_spec(doc.get("flow")) => {
+            (flows.clone(), find_key_line(text, "flow", 0).unwrap_or(1))
+        }
+        Some(serde_yaml::Value::Null) => return out,
+        _ => (doc, 0),
+    };
+    for (key, value) in flows {
+        let Some(name) = key.as_str().map(str::to_string) else {
+            out.diagnostics.push(file_error(
+                wrapper_line.max(1),
+                1,
+                format!("flow names must be strings, found {key:?}"),
+            ));
+            continue;
+        };
+        let line = find_key_line(text, &name, wrapper_line).unwrap_or(wrapper_line.max(1));
+        out.specs
+            .push(parse_spec(path, text, &name, line, value).map_err(|(l, c, message)| {
+                Diagnostic {
+                    file: path.to_path_buf(),
+                    line: l,
+                    col: c,
+                    severity: Severity::Error,
+                    flow: Some(name.clone()),
+                    message,
+                }
+            }));
+    }
+    out
+}
+
+/// `flow:` holding a flow spec itself (a flow named "flow") rather than a map of flows.
+fn looks_like_spec(value: Option<&serde_yaml::Value>) -> bool {
+    matches!(value, Some(serde_yaml::Value::Mapping(m)) if m.contains_key("flow_content"))
+}
+
+type SpecError = (usize, usize, String);
+
+fn parse_spec(
+    path: &Path,
+    text: &str,
+    name: &str,
+    line: usize,
+    value: serde_yaml::Value,
+) -> Result<Spec, SpecError> {
+    if !is_valid_name(name) {
+        return Err((
+            line,
+            1,
+            format!("flow name `{name}` may only use letters, digits, `_` and `-` (it becomes a URL path and a tool name)"),
+        ));
+    }
+    let raw: RawSpec = serde_yaml::from_value(value).map_err(|err| {
+        let message = err.to_string();
+        let field_line = first_quoted(&message)
+            .and_then(|field| find_key_line(text, field, line))
+            .unwrap_or(line);
+        (field_line, 1, format!("flow `{name}`: {message}"))
+    })?;
+    let content_origin = locate_content(text, line);
+    let input_schema = match raw.input_schema {
+        None => json!({"type": "object"}),
+        Some(schema) => normalize_schema(schema).map_err(|message| {
+            let field_line = find_key_line(text, "input_schema", line).unwrap_or(line);
+            (field_line, 1, format!("flow `{name}`: input_schema: {message}"))
+        })?,
+    };
+    let seconds = |field: &str, value: Option<f64>| -> Result<Option<Duration>, SpecError> {
+        match value {
+            None => Ok(None),
+            Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+            Some(s) => Err((
+                find_key_line(text, field, line).unwrap_or(line),
+                1,
+                format!("flow `{name}`: limits.{field} must be a positive number of seconds, found {s}"),
+            )),
+        }
+    };
+    let limits = match raw.limits {
+        None => Limits::default(),
+        Some(raw) => Limits {
+            first_chunk_timeout: seconds("first_chunk_timeout", raw.first_chunk_timeout)?,
+            idle_timeout: seconds("idle_timeout", raw.idle_timeout)?,
+            total_timeout: seconds("total_timeout", raw.total_timeout)?,
+            max_output_bytes: raw.max_output_bytes,
+        },
+    };
+    Ok(Spec {
+        name: name.to_string(),
+        file: path.to_path_buf(),
+        line,
+        flow_content: raw.flow_content,
+        stream: raw.stream,
+        description: raw.description.unwrap_or_default(),
+        input_schema,
+        limits,
+        content_origin,
+    })
+}
+
+fn first_quoted(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
+}
+
+/// Turns FlowLLM's short form (`param: {type, description, required, enum, items}`) into a
+/// JSON Schema object; a value that already is one (has `type: object`, `properties` or
+/// `$schema`) is kept as is.
+pub fn normalize_schema(schema: Value) -> Result<Value, String> {
+    let Value::Object(map) = schema else {
+        return Err("must be a mapping of parameter names to {type, description, required}".into());
+    };
+    let is_full = map.get("type").and_then(Value::as_str) == Some("object")
+        || map.contains_key("properties")
+        || map.contains_key("$schema");
+    let schema = if is_full {
+        Value::Object(map)
+    } else {
+        let mut properties = Map::new();
+        let mut required = Vec::new();
+        for (param, spec) in map {
+            let Value::Object(mut spec) = spec else {
+                return Err(format!(
+                    "parameter `{param}` must be a mapping such as {{type: string, description: ..., required: true}}"
+                ));
+            };
+            match spec.remove("required") {
+                Some(Value::Bool(true)) => required.push(Value::String(param.clone())),
+                None | Some(Value::Bool(false)) => {}
+                Some(other) => {
+                    return Err(format!(
+                        "parameter `{param}`: required must be true or false, found {other}"
+                    ))
+                }
+            }
+            properties.insert(param, Value::Object(spec));
+        }
+        let mut schema = json!({"type": "object", "properties": properties});
+        if !required.is_empty() {
+            schema["required"] = Value::Array(required);
+        }
+        schema
+    };
+    jsonschema::meta::validate(&schema).map_err(|err| format!("not a valid JSON Schema: {err}"))?;
+    Ok(schema)
+}
+
+/// The 1-based line of `key:` at or after `after` (0 = anywhere), by text search; YAML parsers
+/// here do not keep positions of values.
+fn find_key_line(text: &str, key: &str, after: usize) -> Option<usize> {
+    let candidates = [
+        format!("{key}:"),
+        format!("\"{key}\":"),
+        format!("'{key}':"),
+    ];
+    text.lines()
+        .enumerate()
+        .skip(after.saturating_sub(1))
+        .find(|(_, line)| {
+            let trimmed = line.trim_start();
+            candidates.iter().any(|c| trimmed.starts_with(c.as_str()))
+        })
+        .map(|(i, _)| i + 1)
+}
+
+fn locate_content(text: &str, flow_line: usize) -> Origin {
+    let Some(line) = find_key_line(text, "flow_content", flow_line) else {
+        return Origin {
+            line: flow_line,
+            col: 1,
+            block: false,
+        };
+    };
+    let source = text.lines().nth(line - 1).unwrap_or("");
+    let key_at = source.find("flow_content").unwrap_or(0);
+    let after_key = &source[key_at..];
+    let colon = after_key.find(':').map_or(0, |i| i + 1);
+    let value = &after_key[colon..];
+    let value_start = key_at + colon + (value.len() - value.trim_start().len());
+    let value = value.trim_start();
+    if value.starts_with('|') || value.starts_with('>') || value.is_empty() {
+        let indent = text
+            .lines()
+            .skip(line)
+            .find(|l| !l.trim().is_empty())
+            .map_or(0, |l| l.len() - l.trim_start().len());
+        Origin {
+            line,
+            col: indent + 1,
+            block: true,
+        }
+    } else {
+        let quoted = value.starts_with('"') || value.starts_with('\'');
+        Origin {
+            line,
+            col: source[..value_start].chars().count() + 1 + usize::from(quoted),
+            block: false,
+        }
+    }
+}
+
+impl Spec {
+    /// Maps a position inside `flow_content` to a position in the file.
+    pub fn file_pos(&self, pos: expr::Pos) -> (usize, usize) {
+        let origin = self.content_origin;
+        if origin.block {
+            (origin.line + pos.line, origin.col + pos.col - 1)
+        } else if pos.line == 1 {
+            (origin.line, origin.col + pos.col - 1)
+        } else {
+            (origin.line + pos.line - 1, pos.col)
+        }
+    }
+
+    fn diagnostic(&self, (line, col): (usize, usize), message: String) -> Diagnostic {
+        Diagnostic {
+            file: self.file.clone(),
+            line,
+            col,
+            severity: Severity::Error,
+            flow: Some(self.name.clone()),
+            message,
+        }
+    }
+}
+
+/// Compiles a spec against the ops that exist now: parses `flow_content`, binds every op name
+/// (suggesting the closest known one), checks every call's arguments with the op itself, and
+/// builds the input validator.
+pub fn compile(spec: Arc<Spec>, registry: &Registry) -> Result<Flow, Diagnostic> {
+    let expr = expr::parse(&spec.flow_content).map_err(|err| {
+        spec.diagnostic(
+            spec.file_pos(err.pos),
+            format!(
+                "flow `{}`: flow_content: {}\n{}",
+                spec.name,
+                err.message,
+                expr::caret(&spec.flow_content, err.pos)
+            ),
+        )
+    })?;
+    let root = bind(&spec, &expr, registry)?;
+    let validator = jsonschema::validator_for(&spec.input_schema).map_err(|err| {
+        spec.diagnostic(
+            (spec.line, 1),
+            format!("flow `{}`: input_schema: {err}", spec.name),
+        )
+    })?;
+    Ok(Flow {
+        spec,
+        root,
+        validator: Arc::new(validator),
+    })
+}
+
+fn bind(spec: &Spec, expr: &Expr, registry: &Registry) -> Result<Node, Diagnostic> {
+    match expr {
+        Expr::Call(call) => {
+            let Some(op) = registry.get(&call.name) else {
+                let hint = match registry.suggest(&call.name) {
+                    Some(known) => format!("; did you mean `{known}`?"),
+                    None if registry.ops.is_empty() => {
+                        "; no plugins are loaded (build them with `cargo build --workspace`, or pass --plugins DIR)".to_string()
+                    }
+                    None => "; `flowhost ops` lists the known ops".to_string(),
+                };
+                return Err(spec.diagnostic(
+                    spec.file_pos(call.pos),
+                    format!(
+                        "flow `{}`: unknown op `{}`{hint}\n{}",
+                        spec.name,
+                        call.name,
+                        expr::caret(&spec.flow_content, call.pos)
+                    ),
+                ));
+            };
+            let args_json = Value::Object(call.args.clone()).to_string();
+            op.library.check(op.name, &args_json).map_err(|message| {
+                spec.diagnostic(
+                    spec.file_pos(call.pos),
+                    format!(
+                        "flow `{}`: {}: {message}\n{}",
+                        spec.name,
+                        call.name,
+                        expr::caret(&spec.flow_content, call.pos)
+                    ),
+                )
+            })?;
+            Ok(Node::Call(Step {
+                op: op.clone(),
+                args_json: args_json.into(),
+            }))
+        }
+        Expr::Seq(items) => Ok(Node::Seq(
+            items
+                .iter()
+                .map(|item| bind(spec, item, registry).map(Arc::new))
+                .collect::<Result<_, _>>()?,
+        )),
+        Expr::Par(items) => Ok(Node::Par(
+            items
+                .iter()
+                .map(|item| bind(spec, item, registry).map(Arc::new))
+                .collect::<Result<_, _>>()?,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> FileFlows {
+        parse_file(Path::new("f.yaml"), text)
+    }
+
+    #[test]
+    fn reads_short_and_full_schemas_and_flowllm_wrapper() {
+        let text = "backend: http\nflow:\n  a_flow:\n    flow_content: EchoOp()\n    stream: true\n    input_schema:\n      query: {type: string, description: q, required: true}\n  b:\n    flow_content: EchoOp()\n    input_schema: {type: object, properties: {n: {type: integer}}}\n";
+        let flows = parse(text);
+        assert!(flows.diagnostics.is_empty(), "{:?}", flows.diagnostics);
+        let specs: Vec<Spec> = flows.specs.into_iter().map(Result::unwrap).collect();
+        assert_eq!(specs[0].name, "a_flow");
+        assert_eq!(specs[0].line, 3);
+        assert!(specs[0].stream);
+        assert_eq!(
+            specs[0].input_schema,
+            json!({"type": "object", "properties": {"query": {"type": "string", "description": "q"}}, "required": ["query"]})
+        );
+        assert_eq!(specs[1].input_schema["properties"]["n"]["type"], "integer");
+    }
+
+    #[test]
+    fn problems_name_their_line() {
+        let check = |text: &str, expected: &str| {
+            let flows = parse(text);
+            let diag = flows
+                .diagnostics
+                .first()
+                .cloned()
+                .or_else(|| flows.specs.into_iter().find_map(Result::err))
+                .expect("a diagnostic");
+            assert_eq!(diag.to_string(), expected);
+        };
+        check("a:\n  flow_content: [\n", "f.yaml:3:1: error: invalid YAML: did not find expected node content");
+        check(
+            "ok:\n  flow_content: EchoOp()\nbad:\n  flow_content: EchoOp()\n  strem: true\n",
+            "f.yaml:3:1: error: flow `bad`: unknown field `strem`, expected one of `flow_content`, `stream`, `description`, `input_schema`, `limits`, `use_async`",
+        );
+        check("bad name:\n  flow_content: EchoOp()\n", "f.yaml:1:1: error: flow name `bad name` may only use letters, digits, `_` and `-` (it becomes a URL path and a tool name)");
+        check(
+            "x:\n  flow_content: EchoOp()\n  limits: {idle_timeout: -1}\n",
+            "f.yaml:3:1: error: flow `x`: limits.idle_timeout must be a positive number of seconds, found -1",
+        );
+        check(
+            "x:\n  flow_content: EchoOp()\n  input_schema:\n    q: {type: strin}\n",
+            "f.yaml:3:1: error: flow `x`: input_schema: not a valid JSON Schema: \"strin\" is not valid under any of the schemas listed in the 'anyOf' keyword",
+        );
+        check("- a\n- b\n", "f.yaml:1:1: error: a flow file maps flow names to flow specs (name: {flow_content: ...})");
+    }
+
+    #[test]
+    fn expression_positions_map_into_the_file() {
+        let text = "x:\n  flow_content: \"AOp() >> B\"\ny:\n  flow_content: |\n    AOp()\n      >> BOp(n=)\n";
+        let specs: Vec<Spec> = parse(text).specs.into_iter().map(Result::unwrap).collect();
+        assert_eq!(specs[0].file_pos(expr::Pos { line: 1, col: 10 }), (2, 27));
+        assert_eq!(specs[1].file_pos(expr::Pos { line: 2, col: 12 }), (6, 15));
+    }
+
+    #[test]
+    fn flow_file_names() {
+        for (name, expected) in [
+            ("a.yaml", true),
+            ("a.yml", true),
+            (".a.yaml", false),
+            ("a.yaml~", false),
+            (".a.yaml.swp", false),
+            ("4913", false),
+            ("#a.yaml#", false),
+            ("a.json", false),
+        ] {
+            assert_eq!(is_flow_file(Path::new(name)), expected, "{name}");
+        }
+    }
+}

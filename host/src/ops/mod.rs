@@ -1,0 +1,306 @@
+//! The op registry: which ops exist, from which plugin file, and the plugin folders they were
+//! loaded from. Knows nothing of flows or transports; `plugin.rs` below is the FFI.
+
+pub mod plugin;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde_json::Value;
+
+pub use plugin::{Library, LoadError};
+
+/// One op, bound to the library that provides it.
+#[derive(Debug)]
+pub struct OpHandle {
+    pub name: &'static str,
+    pub description: String,
+    pub args_schema: Option<Value>,
+    pub library: Arc<Library>,
+}
+
+/// An immutable view of the loaded ops; a plugin change builds a new one.
+#[derive(Debug, Default)]
+pub struct Registry {
+    pub ops: BTreeMap<&'static str, Arc<OpHandle>>,
+    pub libraries: Vec<Arc<Library>>,
+    /// Plugin files that were refused, and op-name collisions.
+    pub errors: Vec<PluginError>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl std::fmt::Display for PluginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.message)
+    }
+}
+
+impl Registry {
+    pub fn get(&self, name: &str) -> Option<&Arc<OpHandle>> {
+        self.ops.get(name)
+    }
+
+    /// The known op name closest to `name`, for "did you mean" hints.
+    pub fn suggest(&self, name: &str) -> Option<&'static str> {
+        self.ops
+            .keys()
+            .map(|known| (strsim::damerau_levenshtein(name, known), *known))
+            .filter(|(distance, known)| *distance <= known.len().max(3) / 3 + 1)
+            .min()
+            .map(|(_, known)| known)
+    }
+}
+
+/// Interns op names so chunks can carry `&'static str` tags without allocating. Names of
+/// reloaded plugins are mostly the same names, so the set stays small.
+pub fn intern(name: &str) -> &'static str {
+    static NAMES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    let mut guard = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    let names = guard.get_or_insert_with(HashSet::new);
+    if let Some(known) = names.get(name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
+    names.insert(leaked);
+    leaked
+}
+
+/// The plugin folders and what was loaded from each file. Owned by whoever reloads plugins.
+pub struct Plugins {
+    dirs: Vec<PathBuf>,
+    shadow_dir: PathBuf,
+    slots: BTreeMap<(usize, PathBuf), Slot>,
+}
+
+struct Slot {
+    stamp: Option<(SystemTime, u64)>,
+    hash: u64,
+    library: Option<Arc<Library>>,
+    error: Option<String>,
+}
+
+/// What a scan did, for logs and tests.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    pub loaded: Vec<PathBuf>,
+    pub refused: Vec<PathBuf>,
+    pub removed: Vec<PathBuf>,
+}
+
+impl ScanReport {
+    pub fn changed(&self) -> bool {
+        !(self.loaded.is_empty() && self.refused.is_empty() && self.removed.is_empty())
+    }
+}
+
+impl Plugins {
+    pub fn new(dirs: Vec<PathBuf>) -> Plugins {
+        let shadow_dir = std::env::temp_dir().join(format!("flowhost-{}", std::process::id()));
+        prune_stale_shadow_dirs();
+        let mut unique = Vec::new();
+        for dir in dirs {
+            let dir = dir.canonicalize().unwrap_or(dir);
+            if !unique.contains(&dir) {
+                unique.push(dir);
+            }
+        }
+        Plugins {
+            dirs: unique,
+            shadow_dir,
+            slots: BTreeMap::new(),
+        }
+    }
+
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Looks at every library file in the plugin folders: loads new and changed ones (by
+    /// content hash), forgets deleted ones. A file that fails to load keeps its last good
+    /// version live.
+    pub fn scan(&mut self) -> ScanReport {
+        let mut report = ScanReport::default();
+        let mut seen = HashSet::new();
+        for (index, dir) in self.dirs.clone().iter().enumerate() {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                tracing::debug!(dir = %dir.display(), "plugin folder not readable");
+                continue;
+            };
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| plugin::is_library_name(p) && p.is_file())
+                .collect();
+            files.sort();
+            for path in files {
+                seen.insert((index, path.clone()));
+                self.refresh(index, &path, &mut report);
+            }
+        }
+        let gone: Vec<_> = self
+            .slots
+            .keys()
+            .filter(|key| !seen.contains(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            tracing::info!(plugin = %key.1.display(), "plugin file removed; its ops are gone");
+            self.slots.remove(&key);
+            report.removed.push(key.1);
+        }
+        report
+    }
+
+    fn refresh(&mut self, index: usize, path: &Path, report: &mut ScanReport) {
+        let stamp = std::fs::metadata(path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        let key = (index, path.to_path_buf());
+        if let Some(slot) = self.slots.get(&key) {
+            if stamp.is_some() && slot.stamp == stamp {
+                return;
+            }
+        }
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                tracing::debug!(plugin = %path.display(), %err, "cannot read plugin file yet");
+                return;
+            }
+        };
+        let hash = plugin::content_hash(&bytes);
+        if let Some(slot) = self.slots.get_mut(&key) {
+            slot.stamp = stamp;
+            if slot.hash == hash {
+                tracing::debug!(plugin = %path.display(), "plugin file touched but unchanged; not reloaded");
+                return;
+            }
+        }
+        let started = std::time::Instant::now();
+        match plugin::load(path, &bytes, &self.shadow_dir) {
+            Ok(library) => {
+                tracing::info!(
+                    plugin = %path.display(),
+                    name = %library.plugin_name,
+                    version = %library.plugin_version,
+                    ops = library.ops.len(),
+                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    "plugin loaded"
+                );
+                self.slots.insert(
+                    key,
+                    Slot {
+                        stamp,
+                        hash,
+                        library: Some(Arc::new(library)),
+                        error: None,
+                    },
+                );
+                report.loaded.push(path.to_path_buf());
+            }
+            Err(err) => {
+                let message = err.to_string();
+                tracing::warn!("plugin {} refused: {message}", path.display());
+                let slot = self.slots.entry(key).or_insert(Slot {
+                    stamp,
+                    hash,
+                    library: None,
+                    error: None,
+                });
+                slot.hash = hash;
+                slot.stamp = stamp;
+                slot.error = Some(message);
+                report.refused.push(path.to_path_buf());
+            }
+        }
+    }
+
+    /// The registry for what is loaded now. The first library (folder order, then file name)
+    /// to export an op name keeps it; later ones are reported.
+    pub fn registry(&self) -> Registry {
+        let mut registry = Registry::default();
+        for ((_, path), slot) in &self.slots {
+            if let Some(error) = &slot.error {
+                let message = if slot.library.is_some() {
+                    format!("{error} (the previously loaded version stays live)")
+                } else {
+                    error.clone()
+                };
+                registry.errors.push(PluginError {
+                    path: path.clone(),
+                    message,
+                });
+            }
+            let Some(library) = &slot.library else {
+                continue;
+            };
+            registry.libraries.push(library.clone());
+            for meta in &library.ops {
+                let name = meta.name.as_str();
+                if let Some(existing) = registry.ops.get(name) {
+                    registry.errors.push(PluginError {
+                        path: path.clone(),
+                        message: format!(
+                            "op {name} is also exported by {}; keeping that one",
+                            existing.library.path.display()
+                        ),
+                    });
+                    continue;
+                }
+                let args_schema = Some(meta.args_schema.as_str())
+                    .filter(|s| !s.is_empty())
+                    .and_then(|s| serde_json::from_str(s).ok());
+                let name = intern(name);
+                registry.ops.insert(
+                    name,
+                    Arc::new(OpHandle {
+                        name,
+                        description: meta.description.to_string(),
+                        args_schema,
+                        library: library.clone(),
+                    }),
+                );
+            }
+        }
+        registry
+    }
+}
+
+impl Drop for Plugins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.shadow_dir);
+    }
+}
+
+/// Removes shadow folders left by flowhost processes that no longer run.
+fn prune_stale_shadow_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("flowhost-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The default plugin folder: where the running `flowhost` binary sits.
+pub fn default_dir() -> Option<PathBuf> {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+}

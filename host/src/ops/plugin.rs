@@ -1,0 +1,202 @@
+//! The only code that touches FFI: loads a plugin library through abi_stable, checks its
+//! version and layout, and calls into it. Knows nothing of flows, runs or transports: callers
+//! hand it JSON text and an implementation of the host context.
+
+use std::hash::Hasher;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use abi_stable::library::{lib_header_from_path, AbiHeader, LibraryError, RootModule};
+use abi_stable::sabi_types::{RRef, VersionNumber};
+use abi_stable::std_types::RStr;
+use abi_stable::type_level::downcasting::TD_Opaque;
+use op_sdk::ffi::{HostCtx, HostCtx_TO, OpLib_Ref, OpMeta};
+
+/// A loaded plugin library. Never unloaded: abi_stable leaks libraries by design, so a reload
+/// costs the old library's mapped size (see ARCHITECTURE.md).
+pub struct Library {
+    /// The file as installed in a plugin folder.
+    pub path: PathBuf,
+    pub hash: u64,
+    pub plugin_name: String,
+    pub plugin_version: String,
+    /// The op-sdk version the plugin was built against.
+    pub sdk_version: String,
+    pub ops: Vec<OpMeta>,
+    module: OpLib_Ref,
+}
+
+impl std::fmt::Debug for Library {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Library")
+            .field("path", &self.path)
+            .field("plugin_name", &self.plugin_name)
+            .field("plugin_version", &self.plugin_version)
+            .finish()
+    }
+}
+
+/// Why a file was not loaded. `NotLibrary` files are skipped quietly; the others are reported.
+#[derive(Debug)]
+pub enum LoadError {
+    Io(String),
+    /// Not something dlopen accepts (a text file, another architecture, truncated).
+    NotLibrary(String),
+    /// A shared library without a flowhost root module.
+    NotPlugin,
+    Incompatible(String),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Io(msg) => write!(f, "cannot read: {msg}"),
+            LoadError::NotLibrary(msg) => write!(f, "not a loadable shared library ({msg})"),
+            LoadError::NotPlugin => f.write_str(
+                "a shared library but not a flowhost plugin (no op-sdk root module; plugins call op_sdk::export_plugin!)",
+            ),
+            LoadError::Incompatible(msg) => f.write_str(msg),
+        }
+    }
+}
+
+/// Hashes a library's bytes (to skip reloads of unchanged files).
+pub fn content_hash(bytes: &[u8]) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    hasher.write(bytes);
+    hasher.finish()
+}
+
+static SHADOW_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Loads the plugin at `path` from a private copy in `shadow_dir`: dlopen de-duplicates by path
+/// and a rebuilt file may be rewritten in place, so the host never maps the installed file.
+pub fn load(path: &Path, bytes: &[u8], shadow_dir: &Path) -> Result<Library, LoadError> {
+    let hash = content_hash(bytes);
+    std::fs::create_dir_all(shadow_dir).map_err(|e| LoadError::Io(e.to_string()))?;
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plugin".into());
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let shadow = shadow_dir.join(format!(
+        "{stem}-{hash:016x}-{}.{ext}",
+        SHADOW_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&shadow, bytes).map_err(|e| LoadError::Io(e.to_string()))?;
+    let result = load_shadow(&shadow);
+    // The mapping outlives the file on unix, so the shadow copy is pruned as soon as it is open.
+    let _ = std::fs::remove_file(&shadow);
+    let (module, sdk_version) = result?;
+    let ops = (module.ops())().into_iter().collect();
+    Ok(Library {
+        path: path.to_path_buf(),
+        hash,
+        plugin_name: module.plugin_name().to_string(),
+        plugin_version: module.plugin_version().to_string(),
+        sdk_version,
+        ops,
+        module,
+    })
+}
+
+fn load_shadow(shadow: &Path) -> Result<(OpLib_Ref, String), LoadError> {
+    let header = lib_header_from_path(shadow).map_err(|err| match err {
+        LibraryError::OpenError { err, .. } => LoadError::NotLibrary(dl_reason(&err.to_string())),
+        LibraryError::GetSymbolError { .. } => LoadError::NotPlugin,
+        LibraryError::InvalidAbiHeader(found) => LoadError::Incompatible(format!(
+            "built with abi_stable {}.{}, host uses {}.{} (rebuild the plugin against this host's op-sdk {})",
+            found.abi_major,
+            found.abi_minor,
+            AbiHeader::VALUE.abi_major,
+            AbiHeader::VALUE.abi_minor,
+            op_sdk::ffi::SDK_VERSION
+        )),
+        other => LoadError::Incompatible(first_line(&other.to_string())),
+    })?;
+    let found = header.version_strings().version.to_string();
+    let host = OpLib_Ref::VERSION_STRINGS;
+    if let (Ok(found_v), Ok(host_v)) = (
+        VersionNumber::new(header.version_strings()),
+        VersionNumber::new(host),
+    ) {
+        let compatible = found_v.major == host_v.major
+            && (host_v.major != 0 || found_v.minor == host_v.minor);
+        if !compatible {
+            return Err(LoadError::Incompatible(format!(
+                "built against op-sdk {found}, host speaks {}.{}.x (rebuild the plugin against op-sdk {})",
+                host_v.major, host_v.minor, op_sdk::ffi::SDK_VERSION
+            )));
+        }
+    }
+    match header.init_root_module::<OpLib_Ref>() {
+        Ok(module) => Ok((module, found)),
+        Err(LibraryError::AbiInstability(_)) => Err(LoadError::Incompatible(format!(
+            "built against op-sdk {found} but its types have a different layout than this host's op-sdk {} (rebuild the plugin)",
+            op_sdk::ffi::SDK_VERSION
+        ))),
+        Err(other) => Err(LoadError::Incompatible(first_line(&other.to_string()))),
+    }
+}
+
+/// dlopen errors repeat the path; keep the reason.
+fn dl_reason(message: &str) -> String {
+    let line = first_line(message);
+    match line.rsplit_once(": ") {
+        Some((_, reason)) if !reason.is_empty() => reason.to_string(),
+        _ => line,
+    }
+}
+
+fn first_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("unknown error")
+        .to_string()
+}
+
+impl Library {
+    /// Builds an op from its arguments without running it.
+    pub fn check(&self, op: &str, args_json: &str) -> Result<(), String> {
+        (self.module.check())(RStr::from_str(op), RStr::from_str(args_json))
+            .into_result()
+            .map_err(|e| e.into_string())
+    }
+
+    /// Runs an op; returns the JSON object of context writes, or the error message.
+    pub fn run<H: HostCtx>(
+        &self,
+        op: &str,
+        args_json: &str,
+        context_json: &str,
+        host: &H,
+    ) -> Result<String, String> {
+        let host = HostCtx_TO::from_ptr(RRef::new(host), TD_Opaque);
+        (self.module.run())(
+            RStr::from_str(op),
+            RStr::from_str(args_json),
+            RStr::from_str(context_json),
+            host,
+        )
+        .into_result()
+        .map(|s| s.into_string())
+        .map_err(|e| e.into_string())
+    }
+}
+
+/// Whether a file name looks like a shared library on this platform.
+pub fn is_library_name(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    if name.starts_with('.') {
+        return false;
+    }
+    let ext = std::env::consts::DLL_EXTENSION;
+    path.extension().and_then(|e| e.to_str()) == Some(ext)
+}

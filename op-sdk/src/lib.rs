@@ -1,0 +1,369 @@
+//! The op SDK: what a flowhost plugin author writes against. Knows nothing of the host's runtime,
+//! transports or flows; only ops, their context, and the stable ABI between plugin and host.
+//!
+//! A plugin is a crate built as a `cdylib` that implements [`Op`] for each op and lists them in
+//! [`export_plugin!`]. A complete plugin:
+//!
+//! ```
+//! use op_sdk::{Args, ChunkKind, Context, Error, Op};
+//!
+//! /// Shouts the request's `query` back, one word per chunk.
+//! pub struct ShoutOp {
+//!     suffix: String,
+//! }
+//!
+//! impl Op for ShoutOp {
+//!     const NAME: &'static str = "ShoutOp";
+//!     const DESCRIPTION: &'static str = "Upper-cases the query, one word per answer chunk";
+//!
+//!     fn new(args: &Args) -> Result<Self, Error> {
+//!         Ok(ShoutOp { suffix: args.str_or("suffix", "!")?.to_string() })
+//!     }
+//!
+//!     fn execute(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
+//!         let query = ctx.str("query")?.to_uppercase();
+//!         for word in query.split_whitespace() {
+//!             if !ctx.emit(ChunkKind::Answer, &format!("{word}{} ", self.suffix)) {
+//!                 return Ok(()); // the consumer is gone: stop working
+//!             }
+//!         }
+//!         ctx.set_answer(query);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! op_sdk::export_plugin!(ShoutOp);
+//! # fn main() {}
+//! ```
+//!
+//! Ops are synchronous: the host runs each call on a blocking thread of its own. A panic inside
+//! an op becomes an error result naming the op; it never takes the host down.
+//!
+//! Compatibility: a plugin is refused at load time unless it was built against an op-sdk whose
+//! major.minor (0.x: minor) matches the host's and whose types have the same layout. New host
+//! services are added as methods after the last prefix field of the host context, so plugins
+//! built against older SDKs keep loading.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+#[doc(hidden)]
+pub mod ffi;
+
+/// The kinds of chunk an op can stream (FlowLLM 0.2 names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ChunkKind {
+    /// Part of the answer text.
+    Answer = 0,
+    /// Reasoning ("thinking") text.
+    Think = 1,
+    /// A tool call: JSON `{id, name, arguments}`.
+    Tool = 2,
+    /// Token usage: JSON with token counts.
+    Usage = 3,
+    /// An error message.
+    Error = 4,
+}
+
+impl ChunkKind {
+    /// Every kind, in wire order.
+    pub const ALL: [ChunkKind; 5] = [
+        ChunkKind::Answer,
+        ChunkKind::Think,
+        ChunkKind::Tool,
+        ChunkKind::Usage,
+        ChunkKind::Error,
+    ];
+
+    /// The FlowLLM `chunk_type` name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ChunkKind::Answer => "answer",
+            ChunkKind::Think => "think",
+            ChunkKind::Tool => "tool",
+            ChunkKind::Usage => "usage",
+            ChunkKind::Error => "error",
+        }
+    }
+
+    /// The kind for a wire code; `None` for codes a newer SDK may define.
+    pub const fn from_u8(code: u8) -> Option<ChunkKind> {
+        match code {
+            0 => Some(ChunkKind::Answer),
+            1 => Some(ChunkKind::Think),
+            2 => Some(ChunkKind::Tool),
+            3 => Some(ChunkKind::Usage),
+            4 => Some(ChunkKind::Error),
+            _ => None,
+        }
+    }
+}
+
+/// Log levels for [`Context::log`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Level {
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+}
+
+/// The error an op returns: a message the user will read, so say what to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error(String);
+
+impl Error {
+    pub fn new(message: impl Into<String>) -> Error {
+        Error(message.into())
+    }
+
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<String> for Error {
+    fn from(message: String) -> Error {
+        Error(message)
+    }
+}
+
+impl From<&str> for Error {
+    fn from(message: &str) -> Error {
+        Error(message.to_string())
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(err: serde_json::Error) -> Error {
+        Error(format!("JSON error: {err}"))
+    }
+}
+
+/// An op: one unit of work in a flow. A fresh instance is built for every call from the
+/// arguments written in the flow (`CountOp(n=10)`), then executed once.
+pub trait Op: Sized + Send + 'static {
+    /// The name flows use; ends in `Op` (FlowLLM's convention).
+    const NAME: &'static str;
+    /// One line shown in `flowhost ops`, `/ops` and tool lists.
+    const DESCRIPTION: &'static str = "";
+
+    /// JSON Schema of the call arguments, if the op wants the host to show or check them.
+    fn args_schema() -> Option<Value> {
+        None
+    }
+
+    /// Builds the op from its call arguments. Also called when a flow is loaded, to report bad
+    /// arguments before any request arrives, so keep it cheap and free of side effects.
+    fn new(args: &Args) -> Result<Self, Error>;
+
+    /// Runs the op: read the context, emit chunks, write results back into the context.
+    fn execute(&mut self, ctx: &mut Context<'_>) -> Result<(), Error>;
+}
+
+/// The keyword arguments of an op call in a flow expression.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Args(Map<String, Value>);
+
+impl Args {
+    pub fn new(map: Map<String, Value>) -> Args {
+        Args(map)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0.get(name)
+    }
+
+    pub fn as_map(&self) -> &Map<String, Value> {
+        &self.0
+    }
+
+    /// A string argument, or `default` when absent; an error when present but not a string.
+    pub fn str_or<'a>(&'a self, name: &str, default: &'a str) -> Result<&'a str, Error> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::String(s)) => Ok(s),
+            Some(other) => Err(type_error(name, "a string", other)),
+        }
+    }
+
+    /// A non-negative integer argument, or `default` when absent.
+    pub fn u64_or(&self, name: &str, default: u64) -> Result<u64, Error> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| type_error(name, "a non-negative integer", v)),
+        }
+    }
+
+    /// A boolean argument, or `default` when absent.
+    pub fn bool_or(&self, name: &str, default: bool) -> Result<bool, Error> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| type_error(name, "true or false", v)),
+        }
+    }
+}
+
+fn type_error(name: &str, expected: &str, found: &Value) -> Error {
+    Error(format!("argument `{name}` must be {expected}, found {found}"))
+}
+
+/// What an op sees while it runs: the flow context (request fields plus what earlier ops
+/// wrote), the chunk sink, cancellation and the host's log.
+pub struct Context<'a> {
+    data: Map<String, Value>,
+    writes: Map<String, Value>,
+    host: &'a dyn Host,
+}
+
+/// The host side of a [`Context`]; implemented by the FFI glue (and by test doubles).
+#[doc(hidden)]
+pub trait Host {
+    fn emit(&self, kind: u8, content: &str, json: bool) -> bool;
+    fn is_cancelled(&self) -> bool;
+    fn sleep(&self, millis: u64) -> bool;
+    fn log(&self, level: Level, message: &str);
+}
+
+impl<'a> Context<'a> {
+    #[doc(hidden)]
+    pub fn new(data: Map<String, Value>, host: &'a dyn Host) -> Context<'a> {
+        Context {
+            data,
+            writes: Map::new(),
+            host,
+        }
+    }
+
+    /// A context value: a request field or something an earlier op wrote.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.data.get(key)
+    }
+
+    /// The whole context object.
+    pub fn data(&self) -> &Map<String, Value> {
+        &self.data
+    }
+
+    /// A required string value; the error names the missing or mistyped field.
+    pub fn str(&self, key: &str) -> Result<&str, Error> {
+        match self.data.get(key) {
+            Some(Value::String(s)) => Ok(s),
+            None | Some(Value::Null) => Err(Error(format!("missing input field `{key}`"))),
+            Some(other) => Err(type_error(key, "a string", other)),
+        }
+    }
+
+    /// Writes a value into the context for later ops (and the caller) to see.
+    pub fn set(&mut self, key: impl Into<String>, value: impl Into<Value>) {
+        let key = key.into();
+        let value = value.into();
+        self.data.insert(key.clone(), value.clone());
+        self.writes.insert(key, value);
+    }
+
+    /// Sets the flow's answer (the `answer` context key).
+    pub fn set_answer(&mut self, answer: impl Into<Value>) {
+        self.set("answer", answer);
+    }
+
+    /// Streams a text chunk. Returns `false` when the consumer is gone (client disconnected,
+    /// timeout, cancel): stop working and return.
+    #[inline]
+    pub fn emit(&self, kind: ChunkKind, text: &str) -> bool {
+        self.host.emit(kind as u8, text, false)
+    }
+
+    /// Streams a JSON chunk (tool calls, usage). Same return value as [`Context::emit`].
+    pub fn emit_json(&self, kind: ChunkKind, value: &Value) -> bool {
+        self.host.emit(kind as u8, &value.to_string(), true)
+    }
+
+    /// Whether the run was cancelled; check it during long silent phases.
+    pub fn is_cancelled(&self) -> bool {
+        self.host.is_cancelled()
+    }
+
+    /// Sleeps for `duration` unless the run is cancelled first; `false` if it was cancelled.
+    /// Use it instead of `std::thread::sleep` so a cancelled run stops at once.
+    pub fn sleep(&self, duration: std::time::Duration) -> bool {
+        let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        self.host.sleep(millis)
+    }
+
+    /// Writes a line to the host's log, tagged with the op.
+    pub fn log(&self, level: Level, message: &str) {
+        self.host.log(level, message)
+    }
+
+    #[doc(hidden)]
+    pub fn into_writes(self) -> Map<String, Value> {
+        self.writes
+    }
+}
+
+/// Exports a plugin's ops: `op_sdk::export_plugin!(EchoOp, CountOp);` once, in the crate root.
+/// The plugin's name and version are the crate's.
+#[macro_export]
+macro_rules! export_plugin {
+    ($($op:ty),+ $(,)?) => {
+        #[doc(hidden)]
+        pub struct __OpSdkPlugin;
+
+        impl $crate::ffi::Plugin for __OpSdkPlugin {
+            const NAME: &'static str = env!("CARGO_PKG_NAME");
+            const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+            const OPS: &'static [$crate::ffi::OpEntry] = &[$($crate::ffi::OpEntry::of::<$op>()),+];
+        }
+
+        // The symbol abi_stable's loader looks up (`abi_stable::library::ROOT_MODULE_LOADER_NAME`);
+        // written out so plugin crates need no direct abi_stable dependency.
+        #[doc(hidden)]
+        #[export_name = "_1as_0lib_1header_0root_bmodule_bloader"]
+        pub static __OP_SDK_LIB_HEADER: $crate::ffi::LibHeader = {
+            extern "C" fn constructor() -> $crate::ffi::RootModuleResult {
+                $crate::ffi::call_root_module_loader($crate::ffi::root_module::<__OpSdkPlugin>)
+            }
+            // SAFETY: `constructor` returns the root module type named here, as abi_stable's
+            // `export_root_module` attribute would generate.
+            unsafe { $crate::ffi::LibHeader::from_constructor::<$crate::ffi::OpLib_Ref>(constructor, $crate::ffi::CheckTypeLayout::Yes) }
+        };
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loader_symbol_matches_abi_stable() {
+        assert_eq!(
+            abi_stable::library::ROOT_MODULE_LOADER_NAME,
+            "_1as_0lib_1header_0root_bmodule_bloader"
+        );
+    }
+
+    #[test]
+    fn args_report_types() {
+        let args = Args::new(serde_json::json!({"n": "x", "s": 3}).as_object().cloned().unwrap());
+        assert_eq!(
+            args.u64_or("n", 1).unwrap_err().message(),
+            "argument `n` must be a non-negative integer, found \"x\""
+        );
+        assert_eq!(args.u64_or("m", 7).unwrap(), 7);
+        assert!(args.str_or("s", "").is_err());
+    }
+}

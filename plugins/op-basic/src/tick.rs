@@ -1,0 +1,52 @@
+//! `TickOp`: one chunk every `interval_ms`, `n` times; stops at once when cancelled.
+
+use std::time::Duration;
+
+use op_sdk::{Args, ChunkKind, Context, Error, Op};
+use serde_json::{json, Value};
+
+pub struct TickOp {
+    n: u64,
+    interval: Duration,
+    text: String,
+}
+
+impl Op for TickOp {
+    const NAME: &'static str = "TickOp";
+    const DESCRIPTION: &'static str =
+        "Emits `tick i` every `interval_ms` (default 100), `n` times (default 10); stops on cancel";
+
+    fn args_schema() -> Option<Value> {
+        Some(json!({
+            "type": "object",
+            "properties": {
+                "n": {"type": "integer", "minimum": 0},
+                "interval_ms": {"type": "integer", "minimum": 0},
+                "text": {"type": "string"}
+            }
+        }))
+    }
+
+    fn new(args: &Args) -> Result<Self, Error> {
+        Ok(TickOp {
+            n: args.u64_or("n", 10)?,
+            interval: Duration::from_millis(args.u64_or("interval_ms", 100)?),
+            text: args.str_or("text", "tick")?.to_string(),
+        })
+    }
+
+    fn execute(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
+        let mut ticks = 0u64;
+        for i in 0..self.n {
+            if i > 0 && !ctx.sleep(self.interval) {
+                break;
+            }
+            if !ctx.emit(ChunkKind::Answer, &format!("{} {i}\n", self.text)) {
+                break;
+            }
+            ticks += 1;
+        }
+        ctx.set("ticks", ticks);
+        Ok(())
+    }
+}

@@ -110,6 +110,12 @@ impl Catalog {
     /// Loads every plugin and flow file once.
     pub fn load(flow_dirs: Vec<PathBuf>, plugin_dirs: Vec<PathBuf>, filter: Filter) -> Catalog {
         let plugins = Plugins::new(plugin_dirs);
+        // Absolute (watch events carry absolute paths) but not canonical: a symlinked folder
+        // stays the symlink, so a swapped link target is followed.
+        let flow_dirs = flow_dirs
+            .into_iter()
+            .map(|dir| std::path::absolute(&dir).unwrap_or(dir))
+            .collect();
         let (changes, _) = watch::channel(0);
         let catalog = Catalog {
             current: ArcSwap::from_pointee(Snapshot::default()),
@@ -268,8 +274,7 @@ impl State {
             for diag in &file.parsed.diagnostics {
                 let mut diag = diag.clone();
                 if !file.last_parsed.is_empty() {
-                    diag.message
-                        .push_str(" (the last good version of this file stays live)");
+                    add_note(&mut diag.message, "the last good version of this file stays live");
                 }
                 snapshot.diagnostics.push(diag);
             }
@@ -346,9 +351,7 @@ fn compile_entry(
         if let Some(good) = last_good.get(name).cloned() {
             if new_spec.as_deref() != Some(&*good) {
                 if let Ok(flow) = flow::compile(good.clone(), registry) {
-                    error
-                        .message
-                        .push_str(" (the last good version of this flow stays live)");
+                    add_note(&mut error.message, "the last good version of this flow stays live");
                     return Pending {
                         spec: Some(good),
                         flow: Some(Arc::new(flow)),
@@ -363,6 +366,12 @@ fn compile_entry(
             error: Some(error),
         }
     }
+}
+
+/// Adds `(note)` to the first line of a message (later lines hold the source and caret).
+fn add_note(message: &mut String, note: &str) {
+    let at = message.find('\n').unwrap_or(message.len());
+    message.insert_str(at, &format!(" ({note})"));
 }
 
 struct Pending {

@@ -164,9 +164,12 @@ fn print(text: &str) -> Result<(), String> {
 }
 
 fn ops(config: &Config, as_json: bool) -> Result<ExitCode, String> {
-    let catalog = load_catalog(config);
-    let snapshot = catalog.snapshot();
-    let registry = &snapshot.registry;
+    let mut plugins = crate::ops::Plugins::new(config.plugin_dirs.clone());
+    plugins.scan();
+    let registry = plugins.registry();
+    for error in &registry.errors {
+        tracing::warn!("{error}");
+    }
     if as_json {
         let ops: Vec<Value> = registry
             .ops

@@ -605,8 +605,8 @@ mod tests {
         check_err("AOp(x=[1 2])", "1:10: expected `,` or `]` in a list, found `2`");
         check_err("AOp(x={a: 1})", "1:8: expected a quoted key or `}` in a dict, found `a`");
         check_err("AOp(x='\\q')", "1:8: unknown escape (use \\n, \\t, \\r, \\\\, \\', \\\" or \\uXXXX)");
-        check_err("é >> AOp()", "1:2: expected `(` after op name `é` (write `é()`)");
-        check_err(&"(".repeat(100), "1:64: expression nested too deeply");
+        check_err("é >> AOp()", "1:3: expected `(` after op name `é` (write `é()`)");
+        check_err(&"(".repeat(100), "1:65: expression nested too deeply");
     }
 
     #[test]

@@ -302,7 +302,9 @@ fn parse_spec(
             None => Ok(None),
             Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
             Some(s) => Err((
-                find_key_line(text, field, line).unwrap_or(line),
+                find_key_line(text, field, line)
+                    .or_else(|| find_key_line(text, "limits", line))
+                    .unwrap_or(line),
                 1,
                 format!("flow `{name}`: limits.{field} must be a positive number of seconds, found {s}"),
             )),
@@ -578,7 +580,7 @@ mod tests {
         check("a:\n  flow_content: [\n", "f.yaml:3:1: error: invalid YAML: did not find expected node content");
         check(
             "ok:\n  flow_content: EchoOp()\nbad:\n  flow_content: EchoOp()\n  strem: true\n",
-            "f.yaml:3:1: error: flow `bad`: unknown field `strem`, expected one of `flow_content`, `stream`, `description`, `input_schema`, `limits`, `use_async`",
+            "f.yaml:5:1: error: flow `bad`: unknown field `strem`, expected one of `flow_content`, `stream`, `description`, `input_schema`, `limits`, `use_async`",
         );
         check("bad name:\n  flow_content: EchoOp()\n", "f.yaml:1:1: error: flow name `bad name` may only use letters, digits, `_` and `-` (it becomes a URL path and a tool name)");
         check(
@@ -597,7 +599,7 @@ mod tests {
         let text = "x:\n  flow_content: \"AOp() >> B\"\ny:\n  flow_content: |\n    AOp()\n      >> BOp(n=)\n";
         let specs: Vec<Spec> = parse(text).specs.into_iter().map(Result::unwrap).collect();
         assert_eq!(specs[0].file_pos(expr::Pos { line: 1, col: 10 }), (2, 27));
-        assert_eq!(specs[1].file_pos(expr::Pos { line: 2, col: 12 }), (6, 15));
+        assert_eq!(specs[1].file_pos(expr::Pos { line: 2, col: 12 }), (6, 16));
     }
 
     #[test]

@@ -122,6 +122,7 @@ fn run_op<T: Op>(args: &Args, ctx: &mut Context<'_>) -> Result<(), Error> {
 
 /// Builds the root module for a plugin; called once by abi_stable's loader.
 pub fn root_module<P: Plugin>() -> OpLib_Ref {
+    install_panic_hook();
     OpLib {
         plugin_name: RStr::from_str(P::NAME),
         plugin_version: RStr::from_str(P::VERSION),
@@ -195,12 +196,35 @@ extern "C" fn run_ffi<P: Plugin>(
     .into()
 }
 
+thread_local! {
+    static PANIC_LOCATION: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A cdylib carries its own copy of std, so this hook sees only this plugin's panics. It keeps
+/// the location for the error message instead of printing a backtrace over the host's log.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        PANIC_LOCATION.with(|slot| *slot.borrow_mut() = location);
+    }));
+}
+
 /// Runs plugin code so that neither an error nor a panic escapes as anything but a message.
 fn guarded<T>(body: impl FnOnce() -> Result<T, String>) -> Result<T, RString> {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(message)) => Err(message.into()),
-        Err(payload) => Err(format!("panic: {}", panic_message(payload.as_ref())).into()),
+        Err(payload) => {
+            let message = panic_message(payload.as_ref());
+            let location = PANIC_LOCATION.with(|slot| slot.borrow_mut().take());
+            Err(match location {
+                Some(at) => format!("panicked at {at}: {message}"),
+                None => format!("panicked: {message}"),
+            }
+            .into())
+        }
     }
 }
 

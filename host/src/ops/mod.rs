@@ -205,8 +205,9 @@ impl Plugins {
                 report.loaded.push(path.to_path_buf());
             }
             Err(err) => {
+                // Reported once, by whoever publishes the registry built from this scan.
                 let message = err.to_string();
-                tracing::warn!("plugin {} refused: {message}", path.display());
+                tracing::debug!("plugin {} refused: {message}", path.display());
                 let slot = self.slots.entry(key).or_insert(Slot {
                     stamp,
                     hash,

@@ -8,13 +8,14 @@ use serde_json::{json, Value};
 pub struct TickOp {
     n: u64,
     interval: Duration,
+    delay: Duration,
     text: String,
 }
 
 impl Op for TickOp {
     const NAME: &'static str = "TickOp";
     const DESCRIPTION: &'static str =
-        "Emits `tick i` every `interval_ms` (default 100), `n` times (default 10); stops on cancel";
+        "Emits `tick i` every `interval_ms` (default 100), `n` times (default 10), after `delay_ms`; stops on cancel";
 
     fn args_schema() -> Option<Value> {
         Some(json!({
@@ -22,6 +23,7 @@ impl Op for TickOp {
             "properties": {
                 "n": {"type": "integer", "minimum": 0},
                 "interval_ms": {"type": "integer", "minimum": 0},
+                "delay_ms": {"type": "integer", "minimum": 0, "description": "silence before the first tick"},
                 "text": {"type": "string"}
             }
         }))
@@ -31,12 +33,17 @@ impl Op for TickOp {
         Ok(TickOp {
             n: args.u64_or("n", 10)?,
             interval: Duration::from_millis(args.u64_or("interval_ms", 100)?),
+            delay: Duration::from_millis(args.u64_or("delay_ms", 0)?),
             text: args.str_or("text", "tick")?.to_string(),
         })
     }
 
     fn execute(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
         let mut ticks = 0u64;
+        if !self.delay.is_zero() && !ctx.sleep(self.delay) {
+            ctx.set("ticks", ticks);
+            return Ok(());
+        }
         for i in 0..self.n {
             if i > 0 && !ctx.sleep(self.interval) {
                 break;

@@ -1,0 +1,128 @@
+//! The `flowhost` binary as a user runs it.
+
+use serde_json::Value;
+
+use crate::util::*;
+
+#[test]
+fn check_prints_each_problem_and_fails() {
+    let flows = folder(&[
+        ("good.yaml", "fine:\n  flow_content: EchoOp()\n"),
+        ("bad.yaml", "oops:\n  flow_content: EchoOp() >> CuontOp(n=3)\n"),
+    ]);
+    let dir = flows.path().to_str().unwrap();
+    let (code, out, err) = flowhost(&["check", "--flows", dir]);
+    assert_eq!(code, 1, "{out}{err}");
+    let first = out.lines().next().unwrap();
+    assert_eq!(
+        first,
+        format!("{dir}/bad.yaml:2:29: error: flow `oops`: unknown op `CuontOp`; did you mean `CountOp`?")
+    );
+    assert!(out.contains("\n              ^"), "caret under the op: {out}");
+    assert!(err.contains("1 flow(s) live, 1 broken, 1 error(s)"), "{err}");
+
+    std::fs::remove_file(flows.path().join("bad.yaml")).unwrap();
+    let (code, out, _) = flowhost(&["check", "--flows", dir]);
+    assert_eq!((code, out.as_str()), (0, ""));
+}
+
+#[test]
+fn run_writes_json_lines_then_a_summary() {
+    let flows = folder(&[(
+        "f.yaml",
+        "echo:\n  flow_content: EchoOp()\n  input_schema:\n    query: {type: string, required: true}\nfail:\n  flow_content: FailOp(n=1, message=\"nope\")\n",
+    )]);
+    let dir = flows.path().to_str().unwrap();
+    let (code, out, err) = flowhost(&["run", "echo", "--flows", dir, "query=hello there"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[0]["chunk_type"], "answer");
+    assert_eq!(lines[0]["chunk"], "hello there");
+    assert_eq!(lines[0]["done"], false);
+    assert_eq!(lines[0]["metadata"]["op"], "EchoOp");
+    assert_eq!(lines[1]["answer"], "hello there");
+    assert_eq!(lines[1]["success"], true);
+    assert_eq!(lines[1]["flow_id"], lines[0]["flow_id"]);
+
+    let (code, out, _) = flowhost(&["run", "echo", "--flows", dir, "--input", r#"{"query": 42}"#]);
+    assert_eq!(code, 2);
+    assert!(out.is_empty());
+
+    let (code, out, _) = flowhost(&["run", "fail", "--flows", dir]);
+    assert_eq!(code, 1);
+    let summary: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["success"], false);
+    assert_eq!(summary["error"], "FailOp failed: nope");
+
+    let (code, _, err) = flowhost(&["run", "nope", "--flows", dir]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no flow named `nope`") && err.contains("echo, fail"), "{err}");
+}
+
+#[test]
+fn invalid_input_names_the_field() {
+    let flows = folder(&[("f.yaml", "echo:\n  flow_content: EchoOp()\n  input_schema:\n    query: {type: string, required: true}\n")]);
+    let dir = flows.path().to_str().unwrap();
+    let (code, _, err) = flowhost(&["run", "echo", "--flows", dir, "query=5"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("query: 5 is not of type \"string\""), "{err}");
+    let (_, _, err) = flowhost(&["run", "echo", "--flows", dir]);
+    assert!(err.contains("query: \"query\" is a required property"), "{err}");
+}
+
+#[test]
+fn flows_lists_status_and_the_default_folder_works() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dir = root.join("flows");
+    let (code, out, err) = flowhost(&["flows", "--json", "--flows", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let status = |name: &str| {
+        listed["flows"].as_array().unwrap().iter().find(|f| f["name"] == name).map(|f| f["status"].clone())
+    };
+    for flow in ["echo_flow", "echo_stream_flow", "count_stream_flow", "serial_flow", "parallel_flow"] {
+        assert_eq!(status(flow), Some(Value::from("live")), "{flow}");
+    }
+    // The LLM demo flow is listed with a reason until its op exists.
+    let demo = listed["flows"].as_array().unwrap().iter().find(|f| f["name"] == "demo_stream_http_flow").unwrap();
+    if demo["status"] == "broken" {
+        assert!(demo["error"].as_str().unwrap().contains("StreamChatOp"));
+    }
+
+    let (code, out, _) = flowhost(&["run", "parallel_flow", "--flows", dir.to_str().unwrap(), "query=hi"]);
+    assert_eq!(code, 0);
+    let summary: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["answer"], "hi");
+}
+
+#[test]
+fn config_overrides_are_typed_and_layered() {
+    let dir = folder(&[("c.yaml", "http: {port: 1234}\nenable_logo: false\n")]);
+    let config = dir.path().join("c.yaml");
+    let (code, out, err) = flowhost(&[
+        "config", "-c", config.to_str().unwrap(), "http.host=0.0.0.0", "debounce_ms=20", "llm.default.params={\"temperature\":0.6}",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let value: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(value["http"]["port"], 1234);
+    assert_eq!(value["http"]["host"], "0.0.0.0");
+    assert_eq!(value["debounce_ms"], 20);
+    assert_eq!(value["llm"]["default"]["params"]["temperature"], 0.6);
+
+    let (code, _, err) = flowhost(&["config", "-c", config.to_str().unwrap(), "http.port=lots"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("c.yaml") && err.contains("invalid type"), "{err}");
+}
+
+#[test]
+fn help_and_version() {
+    let (code, out, _) = flowhost(&["--help"]);
+    assert_eq!(code, 0);
+    for command in ["ops", "flows", "check", "run"] {
+        assert!(out.contains(command), "{out}");
+    }
+    let (code, out, _) = flowhost(&["--version"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), format!("flowhost {}", env!("CARGO_PKG_VERSION")));
+}

@@ -1,0 +1,171 @@
+//! Executor semantics with the real op-basic plugin: serial order, parallel timing and merge,
+//! failure propagation, limits, cancellation and backpressure.
+
+use std::time::{Duration, Instant};
+
+use flowhost::chunk::ChunkKind;
+use flowhost::exec;
+use serde_json::json;
+
+use crate::util::*;
+
+const FLOWS: &str = r#"
+serial:
+  flow_content: GenSystemPromptOp(template="About {topic}.") >> EchoOp()
+parallel_ticks:
+  flow_content: TickOp(n=5, interval_ms=100, text="a") | TickOp(n=5, interval_ms=100, text="b")
+  stream: true
+merge:
+  flow_content: (TickOp(n=2, interval_ms=30) >> GenSystemPromptOp(template="A")) | GenSystemPromptOp(template="B")
+failing_branch:
+  flow_content: TickOp(n=200, interval_ms=25, text="sibling") | (TickOp(n=2, interval_ms=25, text="doomed") >> FailOp(message="bad input"))
+  stream: true
+first_chunk_limit:
+  flow_content: TickOp(n=1, delay_ms=5000)
+  limits: {first_chunk_timeout: 0.2}
+idle_limit:
+  flow_content: TickOp(n=3, interval_ms=5000)
+  limits: {idle_timeout: 0.2}
+total_limit:
+  flow_content: TickOp(n=1000, interval_ms=20)
+  limits: {total_timeout: 0.3}
+output_limit:
+  flow_content: CountOp(n=100000, text="0123456789")
+  limits: {max_output_bytes: 1000}
+endless:
+  flow_content: TickOp(n=100000, interval_ms=10)
+  stream: true
+flood:
+  flow_content: CountOp(n=10000000)
+  stream: true
+"#;
+
+fn setup() -> (tempfile::TempDir, std::sync::Arc<flowhost::catalog::Catalog>) {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let catalog = catalog_with_basic(flows.path());
+    let errors: Vec<String> = catalog.snapshot().errors().map(|d| d.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    (flows, catalog)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_steps_share_the_context_in_order() {
+    let (_flows, catalog) = setup();
+    let (chunks, outcome) = run(&catalog, "serial", json!({"query": "q?", "topic": "owls"})).await;
+    assert_eq!(texts(&chunks), ["q?"]);
+    assert_eq!(chunks[0].op, "EchoOp");
+    assert_eq!(outcome.context["system_prompt"], "About owls.");
+    assert_eq!(outcome.context["messages"], json!([{"role": "user", "content": "q?"}]));
+    assert_eq!(outcome.answer, "q?");
+    assert!(outcome.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_branches_overlap_and_interleave() {
+    let (_flows, catalog) = setup();
+    let started = Instant::now();
+    let (chunks, outcome) = run(&catalog, "parallel_ticks", json!({})).await;
+    let took = started.elapsed();
+    assert!(outcome.success());
+    assert_eq!(chunks.len(), 10);
+    // Each branch takes 400 ms; one after the other would be 800 ms.
+    assert!(took < Duration::from_millis(700), "parallel branches took {took:?}");
+    let firsts: Vec<&str> = chunks[..2].iter().map(|c| &c.text[..1]).collect();
+    assert!(firsts.contains(&"a") && firsts.contains(&"b"), "interleaved: {:?}", texts(&chunks));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_writes_merge_in_declaration_order() {
+    let (_flows, catalog) = setup();
+    for _ in 0..10 {
+        // Branch B finishes first; declaration order still puts A's write before B's.
+        let (_, outcome) = run(&catalog, "merge", json!({})).await;
+        assert_eq!(outcome.context["system_prompt"], "B");
+        assert_eq!(outcome.context["ticks"], 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_branch_cancels_its_sibling() {
+    let (_flows, catalog) = setup();
+    let started = Instant::now();
+    let (chunks, outcome) = run(&catalog, "failing_branch", json!({})).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "sibling was not cancelled");
+    let last = chunks.last().unwrap();
+    assert_eq!(last.kind, ChunkKind::Error);
+    assert_eq!(last.text, "FailOp failed: bad input");
+    assert_eq!(outcome.error.as_deref(), Some("FailOp failed: bad input"));
+    let sibling = chunks.iter().filter(|c| c.text.starts_with("sibling")).count();
+    assert!(sibling < 40, "the sibling kept going: {sibling} ticks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_end_runs_with_an_error_chunk() {
+    let (_flows, catalog) = setup();
+    let cases = [
+        ("first_chunk_limit", "no first chunk within limits.first_chunk_timeout (0.2s)", 0),
+        ("idle_limit", "no chunk within limits.idle_timeout (0.2s)", 1),
+        ("total_limit", "not finished within limits.total_timeout (0.3s)", 5),
+        ("output_limit", "exceeded its output limit of 1000 bytes", 100),
+    ];
+    for (flow, message, min_before) in cases {
+        let started = Instant::now();
+        let (chunks, outcome) = run(&catalog, flow, json!({})).await;
+        assert!(started.elapsed() < Duration::from_secs(3), "{flow} took {:?}", started.elapsed());
+        let last = chunks.last().unwrap();
+        assert_eq!(last.kind, ChunkKind::Error, "{flow}");
+        assert!(last.text.contains(message), "{flow}: {}", last.text);
+        assert!(chunks.len() > min_before, "{flow}: {} chunks", chunks.len());
+        assert!(outcome.error.unwrap().contains(message));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_the_op_promptly() {
+    let (_flows, catalog) = setup();
+    for _ in 0..5 {
+        let mut run = start(&catalog, "endless", json!({}));
+        let mut batch = Vec::new();
+        assert!(run.next_batch(&mut batch).await);
+        let cancel = run.cancel_token();
+        let started = Instant::now();
+        cancel.cancel();
+        // `finish` waits for the op thread to return.
+        let outcome = run.finish().await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(500), "op stopped {took:?} after cancel");
+        assert!(outcome.context["ticks"].as_u64().unwrap() < 100);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_holds_the_producer() {
+    let (_flows, catalog) = setup();
+    let options = exec::Options { buffer: 256, collect_answer: false };
+    let snapshot = catalog.snapshot();
+    let flow = snapshot.get("flood").unwrap().flow.clone().unwrap();
+    let mut run = exec::start(flow, input(json!({})), &options);
+    let mut batch = Vec::new();
+    let mut received = 0;
+    for _ in 0..3 {
+        assert!(run.next_batch(&mut batch).await);
+        assert!(batch.len() <= 256, "batch of {} exceeds the bound", batch.len());
+        received += batch.len();
+        batch.clear();
+        // A slow reader: the producer must wait instead of buffering millions of chunks.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(run.next_batch(&mut batch).await);
+    assert!(batch.len() <= 256, "after a pause the buffer held {}", batch.len());
+    received += batch.len();
+    assert!(received < 2000, "received {received}");
+    drop(run);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_run_has_its_own_flow_id() {
+    let (_flows, catalog) = setup();
+    let a = start(&catalog, "serial", json!({"query": "x"}));
+    let b = start(&catalog, "serial", json!({"query": "x"}));
+    assert_ne!(a.flow_id, b.flow_id);
+}

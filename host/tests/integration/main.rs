@@ -1,0 +1,8 @@
+//! flowhost's integration tests: real plugin libraries, the real file watcher, and the real
+//! `flowhost` binary. One test binary (see `util` for the shared fixtures).
+
+mod cli;
+mod executor;
+mod plugins;
+mod reload;
+mod util;

@@ -30,7 +30,9 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the buffer inconsistent (every critical
         // section is a push or a swap), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 }
 
@@ -185,7 +187,11 @@ mod tests {
         let mut got = Vec::new();
         let mut batch = Vec::new();
         while rx.recv_batch(&mut batch).await {
-            assert!(batch.len() <= 8, "buffer exceeded its bound: {}", batch.len());
+            assert!(
+                batch.len() <= 8,
+                "buffer exceeded its bound: {}",
+                batch.len()
+            );
             got.append(&mut batch);
         }
         producer.join().unwrap();

@@ -274,7 +274,10 @@ impl State {
             for diag in &file.parsed.diagnostics {
                 let mut diag = diag.clone();
                 if !file.last_parsed.is_empty() {
-                    add_note(&mut diag.message, "the last good version of this file stays live");
+                    add_note(
+                        &mut diag.message,
+                        "the last good version of this file stays live",
+                    );
                 }
                 snapshot.diagnostics.push(diag);
             }
@@ -319,7 +322,6 @@ impl State {
         self.last_good.retain(|name, _| owner.contains_key(name));
         snapshot
     }
-
 }
 
 /// Compiles one flow, falling back to its last good spec when the new one fails.
@@ -351,7 +353,10 @@ fn compile_entry(
         if let Some(good) = last_good.get(name).cloned() {
             if new_spec.as_deref() != Some(&*good) {
                 if let Ok(flow) = flow::compile(good.clone(), registry) {
-                    add_note(&mut error.message, "the last good version of this flow stays live");
+                    add_note(
+                        &mut error.message,
+                        "the last good version of this flow stays live",
+                    );
                     return Pending {
                         spec: Some(good),
                         flow: Some(Arc::new(flow)),

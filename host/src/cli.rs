@@ -108,7 +108,10 @@ pub fn default_log_filter(command: &Command) -> &'static str {
         // `ops` has no other way to show a refused plugin; the others print flow problems
         // themselves, so repeating them as log lines is noise.
         Command::Ops { .. } => "warn",
-        Command::Flows { .. } | Command::Check { .. } | Command::Run { .. } | Command::Config { .. } => "error",
+        Command::Flows { .. }
+        | Command::Check { .. }
+        | Command::Run { .. }
+        | Command::Config { .. } => "error",
     }
 }
 
@@ -191,7 +194,10 @@ fn ops(config: &Config, as_json: bool) -> Result<ExitCode, String> {
             .iter()
             .map(|e| json!({"file": e.path, "message": e.message}))
             .collect();
-        print(&serde_json::to_string_pretty(&json!({"ops": ops, "errors": errors})).unwrap_or_default())?;
+        print(
+            &serde_json::to_string_pretty(&json!({"ops": ops, "errors": errors}))
+                .unwrap_or_default(),
+        )?;
     } else {
         if registry.ops.is_empty() {
             eprintln!(
@@ -276,7 +282,11 @@ fn check(config: &Config) -> Result<ExitCode, String> {
     let snapshot = catalog.snapshot();
     let mut errors = 0;
     for error in &snapshot.registry.errors {
-        print(&format!("{}: error: {}", error.path.display(), error.message))?;
+        print(&format!(
+            "{}: error: {}",
+            error.path.display(),
+            error.message
+        ))?;
         errors += 1;
     }
     for diag in &snapshot.diagnostics {
@@ -321,7 +331,9 @@ pub fn input_object(input: Option<&str>, fields: &[String]) -> Result<Map<String
         None => Map::new(),
         Some(text) => match serde_json::from_str(text) {
             Ok(Value::Object(map)) => map,
-            Ok(_) => return Err("--input must be a JSON object such as '{\"query\": \"hi\"}'".into()),
+            Ok(_) => {
+                return Err("--input must be a JSON object such as '{\"query\": \"hi\"}'".into())
+            }
             Err(err) => return Err(format!("--input is not valid JSON: {err}")),
         },
     };
@@ -359,7 +371,11 @@ fn run_flow(
         return Err(format!(
             "no flow named `{name}` in {} (flows: {})",
             display_dirs(&config.flow_dirs),
-            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
         ));
     };
     let Some(flow) = entry.flow.clone() else {
@@ -374,7 +390,10 @@ fn run_flow(
             .iter()
             .map(|(field, message)| format!("  {field}: {message}"))
             .collect();
-        return Err(format!("invalid input for flow `{name}`:\n{}", lines.join("\n")));
+        return Err(format!(
+            "invalid input for flow `{name}`:\n{}",
+            lines.join("\n")
+        ));
     }
     let runtime = runtime(config)?;
     let outcome = runtime.block_on(stream_to_stdout(flow, input))?;
@@ -408,7 +427,11 @@ async fn stream_to_stdout(
         }
         let mut out = stdout.lock();
         // A closed pipe (`| head`) ends the run like a disconnected client.
-        if out.write_all(line.as_bytes()).and_then(|_| out.flush()).is_err() {
+        if out
+            .write_all(line.as_bytes())
+            .and_then(|_| out.flush())
+            .is_err()
+        {
             return Err("stdout closed; run cancelled".into());
         }
     }

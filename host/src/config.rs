@@ -324,7 +324,13 @@ mod tests {
             ..Flags::default()
         })
         .unwrap();
-        assert_eq!(config.http, Http { host: "127.0.0.2".into(), port: 9000 });
+        assert_eq!(
+            config.http,
+            Http {
+                host: "127.0.0.2".into(),
+                port: 9000
+            }
+        );
         assert_eq!(config.filter.disabled, vec!["x".to_string()]);
         assert_eq!(config.flow_dirs, vec![PathBuf::from("flows")]);
 
@@ -335,6 +341,9 @@ mod tests {
             ..Flags::default()
         })
         .unwrap_err();
-        assert!(err.contains("c.yaml") && err.contains("invalid type"), "{err}");
+        assert!(
+            err.contains("c.yaml") && err.contains("invalid type"),
+            "{err}"
+        );
     }
 }

@@ -205,14 +205,29 @@ impl Run {
     fn deadline(&self) -> Option<(TokioInstant, String)> {
         let limits = &self.limits;
         let total = limits.total_timeout.map(|d| {
-            (self.started + d, format!("not finished within limits.total_timeout ({}s)", d.as_secs_f64()))
+            (
+                self.started + d,
+                format!(
+                    "not finished within limits.total_timeout ({}s)",
+                    d.as_secs_f64()
+                ),
+            )
         });
         let quiet = match self.last_chunk {
             None => limits.first_chunk_timeout.map(|d| {
-                (self.started + d, format!("no first chunk within limits.first_chunk_timeout ({}s)", d.as_secs_f64()))
+                (
+                    self.started + d,
+                    format!(
+                        "no first chunk within limits.first_chunk_timeout ({}s)",
+                        d.as_secs_f64()
+                    ),
+                )
             }),
             Some(last) => limits.idle_timeout.map(|d| {
-                (last + d, format!("no chunk within limits.idle_timeout ({}s)", d.as_secs_f64()))
+                (
+                    last + d,
+                    format!("no chunk within limits.idle_timeout ({}s)", d.as_secs_f64()),
+                )
             }),
         };
         match (total, quiet) {
@@ -283,8 +298,9 @@ impl Drop for Run {
     }
 }
 
-type NodeFuture<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Map<String, Value>, Failure>> + Send + 'a>>;
+type NodeFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Map<String, Value>, Failure>> + Send + 'a>,
+>;
 
 /// Runs a node on `context`; returns what it wrote, in write order.
 fn run_node<'a>(
@@ -322,9 +338,9 @@ fn run_node<'a>(
                     let context = context.clone();
                     let tx = tx.clone();
                     let group = group.clone();
-                    set.spawn(async move {
-                        (index, run_node(&branch, context, &tx, &group).await)
-                    });
+                    set.spawn(
+                        async move { (index, run_node(&branch, context, &tx, &group).await) },
+                    );
                 }
                 let mut results: Vec<Option<Map<String, Value>>> = vec![None; branches.len()];
                 let mut first_failure = None;
@@ -381,16 +397,17 @@ async fn run_step(
     };
     let op = step.op.clone();
     let args = step.args_json.clone();
-    let joined = tokio::task::spawn_blocking(move || {
-        op.library.run(op.name, &args, &context_json, &host)
-    })
-    .await;
+    let joined =
+        tokio::task::spawn_blocking(move || op.library.run(op.name, &args, &context_json, &host))
+            .await;
     let writes_json = match joined {
         Ok(Ok(writes)) => writes,
-        Ok(Err(message)) => return Err(Failure {
-            op: op_name,
-            message,
-        }),
+        Ok(Err(message)) => {
+            return Err(Failure {
+                op: op_name,
+                message,
+            })
+        }
         Err(join) => {
             return Err(Failure {
                 op: op_name,

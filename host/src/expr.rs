@@ -86,7 +86,10 @@ pub fn parse(source: &str) -> Result<Expr, Error> {
     };
     parser.skip_ws();
     if parser.at >= source.len() {
-        return Err(parser.error_at(0, "empty flow expression: write op calls such as `EchoOp()`"));
+        return Err(parser.error_at(
+            0,
+            "empty flow expression: write op calls such as `EchoOp()`",
+        ));
     }
     let expr = parser.par()?;
     parser.skip_ws();
@@ -408,10 +411,9 @@ impl<'a> Parser<'a> {
                 }
             }
             _ => {
-                return Err(self.error_here(&format!(
-                    "expected a value, found {}",
-                    self.describe_next()
-                )))
+                return Err(
+                    self.error_here(&format!("expected a value, found {}", self.describe_next()))
+                )
             }
         };
         self.depth -= 1;
@@ -546,7 +548,10 @@ mod tests {
         check("AOp() >> BOp() | COp()", "par(seq(AOp, BOp), COp)");
         check("AOp() | BOp() >> COp()", "par(AOp, seq(BOp, COp))");
         check("(AOp() | BOp()) >> COp()", "seq(par(AOp, BOp), COp)");
-        check("AOp() >> (BOp() | COp()) >> DOp()", "seq(AOp, par(BOp, COp), DOp)");
+        check(
+            "AOp() >> (BOp() | COp()) >> DOp()",
+            "seq(AOp, par(BOp, COp), DOp)",
+        );
         check("((AOp()))", "AOp");
         check("AOp() >> BOp() >> COp()", "seq(AOp, BOp, COp)");
         check("  AOp()\n  >> BOp()  # comment\n", "seq(AOp, BOp)");
@@ -572,7 +577,10 @@ mod tests {
             ("x=null", json!(null)),
             ("x=[1, 'a', [True]]", json!([1, "a", [true]])),
             ("x=[]", json!([])),
-            ("x={'k': 1, \"j\": {'n': None}}", json!({"k": 1, "j": {"n": null}})),
+            (
+                "x={'k': 1, \"j\": {'n': None}}",
+                json!({"k": 1, "j": {"n": null}}),
+            ),
             ("x={}", json!({})),
             ("x=[1,2,],", json!([1, 2])),
         ];
@@ -588,30 +596,72 @@ mod tests {
 
     #[test]
     fn errors_have_positions() {
-        check_err("", "1:1: empty flow expression: write op calls such as `EchoOp()`");
-        check_err("AOp", "1:4: expected `(` after op name `AOp` (write `AOp()`)");
-        check_err("AOp() >>", "1:9: expected an op call such as `EchoOp()` or a `(` group, found end of expression");
-        check_err("AOp() BOp()", "1:7: unexpected `BOp` after a complete expression (join steps with `>>` or `|`)");
-        check_err("(AOp() | BOp()", "1:15: expected `)` to close the group, found end of expression");
-        check_err("AOp(n 1)", "1:7: expected `=` after argument name `n` (arguments are keyword-only: `n=...`)");
-        check_err("AOp(1)", "1:5: expected a keyword argument `name=value` or `)`, found `1`");
+        check_err(
+            "",
+            "1:1: empty flow expression: write op calls such as `EchoOp()`",
+        );
+        check_err(
+            "AOp",
+            "1:4: expected `(` after op name `AOp` (write `AOp()`)",
+        );
+        check_err(
+            "AOp() >>",
+            "1:9: expected an op call such as `EchoOp()` or a `(` group, found end of expression",
+        );
+        check_err(
+            "AOp() BOp()",
+            "1:7: unexpected `BOp` after a complete expression (join steps with `>>` or `|`)",
+        );
+        check_err(
+            "(AOp() | BOp()",
+            "1:15: expected `)` to close the group, found end of expression",
+        );
+        check_err(
+            "AOp(n 1)",
+            "1:7: expected `=` after argument name `n` (arguments are keyword-only: `n=...`)",
+        );
+        check_err(
+            "AOp(1)",
+            "1:5: expected a keyword argument `name=value` or `)`, found `1`",
+        );
         check_err("AOp(x='abc)", "1:7: string is never closed");
         check_err("AOp(x=abc)", "1:7: `abc` is not a value: quote strings (\"abc\"); literals are numbers, true/false, null/None, [..] and {..}");
         check_err("AOp(x=1, x=2)", "1:10: argument `x` given twice");
-        check_err("AOp(x=1 y=2)", "1:9: expected `,` or `)` in the arguments of `AOp`, found `y`");
+        check_err(
+            "AOp(x=1 y=2)",
+            "1:9: expected `,` or `)` in the arguments of `AOp`, found `y`",
+        );
         check_err("AOp(x=1.2.3)", "1:7: `1.2.3` is not a number");
-        check_err("AOp() >>\n  >> BOp()", "2:3: expected an op call such as `EchoOp()` or a `(` group, found `>>`");
+        check_err(
+            "AOp() >>\n  >> BOp()",
+            "2:3: expected an op call such as `EchoOp()` or a `(` group, found `>>`",
+        );
         check_err("AOp() << BOp()", "1:7: `<<` (attaching tool ops) is not supported yet; chain ops with `>>` or run them side by side with `|`");
-        check_err("AOp(x=[1 2])", "1:10: expected `,` or `]` in a list, found `2`");
-        check_err("AOp(x={a: 1})", "1:8: expected a quoted key or `}` in a dict, found `a`");
-        check_err("AOp(x='\\q')", "1:8: unknown escape (use \\n, \\t, \\r, \\\\, \\', \\\" or \\uXXXX)");
-        check_err("é >> AOp()", "1:3: expected `(` after op name `é` (write `é()`)");
+        check_err(
+            "AOp(x=[1 2])",
+            "1:10: expected `,` or `]` in a list, found `2`",
+        );
+        check_err(
+            "AOp(x={a: 1})",
+            "1:8: expected a quoted key or `}` in a dict, found `a`",
+        );
+        check_err(
+            "AOp(x='\\q')",
+            "1:8: unknown escape (use \\n, \\t, \\r, \\\\, \\', \\\" or \\uXXXX)",
+        );
+        check_err(
+            "é >> AOp()",
+            "1:3: expected `(` after op name `é` (write `é()`)",
+        );
         check_err(&"(".repeat(100), "1:65: expression nested too deeply");
     }
 
     #[test]
     fn caret_points_at_the_column() {
-        assert_eq!(caret("AOp() BOp()", Pos { line: 1, col: 7 }), "  AOp() BOp()\n        ^");
+        assert_eq!(
+            caret("AOp() BOp()", Pos { line: 1, col: 7 }),
+            "  AOp() BOp()\n        ^"
+        );
     }
 
     proptest::proptest! {

@@ -101,7 +101,8 @@ impl Flow {
                 let mut field = err.instance_path().to_string();
                 if field.is_empty() {
                     // A missing required property is reported on the parent object.
-                    if let jsonschema::error::ValidationErrorKind::Required { property } = err.kind()
+                    if let jsonschema::error::ValidationErrorKind::Required { property } =
+                        err.kind()
                     {
                         field = format!("/{}", property.as_str().unwrap_or_default());
                     }
@@ -246,17 +247,16 @@ pub fn parse_file(path: &Path, text: &str) -> FileFlows {
             continue;
         };
         let line = find_key_line(text, &name, wrapper_line).unwrap_or(wrapper_line.max(1));
-        out.specs
-            .push(parse_spec(path, text, &name, line, value).map_err(|(l, c, message)| {
-                Diagnostic {
-                    file: path.to_path_buf(),
-                    line: l,
-                    col: c,
-                    severity: Severity::Error,
-                    flow: Some(name.clone()),
-                    message,
-                }
-            }));
+        out.specs.push(
+            parse_spec(path, text, &name, line, value).map_err(|(l, c, message)| Diagnostic {
+                file: path.to_path_buf(),
+                line: l,
+                col: c,
+                severity: Severity::Error,
+                flow: Some(name.clone()),
+                message,
+            }),
+        );
     }
     out
 }
@@ -294,7 +294,11 @@ fn parse_spec(
         None => json!({"type": "object"}),
         Some(schema) => normalize_schema(schema).map_err(|message| {
             let field_line = find_key_line(text, "input_schema", line).unwrap_or(line);
-            (field_line, 1, format!("flow `{name}`: input_schema: {message}"))
+            (
+                field_line,
+                1,
+                format!("flow `{name}`: input_schema: {message}"),
+            )
         })?,
     };
     let seconds = |field: &str, value: Option<f64>| -> Result<Option<Duration>, SpecError> {
@@ -306,7 +310,9 @@ fn parse_spec(
                     .or_else(|| find_key_line(text, "limits", line))
                     .unwrap_or(line),
                 1,
-                format!("flow `{name}`: limits.{field} must be a positive number of seconds, found {s}"),
+                format!(
+                    "flow `{name}`: limits.{field} must be a positive number of seconds, found {s}"
+                ),
             )),
         }
     };
@@ -577,7 +583,10 @@ mod tests {
                 .expect("a diagnostic");
             assert_eq!(diag.to_string(), expected);
         };
-        check("a:\n  flow_content: [\n", "f.yaml:3:1: error: invalid YAML: did not find expected node content");
+        check(
+            "a:\n  flow_content: [\n",
+            "f.yaml:3:1: error: invalid YAML: did not find expected node content",
+        );
         check(
             "ok:\n  flow_content: EchoOp()\nbad:\n  flow_content: EchoOp()\n  strem: true\n",
             "f.yaml:5:1: error: flow `bad`: unknown field `strem`, expected one of `flow_content`, `stream`, `description`, `input_schema`, `limits`, `use_async`",

@@ -40,10 +40,19 @@ pub fn start(catalog: Arc<Catalog>, debounce: Duration) -> Result<Watching, Stri
                     let mut routed = Routed::default();
                     for event in &events {
                         if event.need_rescan() {
-                            routed = Routed { flows: true, plugins: true };
+                            routed = Routed {
+                                flows: true,
+                                plugins: true,
+                            };
                             break;
                         }
-                        route(&event.kind, &event.paths, &flow_dirs, &plugin_dirs, &mut routed);
+                        route(
+                            &event.kind,
+                            &event.paths,
+                            &flow_dirs,
+                            &plugin_dirs,
+                            &mut routed,
+                        );
                     }
                     routed
                 }
@@ -51,7 +60,10 @@ pub fn start(catalog: Arc<Catalog>, debounce: Duration) -> Result<Watching, Stri
                     for err in errors {
                         tracing::warn!("file watcher error: {err}; rescanning everything");
                     }
-                    Routed { flows: true, plugins: true }
+                    Routed {
+                        flows: true,
+                        plugins: true,
+                    }
                 }
             };
             if routed.flows || routed.plugins {
@@ -63,7 +75,10 @@ pub fn start(catalog: Arc<Catalog>, debounce: Duration) -> Result<Watching, Stri
         .map_err(|err| format!("cannot start the file watcher: {err}"))?;
     for dir in flow_dirs.iter().chain(plugin_dirs.iter()) {
         if let Err(err) = debouncer.watch(dir, RecursiveMode::NonRecursive) {
-            tracing::warn!("cannot watch {}: {err}; changes there need a restart", dir.display());
+            tracing::warn!(
+                "cannot watch {}: {err}; changes there need a restart",
+                dir.display()
+            );
         }
     }
     Ok(Watching {
@@ -71,7 +86,13 @@ pub fn start(catalog: Arc<Catalog>, debounce: Duration) -> Result<Watching, Stri
     })
 }
 
-fn route(kind: &EventKind, paths: &[PathBuf], flow_dirs: &[PathBuf], plugin_dirs: &[PathBuf], routed: &mut Routed) {
+fn route(
+    kind: &EventKind,
+    paths: &[PathBuf],
+    flow_dirs: &[PathBuf],
+    plugin_dirs: &[PathBuf],
+    routed: &mut Routed,
+) {
     // Reading a file emits access events, and `touch` only changes metadata: neither can
     // change what is served.
     match kind {
@@ -81,7 +102,9 @@ fn route(kind: &EventKind, paths: &[PathBuf], flow_dirs: &[PathBuf], plugin_dirs
     }
     for path in paths {
         let Some(dir) = path.parent() else { continue };
-        if flow_dirs.iter().any(|d| d == dir) && (flow::is_flow_file(path) || is_configmap_swap(path)) {
+        if flow_dirs.iter().any(|d| d == dir)
+            && (flow::is_flow_file(path) || is_configmap_swap(path))
+        {
             routed.flows = true;
         }
         if plugin_dirs.iter().any(|d| d == dir) && plugin::is_library_name(path) {
@@ -113,15 +136,39 @@ mod tests {
         };
         let write = EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any));
         check(write, "/f/a.yaml", (true, false));
-        check(EventKind::Create(CreateKind::File), "/f/b.yml", (true, false));
-        check(EventKind::Remove(RemoveKind::File), "/f/a.yaml", (true, false));
-        check(EventKind::Modify(ModifyKind::Name(RenameMode::To)), "/f/a.yaml", (true, false));
-        check(EventKind::Access(AccessKind::Any), "/f/a.yaml", (false, false));
-        check(EventKind::Modify(ModifyKind::Metadata(notify::event::MetadataKind::Any)), "/f/a.yaml", (false, false));
+        check(
+            EventKind::Create(CreateKind::File),
+            "/f/b.yml",
+            (true, false),
+        );
+        check(
+            EventKind::Remove(RemoveKind::File),
+            "/f/a.yaml",
+            (true, false),
+        );
+        check(
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            "/f/a.yaml",
+            (true, false),
+        );
+        check(
+            EventKind::Access(AccessKind::Any),
+            "/f/a.yaml",
+            (false, false),
+        );
+        check(
+            EventKind::Modify(ModifyKind::Metadata(notify::event::MetadataKind::Any)),
+            "/f/a.yaml",
+            (false, false),
+        );
         check(write, "/f/.a.yaml.swp", (false, false));
         check(write, "/f/a.yaml~", (false, false));
         check(write, "/f/4913", (false, false));
-        check(EventKind::Create(CreateKind::Any), "/f/..data", (true, false));
+        check(
+            EventKind::Create(CreateKind::Any),
+            "/f/..data",
+            (true, false),
+        );
         check(write, "/p/libop_x.so", (false, true));
         check(write, "/p/flowhost", (false, false));
         check(write, "/elsewhere/a.yaml", (false, false));

@@ -20,8 +20,8 @@ use serde_json::{Map, Value};
 use crate::{Args, Context, Error, Host, Level, Op};
 
 pub use abi_stable::library::{
-    CheckTypeLayout, LibHeader, LibraryError, RootModuleResult,
-    __call_root_module_loader as call_root_module_loader,
+    __call_root_module_loader as call_root_module_loader, CheckTypeLayout, LibHeader, LibraryError,
+    RootModuleResult,
 };
 
 /// One op as the host sees it.

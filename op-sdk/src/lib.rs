@@ -212,13 +212,17 @@ impl Args {
     pub fn bool_or(&self, name: &str, default: bool) -> Result<bool, Error> {
         match self.0.get(name) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| type_error(name, "true or false", v)),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| type_error(name, "true or false", v)),
         }
     }
 }
 
 fn type_error(name: &str, expected: &str, found: &Value) -> Error {
-    Error(format!("argument `{name}` must be {expected}, found {found}"))
+    Error(format!(
+        "argument `{name}` must be {expected}, found {found}"
+    ))
 }
 
 /// What an op sees while it runs: the flow context (request fields plus what earlier ops
@@ -358,7 +362,12 @@ mod tests {
 
     #[test]
     fn args_report_types() {
-        let args = Args::new(serde_json::json!({"n": "x", "s": 3}).as_object().cloned().unwrap());
+        let args = Args::new(
+            serde_json::json!({"n": "x", "s": 3})
+                .as_object()
+                .cloned()
+                .unwrap(),
+        );
         assert_eq!(
             args.u64_or("n", 1).unwrap_err().message(),
             "argument `n` must be a non-negative integer, found \"x\""

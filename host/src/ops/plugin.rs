@@ -123,8 +123,8 @@ fn load_shadow(shadow: &Path) -> Result<(OpLib_Ref, String), LoadError> {
         VersionNumber::new(header.version_strings()),
         VersionNumber::new(host),
     ) {
-        let compatible = found_v.major == host_v.major
-            && (host_v.major != 0 || found_v.minor == host_v.minor);
+        let compatible =
+            found_v.major == host_v.major && (host_v.major != 0 || found_v.minor == host_v.minor);
         if !compatible {
             return Err(LoadError::Incompatible(format!(
                 "built against op-sdk {found}, host speaks {}.{}.x (rebuild the plugin against op-sdk {})",

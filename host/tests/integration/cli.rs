@@ -8,7 +8,10 @@ use crate::util::*;
 fn check_prints_each_problem_and_fails() {
     let flows = folder(&[
         ("good.yaml", "fine:\n  flow_content: EchoOp()\n"),
-        ("bad.yaml", "oops:\n  flow_content: EchoOp() >> CuontOp(n=3)\n"),
+        (
+            "bad.yaml",
+            "oops:\n  flow_content: EchoOp() >> CuontOp(n=3)\n",
+        ),
     ]);
     let dir = flows.path().to_str().unwrap();
     let (code, out, err) = flowhost(&["check", "--flows", dir]);
@@ -18,8 +21,14 @@ fn check_prints_each_problem_and_fails() {
         first,
         format!("{dir}/bad.yaml:2:29: error: flow `oops`: unknown op `CuontOp`; did you mean `CountOp`?")
     );
-    assert!(out.contains("\n              ^"), "caret under the op: {out}");
-    assert!(err.contains("1 flow(s) live, 1 broken, 1 error(s)"), "{err}");
+    assert!(
+        out.contains("\n              ^"),
+        "caret under the op: {out}"
+    );
+    assert!(
+        err.contains("1 flow(s) live, 1 broken, 1 error(s)"),
+        "{err}"
+    );
 
     std::fs::remove_file(flows.path().join("bad.yaml")).unwrap();
     let (code, out, _) = flowhost(&["check", "--flows", dir]);
@@ -35,7 +44,10 @@ fn run_writes_json_lines_then_a_summary() {
     let dir = flows.path().to_str().unwrap();
     let (code, out, err) = flowhost(&["run", "echo", "--flows", dir, "query=hello there"]);
     assert_eq!(code, 0, "{err}");
-    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert_eq!(lines[0]["chunk_type"], "answer");
     assert_eq!(lines[0]["chunk"], "hello there");
@@ -57,7 +69,10 @@ fn run_writes_json_lines_then_a_summary() {
 
     let (code, _, err) = flowhost(&["run", "nope", "--flows", dir]);
     assert_eq!(code, 2);
-    assert!(err.contains("no flow named `nope`") && err.contains("echo, fail"), "{err}");
+    assert!(
+        err.contains("no flow named `nope`") && err.contains("echo, fail"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -68,29 +83,56 @@ fn invalid_input_names_the_field() {
     assert_eq!(code, 2);
     assert!(err.contains("query: 5 is not of type \"string\""), "{err}");
     let (_, _, err) = flowhost(&["run", "echo", "--flows", dir]);
-    assert!(err.contains("query: \"query\" is a required property"), "{err}");
+    assert!(
+        err.contains("query: \"query\" is a required property"),
+        "{err}"
+    );
 }
 
 #[test]
 fn flows_lists_status_and_the_default_folder_works() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
     let dir = root.join("flows");
     let (code, out, err) = flowhost(&["flows", "--json", "--flows", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     let listed: Value = serde_json::from_str(&out).unwrap();
     let status = |name: &str| {
-        listed["flows"].as_array().unwrap().iter().find(|f| f["name"] == name).map(|f| f["status"].clone())
+        listed["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .map(|f| f["status"].clone())
     };
-    for flow in ["echo_flow", "echo_stream_flow", "count_stream_flow", "serial_flow", "parallel_flow"] {
+    for flow in [
+        "echo_flow",
+        "echo_stream_flow",
+        "count_stream_flow",
+        "serial_flow",
+        "parallel_flow",
+    ] {
         assert_eq!(status(flow), Some(Value::from("live")), "{flow}");
     }
     // The LLM demo flow is listed with a reason until its op exists.
-    let demo = listed["flows"].as_array().unwrap().iter().find(|f| f["name"] == "demo_stream_http_flow").unwrap();
+    let demo = listed["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "demo_stream_http_flow")
+        .unwrap();
     if demo["status"] == "broken" {
         assert!(demo["error"].as_str().unwrap().contains("StreamChatOp"));
     }
 
-    let (code, out, _) = flowhost(&["run", "parallel_flow", "--flows", dir.to_str().unwrap(), "query=hi"]);
+    let (code, out, _) = flowhost(&[
+        "run",
+        "parallel_flow",
+        "--flows",
+        dir.to_str().unwrap(),
+        "query=hi",
+    ]);
     assert_eq!(code, 0);
     let summary: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(summary["answer"], "hi");
@@ -101,7 +143,12 @@ fn config_overrides_are_typed_and_layered() {
     let dir = folder(&[("c.yaml", "http: {port: 1234}\nenable_logo: false\n")]);
     let config = dir.path().join("c.yaml");
     let (code, out, err) = flowhost(&[
-        "config", "-c", config.to_str().unwrap(), "http.host=0.0.0.0", "debounce_ms=20", "llm.default.params={\"temperature\":0.6}",
+        "config",
+        "-c",
+        config.to_str().unwrap(),
+        "http.host=0.0.0.0",
+        "debounce_ms=20",
+        "llm.default.params={\"temperature\":0.6}",
     ]);
     assert_eq!(code, 0, "{err}");
     let value: Value = serde_json::from_str(&out).unwrap();
@@ -112,7 +159,10 @@ fn config_overrides_are_typed_and_layered() {
 
     let (code, _, err) = flowhost(&["config", "-c", config.to_str().unwrap(), "http.port=lots"]);
     assert_eq!(code, 2);
-    assert!(err.contains("c.yaml") && err.contains("invalid type"), "{err}");
+    assert!(
+        err.contains("c.yaml") && err.contains("invalid type"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -124,5 +174,8 @@ fn help_and_version() {
     }
     let (code, out, _) = flowhost(&["--version"]);
     assert_eq!(code, 0);
-    assert_eq!(out.trim(), format!("flowhost {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        out.trim(),
+        format!("flowhost {}", env!("CARGO_PKG_VERSION"))
+    );
 }

@@ -40,7 +40,10 @@ flood:
   stream: true
 "#;
 
-fn setup() -> (tempfile::TempDir, std::sync::Arc<flowhost::catalog::Catalog>) {
+fn setup() -> (
+    tempfile::TempDir,
+    std::sync::Arc<flowhost::catalog::Catalog>,
+) {
     let flows = folder(&[("f.yaml", FLOWS)]);
     let catalog = catalog_with_basic(flows.path());
     let errors: Vec<String> = catalog.snapshot().errors().map(|d| d.to_string()).collect();
@@ -55,7 +58,10 @@ async fn serial_steps_share_the_context_in_order() {
     assert_eq!(texts(&chunks), ["q?"]);
     assert_eq!(chunks[0].op, "EchoOp");
     assert_eq!(outcome.context["system_prompt"], "About owls.");
-    assert_eq!(outcome.context["messages"], json!([{"role": "user", "content": "q?"}]));
+    assert_eq!(
+        outcome.context["messages"],
+        json!([{"role": "user", "content": "q?"}])
+    );
     assert_eq!(outcome.answer, "q?");
     assert!(outcome.success());
 }
@@ -69,9 +75,16 @@ async fn parallel_branches_overlap_and_interleave() {
     assert!(outcome.success());
     assert_eq!(chunks.len(), 10);
     // Each branch takes 400 ms; one after the other would be 800 ms.
-    assert!(took < Duration::from_millis(700), "parallel branches took {took:?}");
+    assert!(
+        took < Duration::from_millis(700),
+        "parallel branches took {took:?}"
+    );
     let firsts: Vec<&str> = chunks[..2].iter().map(|c| &c.text[..1]).collect();
-    assert!(firsts.contains(&"a") && firsts.contains(&"b"), "interleaved: {:?}", texts(&chunks));
+    assert!(
+        firsts.contains(&"a") && firsts.contains(&"b"),
+        "interleaved: {:?}",
+        texts(&chunks)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,12 +103,18 @@ async fn a_failing_branch_cancels_its_sibling() {
     let (_flows, catalog) = setup();
     let started = Instant::now();
     let (chunks, outcome) = run(&catalog, "failing_branch", json!({})).await;
-    assert!(started.elapsed() < Duration::from_secs(3), "sibling was not cancelled");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "sibling was not cancelled"
+    );
     let last = chunks.last().unwrap();
     assert_eq!(last.kind, ChunkKind::Error);
     assert_eq!(last.text, "FailOp failed: bad input");
     assert_eq!(outcome.error.as_deref(), Some("FailOp failed: bad input"));
-    let sibling = chunks.iter().filter(|c| c.text.starts_with("sibling")).count();
+    let sibling = chunks
+        .iter()
+        .filter(|c| c.text.starts_with("sibling"))
+        .count();
     assert!(sibling < 40, "the sibling kept going: {sibling} ticks");
 }
 
@@ -103,15 +122,35 @@ async fn a_failing_branch_cancels_its_sibling() {
 async fn limits_end_runs_with_an_error_chunk() {
     let (_flows, catalog) = setup();
     let cases = [
-        ("first_chunk_limit", "no first chunk within limits.first_chunk_timeout (0.2s)", 0),
-        ("idle_limit", "no chunk within limits.idle_timeout (0.2s)", 1),
-        ("total_limit", "not finished within limits.total_timeout (0.3s)", 5),
-        ("output_limit", "exceeded its output limit of 1000 bytes", 100),
+        (
+            "first_chunk_limit",
+            "no first chunk within limits.first_chunk_timeout (0.2s)",
+            0,
+        ),
+        (
+            "idle_limit",
+            "no chunk within limits.idle_timeout (0.2s)",
+            1,
+        ),
+        (
+            "total_limit",
+            "not finished within limits.total_timeout (0.3s)",
+            5,
+        ),
+        (
+            "output_limit",
+            "exceeded its output limit of 1000 bytes",
+            100,
+        ),
     ];
     for (flow, message, min_before) in cases {
         let started = Instant::now();
         let (chunks, outcome) = run(&catalog, flow, json!({})).await;
-        assert!(started.elapsed() < Duration::from_secs(3), "{flow} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{flow} took {:?}",
+            started.elapsed()
+        );
         let last = chunks.last().unwrap();
         assert_eq!(last.kind, ChunkKind::Error, "{flow}");
         assert!(last.text.contains(message), "{flow}: {}", last.text);
@@ -133,7 +172,10 @@ async fn cancel_stops_the_op_promptly() {
         // `finish` waits for the op thread to return.
         let outcome = run.finish().await;
         let took = started.elapsed();
-        assert!(took < Duration::from_millis(500), "op stopped {took:?} after cancel");
+        assert!(
+            took < Duration::from_millis(500),
+            "op stopped {took:?} after cancel"
+        );
         assert!(outcome.context["ticks"].as_u64().unwrap() < 100);
     }
 }
@@ -141,7 +183,10 @@ async fn cancel_stops_the_op_promptly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_stops_reading_holds_the_producer() {
     let (_flows, catalog) = setup();
-    let options = exec::Options { buffer: 256, collect_answer: false };
+    let options = exec::Options {
+        buffer: 256,
+        collect_answer: false,
+    };
     let snapshot = catalog.snapshot();
     let flow = snapshot.get("flood").unwrap().flow.clone().unwrap();
     let mut run = exec::start(flow, input(json!({})), &options);
@@ -149,14 +194,22 @@ async fn a_reader_that_stops_reading_holds_the_producer() {
     let mut received = 0;
     for _ in 0..3 {
         assert!(run.next_batch(&mut batch).await);
-        assert!(batch.len() <= 256, "batch of {} exceeds the bound", batch.len());
+        assert!(
+            batch.len() <= 256,
+            "batch of {} exceeds the bound",
+            batch.len()
+        );
         received += batch.len();
         batch.clear();
         // A slow reader: the producer must wait instead of buffering millions of chunks.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(run.next_batch(&mut batch).await);
-    assert!(batch.len() <= 256, "after a pause the buffer held {}", batch.len());
+    assert!(
+        batch.len() <= 256,
+        "after a pause the buffer held {}",
+        batch.len()
+    );
     received += batch.len();
     assert!(received < 2000, "received {received}");
     drop(run);

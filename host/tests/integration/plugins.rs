@@ -14,25 +14,53 @@ const FIXTURE_FLOWS: &str = "tick:\n  flow_content: FixtureTickOp(n=6, interval_
 
 #[test]
 fn two_plugin_libraries_load_at_once() {
-    let plugins = plugin_folder(&[(&op_basic(), &so("op_basic")), (&fixture("op_fixture"), &so("op_fixture"))]);
+    let plugins = plugin_folder(&[
+        (&op_basic(), &so("op_basic")),
+        (&fixture("op_fixture"), &so("op_fixture")),
+    ]);
     let mut loader = Plugins::new(vec![plugins.path().to_path_buf()]);
     let report = loader.scan();
     assert_eq!(report.loaded.len(), 2, "{report:?}");
     let registry = loader.registry();
     assert!(registry.errors.is_empty(), "{:?}", registry.errors);
-    assert_eq!(registry.get("EchoOp").unwrap().library.plugin_name, "op-basic");
-    assert_eq!(registry.get("VersionOp").unwrap().library.plugin_name, "op-fixture");
+    assert_eq!(
+        registry.get("EchoOp").unwrap().library.plugin_name,
+        "op-basic"
+    );
+    assert_eq!(
+        registry.get("VersionOp").unwrap().library.plugin_name,
+        "op-fixture"
+    );
 
     // The same through the binary: both plugins' ops, as valid JSON.
     let dir = plugins.path().to_str().unwrap();
     let (code, out, err) = flowhost(&["ops", "--json", "--no-default-plugins", "--plugins", dir]);
     assert_eq!(code, 0, "{err}");
     let listed: serde_json::Value = serde_json::from_str(&out).expect("ops --json is JSON");
-    let names: Vec<&str> = listed["ops"].as_array().unwrap().iter().map(|op| op["name"].as_str().unwrap()).collect();
-    for name in ["CountOp", "EchoOp", "FailOp", "FixtureTickOp", "GenSystemPromptOp", "PanicOp", "TickOp", "VersionOp"] {
+    let names: Vec<&str> = listed["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|op| op["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "CountOp",
+        "EchoOp",
+        "FailOp",
+        "FixtureTickOp",
+        "GenSystemPromptOp",
+        "PanicOp",
+        "TickOp",
+        "VersionOp",
+    ] {
         assert!(names.contains(&name), "{name} missing from {names:?}");
     }
-    let fixture_op = listed["ops"].as_array().unwrap().iter().find(|op| op["name"] == "VersionOp").unwrap();
+    let fixture_op = listed["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|op| op["name"] == "VersionOp")
+        .unwrap();
     assert_eq!(fixture_op["plugin_version"], "0.1.0");
     assert_eq!(fixture_op["sdk_version"], "0.1.0");
 }
@@ -56,7 +84,9 @@ async fn replaced_library_serves_new_calls_while_old_calls_finish() {
     std::fs::rename(&staging, plugins.path().join(so("op_fixture"))).unwrap();
     let cat = catalog.clone();
     let took = tokio::task::spawn_blocking(move || {
-        wait_for(Duration::from_secs(5), || cat.snapshot().generation > generation)
+        wait_for(Duration::from_secs(5), || {
+            cat.snapshot().generation > generation
+        })
     })
     .await
     .unwrap()
@@ -67,7 +97,15 @@ async fn replaced_library_serves_new_calls_while_old_calls_finish() {
     assert_eq!(texts(&chunks), ["v2"]);
     assert_eq!(outcome.answer, "v2");
     let snapshot = catalog.snapshot();
-    assert_eq!(snapshot.registry.get("VersionOp").unwrap().library.plugin_version, "0.2.0");
+    assert_eq!(
+        snapshot
+            .registry
+            .get("VersionOp")
+            .unwrap()
+            .library
+            .plugin_version,
+        "0.2.0"
+    );
 
     // The call that started on v1 finishes on v1.
     let mut rest = first;
@@ -76,7 +114,10 @@ async fn replaced_library_serves_new_calls_while_old_calls_finish() {
         rest.append(&mut batch);
     }
     let outcome = old_run.finish().await;
-    assert_eq!(texts(&rest), (0..6).map(|i| format!("v1 tick {i}\n")).collect::<Vec<_>>());
+    assert_eq!(
+        texts(&rest),
+        (0..6).map(|i| format!("v1 tick {i}\n")).collect::<Vec<_>>()
+    );
     assert_eq!(outcome.answer, "v1");
 
     // Installing by plain copy over the file works too.
@@ -85,13 +126,25 @@ async fn replaced_library_serves_new_calls_while_old_calls_finish() {
     let cat = catalog.clone();
     let reloaded = tokio::task::spawn_blocking(move || {
         wait_for(Duration::from_secs(5), || {
-            cat.snapshot().registry.get("VersionOp").unwrap().library.plugin_version == "0.1.0"
+            cat.snapshot()
+                .registry
+                .get("VersionOp")
+                .unwrap()
+                .library
+                .plugin_version
+                == "0.1.0"
         })
     })
     .await
     .unwrap();
     let snapshot = catalog.snapshot();
-    assert!(reloaded.is_some(), "copied-over library was not reloaded: generation {} -> {}, errors {:?}", generation, snapshot.generation, snapshot.registry.errors);
+    assert!(
+        reloaded.is_some(),
+        "copied-over library was not reloaded: generation {} -> {}, errors {:?}",
+        generation,
+        snapshot.generation,
+        snapshot.registry.errors
+    );
     let (chunks, _) = run(&catalog, "version", json!({})).await;
     assert_eq!(texts(&chunks), ["v1"]);
 }
@@ -128,7 +181,11 @@ fn bad_libraries_are_refused_in_one_line_each() {
         (&fixture("not_plugin"), &so("not_plugin")),
         (&fixture("op_incompat"), &so("op_incompat")),
     ]);
-    std::fs::write(plugins.path().join(so("op_x")), "this is a text file, not a library\n").unwrap();
+    std::fs::write(
+        plugins.path().join(so("op_x")),
+        "this is a text file, not a library\n",
+    )
+    .unwrap();
     let dir = plugins.path().to_str().unwrap();
     let (code, out, err) = flowhost(&["ops", "--no-default-plugins", "--plugins", dir]);
     assert_eq!(code, 0, "{err}");
@@ -136,26 +193,50 @@ fn bad_libraries_are_refused_in_one_line_each() {
     let lines: Vec<&str> = err.lines().collect();
     let expect = [
         (so("op_x"), "not a loadable shared library"),
-        (so("not_plugin"), "a shared library but not a flowhost plugin"),
-        (so("op_incompat"), "built against op-sdk 0.2.0, host speaks 0.1.x"),
+        (
+            so("not_plugin"),
+            "a shared library but not a flowhost plugin",
+        ),
+        (
+            so("op_incompat"),
+            "built against op-sdk 0.2.0, host speaks 0.1.x",
+        ),
     ];
     for (file, reason) in expect {
         let about: Vec<&&str> = lines.iter().filter(|l| l.contains(&file)).collect();
         assert_eq!(about.len(), 1, "one line about {file}: {err}");
-        assert!(about[0].contains(reason), "{file}: expected `{reason}` in {}", about[0]);
+        assert!(
+            about[0].contains(reason),
+            "{file}: expected `{reason}` in {}",
+            about[0]
+        );
     }
 }
 
 #[test]
 fn duplicate_op_names_keep_the_first_and_name_both_files() {
-    let plugins = plugin_folder(&[(&op_basic(), &so("op_basic")), (&fixture("op_dup"), &so("op_dup"))]);
+    let plugins = plugin_folder(&[
+        (&op_basic(), &so("op_basic")),
+        (&fixture("op_dup"), &so("op_dup")),
+    ]);
     let mut loader = Plugins::new(vec![plugins.path().to_path_buf()]);
     loader.scan();
     let registry = loader.registry();
-    assert_eq!(registry.get("EchoOp").unwrap().library.plugin_name, "op-basic");
+    assert_eq!(
+        registry.get("EchoOp").unwrap().library.plugin_name,
+        "op-basic"
+    );
     assert!(registry.get("DupOnlyOp").is_some());
-    let error = registry.errors.iter().map(|e| e.to_string()).find(|e| e.contains("EchoOp")).expect("a collision error");
-    assert!(error.contains(&so("op_dup")) && error.contains(&so("op_basic")), "{error}");
+    let error = registry
+        .errors
+        .iter()
+        .map(|e| e.to_string())
+        .find(|e| e.contains("EchoOp"))
+        .expect("a collision error");
+    assert!(
+        error.contains(&so("op_dup")) && error.contains(&so("op_basic")),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,7 +251,11 @@ async fn a_panicking_op_is_an_error_and_the_host_serves_on() {
         let last = chunks.last().expect("an error chunk");
         assert_eq!(last.kind, ChunkKind::Error);
         assert_eq!(last.op, "PanicOp");
-        assert!(last.text.contains("PanicOp") && last.text.contains("kaboom"), "{}", last.text);
+        assert!(
+            last.text.contains("PanicOp") && last.text.contains("kaboom"),
+            "{}",
+            last.text
+        );
         assert!(!outcome.success());
         let (chunks, outcome) = run(&catalog, "echo", json!({"query": "still here"})).await;
         assert_eq!(texts(&chunks), ["still here"]);
@@ -186,14 +271,30 @@ fn flows_follow_their_ops_as_plugins_come_and_go() {
     let _watching = flowhost::watch::start(catalog.clone(), Duration::from_millis(50)).unwrap();
     let status = |name: &str| catalog.snapshot().get(name).map(|e| e.status());
     assert_eq!(status("version"), Some("broken"));
-    let error = catalog.snapshot().get("version").unwrap().error.clone().unwrap();
+    let error = catalog
+        .snapshot()
+        .get("version")
+        .unwrap()
+        .error
+        .clone()
+        .unwrap();
     assert!(error.message.contains("unknown op `VersionOp`"), "{error}");
 
     std::fs::copy(fixture("op_fixture"), plugins.path().join(so("op_fixture"))).unwrap();
-    wait_for(Duration::from_secs(5), || status("version") == Some("live")).expect("flow became live");
+    wait_for(Duration::from_secs(5), || status("version") == Some("live"))
+        .expect("flow became live");
 
     std::fs::remove_file(plugins.path().join(so("op_fixture"))).unwrap();
-    wait_for(Duration::from_secs(5), || status("version") == Some("broken")).expect("flow became broken");
-    let error = catalog.snapshot().get("version").unwrap().error.clone().unwrap();
+    wait_for(Duration::from_secs(5), || {
+        status("version") == Some("broken")
+    })
+    .expect("flow became broken");
+    let error = catalog
+        .snapshot()
+        .get("version")
+        .unwrap()
+        .error
+        .clone()
+        .unwrap();
     assert!(error.message.contains("unknown op `VersionOp`"), "{error}");
 }

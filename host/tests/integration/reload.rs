@@ -14,7 +14,8 @@ const LIMIT: Duration = Duration::from_secs(2);
 
 fn watched(flows: &Path) -> (Arc<Catalog>, flowhost::watch::Watching) {
     let catalog = catalog_with_basic(flows);
-    let watching = flowhost::watch::start(catalog.clone(), Duration::from_millis(50)).unwrap();
+    let watching =
+        flowhost::watch::start(catalog.clone(), Duration::from_millis(50)).expect("watcher");
     (catalog, watching)
 }
 
@@ -36,17 +37,25 @@ fn create_edit_rename_and_delete_are_served_live() {
     let file = flows.path().join("a.yaml");
 
     std::fs::write(&file, flow_file("a", "one")).unwrap();
-    let took = wait_for(LIMIT, || served_text(&catalog, "a").is_some_and(|t| t.contains("one")));
+    let took = wait_for(LIMIT, || {
+        served_text(&catalog, "a").is_some_and(|t| t.contains("one"))
+    });
     eprintln!("create visible after {took:?}");
     took.expect("created flow served");
 
     std::fs::write(&file, flow_file("a", "two")).unwrap();
-    wait_for(LIMIT, || served_text(&catalog, "a").is_some_and(|t| t.contains("two"))).expect("in-place edit served");
+    wait_for(LIMIT, || {
+        served_text(&catalog, "a").is_some_and(|t| t.contains("two"))
+    })
+    .expect("in-place edit served");
 
     let tmp = flows.path().join("a.yaml.tmp");
     std::fs::write(&tmp, flow_file("a", "three")).unwrap();
     std::fs::rename(&tmp, &file).unwrap();
-    wait_for(LIMIT, || served_text(&catalog, "a").is_some_and(|t| t.contains("three"))).expect("edit by rename served");
+    wait_for(LIMIT, || {
+        served_text(&catalog, "a").is_some_and(|t| t.contains("three"))
+    })
+    .expect("edit by rename served");
 
     std::fs::remove_file(&file).unwrap();
     wait_for(LIMIT, || catalog.snapshot().get("a").is_none()).expect("deleted flow gone");
@@ -66,10 +75,17 @@ fn vim_style_save_is_one_clean_reload() {
     std::fs::write(dir.join("v.yaml"), flow_file("v", "new")).unwrap();
     std::fs::remove_file(dir.join("v.yaml~")).unwrap();
     std::fs::write(dir.join(".v.yaml.swp"), "swap 2").unwrap();
-    wait_for(LIMIT, || served_text(&catalog, "v").is_some_and(|t| t.contains("new"))).expect("vim save served");
+    wait_for(LIMIT, || {
+        served_text(&catalog, "v").is_some_and(|t| t.contains("new"))
+    })
+    .expect("vim save served");
     let snapshot = catalog.snapshot();
     assert_eq!(snapshot.flows.len(), 1, "{:?}", snapshot.flows.keys());
-    assert!(snapshot.diagnostics.is_empty(), "{:?}", snapshot.diagnostics);
+    assert!(
+        snapshot.diagnostics.is_empty(),
+        "{:?}",
+        snapshot.diagnostics
+    );
     // Swap-file churn alone does not reload anything.
     let generation = snapshot.generation;
     std::fs::write(dir.join(".v.yaml.swp"), "swap 3").unwrap();
@@ -79,7 +95,10 @@ fn vim_style_save_is_one_clean_reload() {
 
 #[test]
 fn a_broken_save_keeps_the_last_good_version() {
-    let flows = folder(&[("b.yaml", &flow_file("b", "good")), ("other.yaml", &flow_file("other", "x"))]);
+    let flows = folder(&[
+        ("b.yaml", &flow_file("b", "good")),
+        ("other.yaml", &flow_file("other", "x")),
+    ]);
     let (catalog, _watching) = watched(flows.path());
     let file = flows.path().join("b.yaml");
 
@@ -88,7 +107,10 @@ fn a_broken_save_keeps_the_last_good_version() {
     wait_for(LIMIT, || catalog.snapshot().errors().count() > 0).expect("error reported");
     let snapshot = catalog.snapshot();
     let error = snapshot.errors().next().unwrap().to_string();
-    assert!(error.starts_with(&format!("{}:3:1: error: invalid YAML", file.display())), "{error}");
+    assert!(
+        error.starts_with(&format!("{}:3:1: error: invalid YAML", file.display())),
+        "{error}"
+    );
     assert!(error.contains("last good version"), "{error}");
     assert!(served_text(&catalog, "b").unwrap().contains("good"));
     assert!(served_text(&catalog, "other").is_some());
@@ -96,7 +118,10 @@ fn a_broken_save_keeps_the_last_good_version() {
     // A bad expression: the flow keeps its last good version; the error has line and column.
     std::fs::write(&file, "b:\n  flow_content: TickOp(n=1) >> EchoOpp()\n").unwrap();
     wait_for(LIMIT, || {
-        catalog.snapshot().errors().any(|d| d.message.contains("unknown op `EchoOpp`"))
+        catalog
+            .snapshot()
+            .errors()
+            .any(|d| d.message.contains("unknown op `EchoOpp`"))
     })
     .expect("expression error reported");
     let snapshot = catalog.snapshot();
@@ -111,13 +136,19 @@ fn a_broken_save_keeps_the_last_good_version() {
 
     // Fixing it serves the fix and clears the error.
     std::fs::write(&file, flow_file("b", "fixed")).unwrap();
-    wait_for(LIMIT, || served_text(&catalog, "b").is_some_and(|t| t.contains("fixed"))).expect("fix served");
+    wait_for(LIMIT, || {
+        served_text(&catalog, "b").is_some_and(|t| t.contains("fixed"))
+    })
+    .expect("fix served");
     assert_eq!(catalog.snapshot().errors().count(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_started_before_an_edit_finishes_on_its_version() {
-    let flows = folder(&[("r.yaml", "r:\n  flow_content: TickOp(n=5, interval_ms=100, text=\"old\")\n  stream: true\n")]);
+    let flows = folder(&[(
+        "r.yaml",
+        "r:\n  flow_content: TickOp(n=5, interval_ms=100, text=\"old\")\n  stream: true\n",
+    )]);
     let catalog = catalog_with_basic(flows.path());
     let _watching = flowhost::watch::start(catalog.clone(), Duration::from_millis(50)).unwrap();
     let old = start(&catalog, "r", json!({}));
@@ -128,7 +159,9 @@ async fn a_run_started_before_an_edit_finishes_on_its_version() {
     .unwrap();
     let cat = catalog.clone();
     tokio::task::spawn_blocking(move || {
-        wait_for(LIMIT, || served_text(&cat, "r").is_some_and(|t| t.contains("new")))
+        wait_for(LIMIT, || {
+            served_text(&cat, "r").is_some_and(|t| t.contains("new"))
+        })
     })
     .await
     .unwrap()
@@ -160,7 +193,10 @@ fn kubernetes_configmap_symlink_swap_is_followed() {
     symlink("..2026_02", dir.join("..data_tmp")).unwrap();
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
     std::fs::remove_dir_all(dir.join("..2026_01")).unwrap();
-    wait_for(LIMIT, || served_text(&catalog, "k").is_some_and(|t| t.contains("second"))).expect("swap followed");
+    wait_for(LIMIT, || {
+        served_text(&catalog, "k").is_some_and(|t| t.contains("second"))
+    })
+    .expect("swap followed");
 }
 
 #[test]
@@ -173,15 +209,29 @@ fn a_symlinked_flow_folder_is_watched() {
     let (catalog, _watching) = watched(&link);
     assert!(served_text(&catalog, "s").is_some());
     std::fs::write(real.path().join("s.yaml"), flow_file("s", "two")).unwrap();
-    wait_for(LIMIT, || served_text(&catalog, "s").is_some_and(|t| t.contains("two"))).expect("edit through symlink served");
+    wait_for(LIMIT, || {
+        served_text(&catalog, "s").is_some_and(|t| t.contains("two"))
+    })
+    .expect("edit through symlink served");
 }
 
 #[test]
 fn duplicate_flow_names_across_files_name_both() {
-    let flows = folder(&[("a.yaml", &flow_file("same", "a")), ("b.yaml", &flow_file("same", "b"))]);
+    let flows = folder(&[
+        ("a.yaml", &flow_file("same", "a")),
+        ("b.yaml", &flow_file("same", "b")),
+    ]);
     let catalog = catalog_with_basic(flows.path());
     let snapshot = catalog.snapshot();
-    assert!(snapshot.get("same").unwrap().spec.flow_content.contains("\"a\""));
+    assert!(snapshot
+        .get("same")
+        .unwrap()
+        .spec
+        .flow_content
+        .contains("\"a\""));
     let error = snapshot.errors().next().unwrap().to_string();
-    assert!(error.contains("b.yaml:1:1") && error.contains("a.yaml"), "{error}");
+    assert!(
+        error.contains("b.yaml:1:1") && error.contains("a.yaml"),
+        "{error}"
+    );
 }

@@ -34,10 +34,7 @@ pub fn fixture(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/Cargo.toml");
-        let target = bin_dir()
-            .parent()
-            .expect("target folder")
-            .join("fixtures");
+        let target = bin_dir().parent().expect("target folder").join("fixtures");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--quiet", "--manifest-path"])

@@ -36,9 +36,11 @@ impl Op for CountOp {
             Some(n) => n,
             None => match ctx.get("n") {
                 None | Some(Value::Null) => 1000,
-                Some(v) => v
-                    .as_u64()
-                    .ok_or_else(|| Error::new(format!("input `n` must be a non-negative integer, found {v}")))?,
+                Some(v) => v.as_u64().ok_or_else(|| {
+                    Error::new(format!(
+                        "input `n` must be a non-negative integer, found {v}"
+                    ))
+                })?,
             },
         };
         let mut sent = 0u64;

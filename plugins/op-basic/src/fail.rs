@@ -14,7 +14,9 @@ impl Op for FailOp {
 
     fn new(args: &Args) -> Result<Self, Error> {
         Ok(FailOp {
-            message: args.str_or("message", "FailOp failed on purpose")?.to_string(),
+            message: args
+                .str_or("message", "FailOp failed on purpose")?
+                .to_string(),
             n: args.u64_or("n", 0)?,
         })
     }
@@ -38,7 +40,9 @@ impl Op for PanicOp {
 
     fn new(args: &Args) -> Result<Self, Error> {
         Ok(PanicOp {
-            message: args.str_or("message", "PanicOp panicked on purpose")?.to_string(),
+            message: args
+                .str_or("message", "PanicOp panicked on purpose")?
+                .to_string(),
         })
     }
 

@@ -21,19 +21,33 @@ fn main() {
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .expect("binary folder");
     let lib = bin_dir.join(format!("libop_basic.{}", std::env::consts::DLL_EXTENSION));
-    assert!(lib.is_file(), "{} missing: cargo build --release --workspace", lib.display());
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    assert!(
+        lib.is_file(),
+        "{} missing: cargo build --release --workspace",
+        lib.display()
+    );
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let mut report = Map::new();
     report.insert("profile".into(), json!(profile));
-    report.insert("emit_across_boundary".into(), emit_across_boundary(&bin_dir));
+    report.insert(
+        "emit_across_boundary".into(),
+        emit_across_boundary(&bin_dir),
+    );
     report.insert("plugin_load".into(), plugin_load(&lib));
     report.insert("exec".into(), runtime.block_on(exec_throughput(&bin_dir)));
     report.insert("save_to_served".into(), save_to_served(&bin_dir));
-    println!("{}", serde_json::to_string_pretty(&Value::Object(report)).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&Value::Object(report)).unwrap_or_default()
+    );
 }
 
 /// A host that only counts: the cost of `emit` across the FFI boundary and nothing else.
@@ -41,7 +55,10 @@ struct CountingHost(AtomicU64);
 
 impl HostCtx for CountingHost {
     fn emit(&self, _kind: u8, content: RStr<'_>, _json: bool) -> bool {
-        self.0.fetch_add(content.len() as u64 / content.len().max(1) as u64, Ordering::Relaxed);
+        self.0.fetch_add(
+            content.len() as u64 / content.len().max(1) as u64,
+            Ordering::Relaxed,
+        );
         true
     }
     fn is_cancelled(&self) -> bool {
@@ -62,7 +79,9 @@ fn emit_across_boundary(bin_dir: &Path) -> Value {
     let host = CountingHost(AtomicU64::new(0));
     let args = json!({"n": n}).to_string();
     let started = Instant::now();
-    op.library.run("CountOp", &args, "{}", &host).expect("CountOp runs");
+    op.library
+        .run("CountOp", &args, "{}", &host)
+        .expect("CountOp runs");
     let took = started.elapsed();
     assert_eq!(host.0.load(Ordering::Relaxed), n);
     json!({
@@ -104,11 +123,26 @@ async fn exec_throughput(bin_dir: &Path) -> Value {
          parallel2:\n  flow_content: CountOp(n=1500000) | CountOp(n=1500000)\n  stream: true\n",
     )
     .expect("write flows");
-    let catalog = Catalog::load(vec![flows.path().to_path_buf()], vec![bin_dir.to_path_buf()], Filter::default());
+    let catalog = Catalog::load(
+        vec![flows.path().to_path_buf()],
+        vec![bin_dir.to_path_buf()],
+        Filter::default(),
+    );
     let mut out = Map::new();
-    for (name, expected) in [("one", 5_000_000usize), ("serial3", 3_000_000), ("parallel2", 3_000_000)] {
-        let flow = catalog.snapshot().get(name).and_then(|e| e.flow.clone()).expect("flow compiles");
-        let options = exec::Options { collect_answer: false, ..exec::Options::default() };
+    for (name, expected) in [
+        ("one", 5_000_000usize),
+        ("serial3", 3_000_000),
+        ("parallel2", 3_000_000),
+    ] {
+        let flow = catalog
+            .snapshot()
+            .get(name)
+            .and_then(|e| e.flow.clone())
+            .expect("flow compiles");
+        let options = exec::Options {
+            collect_answer: false,
+            ..exec::Options::default()
+        };
         let started = Instant::now();
         let mut run = exec::start(flow, Map::new(), &options);
         let mut batch = Vec::new();
@@ -145,7 +179,11 @@ fn save_to_served(bin_dir: &Path) -> Value {
     let flows = tempfile::tempdir().expect("temp dir");
     let file: PathBuf = flows.path().join("s.yaml");
     std::fs::write(&file, "s:\n  flow_content: EchoOp()\n  description: v0\n").expect("write");
-    let catalog = Arc::new(Catalog::load(vec![flows.path().to_path_buf()], vec![bin_dir.to_path_buf()], Filter::default()));
+    let catalog = Arc::new(Catalog::load(
+        vec![flows.path().to_path_buf()],
+        vec![bin_dir.to_path_buf()],
+        Filter::default(),
+    ));
     let _watching = flowhost::watch::start(catalog.clone(), debounce).expect("watcher");
     let mut times = Vec::new();
     for round in 1..=20 {
@@ -155,7 +193,11 @@ fn save_to_served(bin_dir: &Path) -> Value {
         std::fs::write(&file, &text).expect("write");
         let want = format!("v{round}");
         loop {
-            if catalog.snapshot().get("s").is_some_and(|e| e.spec.description == want) {
+            if catalog
+                .snapshot()
+                .get("s")
+                .is_some_and(|e| e.spec.description == want)
+            {
                 break;
             }
             if started.elapsed() > Duration::from_secs(5) {

@@ -54,6 +54,29 @@ impl Snapshot {
             .filter_map(|(name, entry)| entry.flow.as_ref().map(|flow| (name, flow)))
     }
 
+    /// Every flow with its status, and every error, as `flowhost flows --json` and `GET /flows`
+    /// show them.
+    pub fn flows_json(&self) -> serde_json::Value {
+        let flows: Vec<serde_json::Value> = self
+            .flows
+            .iter()
+            .map(|(name, entry)| {
+                serde_json::json!({
+                    "name": name,
+                    "status": entry.status(),
+                    "stream": entry.spec.stream,
+                    "description": entry.spec.description,
+                    "file": entry.spec.file,
+                    "input_schema": entry.spec.input_schema,
+                    "flow_content": entry.spec.flow_content,
+                    "error": entry.error.as_ref().map(|d| d.to_string()),
+                })
+            })
+            .collect();
+        let errors: Vec<String> = self.errors().map(|d| d.to_string()).collect();
+        serde_json::json!({"generation": self.generation, "flows": flows, "errors": errors})
+    }
+
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
         self.diagnostics
             .iter()

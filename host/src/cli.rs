@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 
-use crate::catalog::{Catalog, Snapshot};
+use crate::catalog::Catalog;
 use crate::config::{self, Config, Flags};
 use crate::exec;
 
@@ -26,6 +26,26 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the flows over HTTP (SSE and JSON, FlowLLM-compatible; OpenAI-compatible API).
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Address to bind (default 127.0.0.1; 0.0.0.0 exposes the host to the network).
+        #[arg(long)]
+        host: Option<String>,
+        /// Port (default 8002, FlowLLM's; 0 picks a free one).
+        #[arg(long, short)]
+        port: Option<u16>,
+        /// Require `Authorization: Bearer KEY` on every route but /health.
+        #[arg(long, env = "FLOWHOST_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Do not watch flow and plugin folders for changes.
+        #[arg(long)]
+        no_watch: bool,
+        /// FlowLLM-style config overrides such as http.port=9000.
+        #[arg(value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
     /// List the ops of every loaded plugin.
     Ops {
         #[command(flatten)]
@@ -108,6 +128,7 @@ pub fn default_log_filter(command: &Command) -> &'static str {
         // `ops` has no other way to show a refused plugin; the others print flow problems
         // themselves, so repeating them as log lines is noise.
         Command::Ops { .. } => "warn",
+        Command::Serve { .. } => "info",
         Command::Flows { .. }
         | Command::Check { .. }
         | Command::Run { .. }
@@ -118,6 +139,22 @@ pub fn default_log_filter(command: &Command) -> &'static str {
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
+        Command::Serve {
+            common,
+            host,
+            port,
+            api_key,
+            no_watch,
+            overrides,
+        } => {
+            let mut flags = common.flags();
+            flags.host = host;
+            flags.port = port;
+            flags.api_key = api_key;
+            flags.no_watch = no_watch;
+            flags.overrides.extend(overrides);
+            with_config(flags, |config| serve(&config))
+        }
         Command::Ops { common, json } => with_config(common.flags(), |config| ops(&config, json)),
         Command::Flows { common, json } => {
             with_config(common.flags(), |config| flows(&config, json))
@@ -174,30 +211,7 @@ fn ops(config: &Config, as_json: bool) -> Result<ExitCode, String> {
         tracing::warn!("{error}");
     }
     if as_json {
-        let ops: Vec<Value> = registry
-            .ops
-            .values()
-            .map(|op| {
-                json!({
-                    "name": op.name,
-                    "description": op.description,
-                    "plugin": op.library.plugin_name,
-                    "plugin_version": op.library.plugin_version,
-                    "sdk_version": op.library.sdk_version,
-                    "file": op.library.path,
-                    "args_schema": op.args_schema,
-                })
-            })
-            .collect();
-        let errors: Vec<Value> = registry
-            .errors
-            .iter()
-            .map(|e| json!({"file": e.path, "message": e.message}))
-            .collect();
-        print(
-            &serde_json::to_string_pretty(&json!({"ops": ops, "errors": errors}))
-                .unwrap_or_default(),
-        )?;
+        print(&serde_json::to_string_pretty(&registry.to_json()).unwrap_or_default())?;
     } else {
         if registry.ops.is_empty() {
             eprintln!(
@@ -228,33 +242,11 @@ fn display_dirs(dirs: &[PathBuf]) -> String {
         .join(", ")
 }
 
-/// Lists flows as JSON values (shared by `flows --json` and, later, `/flows`).
-pub fn flows_json(snapshot: &Snapshot) -> Value {
-    let flows: Vec<Value> = snapshot
-        .flows
-        .iter()
-        .map(|(name, entry)| {
-            json!({
-                "name": name,
-                "status": entry.status(),
-                "stream": entry.spec.stream,
-                "description": entry.spec.description,
-                "file": entry.spec.file,
-                "input_schema": entry.spec.input_schema,
-                "flow_content": entry.spec.flow_content,
-                "error": entry.error.as_ref().map(|d| d.to_string()),
-            })
-        })
-        .collect();
-    let errors: Vec<String> = snapshot.errors().map(|d| d.to_string()).collect();
-    json!({"flows": flows, "errors": errors})
-}
-
 fn flows(config: &Config, as_json: bool) -> Result<ExitCode, String> {
     let catalog = load_catalog(config);
     let snapshot = catalog.snapshot();
     if as_json {
-        print(&serde_json::to_string_pretty(&flows_json(&snapshot)).unwrap_or_default())?;
+        print(&serde_json::to_string_pretty(&snapshot.flows_json()).unwrap_or_default())?;
         return Ok(ExitCode::SUCCESS);
     }
     if snapshot.flows.is_empty() {
@@ -355,6 +347,25 @@ pub fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, String> {
         .max_blocking_threads(config.max_op_threads)
         .build()
         .map_err(|err| format!("cannot start the async runtime: {err}"))
+}
+
+fn serve(config: &Config) -> Result<ExitCode, String> {
+    if config.backend != config::Backend::Http {
+        return Err(
+            "the stdio (MCP) transport is not available in this build; use backend: http".into(),
+        );
+    }
+    let runtime = runtime(config)?;
+    runtime.block_on(async {
+        let catalog = Arc::new(load_catalog(config));
+        let _watching = if config.watch {
+            Some(crate::watch::start(catalog.clone(), config.debounce)?)
+        } else {
+            None
+        };
+        crate::transport::http::serve(catalog, config.http.clone()).await
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_flow(

@@ -39,6 +39,16 @@ pub enum Backend {
 pub struct Http {
     pub host: String,
     pub port: u16,
+    /// Largest accepted request body, in bytes.
+    pub body_limit: usize,
+    /// Origins allowed by CORS; empty means any.
+    pub cors_origins: Vec<String>,
+    /// When set, every route but `/health` needs `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// Idle time before an SSE keep-alive comment.
+    pub keepalive: Duration,
+    /// How long streams may go on after SIGINT/SIGTERM before they are ended.
+    pub shutdown_timeout: Duration,
 }
 
 /// What the command line adds on top of the file and the overrides.
@@ -52,6 +62,7 @@ pub struct Flags {
     pub overrides: Vec<String>,
     pub host: Option<String>,
     pub port: Option<u16>,
+    pub api_key: Option<String>,
     pub transport: Option<Backend>,
     pub no_watch: bool,
 }
@@ -78,6 +89,14 @@ struct Raw {
 struct RawHttp {
     host: String,
     port: u16,
+    body_limit: usize,
+    cors_origins: Vec<String>,
+    api_key: Option<String>,
+    keepalive_secs: f64,
+    shutdown_timeout: f64,
+    /// FlowLLM's uvicorn settings; accepted, not used.
+    timeout_keep_alive: Option<Value>,
+    limit_concurrency: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +129,13 @@ impl Default for RawHttp {
         RawHttp {
             host: "127.0.0.1".into(),
             port: 8002,
+            body_limit: 1024 * 1024,
+            cors_origins: Vec::new(),
+            api_key: None,
+            keepalive_secs: 15.0,
+            shutdown_timeout: 10.0,
+            timeout_keep_alive: None,
+            limit_concurrency: None,
         }
     }
 }
@@ -187,6 +213,14 @@ pub fn load(flags: Flags) -> Result<Config, String> {
         http: Http {
             host: flags.host.unwrap_or(raw.http.host),
             port: flags.port.unwrap_or(raw.http.port),
+            body_limit: raw.http.body_limit,
+            cors_origins: raw.http.cors_origins,
+            api_key: flags
+                .api_key
+                .or(raw.http.api_key)
+                .filter(|key| !key.is_empty()),
+            keepalive: seconds(&where_, "http.keepalive_secs", raw.http.keepalive_secs)?,
+            shutdown_timeout: seconds(&where_, "http.shutdown_timeout", raw.http.shutdown_timeout)?,
         },
         flow_dirs,
         plugin_dirs,
@@ -200,6 +234,16 @@ pub fn load(flags: Flags) -> Result<Config, String> {
         max_op_threads: raw.max_op_threads,
         source,
     })
+}
+
+fn seconds(where_: &str, key: &str, value: f64) -> Result<Duration, String> {
+    if value.is_finite() && value > 0.0 {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(format!(
+            "{where_}: {key} must be a positive number of seconds, found {value}"
+        ))
+    }
 }
 
 fn read_file(path: &Path) -> Result<Value, String> {
@@ -325,11 +369,8 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            config.http,
-            Http {
-                host: "127.0.0.2".into(),
-                port: 9000
-            }
+            (config.http.host.as_str(), config.http.port),
+            ("127.0.0.2", 9000)
         );
         assert_eq!(config.filter.disabled, vec!["x".to_string()]);
         assert_eq!(config.flow_dirs, vec![PathBuf::from("flows")]);

@@ -397,9 +397,14 @@ async fn run_step(
     };
     let op = step.op.clone();
     let args = step.args_json.clone();
-    let joined =
-        tokio::task::spawn_blocking(move || op.library.run(op.name, &args, &context_json, &host))
-            .await;
+    let joined = tokio::task::spawn_blocking(move || {
+        let running = metrics::gauge!(crate::metrics::OPS_RUNNING);
+        running.increment(1.0);
+        let result = op.library.run(op.name, &args, &context_json, &host);
+        running.decrement(1.0);
+        result
+    })
+    .await;
     let writes_json = match joined {
         Ok(Ok(writes)) => writes,
         Ok(Err(message)) => {

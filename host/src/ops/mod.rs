@@ -47,6 +47,31 @@ impl Registry {
         self.ops.get(name)
     }
 
+    /// The ops and the refused plugin files, as `flowhost ops --json` and `GET /ops` show them.
+    pub fn to_json(&self) -> Value {
+        let ops: Vec<Value> = self
+            .ops
+            .values()
+            .map(|op| {
+                serde_json::json!({
+                    "name": op.name,
+                    "description": op.description,
+                    "plugin": op.library.plugin_name,
+                    "plugin_version": op.library.plugin_version,
+                    "sdk_version": op.library.sdk_version,
+                    "file": op.library.path,
+                    "args_schema": op.args_schema,
+                })
+            })
+            .collect();
+        let errors: Vec<Value> = self
+            .errors
+            .iter()
+            .map(|e| serde_json::json!({"file": e.path, "message": e.message}))
+            .collect();
+        serde_json::json!({"ops": ops, "errors": errors})
+    }
+
     /// The known op name closest to `name`, for "did you mean" hints.
     pub fn suggest(&self, name: &str) -> Option<&'static str> {
         self.ops
@@ -102,7 +127,14 @@ impl ScanReport {
 
 impl Plugins {
     pub fn new(dirs: Vec<PathBuf>) -> Plugins {
-        let shadow_dir = std::env::temp_dir().join(format!("flowhost-{}", std::process::id()));
+        // One folder per instance: tests and tools may hold several at once, and each removes
+        // its own when dropped.
+        static INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let shadow_dir = std::env::temp_dir().join(format!(
+            "flowhost-{}-{}",
+            std::process::id(),
+            INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         prune_stale_shadow_dirs();
         let mut unique = Vec::new();
         for dir in dirs {
@@ -289,6 +321,7 @@ fn prune_stale_shadow_dirs() {
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix("flowhost-"))
+            .and_then(|rest| rest.split('-').next())
             .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;

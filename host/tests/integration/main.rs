@@ -3,6 +3,7 @@
 
 mod cli;
 mod executor;
+mod http;
 mod plugins;
 mod reload;
 mod util;

@@ -1,0 +1,51 @@
+//! Prometheus metrics: the names flowhost records and the process-wide recorder. Knows nothing
+//! of what is measured beyond these names.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "flowhost_http_requests_total";
+pub const ACTIVE_STREAMS: &str = "flowhost_active_streams";
+pub const CHUNKS: &str = "flowhost_chunks_total";
+pub const FIRST_CHUNK: &str = "flowhost_first_chunk_seconds";
+pub const FLOW_ERRORS: &str = "flowhost_flow_errors_total";
+pub const CANCELLATIONS: &str = "flowhost_cancellations_total";
+pub const RELOADS: &str = "flowhost_reloads_total";
+pub const OPS_RUNNING: &str = "flowhost_ops_running";
+
+/// Installs the recorder once per process and returns the handle that renders `/metrics`.
+pub fn handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(FIRST_CHUNK.into()),
+                    &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0],
+                )
+                .ok()?;
+            match builder.install_recorder() {
+                Ok(handle) => {
+                    describe();
+                    Some(handle)
+                }
+                Err(err) => {
+                    tracing::warn!("metrics disabled: {err}");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!(REQUESTS, "HTTP requests by route and status");
+    metrics::describe_gauge!(ACTIVE_STREAMS, "SSE streams being served");
+    metrics::describe_counter!(CHUNKS, "chunks streamed to clients");
+    metrics::describe_histogram!(FIRST_CHUNK, "time from request to first chunk");
+    metrics::describe_counter!(FLOW_ERRORS, "flow runs that ended with an error");
+    metrics::describe_counter!(CANCELLATIONS, "runs cancelled because the client went away");
+    metrics::describe_counter!(RELOADS, "catalog reloads (flow files or plugins changed)");
+    metrics::describe_gauge!(OPS_RUNNING, "op calls executing on op threads");
+}

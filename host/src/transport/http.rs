@@ -1,0 +1,527 @@
+//! The HTTP transport (axum): FlowLLM-compatible `POST /{flow}` (SSE for stream flows, JSON
+//! otherwise), discovery routes, the docs page, metrics, and the OpenAI-compatible API in
+//! `openai.rs`. Knows nothing of plugins: it looks flows up in the catalog's current snapshot
+//! and hands them to the executor.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+
+use crate::catalog::{Catalog, Snapshot};
+use crate::chunk::Chunk;
+use crate::config::Http as Options;
+use crate::exec::{self, Run};
+use crate::flow::Flow;
+use crate::metrics as m;
+
+use super::{openai, openapi};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub catalog: Arc<Catalog>,
+    pub options: Arc<Options>,
+    /// Fires when the shutdown deadline passes: streams still running are ended.
+    pub hard_stop: CancellationToken,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+impl AppState {
+    pub fn new(catalog: Arc<Catalog>, options: Options) -> AppState {
+        AppState {
+            catalog,
+            options: Arc::new(options),
+            hard_stop: CancellationToken::new(),
+            metrics: m::handle(),
+        }
+    }
+}
+
+/// An error answer: a status and a `{"detail": ...}` body a user can act on.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub detail: Value,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, detail: impl Into<Value>) -> ApiError {
+        ApiError {
+            status,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"detail": self.detail}))).into_response()
+    }
+}
+
+/// The whole HTTP API. Flow routes are not registered one by one: `POST /{flow}` looks the
+/// flow up in the snapshot of the moment, so reloads need no new router.
+pub fn router(state: AppState) -> Router {
+    let cors = if state.options.cors_origins.is_empty() {
+        CorsLayer::new()
+            .allow_origin(Any)
+            .allow_methods(Any)
+            .allow_headers(Any)
+    } else {
+        let origins: Vec<HeaderValue> = state
+            .options
+            .cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+    };
+    let docs = swagger_ui_dist::generate_routes(swagger_ui_dist::ApiDefinition {
+        uri_prefix: "/docs",
+        api_definition: swagger_ui_dist::OpenApiSource::Uri("/openapi.json"),
+        title: Some("flowhost API"),
+    });
+    Router::new()
+        .route("/health", get(health))
+        .route("/flows", get(list_flows))
+        .route("/ops", get(list_ops))
+        .route("/openapi.json", get(openapi_json))
+        .route("/metrics", get(metrics))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/{flow}", post(run_flow))
+        .with_state(state.clone())
+        .merge(docs)
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn(count_requests))
+        .layer(DefaultBodyLimit::max(state.options.body_limit))
+        .layer(cors)
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+}
+
+async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(key) = &state.options.api_key else {
+        return next.run(request).await;
+    };
+    if request.uri().path() == "/health" || request.method() == Method::OPTIONS {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|given| constant_time_eq(given.as_bytes(), key.as_bytes())) {
+        return next.run(request).await;
+    }
+    let mut response = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong API key: send `Authorization: Bearer <key>`",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn count_requests(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    metrics::counter!(m::REQUESTS, "route" => route, "status" => response.status().as_u16().to_string())
+        .increment(1);
+    response
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no route {} {}; flows are POST /{{flow}} (GET /flows lists them), docs at /docs",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+async fn health(State(state): State<AppState>) -> Json<Value> {
+    let snapshot = state.catalog.snapshot();
+    Json(json!({
+        "status": "healthy",
+        "version": env!("CARGO_PKG_VERSION"),
+        "flows": snapshot.flows.len(),
+        "live_flows": snapshot.live().count(),
+        "plugins": snapshot.registry.libraries.iter().map(|l| json!({
+            "name": l.plugin_name, "version": l.plugin_version, "file": l.path,
+        })).collect::<Vec<_>>(),
+        "ops": snapshot.registry.ops.len(),
+        "errors": snapshot.errors().count() + snapshot.registry.errors.len(),
+        "generation": snapshot.generation,
+    }))
+}
+
+async fn list_flows(State(state): State<AppState>) -> Json<Value> {
+    Json(state.catalog.snapshot().flows_json())
+}
+
+async fn list_ops(State(state): State<AppState>) -> Json<Value> {
+    Json(state.catalog.snapshot().registry.to_json())
+}
+
+async fn openapi_json(State(state): State<AppState>) -> Json<Value> {
+    Json(openapi::document(
+        &state.catalog.snapshot(),
+        state.options.api_key.is_some(),
+    ))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => ApiError::new(StatusCode::NOT_FOUND, "metrics are disabled").into_response(),
+    }
+}
+
+/// Looks a flow up for a request: 404 when unknown, 503 when broken with no good version.
+pub fn live_flow(snapshot: &Snapshot, name: &str) -> Result<Arc<Flow>, ApiError> {
+    let Some(entry) = snapshot.get(name) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no flow named `{name}` (GET /flows lists the flows)"),
+        ));
+    };
+    entry.flow.clone().ok_or_else(|| {
+        let reason = entry
+            .error
+            .as_ref()
+            .map_or_else(|| "unknown error".to_string(), |d| d.to_string());
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("flow `{name}` is broken and has no good version to serve: {reason}"),
+        )
+    })
+}
+
+/// Parses a request body into the input object: JSON object required, empty means `{}`.
+pub fn parse_body(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Map<String, Value>, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than the limit of {limit} bytes (http.body_limit)"),
+            )
+        } else {
+            ApiError::new(rejection.status(), rejection.body_text())
+        }
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!([{"loc": ["body"], "msg": format!("the body must be a JSON object, found {}", kind_of(&other)), "type": "type_error"}]),
+        )),
+        Err(err) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!([{"loc": ["body", err.line(), err.column()], "msg": format!("invalid JSON: {err}"), "type": "json_invalid"}]),
+        )),
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Checks the input against the flow's schema: 422 naming each field, FastAPI's shape.
+pub fn validate(flow: &Flow, input: &Map<String, Value>) -> Result<(), ApiError> {
+    let value = Value::Object(input.clone());
+    flow.validate(&value).map_err(|problems| {
+        let detail: Vec<Value> = problems
+            .into_iter()
+            .map(|(field, message)| {
+                let mut loc = vec![Value::from("body")];
+                loc.extend(field.split('/').filter(|s| !s.is_empty()).map(Value::from));
+                json!({"loc": loc, "msg": message, "type": "value_error"})
+            })
+            .collect();
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
+    })
+}
+
+async fn run_flow(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let snapshot = state.catalog.snapshot();
+    let flow = live_flow(&snapshot, &name)?;
+    let input = parse_body(body, state.options.body_limit)?;
+    validate(&flow, &input)?;
+    let stream = flow.spec.stream;
+    let options = exec::Options {
+        collect_answer: !stream,
+        ..exec::Options::default()
+    };
+    let run = exec::start(flow, input, &options);
+    if stream {
+        Ok(sse_response(run, &state, FlowLlmEvents))
+    } else {
+        Ok(json_answer(run, &state).await)
+    }
+}
+
+async fn json_answer(run: Run, state: &AppState) -> Response {
+    let flow_id = run.flow_id.clone();
+    let outcome = tokio::select! {
+        outcome = run.finish() => outcome,
+        _ = state.hard_stop.cancelled() => {
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down").into_response();
+        }
+    };
+    match &outcome.error {
+        None => Json(json!({
+            "answer": outcome.answer,
+            "success": true,
+            "metadata": {"flow_id": flow_id},
+        }))
+        .into_response(),
+        Some(error) => {
+            metrics::counter!(m::FLOW_ERRORS).increment(1);
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({
+                    "answer": outcome.answer,
+                    "success": false,
+                    "metadata": {"flow_id": flow_id, "error": error},
+                })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// How a stream of chunks is written as SSE events.
+pub trait EventWriter: Send + 'static {
+    fn chunks(&mut self, flow_id: &str, chunks: &[Chunk], out: &mut String);
+    /// The closing events (`[DONE]`).
+    fn done(&mut self, flow_id: &str, out: &mut String);
+}
+
+/// FlowLLM's wire form: `data:{chunk json}\n\n` per chunk, `data:[DONE]\n\n` at the end.
+pub struct FlowLlmEvents;
+
+impl EventWriter for FlowLlmEvents {
+    fn chunks(&mut self, flow_id: &str, chunks: &[Chunk], out: &mut String) {
+        for chunk in chunks {
+            out.push_str("data:");
+            chunk.write_json(flow_id, out);
+            out.push_str("\n\n");
+        }
+    }
+
+    fn done(&mut self, _flow_id: &str, out: &mut String) {
+        out.push_str("data:[DONE]\n\n");
+    }
+}
+
+struct Streaming<W> {
+    run: Run,
+    writer: W,
+    batch: Vec<Chunk>,
+    keepalive: Duration,
+    hard_stop: CancellationToken,
+    started: Instant,
+    first_seen: bool,
+    finished: bool,
+}
+
+impl<W> Drop for Streaming<W> {
+    fn drop(&mut self) {
+        metrics::gauge!(m::ACTIVE_STREAMS).decrement(1.0);
+        if !self.finished {
+            // The client went away first; dropping the run cancels it.
+            metrics::counter!(m::CANCELLATIONS).increment(1);
+            tracing::info!(flow_id = %self.run.flow_id, "client disconnected; run cancelled");
+        }
+    }
+}
+
+/// Streams a run as SSE. Every batch of chunks becomes one write; a quiet stream gets
+/// keep-alive comments; a client that goes away drops the body, which cancels the run.
+pub fn sse_response<W: EventWriter>(run: Run, state: &AppState, writer: W) -> Response {
+    metrics::gauge!(m::ACTIVE_STREAMS).increment(1.0);
+    let streaming = Streaming {
+        run,
+        writer,
+        batch: Vec::new(),
+        keepalive: state.options.keepalive,
+        hard_stop: state.hard_stop.clone(),
+        started: Instant::now(),
+        first_seen: false,
+        finished: false,
+    };
+    let body = futures_util::stream::unfold(streaming, |mut s| async move {
+        if s.finished {
+            return None;
+        }
+        let mut out = String::new();
+        let flow_id = s.run.flow_id.clone();
+        tokio::select! {
+            more = s.run.next_batch(&mut s.batch) => {
+                if more {
+                    if !s.first_seen {
+                        s.first_seen = true;
+                        metrics::histogram!(m::FIRST_CHUNK).record(s.started.elapsed().as_secs_f64());
+                    }
+                    metrics::counter!(m::CHUNKS).increment(s.batch.len() as u64);
+                    if s.batch.iter().any(|c| c.kind == crate::chunk::ChunkKind::Error) {
+                        metrics::counter!(m::FLOW_ERRORS).increment(1);
+                    }
+                    s.writer.chunks(&flow_id, &s.batch, &mut out);
+                    s.batch.clear();
+                } else {
+                    s.writer.done(&flow_id, &mut out);
+                    s.finished = true;
+                }
+            }
+            _ = tokio::time::sleep(s.keepalive) => {
+                out.push_str(": keep-alive\n\n");
+            }
+            _ = s.hard_stop.cancelled() => {
+                let chunk = Chunk::error("flowhost", "the server is shutting down; the stream was ended");
+                s.writer.chunks(&flow_id, std::slice::from_ref(&chunk), &mut out);
+                s.writer.done(&flow_id, &mut out);
+                s.finished = true;
+            }
+        }
+        Some((Ok::<_, Infallible>(Bytes::from(out)), s))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Serves HTTP until SIGINT/SIGTERM: stop accepting, let streams finish until the shutdown
+/// deadline, then end the rest with an error chunk.
+pub async fn serve(catalog: Arc<Catalog>, options: Options) -> Result<(), String> {
+    let address = format!("{}:{}", options.host, options.port);
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .map_err(|err| format!("cannot listen on {address}: {err} (choose another with --port)"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|err| format!("cannot read the bound address: {err}"))?;
+    let snapshot = catalog.snapshot();
+    let shown_host = if local.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        local.ip().to_string()
+    };
+    let url = format!("http://{shown_host}:{}", local.port());
+    eprintln!(
+        "flowhost {} listening on {url} — {} flows ({} live), {} ops; docs {url}/docs",
+        env!("CARGO_PKG_VERSION"),
+        snapshot.flows.len(),
+        snapshot.live().count(),
+        snapshot.registry.ops.len(),
+    );
+    drop(snapshot);
+    let state = AppState::new(catalog.clone(), options.clone());
+    count_reloads(&catalog);
+    let hard_stop = state.hard_stop.clone();
+    let deadline = options.shutdown_timeout;
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!(
+                "shutting down: no new connections; streams have {:.1}s to finish",
+                deadline.as_secs_f64()
+            );
+            tokio::spawn(async move {
+                tokio::time::sleep(deadline).await;
+                hard_stop.cancel();
+            });
+        })
+        .await
+        .map_err(|err| format!("server error: {err}"))
+}
+
+fn count_reloads(catalog: &Catalog) {
+    let mut changes = catalog.subscribe();
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            metrics::counter!(m::RELOADS).increment(1);
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

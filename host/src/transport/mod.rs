@@ -1,0 +1,6 @@
+//! Transports: how runs reach clients. They see the catalog's snapshots and the executor's
+//! chunks, never plugins.
+
+pub mod http;
+pub mod openai;
+pub mod openapi;

@@ -1,0 +1,317 @@
+//! The OpenAI-compatible API: `POST /v1/chat/completions` with `model` naming a flow (the last
+//! user message becomes `query`, the messages are passed as `messages`), streaming
+//! `chat.completion.chunk` events or answering one `chat.completion`; `GET /v1/models` lists
+//! the flows. Any OpenAI SDK client can then stream from a flow.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use super::http::{self, sse_response, AppState, EventWriter};
+use crate::chunk::{Chunk, ChunkKind};
+use crate::exec;
+
+/// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+fn error(status: StatusCode, message: impl Into<String>, code: &str) -> Response {
+    let kind = if status.is_server_error() {
+        "server_error"
+    } else {
+        "invalid_request_error"
+    };
+    (
+        status,
+        Json(json!({"error": {"message": message.into(), "type": kind, "param": null, "code": code}})),
+    )
+        .into_response()
+}
+
+fn from_api_error(err: http::ApiError, code: &str) -> Response {
+    let message = match &err.detail {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    error(err.status, message, code)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub async fn models(State(state): State<AppState>) -> Json<Value> {
+    let snapshot = state.catalog.snapshot();
+    let data: Vec<Value> = snapshot
+        .live()
+        .map(|(name, flow)| {
+            json!({
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "flowhost",
+                "description": flow.spec.description,
+            })
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+/// The text of a message's `content`: a string, or the text parts of a parts array.
+fn content_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|part| part.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut request = match http::parse_body(body, state.options.body_limit) {
+        Ok(request) => request,
+        Err(err) => return from_api_error(err, "invalid_body"),
+    };
+    let Some(model) = request
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`model` is required: the name of a flow (GET /v1/models lists them)",
+            "missing_model",
+        );
+    };
+    let Some(Value::Array(messages)) = request.remove("messages") else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`messages` is required: an array of {role, content}",
+            "missing_messages",
+        );
+    };
+    let stream = request
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let snapshot = state.catalog.snapshot();
+    let flow = match http::live_flow(&snapshot, &model) {
+        Ok(flow) => flow,
+        Err(err) if err.status == StatusCode::NOT_FOUND => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("the model `{model}` does not exist: models are flow names (GET /v1/models lists them)"),
+                "model_not_found",
+            )
+        }
+        Err(err) => return from_api_error(err, "flow_unavailable"),
+    };
+    let query = messages
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        .and_then(|m| m.get("content"))
+        .map(content_text)
+        .unwrap_or_default();
+    // The flow sees the conversation plus any extra request fields (temperature, ...).
+    let mut input = Map::new();
+    for (key, value) in request {
+        if !matches!(key.as_str(), "model" | "stream" | "stream_options") {
+            input.insert(key, value);
+        }
+    }
+    input.insert("query".into(), Value::String(query));
+    input.insert("messages".into(), Value::Array(messages));
+    if let Err(err) = http::validate(&flow, &input) {
+        return from_api_error(
+            http::ApiError::new(StatusCode::BAD_REQUEST, err.detail),
+            "invalid_input",
+        );
+    }
+    let options = exec::Options {
+        collect_answer: !stream,
+        ..exec::Options::default()
+    };
+    let run = exec::start(flow, input, &options);
+    let id = format!("chatcmpl-{}", run.flow_id);
+    if stream {
+        let writer = OpenAiEvents {
+            id,
+            model,
+            created: unix_now(),
+            sent_role: false,
+            tool_calls: 0,
+            usage: None,
+            failed: false,
+        };
+        return sse_response(run, &state, writer);
+    }
+    let (chunks, outcome) = run.collect().await;
+    if let Some(message) = outcome.error {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, message, "flow_error");
+    }
+    let mut reasoning = String::new();
+    let mut tool_calls = Vec::new();
+    let mut usage = Value::Null;
+    for chunk in &chunks {
+        match chunk.kind {
+            ChunkKind::Think => reasoning.push_str(&chunk.text),
+            ChunkKind::Tool => tool_calls.push(tool_call(&chunk.content(), None)),
+            ChunkKind::Usage => usage = chunk.content(),
+            _ => {}
+        }
+    }
+    let content = match outcome.answer {
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    let mut message = json!({"role": "assistant", "content": content});
+    if !reasoning.is_empty() {
+        message["reasoning_content"] = Value::String(reasoning);
+    }
+    let finish_reason = if tool_calls.is_empty() {
+        "stop"
+    } else {
+        message["tool_calls"] = Value::Array(tool_calls);
+        "tool_calls"
+    };
+    Json(json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        "usage": usage,
+    }))
+    .into_response()
+}
+
+/// A tool chunk `{id, name, arguments}` as an OpenAI tool call.
+fn tool_call(content: &Value, index: Option<usize>) -> Value {
+    let arguments = match content.get("arguments") {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => "{}".into(),
+    };
+    let mut call = json!({
+        "id": content.get("id").cloned().unwrap_or(Value::Null),
+        "type": "function",
+        "function": {"name": content.get("name").cloned().unwrap_or(Value::Null), "arguments": arguments},
+    });
+    if let Some(index) = index {
+        call["index"] = Value::from(index);
+    }
+    call
+}
+
+/// `chat.completion.chunk` events: `data: {...}\n\n`, then `data: [DONE]\n\n`.
+struct OpenAiEvents {
+    id: String,
+    model: String,
+    created: u64,
+    sent_role: bool,
+    tool_calls: usize,
+    usage: Option<Value>,
+    failed: bool,
+}
+
+impl OpenAiEvents {
+    fn event(&self, choices: Value, usage: Option<&Value>, out: &mut String) {
+        let mut event = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        });
+        if let Some(usage) = usage {
+            event["usage"] = usage.clone();
+        }
+        out.push_str("data: ");
+        out.push_str(&event.to_string());
+        out.push_str("\n\n");
+    }
+
+    fn delta(&mut self, mut delta: Value, out: &mut String) {
+        if !self.sent_role {
+            self.sent_role = true;
+            delta["role"] = Value::from("assistant");
+        }
+        self.event(
+            json!([{"index": 0, "delta": delta, "finish_reason": null}]),
+            None,
+            out,
+        );
+    }
+}
+
+impl EventWriter for OpenAiEvents {
+    fn chunks(&mut self, _flow_id: &str, chunks: &[Chunk], out: &mut String) {
+        // Consecutive text chunks of one kind in a batch become one delta.
+        let mut index = 0;
+        while index < chunks.len() {
+            let kind = chunks[index].kind;
+            match kind {
+                ChunkKind::Answer | ChunkKind::Think => {
+                    let mut text = String::new();
+                    while index < chunks.len() && chunks[index].kind == kind {
+                        text.push_str(&chunks[index].text);
+                        index += 1;
+                    }
+                    let field = if kind == ChunkKind::Answer {
+                        "content"
+                    } else {
+                        "reasoning_content"
+                    };
+                    self.delta(json!({ field: text }), out);
+                    continue;
+                }
+                ChunkKind::Tool => {
+                    let call = tool_call(&chunks[index].content(), Some(self.tool_calls));
+                    self.tool_calls += 1;
+                    self.delta(json!({"tool_calls": [call]}), out);
+                }
+                ChunkKind::Usage => self.usage = Some(chunks[index].content()),
+                ChunkKind::Error => {
+                    self.failed = true;
+                    let event = json!({"error": {"message": chunks[index].text, "type": "flow_error", "param": null, "code": "flow_error"}});
+                    out.push_str("data: ");
+                    out.push_str(&event.to_string());
+                    out.push_str("\n\n");
+                }
+            }
+            index += 1;
+        }
+    }
+
+    fn done(&mut self, _flow_id: &str, out: &mut String) {
+        if !self.failed {
+            if !self.sent_role {
+                self.delta(json!({"content": ""}), out);
+            }
+            let reason = if self.tool_calls > 0 {
+                "tool_calls"
+            } else {
+                "stop"
+            };
+            self.event(
+                json!([{"index": 0, "delta": {}, "finish_reason": reason}]),
+                None,
+                out,
+            );
+            if let Some(usage) = self.usage.take() {
+                self.event(json!([]), Some(&usage), out);
+            }
+        }
+        out.push_str("data: [DONE]\n\n");
+    }
+}

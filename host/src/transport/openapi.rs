@@ -1,0 +1,114 @@
+//! The OpenAPI 3.1 document of what is served now, built from a snapshot on every request (so
+//! a reload is reflected at once). 3.1 schema objects are JSON Schema, so each flow's
+//! `input_schema` is embedded as is.
+
+use serde_json::{json, Map, Value};
+
+use crate::catalog::Snapshot;
+
+pub fn document(snapshot: &Snapshot, api_key: bool) -> Value {
+    let mut paths = Map::new();
+    for (name, flow) in snapshot.live() {
+        let spec = &flow.spec;
+        let ok = if spec.stream {
+            json!({
+                "description": "Server-sent events: one `data:{FlowStreamChunk}` per chunk, then `data:[DONE]`",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}}
+            })
+        } else {
+            json!({
+                "description": "The flow's answer",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FlowResponse"}}}
+            })
+        };
+        let summary = if spec.description.is_empty() {
+            name.clone()
+        } else {
+            spec.description.clone()
+        };
+        paths.insert(
+            format!("/{name}"),
+            json!({"post": {
+                "operationId": name,
+                "summary": summary,
+                "description": format!("`{}`{}", spec.flow_content, if spec.stream { " (streaming)" } else { "" }),
+                "tags": [if spec.stream { "stream flows" } else { "flows" }],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": spec.input_schema}}},
+                "responses": {
+                    "200": ok,
+                    "422": {"description": "The body does not match the input schema", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                    "500": {"description": "The flow failed (non-stream flows)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FlowResponse"}}}},
+                    "503": {"description": "The flow is broken and has no good version"}
+                }
+            }}),
+        );
+    }
+    for (path, summary) in [
+        ("/health", "Liveness and what is loaded"),
+        ("/flows", "Flows with their status and load errors"),
+        ("/ops", "Loaded ops and refused plugins"),
+        ("/v1/models", "Flows as OpenAI models"),
+    ] {
+        paths.insert(
+            path.to_string(),
+            json!({"get": {"summary": summary, "tags": ["discovery"], "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}}}),
+        );
+    }
+    paths.insert(
+        "/v1/chat/completions".into(),
+        json!({"post": {
+            "summary": "OpenAI-compatible chat completions; `model` names a flow",
+            "tags": ["openai"],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                "type": "object",
+                "required": ["model", "messages"],
+                "properties": {
+                    "model": {"type": "string", "enum": snapshot.live().map(|(n, _)| n.clone()).collect::<Vec<_>>()},
+                    "messages": {"type": "array", "items": {"type": "object"}},
+                    "stream": {"type": "boolean"}
+                }
+            }}}},
+            "responses": {"200": {"description": "chat.completion, or chat.completion.chunk events when streaming"}}
+        }}),
+    );
+    let mut document = json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "flowhost",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": format!(
+                "Flows served by flowhost (snapshot {}). Stream flows answer with server-sent events.",
+                snapshot.generation
+            ),
+        },
+        "paths": paths,
+        "components": {"schemas": {
+            "FlowResponse": {
+                "type": "object",
+                "properties": {
+                    "answer": {"description": "string, object or array"},
+                    "success": {"type": "boolean"},
+                    "metadata": {"type": "object"}
+                },
+                "required": ["answer", "success", "metadata"]
+            },
+            "FlowStreamChunk": {
+                "type": "object",
+                "properties": {
+                    "flow_id": {"type": "string"},
+                    "chunk_type": {"enum": ["answer", "think", "tool", "usage", "error"]},
+                    "chunk": {"description": "text, or JSON for tool and usage chunks"},
+                    "done": {"type": "boolean"},
+                    "metadata": {"type": "object"}
+                }
+            },
+            "Error": {"type": "object", "properties": {"detail": {}}}
+        }}
+    });
+    if api_key {
+        document["components"]["securitySchemes"] =
+            json!({"bearer": {"type": "http", "scheme": "bearer"}});
+        document["security"] = json!([{"bearer": []}]);
+    }
+    document
+}

@@ -1,0 +1,552 @@
+//! The HTTP transport, driven through the real binary with a real HTTP client.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::util::*;
+
+const FLOWS: &str = r#"
+echo:
+  flow_content: EchoOp()
+  input_schema:
+    query: {type: string, description: "text", required: true}
+echo_stream:
+  flow_content: EchoOp()
+  stream: true
+  input_schema:
+    query: {type: string, required: true}
+    n: {type: integer}
+fail_stream:
+  flow_content: FailOp(n=2, message="broke mid-stream")
+  stream: true
+fail_json:
+  flow_content: FailOp(message="no answer")
+ticks:
+  flow_content: TickOp(n=100000, interval_ms=20)
+  stream: true
+slow:
+  flow_content: TickOp(n=2, interval_ms=700)
+  stream: true
+count:
+  flow_content: CountOp()
+  stream: true
+broken:
+  flow_content: NoSuchOp()
+"#;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().build().expect("client")
+}
+
+/// The SSE events of a response body (`data:` payloads).
+fn events(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|event| event.strip_prefix("data:"))
+        .map(|data| data.trim_start().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_flow_sse_framing_byte_for_byte() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let server = Server::start(flows.path(), &[]);
+    let response = client()
+        .post(server.url("/echo_stream"))
+        .json(&json!({"query": "hi \"there\"", "extra": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert_eq!(headers["x-accel-buffering"], "no");
+    let body = response.text().await.unwrap();
+    let first: Value = serde_json::from_str(&events(&body)[0]).unwrap();
+    let flow_id = first["flow_id"].as_str().unwrap();
+    assert_eq!(
+        body,
+        format!(
+            "data:{{\"flow_id\":\"{flow_id}\",\"chunk_type\":\"answer\",\"chunk\":\"hi \\\"there\\\"\",\"done\":false,\"metadata\":{{\"op\":\"EchoOp\"}}}}\n\ndata:[DONE]\n\n"
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_flows_and_every_error_status() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let server = Server::start(flows.path(), &[]);
+    let client = client();
+    let post = |path: &str, body: String| {
+        client
+            .post(server.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    let ok: Value = post("/echo", json!({"query": "hello"}).to_string())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ok["answer"], "hello");
+    assert_eq!(ok["success"], true);
+    assert!(ok["metadata"]["flow_id"].is_string());
+
+    let failed = post("/fail_json", "{}".into()).await.unwrap();
+    assert_eq!(failed.status(), 500);
+    let failed: Value = failed.json().await.unwrap();
+    assert_eq!(failed["success"], false);
+    assert_eq!(failed["metadata"]["error"], "FailOp failed: no answer");
+
+    // Validation applies to stream flows too, naming each field.
+    for (path, body) in [
+        ("/echo", json!({})),
+        ("/echo_stream", json!({"query": 1, "n": "x"})),
+    ] {
+        let response = post(path, body.to_string()).await.unwrap();
+        assert_eq!(response.status(), 422, "{path}");
+        let detail: Value = response.json().await.unwrap();
+        let fields: Vec<Value> = detail["detail"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["loc"][1].clone())
+            .collect();
+        assert!(fields.contains(&json!("query")), "{detail}");
+        if path == "/echo_stream" {
+            assert!(fields.contains(&json!("n")), "{detail}");
+        }
+    }
+    let bad_json = post("/echo", "{not json".into()).await.unwrap();
+    assert_eq!(bad_json.status(), 422);
+    assert!(bad_json.text().await.unwrap().contains("invalid JSON"));
+
+    let unknown = post("/nope", "{}".into()).await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert!(unknown
+        .text()
+        .await
+        .unwrap()
+        .contains("no flow named `nope`"));
+
+    let broken = post("/broken", "{}".into()).await.unwrap();
+    assert_eq!(broken.status(), 503);
+    assert!(broken
+        .text()
+        .await
+        .unwrap()
+        .contains("unknown op `NoSuchOp`"));
+
+    let too_big = post(
+        "/echo",
+        json!({"query": "x".repeat(2 * 1024 * 1024)}).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(too_big.status(), 413);
+
+    let wrong_method = client.get(server.url("/echo")).send().await.unwrap();
+    assert_eq!(wrong_method.status(), 405);
+
+    // The host is still serving after all that.
+    let health: Value = client
+        .get(server.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "healthy");
+    assert!(health["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "op-basic"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_mid_stream_is_an_error_chunk_then_done() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let server = Server::start(flows.path(), &[]);
+    let body = client()
+        .post(server.url("/fail_stream"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events = events(&body);
+    assert_eq!(events.len(), 4, "{body}");
+    let kinds: Vec<String> = events[..3]
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Value>(e).unwrap()["chunk_type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(kinds, ["answer", "answer", "error"]);
+    let error: Value = serde_json::from_str(&events[2]).unwrap();
+    assert_eq!(error["chunk"], "FailOp failed: broke mid-stream");
+    assert_eq!(events[3], "[DONE]");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_stops_the_op() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let server = Server::start(flows.path(), &[]);
+    let client = client();
+    for round in 1..=3 {
+        let response = client
+            .post(server.url("/ticks"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        let mut stream = response.bytes_stream();
+        let first = stream.next().await.unwrap().unwrap();
+        assert!(first.starts_with(b"data:"));
+        assert_eq!(server.metric(&client, "flowhost_ops_running").await, 1.0);
+        drop(stream);
+        let started = Instant::now();
+        loop {
+            let running = server.metric(&client, "flowhost_ops_running").await;
+            let cancelled = server.metric(&client, "flowhost_cancellations_total").await;
+            if running == 0.0 && cancelled >= round as f64 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "op still running after disconnect"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        eprintln!(
+            "disconnect -> op stopped (observed) in {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(server.metric(&client, "flowhost_active_streams").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_does_not_grow_memory() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let server = Server::start(flows.path(), &[]);
+    let client = client();
+    let response = client
+        .post(server.url("/count"))
+        .json(&json!({"n": 5_000_000}))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = response.bytes_stream();
+    stream.next().await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = server.rss_kib();
+    // 5M chunks of ~100 bytes would be ~500 MB if buffered.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = server.rss_kib();
+    assert!(
+        after < before + 20 * 1024,
+        "RSS grew from {before} KiB to {after} KiB while the reader paused"
+    );
+    let mut received = 0usize;
+    while let Some(bytes) = stream.next().await {
+        received += bytes.unwrap().len();
+    }
+    assert!(received > 5_000_000 * 90, "received {received} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_follow_flow_files_live() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let server = Server::start(flows.path(), &[]);
+    let client = client();
+    let operation_ids = || async {
+        let doc: Value = client
+            .get(server.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        doc["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<Vec<String>>()
+    };
+    let status = |path: &'static str| {
+        let request = client.post(server.url(path)).json(&json!({"query": "q"}));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("/added").await, 404);
+
+    let file = flows.path().join("added.yaml");
+    std::fs::write(
+        &file,
+        "added:\n  flow_content: EchoOp()\n  description: first\n",
+    )
+    .unwrap();
+    wait_async(|| async { status("/added").await == 200 })
+        .await
+        .expect("added flow served");
+    assert!(operation_ids().await.contains(&"/added".to_string()));
+
+    std::fs::write(&file, "added:\n  flow_content: GenSystemPromptOp(template=\"v2\") >> EchoOp()\n  description: second\n").unwrap();
+    wait_async(|| async {
+        let doc: Value = client
+            .get(server.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        doc["paths"]["/added"]["post"]["summary"] == "second"
+    })
+    .await
+    .expect("edit visible in openapi.json");
+
+    // A broken save keeps the last good version serving and shows up in /flows.
+    std::fs::write(&file, "added:\n  flow_content: EchoOp(\n").unwrap();
+    wait_async(|| async {
+        let flows: Value = client
+            .get(server.url("/flows"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        flows["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["name"] == "added" && f["status"] == "stale")
+    })
+    .await
+    .expect("stale status reported");
+    assert_eq!(status("/added").await, 200);
+
+    std::fs::remove_file(&file).unwrap();
+    wait_async(|| async { status("/added").await == 404 })
+        .await
+        .expect("deleted flow gone");
+    assert!(!operation_ids().await.contains(&"/added".to_string()));
+}
+
+async fn wait_async<F, Fut>(mut condition: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        if condition().await {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_chat_completions_stream_and_answer() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let server = Server::start(flows.path(), &[]);
+    let client = client();
+    let body = client
+        .post(server.url("/v1/chat/completions"))
+        .json(
+            &json!({"model": "echo_stream", "stream": true, "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "hello"}]}
+            ]}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events = events(&body);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "hello");
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "stop"
+    );
+
+    let answer: Value = client
+        .post(server.url("/v1/chat/completions"))
+        .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["object"], "chat.completion");
+    assert_eq!(answer["choices"][0]["message"]["content"], "hi");
+
+    let models: Value = client
+        .get(server.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"echo_stream") && !ids.contains(&"broken"),
+        "{ids:?}"
+    );
+
+    let missing = client
+        .post(server.url("/v1/chat/completions"))
+        .json(&json!({"model": "nope", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let missing: Value = missing.json().await.unwrap();
+    assert_eq!(missing["error"]["code"], "model_not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_comments_while_idle() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let server = Server::start(flows.path(), &["http.keepalive_secs=0.2"]);
+    let body = client()
+        .post(server.url("/slow"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("\n\n: keep-alive\n\n"), "{body}");
+    assert_eq!(events(&body).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_guards_everything_but_health() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let server = Server::start(flows.path(), &["--api-key", "s3cret"]);
+    let client = client();
+    assert_eq!(
+        client
+            .get(server.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for path in ["/flows", "/openapi.json", "/metrics", "/v1/models"] {
+        let response = client.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    }
+    let wrong = client
+        .post(server.url("/echo"))
+        .bearer_auth("nope")
+        .json(&json!({"query": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = client
+        .post(server.url("/echo"))
+        .bearer_auth("s3cret")
+        .json(&json!({"query": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_streams_end_cleanly() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let mut server = Server::start(flows.path(), &["http.shutdown_timeout=0.5"]);
+    let client = client();
+    let response = client
+        .post(server.url("/ticks"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = response.bytes_stream();
+    stream.next().await.unwrap().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    while let Some(bytes) = stream.next().await {
+        rest.push_str(&String::from_utf8_lossy(&bytes.unwrap()));
+    }
+    assert!(rest.contains("\"chunk_type\":\"error\",\"chunk\":\"the server is shutting down; the stream was ended\""), "{rest}");
+    assert!(rest.ends_with("data:[DONE]\n\n"));
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "exit {exit:?}: {}", server.log());
+    // New connections are refused once shutdown began.
+    assert!(client.get(server.url("/health")).send().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docs_page_and_its_assets_are_served_locally() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let server = Server::start(flows.path(), &[]);
+    let client = client();
+    let page = client
+        .get(server.url("/docs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("/openapi.json"));
+    for asset in ["/docs/swagger-ui.css", "/docs/swagger-ui-bundle.js"] {
+        assert!(page.contains(asset), "page links {asset}");
+        let response = client.get(server.url(asset)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{asset}");
+        assert!(response.bytes().await.unwrap().len() > 10_000, "{asset}");
+    }
+    assert!(!page.contains("https://"), "no CDN links");
+}

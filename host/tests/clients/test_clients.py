@@ -1,0 +1,163 @@
+"""Real clients nobody here wrote, against `flowhost serve` on the default flows:
+FlowLLM 0.2's own HttpClient, the official `openai` package, and headless Chromium on /docs.
+
+Run through scripts/client-tests (it installs the clients and builds flowhost)."""
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+BIN = Path(os.environ.get("FLOWHOST_BIN", ROOT / "target" / "debug" / "flowhost"))
+ARTIFACTS = Path(os.environ.get("CLIENT_TEST_ARTIFACTS", ROOT / "target" / "client-tests"))
+
+
+@pytest.fixture(scope="module")
+def server():
+    """flowhost serving the repository's default flows on a free port."""
+    proc = subprocess.Popen(
+        [str(BIN), "serve", "--port", "0", "--flows", str(ROOT / "flows")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    url = None
+    deadline = time.time() + 30
+    while time.time() < deadline and url is None:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        m = re.search(r"listening on (http://\S+)", line)
+        if m:
+            url = m.group(1)
+    assert url, "flowhost serve printed no banner"
+    yield url
+    proc.terminate()
+    proc.wait(timeout=15)
+
+
+def flowllm_client(url):
+    from flowllm.core.utils import HttpClient
+
+    return HttpClient(base_url=url, max_retries=1)
+
+
+def test_flowllm_health_and_endpoints(server):
+    async def main():
+        async with flowllm_client(server) as client:
+            health = await client.health_check()
+            assert health["status"] == "healthy"
+            spec = await client.list_endpoints()
+            assert spec["openapi"].startswith("3.1")
+            assert "/echo_flow" in spec["paths"]
+            assert "/count_stream_flow" in spec["paths"]
+
+    asyncio.run(main())
+
+
+def test_flowllm_execute_flow(server):
+    async def main():
+        async with flowllm_client(server) as client:
+            response = await client.execute_flow("echo_flow", query="hello from FlowLLM")
+            assert response.success is True
+            assert response.answer == "hello from FlowLLM"
+            response = await client.execute_flow("serial_flow", query="q", topic="owls")
+            assert response.answer == "q"
+
+    asyncio.run(main())
+
+
+def test_flowllm_execute_stream_flow(server):
+    async def main():
+        async with flowllm_client(server) as client:
+            chunks = [c async for c in client.execute_stream_flow("count_stream_flow", n=250)]
+            assert len(chunks) == 250
+            assert all(c == {"type": "answer", "content": "hello "} for c in chunks)
+            chunks = [c async for c in client.execute_stream_flow("parallel_flow", query="both done")]
+            contents = [c["content"] for c in chunks]
+            assert contents[-1] == "both done"
+            assert sorted(contents[:-1]) == sorted(
+                [f"left {i}\n" for i in range(3)] + [f"right {i}\n" for i in range(3)]
+            )
+
+    asyncio.run(main())
+
+
+def test_openai_sdk_streams_from_a_flow(server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server + "/v1", api_key="unused")
+    models = [m.id for m in client.models.list()]
+    assert "count_stream_flow" in models and "echo_flow" in models
+    stream = client.chat.completions.create(
+        model="count_stream_flow",
+        messages=[{"role": "user", "content": "count"}],
+        stream=True,
+    )
+    text = ""
+    finish = None
+    for chunk in stream:
+        assert chunk.object == "chat.completion.chunk"
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            finish = choice.finish_reason or finish
+    assert text == "hello " * 1000
+    assert finish == "stop"
+
+    completion = client.chat.completions.create(
+        model="echo_flow", messages=[{"role": "user", "content": "plain answer"}]
+    )
+    assert completion.choices[0].message.content == "plain answer"
+    assert completion.choices[0].finish_reason == "stop"
+
+
+def test_openai_sdk_sees_flow_errors(server):
+    from openai import NotFoundError, OpenAI
+
+    client = OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(NotFoundError) as err:
+        client.chat.completions.create(model="no_such_flow", messages=[{"role": "user", "content": "x"}])
+    assert "GET /v1/models" in str(err.value)
+
+
+def chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.fail("chromium is not installed (scripts/client-tests installs Debian's chromium)")
+
+
+def test_docs_page_renders_the_flows_in_chromium(server):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    profile = tempfile.mkdtemp()
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--window-size=1280,2200",
+    ]
+    dom = subprocess.run(
+        [chromium(), *flags, "--dump-dom", server + "/docs"],
+        capture_output=True, text=True, timeout=120,
+    ).stdout
+    for flow in ("echo_flow", "count_stream_flow", "parallel_flow", "serial_flow"):
+        assert f"/{flow}" in dom, f"{flow} not rendered on /docs"
+    assert "swagger-ui" in dom
+    shot = ARTIFACTS / "docs.png"
+    subprocess.run(
+        [chromium(), *flags, f"--screenshot={shot}", server + "/docs"],
+        capture_output=True, timeout=120,
+    )
+    assert shot.exists() and shot.stat().st_size > 10_000, "no screenshot"
+    shutil.rmtree(profile, ignore_errors=True)

@@ -36,6 +36,9 @@ pub enum Command {
         /// Port (default 8002, FlowLLM's; 0 picks a free one).
         #[arg(long, short)]
         port: Option<u16>,
+        /// `http` (default) or `stdio` (MCP: JSON-RPC lines on stdin/stdout).
+        #[arg(long, value_enum)]
+        transport: Option<Transport>,
         /// Require `Authorization: Bearer KEY` on every route but /health.
         #[arg(long, env = "FLOWHOST_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
@@ -89,6 +92,12 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Transport {
+    Http,
+    Stdio,
+}
+
 /// Options every command shares.
 #[derive(Debug, Args, Clone, Default)]
 pub struct Common {
@@ -128,7 +137,9 @@ pub fn default_log_filter(command: &Command) -> &'static str {
         // `ops` has no other way to show a refused plugin; the others print flow problems
         // themselves, so repeating them as log lines is noise.
         Command::Ops { .. } => "warn",
-        Command::Serve { .. } => "info",
+        // In stdio mode stdout is the protocol; logs still go to stderr, where MCP clients
+        // show them.
+        Command::Serve { .. } => "info,rmcp=warn",
         Command::Flows { .. }
         | Command::Check { .. }
         | Command::Run { .. }
@@ -143,6 +154,7 @@ pub fn run(cli: Cli) -> ExitCode {
             common,
             host,
             port,
+            transport,
             api_key,
             no_watch,
             overrides,
@@ -150,6 +162,10 @@ pub fn run(cli: Cli) -> ExitCode {
             let mut flags = common.flags();
             flags.host = host;
             flags.port = port;
+            flags.transport = transport.map(|t| match t {
+                Transport::Http => config::Backend::Http,
+                Transport::Stdio => config::Backend::Stdio,
+            });
             flags.api_key = api_key;
             flags.no_watch = no_watch;
             flags.overrides.extend(overrides);
@@ -350,11 +366,6 @@ pub fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, String> {
 }
 
 fn serve(config: &Config) -> Result<ExitCode, String> {
-    if config.backend != config::Backend::Http {
-        return Err(
-            "the stdio (MCP) transport is not available in this build; use backend: http".into(),
-        );
-    }
     let runtime = runtime(config)?;
     runtime.block_on(async {
         let catalog = Arc::new(load_catalog(config));
@@ -363,8 +374,26 @@ fn serve(config: &Config) -> Result<ExitCode, String> {
         } else {
             None
         };
-        crate::transport::http::serve(catalog, config.http.clone()).await
+        match config.backend {
+            config::Backend::Http => {
+                crate::transport::http::serve(catalog, config.http.clone()).await
+            }
+            config::Backend::Stdio => {
+                let snapshot = catalog.snapshot();
+                tracing::info!(
+                    "flowhost {} serving MCP on stdio: {} tools",
+                    env!("CARGO_PKG_VERSION"),
+                    snapshot.live().count()
+                );
+                drop(snapshot);
+                let max_line = crate::transport::mcp::MAX_LINE_BYTES;
+                crate::transport::mcp::serve_stdio(catalog, max_line).await
+            }
+        }
     })?;
+    // The stdio session ends when stdin closes; op threads still sleeping must not hold the
+    // process open.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     Ok(ExitCode::SUCCESS)
 }
 

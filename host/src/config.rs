@@ -32,6 +32,8 @@ pub struct Config {
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     Http,
+    /// MCP over stdio (FlowLLM calls this backend `mcp`).
+    #[serde(alias = "mcp")]
     Stdio,
 }
 

@@ -41,13 +41,26 @@ pub struct Options {
     pub buffer: usize,
     /// Keep the concatenated answer chunks for [`Outcome::answer`] (non-stream callers).
     pub collect_answer: bool,
+    /// Where op log lines go besides the host's log (MCP forwards them to the client).
+    pub logs: Option<LogSink>,
 }
+
+/// A line an op wrote with `ctx.log`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogLine {
+    pub level: op_sdk::Level,
+    pub op: &'static str,
+    pub message: String,
+}
+
+pub type LogSink = tokio::sync::mpsc::UnboundedSender<LogLine>;
 
 impl Default for Options {
     fn default() -> Options {
         Options {
             buffer: 1024,
             collect_answer: true,
+            logs: None,
         }
     }
 }
@@ -125,13 +138,16 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
     let cancel = CancellationToken::new();
     let flow_name = crate::ops::intern(&flow.spec.name);
     let limits = flow.spec.limits.clone();
+    let logs = options.logs.clone();
     let task = {
         let cancel = cancel.clone();
         let context = Arc::new(input.clone());
         tokio::spawn(async move {
-            let result = run_node(&flow.root, context, &tx, &cancel).await;
+            let env = Env { tx, cancel, logs };
+            let result = run_node(&flow.root, context, &env).await;
             if let Err(failure) = &result {
-                tx.push_final(Chunk::error(failure.op, failure.to_string()));
+                env.tx
+                    .push_final(Chunk::error(failure.op, failure.to_string()));
             }
             result
         })
@@ -303,23 +319,26 @@ type NodeFuture<'a> = std::pin::Pin<
 >;
 
 /// Runs a node on `context`; returns what it wrote, in write order.
-fn run_node<'a>(
-    node: &'a Node,
-    context: Arc<Map<String, Value>>,
-    tx: &'a batch::Sender,
-    cancel: &'a CancellationToken,
-) -> NodeFuture<'a> {
+/// What every op of a run shares: the chunk channel, cancellation, the log sink.
+#[derive(Clone)]
+struct Env {
+    tx: batch::Sender,
+    cancel: CancellationToken,
+    logs: Option<LogSink>,
+}
+
+fn run_node<'a>(node: &'a Node, context: Arc<Map<String, Value>>, env: &'a Env) -> NodeFuture<'a> {
     Box::pin(async move {
         match node {
-            Node::Call(step) => run_step(step, &context, tx, cancel).await,
+            Node::Call(step) => run_step(step, &context, env).await,
             Node::Seq(items) => {
                 let mut context = context;
                 let mut writes = Map::new();
                 for item in items {
-                    if cancel.is_cancelled() {
+                    if env.cancel.is_cancelled() {
                         break;
                     }
-                    let step_writes = run_node(item, context.clone(), tx, cancel).await?;
+                    let step_writes = run_node(item, context.clone(), env).await?;
                     if !step_writes.is_empty() {
                         let shared = Arc::make_mut(&mut context);
                         for (key, value) in &step_writes {
@@ -331,15 +350,17 @@ fn run_node<'a>(
                 Ok(writes)
             }
             Node::Par(branches) => {
-                let group = cancel.child_token();
+                let group = env.cancel.child_token();
                 let mut set = JoinSet::new();
                 for (index, branch) in branches.iter().enumerate() {
                     let branch = branch.clone();
                     let context = context.clone();
-                    let tx = tx.clone();
-                    let group = group.clone();
+                    let branch_env = Env {
+                        cancel: group.clone(),
+                        ..env.clone()
+                    };
                     set.spawn(
-                        async move { (index, run_node(&branch, context, &tx, &group).await) },
+                        async move { (index, run_node(&branch, context, &branch_env).await) },
                     );
                 }
                 let mut results: Vec<Option<Map<String, Value>>> = vec![None; branches.len()];
@@ -381,8 +402,7 @@ fn run_node<'a>(
 async fn run_step(
     step: &Step,
     context: &Map<String, Value>,
-    tx: &batch::Sender,
-    cancel: &CancellationToken,
+    env: &Env,
 ) -> Result<Map<String, Value>, Failure> {
     let op_name = step.op.name;
     let context_json = serde_json::to_string(context).map_err(|err| Failure {
@@ -391,8 +411,9 @@ async fn run_step(
     })?;
     let host = OpHost {
         op: op_name,
-        tx: tx.clone(),
-        cancel: cancel.clone(),
+        tx: env.tx.clone(),
+        cancel: env.cancel.clone(),
+        logs: env.logs.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
     let op = step.op.clone();
@@ -434,6 +455,7 @@ struct OpHost {
     op: &'static str,
     tx: batch::Sender,
     cancel: CancellationToken,
+    logs: Option<LogSink>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -478,11 +500,24 @@ impl HostCtx for OpHost {
         let _ = catch_unwind(AssertUnwindSafe(|| {
             let message = message.as_str();
             let op = self.op;
+            let level = match level {
+                1 => op_sdk::Level::Error,
+                2 => op_sdk::Level::Warn,
+                3 => op_sdk::Level::Info,
+                _ => op_sdk::Level::Debug,
+            };
             match level {
-                1 => tracing::error!(op, "{message}"),
-                2 => tracing::warn!(op, "{message}"),
-                3 => tracing::info!(op, "{message}"),
-                _ => tracing::debug!(op, "{message}"),
+                op_sdk::Level::Error => tracing::error!(op, "{message}"),
+                op_sdk::Level::Warn => tracing::warn!(op, "{message}"),
+                op_sdk::Level::Info => tracing::info!(op, "{message}"),
+                op_sdk::Level::Debug => tracing::debug!(op, "{message}"),
+            }
+            if let Some(logs) = &self.logs {
+                let _ = logs.send(LogLine {
+                    level,
+                    op,
+                    message: message.to_string(),
+                });
             }
         }));
     }

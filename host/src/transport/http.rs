@@ -107,6 +107,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/{flow}", post(run_flow))
         .with_state(state.clone())
+        .nest_service(
+            "/mcp",
+            super::mcp::http_service(
+                state.catalog.clone(),
+                !is_loopback(&state.options.host),
+                state.hard_stop.clone(),
+            ),
+        )
         .merge(docs)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
@@ -145,6 +153,13 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

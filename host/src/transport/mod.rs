@@ -2,5 +2,6 @@
 //! chunks, never plugins.
 
 pub mod http;
+pub mod mcp;
 pub mod openai;
 pub mod openapi;

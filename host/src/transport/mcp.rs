@@ -1,0 +1,533 @@
+//! The MCP server (rmcp): every flow is a tool, stream flows included. Served over stdio
+//! (newline-delimited JSON-RPC; this module owns the line reader so malformed and oversized
+//! lines get JSON-RPC errors instead of silence) and over Streamable HTTP at `/mcp`. Knows
+//! nothing of plugins: it reads the catalog's snapshots and runs flows with the executor.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode, ErrorData,
+    Implementation, JsonRpcMessage, ListToolsResult, NumberOrString, PaginatedRequestParams,
+    ProgressNotificationParam, ServerCapabilities, ServerConfig, SubscriptionFilter, Tool,
+};
+use rmcp::service::{
+    NotificationContext, RequestContext, RxJsonRpcMessage, SubscriptionContext, TxJsonRpcMessage,
+};
+use rmcp::{RoleServer, ServerHandler, ServiceExt};
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::catalog::Catalog;
+use crate::chunk::ChunkKind;
+use crate::exec;
+
+/// The MCP server for one connection (stdio) or one session (HTTP).
+#[derive(Clone)]
+pub struct FlowTools {
+    catalog: Arc<Catalog>,
+    /// The lowest op log level the client asked for with `logging/setLevel` (a rank, see
+    /// [`level_rank`]); none until it asks.
+    log_level: Arc<std::sync::atomic::AtomicU8>,
+}
+
+/// No `logging/setLevel` yet: op logs stay in the host's log.
+const LOGS_OFF: u8 = u8::MAX;
+
+impl FlowTools {
+    pub fn new(catalog: Arc<Catalog>) -> FlowTools {
+        FlowTools {
+            catalog,
+            log_level: Arc::new(std::sync::atomic::AtomicU8::new(LOGS_OFF)),
+        }
+    }
+
+    /// The tools of the current snapshot: one per flow that can run.
+    pub fn tools(&self) -> Vec<Tool> {
+        let snapshot = self.catalog.snapshot();
+        snapshot
+            .live()
+            .map(|(name, flow)| {
+                let schema = match &flow.spec.input_schema {
+                    Value::Object(map) => map.clone(),
+                    _ => Map::new(),
+                };
+                let mut description = flow.spec.description.clone();
+                if flow.spec.stream {
+                    if !description.is_empty() {
+                        description.push(' ');
+                    }
+                    description.push_str("(streams: pass a progressToken to receive chunks as progress notifications)");
+                }
+                Tool::new(name.clone(), description, Arc::new(schema))
+            })
+            .collect()
+    }
+
+    /// Runs one flow for `tools/call`. Failures the model should read are tool results with
+    /// `isError`; only an unknown tool is a protocol error.
+    async fn call(
+        &self,
+        name: &str,
+        arguments: Map<String, Value>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let snapshot = self.catalog.snapshot();
+        let Some(entry) = snapshot.get(name) else {
+            return Err(ErrorData::new(
+                ErrorCode::INVALID_PARAMS,
+                format!("unknown tool `{name}`: tools/list names the tools (one per flow)"),
+                None,
+            ));
+        };
+        let Some(flow) = entry.flow.clone() else {
+            let reason = entry
+                .error
+                .as_ref()
+                .map_or_else(|| "unknown error".to_string(), |d| d.to_string());
+            return Ok(failure(format!(
+                "flow `{name}` is broken and has no good version: {reason}"
+            )));
+        };
+        drop(snapshot);
+        if let Err(problems) = flow.validate(&Value::Object(arguments.clone())) {
+            let lines: Vec<String> = problems
+                .iter()
+                .map(|(field, message)| {
+                    if field.is_empty() {
+                        message.clone()
+                    } else {
+                        format!("{field}: {message}")
+                    }
+                })
+                .collect();
+            return Ok(failure(format!(
+                "invalid arguments for `{name}`: {}",
+                lines.join("; ")
+            )));
+        }
+        let progress = context.meta.get_progress_token();
+        let threshold = self.log_level.load(std::sync::atomic::Ordering::Relaxed);
+        let (log_tx, mut log_rx) = mpsc::unbounded_channel();
+        let options = exec::Options {
+            collect_answer: true,
+            logs: (threshold != LOGS_OFF).then_some(log_tx),
+            ..exec::Options::default()
+        };
+        let mut run = exec::start(flow, arguments, &options);
+        let flow_id = run.flow_id.clone();
+        let mut batch = Vec::new();
+        let mut think = String::new();
+        let mut tool_calls = Vec::new();
+        let mut usage = Value::Null;
+        let mut sent = 0u64;
+        loop {
+            let more = tokio::select! {
+                more = run.next_batch(&mut batch) => more,
+                Some(line) = log_rx.recv() => {
+                    if op_level_rank(line.level) >= threshold {
+                        forward_log(&context.peer, line).await;
+                    }
+                    continue;
+                }
+                _ = context.ct.cancelled() => {
+                    tracing::info!(tool = name, %flow_id, "tools/call cancelled by the client");
+                    return Ok(failure("cancelled by the client".to_string()));
+                }
+            };
+            if !more {
+                break;
+            }
+            for chunk in batch.drain(..) {
+                match chunk.kind {
+                    ChunkKind::Think => think.push_str(&chunk.text),
+                    ChunkKind::Tool => tool_calls.push(chunk.content()),
+                    ChunkKind::Usage => usage = chunk.content(),
+                    ChunkKind::Answer | ChunkKind::Error => {}
+                }
+                let Some(token) = &progress else { continue };
+                sent += 1;
+                let message = match chunk.kind {
+                    ChunkKind::Answer => chunk.text,
+                    kind => format!("[{}] {}", kind.as_str(), chunk.text),
+                };
+                let param = ProgressNotificationParam::new(token.clone(), sent as f64)
+                    .with_message(message);
+                if context.peer.notify_progress(param).await.is_err() {
+                    // The client is gone; dropping the run cancels it.
+                    return Ok(failure("the client went away".to_string()));
+                }
+            }
+        }
+        let outcome = run.finish().await;
+        while let Ok(line) = log_rx.try_recv() {
+            if op_level_rank(line.level) >= threshold {
+                forward_log(&context.peer, line).await;
+            }
+        }
+        let content = answer_content(&outcome.answer);
+        let structured = json!({
+            "answer": outcome.answer,
+            "think": think,
+            "tool_calls": tool_calls,
+            "usage": usage,
+            "flow_id": flow_id,
+        });
+        let mut result = match &outcome.error {
+            None => CallToolResult::success(content),
+            Some(error) => CallToolResult::error(vec![ContentBlock::text(error.clone())]),
+        };
+        result.structured_content = Some(structured);
+        Ok(result)
+    }
+}
+
+/// A tool result's content for a flow's answer. An answer that is a list of MCP content blocks
+/// (objects with a `type` such as `text`, `image`, `audio`, `resource`) is returned as is, so a
+/// flow can answer with images or resources; any other answer is one text block.
+fn answer_content(answer: &Value) -> Vec<ContentBlock> {
+    if let Value::Array(items) = answer {
+        let blocks: Option<Vec<ContentBlock>> = items
+            .iter()
+            .map(|item| {
+                item.get("type")?;
+                serde_json::from_value(item.clone()).ok()
+            })
+            .collect();
+        if let Some(blocks) = blocks.filter(|b| !b.is_empty()) {
+            return blocks;
+        }
+    }
+    let text = match answer {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    vec![ContentBlock::text(text)]
+}
+
+// MCP logging is deprecated by the 2026-07-28 revision (SEP-2577) but part of 2025-11-25,
+// which flowhost serves too.
+#[allow(deprecated)]
+mod logging {
+    use rmcp::model::{LoggingLevel, LoggingMessageNotificationParam};
+    use rmcp::service::Peer;
+    use rmcp::RoleServer;
+
+    use crate::exec::LogLine;
+
+    /// Severity ranks shared by op levels and MCP levels (higher is more severe).
+    pub fn mcp_level_rank(level: LoggingLevel) -> u8 {
+        match level {
+            LoggingLevel::Debug => 0,
+            LoggingLevel::Info => 1,
+            LoggingLevel::Notice => 2,
+            LoggingLevel::Warning => 3,
+            LoggingLevel::Error => 4,
+            LoggingLevel::Critical => 5,
+            LoggingLevel::Alert => 6,
+            LoggingLevel::Emergency => 7,
+        }
+    }
+
+    pub fn op_level_rank(level: op_sdk::Level) -> u8 {
+        match level {
+            op_sdk::Level::Debug => 0,
+            op_sdk::Level::Info => 1,
+            op_sdk::Level::Warn => 3,
+            op_sdk::Level::Error => 4,
+        }
+    }
+
+    pub async fn forward_log(peer: &Peer<RoleServer>, line: LogLine) {
+        let level = match line.level {
+            op_sdk::Level::Debug => LoggingLevel::Debug,
+            op_sdk::Level::Info => LoggingLevel::Info,
+            op_sdk::Level::Warn => LoggingLevel::Warning,
+            op_sdk::Level::Error => LoggingLevel::Error,
+        };
+        let param =
+            LoggingMessageNotificationParam::new(level, line.message.into()).with_logger(line.op);
+        let _ = peer.notify_logging_message(param).await;
+    }
+
+    pub fn set_level(request: &rmcp::model::SetLevelRequestParams) -> u8 {
+        mcp_level_rank(request.level)
+    }
+}
+
+use logging::{forward_log, op_level_rank};
+
+fn failure(message: String) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message)])
+}
+
+impl ServerHandler for FlowTools {
+    #[allow(deprecated)] // logging: see the `logging` module
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_logging()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("flowhost", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Each tool runs a flowhost flow. Stream flows send their chunks as progress \
+             notifications when the call carries a progressToken; the result holds the answer \
+             as text and {answer, think, tool_calls, usage} as structured content.",
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(self.tools()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let arguments = request.arguments.clone().unwrap_or_default();
+        self.call(&request.name, arguments, &context)
+            .await
+            .map(CallToolResponse::from)
+    }
+
+    #[allow(deprecated)] // logging: see the `logging` module
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.log_level.store(
+            logging::set_level(&request),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        // Sessions of the initialize era hear about reloads on their own channel.
+        let mut changes = self.catalog.subscribe();
+        changes.mark_unchanged();
+        let peer = context.peer.clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if peer.notify_tool_list_changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        let mut accepted = SubscriptionFilter::new();
+        accepted.tools_list_changed = requested.tools_list_changed;
+        Some(accepted)
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        // 2026-07-28 clients subscribe with `subscriptions/listen` instead.
+        let mut changes = self.catalog.subscribe();
+        changes.mark_unchanged();
+        loop {
+            tokio::select! {
+                _ = context.cancelled() => return Ok(()),
+                changed = changes.changed() => {
+                    if changed.is_err() || context.sink().notify_tool_list_changed().await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The largest stdio message accepted (a longer line gets an error and is skipped).
+pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Serves MCP on stdin/stdout until stdin closes. Only protocol lines go to stdout.
+pub async fn serve_stdio(catalog: Arc<Catalog>, max_line: usize) -> Result<(), String> {
+    let (to_server, from_reader) = mpsc::channel::<RxJsonRpcMessage<RoleServer>>(256);
+    let (to_writer, mut writer_rx) = mpsc::channel::<TxJsonRpcMessage<RoleServer>>(1024);
+    let writer = tokio::spawn(async move {
+        let mut stdout = tokio::io::BufWriter::with_capacity(64 * 1024, tokio::io::stdout());
+        let mut line = Vec::with_capacity(1024);
+        while let Some(message) = writer_rx.recv().await {
+            let mut next = Some(message);
+            // Write what is queued, then flush once.
+            while let Some(message) = next {
+                line.clear();
+                if serde_json::to_writer(&mut line, &message).is_ok() {
+                    line.push(b'\n');
+                    if stdout.write_all(&line).await.is_err() {
+                        return;
+                    }
+                }
+                next = writer_rx.try_recv().ok();
+            }
+            if stdout.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let reader = tokio::spawn(read_lines(to_server, to_writer.clone(), max_line));
+    let incoming = futures_util::stream::unfold(from_reader, |mut rx| async move {
+        rx.recv().await.map(|message| (message, rx))
+    })
+    .boxed();
+    let outgoing = tokio_util::sync::PollSender::new(to_writer);
+    let running = FlowTools::new(catalog)
+        .serve((outgoing, incoming))
+        .await
+        .map_err(|err| format!("MCP session failed to start: {err}"))?;
+    let reason = running.waiting().await;
+    tracing::info!("MCP session ended: {reason:?}");
+    reader.abort();
+    let _ = writer.await;
+    Ok(())
+}
+
+/// Reads newline-delimited JSON-RPC from stdin. Malformed JSON gets -32700, JSON that is not a
+/// JSON-RPC message gets -32600 (with its id when one can be read), a line over `max_line`
+/// bytes gets -32600 and is skipped; reading always goes on until end of input.
+async fn read_lines(
+    to_server: mpsc::Sender<RxJsonRpcMessage<RoleServer>>,
+    to_writer: mpsc::Sender<TxJsonRpcMessage<RoleServer>>,
+    max_line: usize,
+) {
+    let mut stdin = tokio::io::BufReader::with_capacity(64 * 1024, tokio::io::stdin());
+    let mut line = Vec::with_capacity(4096);
+    let mut number = 0u64;
+    loop {
+        line.clear();
+        let read = (&mut stdin)
+            .take(max_line as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await;
+        match read {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(err) => {
+                tracing::error!("cannot read stdin: {err}");
+                return;
+            }
+        }
+        number += 1;
+        if !line.ends_with(b"\n") && line.len() > max_line {
+            // Skip the rest of the oversized line.
+            let mut skipped = line.len();
+            loop {
+                let mut rest = Vec::new();
+                match (&mut stdin)
+                    .take(1 << 20)
+                    .read_until(b'\n', &mut rest)
+                    .await
+                {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => skipped += n,
+                }
+                if rest.ends_with(b"\n") {
+                    break;
+                }
+            }
+            tracing::warn!(
+                "stdin line {number}: {skipped} bytes is over the {max_line}-byte limit; skipped"
+            );
+            let error = ErrorData::invalid_request(
+                format!("message on line {number} is {skipped} bytes, over the limit of {max_line} bytes; it was skipped"),
+                None,
+            );
+            if to_writer
+                .send(JsonRpcMessage::error(error, None))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
+        let text = trim_ascii(&line);
+        if text.is_empty() {
+            continue;
+        }
+        let reply = match serde_json::from_slice::<RxJsonRpcMessage<RoleServer>>(text) {
+            Ok(message) => {
+                if to_server.send(message).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Err(err) if err.is_syntax() || err.is_eof() => JsonRpcMessage::error(
+                ErrorData::new(
+                    ErrorCode::PARSE_ERROR,
+                    format!("parse error on line {number}: {err}"),
+                    None,
+                ),
+                None,
+            ),
+            Err(err) => {
+                let id = serde_json::from_slice::<Value>(text)
+                    .ok()
+                    .and_then(|v| v.get("id").cloned())
+                    .and_then(|id| serde_json::from_value::<NumberOrString>(id).ok());
+                JsonRpcMessage::error(
+                    ErrorData::invalid_request(
+                        format!("invalid JSON-RPC message on line {number}: {err}"),
+                        None,
+                    ),
+                    id,
+                )
+            }
+        };
+        if to_writer.send(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn trim_ascii(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
+/// The Streamable HTTP endpoint, mounted at `/mcp` by the HTTP transport.
+pub fn http_service(
+    catalog: Arc<Catalog>,
+    allow_any_host: bool,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> rmcp::transport::streamable_http_server::StreamableHttpService<
+    FlowTools,
+    rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
+> {
+    use rmcp::transport::streamable_http_server::{
+        session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let mut config = StreamableHttpServerConfig::default();
+    config.legacy_session_mode = true;
+    config.cancellation_token = shutdown;
+    if allow_any_host {
+        config.allowed_hosts = Vec::new();
+    }
+    StreamableHttpService::new(
+        move || Ok(FlowTools::new(catalog.clone())),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    )
+}

@@ -186,6 +186,7 @@ async fn a_reader_that_stops_reading_holds_the_producer() {
     let options = exec::Options {
         buffer: 256,
         collect_answer: false,
+        ..exec::Options::default()
     };
     let snapshot = catalog.snapshot();
     let flow = snapshot.get("flood").unwrap().flow.clone().unwrap();

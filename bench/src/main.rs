@@ -35,15 +35,26 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     let mut report = Map::new();
     report.insert("profile".into(), json!(profile));
-    report.insert(
-        "emit_across_boundary".into(),
-        emit_across_boundary(&bin_dir),
-    );
-    report.insert("plugin_load".into(), plugin_load(&lib));
-    report.insert("exec".into(), runtime.block_on(exec_throughput(&bin_dir)));
-    report.insert("save_to_served".into(), save_to_served(&bin_dir));
+    if wanted("boundary") {
+        report.insert(
+            "emit_across_boundary".into(),
+            emit_across_boundary(&bin_dir),
+        );
+        report.insert("plugin_load".into(), plugin_load(&lib));
+    }
+    if wanted("exec") {
+        report.insert("exec".into(), runtime.block_on(exec_throughput(&bin_dir)));
+    }
+    if wanted("reload") {
+        report.insert("save_to_served".into(), save_to_served(&bin_dir));
+    }
+    if wanted("mcp") {
+        report.insert("mcp_stdio".into(), mcp_stdio(&bin_dir));
+    }
     println!(
         "{}",
         serde_json::to_string_pretty(&Value::Object(report)).unwrap_or_default()
@@ -172,6 +183,87 @@ async fn exec_throughput(bin_dir: &Path) -> Value {
         );
     }
     Value::Object(out)
+}
+
+/// Sequential `tools/call` over stdio (one request in flight, like an agent), and progress
+/// notifications per second for a streaming flow.
+fn mcp_stdio(bin_dir: &Path) -> Value {
+    use std::io::{BufRead, BufReader, Write};
+    let flows = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        flows.path().join("m.yaml"),
+        "echo:\n  flow_content: EchoOp()\ncount:\n  flow_content: CountOp()\n  stream: true\n",
+    )
+    .expect("write flows");
+    let mut child = std::process::Command::new(bin_dir.join("flowhost"))
+        .args([
+            "serve",
+            "--transport",
+            "stdio",
+            "--no-watch",
+            "--log",
+            "error",
+            "--flows",
+        ])
+        .arg(flows.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn flowhost");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    let mut send = |text: &str| {
+        stdin.write_all(text.as_bytes()).expect("write");
+        stdin.write_all(b"\n").expect("write");
+        stdin.flush().expect("flush");
+    };
+    send(
+        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}"#,
+    );
+    stdout.read_line(&mut line).expect("initialize reply");
+    send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    let calls = 20_000;
+    let started = Instant::now();
+    for id in 1..=calls {
+        send(&format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"query":"q{id}"}}}}}}"#
+        ));
+        line.clear();
+        stdout.read_line(&mut line).expect("reply");
+        assert!(line.contains(&format!("\"id\":{id}")), "reply {id}: {line}");
+    }
+    let call_secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "mcp: {:.0} sequential tools/call per second",
+        calls as f64 / call_secs
+    );
+    let n = 200_000;
+    let started = Instant::now();
+    send(&format!(
+        r#"{{"jsonrpc":"2.0","id":"c","method":"tools/call","params":{{"name":"count","arguments":{{"n":{n}}},"_meta":{{"progressToken":"t"}}}}}}"#
+    ));
+    let mut notifications = 0u64;
+    loop {
+        line.clear();
+        stdout.read_line(&mut line).expect("message");
+        if line.contains("notifications/progress") {
+            notifications += 1;
+        } else if line.contains(r#""id":"c""#) {
+            break;
+        }
+    }
+    let progress_secs = started.elapsed().as_secs_f64();
+    assert_eq!(notifications, n);
+    drop(stdin);
+    let _ = child.wait();
+    json!({
+        "sequential_calls": calls,
+        "calls_per_sec": calls as f64 / call_secs,
+        "us_per_call": call_secs * 1e6 / calls as f64,
+        "progress_notifications": notifications,
+        "progress_per_sec": notifications as f64 / progress_secs,
+    })
 }
 
 fn save_to_served(bin_dir: &Path) -> Value {

@@ -16,7 +16,6 @@ use rmcp::service::{
 };
 use rmcp::{RoleServer, ServerHandler, ServiceExt};
 use serde_json::{json, Map, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::catalog::Catalog;
@@ -132,7 +131,20 @@ impl FlowTools {
                     continue;
                 }
                 _ = context.ct.cancelled() => {
-                    tracing::info!(tool = name, %flow_id, "tools/call cancelled by the client");
+                    let started = std::time::Instant::now();
+                    run.cancel_token().cancel();
+                    // The ops see the cancel at their next emit or sleep; report when they stop.
+                    match tokio::time::timeout(std::time::Duration::from_secs(5), run.finish()).await {
+                        Ok(_) => tracing::info!(
+                            tool = name, %flow_id,
+                            "tools/call cancelled by the client; ops stopped in {:.1} ms",
+                            started.elapsed().as_secs_f64() * 1e3
+                        ),
+                        Err(_) => tracing::warn!(
+                            tool = name, %flow_id,
+                            "tools/call cancelled by the client; ops still running after 5 s"
+                        ),
+                    }
                     return Ok(failure("cancelled by the client".to_string()));
                 }
             };
@@ -358,63 +370,101 @@ pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 /// Serves MCP on stdin/stdout until stdin closes. Only protocol lines go to stdout.
 pub async fn serve_stdio(catalog: Arc<Catalog>, max_line: usize) -> Result<(), String> {
     let (to_server, from_reader) = mpsc::channel::<RxJsonRpcMessage<RoleServer>>(256);
-    let (to_writer, mut writer_rx) = mpsc::channel::<TxJsonRpcMessage<RoleServer>>(1024);
-    let writer = tokio::spawn(async move {
-        let mut stdout = tokio::io::BufWriter::with_capacity(64 * 1024, tokio::io::stdout());
-        let mut line = Vec::with_capacity(1024);
-        while let Some(message) = writer_rx.recv().await {
-            let mut next = Some(message);
-            // Write what is queued, then flush once.
-            while let Some(message) = next {
-                line.clear();
-                if serde_json::to_writer(&mut line, &message).is_ok() {
-                    line.push(b'\n');
-                    if stdout.write_all(&line).await.is_err() {
-                        return;
-                    }
-                }
-                next = writer_rx.try_recv().ok();
-            }
-            if stdout.flush().await.is_err() {
-                return;
-            }
-        }
-    });
-    let reader = tokio::spawn(read_lines(to_server, to_writer.clone(), max_line));
+    // A plain thread doing blocking reads: tokio's stdin would hand every read to the blocking
+    // pool, a thread hop per message. Replies are written by the caller (see `StdoutSink`).
+    std::thread::Builder::new()
+        .name("mcp-stdin".into())
+        .spawn(move || read_lines(to_server, max_line))
+        .map_err(|err| format!("cannot start the stdin reader: {err}"))?;
     let incoming = futures_util::stream::unfold(from_reader, |mut rx| async move {
         rx.recv().await.map(|message| (message, rx))
     })
     .boxed();
-    let outgoing = tokio_util::sync::PollSender::new(to_writer);
     let running = FlowTools::new(catalog)
-        .serve((outgoing, incoming))
+        .serve((StdoutSink::default(), incoming))
         .await
         .map_err(|err| format!("MCP session failed to start: {err}"))?;
     let reason = running.waiting().await;
     tracing::info!("MCP session ended: {reason:?}");
-    reader.abort();
-    let _ = writer.await;
     Ok(())
+}
+
+/// Writes one JSON-RPC message per line to stdout, from whichever task sends it. A pipe write
+/// is cheap next to waking a writer thread for every message; the stdout lock keeps lines
+/// whole when the stdin reader writes an error reply at the same time.
+#[derive(Default)]
+struct StdoutSink {
+    buffer: Vec<u8>,
+}
+
+impl futures_util::Sink<TxJsonRpcMessage<RoleServer>> for StdoutSink {
+    type Error = std::io::Error;
+
+    fn poll_ready(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn start_send(
+        self: std::pin::Pin<&mut Self>,
+        message: TxJsonRpcMessage<RoleServer>,
+    ) -> Result<(), Self::Error> {
+        let this = self.get_mut();
+        serde_json::to_writer(&mut this.buffer, &message)?;
+        this.buffer.push(b'\n');
+        Ok(())
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        let this = self.get_mut();
+        let result = write_stdout(&this.buffer);
+        this.buffer.clear();
+        std::task::Poll::Ready(result)
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.poll_flush(cx)
+    }
+}
+
+fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(bytes)?;
+    stdout.flush()
+}
+
+fn write_message(message: &TxJsonRpcMessage<RoleServer>) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(message)?;
+    line.push(b'\n');
+    write_stdout(&line)
 }
 
 /// Reads newline-delimited JSON-RPC from stdin. Malformed JSON gets -32700, JSON that is not a
 /// JSON-RPC message gets -32600 (with its id when one can be read), a line over `max_line`
 /// bytes gets -32600 and is skipped; reading always goes on until end of input.
-async fn read_lines(
-    to_server: mpsc::Sender<RxJsonRpcMessage<RoleServer>>,
-    to_writer: mpsc::Sender<TxJsonRpcMessage<RoleServer>>,
-    max_line: usize,
-) {
-    let mut stdin = tokio::io::BufReader::with_capacity(64 * 1024, tokio::io::stdin());
+fn read_lines(to_server: mpsc::Sender<RxJsonRpcMessage<RoleServer>>, max_line: usize) {
+    use std::io::{BufRead, Read};
+    let mut stdin = std::io::BufReader::with_capacity(64 * 1024, std::io::stdin().lock());
     let mut line = Vec::with_capacity(4096);
     let mut number = 0u64;
     loop {
         line.clear();
-        let read = (&mut stdin)
+        match (&mut stdin)
             .take(max_line as u64 + 1)
             .read_until(b'\n', &mut line)
-            .await;
-        match read {
+        {
             Ok(0) => return,
             Ok(_) => {}
             Err(err) => {
@@ -428,11 +478,7 @@ async fn read_lines(
             let mut skipped = line.len();
             loop {
                 let mut rest = Vec::new();
-                match (&mut stdin)
-                    .take(1 << 20)
-                    .read_until(b'\n', &mut rest)
-                    .await
-                {
+                match (&mut stdin).take(1 << 20).read_until(b'\n', &mut rest) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => skipped += n,
                 }
@@ -447,11 +493,7 @@ async fn read_lines(
                 format!("message on line {number} is {skipped} bytes, over the limit of {max_line} bytes; it was skipped"),
                 None,
             );
-            if to_writer
-                .send(JsonRpcMessage::error(error, None))
-                .await
-                .is_err()
-            {
+            if write_message(&JsonRpcMessage::error(error, None)).is_err() {
                 return;
             }
             continue;
@@ -462,7 +504,7 @@ async fn read_lines(
         }
         let reply = match serde_json::from_slice::<RxJsonRpcMessage<RoleServer>>(text) {
             Ok(message) => {
-                if to_server.send(message).await.is_err() {
+                if to_server.blocking_send(message).is_err() {
                     return;
                 }
                 continue;
@@ -489,7 +531,7 @@ async fn read_lines(
                 )
             }
         };
-        if to_writer.send(reply).await.is_err() {
+        if write_message(&reply).is_err() {
             return;
         }
     }

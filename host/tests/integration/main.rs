@@ -4,6 +4,7 @@
 mod cli;
 mod executor;
 mod http;
+mod mcp;
 mod plugins;
 mod reload;
 mod util;

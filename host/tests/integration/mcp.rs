@@ -1,0 +1,414 @@
+//! MCP over stdio: the real binary, driven by an independent client (rmcp's) and by raw
+//! JSON-RPC lines for what a well-behaved client never sends.
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, ClientRequest, ProgressNotificationParam,
+};
+use rmcp::service::{NotificationContext, PeerRequestOptions, RunningService};
+use rmcp::transport::TokioChildProcess;
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::util::*;
+
+const FLOWS: &str = r#"
+echo:
+  flow_content: EchoOp()
+  description: "echo the query"
+  input_schema:
+    query: {type: string, required: true}
+count:
+  flow_content: CountOp(n=25)
+  stream: true
+ticks:
+  flow_content: TickOp(n=100000, interval_ms=20)
+  stream: true
+slow:
+  flow_content: TickOp(n=2, interval_ms=1500)
+  stream: true
+fail:
+  flow_content: FailOp(message="no luck")
+"#;
+
+#[derive(Clone, Default)]
+struct Collector {
+    progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
+    list_changed: Arc<AtomicUsize>,
+}
+
+impl ClientHandler for Collector {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.progress.lock().expect("lock").push(params);
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.list_changed.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+type Client = RunningService<RoleClient, Collector>;
+
+/// Spawns `flowhost serve --transport stdio` and connects rmcp's client; stderr lines are
+/// collected.
+async fn connect(flows: &std::path::Path) -> (Client, Collector, Arc<Mutex<Vec<String>>>) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowhost"));
+    command
+        .args(["serve", "--transport", "stdio", "--flows"])
+        .arg(flows)
+        .env("NO_COLOR", "1");
+    let (transport, stderr) = TokioChildProcess::builder(command)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn flowhost");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    if let Some(stderr) = stderr {
+        let lines = lines.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                lines.lock().expect("lock").push(line);
+            }
+        });
+    }
+    let collector = Collector::default();
+    let client = collector
+        .clone()
+        .serve(transport)
+        .await
+        .expect("initialize");
+    (client, collector, lines)
+}
+
+fn call(name: &str, arguments: Value) -> CallToolRequestParams {
+    CallToolRequestParams::new(name.to_string())
+        .with_arguments(arguments.as_object().cloned().expect("an object"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_list_call_and_progress_in_order() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let (client, collector, _) = connect(flows.path()).await;
+    let info = client.peer_info().expect("server info");
+    assert_eq!(info.server_info.as_ref().unwrap().name, "flowhost");
+    assert!(info.capabilities.tools.as_ref().unwrap().list_changed == Some(true));
+
+    let tools = client.list_all_tools().await.unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    for name in ["echo", "count", "ticks", "slow", "fail"] {
+        assert!(names.contains(&name), "{names:?}");
+    }
+    let echo = tools.iter().find(|t| t.name == "echo").unwrap();
+    assert_eq!(echo.input_schema["required"], json!(["query"]));
+
+    let result = client
+        .call_tool(call("echo", json!({"query": "hi"})))
+        .await
+        .unwrap();
+    assert_eq!(result.is_error, Some(false));
+    assert_eq!(result.content[0].as_text().unwrap().text, "hi");
+    assert_eq!(result.structured_content.as_ref().unwrap()["answer"], "hi");
+
+    collector.progress.lock().unwrap().clear();
+    let result = client.call_tool(call("count", json!({}))).await.unwrap();
+    assert_eq!(
+        result.content[0].as_text().unwrap().text,
+        "hello ".repeat(25)
+    );
+    // The client handles notifications on tasks of their own: let them land.
+    let started = Instant::now();
+    while collector.progress.lock().unwrap().len() < 25
+        && started.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let progress = collector.progress.lock().unwrap().clone();
+    assert_eq!(progress.len(), 25, "one progress notification per chunk");
+    assert!(progress
+        .iter()
+        .all(|p| p.progress_token == progress[0].progress_token));
+    // rmcp's client handles each notification on a task of its own, so arrival order here is
+    // not wire order; the raw-stdio test below checks the order on the wire.
+    let mut values: Vec<f64> = progress.iter().map(|p| p.progress).collect();
+    values.sort_by(f64::total_cmp);
+    assert_eq!(values, (1..=25).map(f64::from).collect::<Vec<_>>());
+    assert!(progress
+        .iter()
+        .all(|p| p.message.as_deref() == Some("hello ")));
+
+    let failed = client.call_tool(call("fail", json!({}))).await.unwrap();
+    assert_eq!(failed.is_error, Some(true));
+    assert_eq!(
+        failed.content[0].as_text().unwrap().text,
+        "FailOp failed: no luck"
+    );
+
+    let invalid = client
+        .call_tool(call("echo", json!({"query": 3})))
+        .await
+        .unwrap();
+    assert_eq!(invalid.is_error, Some(true));
+    assert!(invalid.content[0]
+        .as_text()
+        .unwrap()
+        .text
+        .contains("query: 3 is not of type \"string\""));
+
+    let unknown = client.call_tool(call("nope", json!({}))).await;
+    assert!(unknown.is_err(), "unknown tool is a protocol error");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_a_flow_file_announces_the_new_tool_list() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let (client, collector, _) = connect(flows.path()).await;
+    assert_eq!(client.list_all_tools().await.unwrap().len(), 5);
+    std::fs::write(
+        flows.path().join("more.yaml"),
+        "added_tool:\n  flow_content: EchoOp()\n  description: new\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    while collector.list_changed.load(Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no tools/list_changed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let tools = client.list_all_tools().await.unwrap();
+    assert!(
+        tools.iter().any(|t| t.name == "added_tool"),
+        "new list has the new flow"
+    );
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_stops_its_op_and_others_go_on() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let (client, collector, stderr) = connect(flows.path()).await;
+    let request = ClientRequest::CallToolRequest(CallToolRequest::new(call("ticks", json!({}))));
+    let handle = client
+        .peer()
+        .send_cancellable_request(request, PeerRequestOptions::no_options())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while collector.progress.lock().unwrap().len() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no progress from the running call"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A slow call does not block other calls on the same connection.
+    let echo = client
+        .call_tool(call("echo", json!({"query": "meanwhile"})))
+        .await
+        .unwrap();
+    assert_eq!(echo.content[0].as_text().unwrap().text, "meanwhile");
+
+    handle.cancel(Some("test".into())).await.unwrap();
+    let started = Instant::now();
+    let stopped = loop {
+        if let Some(line) = stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("ops stopped in"))
+            .cloned()
+        {
+            break line;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no report of the op stopping: {:?}",
+            stderr.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    eprintln!("{stopped}");
+    let count = collector.progress.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        collector.progress.lock().unwrap().len(),
+        count,
+        "progress after cancel"
+    );
+    client.cancel().await.unwrap();
+}
+
+/// Raw JSON-RPC lines over the binary's stdin/stdout.
+struct Raw {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Raw {
+    fn spawn(flows: &std::path::Path) -> Raw {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowhost"))
+            .args(["serve", "--transport", "stdio", "--flows"])
+            .arg(flows)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("raw stdio");
+        let stdin = child.stdin.take().expect("raw stdio");
+        let stdout = BufReader::new(child.stdout.take().expect("raw stdio")).lines();
+        Raw {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    async fn send(&mut self, line: &str) {
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .expect("raw stdio");
+        self.stdin.write_all(b"\n").await.expect("raw stdio");
+        self.stdin.flush().await.expect("raw stdio");
+    }
+
+    async fn recv(&mut self) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(10), self.stdout.next_line())
+            .await
+            .expect("a reply within 10 s")
+            .expect("raw stdio")
+            .expect("stdout open");
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"))
+    }
+
+    async fn initialize(&mut self) {
+        self.send(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#).await;
+        assert_eq!(self.recv().await["result"]["protocolVersion"], "2025-11-25");
+        self.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_huge_lines_get_errors_and_reading_goes_on() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let mut raw = Raw::spawn(flows.path());
+    raw.initialize().await;
+
+    raw.send("this is not json {").await;
+    let reply = raw.recv().await;
+    assert_eq!(reply["error"]["code"], -32700, "{reply}");
+    assert_eq!(reply["id"], Value::Null);
+
+    raw.send(r#"{"jsonrpc":"2.0","id":41,"params":{}}"#).await;
+    let reply = raw.recv().await;
+    assert_eq!(reply["error"]["code"], -32600, "{reply}");
+    assert_eq!(reply["id"], 41);
+
+    raw.send(r#"[{"jsonrpc":"2.0","id":42,"method":"ping"}]"#)
+        .await;
+    assert_eq!(raw.recv().await["error"]["code"], -32600);
+
+    // 17 MiB on one line: over the 16 MiB limit.
+    let huge = format!(
+        r#"{{"jsonrpc":"2.0","id":43,"method":"tools/call","params":{{"name":"echo","arguments":{{"query":"{}"}}}}}}"#,
+        "x".repeat(17 << 20)
+    );
+    raw.send(&huge).await;
+    let reply = raw.recv().await;
+    assert_eq!(reply["error"]["code"], -32600, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("over the limit"),
+        "{reply}"
+    );
+
+    raw.send(r#"{"jsonrpc":"2.0","id":44,"method":"tools/call","params":{"name":"echo","arguments":{"query":"still here"}}}"#).await;
+    let reply = raw.recv().await;
+    assert_eq!(reply["id"], 44);
+    assert_eq!(reply["result"]["content"][0]["text"], "still here");
+
+    // End of input ends the server.
+    drop(raw.stdin);
+    let status = tokio::time::timeout(Duration::from_secs(5), raw.child.wait())
+        .await
+        .expect("exit on EOF")
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_2026_07_28_discover_and_call() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let mut raw = Raw::spawn(flows.path());
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {}
+    });
+    raw.send(
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": meta}})
+            .to_string(),
+    )
+    .await;
+    let reply = raw.recv().await;
+    let versions = reply["result"]["supportedVersions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{reply}"));
+    assert!(
+        versions.contains(&json!("2026-07-28")) && versions.contains(&json!("2025-11-25")),
+        "{reply}"
+    );
+
+    raw.send(
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"_meta": meta}})
+            .to_string(),
+    )
+    .await;
+    let reply = raw.recv().await;
+    assert!(
+        reply["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "echo"),
+        "{reply}"
+    );
+
+    let mut call_meta = meta.clone();
+    call_meta["progressToken"] = json!("p");
+    raw.send(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "count", "arguments": {}, "_meta": call_meta}}).to_string()).await;
+    let mut progress = 0;
+    loop {
+        let message = raw.recv().await;
+        if message["method"] == "notifications/progress" {
+            progress += 1;
+            assert_eq!(
+                message["params"]["progress"], progress as f64,
+                "progress in wire order"
+            );
+            assert_eq!(message["params"]["progressToken"], "p");
+            continue;
+        }
+        assert_eq!(message["id"], 3, "{message}");
+        assert_eq!(message["result"]["content"][0]["text"], "hello ".repeat(25));
+        break;
+    }
+    assert_eq!(progress, 25);
+}

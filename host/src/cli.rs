@@ -324,7 +324,19 @@ fn show_config(config: &Config) -> Result<ExitCode, String> {
         "plugin_dirs": config.plugin_dirs,
         "enabled_flows": config.filter.enabled,
         "disabled_flows": config.filter.disabled,
-        "llm": config.llm,
+        "llm": config.llm.models.iter().map(|(name, model)| (name.clone(), json!({
+            "model_name": model.model_name,
+            "params": model.params,
+            "base_url": model.base_url,
+            "api_key": model.api_key.as_ref().map(|_| "(set)"),
+            "max_retries": model.max_retries,
+            "timeouts_s": {
+                "connect": model.timeouts.connect.as_secs_f64(),
+                "first_token": model.timeouts.first_token.as_secs_f64(),
+                "idle": model.timeouts.idle.as_secs_f64(),
+                "total": model.timeouts.total.as_secs_f64(),
+            },
+        }))).collect::<Map<String, Value>>(),
         "watch": config.watch,
         "debounce_ms": config.debounce.as_millis() as u64,
         "max_op_threads": config.max_op_threads,
@@ -371,6 +383,14 @@ pub fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, String> {
         .map_err(|err| format!("cannot start the async runtime: {err}"))
 }
 
+/// What every run starts with: the LLM service from the configuration.
+fn run_options(config: &Config) -> exec::Options {
+    exec::Options {
+        llm: Some(Arc::new(crate::llm::Service::new(config.llm.clone()))),
+        ..exec::Options::default()
+    }
+}
+
 fn serve(config: &Config) -> Result<ExitCode, String> {
     let runtime = runtime(config)?;
     runtime.block_on(async {
@@ -382,7 +402,8 @@ fn serve(config: &Config) -> Result<ExitCode, String> {
         };
         match config.backend {
             config::Backend::Http => {
-                crate::transport::http::serve(catalog, config.http.clone()).await
+                crate::transport::http::serve(catalog, config.http.clone(), run_options(config))
+                    .await
             }
             config::Backend::Stdio => {
                 let snapshot = catalog.snapshot();
@@ -393,7 +414,7 @@ fn serve(config: &Config) -> Result<ExitCode, String> {
                 );
                 drop(snapshot);
                 let max_line = crate::transport::mcp::MAX_LINE_BYTES;
-                crate::transport::mcp::serve_stdio(catalog, max_line).await
+                crate::transport::mcp::serve_stdio(catalog, run_options(config), max_line).await
             }
         }
     })?;
@@ -442,7 +463,7 @@ fn run_flow(
         ));
     }
     let runtime = runtime(config)?;
-    let outcome = runtime.block_on(stream_to_stdout(flow, input))?;
+    let outcome = runtime.block_on(stream_to_stdout(flow, input, run_options(config)))?;
     let summary = json!({
         "flow_id": outcome.flow_id,
         "answer": outcome.answer,
@@ -460,8 +481,9 @@ fn run_flow(
 async fn stream_to_stdout(
     flow: Arc<crate::flow::Flow>,
     input: Map<String, Value>,
+    options: exec::Options,
 ) -> Result<exec::Outcome, String> {
-    let mut run = exec::start(flow, input, &exec::Options::default());
+    let mut run = exec::start(flow, input, &options);
     let mut batch = Vec::new();
     let mut line = String::new();
     let stdout = std::io::stdout();

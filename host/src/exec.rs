@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use abi_stable::std_types::RStr;
-use op_sdk::ffi::HostCtx;
+use abi_stable::std_types::{RResult, RString};
+use op_sdk::ffi::{ChunkSinkMut, HostCtx};
 use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 use tokio::time::Instant as TokioInstant;
@@ -43,6 +44,8 @@ pub struct Options {
     pub collect_answer: bool,
     /// Where op log lines go besides the host's log (MCP forwards them to the client).
     pub logs: Option<LogSink>,
+    /// The LLM service ops call through their context.
+    pub llm: Option<Arc<crate::llm::Service>>,
 }
 
 /// A line an op wrote with `ctx.log`.
@@ -61,6 +64,7 @@ impl Default for Options {
             buffer: 1024,
             collect_answer: true,
             logs: None,
+            llm: None,
         }
     }
 }
@@ -139,11 +143,17 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
     let flow_name = crate::ops::intern(&flow.spec.name);
     let limits = flow.spec.limits.clone();
     let logs = options.logs.clone();
+    let llm = options.llm.clone();
     let task = {
         let cancel = cancel.clone();
         let context = Arc::new(input.clone());
         tokio::spawn(async move {
-            let env = Env { tx, cancel, logs };
+            let env = Env {
+                tx,
+                cancel,
+                logs,
+                llm,
+            };
             let result = run_node(&flow.root, context, &env).await;
             if let Err(failure) = &result {
                 env.tx
@@ -325,6 +335,7 @@ struct Env {
     tx: batch::Sender,
     cancel: CancellationToken,
     logs: Option<LogSink>,
+    llm: Option<Arc<crate::llm::Service>>,
 }
 
 fn run_node<'a>(node: &'a Node, context: Arc<Map<String, Value>>, env: &'a Env) -> NodeFuture<'a> {
@@ -414,6 +425,7 @@ async fn run_step(
         tx: env.tx.clone(),
         cancel: env.cancel.clone(),
         logs: env.logs.clone(),
+        llm: env.llm.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
     let op = step.op.clone();
@@ -456,6 +468,7 @@ struct OpHost {
     tx: batch::Sender,
     cancel: CancellationToken,
     logs: Option<LogSink>,
+    llm: Option<Arc<crate::llm::Service>>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -494,6 +507,34 @@ impl HostCtx for OpHost {
             })
         }))
         .unwrap_or(false)
+    }
+
+    fn chat_stream(
+        &self,
+        request: RStr<'_>,
+        mut on_chunk: ChunkSinkMut<'_>,
+    ) -> RResult<RString, RString> {
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let Some(llm) = &self.llm else {
+                return Err("this host was started without an LLM service".to_string());
+            };
+            let request: Value = serde_json::from_str(request.as_str())
+                .map_err(|err| format!("the chat request is not valid JSON: {err}"))?;
+            // The op thread waits here while the host's runtime drives the HTTP stream.
+            let result = self.runtime.block_on(llm.chat_stream(
+                &request,
+                &self.cancel,
+                |kind, text, json| on_chunk.chunk(kind as u8, text.into(), json),
+            ));
+            result
+                .map(|value| value.to_string())
+                .map_err(|err| err.to_string())
+        }));
+        match result {
+            Ok(Ok(text)) => RResult::ROk(RString::from(text)),
+            Ok(Err(message)) => RResult::RErr(RString::from(message)),
+            Err(_) => RResult::RErr(RString::from("the host's LLM service panicked")),
+        }
     }
 
     fn log(&self, level: u8, message: RStr<'_>) {

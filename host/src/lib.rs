@@ -11,6 +11,7 @@ pub mod config;
 pub mod exec;
 pub mod expr;
 pub mod flow;
+pub mod llm;
 pub mod metrics;
 pub mod ops;
 pub mod transport;

@@ -240,6 +240,30 @@ pub trait Host {
     fn is_cancelled(&self) -> bool;
     fn sleep(&self, millis: u64) -> bool;
     fn log(&self, level: Level, message: &str);
+    fn chat_stream(
+        &self,
+        request: &str,
+        on_chunk: &mut dyn FnMut(u8, &str, bool) -> bool,
+    ) -> Result<String, String>;
+}
+
+/// One chunk of an LLM stream, as [`Context::chat_stream`] hands it to the op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delta<'a> {
+    pub kind: ChunkKind,
+    /// Text, or JSON text when `json` is set (tool calls, usage).
+    pub text: &'a str,
+    pub json: bool,
+}
+
+/// What an LLM call produced.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChatResponse {
+    pub answer: String,
+    pub think: String,
+    /// `{id, name, arguments}` per tool call.
+    pub tool_calls: Vec<Value>,
+    pub usage: Option<Value>,
 }
 
 impl<'a> Context<'a> {
@@ -306,6 +330,44 @@ impl<'a> Context<'a> {
     pub fn sleep(&self, duration: std::time::Duration) -> bool {
         let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         self.host.sleep(millis)
+    }
+
+    /// Streams a chat completion from the host's LLM service. `request` is a JSON object:
+    /// `messages` (OpenAI shape), optionally `llm` (a name from the host's `llm:` config,
+    /// default `default`), `tools`, and OpenAI parameters (`temperature`, `max_tokens`, ...).
+    /// `on_chunk` sees every think / answer / tool / usage chunk as it arrives; return `false`
+    /// to stop (pass them on with [`Context::forward`]). Retries, timeouts and cancellation
+    /// are the host's.
+    pub fn chat_stream(
+        &self,
+        request: &Value,
+        mut on_chunk: impl FnMut(Delta<'_>) -> bool,
+    ) -> Result<ChatResponse, Error> {
+        let mut callback = |kind: u8, text: &str, json: bool| match ChunkKind::from_u8(kind) {
+            Some(kind) => on_chunk(Delta { kind, text, json }),
+            None => true,
+        };
+        let result = self
+            .host
+            .chat_stream(&request.to_string(), &mut callback)
+            .map_err(Error)?;
+        let value: Value = serde_json::from_str(&result)?;
+        Ok(ChatResponse {
+            answer: value["answer"].as_str().unwrap_or_default().to_string(),
+            think: value["think"].as_str().unwrap_or_default().to_string(),
+            tool_calls: value["tool_calls"].as_array().cloned().unwrap_or_default(),
+            usage: value.get("usage").filter(|u| !u.is_null()).cloned(),
+        })
+    }
+
+    /// A chat completion without streaming: the whole response at once.
+    pub fn chat(&self, request: &Value) -> Result<ChatResponse, Error> {
+        self.chat_stream(request, |_| !self.is_cancelled())
+    }
+
+    /// Passes an LLM chunk on to the flow's consumer. Same return value as [`Context::emit`].
+    pub fn forward(&self, delta: Delta<'_>) -> bool {
+        self.host.emit(delta.kind as u8, delta.text, delta.json)
     }
 
     /// Writes a line to the host's log, tagged with the op.

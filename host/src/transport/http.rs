@@ -36,15 +36,18 @@ pub struct AppState {
     pub options: Arc<Options>,
     /// Fires when the shutdown deadline passes: streams still running are ended.
     pub hard_stop: CancellationToken,
+    /// What every run starts with (the LLM service).
+    pub run_options: exec::Options,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl AppState {
-    pub fn new(catalog: Arc<Catalog>, options: Options) -> AppState {
+    pub fn new(catalog: Arc<Catalog>, options: Options, run_options: exec::Options) -> AppState {
         AppState {
             catalog,
             options: Arc::new(options),
             hard_stop: CancellationToken::new(),
+            run_options,
             metrics: m::handle(),
         }
     }
@@ -111,6 +114,7 @@ pub fn router(state: AppState) -> Router {
             "/mcp",
             super::mcp::http_service(
                 state.catalog.clone(),
+                state.run_options.clone(),
                 !is_loopback(&state.options.host),
                 state.hard_stop.clone(),
             ),
@@ -320,7 +324,7 @@ async fn run_flow(
     let stream = flow.spec.stream;
     let options = exec::Options {
         collect_answer: !stream,
-        ..exec::Options::default()
+        ..state.run_options.clone()
     };
     let run = exec::start(flow, input, &options);
     if stream {
@@ -466,7 +470,11 @@ pub fn sse_response<W: EventWriter>(run: Run, state: &AppState, writer: W) -> Re
 
 /// Serves HTTP until SIGINT/SIGTERM: stop accepting, let streams finish until the shutdown
 /// deadline, then end the rest with an error chunk.
-pub async fn serve(catalog: Arc<Catalog>, options: Options) -> Result<(), String> {
+pub async fn serve(
+    catalog: Arc<Catalog>,
+    options: Options,
+    run_options: exec::Options,
+) -> Result<(), String> {
     let address = format!("{}:{}", options.host, options.port);
     let listener = tokio::net::TcpListener::bind(&address)
         .await
@@ -489,7 +497,7 @@ pub async fn serve(catalog: Arc<Catalog>, options: Options) -> Result<(), String
         snapshot.registry.ops.len(),
     );
     drop(snapshot);
-    let state = AppState::new(catalog.clone(), options.clone());
+    let state = AppState::new(catalog.clone(), options.clone(), run_options);
     count_reloads(&catalog);
     let hard_stop = state.hard_stop.clone();
     let deadline = options.shutdown_timeout;

@@ -26,6 +26,7 @@ use crate::exec;
 #[derive(Clone)]
 pub struct FlowTools {
     catalog: Arc<Catalog>,
+    run_options: exec::Options,
     /// The lowest op log level the client asked for with `logging/setLevel` (a rank, see
     /// [`level_rank`]); none until it asks.
     log_level: Arc<std::sync::atomic::AtomicU8>,
@@ -35,9 +36,10 @@ pub struct FlowTools {
 const LOGS_OFF: u8 = u8::MAX;
 
 impl FlowTools {
-    pub fn new(catalog: Arc<Catalog>) -> FlowTools {
+    pub fn new(catalog: Arc<Catalog>, run_options: exec::Options) -> FlowTools {
         FlowTools {
             catalog,
+            run_options,
             log_level: Arc::new(std::sync::atomic::AtomicU8::new(LOGS_OFF)),
         }
     }
@@ -112,7 +114,7 @@ impl FlowTools {
         let options = exec::Options {
             collect_answer: true,
             logs: (threshold != LOGS_OFF).then_some(log_tx),
-            ..exec::Options::default()
+            ..self.run_options.clone()
         };
         let mut run = exec::start(flow, arguments, &options);
         let flow_id = run.flow_id.clone();
@@ -368,7 +370,11 @@ impl ServerHandler for FlowTools {
 pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Serves MCP on stdin/stdout until stdin closes. Only protocol lines go to stdout.
-pub async fn serve_stdio(catalog: Arc<Catalog>, max_line: usize) -> Result<(), String> {
+pub async fn serve_stdio(
+    catalog: Arc<Catalog>,
+    run_options: exec::Options,
+    max_line: usize,
+) -> Result<(), String> {
     let (to_server, from_reader) = mpsc::channel::<RxJsonRpcMessage<RoleServer>>(256);
     // A plain thread doing blocking reads: tokio's stdin would hand every read to the blocking
     // pool, a thread hop per message. Replies are written by the caller (see `StdoutSink`).
@@ -380,7 +386,7 @@ pub async fn serve_stdio(catalog: Arc<Catalog>, max_line: usize) -> Result<(), S
         rx.recv().await.map(|message| (message, rx))
     })
     .boxed();
-    let running = FlowTools::new(catalog)
+    let running = FlowTools::new(catalog, run_options)
         .serve((StdoutSink::default(), incoming))
         .await
         .map_err(|err| format!("MCP session failed to start: {err}"))?;
@@ -552,6 +558,7 @@ fn trim_ascii(bytes: &[u8]) -> &[u8] {
 /// The Streamable HTTP endpoint, mounted at `/mcp` by the HTTP transport.
 pub fn http_service(
     catalog: Arc<Catalog>,
+    run_options: exec::Options,
     allow_any_host: bool,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> rmcp::transport::streamable_http_server::StreamableHttpService<
@@ -568,7 +575,7 @@ pub fn http_service(
         config.allowed_hosts = Vec::new();
     }
     StreamableHttpService::new(
-        move || Ok(FlowTools::new(catalog.clone())),
+        move || Ok(FlowTools::new(catalog.clone(), run_options.clone())),
         Arc::new(LocalSessionManager::default()),
         config,
     )

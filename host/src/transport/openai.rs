@@ -139,7 +139,7 @@ pub async fn chat_completions(
     }
     let options = exec::Options {
         collect_answer: !stream,
-        ..exec::Options::default()
+        ..state.run_options.clone()
     };
     let run = exec::start(flow, input, &options);
     let id = format!("chatcmpl-{}", run.flow_id);

@@ -1,0 +1,599 @@
+//! The LLM service ops reach through their context: OpenAI-compatible chat completions,
+//! streamed with reqwest and parsed as SSE. `reasoning_content` becomes think chunks, `content`
+//! answer chunks, tool-call deltas are accumulated into one tool chunk per call, usage becomes a
+//! usage chunk. Retries (exponential backoff with jitter, `Retry-After` honoured) happen only
+//! before the first token, so output is never duplicated. Knows nothing of flows or transports.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::chunk::ChunkKind;
+
+/// One named LLM (FlowLLM's `llm: {name: {backend, model_name, params}}`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    pub model_name: String,
+    pub params: Map<String, Value>,
+    /// `FLOW_LLM_BASE_URL` unless the entry sets `base_url`.
+    pub base_url: Option<String>,
+    /// `FLOW_LLM_API_KEY` unless the entry sets `api_key`.
+    pub api_key: Option<String>,
+    pub timeouts: Timeouts,
+    /// Attempts after the first, before the first token only.
+    pub max_retries: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_token: Duration,
+    pub idle: Duration,
+    pub total: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            first_token: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+            total: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The configured LLMs, by name (`default` unless an op asks for another).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Config {
+    pub models: BTreeMap<String, Model>,
+}
+
+/// The HTTP client and the configuration; shared by every op call.
+pub struct Service {
+    config: Config,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("models", &self.config.models.keys())
+            .finish()
+    }
+}
+
+/// How a chat request failed.
+#[derive(Debug, PartialEq)]
+pub enum Error {
+    /// Nothing to call: the message names what to set.
+    NotConfigured(String),
+    Cancelled,
+    Failed(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::NotConfigured(message) | Error::Failed(message) => f.write_str(message),
+            Error::Cancelled => f.write_str("the LLM request was cancelled"),
+        }
+    }
+}
+
+impl Service {
+    pub fn new(config: Config) -> Service {
+        // reqwest is built without a crypto provider (ring instead of aws-lc, lighter to build).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let connect = config
+            .models
+            .values()
+            .map(|m| m.timeouts.connect)
+            .max()
+            .unwrap_or(Timeouts::default().connect);
+        let client = reqwest::Client::builder()
+            .connect_timeout(connect)
+            .tcp_nodelay(true)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Service { config, client }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn model(&self, name: &str) -> Result<(&Model, &str, &str), Error> {
+        let Some(model) = self.config.models.get(name) else {
+            let known: Vec<&str> = self.config.models.keys().map(String::as_str).collect();
+            return Err(Error::NotConfigured(format!(
+                "no LLM named `{name}` in the llm: config (known: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        let missing: Vec<&str> = [
+            ("FLOW_LLM_BASE_URL", model.base_url.is_none()),
+            ("FLOW_LLM_API_KEY", model.api_key.is_none()),
+        ]
+        .iter()
+        .filter(|(_, missing)| *missing)
+        .map(|(name, _)| *name)
+        .collect();
+        if !missing.is_empty() {
+            return Err(Error::NotConfigured(format!(
+                "no LLM is configured: set {} (for example FLOW_LLM_BASE_URL=https://api.openai.com/v1; scripts/local-llm runs a local model and prints the values)",
+                missing.join(" and ")
+            )));
+        }
+        Ok((
+            model,
+            model.base_url.as_deref().unwrap_or_default(),
+            model.api_key.as_deref().unwrap_or_default(),
+        ))
+    }
+
+    /// Streams one chat completion. `on_chunk` gets each chunk (kind, text, is JSON) and
+    /// returns `false` to stop; the result is `{answer, think, tool_calls, usage}`.
+    pub async fn chat_stream(
+        &self,
+        request: &Value,
+        cancel: &CancellationToken,
+        mut on_chunk: impl FnMut(ChunkKind, &str, bool) -> bool,
+    ) -> Result<Value, Error> {
+        let name = request
+            .get("llm")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let (model, base_url, api_key) = self.model(name)?;
+        let body = request_body(model, request)?;
+        let url = format!("{}/chat/completions", base_url.trim_end_matches('/'));
+        let deadline = tokio::time::Instant::now() + model.timeouts.total;
+        let mut attempt = 0u32;
+        loop {
+            let outcome = tokio::select! {
+                _ = cancel.cancelled() => return Err(Error::Cancelled),
+                _ = tokio::time::sleep_until(deadline) => return Err(Error::Failed(format!(
+                    "LLM request to {url} did not finish within {}s (total timeout)",
+                    model.timeouts.total.as_secs_f64()
+                ))),
+                outcome = self.attempt(&url, api_key, &body, model, &mut on_chunk) => outcome,
+            };
+            match outcome {
+                Attempt::Done(result) => return Ok(result),
+                Attempt::Stopped => return Err(Error::Cancelled),
+                Attempt::Fatal(message) => return Err(Error::Failed(scrub(&message, api_key))),
+                Attempt::Retry { message, after } => {
+                    if attempt >= model.max_retries {
+                        return Err(Error::Failed(scrub(
+                            &format!("{message} (gave up after {} attempts)", attempt + 1),
+                            api_key,
+                        )));
+                    }
+                    let wait = after.unwrap_or_else(|| backoff(attempt));
+                    tracing::warn!(
+                        "LLM request failed before the first token: {}; retrying in {:.2}s",
+                        scrub(&message, api_key),
+                        wait.as_secs_f64()
+                    );
+                    attempt += 1;
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Err(Error::Cancelled),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        url: &str,
+        api_key: &str,
+        body: &Value,
+        model: &Model,
+        on_chunk: &mut impl FnMut(ChunkKind, &str, bool) -> bool,
+    ) -> Attempt {
+        let response = self
+            .client
+            .post(url)
+            .bearer_auth(api_key)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .json(body)
+            .send();
+        let response = match tokio::time::timeout(model.timeouts.first_token, response).await {
+            Err(_) => {
+                return Attempt::Retry {
+                    message: format!(
+                        "no response from {url} within {}s (first-token timeout)",
+                        model.timeouts.first_token.as_secs_f64()
+                    ),
+                    after: None,
+                }
+            }
+            Ok(Err(err)) => {
+                return Attempt::Retry {
+                    message: format!("cannot reach {url}: {}", error_chain(&err)),
+                    after: None,
+                }
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let after = retry_after(response.headers());
+            let text = response.text().await.unwrap_or_default();
+            let message = format!(
+                "LLM request to {url} failed: HTTP {status}: {}",
+                excerpt(&text)
+            );
+            let retryable = status.as_u16() == 429 || status.is_server_error();
+            return if retryable {
+                Attempt::Retry { message, after }
+            } else {
+                Attempt::Fatal(message)
+            };
+        }
+        let mut events = response.bytes_stream().eventsource();
+        let mut state = Accumulated::default();
+        let mut first = true;
+        loop {
+            let wait = if first {
+                model.timeouts.first_token
+            } else {
+                model.timeouts.idle
+            };
+            let event = match tokio::time::timeout(wait, events.next()).await {
+                Err(_) if first => {
+                    return Attempt::Retry {
+                        message: format!(
+                            "no first token from {url} within {}s (first-token timeout)",
+                            wait.as_secs_f64()
+                        ),
+                        after: None,
+                    }
+                }
+                Err(_) => {
+                    return Attempt::Fatal(format!(
+                        "the LLM stream from {url} stalled: no data for {}s (idle timeout)",
+                        wait.as_secs_f64()
+                    ))
+                }
+                Ok(None) => break,
+                Ok(Some(Err(err))) if first => {
+                    return Attempt::Retry {
+                        message: format!("the LLM stream from {url} failed: {err}"),
+                        after: None,
+                    }
+                }
+                Ok(Some(Err(err))) => {
+                    return Attempt::Fatal(format!(
+                        "the LLM stream from {url} broke after {} chunks: {err}",
+                        state.chunks
+                    ))
+                }
+                Ok(Some(Ok(event))) => event,
+            };
+            let data = event.data.trim();
+            if data.is_empty() {
+                continue;
+            }
+            if data == "[DONE]" {
+                break;
+            }
+            let value: Value = match serde_json::from_str(data) {
+                Ok(value) => value,
+                Err(_) => {
+                    tracing::warn!(
+                        "skipping a malformed SSE event from {url}: {}",
+                        excerpt(data)
+                    );
+                    continue;
+                }
+            };
+            if let Some(error) = value.get("error") {
+                let message = error
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| error.to_string(), str::to_string);
+                let message = format!("the LLM at {url} reported an error: {}", excerpt(&message));
+                return if first {
+                    Attempt::Retry {
+                        message,
+                        after: None,
+                    }
+                } else {
+                    Attempt::Fatal(message)
+                };
+            }
+            first = false;
+            if !state.absorb(&value, on_chunk) {
+                return Attempt::Stopped;
+            }
+        }
+        if first {
+            return Attempt::Retry {
+                message: format!("the LLM stream from {url} ended without any data"),
+                after: None,
+            };
+        }
+        match state.finish(on_chunk) {
+            Some(result) => Attempt::Done(result),
+            None => Attempt::Stopped,
+        }
+    }
+}
+
+enum Attempt {
+    Done(Value),
+    /// The consumer went away.
+    Stopped,
+    Fatal(String),
+    Retry {
+        message: String,
+        after: Option<Duration>,
+    },
+}
+
+/// The request body: the entry's `model_name` and `params`, overridden by the op's request.
+fn request_body(model: &Model, request: &Value) -> Result<Value, Error> {
+    let Some(messages) = request.get("messages").filter(|m| m.is_array()) else {
+        return Err(Error::Failed(
+            "a chat request needs `messages`: an array of {role, content}".into(),
+        ));
+    };
+    let mut body = Map::new();
+    body.insert("model".into(), Value::String(model.model_name.clone()));
+    for (key, value) in &model.params {
+        body.insert(key.clone(), value.clone());
+    }
+    if let Some(Value::Object(request)) = Some(request) {
+        for (key, value) in request {
+            if !matches!(
+                key.as_str(),
+                "llm" | "messages" | "stream" | "stream_options"
+            ) {
+                body.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    body.insert("messages".into(), messages.clone());
+    body.insert("stream".into(), Value::Bool(true));
+    body.insert("stream_options".into(), json!({"include_usage": true}));
+    Ok(Value::Object(body))
+}
+
+/// What a stream has produced so far.
+#[derive(Default)]
+struct Accumulated {
+    answer: String,
+    think: String,
+    /// By tool-call index: id, name, arguments so far.
+    tools: BTreeMap<u64, (String, String, String)>,
+    usage: Option<Value>,
+    chunks: u64,
+}
+
+impl Accumulated {
+    /// Takes one `chat.completion.chunk`; `false` when the consumer is gone.
+    fn absorb(
+        &mut self,
+        value: &Value,
+        on_chunk: &mut impl FnMut(ChunkKind, &str, bool) -> bool,
+    ) -> bool {
+        self.chunks += 1;
+        if let Some(usage) = value.get("usage").filter(|u| u.is_object()) {
+            self.usage = Some(usage.clone());
+        }
+        let Some(delta) = value.pointer("/choices/0/delta") else {
+            return true;
+        };
+        if let Some(text) = delta
+            .get("reasoning_content")
+            .or_else(|| delta.get("reasoning"))
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
+            self.think.push_str(text);
+            if !on_chunk(ChunkKind::Think, text, false) {
+                return false;
+            }
+        }
+        if let Some(text) = delta
+            .get("content")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
+            self.answer.push_str(text);
+            if !on_chunk(ChunkKind::Answer, text, false) {
+                return false;
+            }
+        }
+        if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+            for (position, call) in calls.iter().enumerate() {
+                let index = call
+                    .get("index")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(position as u64);
+                let entry = self.tools.entry(index).or_default();
+                if let Some(id) = call.get("id").and_then(Value::as_str) {
+                    entry.0.push_str(id);
+                }
+                if let Some(name) = call.pointer("/function/name").and_then(Value::as_str) {
+                    entry.1.push_str(name);
+                }
+                if let Some(arguments) = call.pointer("/function/arguments").and_then(Value::as_str)
+                {
+                    entry.2.push_str(arguments);
+                }
+            }
+        }
+        true
+    }
+
+    /// Emits the accumulated tool calls and usage; the final result, or `None` if the consumer
+    /// went away.
+    fn finish(self, on_chunk: &mut impl FnMut(ChunkKind, &str, bool) -> bool) -> Option<Value> {
+        let mut tool_calls = Vec::new();
+        for (_, (id, name, arguments)) in self.tools {
+            let call = json!({"id": id, "name": name, "arguments": arguments});
+            if !on_chunk(ChunkKind::Tool, &call.to_string(), true) {
+                return None;
+            }
+            tool_calls.push(call);
+        }
+        if let Some(usage) = &self.usage {
+            if !on_chunk(ChunkKind::Usage, &usage.to_string(), true) {
+                return None;
+            }
+        }
+        Some(json!({
+            "answer": self.answer,
+            "think": self.think,
+            "tool_calls": tool_calls,
+            "usage": self.usage,
+        }))
+    }
+}
+
+/// 0.5 s, 1 s, 2 s, ... up to 20 s, each ±25% so clients that failed together do not retry
+/// together.
+fn backoff(attempt: u32) -> Duration {
+    let base = 0.5 * 2f64.powi(attempt.min(6) as i32);
+    let jitter = 0.75 + fastrand::f64() * 0.5;
+    Duration::from_secs_f64((base * jitter).min(20.0))
+}
+
+/// `Retry-After` in seconds (an HTTP date is ignored), capped at a minute.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let seconds: f64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(60.0)))
+}
+
+/// The first 300 characters of an upstream body, on one line.
+fn excerpt(text: &str) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > 300 {
+        format!("{}…", flat.chars().take(300).collect::<String>())
+    } else if flat.is_empty() {
+        "(empty body)".to_string()
+    } else {
+        flat
+    }
+}
+
+/// Never let the API key reach a log line or an error chunk.
+fn scrub(message: &str, api_key: &str) -> String {
+    if api_key.len() >= 4 {
+        message.replace(api_key, "***")
+    } else {
+        message.to_string()
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_become_chunks_and_tool_calls_accumulate() {
+        let mut seen = Vec::new();
+        let mut sink = |kind: ChunkKind, text: &str, _json: bool| {
+            seen.push((kind, text.to_string()));
+            true
+        };
+        let mut state = Accumulated::default();
+        for event in [
+            json!({"choices": [{"delta": {"reasoning_content": "hmm"}}]}),
+            json!({"choices": [{"delta": {"content": "Hel"}}]}),
+            json!({"choices": [{"delta": {"content": "lo"}}]}),
+            json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "get", "arguments": "{\"a\""}}]}}]}),
+            json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}}]}),
+            json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}),
+        ] {
+            assert!(state.absorb(&event, &mut sink));
+        }
+        let result = state.finish(&mut sink).unwrap();
+        assert_eq!(result["answer"], "Hello");
+        assert_eq!(result["think"], "hmm");
+        assert_eq!(
+            result["tool_calls"],
+            json!([{"id": "c1", "name": "get", "arguments": "{\"a\":1}"}])
+        );
+        assert_eq!(result["usage"]["total_tokens"], 5);
+        let kinds: Vec<ChunkKind> = seen.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            kinds,
+            [
+                ChunkKind::Think,
+                ChunkKind::Answer,
+                ChunkKind::Answer,
+                ChunkKind::Tool,
+                ChunkKind::Usage
+            ]
+        );
+    }
+
+    #[test]
+    fn request_body_layers_params() {
+        let model = Model {
+            model_name: "m".into(),
+            params: json!({"temperature": 0.6, "max_tokens": 10})
+                .as_object()
+                .cloned()
+                .unwrap(),
+            base_url: None,
+            api_key: None,
+            timeouts: Timeouts::default(),
+            max_retries: 0,
+        };
+        let body = request_body(
+            &model,
+            &json!({"llm": "x", "messages": [], "temperature": 0, "stream": false}),
+        )
+        .unwrap();
+        assert_eq!(body["model"], "m");
+        assert_eq!(body["temperature"], 0);
+        assert_eq!(body["max_tokens"], 10);
+        assert_eq!(body["stream"], true);
+        assert_eq!(body["stream_options"]["include_usage"], true);
+        assert!(body.get("llm").is_none());
+    }
+
+    #[test]
+    fn secrets_and_sizes() {
+        assert_eq!(
+            scrub("key sk-secret-1 leaked", "sk-secret-1"),
+            "key *** leaked"
+        );
+        assert_eq!(excerpt(&"x ".repeat(400)).chars().count(), 301);
+        assert!(
+            backoff(0) >= Duration::from_millis(375) && backoff(0) <= Duration::from_millis(625)
+        );
+        assert!(backoff(30) <= Duration::from_secs(20));
+    }
+}

@@ -81,6 +81,19 @@ impl HostCtx for CountingHost {
     fn log(&self, _level: u8, _message: RStr<'_>) {}
 }
 
+impl op_sdk::ffi::HostServices for CountingHost {
+    fn chat_stream(
+        &self,
+        _request: RStr<'_>,
+        _on_chunk: op_sdk::ffi::ChunkSinkMut<'_>,
+    ) -> abi_stable::std_types::RResult<
+        abi_stable::std_types::RString,
+        abi_stable::std_types::RString,
+    > {
+        abi_stable::std_types::RResult::RErr("no LLM in this benchmark".into())
+    }
+}
+
 fn emit_across_boundary(bin_dir: &Path) -> Value {
     let mut plugins = Plugins::new(vec![bin_dir.to_path_buf()]);
     plugins.scan();

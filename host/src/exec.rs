@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use abi_stable::std_types::RStr;
 use abi_stable::std_types::{RResult, RString};
-use op_sdk::ffi::{ChunkSinkMut, HostCtx};
+use op_sdk::ffi::{ChunkSinkMut, HostCtx, HostServices};
 use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 use tokio::time::Instant as TokioInstant;
@@ -509,6 +509,34 @@ impl HostCtx for OpHost {
         .unwrap_or(false)
     }
 
+    fn log(&self, level: u8, message: RStr<'_>) {
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            let message = message.as_str();
+            let op = self.op;
+            let level = match level {
+                1 => op_sdk::Level::Error,
+                2 => op_sdk::Level::Warn,
+                3 => op_sdk::Level::Info,
+                _ => op_sdk::Level::Debug,
+            };
+            match level {
+                op_sdk::Level::Error => tracing::error!(op, "{message}"),
+                op_sdk::Level::Warn => tracing::warn!(op, "{message}"),
+                op_sdk::Level::Info => tracing::info!(op, "{message}"),
+                op_sdk::Level::Debug => tracing::debug!(op, "{message}"),
+            }
+            if let Some(logs) = &self.logs {
+                let _ = logs.send(LogLine {
+                    level,
+                    op,
+                    message: message.to_string(),
+                });
+            }
+        }));
+    }
+}
+
+impl HostServices for OpHost {
     fn chat_stream(
         &self,
         request: RStr<'_>,
@@ -535,31 +563,5 @@ impl HostCtx for OpHost {
             Ok(Err(message)) => RResult::RErr(RString::from(message)),
             Err(_) => RResult::RErr(RString::from("the host's LLM service panicked")),
         }
-    }
-
-    fn log(&self, level: u8, message: RStr<'_>) {
-        let _ = catch_unwind(AssertUnwindSafe(|| {
-            let message = message.as_str();
-            let op = self.op;
-            let level = match level {
-                1 => op_sdk::Level::Error,
-                2 => op_sdk::Level::Warn,
-                3 => op_sdk::Level::Info,
-                _ => op_sdk::Level::Debug,
-            };
-            match level {
-                op_sdk::Level::Error => tracing::error!(op, "{message}"),
-                op_sdk::Level::Warn => tracing::warn!(op, "{message}"),
-                op_sdk::Level::Info => tracing::info!(op, "{message}"),
-                op_sdk::Level::Debug => tracing::debug!(op, "{message}"),
-            }
-            if let Some(logs) = &self.logs {
-                let _ = logs.send(LogLine {
-                    level,
-                    op,
-                    message: message.to_string(),
-                });
-            }
-        }));
     }
 }

@@ -85,10 +85,16 @@ impl std::fmt::Display for Error {
     }
 }
 
+/// Installs rustls' crypto provider for the process (idempotent). reqwest is built without
+/// one so that ring, lighter to build than aws-lc, can be chosen; call this before building any
+/// reqwest client.
+pub fn tls_init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl Service {
     pub fn new(config: Config) -> Service {
-        // reqwest is built without a crypto provider (ring instead of aws-lc, lighter to build).
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        tls_init();
         let connect = config
             .models
             .values()

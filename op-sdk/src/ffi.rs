@@ -48,22 +48,29 @@ pub trait HostCtx {
     fn sleep(&self, millis: u64) -> bool;
     #[sabi(last_prefix_field)]
     fn log(&self, level: u8, message: RStr<'_>);
+}
 
-    /// Added in op-sdk 0.1.1: a chat request to the host's LLM service (JSON: `messages`,
-    /// optional `llm`, `tools` and OpenAI parameters). Chunks go to `on_chunk` as they arrive;
-    /// the result is JSON `{answer, think, tool_calls, usage}`. Hosts from before 0.1.1 answer
-    /// with this default body.
+/// Host services added after op-sdk 0.1.0, passed to [`OpLib::run_with_services`].
+///
+/// Why not more methods on [`HostCtx`]: abi_stable checks the loader's view of a prefix type
+/// as a prefix of the library's, so a host whose `HostCtx` grew would refuse every plugin built
+/// before. `HostCtx` stays frozen; services grow here, and the host keeps a frozen view of
+/// each older root module (see [`v0`]).
+#[sabi_trait]
+pub trait HostServices {
+    /// A chat request to the host's LLM service (JSON: `messages`, optional `llm`, `tools` and
+    /// OpenAI parameters). Chunks go to `on_chunk` as they arrive; the result is JSON
+    /// `{answer, think, tool_calls, usage}`.
+    #[sabi(last_prefix_field)]
     fn chat_stream(
         &self,
         request: RStr<'_>,
         on_chunk: ChunkSinkMut<'_>,
-    ) -> RResult<RString, RString> {
-        let _ = (request, on_chunk);
-        RResult::RErr(RString::from(
-            "this flowhost has no LLM service (it predates op-sdk 0.1.1); upgrade flowhost",
-        ))
-    }
+    ) -> RResult<RString, RString>;
 }
+
+/// The host services as the plugin receives them: borrowed for one call.
+pub type ServicesRef<'a> = HostServices_TO<'a, RRef<'a, ()>>;
 
 /// A callback the host calls with each chunk of an LLM stream; `false` stops the stream.
 #[sabi_trait]
@@ -98,6 +105,15 @@ pub struct OpLib {
         context: RStr<'_>,
         host: HostRef<'_>,
     ) -> RResult<RString, RString>,
+    /// op-sdk 0.1.1: `run` with the host services. Absent in plugins built before.
+    #[sabi(missing_field(option))]
+    pub run_with_services: extern "C" fn(
+        op: RStr<'_>,
+        args: RStr<'_>,
+        context: RStr<'_>,
+        host: HostRef<'_>,
+        services: ServicesRef<'_>,
+    ) -> RResult<RString, RString>,
 }
 
 impl RootModule for OpLib_Ref {
@@ -105,6 +121,47 @@ impl RootModule for OpLib_Ref {
     const BASE_NAME: &'static str = "op_plugin";
     const NAME: &'static str = "op-sdk";
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// Frozen views of older root modules, for hosts loading plugins built before the current
+/// op-sdk. Each keeps the type names of its time (abi_stable compares names, not paths).
+pub mod v0 {
+    #![allow(non_camel_case_types, non_local_definitions)]
+    use abi_stable::{
+        library::RootModule,
+        package_version_strings,
+        sabi_types::VersionStrings,
+        std_types::{RResult, RStr, RString, RVec},
+        StableAbi,
+    };
+
+    use super::{HostRef, OpMeta};
+
+    /// The root module of op-sdk 0.1.0 plugins.
+    #[repr(C)]
+    #[derive(StableAbi)]
+    #[sabi(kind(Prefix(prefix_ref = OpLib_Ref)))]
+    #[sabi(missing_field(panic))]
+    pub struct OpLib {
+        pub plugin_name: RStr<'static>,
+        pub plugin_version: RStr<'static>,
+        pub ops: extern "C" fn() -> RVec<OpMeta>,
+        pub check: extern "C" fn(op: RStr<'_>, args: RStr<'_>) -> RResult<(), RString>,
+        #[sabi(last_prefix_field)]
+        pub run: extern "C" fn(
+            op: RStr<'_>,
+            args: RStr<'_>,
+            context: RStr<'_>,
+            host: HostRef<'_>,
+        ) -> RResult<RString, RString>,
+    }
+
+    impl RootModule for OpLib_Ref {
+        abi_stable::declare_root_module_statics! {OpLib_Ref}
+        const BASE_NAME: &'static str = "op_plugin";
+        const NAME: &'static str = "op-sdk";
+        const VERSION_STRINGS: VersionStrings = package_version_strings!();
+    }
 }
 
 /// The op-sdk version this crate is (what plugins are "built against").
@@ -155,6 +212,7 @@ pub fn root_module<P: Plugin>() -> OpLib_Ref {
         ops: ops_ffi::<P>,
         check: check_ffi::<P>,
         run: run_ffi::<P>,
+        run_with_services: run_with_services_ffi::<P>,
     }
     .leak_into_prefix()
 }
@@ -214,7 +272,32 @@ extern "C" fn run_ffi<P: Plugin>(
         let entry = find::<P>(op.as_str())?;
         let args = Args::new(parse_object("arguments", args.as_str())?);
         let data = parse_object("context", context.as_str())?;
-        let bridge = Bridge(&host);
+        let bridge = Bridge {
+            host: &host,
+            services: None,
+        };
+        let mut ctx = Context::new(data, &bridge);
+        (entry.run)(&args, &mut ctx).map_err(|err| err.0)?;
+        Ok(RString::from(Value::Object(ctx.into_writes()).to_string()))
+    })
+    .into()
+}
+
+extern "C" fn run_with_services_ffi<P: Plugin>(
+    op: RStr<'_>,
+    args: RStr<'_>,
+    context: RStr<'_>,
+    host: HostRef<'_>,
+    services: ServicesRef<'_>,
+) -> RResult<RString, RString> {
+    guarded(|| {
+        let entry = find::<P>(op.as_str())?;
+        let args = Args::new(parse_object("arguments", args.as_str())?);
+        let data = parse_object("context", context.as_str())?;
+        let bridge = Bridge {
+            host: &host,
+            services: Some(&services),
+        };
         let mut ctx = Context::new(data, &bridge);
         (entry.run)(&args, &mut ctx).map_err(|err| err.0)?;
         Ok(RString::from(Value::Object(ctx.into_writes()).to_string()))
@@ -265,24 +348,28 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-struct Bridge<'h, 'a>(&'h HostRef<'a>);
+struct Bridge<'h, 'a, 's> {
+    host: &'h HostRef<'a>,
+    /// `None` when the host called the pre-0.1.1 entry point `run`.
+    services: Option<&'h ServicesRef<'s>>,
+}
 
-impl Host for Bridge<'_, '_> {
+impl Host for Bridge<'_, '_, '_> {
     #[inline]
     fn emit(&self, kind: u8, content: &str, json: bool) -> bool {
-        self.0.emit(kind, content.into(), json)
+        self.host.emit(kind, content.into(), json)
     }
 
     fn is_cancelled(&self) -> bool {
-        self.0.is_cancelled()
+        self.host.is_cancelled()
     }
 
     fn sleep(&self, millis: u64) -> bool {
-        self.0.sleep(millis)
+        self.host.sleep(millis)
     }
 
     fn log(&self, level: Level, message: &str) {
-        self.0.log(level as u8, message.into())
+        self.host.log(level as u8, message.into())
     }
 
     fn chat_stream(
@@ -290,9 +377,15 @@ impl Host for Bridge<'_, '_> {
         request: &str,
         on_chunk: &mut dyn FnMut(u8, &str, bool) -> bool,
     ) -> Result<String, String> {
+        let Some(services) = self.services else {
+            return Err(
+                "this flowhost has no LLM service (it predates op-sdk 0.1.1); upgrade flowhost"
+                    .into(),
+            );
+        };
         let mut adapter = SinkAdapter(on_chunk);
         let sink = ChunkSink_TO::from_ptr(RMut::new(&mut adapter), TD_Opaque);
-        self.0
+        services
             .chat_stream(request.into(), sink)
             .into_result()
             .map(RString::into_string)

@@ -10,7 +10,7 @@ use abi_stable::library::{lib_header_from_path, AbiHeader, LibraryError, RootMod
 use abi_stable::sabi_types::{RRef, VersionNumber};
 use abi_stable::std_types::RStr;
 use abi_stable::type_level::downcasting::TD_Opaque;
-use op_sdk::ffi::{HostCtx, HostCtx_TO, OpLib_Ref, OpMeta};
+use op_sdk::ffi::{v0, HostCtx, HostCtx_TO, HostServices, HostServices_TO, OpLib_Ref, OpMeta};
 
 /// A loaded plugin library. Never unloaded: abi_stable leaks libraries by design, so a reload
 /// costs the old library's mapped size (see ARCHITECTURE.md).
@@ -23,7 +23,15 @@ pub struct Library {
     /// The op-sdk version the plugin was built against.
     pub sdk_version: String,
     pub ops: Vec<OpMeta>,
-    module: OpLib_Ref,
+    module: Module,
+}
+
+/// The root module, through the view it was checked against.
+#[derive(Clone, Copy)]
+enum Module {
+    Current(OpLib_Ref),
+    /// Built against op-sdk 0.1.0: no host services.
+    V0(v0::OpLib_Ref),
 }
 
 impl std::fmt::Debug for Library {
@@ -91,19 +99,22 @@ pub fn load(path: &Path, bytes: &[u8], shadow_dir: &Path) -> Result<Library, Loa
     // The mapping outlives the file on unix, so the shadow copy is pruned as soon as it is open.
     let _ = std::fs::remove_file(&shadow);
     let (module, sdk_version) = result?;
-    let ops = (module.ops())().into_iter().collect();
+    let (ops, plugin_name, plugin_version) = match module {
+        Module::Current(m) => ((m.ops())(), m.plugin_name(), m.plugin_version()),
+        Module::V0(m) => ((m.ops())(), m.plugin_name(), m.plugin_version()),
+    };
     Ok(Library {
         path: path.to_path_buf(),
         hash,
-        plugin_name: module.plugin_name().to_string(),
-        plugin_version: module.plugin_version().to_string(),
+        plugin_name: plugin_name.to_string(),
+        plugin_version: plugin_version.to_string(),
         sdk_version,
-        ops,
+        ops: ops.into_iter().collect(),
         module,
     })
 }
 
-fn load_shadow(shadow: &Path) -> Result<(OpLib_Ref, String), LoadError> {
+fn load_shadow(shadow: &Path) -> Result<(Module, String), LoadError> {
     let header = lib_header_from_path(shadow).map_err(|err| match err {
         LibraryError::OpenError { err, .. } => LoadError::NotLibrary(dl_reason(&err.to_string())),
         LibraryError::GetSymbolError { .. } => LoadError::NotPlugin,
@@ -132,8 +143,20 @@ fn load_shadow(shadow: &Path) -> Result<(OpLib_Ref, String), LoadError> {
             )));
         }
     }
-    match header.init_root_module::<OpLib_Ref>() {
-        Ok(module) => Ok((module, found)),
+    let current = header.init_root_module::<OpLib_Ref>();
+    // A plugin built against an older op-sdk 0.1.x has a shorter root module than the current
+    // view (abi_stable wants the loader's view to be a prefix of the library's): try the
+    // frozen view of its time.
+    let current = match current {
+        Err(LibraryError::AbiInstability(_)) => match header.init_root_module::<v0::OpLib_Ref>() {
+            Ok(module) => return Ok((Module::V0(module), found)),
+            Err(_) => current,
+        },
+        other => other,
+    };
+    match current {
+        Ok(module) => Ok((Module::Current(module), found)),
+        Err(LibraryError::AbiInstability(e)) if std::env::var_os("FLOWHOST_ABI_DEBUG").is_some() => Err(LoadError::Incompatible(e.to_string())),
         Err(LibraryError::AbiInstability(_)) => Err(LoadError::Incompatible(format!(
             "built against op-sdk {found} but its types have a different layout than this host's op-sdk {} (rebuild the plugin)",
             op_sdk::ffi::SDK_VERSION
@@ -163,29 +186,46 @@ fn first_line(message: &str) -> String {
 impl Library {
     /// Builds an op from its arguments without running it.
     pub fn check(&self, op: &str, args_json: &str) -> Result<(), String> {
-        (self.module.check())(RStr::from_str(op), RStr::from_str(args_json))
+        let check = match self.module {
+            Module::Current(m) => m.check(),
+            Module::V0(m) => m.check(),
+        };
+        check(RStr::from_str(op), RStr::from_str(args_json))
             .into_result()
             .map_err(|e| e.into_string())
     }
 
     /// Runs an op; returns the JSON object of context writes, or the error message.
-    pub fn run<H: HostCtx>(
+    pub fn run<H: HostCtx + HostServices>(
         &self,
         op: &str,
         args_json: &str,
         context_json: &str,
         host: &H,
     ) -> Result<String, String> {
-        let host = HostCtx_TO::from_ptr(RRef::new(host), TD_Opaque);
-        (self.module.run())(
+        let (op, args, context) = (
             RStr::from_str(op),
             RStr::from_str(args_json),
             RStr::from_str(context_json),
-            host,
-        )
-        .into_result()
-        .map(|s| s.into_string())
-        .map_err(|e| e.into_string())
+        );
+        let ctx = HostCtx_TO::from_ptr(RRef::new(host), TD_Opaque);
+        let result = match self.module {
+            Module::Current(m) => match m.run_with_services() {
+                Some(run) => run(
+                    op,
+                    args,
+                    context,
+                    ctx,
+                    HostServices_TO::from_ptr(RRef::new(host), TD_Opaque),
+                ),
+                None => (m.run())(op, args, context, ctx),
+            },
+            Module::V0(m) => (m.run())(op, args, context, ctx),
+        };
+        result
+            .into_result()
+            .map(|s| s.into_string())
+            .map_err(|e| e.into_string())
     }
 }
 

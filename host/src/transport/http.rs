@@ -122,6 +122,10 @@ pub fn router(state: AppState) -> Router {
         .merge(docs)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            reject_oversized,
+        ))
         .layer(middleware::from_fn(count_requests))
         .layer(DefaultBodyLimit::max(state.options.body_limit))
         .layer(cors)
@@ -157,6 +161,25 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
+}
+
+/// Answers 413 from `Content-Length` alone, before any of the body is read (streamed bodies
+/// without a length are still cut at the limit while reading).
+async fn reject_oversized(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = state.options.body_limit;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than the limit of {limit} bytes (http.body_limit)"),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 fn is_loopback(host: &str) -> bool {

@@ -37,6 +37,7 @@ broken:
 "#;
 
 fn client() -> reqwest::Client {
+    flowhost::llm::tls_init();
     reqwest::Client::builder().build().expect("client")
 }
 
@@ -142,13 +143,26 @@ async fn json_flows_and_every_error_status() {
         .unwrap()
         .contains("unknown op `NoSuchOp`"));
 
-    let too_big = post(
-        "/echo",
-        json!({"query": "x".repeat(2 * 1024 * 1024)}).to_string(),
-    )
+    // Refused from Content-Length alone: the 2 MiB body is never sent.
+    let address = server.url.trim_start_matches("http://").to_string();
+    let reply = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut socket = std::net::TcpStream::connect(address).unwrap();
+        socket
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2097152\r\n\r\n")
+            .unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut reply = vec![0u8; 4096];
+        let n = socket.read(&mut reply).unwrap();
+        String::from_utf8_lossy(&reply[..n]).into_owned()
+    })
     .await
     .unwrap();
-    assert_eq!(too_big.status(), 413);
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(
+        reply.contains("larger than the limit of 1048576 bytes"),
+        "{reply}"
+    );
 
     let wrong_method = client.get(server.url("/echo")).send().await.unwrap();
     assert_eq!(wrong_method.status(), 405);

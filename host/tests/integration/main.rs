@@ -4,6 +4,7 @@
 mod cli;
 mod executor;
 mod http;
+mod llm;
 mod mcp;
 mod plugins;
 mod reload;

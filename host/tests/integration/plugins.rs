@@ -62,7 +62,7 @@ fn two_plugin_libraries_load_at_once() {
         .find(|op| op["name"] == "VersionOp")
         .unwrap();
     assert_eq!(fixture_op["plugin_version"], "0.1.0");
-    assert_eq!(fixture_op["sdk_version"], "0.1.0");
+    assert_eq!(fixture_op["sdk_version"], op_sdk::ffi::SDK_VERSION);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,4 +297,30 @@ fn flows_follow_their_ops_as_plugins_come_and_go() {
         .clone()
         .unwrap();
     assert!(error.message.contains("unknown op `VersionOp`"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_the_previous_op_sdk_still_loads_and_runs() {
+    let plugins = plugin_folder(&[(&fixture("op_legacy"), &so("op_legacy"))]);
+    let flows = folder(&[(
+        "f.yaml",
+        "legacy:\n  flow_content: LegacyOp()\n  stream: true\n",
+    )]);
+    let catalog = catalog(flows.path(), &[plugins.path().to_path_buf()]);
+    let snapshot = catalog.snapshot();
+    assert!(
+        snapshot.registry.errors.is_empty(),
+        "{:?}",
+        snapshot.registry.errors
+    );
+    let op = snapshot.registry.get("LegacyOp").expect("LegacyOp loaded");
+    assert_eq!(op.library.sdk_version, "0.1.0");
+    assert_ne!(
+        op_sdk::ffi::SDK_VERSION,
+        "0.1.0",
+        "the host's op-sdk moved on"
+    );
+    let (chunks, outcome) = run(&catalog, "legacy", json!({"query": "old"})).await;
+    assert_eq!(texts(&chunks), ["legacy: old"]);
+    assert_eq!(outcome.answer, "legacy: old");
 }

@@ -36,14 +36,21 @@ pub fn fixture(name: &str) -> PathBuf {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/Cargo.toml");
         let target = bin_dir().parent().expect("target folder").join("fixtures");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "--manifest-path"])
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&target)
-            .status()
-            .expect("run cargo to build the fixture plugins");
-        assert!(status.success(), "building the fixture plugins failed");
+        let legacy = manifest.with_file_name("op-legacy").join("Cargo.toml");
+        for manifest in [&manifest, &legacy] {
+            let status = Command::new(&cargo)
+                .args(["build", "--quiet", "--manifest-path"])
+                .arg(manifest)
+                .arg("--target-dir")
+                .arg(&target)
+                .status()
+                .expect("run cargo to build the fixture plugins");
+            assert!(
+                status.success(),
+                "building the fixture plugins failed ({})",
+                manifest.display()
+            );
+        }
         target.join("debug")
     });
     let lib = dir.join(format!("lib{name}.{}", std::env::consts::DLL_EXTENSION));
@@ -148,11 +155,16 @@ pub struct Server {
 impl Server {
     /// Starts `flowhost serve --port 0 --flows DIR` plus `args`; waits for its banner.
     pub fn start(flows: &Path, args: &[&str]) -> Server {
+        Server::start_with_env(flows, args, &[])
+    }
+
+    pub fn start_with_env(flows: &Path, args: &[&str], envs: &[(&str, &str)]) -> Server {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_flowhost"))
             .args(["serve", "--port", "0", "--flows"])
             .arg(flows)
             .args(args)
+            .envs(envs.iter().copied())
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .stdin(std::process::Stdio::null())

@@ -55,6 +55,12 @@ fn main() {
     if wanted("mcp") {
         report.insert("mcp_stdio".into(), mcp_stdio(&bin_dir));
     }
+    if wanted("llm") {
+        report.insert(
+            "llm_overhead".into(),
+            runtime.block_on(llm_overhead(&bin_dir)),
+        );
+    }
     println!(
         "{}",
         serde_json::to_string_pretty(&Value::Object(report)).unwrap_or_default()
@@ -196,6 +202,191 @@ async fn exec_throughput(bin_dir: &Path) -> Value {
         );
     }
     Value::Object(out)
+}
+
+/// A fast scripted OpenAI-compatible upstream: `tokens` content deltas, no delay, then `[DONE]`.
+async fn scripted_upstream(tokens: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/v1", listener.local_addr().expect("addr"));
+    let mut body = String::from(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+    );
+    for i in 0..tokens {
+        body.push_str(&format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"t{i} \"}}}}]}}\n\n"
+        ));
+    }
+    body.push_str("data: [DONE]\n\n");
+    let body = std::sync::Arc::new(body);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 8192];
+                // Headers, then Content-Length bytes.
+                loop {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&request[..at]).to_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if request.len() >= at + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let _ = socket.write_all(body.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+/// Time to first token and per-token cost of going through flowhost (HTTP SSE, StreamChatOp)
+/// instead of calling the upstream directly, with an upstream that answers at once.
+async fn llm_overhead(bin_dir: &Path) -> Value {
+    use futures_util::StreamExt;
+    flowhost::llm::tls_init();
+    let tokens = 2000;
+    let upstream = scripted_upstream(tokens).await;
+    let flows = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        flows.path().join("c.yaml"),
+        "chat:\n  flow_content: StreamChatOp()\n  stream: true\n",
+    )
+    .expect("flows");
+    let mut child = std::process::Command::new(bin_dir.join("flowhost"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--no-watch",
+            "--log",
+            "warn",
+            "--flows",
+        ])
+        .arg(flows.path())
+        .env("FLOW_LLM_BASE_URL", &upstream)
+        .env("FLOW_LLM_API_KEY", "bench")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn flowhost");
+    let stderr = child.stderr.take().expect("stderr");
+    let url = {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        loop {
+            let line = lines.next().expect("banner").expect("stderr line");
+            if let Some(at) = line.find("listening on ") {
+                break line[at + 13..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+            }
+        }
+    };
+    let client = reqwest::Client::new();
+    let request =
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true});
+    let mut direct = Vec::new();
+    let mut via = Vec::new();
+    for _ in 0..30 {
+        // Directly: first `data:` line with content.
+        let started = Instant::now();
+        let response = client
+            .post(format!("{upstream}/chat/completions"))
+            .json(&request)
+            .send()
+            .await
+            .expect("upstream");
+        let mut stream = response.bytes_stream();
+        let mut first = None;
+        let mut text = String::new();
+        while let Some(bytes) = stream.next().await {
+            let bytes = bytes.expect("bytes");
+            if first.is_none() {
+                first = Some(started.elapsed());
+            }
+            text.push_str(&String::from_utf8_lossy(&bytes));
+        }
+        direct.push((first.unwrap_or_default(), started.elapsed()));
+        assert_eq!(text.matches("\"content\"").count(), tokens);
+
+        // Through flowhost: first answer chunk, every token once and in order.
+        let started = Instant::now();
+        let response = client
+            .post(format!("{url}/chat"))
+            .json(&json!({"query": "hi"}))
+            .send()
+            .await
+            .expect("flowhost");
+        let mut stream = response.bytes_stream();
+        let mut first = None;
+        let mut text = String::new();
+        while let Some(bytes) = stream.next().await {
+            let bytes = bytes.expect("bytes");
+            text.push_str(&String::from_utf8_lossy(&bytes));
+            if first.is_none() && text.contains("\"chunk_type\":\"answer\"") {
+                first = Some(started.elapsed());
+            }
+        }
+        via.push((first.unwrap_or_default(), started.elapsed()));
+        let answers: Vec<&str> = text
+            .split("\n\n")
+            .filter(|e| e.contains("\"chunk_type\":\"answer\""))
+            .filter_map(|e| e.split("\"chunk\":\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(answers.len(), tokens, "every token delivered");
+        assert!(
+            answers
+                .iter()
+                .enumerate()
+                .all(|(i, t)| *t == format!("t{i} ")),
+            "tokens in order"
+        );
+        assert!(text.ends_with("data:[DONE]\n\n"));
+    }
+    let _ = child.kill();
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e3
+    };
+    let mut direct_first: Vec<Duration> = direct.iter().map(|d| d.0).collect();
+    let mut via_first: Vec<Duration> = via.iter().map(|d| d.0).collect();
+    let mut direct_total: Vec<Duration> = direct.iter().map(|d| d.1).collect();
+    let mut via_total: Vec<Duration> = via.iter().map(|d| d.1).collect();
+    let (df, vf, dt, vt) = (
+        median(&mut direct_first),
+        median(&mut via_first),
+        median(&mut direct_total),
+        median(&mut via_total),
+    );
+    json!({
+        "tokens_per_stream": tokens,
+        "runs": direct.len(),
+        "first_token_ms_direct": df,
+        "first_token_ms_via_flowhost": vf,
+        "first_token_added_ms": vf - df,
+        "stream_ms_direct": dt,
+        "stream_ms_via_flowhost": vt,
+        "per_token_added_us": (vt - dt) * 1e3 / tokens as f64,
+        "tokens_lost_or_reordered": 0,
+    })
 }
 
 /// Sequential `tools/call` over stdio (one request in flight, like an agent), and progress

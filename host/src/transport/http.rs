@@ -524,6 +524,10 @@ pub async fn serve(
     count_reloads(&catalog);
     let hard_stop = state.hard_stop.clone();
     let deadline = options.shutdown_timeout;
+    // Streams are many small writes: do not let Nagle hold a chunk back for an ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

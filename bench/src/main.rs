@@ -362,6 +362,7 @@ async fn llm_overhead(bin_dir: &Path) -> Value {
         assert!(text.ends_with("data:[DONE]\n\n"));
     }
     let _ = child.kill();
+    let _ = child.wait();
     let median = |v: &mut Vec<Duration>| {
         v.sort();
         v[v.len() / 2].as_secs_f64() * 1e3

@@ -15,7 +15,20 @@ use flowhost::ops::Plugins;
 use op_sdk::ffi::HostCtx;
 use serde_json::{json, Map, Value};
 
+mod compare;
+mod floor;
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("floor-server") {
+        let port = args.get(1).and_then(|p| p.parse().ok()).expect("floor-server PORT");
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(floor::serve(port));
+        return;
+    }
     let bin_dir = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
@@ -35,7 +48,18 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let only: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("compare") {
+        let report = runtime.block_on(compare::run(&bin_dir));
+        let table = compare::table(&report);
+        let out = bin_dir.join("..").join("bench");
+        let _ = std::fs::create_dir_all(&out);
+        let _ = std::fs::write(out.join("compare.json"), serde_json::to_string_pretty(&report).unwrap_or_default());
+        let _ = std::fs::write(out.join("compare.md"), &table);
+        println!("{table}");
+        eprintln!("written: {}/compare.{{md,json}}", out.display());
+        return;
+    }
+    let only: Vec<String> = args;
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     let mut report = Map::new();
     report.insert("profile".into(), json!(profile));

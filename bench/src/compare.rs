@@ -61,7 +61,10 @@ async fn wait_ready(url: &str, child: &mut Child, limit: Duration) -> Duration {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("{url}: server exited before it was ready ({status})");
         }
-        assert!(started.elapsed() < limit, "{url} not ready within {limit:?}");
+        assert!(
+            started.elapsed() < limit,
+            "{url} not ready within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -96,7 +99,11 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// One SSE stream: (chunks, saw [DONE], time to first chunk, total time, HTTP status).
-async fn read_stream(client: &reqwest::Client, url: &str, body: &Value) -> (u64, bool, Duration, Duration, u16) {
+async fn read_stream(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Value,
+) -> (u64, bool, Duration, Duration, u16) {
     let started = Instant::now();
     let response = match client.post(url).json(body).send().await {
         Ok(r) => r,
@@ -124,8 +131,18 @@ async fn read_stream(client: &reqwest::Client, url: &str, body: &Value) -> (u64,
         }
     }
     let done = memchr::memmem::find(&tail, b"[DONE]").is_some();
-    let chunks = if done { events.saturating_sub(1) } else { events };
-    (chunks, done, first.unwrap_or_default(), started.elapsed(), status)
+    let chunks = if done {
+        events.saturating_sub(1)
+    } else {
+        events
+    };
+    (
+        chunks,
+        done,
+        first.unwrap_or_default(),
+        started.elapsed(),
+        status,
+    )
 }
 
 async fn single(server: &Server, n: u64) -> Value {
@@ -230,7 +247,11 @@ async fn nonstream(server: &Server, workers: usize, duration: Duration) -> Value
     }
     let seconds = started.elapsed().as_secs_f64();
     all.sort_by(f64::total_cmp);
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
     json!({
         "workers": workers, "requests": all.len(), "errors": errors,
         "requests_per_sec": all.len() as f64 / seconds,
@@ -244,13 +265,25 @@ async fn disconnect_to_stop(server: &Server) -> Value {
     let client = reqwest::Client::new();
     let mut times = Vec::new();
     for _ in 0..20 {
-        let response = client.post(format!("{}/ticks", server.url)).json(&json!({})).send().await.expect("ticks");
+        let response = client
+            .post(format!("{}/ticks", server.url))
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("ticks");
         let mut stream = response.bytes_stream();
         let _ = stream.next().await;
         drop(stream);
         let dropped = Instant::now();
         loop {
-            let text = client.get(format!("{}/metrics", server.url)).send().await.expect("metrics").text().await.unwrap_or_default();
+            let text = client
+                .get(format!("{}/metrics", server.url))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .unwrap_or_default();
             let running: f64 = text
                 .lines()
                 .find(|l| l.starts_with("flowhost_ops_running "))
@@ -260,7 +293,10 @@ async fn disconnect_to_stop(server: &Server) -> Value {
                 times.push(dropped.elapsed().as_secs_f64() * 1e3);
                 break;
             }
-            assert!(dropped.elapsed() < Duration::from_secs(5), "op still running 5 s after the disconnect");
+            assert!(
+                dropped.elapsed() < Duration::from_secs(5),
+                "op still running 5 s after the disconnect"
+            );
         }
     }
     times.sort_by(f64::total_cmp);
@@ -272,7 +308,10 @@ async fn disconnect_to_stop(server: &Server) -> Value {
 async fn slow_streams(server: &Server, streams: usize, hold: Duration) -> Value {
     let pid = server.child.id();
     let before = rss_kib(pid);
-    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
     let ticks = Arc::new(AtomicU64::new(0));
     let open = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -282,7 +321,9 @@ async fn slow_streams(server: &Server, streams: usize, hold: Duration) -> Value 
             let (client, url) = (client.clone(), format!("{}/slow", server.url));
             let (ticks, open, stop) = (ticks.clone(), open.clone(), stop.clone());
             tokio::spawn(async move {
-                let Ok(response) = client.post(&url).json(&json!({})).send().await else { return };
+                let Ok(response) = client.post(&url).json(&json!({})).send().await else {
+                    return;
+                };
                 let mut stream = response.bytes_stream();
                 let mut counted = false;
                 while !stop.load(Ordering::Relaxed) {
@@ -292,7 +333,10 @@ async fn slow_streams(server: &Server, streams: usize, hold: Duration) -> Value 
                                 counted = true;
                                 open.fetch_add(1, Ordering::Relaxed);
                             }
-                            ticks.fetch_add(memchr::memmem::find_iter(&bytes, b"\n\n").count() as u64, Ordering::Relaxed);
+                            ticks.fetch_add(
+                                memchr::memmem::find_iter(&bytes, b"\n\n").count() as u64,
+                                Ordering::Relaxed,
+                            );
                         }
                         Ok(_) => return,
                         Err(_) => {}
@@ -328,16 +372,33 @@ fn peers_dir(repo: &Path) -> PathBuf {
 }
 
 pub async fn run(bin_dir: &Path) -> Value {
-    let repo = bin_dir.parent().and_then(Path::parent).expect("repository root").to_path_buf();
+    flowhost::llm::tls_init();
+    let repo = bin_dir
+        .parent()
+        .and_then(Path::parent)
+        .expect("repository root")
+        .to_path_buf();
     let peers = peers_dir(&repo);
     let flows = tempfile::tempdir().expect("temp dir");
     std::fs::write(flows.path().join("bench.yaml"), BENCH_FLOWS).expect("bench flows");
-    let slow = std::env::var("BENCH_SLOW_STREAMS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000usize);
-    let hold = Duration::from_secs(std::env::var("BENCH_SLOW_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60));
+    let slow = std::env::var("BENCH_SLOW_STREAMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000usize);
+    let hold = Duration::from_secs(
+        std::env::var("BENCH_SLOW_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60),
+    );
 
     let mut report = Map::new();
     let mut servers: Vec<(&'static str, u64, u64)> = Vec::new();
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     for name in ["floor", "flowhost", "flowllm"] {
+        if !only.is_empty() && !only.split(',').any(|o| o == name) {
+            continue;
+        }
         let port = free_port();
         let command = match name {
             "floor" => {
@@ -347,15 +408,26 @@ pub async fn run(bin_dir: &Path) -> Value {
             }
             "flowhost" => {
                 let mut c = Command::new(bin_dir.join("flowhost"));
-                c.args(["serve", "--port", &port.to_string(), "--no-watch", "--log", "error", "--flows"])
-                    .arg(flows.path())
-                    .arg(format!("max_op_threads={}", slow + 1024));
+                c.args([
+                    "serve",
+                    "--port",
+                    &port.to_string(),
+                    "--no-watch",
+                    "--log",
+                    "error",
+                    "--flows",
+                ])
+                .arg(flows.path())
+                .arg(format!("max_op_threads={}", slow + 1024));
                 c
             }
             _ => {
                 let script = peers.join("flowllm").join("run.sh");
                 if !script.is_file() {
-                    eprintln!("skipping FlowLLM: {} not found (set FLOWHOST_PEERS)", script.display());
+                    eprintln!(
+                        "skipping FlowLLM: {} not found (set FLOWHOST_PEERS)",
+                        script.display()
+                    );
                     continue;
                 }
                 let mut c = Command::new("bash");
@@ -368,7 +440,10 @@ pub async fn run(bin_dir: &Path) -> Value {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let idle = rss_kib(server.child.id());
         let mut rows = Map::new();
-        rows.insert("start_to_ready_ms".into(), json!(server.start_to_ready.as_secs_f64() * 1e3));
+        rows.insert(
+            "start_to_ready_ms".into(),
+            json!(server.start_to_ready.as_secs_f64() * 1e3),
+        );
         rows.insert("idle_rss_kib".into(), json!(idle));
         eprintln!("   one stream of 10,000 chunks");
         rows.insert("single_10k".into(), single(&server, 10_000).await);
@@ -378,34 +453,64 @@ pub async fn run(bin_dir: &Path) -> Value {
         eprintln!("   100 concurrent streams x 100 chunks");
         rows.insert("concurrent_100".into(), concurrent(&server, 100, 100).await);
         eprintln!("   1,000 concurrent streams x 100 chunks");
-        rows.insert("concurrent_1000".into(), concurrent(&server, 1000, 100).await);
+        rows.insert(
+            "concurrent_1000".into(),
+            concurrent(&server, 1000, 100).await,
+        );
         eprintln!("   non-stream requests, 32 clients, 5 s");
-        rows.insert("nonstream_32".into(), nonstream(&server, 32, Duration::from_secs(5)).await);
+        rows.insert(
+            "nonstream_32".into(),
+            nonstream(&server, 32, Duration::from_secs(5)).await,
+        );
         rows.insert("loaded_rss_kib".into(), json!(rss_kib(server.child.id())));
         if name == "flowhost" {
             eprintln!("   client disconnect -> op stopped");
-            rows.insert("disconnect_to_stop".into(), disconnect_to_stop(&server).await);
-            eprintln!("   {slow} slow streams held {}s", hold.as_secs());
-            rows.insert("slow_streams".into(), slow_streams(&server, slow, hold).await);
+            rows.insert(
+                "disconnect_to_stop".into(),
+                disconnect_to_stop(&server).await,
+            );
+            if slow > 0 {
+                eprintln!("   {slow} slow streams held {}s", hold.as_secs());
+                rows.insert(
+                    "slow_streams".into(),
+                    slow_streams(&server, slow, hold).await,
+                );
+            }
         }
         servers.push((server.name, idle, 0));
         report.insert(name.into(), Value::Object(rows));
         drop(server);
     }
-    eprintln!("== flowhost in-process: save -> served, MCP stdio");
-    report.insert("flowhost_save_to_served".into(), crate::save_to_served(bin_dir));
-    report.insert("flowhost_mcp_stdio".into(), crate::mcp_stdio(bin_dir));
+    if only.is_empty() || only.split(',').any(|o| o == "flowhost") {
+        eprintln!("== flowhost in-process: save -> served, MCP stdio");
+        report.insert(
+            "flowhost_save_to_served".into(),
+            crate::save_to_served(bin_dir),
+        );
+        report.insert("flowhost_mcp_stdio".into(), crate::mcp_stdio(bin_dir));
+    }
     let _ = servers;
     Value::Object(report)
 }
 
 /// The markdown table: one row per figure, with ratios to FlowLLM and to the floor.
 pub fn table(report: &Value) -> String {
-    let get = |target: &str, path: &str| report.get(target).and_then(|t| t.pointer(path)).and_then(Value::as_f64);
-    let fmt = |v: Option<f64>, unit: &str| v.map_or("—".to_string(), |v| format!("{} {unit}", human(v)));
+    let get = |target: &str, path: &str| {
+        report
+            .get(target)
+            .and_then(|t| t.pointer(path))
+            .and_then(Value::as_f64)
+    };
+    let fmt = |v: Option<f64>, unit: &str| {
+        v.map_or("—".to_string(), |v| format!("{} {unit}", human(v)))
+    };
     let mut out = String::from("| figure | FlowLLM 0.2 | floor | flowhost | vs FlowLLM | vs floor | target |\n|---|---|---|---|---|---|---|\n");
     let mut row = |label: &str, path: &str, unit: &str, higher_better: bool, target: &str| {
-        let (l, f, h) = (get("flowllm", path), get("floor", path), get("flowhost", path));
+        let (l, f, h) = (
+            get("flowllm", path),
+            get("floor", path),
+            get("flowhost", path),
+        );
         let ratio = |other: Option<f64>| match (h, other) {
             (Some(h), Some(o)) if h > 0.0 && o > 0.0 => {
                 let r = if higher_better { h / o } else { o / h };
@@ -415,22 +520,98 @@ pub fn table(report: &Value) -> String {
         };
         out.push_str(&format!(
             "| {label} | {} | {} | {} | {} | {} | {target} |\n",
-            fmt(l, unit), fmt(f, unit), fmt(h, unit), ratio(l), ratio(f)
+            fmt(l, unit),
+            fmt(f, unit),
+            fmt(h, unit),
+            ratio(l),
+            ratio(f)
         ));
     };
-    row("one stream of 10,000 chunks: chunks/s", "/single_10k/chunks_per_sec", "/s", true, "");
-    row("one stream of 10,000 chunks: first chunk", "/single_10k/first_chunk_ms", "ms", false, "< 2 ms");
-    row("one big stream (1M chunks; FlowLLM 20k): chunks/s", "/single_big/chunks_per_sec", "/s", true, "within 3× of the floor");
-    row("one big stream: first chunk", "/single_big/first_chunk_ms", "ms", false, "< 2 ms");
-    row("100 concurrent streams × 100 chunks: total", "/concurrent_100/ms", "ms", false, "< 50 ms, none lost");
-    row("100 × 100: chunks received (of 10,000)", "/concurrent_100/received", "", true, "");
-    row("1,000 concurrent streams × 100 chunks: total", "/concurrent_1000/ms", "ms", false, "< 500 ms, none lost");
-    row("1,000 × 100: chunks received (of 100,000)", "/concurrent_1000/received", "", true, "");
-    row("1,000 × 100: streams ended with [DONE]", "/concurrent_1000/with_done", "", true, "");
-    row("non-stream, 32 clients: requests/s", "/nonstream_32/requests_per_sec", "/s", true, "within 2× of the floor");
-    row("non-stream, 32 clients: p99", "/nonstream_32/p99_ms", "ms", false, "");
+    row(
+        "one stream of 10,000 chunks: chunks/s",
+        "/single_10k/chunks_per_sec",
+        "/s",
+        true,
+        "",
+    );
+    row(
+        "one stream of 10,000 chunks: first chunk",
+        "/single_10k/first_chunk_ms",
+        "ms",
+        false,
+        "< 2 ms",
+    );
+    row(
+        "one big stream (1M chunks; FlowLLM 20k): chunks/s",
+        "/single_big/chunks_per_sec",
+        "/s",
+        true,
+        "within 3× of the floor",
+    );
+    row(
+        "one big stream: first chunk",
+        "/single_big/first_chunk_ms",
+        "ms",
+        false,
+        "< 2 ms",
+    );
+    row(
+        "100 concurrent streams × 100 chunks: total",
+        "/concurrent_100/ms",
+        "ms",
+        false,
+        "< 50 ms, none lost",
+    );
+    row(
+        "100 × 100: chunks received (of 10,000)",
+        "/concurrent_100/received",
+        "",
+        true,
+        "",
+    );
+    row(
+        "1,000 concurrent streams × 100 chunks: total",
+        "/concurrent_1000/ms",
+        "ms",
+        false,
+        "< 500 ms, none lost",
+    );
+    row(
+        "1,000 × 100: chunks received (of 100,000)",
+        "/concurrent_1000/received",
+        "",
+        true,
+        "",
+    );
+    row(
+        "1,000 × 100: streams ended with [DONE]",
+        "/concurrent_1000/with_done",
+        "",
+        true,
+        "",
+    );
+    row(
+        "non-stream, 32 clients: requests/s",
+        "/nonstream_32/requests_per_sec",
+        "/s",
+        true,
+        "within 2× of the floor",
+    );
+    row(
+        "non-stream, 32 clients: p99",
+        "/nonstream_32/p99_ms",
+        "ms",
+        false,
+        "",
+    );
     row("idle RSS", "/idle_rss_kib", "KiB", false, "< 15 MiB");
-    row("RSS at peak of 1,000 × 100", "/concurrent_1000/rss_peak_kib", "KiB", false, "");
+    row(
+        "RSS at peak of 1,000 × 100",
+        "/concurrent_1000/rss_peak_kib",
+        "KiB",
+        false,
+        "",
+    );
     row("start to ready", "/start_to_ready_ms", "ms", false, "");
     let one = |path: &str| report.pointer(path).and_then(Value::as_f64);
     out.push_str(&format!(
@@ -446,7 +627,8 @@ pub fn table(report: &Value) -> String {
     out.push_str(&format!(
         "| MCP stdio sequential tools/call | 169 /s (peers README) | — | {} | {} | | ≥ 20k /s |\n",
         fmt(one("/flowhost_mcp_stdio/calls_per_sec"), "/s"),
-        one("/flowhost_mcp_stdio/calls_per_sec").map_or("—".into(), |v| format!("{}×", human(v / 169.0))),
+        one("/flowhost_mcp_stdio/calls_per_sec")
+            .map_or("—".into(), |v| format!("{}×", human(v / 169.0))),
     ));
     out.push_str(&format!(
         "| slow streams (TickOp, 1 s) held: established / RSS per stream | — | — | {} of {} / {} | | | |\n",

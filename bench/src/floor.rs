@@ -26,10 +26,15 @@ pub async fn serve(port: u16) {
         .route(
             "/fake_echo_flow",
             post(|| async {
-                ([(header::CONTENT_TYPE, "application/json")], "{\"answer\":\"hi\",\"success\":true,\"metadata\":{}}")
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    "{\"answer\":\"hi\",\"success\":true,\"metadata\":{}}",
+                )
             }),
         );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind floor port");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind floor port");
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
@@ -45,5 +50,9 @@ fn stream(n: u64, batch: Bytes) -> Response {
             .map(move |_| Ok::<_, std::convert::Infallible>(batch.clone()))
             .chain(std::iter::once(Ok(tail))),
     );
-    ([(header::CONTENT_TYPE, "text/event-stream")], Body::from_stream(body)).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        Body::from_stream(body),
+    )
+        .into_response()
 }

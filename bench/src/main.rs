@@ -21,7 +21,10 @@ mod floor;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("floor-server") {
-        let port = args.get(1).and_then(|p| p.parse().ok()).expect("floor-server PORT");
+        let port = args
+            .get(1)
+            .and_then(|p| p.parse().ok())
+            .expect("floor-server PORT");
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -53,7 +56,10 @@ fn main() {
         let table = compare::table(&report);
         let out = bin_dir.join("..").join("bench");
         let _ = std::fs::create_dir_all(&out);
-        let _ = std::fs::write(out.join("compare.json"), serde_json::to_string_pretty(&report).unwrap_or_default());
+        let _ = std::fs::write(
+            out.join("compare.json"),
+            serde_json::to_string_pretty(&report).unwrap_or_default(),
+        );
         let _ = std::fs::write(out.join("compare.md"), &table);
         println!("{table}");
         eprintln!("written: {}/compare.{{md,json}}", out.display());

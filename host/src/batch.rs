@@ -50,7 +50,8 @@ pub struct Receiver {
 pub fn channel(capacity: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
-            buf: Vec::with_capacity(capacity.min(1024)),
+            // Grows to what the stream needs; the two sides then trade the same two buffers.
+            buf: Vec::with_capacity(capacity.min(16)),
             senders: 1,
             receiver_gone: false,
         }),

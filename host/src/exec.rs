@@ -140,7 +140,7 @@ fn new_flow_id() -> String {
 pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> Run {
     let (tx, rx) = batch::channel(options.buffer);
     let cancel = CancellationToken::new();
-    let flow_name = crate::ops::intern(&flow.spec.name);
+    let flow_name = flow.name;
     let limits = flow.spec.limits.clone();
     let logs = options.logs.clone();
     let llm = options.llm.clone();
@@ -431,7 +431,7 @@ async fn run_step(
     let op = step.op.clone();
     let args = step.args_json.clone();
     let joined = tokio::task::spawn_blocking(move || {
-        let running = metrics::gauge!(crate::metrics::OPS_RUNNING);
+        let running = crate::metrics::ops_running();
         running.increment(1.0);
         let result = op.library.run(op.name, &args, &context_json, &host);
         running.decrement(1.0);

@@ -85,6 +85,8 @@ impl fmt::Display for Diagnostic {
 /// A compiled, runnable flow.
 #[derive(Debug)]
 pub struct Flow {
+    /// The flow's name, interned once here so runs can tag chunks without a lookup.
+    pub name: &'static str,
     pub spec: Arc<Spec>,
     pub root: Node,
     pub validator: Arc<jsonschema::Validator>,
@@ -488,6 +490,7 @@ pub fn compile(spec: Arc<Spec>, registry: &Registry) -> Result<Flow, Diagnostic>
         )
     })?;
     Ok(Flow {
+        name: crate::ops::intern(&spec.name),
         spec,
         root,
         validator: Arc::new(validator),

@@ -14,6 +14,12 @@ pub const CANCELLATIONS: &str = "flowhost_cancellations_total";
 pub const RELOADS: &str = "flowhost_reloads_total";
 pub const OPS_RUNNING: &str = "flowhost_ops_running";
 
+/// The `flowhost_ops_running` gauge, looked up once (op calls are the hot path).
+pub fn ops_running() -> &'static metrics::Gauge {
+    static GAUGE: OnceLock<metrics::Gauge> = OnceLock::new();
+    GAUGE.get_or_init(|| metrics::gauge!(OPS_RUNNING))
+}
+
 /// Installs the recorder once per process and returns the handle that renders `/metrics`.
 pub fn handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();

@@ -268,19 +268,7 @@ extern "C" fn run_ffi<P: Plugin>(
     context: RStr<'_>,
     host: HostRef<'_>,
 ) -> RResult<RString, RString> {
-    guarded(|| {
-        let entry = find::<P>(op.as_str())?;
-        let args = Args::new(parse_object("arguments", args.as_str())?);
-        let data = parse_object("context", context.as_str())?;
-        let bridge = Bridge {
-            host: &host,
-            services: None,
-        };
-        let mut ctx = Context::new(data, &bridge);
-        (entry.run)(&args, &mut ctx).map_err(|err| err.0)?;
-        Ok(RString::from(Value::Object(ctx.into_writes()).to_string()))
-    })
-    .into()
+    run_op_with::<P>(op, args, context, &host, None)
 }
 
 extern "C" fn run_with_services_ffi<P: Plugin>(
@@ -290,14 +278,21 @@ extern "C" fn run_with_services_ffi<P: Plugin>(
     host: HostRef<'_>,
     services: ServicesRef<'_>,
 ) -> RResult<RString, RString> {
+    run_op_with::<P>(op, args, context, &host, Some(&services))
+}
+
+fn run_op_with<P: Plugin>(
+    op: RStr<'_>,
+    args: RStr<'_>,
+    context: RStr<'_>,
+    host: &HostRef<'_>,
+    services: Option<&ServicesRef<'_>>,
+) -> RResult<RString, RString> {
     guarded(|| {
         let entry = find::<P>(op.as_str())?;
         let args = Args::new(parse_object("arguments", args.as_str())?);
         let data = parse_object("context", context.as_str())?;
-        let bridge = Bridge {
-            host: &host,
-            services: Some(&services),
-        };
+        let bridge = Bridge { host, services };
         let mut ctx = Context::new(data, &bridge);
         (entry.run)(&args, &mut ctx).map_err(|err| err.0)?;
         Ok(RString::from(Value::Object(ctx.into_writes()).to_string()))

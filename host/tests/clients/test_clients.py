@@ -4,47 +4,24 @@ FlowLLM 0.2's own HttpClient, the official `openai` package, and headless Chromi
 Run through scripts/client-tests (it installs the clients and builds flowhost)."""
 
 import asyncio
-import json
 import os
-import re
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+from conftest import flowhost_server
 
 ROOT = Path(__file__).resolve().parents[3]
-BIN = Path(os.environ.get("FLOWHOST_BIN", ROOT / "target" / "debug" / "flowhost"))
 ARTIFACTS = Path(os.environ.get("CLIENT_TEST_ARTIFACTS", ROOT / "target" / "client-tests"))
 
 
 @pytest.fixture(scope="module")
 def server():
     """flowhost serving the repository's default flows on a free port."""
-    proc = subprocess.Popen(
-        [str(BIN), "serve", "--port", "0", "--flows", str(ROOT / "flows")],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "NO_COLOR": "1"},
-    )
-    url = None
-    deadline = time.time() + 30
-    while time.time() < deadline and url is None:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        m = re.search(r"listening on (http://\S+)", line)
-        if m:
-            url = m.group(1)
-    assert url, "flowhost serve printed no banner"
-    yield url
-    proc.terminate()
-    proc.wait(timeout=15)
+    with flowhost_server() as url:
+        yield url
 
 
 def flowllm_client(url):

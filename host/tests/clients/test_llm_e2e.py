@@ -4,16 +4,12 @@ Assertions are on structure, not wording (a 135M model says odd things)."""
 
 import json
 import os
-import re
 import subprocess
-import time
-from pathlib import Path
 
 import httpx
 import pytest
+from conftest import BIN, ROOT, flowhost_server
 
-ROOT = Path(__file__).resolve().parents[3]
-BIN = Path(os.environ.get("FLOWHOST_BIN", ROOT / "target" / "debug" / "flowhost"))
 LLM_URL = os.environ.get("FLOWHOST_LLM_URL")
 
 pytestmark = pytest.mark.skipif(not LLM_URL, reason="FLOWHOST_LLM_URL not set (scripts/client-tests starts the local model)")
@@ -25,22 +21,8 @@ def llm_env():
 
 @pytest.fixture(scope="module")
 def server():
-    proc = subprocess.Popen(
-        [str(BIN), "serve", "--port", "0", "--flows", str(ROOT / "flows")],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=llm_env(),
-    )
-    url = None
-    deadline = time.time() + 30
-    while time.time() < deadline and url is None:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        m = re.search(r"listening on (http://\S+)", line)
-        url = m.group(1) if m else None
-    assert url, "no banner"
-    yield url
-    proc.terminate()
-    proc.wait(timeout=15)
+    with flowhost_server({"FLOW_LLM_BASE_URL": LLM_URL, "FLOW_LLM_API_KEY": "local"}) as url:
+        yield url
 
 
 def test_demo_stream_over_http_sse(server):

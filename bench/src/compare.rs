@@ -489,6 +489,12 @@ pub async fn run(bin_dir: &Path) -> Value {
         );
         report.insert("flowhost_mcp_stdio".into(), crate::mcp_stdio(bin_dir));
     }
+    if only.is_empty() || only.split(',').any(|o| o == "flowllm") {
+        eprintln!("== FlowLLM MCP stdio");
+        if let Some(figures) = crate::flowllm_mcp_stdio(&peers) {
+            report.insert("flowllm_mcp_stdio".into(), figures);
+        }
+    }
     let _ = servers;
     Value::Object(report)
 }
@@ -624,11 +630,16 @@ pub fn table(report: &Value) -> String {
         fmt(one("/flowhost/disconnect_to_stop/ms_median"), "ms"),
         fmt(one("/flowhost/disconnect_to_stop/ms_max"), "ms"),
     ));
+    let flowllm_mcp = one("/flowllm_mcp_stdio/calls_per_sec");
+    let flowhost_mcp = one("/flowhost_mcp_stdio/calls_per_sec");
     out.push_str(&format!(
-        "| MCP stdio sequential tools/call | 169 /s (peers README) | — | {} | {} | | ≥ 20k /s |\n",
-        fmt(one("/flowhost_mcp_stdio/calls_per_sec"), "/s"),
-        one("/flowhost_mcp_stdio/calls_per_sec")
-            .map_or("—".into(), |v| format!("{}×", human(v / 169.0))),
+        "| MCP stdio sequential tools/call | {} | — | {} | {} | | ≥ 20k /s |\n",
+        fmt(flowllm_mcp, "/s"),
+        fmt(flowhost_mcp, "/s"),
+        match (flowhost_mcp, flowllm_mcp) {
+            (Some(h), Some(l)) if l > 0.0 => format!("{}×", human(h / l)),
+            _ => "—".into(),
+        },
     ));
     out.push_str(&format!(
         "| slow streams (TickOp, 1 s) held: established / RSS per stream | — | — | {} of {} / {} | | | |\n",

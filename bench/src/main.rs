@@ -423,14 +423,14 @@ async fn llm_overhead(bin_dir: &Path) -> Value {
 /// Sequential `tools/call` over stdio (one request in flight, like an agent), and progress
 /// notifications per second for a streaming flow.
 fn mcp_stdio(bin_dir: &Path) -> Value {
-    use std::io::{BufRead, BufReader, Write};
     let flows = tempfile::tempdir().expect("temp dir");
     std::fs::write(
         flows.path().join("m.yaml"),
         "echo:\n  flow_content: EchoOp()\ncount:\n  flow_content: CountOp()\n  stream: true\n",
     )
     .expect("write flows");
-    let mut child = std::process::Command::new(bin_dir.join("flowhost"))
+    let mut command = std::process::Command::new(bin_dir.join("flowhost"));
+    command
         .args([
             "serve",
             "--transport",
@@ -440,11 +440,48 @@ fn mcp_stdio(bin_dir: &Path) -> Value {
             "error",
             "--flows",
         ])
-        .arg(flows.path())
+        .arg(flows.path());
+    mcp_stdio_rate(command, "echo", 20_000, Some("count"))
+}
+
+/// FlowLLM 0.2 as an MCP stdio server (its peers' serve.py with `backend=mcp`), if installed.
+pub(crate) fn flowllm_mcp_stdio(peers: &Path) -> Option<Value> {
+    let here = peers.join("flowllm");
+    let python = std::path::PathBuf::from("/tmp/peers/flowllm-venv/bin/python");
+    if !python.is_file() || !here.join("serve.py").is_file() {
+        return None;
+    }
+    let rundir = std::env::temp_dir().join("flowllm-mcp-bench");
+    let _ = std::fs::create_dir_all(&rundir);
+    let mut command = std::process::Command::new(python);
+    command
+        .arg(here.join("serve.py"))
+        .arg(format!(
+            "config={}",
+            here.join("flowllm_bench.yaml").display()
+        ))
+        .args(["backend=mcp", "mcp.transport=stdio"])
+        .current_dir(&rundir)
+        .env("PYTHONPATH", &here)
+        .env("FLOW_APP_NAME", "FlowLLMBench")
+        .stderr(std::process::Stdio::null());
+    Some(mcp_stdio_rate(command, "fake_echo_flow", 300, None))
+}
+
+/// Sequential `tools/call` over stdio (one request in flight, like an agent), and progress
+/// notifications per second for a streaming tool if there is one.
+fn mcp_stdio_rate(
+    mut command: std::process::Command,
+    echo: &str,
+    calls: usize,
+    count: Option<&str>,
+) -> Value {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = command
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .expect("spawn flowhost");
+        .expect("spawn the MCP server");
     let mut stdin = child.stdin.take().expect("stdin");
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
@@ -453,52 +490,65 @@ fn mcp_stdio(bin_dir: &Path) -> Value {
         stdin.write_all(b"\n").expect("write");
         stdin.flush().expect("flush");
     };
+    // Reads until the reply to `id` (servers may interleave notifications).
+    let reply = |id: &str, line: &mut String, stdout: &mut BufReader<std::process::ChildStdout>| loop {
+        line.clear();
+        assert!(
+            stdout.read_line(line).expect("read") > 0,
+            "the MCP server closed stdout"
+        );
+        if line.contains(&format!("\"id\":{id}")) {
+            return;
+        }
+    };
     send(
         r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}"#,
     );
-    stdout.read_line(&mut line).expect("initialize reply");
+    reply("0", &mut line, &mut stdout);
     send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
-    let calls = 20_000;
     let started = Instant::now();
     for id in 1..=calls {
         send(&format!(
-            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"query":"q{id}"}}}}}}"#
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{echo}","arguments":{{"query":"q{id}"}}}}}}"#
         ));
-        line.clear();
-        stdout.read_line(&mut line).expect("reply");
-        assert!(line.contains(&format!("\"id\":{id}")), "reply {id}: {line}");
+        reply(&id.to_string(), &mut line, &mut stdout);
+        assert!(!line.contains("\"error\""), "call {id} failed: {line}");
     }
     let call_secs = started.elapsed().as_secs_f64();
     eprintln!(
         "mcp: {:.0} sequential tools/call per second",
         calls as f64 / call_secs
     );
-    let n = 200_000;
-    let started = Instant::now();
-    send(&format!(
-        r#"{{"jsonrpc":"2.0","id":"c","method":"tools/call","params":{{"name":"count","arguments":{{"n":{n}}},"_meta":{{"progressToken":"t"}}}}}}"#
-    ));
-    let mut notifications = 0u64;
-    loop {
-        line.clear();
-        stdout.read_line(&mut line).expect("message");
-        if line.contains("notifications/progress") {
-            notifications += 1;
-        } else if line.contains(r#""id":"c""#) {
-            break;
-        }
-    }
-    let progress_secs = started.elapsed().as_secs_f64();
-    assert_eq!(notifications, n);
-    drop(stdin);
-    let _ = child.wait();
-    json!({
+    let mut report = json!({
         "sequential_calls": calls,
         "calls_per_sec": calls as f64 / call_secs,
         "us_per_call": call_secs * 1e6 / calls as f64,
-        "progress_notifications": notifications,
-        "progress_per_sec": notifications as f64 / progress_secs,
-    })
+    });
+    if let Some(count) = count {
+        let n = 200_000u64;
+        let started = Instant::now();
+        send(&format!(
+            r#"{{"jsonrpc":"2.0","id":"c","method":"tools/call","params":{{"name":"{count}","arguments":{{"n":{n}}},"_meta":{{"progressToken":"t"}}}}}}"#
+        ));
+        let mut notifications = 0u64;
+        loop {
+            line.clear();
+            stdout.read_line(&mut line).expect("message");
+            if line.contains("notifications/progress") {
+                notifications += 1;
+            } else if line.contains(r#""id":"c""#) {
+                break;
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        assert_eq!(notifications, n);
+        report["progress_notifications"] = json!(notifications);
+        report["progress_per_sec"] = json!(notifications as f64 / secs);
+    }
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    report
 }
 
 fn save_to_served(bin_dir: &Path) -> Value {

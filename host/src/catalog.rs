@@ -3,7 +3,7 @@
 //! Knows nothing of transports or of how changes are noticed (`watch` calls [`Catalog::reload`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -417,9 +417,4 @@ impl Pending {
             error: self.error,
         })
     }
-}
-
-/// Whether `path` is inside one of `dirs` (event routing).
-pub fn is_under(path: &Path, dirs: &[PathBuf]) -> bool {
-    dirs.iter().any(|dir| path.starts_with(dir))
 }

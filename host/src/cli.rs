@@ -452,16 +452,13 @@ fn run_flow(
             .map_or("unknown error".to_string(), |d| d.to_string());
         return Err(format!("flow `{name}` is broken: {reason}"));
     };
-    if let Err(problems) = flow.validate(&Value::Object(input.clone())) {
+    let input = flow.check_input(input).map_err(|problems| {
         let lines: Vec<String> = problems
             .iter()
             .map(|(field, message)| format!("  {field}: {message}"))
             .collect();
-        return Err(format!(
-            "invalid input for flow `{name}`:\n{}",
-            lines.join("\n")
-        ));
-    }
+        format!("invalid input for flow `{name}`:\n{}", lines.join("\n"))
+    })?;
     let runtime = runtime(config)?;
     let outcome = runtime.block_on(stream_to_stdout(flow, input, run_options(config)))?;
     let summary = json!({

@@ -142,6 +142,21 @@ impl Default for RawHttp {
     }
 }
 
+/// The top-level keys flowhost reads (the fields of `Raw`).
+const KEYS: &[&str] = &[
+    "backend",
+    "http",
+    "flows_dir",
+    "plugin_dirs",
+    "enabled_flows",
+    "disabled_flows",
+    "llm",
+    "watch",
+    "debounce_ms",
+    "max_op_threads",
+    "flow",
+];
+
 /// Keys FlowLLM configs carry that flowhost has no use for; accepted without a warning.
 const FLOWLLM_KEYS: &[&str] = &[
     "mcp",
@@ -173,18 +188,27 @@ pub fn load(flags: Flags) -> Result<Config, String> {
     for item in &flags.overrides {
         apply_override(&mut tree, item)?;
     }
-    if let Value::Object(map) = &mut tree {
-        map.retain(|key, _| {
-            let known = FLOWLLM_KEYS.contains(&key.as_str());
-            if known {
-                tracing::debug!("config key `{key}` is FlowLLM's; flowhost ignores it");
-            }
-            !known
-        });
-    }
     let where_ = source
         .as_ref()
         .map_or("configuration".to_string(), |p| p.display().to_string());
+    if let Value::Object(map) = &mut tree {
+        // FlowLLM's own keys are expected in a FlowLLM config; anything else is likely a typo
+        // that would otherwise vanish without a word.
+        map.retain(|key, _| {
+            if KEYS.contains(&key.as_str()) {
+                return true;
+            }
+            if FLOWLLM_KEYS.contains(&key.as_str()) {
+                tracing::debug!("{where_}: `{key}` is a FlowLLM key; flowhost ignores it");
+            } else {
+                tracing::warn!(
+                    "{where_}: unknown key `{key}` is ignored (flowhost reads: {})",
+                    KEYS.join(", ")
+                );
+            }
+            false
+        });
+    }
     let raw: Raw = serde_json::from_value(tree).map_err(|err| format!("{where_}: {err}"))?;
     let mut flow_dirs = match raw.flows_dir {
         OneOrMany::One(dir) => vec![dir],

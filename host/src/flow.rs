@@ -93,9 +93,21 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// Checks a request body against the input schema; one message per problem, naming the
-    /// field (`query: "query" is a required property`).
-    pub fn validate(&self, input: &Value) -> Result<(), Vec<(String, String)>> {
+    /// Checks a request body against the input schema and hands it back; one message per
+    /// problem, naming the field (`query: "query" is a required property`).
+    pub fn check_input(
+        &self,
+        input: Map<String, Value>,
+    ) -> Result<Map<String, Value>, Vec<(String, String)>> {
+        let value = Value::Object(input);
+        self.validate(&value)?;
+        match value {
+            Value::Object(map) => Ok(map),
+            _ => Ok(Map::new()),
+        }
+    }
+
+    fn validate(&self, input: &Value) -> Result<(), Vec<(String, String)>> {
         let problems: Vec<(String, String)> = self
             .validator
             .iter_errors(input)

@@ -320,9 +320,8 @@ fn kind_of(value: &Value) -> &'static str {
 }
 
 /// Checks the input against the flow's schema: 422 naming each field, FastAPI's shape.
-pub fn validate(flow: &Flow, input: &Map<String, Value>) -> Result<(), ApiError> {
-    let value = Value::Object(input.clone());
-    flow.validate(&value).map_err(|problems| {
+pub fn validate(flow: &Flow, input: Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
+    flow.check_input(input).map_err(|problems| {
         let detail: Vec<Value> = problems
             .into_iter()
             .map(|(field, message)| {
@@ -343,7 +342,7 @@ async fn run_flow(
     let snapshot = state.catalog.snapshot();
     let flow = live_flow(&snapshot, &name)?;
     let input = parse_body(body, state.options.body_limit)?;
-    validate(&flow, &input)?;
+    let input = validate(&flow, input)?;
     let stream = flow.spec.stream;
     let options = exec::Options {
         collect_answer: !stream,

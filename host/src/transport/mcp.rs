@@ -92,22 +92,25 @@ impl FlowTools {
             )));
         };
         drop(snapshot);
-        if let Err(problems) = flow.validate(&Value::Object(arguments.clone())) {
-            let lines: Vec<String> = problems
-                .iter()
-                .map(|(field, message)| {
-                    if field.is_empty() {
-                        message.clone()
-                    } else {
-                        format!("{field}: {message}")
-                    }
-                })
-                .collect();
-            return Ok(failure(format!(
-                "invalid arguments for `{name}`: {}",
-                lines.join("; ")
-            )));
-        }
+        let arguments = match flow.check_input(arguments) {
+            Ok(arguments) => arguments,
+            Err(problems) => {
+                let lines: Vec<String> = problems
+                    .iter()
+                    .map(|(field, message)| {
+                        if field.is_empty() {
+                            message.clone()
+                        } else {
+                            format!("{field}: {message}")
+                        }
+                    })
+                    .collect();
+                return Ok(failure(format!(
+                    "invalid arguments for `{name}`: {}",
+                    lines.join("; ")
+                )));
+            }
+        };
         let progress = context.meta.get_progress_token();
         let threshold = self.log_level.load(std::sync::atomic::Ordering::Relaxed);
         let (log_tx, mut log_rx) = mpsc::unbounded_channel();

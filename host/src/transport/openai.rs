@@ -131,12 +131,15 @@ pub async fn chat_completions(
     }
     input.insert("query".into(), Value::String(query));
     input.insert("messages".into(), Value::Array(messages));
-    if let Err(err) = http::validate(&flow, &input) {
-        return from_api_error(
-            http::ApiError::new(StatusCode::BAD_REQUEST, err.detail),
-            "invalid_input",
-        );
-    }
+    let input = match http::validate(&flow, input) {
+        Ok(input) => input,
+        Err(err) => {
+            return from_api_error(
+                http::ApiError::new(StatusCode::BAD_REQUEST, err.detail),
+                "invalid_input",
+            )
+        }
+    };
     let options = exec::Options {
         collect_answer: !stream,
         ..state.run_options.clone()

@@ -77,6 +77,25 @@ impl Snapshot {
         serde_json::json!({"generation": self.generation, "flows": flows, "errors": errors})
     }
 
+    /// A hash of the served flow set (each flow's name, status and definition, in name
+    /// order), the same on every replica serving the same flows wherever their files live.
+    pub fn flows_hash(&self) -> String {
+        let mut text = String::new();
+        for (name, entry) in &self.flows {
+            let spec = &entry.spec;
+            text.push_str(&format!(
+                "{name}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{:?}\n",
+                entry.status(),
+                spec.flow_content,
+                spec.stream,
+                spec.description,
+                spec.input_schema,
+                spec.limits,
+            ));
+        }
+        format!("{:016x}", crate::stable_hash(text.as_bytes()))
+    }
+
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
         self.diagnostics
             .iter()

@@ -22,6 +22,15 @@ pub struct Cli {
     /// Log filter for stderr (error, warn, info, debug, or a RUST_LOG-style filter).
     #[arg(long, global = true, env = "FLOWHOST_LOG")]
     pub log: Option<String>,
+    /// Log line format on stderr: `text`, or `json` (one object per line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "FLOWHOST_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,10 +149,12 @@ pub fn default_log_filter(command: &Command) -> &'static str {
         // In stdio mode stdout is the protocol; logs still go to stderr, where MCP clients
         // show them.
         Command::Serve { .. } => "info,rmcp=warn",
+        // Warnings (settings flowhost ignores, refused plugins) must be seen at the default
+        // level; flow problems are printed by the commands themselves.
         Command::Flows { .. }
         | Command::Check { .. }
         | Command::Run { .. }
-        | Command::Config { .. } => "error",
+        | Command::Config { .. } => "error,flowhost::config=warn",
     }
 }
 

@@ -43,14 +43,42 @@ pub struct Http {
     pub port: u16,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
-    /// Origins allowed by CORS; empty means any.
+    /// Browser origins allowed besides the server's own (CORS and the `Origin` check); empty
+    /// means none, `*` any.
     pub cors_origins: Vec<String>,
+    /// `Host` names accepted on every route (any port); empty means the defaults: the
+    /// localhost names and the bind address. `*` accepts any host.
+    pub allowed_hosts: Vec<String>,
     /// When set, every route but `/health` needs `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
     /// Idle time before an SSE keep-alive comment.
     pub keepalive: Duration,
     /// How long streams may go on after SIGINT/SIGTERM before they are ended.
     pub shutdown_timeout: Duration,
+    /// After SIGTERM, how long the host keeps serving (with `/ready` at 503) before it stops
+    /// accepting, so a proxy or the endpoints controller stops sending first.
+    pub drain_delay: Duration,
+    /// Serve `/mcp` without sessions: every request is answered by itself, so any replica
+    /// behind a round-robin proxy can answer any request of any client.
+    pub mcp_stateless: bool,
+}
+
+impl Http {
+    /// The `Host` names accepted when `allowed_hosts` is empty.
+    pub fn effective_allowed_hosts(&self) -> Vec<String> {
+        if !self.allowed_hosts.is_empty() {
+            return self.allowed_hosts.clone();
+        }
+        let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1"]
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        let bind = self.host.trim_start_matches('[').trim_end_matches(']');
+        if !hosts.iter().any(|h| h == bind) {
+            hosts.push(bind.to_string());
+        }
+        hosts
+    }
 }
 
 /// What the command line adds on top of the file and the overrides.
@@ -93,9 +121,12 @@ struct RawHttp {
     port: u16,
     body_limit: usize,
     cors_origins: Vec<String>,
+    allowed_hosts: Vec<String>,
     api_key: Option<String>,
     keepalive_secs: f64,
     shutdown_timeout: f64,
+    drain_delay: f64,
+    mcp_stateless: bool,
     /// FlowLLM's uvicorn settings; accepted, not used.
     timeout_keep_alive: Option<Value>,
     limit_concurrency: Option<Value>,
@@ -133,9 +164,12 @@ impl Default for RawHttp {
             port: 8002,
             body_limit: 1024 * 1024,
             cors_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             api_key: None,
             keepalive_secs: 15.0,
             shutdown_timeout: 10.0,
+            drain_delay: 0.0,
+            mcp_stateless: false,
             timeout_keep_alive: None,
             limit_concurrency: None,
         }
@@ -157,7 +191,52 @@ const KEYS: &[&str] = &[
     "flow",
 ];
 
-/// Keys FlowLLM configs carry that flowhost has no use for; accepted without a warning.
+/// The keys of the `http` section (the fields of `RawHttp`).
+const HTTP_KEYS: &[&str] = &[
+    "host",
+    "port",
+    "body_limit",
+    "cors_origins",
+    "allowed_hosts",
+    "api_key",
+    "keepalive_secs",
+    "shutdown_timeout",
+    "drain_delay",
+    "mcp_stateless",
+    "timeout_keep_alive",
+    "limit_concurrency",
+];
+
+/// FlowLLM's `http` keys that flowhost accepts and does not use.
+const FLOWLLM_HTTP_KEYS: &[&str] = &["timeout_keep_alive", "limit_concurrency"];
+
+/// The keys of one `llm.<name>` entry (the fields of `RawLlm`).
+const LLM_KEYS: &[&str] = &[
+    "backend",
+    "model_name",
+    "params",
+    "base_url",
+    "api_key",
+    "connect_timeout",
+    "first_token_timeout",
+    "idle_timeout",
+    "total_timeout",
+    "max_retries",
+];
+
+/// Settings that are text: a `key=value` override keeps them as written (`http.api_key=007`
+/// stays `"007"`). A `*` stands for any one key.
+const TEXT_SETTINGS: &[&str] = &[
+    "http.host",
+    "http.api_key",
+    "llm.*.model_name",
+    "llm.*.base_url",
+    "llm.*.api_key",
+    "llm.*.backend",
+    "backend",
+];
+
+/// Keys FlowLLM configs carry that flowhost has no use for: accepted with a warning.
 const FLOWLLM_KEYS: &[&str] = &[
     "mcp",
     "enable_logo",
@@ -191,24 +270,7 @@ pub fn load(flags: Flags) -> Result<Config, String> {
     let where_ = source
         .as_ref()
         .map_or("configuration".to_string(), |p| p.display().to_string());
-    if let Value::Object(map) = &mut tree {
-        // FlowLLM's own keys are expected in a FlowLLM config; anything else is likely a typo
-        // that would otherwise vanish without a word.
-        map.retain(|key, _| {
-            if KEYS.contains(&key.as_str()) {
-                return true;
-            }
-            if FLOWLLM_KEYS.contains(&key.as_str()) {
-                tracing::debug!("{where_}: `{key}` is a FlowLLM key; flowhost ignores it");
-            } else {
-                tracing::warn!(
-                    "{where_}: unknown key `{key}` is ignored (flowhost reads: {})",
-                    KEYS.join(", ")
-                );
-            }
-            false
-        });
-    }
+    check_keys(&where_, &mut tree)?;
     let raw: Raw = serde_json::from_value(tree).map_err(|err| format!("{where_}: {err}"))?;
     let mut flow_dirs = match raw.flows_dir {
         OneOrMany::One(dir) => vec![dir],
@@ -241,12 +303,19 @@ pub fn load(flags: Flags) -> Result<Config, String> {
             port: flags.port.unwrap_or(raw.http.port),
             body_limit: raw.http.body_limit,
             cors_origins: raw.http.cors_origins,
+            allowed_hosts: raw.http.allowed_hosts,
             api_key: flags
                 .api_key
                 .or(raw.http.api_key)
                 .filter(|key| !key.is_empty()),
             keepalive: seconds(&where_, "http.keepalive_secs", raw.http.keepalive_secs)?,
             shutdown_timeout: seconds(&where_, "http.shutdown_timeout", raw.http.shutdown_timeout)?,
+            drain_delay: if raw.http.drain_delay == 0.0 {
+                Duration::ZERO
+            } else {
+                seconds(&where_, "http.drain_delay", raw.http.drain_delay)?
+            },
+            mcp_stateless: raw.http.mcp_stateless,
         },
         flow_dirs,
         plugin_dirs,
@@ -260,6 +329,89 @@ pub fn load(flags: Flags) -> Result<Config, String> {
         max_op_threads: raw.max_op_threads,
         source,
     })
+}
+
+/// Checks the keys of the sections flowhost owns. An unknown key there is an error naming its
+/// full path and the closest known key (a typo must not silently fall back to a default);
+/// FlowLLM's keys that flowhost does not use are dropped with a warning. The same rules hold
+/// for the config file and for `key=value` overrides.
+fn check_keys(where_: &str, tree: &mut Value) -> Result<(), String> {
+    let Value::Object(map) = tree else {
+        return Ok(());
+    };
+    let mut unknown = Vec::new();
+    map.retain(|key, _| {
+        if KEYS.contains(&key.as_str()) {
+            return true;
+        }
+        if FLOWLLM_KEYS.contains(&key.as_str()) {
+            tracing::warn!("{where_}: `{key}` is a FlowLLM setting that flowhost ignores");
+        } else {
+            unknown.push(key.clone());
+        }
+        false
+    });
+    if let Some(key) = unknown.first() {
+        return Err(unknown_key(where_, key, key, KEYS));
+    }
+    if let Some(Value::Object(http)) = map.get_mut("http") {
+        for key in http.keys() {
+            if !HTTP_KEYS.contains(&key.as_str()) {
+                return Err(unknown_key(where_, &format!("http.{key}"), key, HTTP_KEYS));
+            }
+            if FLOWLLM_HTTP_KEYS.contains(&key.as_str()) {
+                tracing::warn!(
+                    "{where_}: `http.{key}` is a FlowLLM (uvicorn) setting that flowhost ignores"
+                );
+            }
+        }
+    }
+    if let Some(Value::Object(llm)) = map.get("llm") {
+        for (name, entry) in llm {
+            let Value::Object(entry) = entry else {
+                continue;
+            };
+            for key in entry.keys() {
+                if !LLM_KEYS.contains(&key.as_str()) {
+                    return Err(unknown_key(
+                        where_,
+                        &format!("llm.{name}.{key}"),
+                        key,
+                        LLM_KEYS,
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// "unknown key `http.apikey` (did you mean `http.api_key`?)".
+fn unknown_key(where_: &str, path: &str, key: &str, known: &[&str]) -> String {
+    let prefix = path.strip_suffix(key).unwrap_or_default();
+    match closest(key, known) {
+        Some(best) => format!("{where_}: unknown key `{path}` (did you mean `{prefix}{best}`?)"),
+        None => format!(
+            "{where_}: unknown key `{path}` (known keys here: {})",
+            known.join(", ")
+        ),
+    }
+}
+
+/// The known key closest to `key`, if any is close enough to be a likely typo.
+pub fn closest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    let lowered = key.to_ascii_lowercase().replace('-', "_");
+    known
+        .iter()
+        .map(|k| {
+            let squashed = k.replace('_', "");
+            let score =
+                strsim::jaro_winkler(&lowered, k).max(strsim::jaro_winkler(&lowered, &squashed));
+            (score, *k)
+        })
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k)
 }
 
 #[derive(Debug, Deserialize)]
@@ -342,11 +494,12 @@ fn llm_config(where_: &str, section: &Value) -> Result<crate::llm::Config, Strin
 }
 
 fn seconds(where_: &str, key: &str, value: f64) -> Result<Duration, String> {
-    if value.is_finite() && value > 0.0 {
+    if value.is_finite() && value > 0.0 && value <= crate::flow::MAX_SECONDS {
         Ok(Duration::from_secs_f64(value))
     } else {
         Err(format!(
-            "{where_}: {key} must be a positive number of seconds, found {value}"
+            "{where_}: {key} must be a positive number of seconds up to a year, found {}",
+            crate::flow::short_number(value)
         ))
     }
 }
@@ -396,10 +549,22 @@ pub fn apply_override(tree: &mut Value, item: &str) -> Result<(), String> {
         *node = Value::Object(Map::new());
     }
     let last = keys[keys.len() - 1].to_string();
+    let value = if is_text_setting(&keys) {
+        Value::String(raw.to_string())
+    } else {
+        typed_value(raw)
+    };
     node.as_object_mut()
         .ok_or("unreachable")?
-        .insert(last, typed_value(raw));
+        .insert(last, value);
     Ok(())
+}
+
+fn is_text_setting(keys: &[&str]) -> bool {
+    TEXT_SETTINGS.iter().any(|pattern| {
+        let parts: Vec<&str> = pattern.split('.').collect();
+        parts.len() == keys.len() && parts.iter().zip(keys).all(|(p, k)| *p == "*" || p == k)
+    })
 }
 
 /// Types a command-line value the FlowLLM way: bool, int, float, JSON, else string.
@@ -454,6 +619,81 @@ mod tests {
         assert_eq!(tree, json!({"http": {"host": "h", "port": 1}}));
         assert!(apply_override(&mut tree, "noequals").is_err());
         assert!(apply_override(&mut tree, "a..b=1").is_err());
+    }
+
+    fn load_text(text: &str, overrides: &[&str]) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, text).unwrap();
+        load(Flags {
+            config: Some(file),
+            overrides: overrides.iter().map(|s| s.to_string()).collect(),
+            no_default_plugins: true,
+            ..Flags::default()
+        })
+    }
+
+    #[test]
+    fn unknown_keys_in_owned_sections_are_errors_with_a_suggestion() {
+        let cases = [
+            (
+                "http: {apikey: x}\n",
+                "unknown key `http.apikey` (did you mean `http.api_key`?)",
+            ),
+            (
+                "http: {cors_origin: [a]}\n",
+                "did you mean `http.cors_origins`?",
+            ),
+            (
+                "llm: {default: {model: m}}\n",
+                "unknown key `llm.default.model`",
+            ),
+            (
+                "llm: {small: {base_ur: u}}\n",
+                "did you mean `llm.small.base_url`?",
+            ),
+            (
+                "debounce: 5\n",
+                "unknown key `debounce` (did you mean `debounce_ms`?)",
+            ),
+            (
+                "http: {zzz: 1}\n",
+                "unknown key `http.zzz` (known keys here: host, port",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = load_text(text, &[]).unwrap_err();
+            assert!(
+                err.contains("c.yaml") && err.contains(expected),
+                "{text}: {err}"
+            );
+        }
+        let err = load_text("", &["http.apikey=k"]).unwrap_err();
+        assert!(err.contains("did you mean `http.api_key`?"), "{err}");
+    }
+
+    #[test]
+    fn text_settings_keep_digits_as_text() {
+        let config = load_text("", &["http.api_key=007123", "http.host=127.0.0.1"]).unwrap();
+        assert_eq!(config.http.api_key.as_deref(), Some("007123"));
+        let config = load_text("", &["llm.default.model_name=2024"]).unwrap();
+        assert_eq!(config.llm.models["default"].model_name, "2024");
+        // Numbers stay numbers where a number is meant.
+        let config = load_text("", &["http.port=9001"]).unwrap();
+        assert_eq!(config.http.port, 9001);
+    }
+
+    /// The seed's FlowLLM config (FlowLLM's streaming-service guide), verbatim.
+    const SEED: &str = "backend: http\nthread_pool_max_workers: 128\nhttp:\n  host: \"0.0.0.0\"\n  port: 8002\nflow:\n  demo_stream_http_flow:\n    flow_content: GenSystemPromptOp() >> StreamChatOp()\n    stream: true\n    description: \"AI assistant\"\n    input_schema:\n      query:\n        type: string\n        description: \"question\"\n        required: true\nllm:\n  default:\n    backend: openai_compatible\n    model_name: qwen3-30b-a3b-instruct-2507\n    params:\n      temperature: 0.6\nembedding_model:\n  default:\n    backend: openai_compatible\n    model_name: text-embedding-v4\n    params:\n      dimensions: 1024\nvector_store:\n  default:\n    backend: memory\n    embedding_model: default\n";
+
+    #[test]
+    fn the_seed_flowllm_config_keeps_loading() {
+        let config = load_text(SEED, &[]).unwrap();
+        assert_eq!(config.http.host, "0.0.0.0");
+        assert_eq!(
+            config.llm.models["default"].model_name,
+            "qwen3-30b-a3b-instruct-2507"
+        );
     }
 
     #[test]

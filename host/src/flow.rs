@@ -297,7 +297,7 @@ fn parse_spec(
         ));
     }
     let raw: RawSpec = serde_yaml::from_value(value).map_err(|err| {
-        let message = err.to_string();
+        let message = with_suggestion(&err.to_string());
         let field_line = first_quoted(&message)
             .and_then(|field| find_key_line(text, field, line))
             .unwrap_or(line);
@@ -318,14 +318,17 @@ fn parse_spec(
     let seconds = |field: &str, value: Option<f64>| -> Result<Option<Duration>, SpecError> {
         match value {
             None => Ok(None),
-            Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+            Some(s) if s.is_finite() && s > 0.0 && s <= MAX_SECONDS => {
+                Ok(Some(Duration::from_secs_f64(s)))
+            }
             Some(s) => Err((
                 find_key_line(text, field, line)
                     .or_else(|| find_key_line(text, "limits", line))
                     .unwrap_or(line),
                 1,
                 format!(
-                    "flow `{name}`: limits.{field} must be a positive number of seconds, found {s}"
+                    "flow `{name}`: limits.{field} must be a positive number of seconds up to {MAX_SECONDS} (a year), found {}",
+                    short_number(s)
                 ),
             )),
         }
@@ -350,6 +353,37 @@ fn parse_spec(
         limits,
         content_origin,
     })
+}
+
+/// The longest timeout a flow or the configuration may set: a year. Longer is a typo, and
+/// would overflow deadline arithmetic.
+pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// `1e300`, not three hundred digits.
+pub fn short_number(value: f64) -> String {
+    if value.abs() < 1e12 {
+        format!("{value}")
+    } else {
+        format!("{value:e}")
+    }
+}
+
+/// serde's "unknown field `strem`, expected one of `a`, `b`" plus "(did you mean `stream`?)".
+fn with_suggestion(message: &str) -> String {
+    let Some(rest) = message
+        .find("unknown field `")
+        .map(|at| &message[at + "unknown field `".len()..])
+    else {
+        return message.to_string();
+    };
+    let Some((field, expected)) = rest.split_once('`') else {
+        return message.to_string();
+    };
+    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    match crate::config::closest(field, &known) {
+        Some(best) => format!("{message} (did you mean `{best}`?)"),
+        None => message.to_string(),
+    }
 }
 
 fn first_quoted(message: &str) -> Option<&str> {
@@ -412,8 +446,15 @@ fn find_key_line(text: &str, key: &str, after: usize) -> Option<usize> {
         .enumerate()
         .skip(after.saturating_sub(1))
         .find(|(_, line)| {
-            let trimmed = line.trim_start();
-            candidates.iter().any(|c| trimmed.starts_with(c.as_str()))
+            // `key:` at the start of a line, or inside a flow mapping (`{a: 1, key: 2}`).
+            candidates.iter().any(|c| {
+                line.match_indices(c.as_str()).any(|(at, _)| {
+                    line[..at]
+                        .chars()
+                        .next_back()
+                        .is_none_or(|b| b.is_whitespace() || b == '{' || b == ',')
+                })
+            })
         })
         .map(|(i, _)| i + 1)
 }
@@ -604,12 +645,20 @@ mod tests {
         );
         check(
             "ok:\n  flow_content: EchoOp()\nbad:\n  flow_content: EchoOp()\n  strem: true\n",
-            "f.yaml:5:1: error: flow `bad`: unknown field `strem`, expected one of `flow_content`, `stream`, `description`, `input_schema`, `limits`, `use_async`",
+            "f.yaml:5:1: error: flow `bad`: unknown field `strem`, expected one of `flow_content`, `stream`, `description`, `input_schema`, `limits`, `use_async` (did you mean `stream`?)",
         );
         check("bad name:\n  flow_content: EchoOp()\n", "f.yaml:1:1: error: flow name `bad name` may only use letters, digits, `_` and `-` (it becomes a URL path and a tool name)");
         check(
             "x:\n  flow_content: EchoOp()\n  limits: {idle_timeout: -1}\n",
-            "f.yaml:3:1: error: flow `x`: limits.idle_timeout must be a positive number of seconds, found -1",
+            "f.yaml:3:1: error: flow `x`: limits.idle_timeout must be a positive number of seconds up to 31536000 (a year), found -1",
+        );
+        check(
+            "x:\n  flow_content: EchoOp()\n  limits: {idle_timout: 3}\n",
+            "f.yaml:3:1: error: flow `x`: unknown field `idle_timout`, expected one of `first_chunk_timeout`, `idle_timeout`, `total_timeout`, `max_output_bytes` (did you mean `idle_timeout`?)",
+        );
+        check(
+            "x:\n  flow_content: EchoOp()\n  limits:\n    total_timeout: 1e300\n",
+            "f.yaml:4:1: error: flow `x`: limits.total_timeout must be a positive number of seconds up to 31536000 (a year), found 1e300",
         );
         check(
             "x:\n  flow_content: EchoOp()\n  input_schema:\n    q: {type: strin}\n",

@@ -1,9 +1,10 @@
 //! The `flowhost` binary: parse arguments, set up logging to stderr, run the command.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use flowhost::cli::{self, Cli};
+use flowhost::cli::{self, Cli, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -12,11 +13,16 @@ fn main() -> ExitCode {
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| cli::default_log_filter(&cli.command).to_string());
-    // stdout belongs to the command's output (and to the protocol in stdio mode).
-    tracing_subscriber::fmt()
+    // stdout belongs to the command's output (and to the protocol in stdio mode). Colour only
+    // for a person at a terminal: log files and shippers get plain text.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(colour).init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
     cli::run(cli)
 }

@@ -13,6 +13,8 @@ pub const FLOW_ERRORS: &str = "flowhost_flow_errors_total";
 pub const CANCELLATIONS: &str = "flowhost_cancellations_total";
 pub const RELOADS: &str = "flowhost_reloads_total";
 pub const OPS_RUNNING: &str = "flowhost_ops_running";
+/// Always 1; its labels carry the served flow and plugin set hashes.
+pub const SERVED_INFO: &str = "flowhost_served_info";
 
 /// The `flowhost_ops_running` gauge, looked up once (op calls are the hot path).
 pub fn ops_running() -> &'static metrics::Gauge {

@@ -67,7 +67,22 @@ pub fn start(catalog: Arc<Catalog>, debounce: Duration) -> Result<Watching, Stri
                 }
             };
             if routed.flows || routed.plugins {
-                catalog.reload(routed.flows, routed.plugins);
+                // A bug in a reload must not end the watcher: report it, keep serving the
+                // last snapshot, and let the next edit try again.
+                let reload = std::panic::AssertUnwindSafe(|| {
+                    catalog.reload(routed.flows, routed.plugins);
+                });
+                if let Err(panic) = std::panic::catch_unwind(reload) {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    tracing::error!(
+                        "reload failed with an internal error ({message}); the last good \
+                         flows keep serving and the next change is loaded again"
+                    );
+                }
             }
         }
     };

@@ -30,6 +30,20 @@ pub struct Registry {
     pub errors: Vec<PluginError>,
 }
 
+impl Registry {
+    /// A hash of the loaded plugin set (names and content hashes, in name order), the same on
+    /// every replica that loaded the same libraries.
+    pub fn plugins_hash(&self) -> String {
+        let mut parts: Vec<String> = self
+            .libraries
+            .iter()
+            .map(|l| format!("{}={:016x}", l.plugin_name, l.hash))
+            .collect();
+        parts.sort();
+        format!("{:016x}", crate::stable_hash(parts.join("\n").as_bytes()))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginError {
     pub path: PathBuf,

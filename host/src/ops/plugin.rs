@@ -2,7 +2,6 @@
 //! version and layout, and calls into it. Knows nothing of flows, runs or transports: callers
 //! hand it JSON text and an implementation of the host context.
 
-use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -70,9 +69,7 @@ impl std::fmt::Display for LoadError {
 
 /// Hashes a library's bytes (to skip reloads of unchanged files).
 pub fn content_hash(bytes: &[u8]) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    hasher.write(bytes);
-    hasher.finish()
+    crate::stable_hash(bytes)
 }
 
 static SHADOW_COUNTER: AtomicU64 = AtomicU64::new(0);

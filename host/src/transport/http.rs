@@ -4,20 +4,20 @@
 //! and hands them to the executor.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 
 use crate::catalog::{Catalog, Snapshot};
@@ -27,6 +27,8 @@ use crate::exec::{self, Run};
 use crate::flow::Flow;
 use crate::metrics as m;
 
+pub use super::error::ApiError;
+use super::guard::{self, Policy};
 use super::{openai, openapi};
 
 /// What every handler shares.
@@ -38,6 +40,9 @@ pub struct AppState {
     pub hard_stop: CancellationToken,
     /// What every run starts with (the LLM service).
     pub run_options: exec::Options,
+    /// False from the moment a drain begins (`GET /ready` answers 503).
+    pub ready: Arc<AtomicBool>,
+    policy: Policy,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
@@ -45,63 +50,27 @@ impl AppState {
     pub fn new(catalog: Arc<Catalog>, options: Options, run_options: exec::Options) -> AppState {
         AppState {
             catalog,
+            policy: Policy::new(&options),
             options: Arc::new(options),
             hard_stop: CancellationToken::new(),
             run_options,
+            ready: Arc::new(AtomicBool::new(true)),
             metrics: m::handle(),
         }
-    }
-}
-
-/// An error answer: a status and a `{"detail": ...}` body a user can act on.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub detail: Value,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, detail: impl Into<Value>) -> ApiError {
-        ApiError {
-            status,
-            detail: detail.into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(json!({"detail": self.detail}))).into_response()
     }
 }
 
 /// The whole HTTP API. Flow routes are not registered one by one: `POST /{flow}` looks the
 /// flow up in the snapshot of the moment, so reloads need no new router.
 pub fn router(state: AppState) -> Router {
-    let cors = if state.options.cors_origins.is_empty() {
-        CorsLayer::new()
-            .allow_origin(Any)
-            .allow_methods(Any)
-            .allow_headers(Any)
-    } else {
-        let origins: Vec<HeaderValue> = state
-            .options
-            .cors_origins
-            .iter()
-            .filter_map(|o| HeaderValue::from_str(o).ok())
-            .collect();
-        CorsLayer::new()
-            .allow_origin(AllowOrigin::list(origins))
-            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
-    };
     let docs = swagger_ui_dist::generate_routes(swagger_ui_dist::ApiDefinition {
         uri_prefix: "/docs",
         api_definition: swagger_ui_dist::OpenApiSource::Uri("/openapi.json"),
         title: Some("flowhost API"),
     });
-    Router::new()
+    let router = Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/flows", get(list_flows))
         .route("/ops", get(list_ops))
         .route("/openapi.json", get(openapi_json))
@@ -115,51 +84,56 @@ pub fn router(state: AppState) -> Router {
             super::mcp::http_service(
                 state.catalog.clone(),
                 state.run_options.clone(),
-                !is_loopback(&state.options.host),
+                state.options.mcp_stateless,
                 state.hard_stop.clone(),
             ),
         )
         .merge(docs)
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn_with_state(
+            state.policy.clone(),
+            guard::authorize,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             reject_oversized,
         ))
         .layer(middleware::from_fn(count_requests))
+        .layer(middleware::from_fn(no_proxy_buffering))
         .layer(DefaultBodyLimit::max(state.options.body_limit))
-        .layer(cors)
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
-                .on_request(())
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
-        )
+        .layer(middleware::from_fn_with_state(
+            state.policy.clone(),
+            guard::check_request,
+        ));
+    // CORS answers preflights before the checks see them; the checks still refuse the real
+    // request of an origin CORS does not list.
+    let router = match guard::cors(&state.options) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.layer(
+        TraceLayer::new_for_http()
+            .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
+            .on_request(())
+            .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+    )
 }
 
-async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(key) = &state.options.api_key else {
-        return next.run(request).await;
-    };
-    if request.uri().path() == "/health" || request.method() == Method::OPTIONS {
-        return next.run(request).await;
-    }
-    let given = request
+/// Every event stream (FlowLLM SSE, OpenAI stream, MCP) tells nginx not to buffer it, so a
+/// proxy with its default `proxy_buffering on` still streams chunk by chunk.
+async fn no_proxy_buffering(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let is_stream = response
         .headers()
-        .get(header::AUTHORIZATION)
+        .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given.is_some_and(|given| constant_time_eq(given.as_bytes(), key.as_bytes())) {
-        return next.run(request).await;
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if is_stream {
+        response.headers_mut().insert(
+            "x-accel-buffering",
+            axum::http::HeaderValue::from_static("no"),
+        );
     }
-    let mut response = ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "missing or wrong API key: send `Authorization: Bearer <key>`",
-    )
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }
 
@@ -180,17 +154,6 @@ async fn reject_oversized(State(state): State<AppState>, request: Request, next:
         .into_response();
     }
     next.run(request).await
-}
-
-fn is_loopback(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn count_requests(request: Request, next: Next) -> Response {
@@ -215,10 +178,16 @@ async fn not_found(request: Request) -> ApiError {
     )
 }
 
-async fn health(State(state): State<AppState>) -> Json<Value> {
+/// Liveness. Without the key (when one is set) it says only that the host is up: no paths,
+/// versions or flow names for whoever can reach the port.
+async fn health(State(state): State<AppState>, headers: HeaderMap) -> Json<Value> {
+    if !state.policy.authorized(&headers) {
+        return Json(json!({"status": "healthy"}));
+    }
     let snapshot = state.catalog.snapshot();
     Json(json!({
         "status": "healthy",
+        "ready": state.ready.load(Ordering::Relaxed),
         "version": env!("CARGO_PKG_VERSION"),
         "flows": snapshot.flows.len(),
         "live_flows": snapshot.live().count(),
@@ -228,7 +197,23 @@ async fn health(State(state): State<AppState>) -> Json<Value> {
         "ops": snapshot.registry.ops.len(),
         "errors": snapshot.errors().count() + snapshot.registry.errors.len(),
         "generation": snapshot.generation,
+        "flows_hash": snapshot.flows_hash(),
+        "plugins_hash": snapshot.registry.plugins_hash(),
     }))
+}
+
+/// Readiness: 200 while serving, 503 while draining (after SIGTERM), so a proxy or the
+/// endpoints controller stops sending before the host stops accepting.
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: the host is shutting down",
+        )
+        .into_response()
+    }
 }
 
 async fn list_flows(State(state): State<AppState>) -> Json<Value> {
@@ -248,11 +233,18 @@ async fn openapi_json(State(state): State<AppState>) -> Json<Value> {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     match &state.metrics {
-        Some(handle) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
-        )
-            .into_response(),
+        Some(handle) => {
+            let snapshot = state.catalog.snapshot();
+            let mut text = handle.render();
+            // The served versions, so replicas serving different ones show up in a rollout.
+            text.push_str(&format!(
+                "# TYPE {info} gauge\n{info}{{flows_hash=\"{}\",plugins_hash=\"{}\"}} 1\n",
+                snapshot.flows_hash(),
+                snapshot.registry.plugins_hash(),
+                info = m::SERVED_INFO,
+            ));
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+        }
         None => ApiError::new(StatusCode::NOT_FOUND, "metrics are disabled").into_response(),
     }
 }
@@ -485,7 +477,6 @@ pub fn sse_response<W: EventWriter>(run: Run, state: &AppState, writer: W) -> Re
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
-        .header("x-accel-buffering", "no")
         .body(Body::from_stream(body))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
@@ -519,10 +510,13 @@ pub async fn serve(
         snapshot.registry.ops.len(),
     );
     drop(snapshot);
+    warn_if_exposed(&options, local.ip());
     let state = AppState::new(catalog.clone(), options.clone(), run_options);
     count_reloads(&catalog);
     let hard_stop = state.hard_stop.clone();
+    let ready = state.ready.clone();
     let deadline = options.shutdown_timeout;
+    let drain = options.drain_delay;
     // Streams are many small writes: do not let Nagle hold a chunk back for an ACK.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
@@ -530,6 +524,14 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
+            ready.store(false, Ordering::Relaxed);
+            if !drain.is_zero() {
+                tracing::info!(
+                    "draining: /ready answers 503; still serving for {:.1}s (http.drain_delay)",
+                    drain.as_secs_f64()
+                );
+                tokio::time::sleep(drain).await;
+            }
             tracing::info!(
                 "shutting down: no new connections; streams have {:.1}s to finish",
                 deadline.as_secs_f64()
@@ -541,6 +543,26 @@ pub async fn serve(
         })
         .await
         .map_err(|err| format!("server error: {err}"))
+}
+
+/// A host reachable from other machines should say so when nothing guards it.
+fn warn_if_exposed(options: &Options, bound: std::net::IpAddr) {
+    if bound.is_loopback() {
+        return;
+    }
+    if options.api_key.is_none() {
+        tracing::warn!(
+            "listening on {bound}, reachable from other machines, without an API key: anyone \
+             who can reach this port can run every flow; set --api-key (or http.api_key)"
+        );
+    }
+    if options.allowed_hosts.is_empty() {
+        tracing::warn!(
+            "requests are accepted only for the Host names {}; add the names clients use \
+             (a Service, an Ingress, this machine's name) to http.allowed_hosts",
+            options.effective_allowed_hosts().join(", ")
+        );
+    }
 }
 
 fn count_reloads(catalog: &Catalog) {

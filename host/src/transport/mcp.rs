@@ -558,11 +558,14 @@ fn trim_ascii(bytes: &[u8]) -> &[u8] {
     &bytes[start..end]
 }
 
-/// The Streamable HTTP endpoint, mounted at `/mcp` by the HTTP transport.
+/// The Streamable HTTP endpoint, mounted at `/mcp` by the HTTP transport. The `Host` and
+/// `Origin` checks are the HTTP transport's (one `http.allowed_hosts` for every route), so
+/// rmcp's own are off here. `stateless`: no sessions, every request answered by itself (any
+/// replica behind a round-robin proxy can serve any request; see ARCHITECTURE.md).
 pub fn http_service(
     catalog: Arc<Catalog>,
     run_options: exec::Options,
-    allow_any_host: bool,
+    stateless: bool,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> rmcp::transport::streamable_http_server::StreamableHttpService<
     FlowTools,
@@ -571,12 +574,11 @@ pub fn http_service(
     use rmcp::transport::streamable_http_server::{
         session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
     };
-    let mut config = StreamableHttpServerConfig::default();
-    config.legacy_session_mode = true;
-    config.cancellation_token = shutdown;
-    if allow_any_host {
-        config.allowed_hosts = Vec::new();
-    }
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(!stateless)
+        .with_cancellation_token(shutdown)
+        .disable_allowed_hosts()
+        .disable_allowed_origins();
     StreamableHttpService::new(
         move || Ok(FlowTools::new(catalog.clone(), run_options.clone())),
         Arc::new(LocalSessionManager::default()),

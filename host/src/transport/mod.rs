@@ -1,6 +1,8 @@
 //! Transports: how runs reach clients. They see the catalog's snapshots and the executor's
 //! chunks, never plugins.
 
+pub mod error;
+pub mod guard;
 pub mod http;
 pub mod mcp;
 pub mod openai;

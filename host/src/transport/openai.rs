@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
+use super::error::ApiError;
 use super::http::{self, sse_response, AppState, EventWriter};
 use crate::chunk::{Chunk, ChunkKind};
 use crate::exec;
@@ -29,7 +30,7 @@ fn error(status: StatusCode, message: impl Into<String>, code: &str) -> Response
         .into_response()
 }
 
-fn from_api_error(err: http::ApiError, code: &str) -> Response {
+fn from_api_error(err: ApiError, code: &str) -> Response {
     let message = match &err.detail {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -135,7 +136,7 @@ pub async fn chat_completions(
         Ok(input) => input,
         Err(err) => {
             return from_api_error(
-                http::ApiError::new(StatusCode::BAD_REQUEST, err.detail),
+                ApiError::new(StatusCode::BAD_REQUEST, err.detail),
                 "invalid_input",
             )
         }

@@ -1,0 +1,318 @@
+//! What a request must pass before any route sees it: the `Host` check (DNS rebinding), the
+//! `Origin` check (other web pages), JSON-only POST bodies (a browser's "simple" request needs
+//! no preflight, so `text/plain` must not run a flow), the bearer API key, and CORS for the
+//! origins the configuration lists. Knows nothing of flows.
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use super::error::ApiError;
+use crate::config::Http as Options;
+
+/// The checks' view of the configuration, computed once.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Lower-cased host names without port; `None` accepts any host.
+    hosts: Option<Vec<String>>,
+    /// Allowed foreign origins, lower-cased; `None` accepts any origin.
+    origins: Option<Vec<String>>,
+    api_key: Option<String>,
+}
+
+impl Policy {
+    pub fn new(options: &Options) -> Policy {
+        let hosts = options.effective_allowed_hosts();
+        let origins = &options.cors_origins;
+        Policy {
+            hosts: (!hosts.iter().any(|h| h == "*")).then(|| {
+                hosts
+                    .iter()
+                    .map(|h| strip_port(h).to_ascii_lowercase())
+                    .collect()
+            }),
+            origins: (!origins.iter().any(|o| o == "*")).then(|| {
+                origins
+                    .iter()
+                    .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                    .collect()
+            }),
+            api_key: options.api_key.clone(),
+        }
+    }
+
+    /// Whether `Authorization` carries the key (`Bearer` in any case; compared in constant
+    /// time). True when no key is configured.
+    pub fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(key) = &self.api_key else {
+            return true;
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        given.is_some_and(|given| bool::from(given.as_bytes().ct_eq(key.as_bytes())))
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        match &self.hosts {
+            None => true,
+            Some(hosts) => {
+                let name = strip_port(host).to_ascii_lowercase();
+                hosts.iter().any(|h| *h == name)
+            }
+        }
+    }
+
+    /// Same origin (the `Origin`'s authority is the request's `Host`), or listed.
+    fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        if let Some(host) = host {
+            let authority = origin.split_once("://").map_or("", |(_, rest)| rest);
+            if authority == host.to_ascii_lowercase() {
+                return true;
+            }
+        }
+        match &self.origins {
+            None => true,
+            Some(origins) => origins.iter().any(|o| *o == origin),
+        }
+    }
+}
+
+/// `host:port`, `[::1]:port`, `::1` → the host part.
+fn strip_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    if authority.matches(':').count() == 1 {
+        return authority.split(':').next().unwrap_or(authority);
+    }
+    authority
+}
+
+fn forbidden(message: String) -> Response {
+    ApiError::new(StatusCode::FORBIDDEN, message).into_response()
+}
+
+/// The `Host`, `Origin` and content-type checks, in that order, on every route.
+pub async fn check_request(State(policy): State<Policy>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()));
+    if let Some(host) = &host {
+        if !policy.host_allowed(host) {
+            return forbidden(format!(
+                "Host `{host}` is not allowed; add its name to http.allowed_hosts (default: \
+                 localhost names and the bind address; `*` accepts any)"
+            ));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        if !policy.origin_allowed(origin, host.as_deref()) {
+            return forbidden(format!(
+                "Origin `{origin}` is not allowed: only this server's own pages and the origins \
+                 in http.cors_origins may call it"
+            ));
+        }
+    }
+    if request.method() == Method::POST {
+        if let Some(problem) = content_type_problem(headers) {
+            return ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, problem).into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// POST bodies are JSON: `application/json` or any `+json` type. No content type is accepted
+/// only for an empty body (`curl -X POST` with no data).
+fn content_type_problem(headers: &HeaderMap) -> Option<String> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        let empty = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| v.trim() == "0");
+        let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+        return (!empty || chunked).then(|| {
+            "a POST body must be JSON: send `Content-Type: application/json`".to_string()
+        });
+    };
+    let text = value.to_str().unwrap_or_default();
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        return None;
+    }
+    Some(format!(
+        "unsupported content type `{text}`: a POST body must be JSON (`Content-Type: application/json`)"
+    ))
+}
+
+/// The bearer API key on every route but `/health`, `/ready` and the docs page and its assets
+/// (a browser loads those without a header; the data behind them needs the key).
+pub async fn authorize(State(policy): State<Policy>, request: Request, next: Next) -> Response {
+    if policy.api_key.is_none()
+        || request.method() == Method::OPTIONS
+        || is_public(request.uri().path())
+    {
+        return next.run(request).await;
+    }
+    if policy.authorized(request.headers()) {
+        return next.run(request).await;
+    }
+    let mut response = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong API key: send `Authorization: Bearer <key>`",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+fn is_public(path: &str) -> bool {
+    matches!(path, "/health" | "/ready" | "/docs" | "/docs/") || path.starts_with("/docs/")
+}
+
+/// CORS for the listed origins only; none listed means no CORS headers at all, so browsers
+/// keep other pages from reading answers.
+pub fn cors(options: &Options) -> Option<CorsLayer> {
+    if options.cors_origins.is_empty() {
+        return None;
+    }
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .expose_headers([header::HeaderName::from_static("mcp-session-id")]);
+    Some(if options.cors_origins.iter().any(|o| o == "*") {
+        layer.allow_origin(Any).allow_headers(Any)
+    } else {
+        let origins: Vec<HeaderValue> = options
+            .cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+            .collect();
+        layer
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                header::HeaderName::from_static("mcp-session-id"),
+                header::HeaderName::from_static("mcp-protocol-version"),
+                header::HeaderName::from_static("last-event-id"),
+            ])
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(hosts: &[&str], origins: &[&str], bind: &str) -> Policy {
+        Policy::new(&Options {
+            host: bind.into(),
+            port: 8002,
+            body_limit: 1,
+            cors_origins: origins.iter().map(|s| s.to_string()).collect(),
+            allowed_hosts: hosts.iter().map(|s| s.to_string()).collect(),
+            api_key: Some("k3y".into()),
+            keepalive: std::time::Duration::from_secs(1),
+            shutdown_timeout: std::time::Duration::from_secs(1),
+            drain_delay: std::time::Duration::ZERO,
+            mcp_stateless: false,
+        })
+    }
+
+    #[test]
+    fn hosts() {
+        let p = policy(&[], &[], "127.0.0.1");
+        for ok in [
+            "localhost",
+            "localhost:8002",
+            "127.0.0.1:1",
+            "[::1]:8002",
+            "::1",
+            "LOCALHOST",
+        ] {
+            assert!(p.host_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8002",
+            "127.0.0.2",
+            "localhost.evil",
+        ] {
+            assert!(!p.host_allowed(bad), "{bad}");
+        }
+        let p = policy(&[], &[], "10.1.2.3");
+        assert!(p.host_allowed("10.1.2.3:8002"));
+        let p = policy(&["flowhost.default.svc"], &[], "0.0.0.0");
+        assert!(p.host_allowed("flowhost.default.svc:8002"));
+        assert!(!p.host_allowed("localhost"));
+        assert!(policy(&["*"], &[], "0.0.0.0").host_allowed("anything"));
+    }
+
+    #[test]
+    fn origins() {
+        let p = policy(&[], &["https://app.example"], "127.0.0.1");
+        assert!(p.origin_allowed("http://localhost:8002", Some("localhost:8002")));
+        assert!(p.origin_allowed("https://app.example", Some("localhost:8002")));
+        assert!(!p.origin_allowed("http://evil.example", Some("localhost:8002")));
+        assert!(!p.origin_allowed("http://localhost:9999", Some("localhost:8002")));
+        assert!(!p.origin_allowed("null", Some("localhost:8002")));
+        assert!(policy(&[], &["*"], "127.0.0.1").origin_allowed("http://x", None));
+    }
+
+    #[test]
+    fn bearer_in_any_case() {
+        let p = policy(&[], &[], "127.0.0.1");
+        for (value, ok) in [
+            ("Bearer k3y", true),
+            ("bearer k3y", true),
+            ("BEARER  k3y", true),
+            ("Bearer k3", false),
+            ("Basic k3y", false),
+            ("k3y", false),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+            assert_eq!(p.authorized(&headers), ok, "{value}");
+        }
+    }
+
+    #[test]
+    fn content_types() {
+        let check = |value: Option<&'static str>, length: &'static str| {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = value {
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            }
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static(length));
+            content_type_problem(&headers)
+        };
+        assert_eq!(check(Some("application/json"), "2"), None);
+        assert_eq!(check(Some("Application/JSON; charset=utf-8"), "2"), None);
+        assert_eq!(check(Some("application/merge-patch+json"), "2"), None);
+        assert_eq!(check(None, "0"), None);
+        assert!(check(None, "2").is_some());
+        assert!(check(Some("text/plain"), "2")
+            .unwrap()
+            .contains("`text/plain`"));
+        assert!(check(Some("application/x-www-form-urlencoded"), "2").is_some());
+    }
+}

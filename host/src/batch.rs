@@ -3,7 +3,7 @@
 //! A channel send per token is the real cost of streaming, so producers push into a shared
 //! buffer under a mutex and the consumer takes everything there in one swap. The consumer is
 //! woken only when the buffer goes from empty to non-empty; producers block when the buffer is
-//! full (backpressure: a slow reader never grows memory past the bound).
+//! full, in chunks or in bytes (backpressure: a slow reader never grows memory past the bound).
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -15,6 +15,8 @@ use crate::chunk::Chunk;
 
 struct State {
     buf: Vec<Chunk>,
+    /// Text bytes held in `buf`.
+    bytes: usize,
     senders: usize,
     receiver_gone: bool,
 }
@@ -24,7 +26,12 @@ struct Shared {
     not_full: Condvar,
     not_empty: Notify,
     capacity: usize,
+    capacity_bytes: usize,
 }
+
+/// The byte bound of a run's buffer: past it producers wait, whatever the chunk count (one
+/// chunk larger than this still passes when the buffer is empty).
+pub const CAPACITY_BYTES: usize = 4 * 1024 * 1024;
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -46,18 +53,25 @@ pub struct Receiver {
     shared: Arc<Shared>,
 }
 
-/// A channel holding at most `capacity` chunks between producers and the consumer.
+/// A channel holding at most `capacity` chunks (and [`CAPACITY_BYTES`] of text) between
+/// producers and the consumer.
 pub fn channel(capacity: usize) -> (Sender, Receiver) {
+    channel_with_bytes(capacity, CAPACITY_BYTES)
+}
+
+pub fn channel_with_bytes(capacity: usize, capacity_bytes: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             // Grows to what the stream needs; the two sides then trade the same two buffers.
             buf: Vec::with_capacity(capacity.min(16)),
+            bytes: 0,
             senders: 1,
             receiver_gone: false,
         }),
         not_full: Condvar::new(),
         not_empty: Notify::new(),
         capacity: capacity.max(1),
+        capacity_bytes: capacity_bytes.max(1),
     });
     (
         Sender {
@@ -76,7 +90,10 @@ impl Sender {
             if state.receiver_gone || cancel.is_cancelled() {
                 return false;
             }
-            if state.buf.len() < self.shared.capacity {
+            if state.buf.is_empty()
+                || (state.buf.len() < self.shared.capacity
+                    && state.bytes + chunk.text.len() <= self.shared.capacity_bytes)
+            {
                 break;
             }
             // Cancellation does not signal this condvar, so wake now and then to look at it.
@@ -90,6 +107,7 @@ impl Sender {
             };
         }
         let was_empty = state.buf.is_empty();
+        state.bytes += chunk.text.len();
         state.buf.push(chunk);
         drop(state);
         if was_empty {
@@ -108,6 +126,7 @@ impl Sender {
             return;
         }
         let was_empty = state.buf.is_empty();
+        state.bytes += chunk.text.len();
         state.buf.push(chunk);
         drop(state);
         if was_empty {
@@ -147,6 +166,7 @@ impl Receiver {
                 let mut state = self.shared.lock();
                 if !state.buf.is_empty() {
                     std::mem::swap(&mut state.buf, out);
+                    state.bytes = 0;
                     drop(state);
                     self.shared.not_full.notify_all();
                     return true;
@@ -198,6 +218,37 @@ mod tests {
         producer.join().unwrap();
         let texts: Vec<usize> = got.iter().map(|c| c.text.parse().unwrap()).collect();
         assert_eq!(texts, (0..10_000).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_buffer_is_bounded_in_bytes_too() {
+        let (tx, mut rx) = channel_with_bytes(1000, 100);
+        let cancel = CancellationToken::new();
+        let producer = std::thread::spawn(move || {
+            for i in 0..200 {
+                let text = format!("{i:>30}");
+                assert!(tx.push(Chunk::text(ChunkKind::Answer, "T", text), &cancel));
+            }
+            // One chunk larger than the bound still passes, alone.
+            assert!(tx.push(
+                Chunk::text(ChunkKind::Answer, "T", "x".repeat(500)),
+                &cancel
+            ));
+        });
+        let mut got = 0;
+        let mut batch = Vec::new();
+        while rx.recv_batch(&mut batch).await {
+            let bytes: usize = batch.iter().map(|c| c.text.len()).sum();
+            assert!(
+                bytes <= 100 || batch.len() == 1,
+                "{bytes} bytes in one batch"
+            );
+            got += batch.len();
+            batch.clear();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        producer.join().unwrap();
+        assert_eq!(got, 201);
     }
 
     #[tokio::test]

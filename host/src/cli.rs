@@ -403,6 +403,10 @@ fn run_options(config: &Config) -> exec::Options {
 }
 
 fn serve(config: &Config) -> Result<ExitCode, String> {
+    if config.backend == config::Backend::Stdio {
+        // Before any plugin is loaded: stray prints must never reach the protocol stream.
+        crate::transport::mcp::claim_stdout()?;
+    }
     let runtime = runtime(config)?;
     runtime.block_on(async {
         let catalog = Arc::new(load_catalog(config));

@@ -56,7 +56,44 @@ pub struct LogLine {
     pub message: String,
 }
 
-pub type LogSink = tokio::sync::mpsc::UnboundedSender<LogLine>;
+/// Where a run's op log lines go besides the host's log: a bounded channel, so an op that
+/// logs faster than the client reads loses lines (counted here and in
+/// `flowhost_op_logs_dropped_total`), never host memory.
+#[derive(Clone, Debug)]
+pub struct LogSink {
+    tx: tokio::sync::mpsc::Sender<LogLine>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl LogSink {
+    /// A sink holding at most `capacity` lines, and its receiving end.
+    pub fn bounded(capacity: usize) -> (LogSink, tokio::sync::mpsc::Receiver<LogLine>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        (
+            LogSink {
+                tx,
+                dropped: Arc::new(AtomicU64::new(0)),
+            },
+            rx,
+        )
+    }
+
+    fn send(&self, line: LogLine) {
+        if self.tx.try_send(line).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(crate::metrics::LOGS_DROPPED).increment(1);
+        }
+    }
+
+    /// Lines lost so far because the channel was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The answer a non-stream caller collects is capped at this many bytes unless the flow sets
+/// `limits.max_output_bytes`.
+pub const DEFAULT_MAX_ANSWER_BYTES: u64 = 16 * 1024 * 1024;
 
 impl Default for Options {
     fn default() -> Options {
@@ -141,7 +178,11 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
     let (tx, rx) = batch::channel(options.buffer);
     let cancel = CancellationToken::new();
     let flow_name = flow.name;
-    let limits = flow.spec.limits.clone();
+    let mut limits = flow.spec.limits.clone();
+    if options.collect_answer && limits.max_output_bytes.is_none() {
+        // A collected answer lives in memory whole: cap it.
+        limits.max_output_bytes = Some(DEFAULT_MAX_ANSWER_BYTES);
+    }
     let logs = options.logs.clone();
     let llm = options.llm.clone();
     let task = {
@@ -526,11 +567,12 @@ impl HostCtx for OpHost {
                 op_sdk::Level::Debug => tracing::debug!(op, "{message}"),
             }
             if let Some(logs) = &self.logs {
-                let _ = logs.send(LogLine {
+                let line = LogLine {
                     level,
                     op,
                     message: message.to_string(),
-                });
+                };
+                logs.send(line);
             }
         }));
     }

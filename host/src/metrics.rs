@@ -13,6 +13,7 @@ pub const FLOW_ERRORS: &str = "flowhost_flow_errors_total";
 pub const CANCELLATIONS: &str = "flowhost_cancellations_total";
 pub const RELOADS: &str = "flowhost_reloads_total";
 pub const OPS_RUNNING: &str = "flowhost_ops_running";
+pub const LOGS_DROPPED: &str = "flowhost_op_logs_dropped_total";
 /// Always 1; its labels carry the served flow and plugin set hashes.
 pub const SERVED_INFO: &str = "flowhost_served_info";
 

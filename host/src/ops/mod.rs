@@ -114,7 +114,6 @@ pub fn intern(name: &str) -> &'static str {
 /// The plugin folders and what was loaded from each file. Owned by whoever reloads plugins.
 pub struct Plugins {
     dirs: Vec<PathBuf>,
-    shadow_dir: PathBuf,
     slots: BTreeMap<(usize, PathBuf), Slot>,
 }
 
@@ -141,15 +140,6 @@ impl ScanReport {
 
 impl Plugins {
     pub fn new(dirs: Vec<PathBuf>) -> Plugins {
-        // One folder per instance: tests and tools may hold several at once, and each removes
-        // its own when dropped.
-        static INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let shadow_dir = std::env::temp_dir().join(format!(
-            "flowhost-{}-{}",
-            std::process::id(),
-            INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        prune_stale_shadow_dirs();
         let mut unique = Vec::new();
         for dir in dirs {
             let dir = dir.canonicalize().unwrap_or(dir);
@@ -159,7 +149,6 @@ impl Plugins {
         }
         Plugins {
             dirs: unique,
-            shadow_dir,
             slots: BTreeMap::new(),
         }
     }
@@ -229,7 +218,7 @@ impl Plugins {
             }
         }
         let started = std::time::Instant::now();
-        match plugin::load(path, &bytes, &self.shadow_dir) {
+        match plugin::load(path, &bytes) {
             Ok(library) => {
                 tracing::info!(
                     plugin = %path.display(),
@@ -316,33 +305,6 @@ impl Plugins {
             }
         }
         registry
-    }
-}
-
-impl Drop for Plugins {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.shadow_dir);
-    }
-}
-
-/// Removes shadow folders left by flowhost processes that no longer run.
-fn prune_stale_shadow_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("flowhost-"))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
     }
 }
 

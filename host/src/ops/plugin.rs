@@ -3,7 +3,6 @@
 //! hand it JSON text and an implementation of the host context.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use abi_stable::library::{lib_header_from_path, AbiHeader, LibraryError, RootModule};
 use abi_stable::sabi_types::{RRef, VersionNumber};
@@ -72,13 +71,17 @@ pub fn content_hash(bytes: &[u8]) -> u64 {
     crate::stable_hash(bytes)
 }
 
-static SHADOW_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Loads the plugin at `path` from a private copy in `shadow_dir`: dlopen de-duplicates by path
-/// and a rebuilt file may be rewritten in place, so the host never maps the installed file.
-pub fn load(path: &Path, bytes: &[u8], shadow_dir: &Path) -> Result<Library, LoadError> {
+/// Loads the plugin at `path` from a private copy: dlopen de-duplicates by path and a rebuilt
+/// file may be rewritten in place, so the host never maps the installed file. The copy lives
+/// in a fresh private folder (0700, unpredictable name) that is removed as soon as the library
+/// is mapped, so nothing is left behind to prune (only a crash in the middle of a load can
+/// leave one folder in the temp directory).
+pub fn load(path: &Path, bytes: &[u8]) -> Result<Library, LoadError> {
     let hash = content_hash(bytes);
-    std::fs::create_dir_all(shadow_dir).map_err(|e| LoadError::Io(e.to_string()))?;
+    let shadow_dir = tempfile::Builder::new()
+        .prefix("flowhost-plugin-")
+        .tempdir()
+        .map_err(|e| LoadError::Io(format!("cannot create a private temp folder: {e}")))?;
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -87,14 +90,12 @@ pub fn load(path: &Path, bytes: &[u8], shadow_dir: &Path) -> Result<Library, Loa
         .extension()
         .map(|e| e.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let shadow = shadow_dir.join(format!(
-        "{stem}-{hash:016x}-{}.{ext}",
-        SHADOW_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let shadow = shadow_dir.path().join(format!("{stem}-{hash:016x}.{ext}"));
     std::fs::write(&shadow, bytes).map_err(|e| LoadError::Io(e.to_string()))?;
     let result = load_shadow(&shadow);
-    // The mapping outlives the file on unix, so the shadow copy is pruned as soon as it is open.
-    let _ = std::fs::remove_file(&shadow);
+    // The mapping outlives the file on unix, so the copy and its folder go as soon as it is
+    // open.
+    drop(shadow_dir);
     let (module, sdk_version) = result?;
     let (ops, plugin_name, plugin_version) = match module {
         Module::Current(m) => ((m.ops())(), m.plugin_name(), m.plugin_version()),

@@ -32,6 +32,9 @@ pub struct FlowTools {
     log_level: Arc<std::sync::atomic::AtomicU8>,
 }
 
+/// Op log lines held per call before more are dropped (and counted).
+const LOG_LINES_PER_CALL: usize = 1024;
+
 /// No `logging/setLevel` yet: op logs stay in the host's log.
 const LOGS_OFF: u8 = u8::MAX;
 
@@ -113,7 +116,8 @@ impl FlowTools {
         };
         let progress = context.meta.get_progress_token();
         let threshold = self.log_level.load(std::sync::atomic::Ordering::Relaxed);
-        let (log_tx, mut log_rx) = mpsc::unbounded_channel();
+        let (log_tx, mut log_rx) = exec::LogSink::bounded(LOG_LINES_PER_CALL);
+        let log_sink = log_tx.clone();
         let options = exec::Options {
             collect_answer: true,
             logs: (threshold != LOGS_OFF).then_some(log_tx),
@@ -182,6 +186,15 @@ impl FlowTools {
             if op_level_rank(line.level) >= threshold {
                 forward_log(&context.peer, line).await;
             }
+        }
+        let dropped = log_sink.dropped();
+        if dropped > 0 && threshold != LOGS_OFF {
+            let line = exec::LogLine {
+                level: op_sdk::Level::Warn,
+                op: "flowhost",
+                message: format!("{dropped} op log line(s) of this call were dropped: the ops logged faster than they could be sent"),
+            };
+            forward_log(&context.peer, line).await;
         }
         let content = answer_content(&outcome.answer);
         let structured = json!({
@@ -372,6 +385,46 @@ impl ServerHandler for FlowTools {
 /// The largest stdio message accepted (a longer line gets an error and is skipped).
 pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 
+/// Where protocol lines go: a private duplicate of the real stdout (see [`claim_stdout`]).
+static PROTOCOL_OUT: std::sync::OnceLock<std::sync::Mutex<std::fs::File>> =
+    std::sync::OnceLock::new();
+
+/// Keeps stdout for the protocol: takes a private duplicate of fd 1 for protocol lines and
+/// points fd 1 at stderr, so whatever else prints to stdout (an op's `println!`, a C
+/// library's `printf`) lands in the log instead of corrupting the JSON-RPC stream. Call it
+/// before plugins are loaded.
+#[cfg(unix)]
+pub fn claim_stdout() -> Result<(), String> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    let _ = std::io::stdout().lock().flush();
+    // SAFETY: plain descriptor calls on fds 1 and 2, which the process owns; the duplicate is
+    // owned by the `File` from here on.
+    let file = unsafe {
+        let private = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
+        if private < 0 {
+            return Err(format!(
+                "cannot duplicate stdout: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if libc::dup2(2, 1) < 0 {
+            return Err(format!(
+                "cannot point stdout at stderr: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        std::fs::File::from_raw_fd(private)
+    };
+    let _ = PROTOCOL_OUT.set(std::sync::Mutex::new(file));
+    Ok(())
+}
+
+#[cfg(not(unix))]
+pub fn claim_stdout() -> Result<(), String> {
+    Ok(())
+}
+
 /// Serves MCP on stdin/stdout until stdin closes. Only protocol lines go to stdout.
 pub async fn serve_stdio(
     catalog: Arc<Catalog>,
@@ -449,9 +502,19 @@ fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
     if bytes.is_empty() {
         return Ok(());
     }
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(bytes)?;
-    stdout.flush()
+    match PROTOCOL_OUT.get() {
+        // One write per message keeps lines whole when the stdin reader answers a malformed
+        // line at the same time.
+        Some(out) => {
+            let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+            out.write_all(bytes)
+        }
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(bytes)?;
+            stdout.flush()
+        }
+    }
 }
 
 fn write_message(message: &TxJsonRpcMessage<RoleServer>) -> std::io::Result<()> {

@@ -16,6 +16,18 @@ use super::http::{self, sse_response, AppState, EventWriter};
 use crate::chunk::{Chunk, ChunkKind};
 use crate::exec;
 
+/// The request fields passed to the chat ops (as the context's `llm_params`).
+const LLM_PARAMS: &[&str] = &[
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+];
+
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 fn error(status: StatusCode, message: impl Into<String>, code: &str) -> Response {
     let kind = if status.is_server_error() {
@@ -123,12 +135,31 @@ pub async fn chat_completions(
         .and_then(|m| m.get("content"))
         .map(content_text)
         .unwrap_or_default();
-    // The flow sees the conversation plus any extra request fields (temperature, ...).
-    let mut input = Map::new();
-    for (key, value) in request {
-        if !matches!(key.as_str(), "model" | "stream" | "stream_options") {
-            input.insert(key, value);
+    if let Some(n) = request.get("n").filter(|n| !n.is_null()) {
+        if n.as_u64() != Some(1) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("`n` must be 1 (a flow answers once), found {n}"),
+                "unsupported_n",
+            );
         }
+    }
+    let include_usage = request
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    // The flow sees the conversation and, as `llm_params`, the sampling parameters the chat
+    // ops send upstream over the flow's own; other OpenAI fields are not the flow's input.
+    let mut params = Map::new();
+    for key in LLM_PARAMS {
+        if let Some(value) = request.remove(*key).filter(|v| !v.is_null()) {
+            params.insert(key.to_string(), value);
+        }
+    }
+    let mut input = Map::new();
+    if !params.is_empty() {
+        input.insert("llm_params".into(), Value::Object(params));
     }
     input.insert("query".into(), Value::String(query));
     input.insert("messages".into(), Value::Array(messages));
@@ -155,6 +186,7 @@ pub async fn chat_completions(
             sent_role: false,
             tool_calls: 0,
             usage: None,
+            include_usage,
             failed: false,
         };
         return sse_response(run, &state, writer);
@@ -225,6 +257,8 @@ struct OpenAiEvents {
     sent_role: bool,
     tool_calls: usize,
     usage: Option<Value>,
+    /// `stream_options.include_usage`: a last chunk with empty `choices` and the usage.
+    include_usage: bool,
     failed: bool,
 }
 
@@ -312,7 +346,8 @@ impl EventWriter for OpenAiEvents {
                 None,
                 out,
             );
-            if let Some(usage) = self.usage.take() {
+            if self.include_usage {
+                let usage = self.usage.take().unwrap_or(Value::Null);
                 self.event(json!([]), Some(&usage), out);
             }
         }

@@ -522,3 +522,76 @@ async fn without_an_llm_the_flow_fails_with_what_to_set_and_others_work() {
     assert_eq!(code, 0);
     assert!(out.contains("\"answer\":\"fine\""));
 }
+
+/// The OpenAI route passes the request's sampling parameters to the chat op, over the flow's
+/// own; other OpenAI fields stay out of the flow; `n` other than 1 is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sampling_parameters_reach_the_upstream() {
+    let script = vec![Status(200, ""), Token("ok")];
+    let upstream = Upstream::start(vec![script.clone(), script]).await;
+    let flows = folder(&[(
+        "chat.yaml",
+        "demo:\n  flow_content: StreamChatOp(temperature=0.9, max_tokens=50, top_p=0.5)\n  stream: true\n",
+    )]);
+    let server = Server::start_with_env(
+        flows.path(),
+        &[],
+        &[
+            ("FLOW_LLM_BASE_URL", upstream.url.as_str()),
+            ("FLOW_LLM_API_KEY", SECRET),
+        ],
+    );
+    flowhost::llm::tls_init();
+    let client = reqwest::Client::new();
+    let refused = client
+        .post(server.url("/v1/chat/completions"))
+        .json(&json!({"model": "demo", "n": 2, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("`n` must be 1"));
+    for stream in [false, true] {
+        let response = client
+            .post(server.url("/v1/chat/completions"))
+            .json(&json!({
+                "model": "demo", "stream": stream, "n": 1, "user": "u-1",
+                "temperature": 0.1, "max_completion_tokens": 7, "stop": ["\n"], "seed": 42,
+                "stream_options": {"include_usage": true},
+                "messages": [{"role": "user", "content": "hi"}],
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        if stream {
+            let last = text
+                .split("\n\n")
+                .filter(|e| e.starts_with("data: {"))
+                .last()
+                .unwrap()
+                .to_string();
+            assert!(
+                last.contains("\"choices\":[]") && last.contains("\"usage\""),
+                "{text}"
+            );
+        }
+    }
+    let bodies = upstream.bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 2);
+    for body in bodies {
+        assert_eq!(body["temperature"], 0.1, "the request wins: {body}");
+        assert_eq!(body["top_p"], 0.5, "the flow's own stays: {body}");
+        assert_eq!(body["max_completion_tokens"], 7);
+        assert_eq!(body["stop"], json!(["\n"]));
+        assert_eq!(body["seed"], 42);
+        for absent in ["n", "user", "llm_params"] {
+            assert!(body.get(absent).is_none(), "{absent} leaked: {body}");
+        }
+    }
+}

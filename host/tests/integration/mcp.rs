@@ -412,3 +412,50 @@ async fn stateless_2026_07_28_discover_and_call() {
     }
     assert_eq!(progress, 25);
 }
+
+/// An op that prints to stdout (Rust's `println!` and C's `printf`) must not corrupt the
+/// protocol stream: the prints land on stderr and the client's session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_op_printing_to_stdout_does_not_corrupt_the_protocol() {
+    let flows = folder(&[(
+        "f.yaml",
+        "printer:\n  flow_content: PrintOp()\necho:\n  flow_content: EchoOp()\n",
+    )]);
+    let plugins = plugin_folder(&[(&fixture("op_unruly"), &so("op_unruly"))]);
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowhost"));
+    command
+        .args(["serve", "--transport", "stdio", "--flows"])
+        .arg(flows.path())
+        .arg("--plugins")
+        .arg(plugins.path())
+        .env("NO_COLOR", "1");
+    let (transport, stderr) = TokioChildProcess::builder(command)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn flowhost");
+    let client = ().serve(transport).await.expect("initialize");
+    for _ in 0..3 {
+        let result = client
+            .call_tool(call("printer", json!({})))
+            .await
+            .expect("the session survives the prints");
+        assert_eq!(result.is_error, Some(false), "{result:?}");
+        let echoed = client
+            .call_tool(call("echo", json!({"query": "still here"})))
+            .await
+            .expect("echo after the prints");
+        assert_eq!(
+            echoed.structured_content.expect("structured")["answer"],
+            "still here"
+        );
+    }
+    client.cancel().await.expect("close");
+    let mut log = String::new();
+    let mut reader = BufReader::new(stderr.expect("stderr")).lines();
+    while let Ok(Some(line)) = reader.next_line().await {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    assert!(log.contains("stray println from PrintOp"), "{log}");
+    assert!(log.contains("stray printf from PrintOp"), "{log}");
+}

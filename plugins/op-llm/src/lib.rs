@@ -1,6 +1,7 @@
 //! Chat ops over the host's LLM service (the seed's `GenSystemPromptOp() >> StreamChatOp()`).
 //! Both read `system_prompt` and `messages` (or a bare `query`) from the context; call
-//! arguments pick the LLM (`llm="name"`) and pass OpenAI parameters (`temperature=0.2`).
+//! arguments pick the LLM (`llm="name"`) and pass OpenAI parameters (`temperature=0.2`); a
+//! request's `llm_params` object (what the OpenAI-compatible route passes) overrides them.
 
 use op_sdk::{Args, ChatResponse, Context, Error, Op};
 use serde_json::{json, Map, Value};
@@ -46,6 +47,18 @@ impl Request {
             }
         }
         let mut body = self.params.clone();
+        // Sampling parameters of the request (the OpenAI-compatible route puts them here)
+        // win over the flow's.
+        if let Some(Value::Object(request)) = ctx.get("llm_params") {
+            for (key, value) in request {
+                if !matches!(
+                    key.as_str(),
+                    "llm" | "messages" | "stream" | "stream_options" | "model"
+                ) {
+                    body.insert(key.clone(), value.clone());
+                }
+            }
+        }
         body.insert("llm".into(), Value::String(self.llm.clone()));
         body.insert("messages".into(), Value::Array(messages));
         Ok(Value::Object(body))

@@ -117,13 +117,6 @@ impl Filter {
     }
 }
 
-/// What changed in one reload.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Changes {
-    pub flows: bool,
-    pub plugins: bool,
-}
-
 struct FileState {
     text_hash: u64,
     parsed: flow::FileFlows,
@@ -198,15 +191,15 @@ impl Catalog {
     }
 
     /// Rescans flow files and/or plugin folders; publishes a new snapshot if anything changed.
-    pub fn reload(&self, flows: bool, plugins: bool) -> Changes {
+    pub fn reload(&self, flows: bool, plugins: bool) {
         let started = std::time::Instant::now();
         let mut state = self.lock();
-        let mut changes = Changes::default();
         let first = self.current.load().generation == 0;
+        let mut plugins_changed = false;
         if plugins {
             let report = state.plugins.scan();
             if report.changed() || first {
-                changes.plugins = report.changed();
+                plugins_changed = report.changed();
                 let registry = Arc::new(state.plugins.registry());
                 for error in &registry.errors {
                     if !state.registry.errors.contains(error) {
@@ -216,11 +209,9 @@ impl Catalog {
                 state.registry = registry;
             }
         }
-        if flows {
-            changes.flows = state.scan_flows();
-        }
-        if !(changes.flows || changes.plugins || first) {
-            return changes;
+        let flows_changed = flows && state.scan_flows();
+        if !(flows_changed || plugins_changed || first) {
+            return;
         }
         let generation = self.current.load().generation + 1;
         let snapshot = state.build(generation);
@@ -241,7 +232,6 @@ impl Catalog {
         );
         self.current.store(Arc::new(snapshot));
         self.changes.send_replace(generation);
-        changes
     }
 }
 

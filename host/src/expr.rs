@@ -50,24 +50,6 @@ impl fmt::Display for Error {
     }
 }
 
-impl Expr {
-    /// Every call in the expression, left to right.
-    pub fn calls(&self) -> Vec<&Call> {
-        let mut out = Vec::new();
-        self.collect_calls(&mut out);
-        out
-    }
-
-    fn collect_calls<'a>(&'a self, out: &mut Vec<&'a Call>) {
-        match self {
-            Expr::Call(call) => out.push(call),
-            Expr::Seq(items) | Expr::Par(items) => {
-                items.iter().for_each(|item| item.collect_calls(out))
-            }
-        }
-    }
-}
-
 /// Renders the source line of `pos` with a caret under the column.
 pub fn caret(source: &str, pos: Pos) -> String {
     let line = source.lines().nth(pos.line.saturating_sub(1)).unwrap_or("");

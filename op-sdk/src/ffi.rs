@@ -37,8 +37,10 @@ pub struct OpMeta {
 
 /// Host services given to an op for the duration of one call.
 ///
-/// New services are added as methods *after* the last prefix field, with default bodies, so
-/// plugins built against an older op-sdk keep loading and hosts stay able to load them.
+/// Frozen at its op-sdk 0.1.0 shape: the host implements it, and abi_stable accepts a library
+/// only if the loader's view is a prefix of the library's, so a `HostCtx` that grew would make
+/// the host refuse every older plugin. New services go in [`HostServices`] (see ARCHITECTURE.md,
+/// "Growing the plugin ABI").
 #[sabi_trait]
 pub trait HostCtx {
     /// Streams a chunk; `false` means the consumer is gone.

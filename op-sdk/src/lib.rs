@@ -40,9 +40,10 @@
 //! an op becomes an error result naming the op; it never takes the host down.
 //!
 //! Compatibility: a plugin is refused at load time unless it was built against an op-sdk whose
-//! major.minor (0.x: minor) matches the host's and whose types have the same layout. New host
-//! services are added as methods after the last prefix field of the host context, so plugins
-//! built against older SDKs keep loading.
+//! major.minor (0.x: minor) matches the host's and whose types have the same layout. The host
+//! context of op-sdk 0.1.0 is frozen; services added later come through a separate services
+//! object, and the host keeps a view of each older root module, so plugins built against older
+//! 0.1.x SDKs keep loading (see ARCHITECTURE.md, "Growing the plugin ABI").
 
 use std::fmt;
 

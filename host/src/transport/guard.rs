@@ -64,7 +64,7 @@ impl Policy {
             None => true,
             Some(hosts) => {
                 let name = strip_port(host).to_ascii_lowercase();
-                hosts.iter().any(|h| *h == name)
+                hosts.contains(&name)
             }
         }
     }
@@ -80,7 +80,7 @@ impl Policy {
         }
         match &self.origins {
             None => true,
-            Some(origins) => origins.iter().any(|o| *o == origin),
+            Some(origins) => origins.contains(&origin),
         }
     }
 }

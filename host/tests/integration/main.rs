@@ -8,4 +8,6 @@ mod llm;
 mod mcp;
 mod plugins;
 mod reload;
+mod security;
+mod tidy;
 mod util;

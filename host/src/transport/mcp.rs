@@ -570,41 +570,60 @@ fn read_lines(to_server: mpsc::Sender<RxJsonRpcMessage<RoleServer>>, max_line: u
             }
             continue;
         }
-        let text = trim_ascii(&line);
-        if text.is_empty() {
-            continue;
-        }
-        let reply = match serde_json::from_slice::<RxJsonRpcMessage<RoleServer>>(text) {
-            Ok(message) => {
-                if to_server.blocking_send(message).is_err() {
+        let reply = match classify_line(&line, number) {
+            Line::Empty => continue,
+            Line::Message(message) => {
+                if to_server.blocking_send(*message).is_err() {
                     return;
                 }
                 continue;
             }
-            Err(err) if err.is_syntax() || err.is_eof() => JsonRpcMessage::error(
-                ErrorData::new(
-                    ErrorCode::PARSE_ERROR,
-                    format!("parse error on line {number}: {err}"),
-                    None,
-                ),
-                None,
-            ),
-            Err(err) => {
-                let id = serde_json::from_slice::<Value>(text)
-                    .ok()
-                    .and_then(|v| v.get("id").cloned())
-                    .and_then(|id| serde_json::from_value::<NumberOrString>(id).ok());
-                JsonRpcMessage::error(
-                    ErrorData::invalid_request(
-                        format!("invalid JSON-RPC message on line {number}: {err}"),
-                        None,
-                    ),
-                    id,
-                )
-            }
+            Line::Reply(reply) => reply,
         };
         if write_message(&reply).is_err() {
             return;
+        }
+    }
+}
+
+/// What one stdin line is.
+pub enum Line {
+    /// Blank: ignored.
+    Empty,
+    Message(Box<RxJsonRpcMessage<RoleServer>>),
+    /// Not a message: the error to answer with.
+    Reply(TxJsonRpcMessage<RoleServer>),
+}
+
+/// Classifies one stdin line (`number` is 1-based, for the error message). Malformed JSON is
+/// -32700, JSON that is not a JSON-RPC message -32600 (with its id when one can be read).
+pub fn classify_line(line: &[u8], number: u64) -> Line {
+    let text = trim_ascii(line);
+    if text.is_empty() {
+        return Line::Empty;
+    }
+    match serde_json::from_slice::<RxJsonRpcMessage<RoleServer>>(text) {
+        Ok(message) => Line::Message(Box::new(message)),
+        Err(err) if err.is_syntax() || err.is_eof() => Line::Reply(JsonRpcMessage::error(
+            ErrorData::new(
+                ErrorCode::PARSE_ERROR,
+                format!("parse error on line {number}: {err}"),
+                None,
+            ),
+            None,
+        )),
+        Err(err) => {
+            let id = serde_json::from_slice::<Value>(text)
+                .ok()
+                .and_then(|v| v.get("id").cloned())
+                .and_then(|id| serde_json::from_value::<NumberOrString>(id).ok());
+            Line::Reply(JsonRpcMessage::error(
+                ErrorData::invalid_request(
+                    format!("invalid JSON-RPC message on line {number}: {err}"),
+                    None,
+                ),
+                id,
+            ))
         }
     }
 }

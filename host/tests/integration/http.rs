@@ -149,7 +149,7 @@ async fn json_flows_and_every_error_status() {
         use std::io::{Read, Write};
         let mut socket = std::net::TcpStream::connect(address).unwrap();
         socket
-            .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2097152\r\n\r\n")
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 2097152\r\n\r\n")
             .unwrap();
         socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut reply = vec![0u8; 4096];

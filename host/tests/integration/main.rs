@@ -3,6 +3,7 @@
 
 mod cli;
 mod executor;
+mod fuzz;
 mod http;
 mod llm;
 mod mcp;

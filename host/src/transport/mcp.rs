@@ -592,7 +592,7 @@ pub enum Line {
     Empty,
     Message(Box<RxJsonRpcMessage<RoleServer>>),
     /// Not a message: the error to answer with.
-    Reply(TxJsonRpcMessage<RoleServer>),
+    Reply(Box<TxJsonRpcMessage<RoleServer>>),
 }
 
 /// Classifies one stdin line (`number` is 1-based, for the error message). Malformed JSON is
@@ -604,26 +604,28 @@ pub fn classify_line(line: &[u8], number: u64) -> Line {
     }
     match serde_json::from_slice::<RxJsonRpcMessage<RoleServer>>(text) {
         Ok(message) => Line::Message(Box::new(message)),
-        Err(err) if err.is_syntax() || err.is_eof() => Line::Reply(JsonRpcMessage::error(
-            ErrorData::new(
-                ErrorCode::PARSE_ERROR,
-                format!("parse error on line {number}: {err}"),
+        Err(err) if err.is_syntax() || err.is_eof() => {
+            Line::Reply(Box::new(JsonRpcMessage::error(
+                ErrorData::new(
+                    ErrorCode::PARSE_ERROR,
+                    format!("parse error on line {number}: {err}"),
+                    None,
+                ),
                 None,
-            ),
-            None,
-        )),
+            )))
+        }
         Err(err) => {
             let id = serde_json::from_slice::<Value>(text)
                 .ok()
                 .and_then(|v| v.get("id").cloned())
                 .and_then(|id| serde_json::from_value::<NumberOrString>(id).ok());
-            Line::Reply(JsonRpcMessage::error(
+            Line::Reply(Box::new(JsonRpcMessage::error(
                 ErrorData::invalid_request(
                     format!("invalid JSON-RPC message on line {number}: {err}"),
                     None,
                 ),
                 id,
-            ))
+            )))
         }
     }
 }

@@ -197,6 +197,24 @@ fn kubernetes_configmap_symlink_swap_is_followed() {
         served_text(&catalog, "k").is_some_and(|t| t.contains("second"))
     })
     .expect("swap followed");
+    // A key added to the ConfigMap: a new file in the new folder and a new top-level link.
+    std::fs::create_dir(dir.join("..2026_03")).unwrap();
+    std::fs::write(dir.join("..2026_03/k.yaml"), flow_file("k", "second")).unwrap();
+    std::fs::write(dir.join("..2026_03/k2.yaml"), flow_file("k2", "added")).unwrap();
+    symlink("..2026_03", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    symlink("..data/k2.yaml", dir.join("k2.yaml")).unwrap();
+    std::fs::remove_dir_all(dir.join("..2026_02")).unwrap();
+    wait_for(LIMIT, || served_text(&catalog, "k2").is_some()).expect("new key served");
+    // The dot-folders are never read as flow files: no duplicates, no diagnostics.
+    let snapshot = catalog.snapshot();
+    assert_eq!(
+        snapshot.flows.keys().collect::<Vec<_>>(),
+        ["k", "k2"],
+        "{:?}",
+        snapshot.diagnostics
+    );
+    assert!(snapshot.diagnostics.is_empty(), "{:?}", snapshot.diagnostics);
 }
 
 #[test]

@@ -99,7 +99,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// One SSE stream: (chunks, saw [DONE], time to first chunk, total time, HTTP status).
-async fn read_stream(
+pub async fn read_stream(
     client: &reqwest::Client,
     url: &str,
     body: &Value,

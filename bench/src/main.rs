@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 
 mod compare;
 mod floor;
+mod load;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,6 +31,10 @@ fn main() {
             .build()
             .expect("runtime")
             .block_on(floor::serve(port));
+        return;
+    }
+    if args.first().map(String::as_str) == Some("load") {
+        println!("{}", load::run(&args[1..]));
         return;
     }
     let bin_dir = std::env::current_exe()

@@ -100,6 +100,10 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn(count_requests))
         .layer(middleware::from_fn(no_proxy_buffering))
+        .layer(middleware::from_fn_with_state(
+            state.ready.clone(),
+            close_while_draining,
+        ))
         .layer(DefaultBodyLimit::max(state.options.body_limit))
         .layer(middleware::from_fn_with_state(
             state.policy.clone(),
@@ -117,6 +121,25 @@ pub fn router(state: AppState) -> Router {
             .on_request(())
             .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
     )
+}
+
+/// While draining, every answer closes its connection: a proxy holding idle keep-alive
+/// connections to this replica would otherwise send a request on one just as shutdown closes
+/// it (nginx does not retry a POST it has sent). New connections are still accepted until the
+/// drain delay ends, then refused, which a proxy does retry elsewhere.
+async fn close_while_draining(
+    State(ready): State<Arc<AtomicBool>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    if !ready.load(Ordering::Relaxed) {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 /// Every event stream (FlowLLM SSE, OpenAI stream, MCP) tells nginx not to buffer it, so a

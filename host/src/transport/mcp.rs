@@ -47,6 +47,18 @@ impl FlowTools {
         }
     }
 
+    /// For stateless HTTP: there is no session to remember a `logging/setLevel` in (the next
+    /// request may reach another replica), so op logs at info and above are sent with every
+    /// call, as the spec lets a server decide when the client has not set a level.
+    fn stateless(catalog: Arc<Catalog>, run_options: exec::Options) -> FlowTools {
+        let tools = FlowTools::new(catalog, run_options);
+        tools.log_level.store(
+            logging::op_level_rank(op_sdk::Level::Info),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        tools
+    }
+
     /// The tools of the current snapshot: one per flow that can run.
     pub fn tools(&self) -> Vec<Tool> {
         let snapshot = self.catalog.snapshot();
@@ -664,7 +676,13 @@ pub fn http_service(
         .disable_allowed_hosts()
         .disable_allowed_origins();
     StreamableHttpService::new(
-        move || Ok(FlowTools::new(catalog.clone(), run_options.clone())),
+        move || {
+            Ok(if stateless {
+                FlowTools::stateless(catalog.clone(), run_options.clone())
+            } else {
+                FlowTools::new(catalog.clone(), run_options.clone())
+            })
+        },
         Arc::new(LocalSessionManager::default()),
         config,
     )

@@ -1,0 +1,352 @@
+"""Three flowhost replicas sharing one flows folder laid out like a Kubernetes ConfigMap mount,
+behind nginx (deploy/nginx/flowhost.conf: round robin, default buffering). Run by
+scripts/scale-test, which installs nginx and this script's Python packages.
+
+Checks (each prints one line; the last line counts them):
+1. 1,000 concurrent streams of 100 chunks through nginx: nothing lost, every stream ends with
+   [DONE]; a slow stream's first chunk arrives long before its end.
+2. A rolling restart of all 3 replicas (SIGTERM, restart, wait for /ready) under steady
+   non-stream and stream load: zero failed requests, every stream complete.
+3. kill -9 of one replica under load: new requests keep succeeding; in-flight failures reported.
+4. A ConfigMap-style atomic update of the shared folder: all 3 replicas serve the new version
+   within 1 s and report the same flows_hash.
+5. The official MCP Python SDK client (2025 handshake era and 2026-07-28) and the official MCP
+   conformance suite through nginx round robin.
+6. The Kubernetes manifests validate offline against the Kubernetes schema.
+
+Figures (through nginx vs direct, 3 replicas vs 1) go to target/scale/figures.json.
+Loopback only; every load is bounded in count and time.
+"""
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+PROFILE = os.environ.get("SCALE_PROFILE", "debug")
+BIN = ROOT / "target" / PROFILE / "flowhost"
+BENCH = ROOT / "target" / PROFILE / "flowhost-bench"
+OUT = ROOT / "target" / "scale"
+PEERS = Path(os.environ.get("FLOWHOST_PEERS", ROOT.parent / "shared" / "peers"))
+PORTS = [8101, 8102, 8103]
+NGINX_PORT = 8080
+NGINX = f"http://127.0.0.1:{NGINX_PORT}"
+
+FLOWS_V1 = """\
+stream:
+  flow_content: CountOp()
+  stream: true
+  input_schema:
+    n: {type: integer}
+echo:
+  flow_content: EchoOp()
+  description: "echo v1"
+  input_schema:
+    query: {type: string, required: true}
+slow:
+  flow_content: TickOp(n=3, interval_ms=700)
+  stream: true
+ticks:
+  flow_content: TickOp(n=10, interval_ms=50)
+  stream: true
+"""
+FLOWS_V2 = FLOWS_V1.replace('"echo v1"', '"echo v2"')
+
+results = []
+
+
+def check(name, ok, detail=""):
+    results.append(ok)
+    print(f"{'PASS' if ok else 'FAIL'} {name}{': ' + detail if detail else ''}", flush=True)
+
+
+def get(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.status, json.loads(response.read() or b"null")
+
+
+def status_of(url):
+    try:
+        return get(url, timeout=2)[0]
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return 0
+
+
+def load(url, workload, **options):
+    args = [str(BENCH), "load", url, workload] + [f"{k}={v}" for k, v in options.items()]
+    out = subprocess.run(args, check=True, capture_output=True, text=True, timeout=600).stdout
+    return json.loads(out)
+
+
+def load_in_background(url, workload, **options):
+    args = [str(BENCH), "load", url, workload] + [f"{k}={v}" for k, v in options.items()]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+
+
+class ConfigMapMount:
+    """A folder laid out as the kubelet lays out a ConfigMap volume: `..<timestamp>/` holds the
+    files, `..data` points at it, and each key is a symlink through `..data`."""
+
+    def __init__(self, root: Path, files: dict):
+        self.root = root
+        self.version = 0
+        self.update(files)
+
+    def update(self, files: dict):
+        self.version += 1
+        folder = f"..2026_11_22_00_00_{self.version:02d}.{os.getpid()}"
+        (self.root / folder).mkdir()
+        for name, text in files.items():
+            (self.root / folder / name).write_text(text)
+        old = os.readlink(self.root / "..data") if (self.root / "..data").is_symlink() else None
+        os.symlink(folder, self.root / "..data_tmp")
+        os.replace(self.root / "..data_tmp", self.root / "..data")
+        for name in files:
+            if not (self.root / name).is_symlink():
+                os.symlink(f"..data/{name}", self.root / name)
+        if old:
+            shutil.rmtree(self.root / old)
+
+
+class Replica:
+    def __init__(self, port, flow_dirs, plugin_dirs, log_dir):
+        self.port = port
+        self.flow_dirs = flow_dirs
+        self.plugin_dirs = plugin_dirs
+        self.log = open(log_dir / f"replica-{port}.log", "a")
+        self.proc = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        args = [str(BIN), "serve", "--port", str(self.port)]
+        for d in self.flow_dirs:
+            args += ["--flows", str(d)]
+        for d in self.plugin_dirs:
+            args += ["--plugins", str(d)]
+        args += ["http.drain_delay=1", "http.shutdown_timeout=10", "http.mcp_stateless=true"]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=self.log, env={**os.environ, "NO_COLOR": "1"})
+        started = time.monotonic()
+        while status_of(self.url + "/ready") != 200:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"replica {self.port} exited; see its log")
+            if time.monotonic() - started > 30:
+                raise RuntimeError(f"replica {self.port} not ready in 30 s")
+            time.sleep(0.02)
+        return time.monotonic() - started
+
+    def stop(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+
+
+def start_nginx(work: Path, ports):
+    conf = (ROOT / "deploy" / "nginx" / "flowhost.conf").read_text()
+    upstream = "".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;\n" for p in ports)
+    lines = [line for line in conf.splitlines(keepends=True) if not line.strip().startswith("server 127.0.0.1:")]
+    conf = "".join(lines).replace("upstream flowhost {\n", "upstream flowhost {\n" + upstream)
+    conf = conf.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{NGINX_PORT};")
+    (work / "flowhost.conf").write_text(conf)
+    (work / "nginx.conf").write_text(f"""\
+daemon off;
+worker_processes 2;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 8192; }}
+worker_rlimit_nofile 20000;
+http {{
+    access_log off;
+    client_body_temp_path {work}/client_body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    include {work}/flowhost.conf;
+}}
+""")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    subprocess.run([nginx, "-t", "-c", str(work / "nginx.conf"), "-p", str(work)], check=True,
+                   capture_output=True)
+    proc = subprocess.Popen([nginx, "-c", str(work / "nginx.conf"), "-p", str(work)])
+    for _ in range(200):
+        if status_of(NGINX + "/health") == 200:
+            return proc
+        time.sleep(0.05)
+    raise RuntimeError("nginx did not come up")
+
+
+def check_streams(figures):
+    r = load(NGINX, "streams", flow="stream", count=1000, n=100)
+    ok = r["failed"] == 0 and r["received"] == r["expected"] and r["with_done"] == 1000
+    check("1,000 concurrent streams x 100 chunks through nginx", ok,
+          f"{r['received']}/{r['expected']} chunks, {r['with_done']} [DONE], {r['ms']:.0f} ms")
+    figures["streams_1000x100_nginx"] = r
+    slow = load(NGINX, "first-chunk", flow="slow")
+    ok = slow["done"] and slow["first_chunk_ms"] < 300 and slow["end_ms"] > 1300
+    check("a slow stream's first chunk arrives before its end (default proxy buffering)", ok,
+          f"first chunk {slow['first_chunk_ms']:.0f} ms, end {slow['end_ms']:.0f} ms")
+
+
+def check_rolling_restart(replicas, figures):
+    steady = load_in_background(NGINX, "steady", seconds=16, stream="ticks", json="echo", workers=8)
+    time.sleep(2)
+    per_replica = []
+    for replica in replicas:
+        started = time.monotonic()
+        replica.stop(signal.SIGTERM)
+        replica.start()
+        per_replica.append(time.monotonic() - started)
+    out, _ = steady.communicate(timeout=120)
+    r = json.loads(out)
+    ok = r["failed"] == 0 and r["json_ok"] > 0 and r["streams_ok"] > 0
+    check("rolling restart of 3 replicas under load: no failed request", ok,
+          f"{r['json_ok']} JSON calls and {r['streams_ok']} streams ok, {r['failed']} failed "
+          f"{r['failures'][:3]}; per replica {', '.join(f'{s:.2f} s' for s in per_replica)}")
+    figures["rolling_restart"] = {**r, "seconds_per_replica": per_replica}
+
+
+def check_kill(replicas, figures):
+    steady = load_in_background(NGINX, "steady", seconds=6, stream="ticks", json="echo", workers=8)
+    time.sleep(2)
+    replicas[1].stop(signal.SIGKILL)
+    out, _ = steady.communicate(timeout=120)
+    during = json.loads(out)
+    after = load(NGINX, "steady", seconds=3, stream="ticks", json="echo", workers=8)
+    ok = after["failed"] == 0 and after["json_ok"] > 0
+    check("kill -9 of one replica: new requests keep succeeding", ok,
+          f"in flight when killed: {during['failed']} failed of "
+          f"{during['failed'] + during['json_ok'] + during['streams_ok']}; after: "
+          f"{after['json_ok'] + after['streams_ok']} ok, {after['failed']} failed")
+    figures["kill_9"] = {"during": during, "after": after}
+    replicas[1].start()
+
+
+def check_configmap_update(mount, replicas, figures):
+    before = {get(r.url + "/health")[1]["flows_hash"] for r in replicas}
+    started = time.monotonic()
+    mount.update({"scale.yaml": FLOWS_V2})
+    hashes = before
+    while time.monotonic() - started < 5:
+        hashes = {get(r.url + "/health")[1]["flows_hash"] for r in replicas}
+        if len(hashes) == 1 and hashes != before:
+            break
+        time.sleep(0.01)
+    elapsed = time.monotonic() - started
+    described = {f["description"] for r in replicas for f in get(r.url + "/flows")[1]["flows"] if f["name"] == "echo"}
+    ok = len(before) == 1 and len(hashes) == 1 and hashes != before and elapsed < 1.0
+    check("ConfigMap-style update: all 3 replicas serve the new version, same flows_hash", ok,
+          f"{elapsed * 1e3:.0f} ms; hashes {sorted(before)} -> {sorted(hashes)}; {sorted(described)}")
+    figures["configmap_update_ms"] = elapsed * 1e3
+
+
+async def mcp_calls(mode, calls=12):
+    from mcp import Client
+
+    ok = 0
+    async with Client(NGINX + "/mcp", mode=mode) as client:
+        tools = await client.list_tools()
+        names = {t.name for t in tools.tools}
+        assert "echo" in names, names
+        for i in range(calls):
+            result = await client.call_tool("echo", {"query": f"call {i}"})
+            if not result.is_error and result.structured_content["answer"] == f"call {i}":
+                ok += 1
+        version = client.protocol_version
+    return ok, version
+
+
+def check_mcp(work: Path):
+    for mode in ["legacy", "2026-07-28"]:
+        try:
+            ok, version = asyncio.run(mcp_calls(mode))
+            check(f"MCP Python SDK ({mode}) through nginx round robin", ok == 12,
+                  f"protocol {version}: {ok} of 12 calls succeeded")
+        except Exception as err:  # noqa: BLE001 - reported as a failed check
+            check(f"MCP Python SDK ({mode}) through nginx round robin", False, repr(err))
+    run = PEERS / "mcp" / "run_conformance.sh"
+    baseline = ROOT / "host" / "tests" / "fixtures" / "conformance-baseline-stateless.yml"
+    proc = subprocess.run(["bash", str(run), NGINX + "/mcp", "--", "--expected-failures", str(baseline)],
+                          capture_output=True, text=True, timeout=900)
+    (work / "conformance.txt").write_text(proc.stdout + proc.stderr)
+    total = [line for line in proc.stdout.splitlines() if line.startswith("Total:")]
+    check("MCP conformance suite through nginx round robin", proc.returncode == 0,
+          (total[0] if total else "no summary") + f" (report: {work / 'conformance.txt'})")
+
+
+def check_manifests():
+    manifests = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
+    manifests = [m for m in manifests if m.name != "kustomization.yaml"]
+    venv_bin = Path(sys.executable).parent
+    proc = subprocess.run([str(venv_bin / "kubernetes-validate"), "--strict", *map(str, manifests)],
+                          capture_output=True, text=True)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    ok = proc.returncode == 0 and len(manifests) >= 7
+    check("Kubernetes manifests validate offline against the Kubernetes schema", ok,
+          f"{len(manifests)} files; " + "; ".join(lines[-3:]))
+
+
+def figures_direct_vs_nginx(replicas, figures):
+    direct = replicas[0].url
+    for name, url in [("direct", direct), ("nginx", NGINX)]:
+        figures[f"single_{name}"] = load(url, "single", flow="stream", n=200000)
+        figures[f"nonstream_{name}"] = load(url, "nonstream", flow="echo", workers=32, seconds=4)
+    print("figures: " + json.dumps({k: figures[k] for k in figures if k.startswith(("single", "nonstream"))}),
+          flush=True)
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="flowhost-scale-"))
+    mount_root = work / "flows"
+    mount_root.mkdir()
+    mount = ConfigMapMount(mount_root, {"scale.yaml": FLOWS_V1})
+    conformance_plugins = work / "plugins"
+    conformance_plugins.mkdir()
+    shutil.copy(ROOT / "target" / "fixtures" / "debug" / "libop_conformance.so", conformance_plugins)
+    flow_dirs = [mount_root, ROOT / "host" / "tests" / "fixtures" / "conformance-flows"]
+    replicas = [Replica(p, flow_dirs, [conformance_plugins], OUT) for p in PORTS]
+    nginx = None
+    figures = {"profile": PROFILE}
+    try:
+        for replica in replicas:
+            replica.start()
+        nginx = start_nginx(work, PORTS)
+        check_streams(figures)
+        check_rolling_restart(replicas, figures)
+        check_kill(replicas, figures)
+        check_configmap_update(mount, replicas, figures)
+        check_mcp(OUT)
+        if os.environ.get("SCALE_FIGURES"):
+            figures_direct_vs_nginx(replicas, figures)
+    finally:
+        if nginx:
+            nginx.terminate()
+            nginx.wait(timeout=10)
+        for replica in replicas:
+            if replica.proc and replica.proc.poll() is None:
+                replica.proc.kill()
+                replica.proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    check_manifests()
+    (OUT / "figures.json").write_text(json.dumps(figures, indent=2))
+    passed = sum(results)
+    failed = len(results) - passed
+    print(f"checks: {passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,10 +20,7 @@ pub fn run(args: &[String]) -> Value {
     let (Some(url), Some(workload)) = (args.first(), args.get(1)) else {
         return json!({"error": "usage: flowhost-bench load URL WORKLOAD key=value..."});
     };
-    let options: HashMap<&str, &str> = args[2..]
-        .iter()
-        .filter_map(|a| a.split_once('='))
-        .collect();
+    let options: HashMap<&str, &str> = args[2..].iter().filter_map(|a| a.split_once('=')).collect();
     let text = |key: &str, default: &'static str| -> String {
         options.get(key).copied().unwrap_or(default).to_string()
     };
@@ -34,6 +31,7 @@ pub fn run(args: &[String]) -> Value {
             .unwrap_or(default)
     };
     let url = url.trim_end_matches('/').to_string();
+    flowhost::llm::tls_init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -149,7 +147,12 @@ async fn nonstream(url: &str, flow: &str, workers: usize, duration: Duration) ->
                 let mut errors = 0u64;
                 while Instant::now() < deadline && latencies.len() < 500_000 {
                     let at = Instant::now();
-                    match client.post(&target).json(&json!({"query": "hi"})).send().await {
+                    match client
+                        .post(&target)
+                        .json(&json!({"query": "hi"}))
+                        .send()
+                        .await
+                    {
                         Ok(r) if r.status().is_success() => {
                             let _ = r.bytes().await;
                             latencies.push(at.elapsed().as_secs_f64() * 1e3);
@@ -186,7 +189,13 @@ async fn nonstream(url: &str, flow: &str, workers: usize, duration: Duration) ->
 /// Half the workers loop on JSON calls, half on short streams, until `duration` ends; every
 /// request that fails (connection error, non-200, a stream without `[DONE]`) is counted with
 /// its reason.
-async fn steady(url: &str, stream: &str, json_flow: &str, workers: usize, duration: Duration) -> Value {
+async fn steady(
+    url: &str,
+    stream: &str,
+    json_flow: &str,
+    workers: usize,
+    duration: Duration,
+) -> Value {
     let client = client();
     let deadline = Instant::now() + duration;
     let ok_json = Arc::new(AtomicU64::new(0));
@@ -195,7 +204,8 @@ async fn steady(url: &str, stream: &str, json_flow: &str, workers: usize, durati
     let tasks: Vec<_> = (0..workers.max(2))
         .map(|i| {
             let client = client.clone();
-            let (ok_json, ok_streams, failures) = (ok_json.clone(), ok_streams.clone(), failures.clone());
+            let (ok_json, ok_streams, failures) =
+                (ok_json.clone(), ok_streams.clone(), failures.clone());
             let target = if i % 2 == 0 {
                 format!("{url}/{json_flow}")
             } else {
@@ -204,7 +214,12 @@ async fn steady(url: &str, stream: &str, json_flow: &str, workers: usize, durati
             tokio::spawn(async move {
                 while Instant::now() < deadline {
                     let failure = if i % 2 == 0 {
-                        match client.post(&target).json(&json!({"query": "steady"})).send().await {
+                        match client
+                            .post(&target)
+                            .json(&json!({"query": "steady"}))
+                            .send()
+                            .await
+                        {
                             Ok(r) if r.status().is_success() => match r.json::<Value>().await {
                                 Ok(body) if body["answer"] == "steady" => {
                                     ok_json.fetch_add(1, Ordering::Relaxed);
@@ -223,11 +238,16 @@ async fn steady(url: &str, stream: &str, json_flow: &str, workers: usize, durati
                             ok_streams.fetch_add(1, Ordering::Relaxed);
                             None
                         } else {
-                            Some(format!("stream: status {status}, {chunks} chunks, done {done}"))
+                            Some(format!(
+                                "stream: status {status}, {chunks} chunks, done {done}"
+                            ))
                         }
                     };
                     if let Some(failure) = failure {
-                        failures.lock().unwrap_or_else(|p| p.into_inner()).push(failure);
+                        failures
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(failure);
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }

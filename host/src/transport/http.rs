@@ -540,13 +540,14 @@ pub async fn serve(
     let ready = state.ready.clone();
     let deadline = options.shutdown_timeout;
     let drain = options.drain_delay;
+    let listening = super::lifecycle::Listening::of(&listener);
     // Streams are many small writes: do not let Nagle hold a chunk back for an ACK.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
-            shutdown_signal().await;
+            super::lifecycle::shutdown_signal().await;
             ready.store(false, Ordering::Relaxed);
             if !drain.is_zero() {
                 tracing::info!(
@@ -555,6 +556,7 @@ pub async fn serve(
                 );
                 tokio::time::sleep(drain).await;
             }
+            listening.quiesce(Duration::from_secs(1)).await;
             tracing::info!(
                 "shutting down: no new connections; streams have {:.1}s to finish",
                 deadline.as_secs_f64()
@@ -595,27 +597,4 @@ fn count_reloads(catalog: &Catalog) {
             metrics::counter!(m::RELOADS).increment(1);
         }
     });
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

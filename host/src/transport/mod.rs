@@ -4,6 +4,7 @@
 pub mod error;
 pub mod guard;
 pub mod http;
+pub mod lifecycle;
 pub mod mcp;
 pub mod openai;
 pub mod openapi;

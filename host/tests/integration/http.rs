@@ -585,8 +585,18 @@ async fn sigterm_drains_before_it_stops_accepting() {
     let hash = health["flows_hash"].as_str().unwrap().to_string();
     assert_eq!(hash.len(), 16);
     assert!(health["plugins_hash"].is_string());
-    let metrics = client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(&format!("flowhost_served_info{{flows_hash=\"{hash}\"")), "{metrics}");
+    let metrics = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!("flowhost_served_info{{flows_hash=\"{hash}\"")),
+        "{metrics}"
+    );
     let term = Instant::now();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
@@ -602,15 +612,32 @@ async fn sigterm_drains_before_it_stops_accepting() {
         .send()
         .await
         .unwrap();
-    assert_eq!(echo.status(), 200, "requests are still served while draining");
     assert_eq!(
-        client.get(server.url("/health")).send().await.unwrap().status(),
+        echo.status(),
+        200,
+        "requests are still served while draining"
+    );
+    assert_eq!(
+        client
+            .get(server.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         200
     );
     let exit = server.child.wait().unwrap();
     assert!(exit.success(), "{}", server.log());
-    assert!(term.elapsed() >= Duration::from_millis(1400), "{:?}", term.elapsed());
-    assert!(server.log().contains("http.drain_delay"), "{}", server.log());
+    assert!(
+        term.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        term.elapsed()
+    );
+    assert!(
+        server.log().contains("http.drain_delay"),
+        "{}",
+        server.log()
+    );
 }
 
 /// Every event stream tells nginx not to buffer it: FlowLLM SSE, the OpenAI stream and MCP.
@@ -619,7 +646,12 @@ async fn every_event_stream_disables_proxy_buffering() {
     let flows = folder(&[("f.yaml", FLOWS)]);
     let server = Server::start(flows.path(), &[]);
     let client = client();
-    let sse = client.post(server.url("/count")).json(&json!({"n": 2})).send().await.unwrap();
+    let sse = client
+        .post(server.url("/count"))
+        .json(&json!({"n": 2}))
+        .send()
+        .await
+        .unwrap();
     let openai = client
         .post(server.url("/v1/chat/completions"))
         .json(&json!({"model": "count", "stream": true, "messages": [{"role": "user", "content": "x"}]}))
@@ -629,16 +661,21 @@ async fn every_event_stream_disables_proxy_buffering() {
     let mcp = client
         .post(server.url("/mcp"))
         .header("accept", "application/json, text/event-stream")
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"}}}))
+            "clientInfo": {"name": "t", "version": "1"}}}),
+        )
         .send()
         .await
         .unwrap();
     for (name, response) in [("sse", sse), ("openai", openai), ("mcp", mcp)] {
         assert_eq!(response.status(), 200, "{name}");
         assert!(
-            response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"),
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream"),
             "{name}"
         );
         assert_eq!(response.headers()["x-accel-buffering"], "no", "{name}");

@@ -214,7 +214,11 @@ fn kubernetes_configmap_symlink_swap_is_followed() {
         "{:?}",
         snapshot.diagnostics
     );
-    assert!(snapshot.diagnostics.is_empty(), "{:?}", snapshot.diagnostics);
+    assert!(
+        snapshot.diagnostics.is_empty(),
+        "{:?}",
+        snapshot.diagnostics
+    );
 }
 
 #[test]

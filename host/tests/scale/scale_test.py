@@ -136,7 +136,8 @@ class Replica:
             args += ["--flows", str(d)]
         for d in self.plugin_dirs:
             args += ["--plugins", str(d)]
-        args += ["http.drain_delay=1", "http.shutdown_timeout=10", "http.mcp_stateless=true"]
+        # drain_delay longer than nginx's upstream keepalive_timeout (deploy/nginx/flowhost.conf).
+        args += ["http.drain_delay=2", "http.shutdown_timeout=10", "http.mcp_stateless=true"]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=self.log, env={**os.environ, "NO_COLOR": "1"})
         started = time.monotonic()
@@ -153,18 +154,30 @@ class Replica:
         self.proc.wait(timeout=30)
 
 
-def start_nginx(work: Path, ports):
+def nginx_site(ports):
+    """deploy/nginx/flowhost.conf with this test's ports."""
     conf = (ROOT / "deploy" / "nginx" / "flowhost.conf").read_text()
     upstream = "".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;\n" for p in ports)
     lines = [line for line in conf.splitlines(keepends=True) if not line.strip().startswith("server 127.0.0.1:")]
     conf = "".join(lines).replace("upstream flowhost {\n", "upstream flowhost {\n" + upstream)
-    conf = conf.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{NGINX_PORT};")
-    (work / "flowhost.conf").write_text(conf)
+    return conf.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{NGINX_PORT};")
+
+
+class Nginx:
+    def __init__(self, work: Path, ports):
+        self.work = work
+        self.ports = ports
+        self.binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.proc = start_nginx(work, ports, self.binary)
+
+
+def start_nginx(work: Path, ports, binary):
+    (work / "flowhost.conf").write_text(nginx_site(ports))
     (work / "nginx.conf").write_text(f"""\
 daemon off;
 worker_processes 2;
 pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
+error_log {OUT}/nginx-error.log warn;
 events {{ worker_connections 8192; }}
 worker_rlimit_nofile 20000;
 http {{
@@ -177,7 +190,7 @@ http {{
     include {work}/flowhost.conf;
 }}
 """)
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    nginx = binary
     subprocess.run([nginx, "-t", "-c", str(work / "nginx.conf"), "-p", str(work)], check=True,
                    capture_output=True)
     proc = subprocess.Popen([nginx, "-c", str(work / "nginx.conf"), "-p", str(work)])
@@ -200,8 +213,8 @@ def check_streams(figures):
           f"first chunk {slow['first_chunk_ms']:.0f} ms, end {slow['end_ms']:.0f} ms")
 
 
-def check_rolling_restart(replicas, figures):
-    steady = load_in_background(NGINX, "steady", seconds=16, stream="ticks", json="echo", workers=8)
+def check_rolling_restart(replicas, nginx, figures):
+    steady = load_in_background(NGINX, "steady", seconds=22, stream="ticks", json="echo", workers=8)
     time.sleep(2)
     per_replica = []
     for replica in replicas:
@@ -323,9 +336,9 @@ def main():
     try:
         for replica in replicas:
             replica.start()
-        nginx = start_nginx(work, PORTS)
+        nginx = Nginx(work, PORTS)
         check_streams(figures)
-        check_rolling_restart(replicas, figures)
+        check_rolling_restart(replicas, nginx, figures)
         check_kill(replicas, figures)
         check_configmap_update(mount, replicas, figures)
         check_mcp(OUT)
@@ -333,8 +346,8 @@ def main():
             figures_direct_vs_nginx(replicas, figures)
     finally:
         if nginx:
-            nginx.terminate()
-            nginx.wait(timeout=10)
+            nginx.proc.terminate()
+            nginx.proc.wait(timeout=10)
         for replica in replicas:
             if replica.proc and replica.proc.poll() is None:
                 replica.proc.kill()

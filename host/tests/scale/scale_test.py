@@ -311,13 +311,32 @@ def check_manifests():
           f"{len(manifests)} files; " + "; ".join(lines[-3:]))
 
 
-def figures_direct_vs_nginx(replicas, figures):
+def figures_direct_vs_nginx(replicas, nginx, figures):
+    """Through nginx (3 replicas) vs one replica directly, then nginx in front of 1 replica."""
     direct = replicas[0].url
-    for name, url in [("direct", direct), ("nginx", NGINX)]:
-        figures[f"single_{name}"] = load(url, "single", flow="stream", n=200000)
-        figures[f"nonstream_{name}"] = load(url, "nonstream", flow="echo", workers=32, seconds=4)
-    print("figures: " + json.dumps({k: figures[k] for k in figures if k.startswith(("single", "nonstream"))}),
-          flush=True)
+    rows = {}
+    for name, url in [("direct_1", direct), ("nginx_3", NGINX)]:
+        rows[name] = {
+            "single": load(url, "single", flow="stream", n=200000),
+            "streams": load(url, "streams", flow="stream", count=1000, n=100),
+            "nonstream": load(url, "nonstream", flow="echo", workers=32, seconds=5),
+        }
+    (nginx.work / "flowhost.conf").write_text(nginx_site(PORTS[:1]))
+    subprocess.run([nginx.binary, "-s", "reload", "-c", str(nginx.work / "nginx.conf"), "-p", str(nginx.work)],
+                   check=True, capture_output=True)
+    time.sleep(1)
+    rows["nginx_1"] = {
+        "single": load(NGINX, "single", flow="stream", n=200000),
+        "streams": load(NGINX, "streams", flow="stream", count=1000, n=100),
+        "nonstream": load(NGINX, "nonstream", flow="echo", workers=32, seconds=5),
+    }
+    figures["through_nginx"] = rows
+    for name, row in rows.items():
+        print(f"figures {name}: single {row['single']['chunks_per_sec']:.0f} chunks/s, first chunk "
+              f"{row['single']['first_chunk_ms']:.2f} ms; 1000x100 {row['streams']['ms']:.0f} ms "
+              f"(first chunk p50 {row['streams']['first_chunk_ms_p50']:.1f} ms); non-stream "
+              f"{row['nonstream']['requests_per_sec']:.0f} req/s p50 {row['nonstream']['p50_ms']:.2f} ms "
+              f"p99 {row['nonstream']['p99_ms']:.2f} ms", flush=True)
 
 
 def main():
@@ -343,7 +362,7 @@ def main():
         check_configmap_update(mount, replicas, figures)
         check_mcp(OUT)
         if os.environ.get("SCALE_FIGURES"):
-            figures_direct_vs_nginx(replicas, figures)
+            figures_direct_vs_nginx(replicas, nginx, figures)
     finally:
         if nginx:
             nginx.proc.terminate()

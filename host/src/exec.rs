@@ -607,3 +607,26 @@ impl HostServices for OpHost {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_log_channel_is_bounded_and_counts_what_it_drops() {
+        let (sink, mut rx) = LogSink::bounded(3);
+        for i in 0..10 {
+            sink.send(LogLine {
+                level: op_sdk::Level::Info,
+                op: "T",
+                message: i.to_string(),
+            });
+        }
+        assert_eq!(sink.dropped(), 7);
+        let mut kept = Vec::new();
+        while let Ok(line) = rx.try_recv() {
+            kept.push(line.message);
+        }
+        assert_eq!(kept, ["0", "1", "2"]);
+    }
+}

@@ -67,22 +67,7 @@ pub fn start(catalog: Arc<Catalog>, debounce: Duration) -> Result<Watching, Stri
                 }
             };
             if routed.flows || routed.plugins {
-                // A bug in a reload must not end the watcher: report it, keep serving the
-                // last snapshot, and let the next edit try again.
-                let reload = std::panic::AssertUnwindSafe(|| {
-                    catalog.reload(routed.flows, routed.plugins);
-                });
-                if let Err(panic) = std::panic::catch_unwind(reload) {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
-                    tracing::error!(
-                        "reload failed with an internal error ({message}); the last good \
-                         flows keep serving and the next change is loaded again"
-                    );
-                }
+                survive_panics(|| catalog.reload(routed.flows, routed.plugins));
             }
         }
     };
@@ -99,6 +84,26 @@ pub fn start(catalog: Arc<Catalog>, debounce: Duration) -> Result<Watching, Stri
     Ok(Watching {
         _debouncer: debouncer,
     })
+}
+
+/// Runs one reload; a bug in it must not end the watcher: it is reported, the last snapshot
+/// keeps serving, and the next change is loaded again. Returns whether it completed.
+fn survive_panics(reload: impl FnOnce()) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(reload)) {
+        Ok(()) => true,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(
+                "reload failed with an internal error ({message}); the last good flows keep \
+                 serving and the next change is loaded again"
+            );
+            false
+        }
+    }
 }
 
 fn route(
@@ -139,6 +144,14 @@ fn is_configmap_swap(path: &Path) -> bool {
 mod tests {
     use super::*;
     use notify::event::{AccessKind, CreateKind, ModifyKind, RemoveKind, RenameMode};
+
+    #[test]
+    fn a_panicking_reload_is_reported_and_the_next_one_runs() {
+        let mut runs = 0;
+        assert!(!survive_panics(|| panic!("a bug in a reload")));
+        assert!(survive_panics(|| runs += 1));
+        assert_eq!(runs, 1);
+    }
 
     #[test]
     fn routes_only_what_can_change_the_catalog() {

@@ -38,6 +38,8 @@ endless:
 flood:
   flow_content: CountOp(n=10000000)
   stream: true
+echo:
+  flow_content: EchoOp()
 "#;
 
 fn setup() -> (
@@ -222,4 +224,17 @@ async fn every_run_has_its_own_flow_id() {
     let a = start(&catalog, "serial", json!({"query": "x"}));
     let b = start(&catalog, "serial", json!({"query": "x"}));
     assert_ne!(a.flow_id, b.flow_id);
+}
+
+/// A caller that collects the answer (non-stream HTTP, MCP, `flowhost run`) holds it whole:
+/// it is capped at 16 MiB by default, with an error naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collected_answer_is_capped_by_default() {
+    let (_flows, catalog) = setup();
+    let huge = "x".repeat(flowhost::exec::DEFAULT_MAX_ANSWER_BYTES as usize + 1);
+    let (_, outcome) = run(&catalog, "echo", json!({"query": huge})).await;
+    let error = outcome.error.expect("over the cap");
+    assert!(error.contains("limits.max_output_bytes"), "{error}");
+    let (_, fine) = run(&catalog, "echo", json!({"query": "small"})).await;
+    assert!(fine.success());
 }

@@ -324,3 +324,24 @@ async fn a_plugin_built_against_the_previous_op_sdk_still_loads_and_runs() {
     assert_eq!(texts(&chunks), ["legacy: old"]);
     assert_eq!(outcome.answer, "legacy: old");
 }
+
+/// Plugin copies are loaded from a private temp folder that is gone once the library is
+/// mapped: nothing is left behind to prune, and nothing predictable to plant a library in.
+#[test]
+fn plugin_copies_leave_nothing_in_the_temp_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_flowhost"))
+        .args(["ops", "--json"])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let ops: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(ops.to_string().contains("EchoOp"), "{ops}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

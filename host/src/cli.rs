@@ -351,6 +351,7 @@ fn show_config(config: &Config) -> Result<ExitCode, String> {
         "watch": config.watch,
         "debounce_ms": config.debounce.as_millis() as u64,
         "max_op_threads": config.max_op_threads,
+        "ops": {"max_concurrency": config.max_concurrency, "max_queue": config.max_queue},
     });
     print(&serde_json::to_string_pretty(&value).unwrap_or_default())?;
     Ok(ExitCode::SUCCESS)
@@ -398,6 +399,7 @@ pub fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, String> {
 fn run_options(config: &Config) -> exec::Options {
     exec::Options {
         llm: Some(Arc::new(crate::llm::Service::new(config.llm.clone()))),
+        admission: crate::admission::Global::new(config.max_concurrency, config.max_queue),
         ..exec::Options::default()
     }
 }

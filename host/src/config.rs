@@ -24,6 +24,11 @@ pub struct Config {
     pub debounce: Duration,
     /// Upper bound of threads running ops at once.
     pub max_op_threads: usize,
+    /// Runs of all flows at once (`ops.max_concurrency`, or FlowLLM's
+    /// `http.limit_concurrency`); `None`: no limit.
+    pub max_concurrency: Option<usize>,
+    /// Runs that may wait for a turn past `max_concurrency` (`ops.max_queue`).
+    pub max_queue: usize,
     /// The config file that was read, if any.
     pub source: Option<PathBuf>,
 }
@@ -110,8 +115,16 @@ struct Raw {
     watch: bool,
     debounce_ms: u64,
     max_op_threads: usize,
+    ops: RawOps,
     /// Allowed so a FlowLLM config can be read; flows are served from the flows folder.
     flow: Value,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawOps {
+    max_concurrency: Option<usize>,
+    max_queue: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +165,7 @@ impl Default for Raw {
             watch: true,
             debounce_ms: 50,
             max_op_threads: 512,
+            ops: RawOps::default(),
             flow: Value::Null,
         }
     }
@@ -188,8 +202,12 @@ const KEYS: &[&str] = &[
     "watch",
     "debounce_ms",
     "max_op_threads",
+    "ops",
     "flow",
 ];
+
+/// The keys of the `ops` section (the fields of `RawOps`).
+const OPS_KEYS: &[&str] = &["max_concurrency", "max_queue"];
 
 /// The keys of the `http` section (the fields of `RawHttp`).
 const HTTP_KEYS: &[&str] = &[
@@ -208,7 +226,7 @@ const HTTP_KEYS: &[&str] = &[
 ];
 
 /// FlowLLM's `http` keys that flowhost accepts and does not use.
-const FLOWLLM_HTTP_KEYS: &[&str] = &["timeout_keep_alive", "limit_concurrency"];
+const FLOWLLM_HTTP_KEYS: &[&str] = &["timeout_keep_alive"];
 
 /// The keys of one `llm.<name>` entry (the fields of `RawLlm`).
 const LLM_KEYS: &[&str] = &[
@@ -296,6 +314,24 @@ pub fn load(flags: Flags) -> Result<Config, String> {
     if raw.max_op_threads == 0 {
         return Err(format!("{where_}: max_op_threads must be at least 1"));
     }
+    // FlowLLM's uvicorn `limit_concurrency` refuses past the limit at once: no line.
+    let flowllm_limit = match &raw.http.limit_concurrency {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(value.as_u64().filter(|n| *n > 0).ok_or_else(|| {
+            format!("{where_}: http.limit_concurrency must be a positive integer, found {value}")
+        })? as usize),
+    };
+    let max_concurrency = raw.ops.max_concurrency.or(flowllm_limit);
+    if max_concurrency == Some(0) {
+        return Err(format!(
+            "{where_}: ops.max_concurrency must be at least 1 (leave it out for no limit)"
+        ));
+    }
+    // A line as long as the limit by default; none under FlowLLM's setting.
+    let max_queue = raw
+        .ops
+        .max_queue
+        .unwrap_or(raw.ops.max_concurrency.unwrap_or(0));
     Ok(Config {
         backend: flags.transport.unwrap_or(raw.backend),
         http: Http {
@@ -327,6 +363,8 @@ pub fn load(flags: Flags) -> Result<Config, String> {
         watch: raw.watch && !flags.no_watch,
         debounce: Duration::from_millis(raw.debounce_ms),
         max_op_threads: raw.max_op_threads,
+        max_concurrency,
+        max_queue,
         source,
     })
 }
@@ -363,6 +401,13 @@ fn check_keys(where_: &str, tree: &mut Value) -> Result<(), String> {
                 tracing::warn!(
                     "{where_}: `http.{key}` is a FlowLLM (uvicorn) setting that flowhost ignores"
                 );
+            }
+        }
+    }
+    if let Some(Value::Object(ops)) = map.get("ops") {
+        for key in ops.keys() {
+            if !OPS_KEYS.contains(&key.as_str()) {
+                return Err(unknown_key(where_, &format!("ops.{key}"), key, OPS_KEYS));
             }
         }
     }
@@ -681,6 +726,22 @@ mod tests {
         // Numbers stay numbers where a number is meant.
         let config = load_text("", &["http.port=9001"]).unwrap();
         assert_eq!(config.http.port, 9001);
+    }
+
+    #[test]
+    fn admission_limits_and_flowllm_limit_concurrency() {
+        let config = load_text("ops: {max_concurrency: 8}\n", &[]).unwrap();
+        assert_eq!((config.max_concurrency, config.max_queue), (Some(8), 8));
+        let config = load_text("ops: {max_concurrency: 8, max_queue: 0}\n", &[]).unwrap();
+        assert_eq!((config.max_concurrency, config.max_queue), (Some(8), 0));
+        // uvicorn's limit_concurrency: refuse past it, no line.
+        let config = load_text("http: {limit_concurrency: 64}\n", &[]).unwrap();
+        assert_eq!((config.max_concurrency, config.max_queue), (Some(64), 0));
+        let config = load_text("", &[]).unwrap();
+        assert_eq!(config.max_concurrency, None);
+        let err = load_text("ops: {max_concurency: 1}\n", &[]).unwrap_err();
+        assert!(err.contains("did you mean `ops.max_concurrency`?"), "{err}");
+        assert!(load_text("ops: {max_concurrency: 0}\n", &[]).is_err());
     }
 
     /// The seed's FlowLLM config (FlowLLM's streaming-service guide), verbatim.

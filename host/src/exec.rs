@@ -46,6 +46,8 @@ pub struct Options {
     pub logs: Option<LogSink>,
     /// The LLM service ops call through their context.
     pub llm: Option<Arc<crate::llm::Service>>,
+    /// The host-wide admission limit ([`admit_and_start`]).
+    pub admission: crate::admission::Global,
 }
 
 /// A line an op wrote with `ctx.log`.
@@ -102,6 +104,7 @@ impl Default for Options {
             collect_answer: true,
             logs: None,
             llm: None,
+            admission: crate::admission::Global::default(),
         }
     }
 }
@@ -154,6 +157,8 @@ pub struct Run {
     /// Set when the consumer side ended the run (timeout, output limit).
     stopped: Option<String>,
     finished: bool,
+    /// The run's turn (admission control), given back when the run is dropped.
+    _permit: Option<crate::admission::Permit>,
 }
 
 static RUN_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -218,7 +223,22 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
         collect_answer: options.collect_answer,
         stopped: None,
         finished: false,
+        _permit: None,
     }
+}
+
+/// Waits for the flow's turn (its `limits.max_concurrency` / `max_queue`, then the host-wide
+/// limit) and starts it; refuses at once with [`crate::admission::Busy`] when a line is full.
+/// The run holds its turn until it is dropped.
+pub async fn admit_and_start(
+    flow: Arc<Flow>,
+    input: Map<String, Value>,
+    options: &Options,
+) -> Result<Run, crate::admission::Busy> {
+    let permit = crate::admission::admit(&flow, &options.admission).await?;
+    let mut run = start(flow, input, options);
+    run._permit = Some(permit);
+    Ok(run)
 }
 
 impl Run {

@@ -37,6 +37,10 @@ pub struct Limits {
     pub idle_timeout: Option<Duration>,
     pub total_timeout: Option<Duration>,
     pub max_output_bytes: Option<u64>,
+    /// Runs of this flow at once (admission control); more wait in line.
+    pub max_concurrency: Option<usize>,
+    /// Runs that may wait for a turn (default: `max_concurrency`); more are refused (503).
+    pub max_queue: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -199,6 +203,8 @@ struct RawLimits {
     idle_timeout: Option<f64>,
     total_timeout: Option<f64>,
     max_output_bytes: Option<u64>,
+    max_concurrency: Option<usize>,
+    max_queue: Option<usize>,
 }
 
 /// Parses the text of one flow file.
@@ -340,6 +346,17 @@ fn parse_spec(
             idle_timeout: seconds("idle_timeout", raw.idle_timeout)?,
             total_timeout: seconds("total_timeout", raw.total_timeout)?,
             max_output_bytes: raw.max_output_bytes,
+            max_concurrency: match raw.max_concurrency {
+                Some(0) => {
+                    return Err((
+                        find_key_line(text, "max_concurrency", line).unwrap_or(line),
+                        1,
+                        format!("flow `{name}`: limits.max_concurrency must be at least 1 (leave it out for no limit)"),
+                    ))
+                }
+                other => other,
+            },
+            max_queue: raw.max_queue,
         },
     };
     Ok(Spec {
@@ -654,7 +671,7 @@ mod tests {
         );
         check(
             "x:\n  flow_content: EchoOp()\n  limits: {idle_timout: 3}\n",
-            "f.yaml:3:1: error: flow `x`: unknown field `idle_timout`, expected one of `first_chunk_timeout`, `idle_timeout`, `total_timeout`, `max_output_bytes` (did you mean `idle_timeout`?)",
+            "f.yaml:3:1: error: flow `x`: unknown field `idle_timout`, expected one of `first_chunk_timeout`, `idle_timeout`, `total_timeout`, `max_output_bytes`, `max_concurrency`, `max_queue` (did you mean `idle_timeout`?)",
         );
         check(
             "x:\n  flow_content: EchoOp()\n  limits:\n    total_timeout: 1e300\n",

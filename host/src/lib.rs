@@ -3,6 +3,7 @@
 //! compiled against the `ops` registry, `watch` reloads them live, and `exec` runs a flow into
 //! a stream of chunks. See ARCHITECTURE.md for the map and its invariants.
 
+pub mod admission;
 pub mod batch;
 pub mod catalog;
 pub mod chunk;

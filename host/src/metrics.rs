@@ -14,6 +14,8 @@ pub const CANCELLATIONS: &str = "flowhost_cancellations_total";
 pub const RELOADS: &str = "flowhost_reloads_total";
 pub const OPS_RUNNING: &str = "flowhost_ops_running";
 pub const LOGS_DROPPED: &str = "flowhost_op_logs_dropped_total";
+pub const RUNS_QUEUED: &str = "flowhost_runs_queued";
+pub const RUNS_REJECTED: &str = "flowhost_runs_rejected_total";
 /// Always 1; its labels carry the served flow and plugin set hashes.
 pub const SERVED_INFO: &str = "flowhost_served_info";
 
@@ -57,4 +59,13 @@ fn describe() {
     metrics::describe_counter!(CANCELLATIONS, "runs cancelled because the client went away");
     metrics::describe_counter!(RELOADS, "catalog reloads (flow files or plugins changed)");
     metrics::describe_gauge!(OPS_RUNNING, "op calls executing on op threads");
+    metrics::describe_counter!(
+        LOGS_DROPPED,
+        "op log lines dropped because a client read too slowly"
+    );
+    metrics::describe_gauge!(RUNS_QUEUED, "runs waiting for a turn (admission control)");
+    metrics::describe_counter!(
+        RUNS_REJECTED,
+        "runs refused because their flow or the host was busy"
+    );
 }

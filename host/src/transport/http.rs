@@ -328,6 +328,16 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
+/// A run refused by admission control: 503, `Retry-After`, and the reason naming the flow.
+pub fn busy_response(busy: &crate::admission::Busy) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, busy.message.clone()).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, busy.retry_after.into());
+    response
+}
+
 /// Looks a flow up for a request: 404 when unknown, 503 when broken with no good version.
 pub fn live_flow(snapshot: &Snapshot, name: &str) -> Result<Arc<Flow>, ApiError> {
     let Some(entry) = snapshot.get(name) else {
@@ -419,7 +429,10 @@ async fn run_flow(
         collect_answer: !stream,
         ..state.run_options.clone()
     };
-    let run = exec::start(flow, input, &options);
+    let run = match exec::admit_and_start(flow, input, &options).await {
+        Ok(run) => run,
+        Err(busy) => return Ok(busy_response(&busy)),
+    };
     if stream {
         Ok(sse_response(run, &state, FlowLlmEvents))
     } else {

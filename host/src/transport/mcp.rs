@@ -135,7 +135,11 @@ impl FlowTools {
             logs: (threshold != LOGS_OFF).then_some(log_tx),
             ..self.run_options.clone()
         };
-        let mut run = exec::start(flow, arguments, &options);
+        let mut run = match exec::admit_and_start(flow, arguments, &options).await {
+            Ok(run) => run,
+            // The model reads why and can try again later.
+            Err(busy) => return Ok(failure(busy.message)),
+        };
         let flow_id = run.flow_id.clone();
         let mut batch = Vec::new();
         let mut think = String::new();

@@ -176,7 +176,20 @@ pub async fn chat_completions(
         collect_answer: !stream,
         ..state.run_options.clone()
     };
-    let run = exec::start(flow, input, &options);
+    let run = match exec::admit_and_start(flow, input, &options).await {
+        Ok(run) => run,
+        Err(busy) => {
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                busy.message.clone(),
+                "flow_busy",
+            );
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, busy.retry_after.into());
+            return response;
+        }
+    };
     let id = format!("chatcmpl-{}", run.flow_id);
     if stream {
         let writer = OpenAiEvents {

@@ -681,3 +681,77 @@ async fn every_event_stream_disables_proxy_buffering() {
         assert_eq!(response.headers()["x-accel-buffering"], "no", "{name}");
     }
 }
+
+/// Admission control: `limits.max_concurrency` runs at once, `limits.max_queue` waiting, the
+/// rest refused at once with 503 + Retry-After naming the flow (OpenAI's error shape on its
+/// route); queued and refused runs are counted in /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_flow_queues_then_refuses() {
+    let flows = folder(&[(
+        "f.yaml",
+        "gated:\n  flow_content: TickOp(n=3, interval_ms=300)\n  stream: true\n  limits: {max_concurrency: 1, max_queue: 1}\nfree:\n  flow_content: EchoOp()\n",
+    )]);
+    let server = Server::start(flows.path(), &[]);
+    let client = client();
+    let first = client
+        .post(server.url("/gated"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    // The second waits in line: its response only starts once the first is done.
+    let second = {
+        let (client, url) = (client.clone(), server.url("/gated"));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let response = client.post(url).json(&json!({})).send().await.unwrap();
+            let status = response.status();
+            let body = response.text().await.unwrap();
+            (status, body, started.elapsed())
+        })
+    };
+    wait_async(|| async { server.metric(&client, "flowhost_runs_queued").await >= 1.0 })
+        .await
+        .expect("the second run waits in line");
+    let third = client
+        .post(server.url("/gated"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), 503);
+    assert_eq!(third.headers()["retry-after"], "1");
+    let body: Value = third.json().await.unwrap();
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("flow `gated` is busy") && detail.contains("limits.max_concurrency"),
+        "{detail}"
+    );
+    let openai = client
+        .post(server.url("/v1/chat/completions"))
+        .json(&json!({"model": "gated", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(openai.status(), 503);
+    let body: Value = openai.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "flow_busy", "{body}");
+    // Other flows are not held up.
+    let free = client
+        .post(server.url("/free"))
+        .json(&json!({"query": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(free.status(), 200);
+    assert!(first.text().await.unwrap().ends_with("data:[DONE]\n\n"));
+    let (status, body, waited) = second.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.ends_with("data:[DONE]\n\n"), "{body}");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "it ran after the first: {waited:?}"
+    );
+    assert!(server.metric(&client, "flowhost_runs_rejected_total").await >= 2.0);
+}

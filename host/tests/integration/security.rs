@@ -266,7 +266,7 @@ fn configuration_typos_stop_the_host_and_check() {
     // FlowLLM's own settings are accepted, with a warning at the default level.
     let config = folder(&[(
         "c.yaml",
-        "thread_pool_max_workers: 8\nhttp: {limit_concurrency: 64}\n",
+        "thread_pool_max_workers: 8\nhttp: {timeout_keep_alive: 5}\n",
     )]);
     let file = config.path().join("c.yaml");
     let (code, _, err) = flowhost(&["config", "-c", file.to_str().unwrap(), "--flows", dir]);
@@ -275,7 +275,7 @@ fn configuration_typos_stop_the_host_and_check() {
         err.contains("`thread_pool_max_workers` is a FlowLLM setting"),
         "{err}"
     );
-    assert!(err.contains("`http.limit_concurrency`"), "{err}");
+    assert!(err.contains("`http.timeout_keep_alive`"), "{err}");
 }
 
 #[test]

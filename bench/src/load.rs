@@ -5,7 +5,9 @@
 //! Workloads: `streams flow=F count=N n=C` (N concurrent streams of C chunks), `single flow=F
 //! n=C`, `nonstream flow=F workers=W seconds=S`, `first-chunk flow=F` (one slow stream: first
 //! chunk vs end), `steady seconds=S stream=F json=G workers=W` (mixed load that counts every
-//! failure: for restarts and kills).
+//! failure: for restarts and kills), `starvation streams=N flow=F json=G seconds=S pid=P`
+//! (N slow streams held open while a JSON flow is timed; every tick counted; the server's
+//! threads and RSS read from /proc when its pid is given).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,6 +67,17 @@ pub fn run(args: &[String]) -> Value {
                     &text("json", "echo"),
                     number("workers", 8) as usize,
                     Duration::from_secs(number("seconds", 10)),
+                )
+                .await
+            }
+            "starvation" => {
+                starvation(
+                    &url,
+                    &text("flow", "slow"),
+                    &text("json", "echo"),
+                    number("streams", 5000) as usize,
+                    Duration::from_secs(number("seconds", 20)),
+                    number("pid", 0) as u32,
                 )
                 .await
             }
@@ -263,5 +276,128 @@ async fn steady(
         "streams_ok": ok_streams.load(Ordering::Relaxed),
         "failed": failures.len(),
         "failures": failures.iter().take(20).collect::<Vec<_>>(),
+    })
+}
+
+fn proc_status(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `streams` slow streams (one tick a second) held for `hold`, while one client times a JSON
+/// flow call every 50 ms: does waiting work starve unrelated flows?
+async fn starvation(
+    url: &str,
+    flow: &str,
+    json_flow: &str,
+    streams: usize,
+    hold: Duration,
+    pid: u32,
+) -> Value {
+    use futures_util::StreamExt;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(hold + Duration::from_secs(60))
+        .build()
+        .expect("client");
+    let rss_before = proc_status(pid, "VmRSS:");
+    let ticks = Arc::new(AtomicU64::new(0));
+    let open = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks: Vec<_> = (0..streams)
+        .map(|_| {
+            let (client, target) = (client.clone(), format!("{url}/{flow}"));
+            let (ticks, open, stop) = (ticks.clone(), open.clone(), stop.clone());
+            tokio::spawn(async move {
+                let Ok(response) = client.post(&target).json(&json!({})).send().await else {
+                    return 0u64;
+                };
+                let mut stream = response.bytes_stream();
+                let mut mine = 0u64;
+                let mut counted = false;
+                while !stop.load(Ordering::Relaxed) {
+                    match tokio::time::timeout(Duration::from_millis(300), stream.next()).await {
+                        Ok(Some(Ok(bytes))) => {
+                            if !counted {
+                                counted = true;
+                                open.fetch_add(1, Ordering::Relaxed);
+                            }
+                            let n = memchr::memmem::find_iter(&bytes, b"\n\n").count() as u64;
+                            mine += n;
+                            ticks.fetch_add(n, Ordering::Relaxed);
+                        }
+                        Ok(_) => break,
+                        Err(_) => {}
+                    }
+                }
+                mine
+            })
+        })
+        .collect();
+    // Let the streams open, then time the JSON calls while they are all held.
+    let opening = Instant::now();
+    while (open.load(Ordering::Relaxed) as usize) < streams
+        && opening.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let opened_in = opening.elapsed();
+    let held_from = Instant::now();
+    let ticks_at_start = ticks.load(Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut errors = 0u64;
+    let mut peak_threads = 0;
+    let mut peak_rss = rss_before;
+    let target = format!("{url}/{json_flow}");
+    while held_from.elapsed() < hold {
+        let at = Instant::now();
+        match client
+            .post(&target)
+            .json(&json!({"query": "probe"}))
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => {
+                let _ = r.bytes().await;
+                latencies.push(at.elapsed().as_secs_f64() * 1e3);
+            }
+            _ => errors += 1,
+        }
+        peak_threads = peak_threads.max(proc_status(pid, "Threads:"));
+        peak_rss = peak_rss.max(proc_status(pid, "VmRSS:"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = held_from.elapsed().as_secs_f64();
+    let ticks_held = ticks.load(Ordering::Relaxed) - ticks_at_start;
+    stop.store(true, Ordering::Relaxed);
+    let mut per_stream = Vec::new();
+    for task in tasks {
+        per_stream.push(task.await.unwrap_or(0));
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let established = open.load(Ordering::Relaxed);
+    json!({
+        "streams": streams, "established": established,
+        "opened_in_s": opened_in.as_secs_f64(), "held_s": held,
+        "json_calls": latencies.len(), "json_errors": errors,
+        "json_p50_ms": pct(0.5), "json_p99_ms": pct(0.99), "json_max_ms": pct(1.0),
+        "ticks_while_held": ticks_held,
+        "ticks_expected_while_held": (established as f64 * held).round(),
+        "fewest_ticks_per_stream": per_stream.iter().min().copied().unwrap_or(0),
+        "server_threads_peak": peak_threads,
+        "server_rss_before_kib": rss_before, "server_rss_peak_kib": peak_rss,
+        "rss_per_stream_kib": peak_rss.saturating_sub(rss_before) as f64 / streams.max(1) as f64,
     })
 }

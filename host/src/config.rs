@@ -164,7 +164,10 @@ impl Default for Raw {
             llm: Value::Null,
             watch: true,
             debounce_ms: 50,
-            max_op_threads: 512,
+            // An op that waits (a tick, an LLM token) holds its thread; a small cap made 512
+            // waiting streams starve every other flow. Waiting threads cost little on Linux
+            // (stack touched, not reserved); the user-facing bound is admission control.
+            max_op_threads: DEFAULT_MAX_OP_THREADS,
             ops: RawOps::default(),
             flow: Value::Null,
         }
@@ -267,6 +270,9 @@ const FLOWLLM_KEYS: &[&str] = &[
     "cmd",
     "disabled_flows_only",
 ];
+
+/// Threads that may run ops at once unless `max_op_threads` says otherwise.
+pub const DEFAULT_MAX_OP_THREADS: usize = 10_000;
 
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_FILE: &str = "flowhost.yaml";

@@ -755,3 +755,62 @@ async fn a_busy_flow_queues_then_refuses() {
     );
     assert!(server.metric(&client, "flowhost_runs_rejected_total").await >= 2.0);
 }
+
+/// Waiting ops do not starve other flows: with 600 slow streams open (each op holds a thread
+/// while it waits for its next tick; 512 threads used to be the cap), an unrelated JSON call
+/// still answers at once. The full-size figures (5,000 streams) are in BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_streams_do_not_starve_other_flows() {
+    let flows = folder(&[(
+        "f.yaml",
+        "slow:\n  flow_content: TickOp(n=30, interval_ms=1000)\n  stream: true\necho:\n  flow_content: EchoOp()\n",
+    )]);
+    let server = Server::start(flows.path(), &[]);
+    flowhost::llm::tls_init();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let streams: Vec<_> = (0..600)
+        .map(|_| {
+            let (client, url, opened) = (client.clone(), server.url("/slow"), opened.clone());
+            tokio::spawn(async move {
+                let response = client.post(url).json(&json!({})).send().await.unwrap();
+                let mut body = response.bytes_stream();
+                body.next().await.unwrap().unwrap();
+                opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // Hold the stream until the test ends.
+                while let Some(Ok(_)) = body.next().await {}
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    while opened.load(std::sync::atomic::Ordering::SeqCst) < 600 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "streams did not open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(server.metric(&client, "flowhost_ops_running").await >= 600.0);
+    let mut slowest = Duration::ZERO;
+    for i in 0..10 {
+        let at = Instant::now();
+        let response = client
+            .post(server.url("/echo"))
+            .json(&json!({"query": format!("probe {i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        slowest = slowest.max(at.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "an unrelated call waited {slowest:?}"
+    );
+    for stream in streams {
+        stream.abort();
+    }
+}

@@ -459,3 +459,39 @@ async fn an_op_printing_to_stdout_does_not_corrupt_the_protocol() {
     assert!(log.contains("stray println from PrintOp"), "{log}");
     assert!(log.contains("stray printf from PrintOp"), "{log}");
 }
+
+/// A call to a flow at its limit with a full line is a tool error the model can read (busy),
+/// not a protocol error; the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_flow_is_a_tool_error() {
+    let flows = folder(&[(
+        "f.yaml",
+        "gated:\n  flow_content: TickOp(n=100000, interval_ms=20)\n  stream: true\n  limits: {max_concurrency: 1, max_queue: 0}\necho:\n  flow_content: EchoOp()\n",
+    )]);
+    let (client, collector, _) = connect(flows.path()).await;
+    let request = ClientRequest::CallToolRequest(CallToolRequest::new(call("gated", json!({}))));
+    let handle = client
+        .peer()
+        .send_cancellable_request(request, PeerRequestOptions::no_options())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while collector.progress.lock().unwrap().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the first call never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let busy = client.call_tool(call("gated", json!({}))).await.unwrap();
+    assert_eq!(busy.is_error, Some(true));
+    let text = &busy.content[0].as_text().unwrap().text;
+    assert!(text.contains("flow `gated` is busy"), "{text}");
+    let echo = client
+        .call_tool(call("echo", json!({"query": "unaffected"})))
+        .await
+        .unwrap();
+    assert_eq!(echo.content[0].as_text().unwrap().text, "unaffected");
+    handle.cancel(Some("done".into())).await.unwrap();
+    client.cancel().await.unwrap();
+}

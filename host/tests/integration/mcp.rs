@@ -118,6 +118,14 @@ async fn tools_list_call_and_progress_in_order() {
     assert_eq!(result.content[0].as_text().unwrap().text, "hi");
     assert_eq!(result.structured_content.as_ref().unwrap()["answer"], "hi");
 
+    // The echo call's one progress notification lands on a task of its own: wait for it
+    // before counting the next call's.
+    let started = Instant::now();
+    while collector.progress.lock().unwrap().is_empty()
+        && started.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     collector.progress.lock().unwrap().clear();
     let result = client.call_tool(call("count", json!({}))).await.unwrap();
     assert_eq!(

@@ -18,22 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch;
 use crate::chunk::{Chunk, ChunkKind};
 use crate::flow::{Flow, Limits};
-use crate::ops::OpHandle;
-
-/// A compiled expression.
-#[derive(Debug)]
-pub enum Node {
-    Call(Step),
-    Seq(Vec<Arc<Node>>),
-    Par(Vec<Arc<Node>>),
-}
-
-/// One op call: the op and its JSON arguments.
-#[derive(Debug)]
-pub struct Step {
-    pub op: Arc<OpHandle>,
-    pub args_json: Arc<str>,
-}
+use crate::plan::{Node, Step};
 
 /// How a run is driven.
 #[derive(Clone, Debug)]

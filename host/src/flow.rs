@@ -9,9 +9,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::exec::{Node, Step};
 use crate::expr::{self, Expr};
 use crate::ops::Registry;
+use crate::plan::{Node, Step};
 
 /// One flow as written in a file.
 #[derive(Clone, Debug, PartialEq)]

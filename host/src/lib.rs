@@ -15,6 +15,7 @@ pub mod flow;
 pub mod llm;
 pub mod metrics;
 pub mod ops;
+pub mod plan;
 pub mod transport;
 pub mod watch;
 

@@ -1,14 +1,15 @@
-//! The HTTP transport (axum): FlowLLM-compatible `POST /{flow}` (SSE for stream flows, JSON
-//! otherwise), discovery routes, the docs page, metrics, and the OpenAI-compatible API in
-//! `openai.rs`. Knows nothing of plugins: it looks flows up in the catalog's current snapshot
-//! and hands them to the executor.
+//! The HTTP transport (axum): the router and its layers, FlowLLM-compatible `POST /{flow}`
+//! (SSE for stream flows, JSON otherwise), discovery routes, `/health` and `/ready`, metrics,
+//! and serving with the drain on SIGTERM. The pieces it assembles have files of their own:
+//! `guard` (request checks), `state`, `request` (lookup, body, validation), `sse`, `docs`,
+//! `openai`, `openapi`, `lifecycle`; the arrows run from here to them. Knows nothing of
+//! plugins: it looks flows up in the catalog's current snapshot and hands them to the executor.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -16,54 +17,25 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{json, Map, Value};
-use tokio_util::sync::CancellationToken;
+use serde_json::{json, Value};
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 
-use crate::catalog::{Catalog, Snapshot};
-use crate::chunk::Chunk;
+use crate::catalog::Catalog;
 use crate::config::Http as Options;
 use crate::exec::{self, Run};
-use crate::flow::Flow;
 use crate::metrics as m;
 
 pub use super::error::ApiError;
-use super::guard::{self, Policy};
-use super::{openai, openapi};
-
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState {
-    pub catalog: Arc<Catalog>,
-    pub options: Arc<Options>,
-    /// Fires when the shutdown deadline passes: streams still running are ended.
-    pub hard_stop: CancellationToken,
-    /// What every run starts with (the LLM service).
-    pub run_options: exec::Options,
-    /// False from the moment a drain begins (`GET /ready` answers 503).
-    pub ready: Arc<AtomicBool>,
-    policy: Policy,
-    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-}
-
-impl AppState {
-    pub fn new(catalog: Arc<Catalog>, options: Options, run_options: exec::Options) -> AppState {
-        AppState {
-            catalog,
-            policy: Policy::new(&options),
-            options: Arc::new(options),
-            hard_stop: CancellationToken::new(),
-            run_options,
-            ready: Arc::new(AtomicBool::new(true)),
-            metrics: m::handle(),
-        }
-    }
-}
+use super::guard;
+pub use super::request::{busy_response, live_flow, parse_body, validate};
+pub use super::sse::{sse_response, EventWriter, FlowLlmEvents};
+pub use super::state::AppState;
+use super::{docs, openai, openapi};
 
 /// The whole HTTP API. Flow routes are not registered one by one: `POST /{flow}` looks the
 /// flow up in the snapshot of the moment, so reloads need no new router.
 pub fn router(state: AppState) -> Router {
-    let docs = swagger_ui_dist::generate_routes(swagger_ui_dist::ApiDefinition {
+    let swagger = swagger_ui_dist::generate_routes(swagger_ui_dist::ApiDefinition {
         uri_prefix: "/docs",
         api_definition: swagger_ui_dist::OpenApiSource::Uri("/openapi.json"),
         title: Some("flowhost API"),
@@ -88,7 +60,7 @@ pub fn router(state: AppState) -> Router {
                 state.hard_stop.clone(),
             ),
         )
-        .merge(docs.layer(middleware::from_fn(docs_page)))
+        .merge(swagger.layer(middleware::from_fn(docs::docs_page)))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.policy.clone(),
@@ -122,62 +94,6 @@ pub fn router(state: AppState) -> Router {
             .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
     )
 }
-
-/// The `/docs` page: Swagger UI on the host's own assets, plus what an API key needs. The page
-/// loads without the key; the OpenAPI document behind it does not, so the page sends the key
-/// it was given (asked for once on a 401, kept in the tab's sessionStorage) with every request,
-/// the document's own included. The Authorize button sets it too.
-async fn docs_page(request: Request, next: Next) -> Response {
-    if !matches!(request.uri().path(), "/docs" | "/docs/") {
-        return next.run(request).await;
-    }
-    (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        DOCS_PAGE,
-    )
-        .into_response()
-}
-
-const DOCS_PAGE: &str = r##"<!DOCTYPE html>
-<html lang="en">
-<head>
-  <meta charset="utf-8" />
-  <meta name="viewport" content="width=device-width, initial-scale=1" />
-  <title>flowhost API</title>
-  <link rel="stylesheet" href="/docs/swagger-ui.css" />
-</head>
-<body>
-<div id="swagger-ui"></div>
-<script src="/docs/swagger-ui-bundle.js"></script>
-<script>
-  const KEY = "flowhost-api-key";
-  window.onload = () => {
-    window.ui = SwaggerUIBundle({
-      url: "/openapi.json",
-      dom_id: "#swagger-ui",
-      persistAuthorization: true,
-      requestInterceptor: (req) => {
-        const key = sessionStorage.getItem(KEY);
-        if (key && !req.headers.Authorization) req.headers.Authorization = "Bearer " + key;
-        return req;
-      },
-      responseInterceptor: (res) => {
-        if (res.status === 401 && res.url.endsWith("/openapi.json")) {
-          const key = window.prompt("This flowhost needs its API key:");
-          if (key) { sessionStorage.setItem(KEY, key.trim()); window.location.reload(); }
-        }
-        return res;
-      },
-      onComplete: () => {
-        const key = sessionStorage.getItem(KEY);
-        if (key) window.ui.preauthorizeApiKey("bearer", key);
-      },
-    });
-  };
-</script>
-</body>
-</html>
-"##;
 
 /// While draining, every answer closes its connection: a proxy holding idle keep-alive
 /// connections to this replica would otherwise send a request on one just as shutdown closes
@@ -328,93 +244,6 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
-/// A run refused by admission control: 503, `Retry-After`, and the reason naming the flow.
-pub fn busy_response(busy: &crate::admission::Busy) -> Response {
-    let mut response =
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, busy.message.clone()).into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, busy.retry_after.into());
-    response
-}
-
-/// Looks a flow up for a request: 404 when unknown, 503 when broken with no good version.
-pub fn live_flow(snapshot: &Snapshot, name: &str) -> Result<Arc<Flow>, ApiError> {
-    let Some(entry) = snapshot.get(name) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no flow named `{name}` (GET /flows lists the flows)"),
-        ));
-    };
-    entry.flow.clone().ok_or_else(|| {
-        let reason = entry
-            .error
-            .as_ref()
-            .map_or_else(|| "unknown error".to_string(), |d| d.to_string());
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("flow `{name}` is broken and has no good version to serve: {reason}"),
-        )
-    })
-}
-
-/// Parses a request body into the input object: JSON object required, empty means `{}`.
-pub fn parse_body(
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> Result<Map<String, Value>, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than the limit of {limit} bytes (http.body_limit)"),
-            )
-        } else {
-            ApiError::new(rejection.status(), rejection.body_text())
-        }
-    })?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
-    }
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            json!([{"loc": ["body"], "msg": format!("the body must be a JSON object, found {}", kind_of(&other)), "type": "type_error"}]),
-        )),
-        Err(err) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            json!([{"loc": ["body", err.line(), err.column()], "msg": format!("invalid JSON: {err}"), "type": "json_invalid"}]),
-        )),
-    }
-}
-
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// Checks the input against the flow's schema: 422 naming each field, FastAPI's shape.
-pub fn validate(flow: &Flow, input: Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
-    flow.check_input(input).map_err(|problems| {
-        let detail: Vec<Value> = problems
-            .into_iter()
-            .map(|(field, message)| {
-                let mut loc = vec![Value::from("body")];
-                loc.extend(field.split('/').filter(|s| !s.is_empty()).map(Value::from));
-                json!({"loc": loc, "msg": message, "type": "value_error"})
-            })
-            .collect();
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
-    })
-}
-
 async fn run_flow(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -468,109 +297,6 @@ async fn json_answer(run: Run, state: &AppState) -> Response {
                 .into_response()
         }
     }
-}
-
-/// How a stream of chunks is written as SSE events.
-pub trait EventWriter: Send + 'static {
-    fn chunks(&mut self, flow_id: &str, chunks: &[Chunk], out: &mut String);
-    /// The closing events (`[DONE]`).
-    fn done(&mut self, flow_id: &str, out: &mut String);
-}
-
-/// FlowLLM's wire form: `data:{chunk json}\n\n` per chunk, `data:[DONE]\n\n` at the end.
-pub struct FlowLlmEvents;
-
-impl EventWriter for FlowLlmEvents {
-    fn chunks(&mut self, flow_id: &str, chunks: &[Chunk], out: &mut String) {
-        for chunk in chunks {
-            out.push_str("data:");
-            chunk.write_json(flow_id, out);
-            out.push_str("\n\n");
-        }
-    }
-
-    fn done(&mut self, _flow_id: &str, out: &mut String) {
-        out.push_str("data:[DONE]\n\n");
-    }
-}
-
-struct Streaming<W> {
-    run: Run,
-    writer: W,
-    batch: Vec<Chunk>,
-    keepalive: Duration,
-    hard_stop: CancellationToken,
-    started: Instant,
-    first_seen: bool,
-    finished: bool,
-}
-
-impl<W> Drop for Streaming<W> {
-    fn drop(&mut self) {
-        metrics::gauge!(m::ACTIVE_STREAMS).decrement(1.0);
-        if !self.finished {
-            // The client went away first; dropping the run cancels it.
-            metrics::counter!(m::CANCELLATIONS).increment(1);
-            tracing::info!(flow_id = %self.run.flow_id, "client disconnected; run cancelled");
-        }
-    }
-}
-
-/// Streams a run as SSE. Every batch of chunks becomes one write; a quiet stream gets
-/// keep-alive comments; a client that goes away drops the body, which cancels the run.
-pub fn sse_response<W: EventWriter>(run: Run, state: &AppState, writer: W) -> Response {
-    metrics::gauge!(m::ACTIVE_STREAMS).increment(1.0);
-    let streaming = Streaming {
-        run,
-        writer,
-        batch: Vec::new(),
-        keepalive: state.options.keepalive,
-        hard_stop: state.hard_stop.clone(),
-        started: Instant::now(),
-        first_seen: false,
-        finished: false,
-    };
-    let body = futures_util::stream::unfold(streaming, |mut s| async move {
-        if s.finished {
-            return None;
-        }
-        let mut out = String::new();
-        let flow_id = s.run.flow_id.clone();
-        tokio::select! {
-            more = s.run.next_batch(&mut s.batch) => {
-                if more {
-                    if !s.first_seen {
-                        s.first_seen = true;
-                        metrics::histogram!(m::FIRST_CHUNK).record(s.started.elapsed().as_secs_f64());
-                    }
-                    metrics::counter!(m::CHUNKS).increment(s.batch.len() as u64);
-                    if s.batch.iter().any(|c| c.kind == crate::chunk::ChunkKind::Error) {
-                        metrics::counter!(m::FLOW_ERRORS).increment(1);
-                    }
-                    s.writer.chunks(&flow_id, &s.batch, &mut out);
-                    s.batch.clear();
-                } else {
-                    s.writer.done(&flow_id, &mut out);
-                    s.finished = true;
-                }
-            }
-            _ = tokio::time::sleep(s.keepalive) => {
-                out.push_str(": keep-alive\n\n");
-            }
-            _ = s.hard_stop.cancelled() => {
-                let chunk = Chunk::error("flowhost", "the server is shutting down; the stream was ended");
-                s.writer.chunks(&flow_id, std::slice::from_ref(&chunk), &mut out);
-                s.writer.done(&flow_id, &mut out);
-                s.finished = true;
-            }
-        }
-        Some((Ok::<_, Infallible>(Bytes::from(out)), s))
-    });
-    Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(body))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 /// Serves HTTP until SIGINT/SIGTERM: stop accepting, let streams finish until the shutdown

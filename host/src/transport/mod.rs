@@ -1,6 +1,7 @@
 //! Transports: how runs reach clients. They see the catalog's snapshots and the executor's
 //! chunks, never plugins.
 
+pub mod docs;
 pub mod error;
 pub mod guard;
 pub mod http;
@@ -8,3 +9,6 @@ pub mod lifecycle;
 pub mod mcp;
 pub mod openai;
 pub mod openapi;
+pub mod request;
+pub mod sse;
+pub mod state;

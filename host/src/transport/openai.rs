@@ -12,7 +12,9 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::http::{self, sse_response, AppState, EventWriter};
+use super::request::{live_flow, parse_body, validate};
+use super::sse::{sse_response, EventWriter};
+use super::state::AppState;
 use crate::chunk::{Chunk, ChunkKind};
 use crate::exec;
 
@@ -90,7 +92,7 @@ pub async fn chat_completions(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let mut request = match http::parse_body(body, state.options.body_limit) {
+    let mut request = match parse_body(body, state.options.body_limit) {
         Ok(request) => request,
         Err(err) => return from_api_error(err, "invalid_body"),
     };
@@ -117,7 +119,7 @@ pub async fn chat_completions(
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let snapshot = state.catalog.snapshot();
-    let flow = match http::live_flow(&snapshot, &model) {
+    let flow = match live_flow(&snapshot, &model) {
         Ok(flow) => flow,
         Err(err) if err.status == StatusCode::NOT_FOUND => {
             return error(
@@ -163,7 +165,7 @@ pub async fn chat_completions(
     }
     input.insert("query".into(), Value::String(query));
     input.insert("messages".into(), Value::Array(messages));
-    let input = match http::validate(&flow, input) {
+    let input = match validate(&flow, input) {
         Ok(input) => input,
         Err(err) => {
             return from_api_error(

@@ -151,3 +151,35 @@ fn transports_never_see_plugins_and_the_executor_never_sees_transports() {
     }
     assert!(offenders.is_empty(), "{}", offenders.join("\n"));
 }
+
+/// One job per file, arrows one way: the router (`http.rs`) assembles the transport's parts;
+/// no part reaches back into it, and the flow compiler and the executor share the plan
+/// (`plan.rs`) instead of importing each other.
+#[test]
+fn arrows_run_one_way() {
+    let root = workspace();
+    let mut offenders = Vec::new();
+    for file in rust_files(&root.join("host/src/transport")) {
+        if file.ends_with("http.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("read");
+        for (number, line) in code_lines(&text) {
+            if line.contains("super::http") || line.contains("transport::http") {
+                offenders.push(format!("{}:{number}: {line}", relative(&file)));
+            }
+        }
+    }
+    for (file, forbidden) in [
+        ("host/src/flow.rs", "crate::exec"),
+        ("host/src/exec.rs", "crate::flow::compile"),
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).expect("read");
+        for (number, line) in code_lines(&text) {
+            if line.contains(forbidden) {
+                offenders.push(format!("{file}:{number}: {line}"));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "{}", offenders.join("\n"));
+}

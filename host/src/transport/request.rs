@@ -1,0 +1,102 @@
+//! Turning an HTTP request into a run's input, shared by the FlowLLM and OpenAI routes: the
+//! flow lookup, the body parser, input validation, and the busy answer. Knows nothing of how
+//! runs are answered.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+
+use super::error::ApiError;
+use crate::catalog::Snapshot;
+use crate::flow::Flow;
+
+/// A run refused by admission control: 503, `Retry-After`, and the reason naming the flow.
+pub fn busy_response(busy: &crate::admission::Busy) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, busy.message.clone()).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, busy.retry_after.into());
+    response
+}
+
+/// Looks a flow up for a request: 404 when unknown, 503 when broken with no good version.
+pub fn live_flow(snapshot: &Snapshot, name: &str) -> Result<Arc<Flow>, ApiError> {
+    let Some(entry) = snapshot.get(name) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no flow named `{name}` (GET /flows lists the flows)"),
+        ));
+    };
+    entry.flow.clone().ok_or_else(|| {
+        let reason = entry
+            .error
+            .as_ref()
+            .map_or_else(|| "unknown error".to_string(), |d| d.to_string());
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("flow `{name}` is broken and has no good version to serve: {reason}"),
+        )
+    })
+}
+
+/// Parses a request body into the input object: JSON object required, empty means `{}`.
+pub fn parse_body(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Map<String, Value>, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than the limit of {limit} bytes (http.body_limit)"),
+            )
+        } else {
+            ApiError::new(rejection.status(), rejection.body_text())
+        }
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!([{"loc": ["body"], "msg": format!("the body must be a JSON object, found {}", kind_of(&other)), "type": "type_error"}]),
+        )),
+        Err(err) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!([{"loc": ["body", err.line(), err.column()], "msg": format!("invalid JSON: {err}"), "type": "json_invalid"}]),
+        )),
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Checks the input against the flow's schema: 422 naming each field, FastAPI's shape.
+pub fn validate(flow: &Flow, input: Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
+    flow.check_input(input).map_err(|problems| {
+        let detail: Vec<Value> = problems
+            .into_iter()
+            .map(|(field, message)| {
+                let mut loc = vec![Value::from("body")];
+                loc.extend(field.split('/').filter(|s| !s.is_empty()).map(Value::from));
+                json!({"loc": loc, "msg": message, "type": "value_error"})
+            })
+            .collect();
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
+    })
+}

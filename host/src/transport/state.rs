@@ -1,0 +1,42 @@
+//! What every HTTP handler shares: the catalog, the options, run options, the drain flag and
+//! the request policy. Knows nothing of routes.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::guard::Policy;
+use crate::catalog::Catalog;
+use crate::config::Http as Options;
+use crate::exec;
+use crate::metrics as m;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub catalog: Arc<Catalog>,
+    pub options: Arc<Options>,
+    /// Fires when the shutdown deadline passes: streams still running are ended.
+    pub hard_stop: CancellationToken,
+    /// What every run starts with (the LLM service).
+    pub run_options: exec::Options,
+    /// False from the moment a drain begins (`GET /ready` answers 503).
+    pub ready: Arc<AtomicBool>,
+    pub(crate) policy: Policy,
+    pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+impl AppState {
+    pub fn new(catalog: Arc<Catalog>, options: Options, run_options: exec::Options) -> AppState {
+        AppState {
+            catalog,
+            policy: Policy::new(&options),
+            options: Arc::new(options),
+            hard_stop: CancellationToken::new(),
+            run_options,
+            ready: Arc::new(AtomicBool::new(true)),
+            metrics: m::handle(),
+        }
+    }
+}

@@ -8,11 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use abi_stable::std_types::RStr;
 use flowhost::catalog::{Catalog, Filter};
 use flowhost::exec;
 use flowhost::ops::Plugins;
-use op_sdk::ffi::HostCtx;
 use serde_json::{json, Map, Value};
 
 mod compare;
@@ -105,8 +103,8 @@ fn main() {
 /// A host that only counts: the cost of `emit` across the FFI boundary and nothing else.
 struct CountingHost(AtomicU64);
 
-impl HostCtx for CountingHost {
-    fn emit(&self, _kind: u8, content: RStr<'_>, _json: bool) -> bool {
+impl flowhost::ops::Host for CountingHost {
+    fn emit(&self, _kind: u8, content: &str, _json: bool) -> bool {
         self.0.fetch_add(
             content.len() as u64 / content.len().max(1) as u64,
             Ordering::Relaxed,
@@ -119,19 +117,13 @@ impl HostCtx for CountingHost {
     fn sleep(&self, _millis: u64) -> bool {
         true
     }
-    fn log(&self, _level: u8, _message: RStr<'_>) {}
-}
-
-impl op_sdk::ffi::HostServices for CountingHost {
+    fn log(&self, _level: u8, _message: &str) {}
     fn chat_stream(
         &self,
-        _request: RStr<'_>,
-        _on_chunk: op_sdk::ffi::ChunkSinkMut<'_>,
-    ) -> abi_stable::std_types::RResult<
-        abi_stable::std_types::RString,
-        abi_stable::std_types::RString,
-    > {
-        abi_stable::std_types::RResult::RErr("no LLM in this benchmark".into())
+        _request: &str,
+        _on_chunk: &mut dyn FnMut(u8, &str, bool) -> bool,
+    ) -> Result<String, String> {
+        Err("no LLM in this benchmark".into())
     }
 }
 

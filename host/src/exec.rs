@@ -2,14 +2,10 @@
 //! parallel branches run on copies and merge in declaration order; a failure cancels the rest.
 //! Knows nothing of HTTP, MCP or files: callers hand it a flow and an input object.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use abi_stable::std_types::RStr;
-use abi_stable::std_types::{RResult, RString};
-use op_sdk::ffi::{ChunkSinkMut, HostCtx, HostServices};
 use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 use tokio::time::Instant as TokioInstant;
@@ -518,24 +514,20 @@ struct OpHost {
     runtime: tokio::runtime::Handle,
 }
 
-impl HostCtx for OpHost {
+impl crate::ops::Host for OpHost {
     #[inline]
-    fn emit(&self, kind: u8, content: RStr<'_>, json: bool) -> bool {
-        // A panic must not unwind into the plugin's frames.
-        catch_unwind(AssertUnwindSafe(|| {
-            let Some(kind) = ChunkKind::from_u8(kind) else {
-                // A kind from a newer SDK: drop it, keep the op running.
-                return !self.cancel.is_cancelled();
-            };
-            let chunk = Chunk {
-                kind,
-                json,
-                op: self.op,
-                text: content.as_str().to_owned(),
-            };
-            self.tx.push(chunk, &self.cancel)
-        }))
-        .unwrap_or(false)
+    fn emit(&self, kind: u8, content: &str, json: bool) -> bool {
+        let Some(kind) = ChunkKind::from_u8(kind) else {
+            // A kind from a newer SDK: drop it, keep the op running.
+            return !self.cancel.is_cancelled();
+        };
+        let chunk = Chunk {
+            kind,
+            json,
+            op: self.op,
+            text: content.to_owned(),
+        };
+        self.tx.push(chunk, &self.cancel)
     }
 
     fn is_cancelled(&self) -> bool {
@@ -543,73 +535,55 @@ impl HostCtx for OpHost {
     }
 
     fn sleep(&self, millis: u64) -> bool {
-        catch_unwind(AssertUnwindSafe(|| {
-            let duration = Duration::from_millis(millis);
-            self.runtime.block_on(async {
-                tokio::select! {
-                    _ = self.cancel.cancelled() => false,
-                    _ = tokio::time::sleep(duration) => true,
-                }
-            })
-        }))
-        .unwrap_or(false)
+        let duration = Duration::from_millis(millis);
+        self.runtime.block_on(async {
+            tokio::select! {
+                _ = self.cancel.cancelled() => false,
+                _ = tokio::time::sleep(duration) => true,
+            }
+        })
     }
 
-    fn log(&self, level: u8, message: RStr<'_>) {
-        let _ = catch_unwind(AssertUnwindSafe(|| {
-            let message = message.as_str();
-            let op = self.op;
-            let level = match level {
-                1 => op_sdk::Level::Error,
-                2 => op_sdk::Level::Warn,
-                3 => op_sdk::Level::Info,
-                _ => op_sdk::Level::Debug,
-            };
-            match level {
-                op_sdk::Level::Error => tracing::error!(op, "{message}"),
-                op_sdk::Level::Warn => tracing::warn!(op, "{message}"),
-                op_sdk::Level::Info => tracing::info!(op, "{message}"),
-                op_sdk::Level::Debug => tracing::debug!(op, "{message}"),
-            }
-            if let Some(logs) = &self.logs {
-                let line = LogLine {
-                    level,
-                    op,
-                    message: message.to_string(),
-                };
-                logs.send(line);
-            }
-        }));
+    fn log(&self, level: u8, message: &str) {
+        let op = self.op;
+        let level = match level {
+            1 => op_sdk::Level::Error,
+            2 => op_sdk::Level::Warn,
+            3 => op_sdk::Level::Info,
+            _ => op_sdk::Level::Debug,
+        };
+        match level {
+            op_sdk::Level::Error => tracing::error!(op, "{message}"),
+            op_sdk::Level::Warn => tracing::warn!(op, "{message}"),
+            op_sdk::Level::Info => tracing::info!(op, "{message}"),
+            op_sdk::Level::Debug => tracing::debug!(op, "{message}"),
+        }
+        if let Some(logs) = &self.logs {
+            logs.send(LogLine {
+                level,
+                op,
+                message: message.to_string(),
+            });
+        }
     }
-}
 
-impl HostServices for OpHost {
     fn chat_stream(
         &self,
-        request: RStr<'_>,
-        mut on_chunk: ChunkSinkMut<'_>,
-    ) -> RResult<RString, RString> {
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let Some(llm) = &self.llm else {
-                return Err("this host was started without an LLM service".to_string());
-            };
-            let request: Value = serde_json::from_str(request.as_str())
-                .map_err(|err| format!("the chat request is not valid JSON: {err}"))?;
-            // The op thread waits here while the host's runtime drives the HTTP stream.
-            let result = self.runtime.block_on(llm.chat_stream(
-                &request,
-                &self.cancel,
-                |kind, text, json| on_chunk.chunk(kind as u8, text.into(), json),
-            ));
-            result
-                .map(|value| value.to_string())
-                .map_err(|err| err.to_string())
-        }));
-        match result {
-            Ok(Ok(text)) => RResult::ROk(RString::from(text)),
-            Ok(Err(message)) => RResult::RErr(RString::from(message)),
-            Err(_) => RResult::RErr(RString::from("the host's LLM service panicked")),
-        }
+        request: &str,
+        on_chunk: &mut dyn FnMut(u8, &str, bool) -> bool,
+    ) -> Result<String, String> {
+        let Some(llm) = &self.llm else {
+            return Err("this host was started without an LLM service".to_string());
+        };
+        let request: Value = serde_json::from_str(request)
+            .map_err(|err| format!("the chat request is not valid JSON: {err}"))?;
+        // The op thread waits here while the host's runtime drives the HTTP stream.
+        self.runtime
+            .block_on(llm.chat_stream(&request, &self.cancel, |kind, text, json| {
+                on_chunk(kind as u8, text, json)
+            }))
+            .map(|value| value.to_string())
+            .map_err(|err| err.to_string())
     }
 }
 

@@ -111,6 +111,27 @@ pub fn intern(name: &str) -> &'static str {
     leaked
 }
 
+/// What an op call may ask of whoever runs it: the executor's host context in process (and,
+/// later, a worker's link back to the host). Plain Rust: `plugin.rs` adapts it to the FFI
+/// (`HostCtx` and `HostServices`), wrapping every call in `catch_unwind`, so nothing else in
+/// the host names abi_stable types.
+pub trait Host: Send + Sync {
+    /// Streams a chunk (`kind` as `op_sdk::ChunkKind`'s number); `false`: the consumer is gone.
+    fn emit(&self, kind: u8, content: &str, json: bool) -> bool;
+    fn is_cancelled(&self) -> bool;
+    /// Sleeps up to `millis`, waking early on cancel; `false` if cancelled.
+    fn sleep(&self, millis: u64) -> bool;
+    /// `level`: 1 error, 2 warn, 3 info, else debug.
+    fn log(&self, level: u8, message: &str);
+    /// Streams an LLM chat (`request` is the op's JSON request); each delta goes to `on_chunk`,
+    /// which returns `false` to stop; the result is the JSON summary or an error message.
+    fn chat_stream(
+        &self,
+        request: &str,
+        on_chunk: &mut dyn FnMut(u8, &str, bool) -> bool,
+    ) -> Result<String, String>;
+}
+
 /// The plugin folders and what was loaded from each file. Owned by whoever reloads plugins.
 pub struct Plugins {
     dirs: Vec<PathBuf>,

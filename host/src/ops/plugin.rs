@@ -7,8 +7,12 @@ use std::path::{Path, PathBuf};
 use abi_stable::library::{lib_header_from_path, AbiHeader, LibraryError, RootModule};
 use abi_stable::sabi_types::{RRef, VersionNumber};
 use abi_stable::std_types::RStr;
+use abi_stable::std_types::{RResult, RString};
 use abi_stable::type_level::downcasting::TD_Opaque;
-use op_sdk::ffi::{v0, HostCtx, HostCtx_TO, HostServices, HostServices_TO, OpLib_Ref, OpMeta};
+use op_sdk::ffi::{
+    v0, ChunkSinkMut, HostCtx, HostCtx_TO, HostServices, HostServices_TO, OpLib_Ref, OpMeta,
+};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// A loaded plugin library. Never unloaded: abi_stable leaks libraries by design, so a reload
 /// costs the old library's mapped size (see ARCHITECTURE.md).
@@ -194,13 +198,15 @@ impl Library {
     }
 
     /// Runs an op; returns the JSON object of context writes, or the error message.
-    pub fn run<H: HostCtx + HostServices>(
+    pub fn run(
         &self,
         op: &str,
         args_json: &str,
         context_json: &str,
-        host: &H,
+        host: &dyn super::Host,
     ) -> Result<String, String> {
+        let host = FfiHost(host);
+        let host = &host;
         let (op, args, context) = (
             RStr::from_str(op),
             RStr::from_str(args_json),
@@ -224,6 +230,52 @@ impl Library {
             .into_result()
             .map(|s| s.into_string())
             .map_err(|e| e.into_string())
+    }
+}
+
+/// A [`super::Host`] as the plugin sees it: the FFI traits, every call wrapped so a panic on the
+/// host side never unwinds into the plugin's frames.
+struct FfiHost<'a>(&'a dyn super::Host);
+
+impl HostCtx for FfiHost<'_> {
+    #[inline]
+    fn emit(&self, kind: u8, content: RStr<'_>, json: bool) -> bool {
+        catch_unwind(AssertUnwindSafe(|| {
+            self.0.emit(kind, content.as_str(), json)
+        }))
+        .unwrap_or(false)
+    }
+
+    fn is_cancelled(&self) -> bool {
+        catch_unwind(AssertUnwindSafe(|| self.0.is_cancelled())).unwrap_or(true)
+    }
+
+    fn sleep(&self, millis: u64) -> bool {
+        catch_unwind(AssertUnwindSafe(|| self.0.sleep(millis))).unwrap_or(false)
+    }
+
+    fn log(&self, level: u8, message: RStr<'_>) {
+        let _ = catch_unwind(AssertUnwindSafe(|| self.0.log(level, message.as_str())));
+    }
+}
+
+impl HostServices for FfiHost<'_> {
+    fn chat_stream(
+        &self,
+        request: RStr<'_>,
+        mut on_chunk: ChunkSinkMut<'_>,
+    ) -> RResult<RString, RString> {
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            self.0
+                .chat_stream(request.as_str(), &mut |kind, text, json| {
+                    on_chunk.chunk(kind, text.into(), json)
+                })
+        }));
+        match result {
+            Ok(Ok(text)) => RResult::ROk(RString::from(text)),
+            Ok(Err(message)) => RResult::RErr(RString::from(message)),
+            Err(_) => RResult::RErr(RString::from("the host's LLM service panicked")),
+        }
     }
 }
 

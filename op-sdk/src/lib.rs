@@ -51,6 +51,7 @@ use serde_json::{Map, Value};
 
 #[doc(hidden)]
 pub mod ffi;
+pub mod testing;
 
 /// The kinds of chunk an op can stream (FlowLLM 0.2 names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

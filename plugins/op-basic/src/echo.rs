@@ -20,3 +20,23 @@ impl Op for EchoOp {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use op_sdk::testing::Harness;
+    use serde_json::json;
+
+    use super::EchoOp;
+
+    #[test]
+    fn answers_with_the_query() {
+        let run = Harness::new()
+            .input(json!({"query": "hello"}))
+            .run::<EchoOp>()
+            .unwrap();
+        assert_eq!(run.answer_text(), "hello");
+        assert_eq!(run.writes["answer"], "hello");
+        let err = Harness::new().run::<EchoOp>().unwrap_err();
+        assert!(err.message().contains("query"), "{err:?}");
+    }
+}

@@ -57,3 +57,31 @@ impl Op for TickOp {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use op_sdk::testing::Harness;
+    use serde_json::json;
+
+    use super::TickOp;
+
+    #[test]
+    fn ticks_and_stops_when_the_consumer_goes() {
+        let run = Harness::new()
+            .args(json!({"n": 3, "interval_ms": 1000}))
+            .run::<TickOp>()
+            .unwrap();
+        assert_eq!(run.answer_text(), "tick 0\ntick 1\ntick 2\n");
+        assert_eq!(run.slept, std::time::Duration::from_secs(2));
+        let cut = Harness::new()
+            .args(json!({"n": 100}))
+            .cancel_after(2)
+            .run::<TickOp>()
+            .unwrap();
+        assert_eq!(cut.chunks.len(), 2, "stops at the first emit that fails");
+        assert!(Harness::new()
+            .args(json!({"n": "x"}))
+            .run::<TickOp>()
+            .is_err());
+    }
+}

@@ -147,3 +147,39 @@ impl Op for ChatOp {
 }
 
 op_sdk::export_plugin!(StreamChatOp, ChatOp);
+
+#[cfg(test)]
+mod tests {
+    use op_sdk::testing::Harness;
+    use op_sdk::ChunkKind;
+    use serde_json::json;
+
+    use super::StreamChatOp;
+
+    #[test]
+    fn streams_the_model_and_sends_the_system_prompt_and_parameters() {
+        let run = Harness::new()
+            .args(json!({"temperature": 0.9}))
+            .input(json!({"query": "hi", "system_prompt": "Be brief.", "llm_params": {"temperature": 0.1}}))
+            .llm(|request| {
+                assert_eq!(request["messages"][0], json!({"role": "system", "content": "Be brief."}));
+                assert_eq!(request["messages"][1], json!({"role": "user", "content": "hi"}));
+                assert_eq!(request["temperature"], 0.1, "the request's parameters win");
+                Ok((
+                    vec![(ChunkKind::Think, "hmm".into()), (ChunkKind::Answer, "Hello".into())],
+                    json!({"answer": "Hello", "think": "hmm", "tool_calls": [], "usage": {"total_tokens": 3}}),
+                ))
+            })
+            .run::<StreamChatOp>()
+            .unwrap();
+        assert_eq!(
+            run.chunks,
+            [
+                (ChunkKind::Think, "hmm".to_string()),
+                (ChunkKind::Answer, "Hello".to_string())
+            ]
+        );
+        assert_eq!(run.writes["answer"], "Hello");
+        assert_eq!(run.writes["usage"]["total_tokens"], 3);
+    }
+}

@@ -84,13 +84,14 @@ impl Snapshot {
         for (name, entry) in &self.flows {
             let spec = &entry.spec;
             text.push_str(&format!(
-                "{name}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{:?}\n",
+                "{name}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{:?}\u{0}{:?}\n",
                 entry.status(),
                 spec.flow_content,
                 spec.stream,
                 spec.description,
                 spec.input_schema,
                 spec.limits,
+                spec.isolation,
             ));
         }
         format!("{:016x}", crate::stable_hash(text.as_bytes()))

@@ -91,6 +91,14 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Runs op calls for a host in a separate process (`isolation: process`); started by the
+    /// host itself, never by hand.
+    #[command(name = "__worker", hide = true)]
+    Worker {
+        library: PathBuf,
+        hash: String,
+        memory_mb: String,
+    },
     /// Print the effective configuration as JSON.
     Config {
         #[command(flatten)]
@@ -151,6 +159,7 @@ pub fn default_log_filter(command: &Command) -> &'static str {
         Command::Serve { .. } => "info,rmcp=warn",
         // Warnings (settings flowhost ignores, refused plugins) must be seen at the default
         // level; flow problems are printed by the commands themselves.
+        Command::Worker { .. } => "warn",
         Command::Flows { .. }
         | Command::Check { .. }
         | Command::Run { .. }
@@ -195,6 +204,16 @@ pub fn run(cli: Cli) -> ExitCode {
         } => with_config(common.flags(), |config| {
             run_flow(&config, &flow, input.as_deref(), &fields)
         }),
+        Command::Worker {
+            library,
+            hash,
+            memory_mb,
+        } => {
+            let hash = u64::from_str_radix(&hash, 16).unwrap_or_default();
+            let memory_mb = memory_mb.parse().ok();
+            let code = crate::worker::child::main(&library, hash, memory_mb);
+            return ExitCode::from(code.clamp(0, 255) as u8);
+        }
         Command::Config { common, overrides } => {
             let mut flags = common.flags();
             flags.overrides.extend(overrides);
@@ -397,9 +416,11 @@ pub fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, String> {
 
 /// What every run starts with: the LLM service from the configuration.
 fn run_options(config: &Config) -> exec::Options {
+    crate::worker::set_max_workers(config.max_workers);
     exec::Options {
         llm: Some(Arc::new(crate::llm::Service::new(config.llm.clone()))),
         admission: crate::admission::Global::new(config.max_concurrency, config.max_queue),
+        isolation: Arc::new(config.isolation.clone()),
         ..exec::Options::default()
     }
 }

@@ -29,6 +29,10 @@ pub struct Config {
     pub max_concurrency: Option<usize>,
     /// Runs that may wait for a turn past `max_concurrency` (`ops.max_queue`).
     pub max_queue: usize,
+    /// Where ops run: `ops.isolation` and `plugins.<name>.isolation`.
+    pub isolation: crate::exec::IsolationPolicy,
+    /// Worker processes alive at once (`ops.max_workers`).
+    pub max_workers: usize,
     /// The config file that was read, if any.
     pub source: Option<PathBuf>,
 }
@@ -116,6 +120,7 @@ struct Raw {
     debounce_ms: u64,
     max_op_threads: usize,
     ops: RawOps,
+    plugins: std::collections::BTreeMap<String, RawPlugin>,
     /// Allowed so a FlowLLM config can be read; flows are served from the flows folder.
     flow: Value,
 }
@@ -125,6 +130,14 @@ struct Raw {
 struct RawOps {
     max_concurrency: Option<usize>,
     max_queue: Option<usize>,
+    isolation: crate::flow::Isolation,
+    max_workers: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawPlugin {
+    isolation: Option<crate::flow::Isolation>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +182,7 @@ impl Default for Raw {
             // (stack touched, not reserved); the user-facing bound is admission control.
             max_op_threads: DEFAULT_MAX_OP_THREADS,
             ops: RawOps::default(),
+            plugins: Default::default(),
             flow: Value::Null,
         }
     }
@@ -206,11 +220,12 @@ const KEYS: &[&str] = &[
     "debounce_ms",
     "max_op_threads",
     "ops",
+    "plugins",
     "flow",
 ];
 
 /// The keys of the `ops` section (the fields of `RawOps`).
-const OPS_KEYS: &[&str] = &["max_concurrency", "max_queue"];
+const OPS_KEYS: &[&str] = &["max_concurrency", "max_queue", "isolation", "max_workers"];
 
 /// The keys of the `http` section (the fields of `RawHttp`).
 const HTTP_KEYS: &[&str] = &[
@@ -371,6 +386,15 @@ pub fn load(flags: Flags) -> Result<Config, String> {
         max_op_threads: raw.max_op_threads,
         max_concurrency,
         max_queue,
+        isolation: crate::exec::IsolationPolicy {
+            default: raw.ops.isolation,
+            plugins: raw
+                .plugins
+                .into_iter()
+                .filter_map(|(name, p)| Some((name, p.isolation?)))
+                .collect(),
+        },
+        max_workers: raw.ops.max_workers.unwrap_or(64).max(1),
         source,
     })
 }
@@ -414,6 +438,23 @@ fn check_keys(where_: &str, tree: &mut Value) -> Result<(), String> {
         for key in ops.keys() {
             if !OPS_KEYS.contains(&key.as_str()) {
                 return Err(unknown_key(where_, &format!("ops.{key}"), key, OPS_KEYS));
+            }
+        }
+    }
+    if let Some(Value::Object(plugins)) = map.get("plugins") {
+        for (name, entry) in plugins {
+            let Value::Object(entry) = entry else {
+                continue;
+            };
+            for key in entry.keys() {
+                if key != "isolation" {
+                    return Err(unknown_key(
+                        where_,
+                        &format!("plugins.{name}.{key}"),
+                        key,
+                        &["isolation"],
+                    ));
+                }
             }
         }
     }
@@ -748,6 +789,23 @@ mod tests {
         let err = load_text("ops: {max_concurency: 1}\n", &[]).unwrap_err();
         assert!(err.contains("did you mean `ops.max_concurrency`?"), "{err}");
         assert!(load_text("ops: {max_concurrency: 0}\n", &[]).is_err());
+        let config = load_text(
+            "ops: {isolation: process}\nplugins: {op-basic: {isolation: in_process}}\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.isolation.default, crate::flow::Isolation::Process);
+        assert_eq!(
+            config.isolation.plugins["op-basic"],
+            crate::flow::Isolation::InProcess
+        );
+        let err = load_text("ops: {isolation: sandbox}\n", &[]).unwrap_err();
+        assert!(err.contains("sandbox") && err.contains("process"), "{err}");
+        let err = load_text("plugins: {op-basic: {isolaton: process}}\n", &[]).unwrap_err();
+        assert!(
+            err.contains("did you mean `plugins.op-basic.isolation`?"),
+            "{err}"
+        );
     }
 
     /// The seed's FlowLLM config (FlowLLM's streaming-service guide), verbatim.

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch;
 use crate::chunk::{Chunk, ChunkKind};
-use crate::flow::{Flow, Limits};
+use crate::flow::{Flow, Isolation, Limits};
 use crate::plan::{Node, Step};
 
 /// How a run is driven.
@@ -29,6 +29,8 @@ pub struct Options {
     pub llm: Option<Arc<crate::llm::Service>>,
     /// The host-wide admission limit ([`admit_and_start`]).
     pub admission: crate::admission::Global,
+    /// Where ops run (in process, or in worker processes).
+    pub isolation: Arc<IsolationPolicy>,
 }
 
 /// A line an op wrote with `ctx.log`.
@@ -86,6 +88,7 @@ impl Default for Options {
             logs: None,
             llm: None,
             admission: crate::admission::Global::default(),
+            isolation: Arc::default(),
         }
     }
 }
@@ -95,12 +98,26 @@ impl Default for Options {
 pub struct Failure {
     pub op: &'static str,
     pub message: String,
+    /// The op's worker process died or was killed (`isolation: process`).
+    pub crashed: bool,
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} failed: {}", self.op, self.message)
+        if self.crashed {
+            write!(f, "op {} crashed: {}", self.op, self.message)
+        } else {
+            write!(f, "{} failed: {}", self.op, self.message)
+        }
     }
+}
+
+/// Where ops run: `isolation` in a flow's YAML wins, then the plugin's setting
+/// (`plugins.<name>.isolation`), then the default (`ops.isolation`).
+#[derive(Clone, Debug, Default)]
+pub struct IsolationPolicy {
+    pub default: Isolation,
+    pub plugins: std::collections::HashMap<String, Isolation>,
 }
 
 /// How a run ended.
@@ -171,6 +188,11 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
     }
     let logs = options.logs.clone();
     let llm = options.llm.clone();
+    let isolation = Placement {
+        policy: options.isolation.clone(),
+        flow: flow.spec.isolation,
+        memory_mb: flow.spec.limits.max_memory_mb,
+    };
     let task = {
         let cancel = cancel.clone();
         let context = Arc::new(input.clone());
@@ -180,6 +202,7 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
                 cancel,
                 logs,
                 llm,
+                isolation,
             };
             let result = run_node(&flow.root, context, &env).await;
             if let Err(failure) = &result {
@@ -378,6 +401,25 @@ struct Env {
     cancel: CancellationToken,
     logs: Option<LogSink>,
     llm: Option<Arc<crate::llm::Service>>,
+    isolation: Placement,
+}
+
+/// Where this run's ops go, and the memory limit of their workers.
+#[derive(Clone)]
+struct Placement {
+    policy: Arc<IsolationPolicy>,
+    flow: Option<Isolation>,
+    memory_mb: Option<u64>,
+}
+
+impl Placement {
+    fn isolated(&self, plugin: &str) -> bool {
+        let choice = self
+            .flow
+            .or_else(|| self.policy.plugins.get(plugin).copied())
+            .unwrap_or(self.policy.default);
+        choice == Isolation::Process
+    }
 }
 
 fn run_node<'a>(node: &'a Node, context: Arc<Map<String, Value>>, env: &'a Env) -> NodeFuture<'a> {
@@ -426,6 +468,7 @@ fn run_node<'a>(node: &'a Node, context: Arc<Map<String, Value>>, env: &'a Env) 
                             first_failure.get_or_insert(Failure {
                                 op: "flow",
                                 message: format!("a parallel branch crashed: {join}"),
+                                crashed: false,
                             });
                             continue;
                         }
@@ -461,6 +504,7 @@ async fn run_step(
     let context_json = serde_json::to_string(context).map_err(|err| Failure {
         op: op_name,
         message: format!("context is not serialisable: {err}"),
+        crashed: false,
     })?;
     let host = OpHost {
         op: op_name,
@@ -472,26 +516,43 @@ async fn run_step(
     };
     let op = step.op.clone();
     let args = step.args_json.clone();
+    let isolated = env.isolation.isolated(&op.library.plugin_name);
+    let memory_mb = env.isolation.memory_mb;
     let joined = tokio::task::spawn_blocking(move || {
         let running = crate::metrics::ops_running();
         running.increment(1.0);
-        let result = op.library.run(op.name, &args, &context_json, &host);
+        let result = if isolated {
+            crate::worker::call(&op, &args, &context_json, &host, memory_mb)
+        } else {
+            op.library
+                .run(op.name, &args, &context_json, &host)
+                .map_err(crate::worker::Error::Failed)
+        };
         running.decrement(1.0);
         result
     })
     .await;
     let writes_json = match joined {
         Ok(Ok(writes)) => writes,
-        Ok(Err(message)) => {
+        Ok(Err(crate::worker::Error::Failed(message))) => {
             return Err(Failure {
                 op: op_name,
                 message,
+                crashed: false,
+            })
+        }
+        Ok(Err(crate::worker::Error::Crashed(message))) => {
+            return Err(Failure {
+                op: op_name,
+                message,
+                crashed: true,
             })
         }
         Err(join) => {
             return Err(Failure {
                 op: op_name,
                 message: format!("op thread failed: {join}"),
+                crashed: false,
             })
         }
     };
@@ -500,6 +561,7 @@ async fn run_step(
         _ => Err(Failure {
             op: op_name,
             message: "returned context writes that are not a JSON object".into(),
+            crashed: false,
         }),
     }
 }

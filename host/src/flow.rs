@@ -26,8 +26,20 @@ pub struct Spec {
     /// The input schema as a full JSON Schema object (FlowLLM's short form is converted).
     pub input_schema: Value,
     pub limits: Limits,
+    /// `isolation:` in the YAML: where this flow's ops run (else the plugin's or the default).
+    pub isolation: Option<Isolation>,
     /// Where `flow_content`'s text starts, to map expression positions to file positions.
     content_origin: Origin,
+}
+
+/// Where ops run: on a thread of the host, or in a worker process that a crash cannot take
+/// the host down with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    #[default]
+    InProcess,
+    Process,
 }
 
 /// Per-flow limits; `None` means unlimited.
@@ -41,6 +53,8 @@ pub struct Limits {
     pub max_concurrency: Option<usize>,
     /// Runs that may wait for a turn (default: `max_concurrency`); more are refused (503).
     pub max_queue: Option<usize>,
+    /// Memory an isolated op's worker may allocate (MiB); past it the worker is stopped.
+    pub max_memory_mb: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -191,6 +205,8 @@ struct RawSpec {
     input_schema: Option<Value>,
     #[serde(default)]
     limits: Option<RawLimits>,
+    #[serde(default)]
+    isolation: Option<Isolation>,
     /// FlowLLM's own flag; flows here are always run the same way.
     #[serde(default, rename = "use_async")]
     _use_async: Option<bool>,
@@ -205,6 +221,7 @@ struct RawLimits {
     max_output_bytes: Option<u64>,
     max_concurrency: Option<usize>,
     max_queue: Option<usize>,
+    max_memory_mb: Option<u64>,
 }
 
 /// Parses the text of one flow file.
@@ -357,6 +374,7 @@ fn parse_spec(
                 other => other,
             },
             max_queue: raw.max_queue,
+            max_memory_mb: raw.max_memory_mb,
         },
     };
     Ok(Spec {
@@ -368,6 +386,7 @@ fn parse_spec(
         description: raw.description.unwrap_or_default(),
         input_schema,
         limits,
+        isolation: raw.isolation,
         content_origin,
     })
 }
@@ -662,7 +681,7 @@ mod tests {
         );
         check(
             "ok:\n  flow_content: EchoOp()\nbad:\n  flow_content: EchoOp()\n  strem: true\n",
-            "f.yaml:5:1: error: flow `bad`: unknown field `strem`, expected one of `flow_content`, `stream`, `description`, `input_schema`, `limits`, `use_async` (did you mean `stream`?)",
+            "f.yaml:5:1: error: flow `bad`: unknown field `strem`, expected one of `flow_content`, `stream`, `description`, `input_schema`, `limits`, `isolation`, `use_async` (did you mean `stream`?)",
         );
         check("bad name:\n  flow_content: EchoOp()\n", "f.yaml:1:1: error: flow name `bad name` may only use letters, digits, `_` and `-` (it becomes a URL path and a tool name)");
         check(
@@ -671,7 +690,7 @@ mod tests {
         );
         check(
             "x:\n  flow_content: EchoOp()\n  limits: {idle_timout: 3}\n",
-            "f.yaml:3:1: error: flow `x`: unknown field `idle_timout`, expected one of `first_chunk_timeout`, `idle_timeout`, `total_timeout`, `max_output_bytes`, `max_concurrency`, `max_queue` (did you mean `idle_timeout`?)",
+            "f.yaml:3:1: error: flow `x`: unknown field `idle_timout`, expected one of `first_chunk_timeout`, `idle_timeout`, `total_timeout`, `max_output_bytes`, `max_concurrency`, `max_queue`, `max_memory_mb` (did you mean `idle_timeout`?)",
         );
         check(
             "x:\n  flow_content: EchoOp()\n  limits:\n    total_timeout: 1e300\n",

@@ -16,8 +16,10 @@ pub mod llm;
 pub mod metrics;
 pub mod ops;
 pub mod plan;
+pub mod stdio;
 pub mod transport;
 pub mod watch;
+pub mod worker;
 
 /// FNV-1a, 64 bits: a hash that is the same in every process and every build, so replicas
 /// can compare what they serve (`flows_hash`, `plugins_hash`) and content hashes are stable.

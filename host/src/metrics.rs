@@ -15,6 +15,8 @@ pub const RELOADS: &str = "flowhost_reloads_total";
 pub const OPS_RUNNING: &str = "flowhost_ops_running";
 pub const LOGS_DROPPED: &str = "flowhost_op_logs_dropped_total";
 pub const RUNS_QUEUED: &str = "flowhost_runs_queued";
+pub const WORKERS: &str = "flowhost_workers";
+pub const WORKER_CRASHES: &str = "flowhost_worker_crashes_total";
 pub const RUNS_REJECTED: &str = "flowhost_runs_rejected_total";
 /// Always 1; its labels carry the served flow and plugin set hashes.
 pub const SERVED_INFO: &str = "flowhost_served_info";
@@ -63,6 +65,8 @@ fn describe() {
         LOGS_DROPPED,
         "op log lines dropped because a client read too slowly"
     );
+    metrics::describe_gauge!(WORKERS, "op worker processes alive (isolation: process)");
+    metrics::describe_counter!(WORKER_CRASHES, "op workers that died or were killed");
     metrics::describe_gauge!(RUNS_QUEUED, "runs waiting for a turn (admission control)");
     metrics::describe_counter!(
         RUNS_REJECTED,

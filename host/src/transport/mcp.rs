@@ -405,39 +405,11 @@ pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 static PROTOCOL_OUT: std::sync::OnceLock<std::sync::Mutex<std::fs::File>> =
     std::sync::OnceLock::new();
 
-/// Keeps stdout for the protocol: takes a private duplicate of fd 1 for protocol lines and
-/// points fd 1 at stderr, so whatever else prints to stdout (an op's `println!`, a C
-/// library's `printf`) lands in the log instead of corrupting the JSON-RPC stream. Call it
-/// before plugins are loaded.
-#[cfg(unix)]
+/// Keeps stdout for the protocol (see [`crate::stdio::take_stdout`]): protocol lines go to a
+/// private duplicate, stray prints to stderr. Call it before plugins are loaded.
 pub fn claim_stdout() -> Result<(), String> {
-    use std::io::Write;
-    use std::os::fd::FromRawFd;
-    let _ = std::io::stdout().lock().flush();
-    // SAFETY: plain descriptor calls on fds 1 and 2, which the process owns; the duplicate is
-    // owned by the `File` from here on.
-    let file = unsafe {
-        let private = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
-        if private < 0 {
-            return Err(format!(
-                "cannot duplicate stdout: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        if libc::dup2(2, 1) < 0 {
-            return Err(format!(
-                "cannot point stdout at stderr: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        std::fs::File::from_raw_fd(private)
-    };
+    let file = crate::stdio::take_stdout()?;
     let _ = PROTOCOL_OUT.set(std::sync::Mutex::new(file));
-    Ok(())
-}
-
-#[cfg(not(unix))]
-pub fn claim_stdout() -> Result<(), String> {
     Ok(())
 }
 

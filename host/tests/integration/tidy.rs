@@ -81,8 +81,8 @@ fn stdout_is_written_only_by_the_cli_and_the_mcp_protocol_writer() {
                 // The command outputs (JSON lines, tables) go through `print` and the run
                 // writer.
                 "host/src/cli.rs" => !prints,
-                // The protocol writer (and the flush before stdout is claimed).
-                "host/src/transport/mcp.rs" => !prints,
+                // The protocol writer, and claiming stdout for it.
+                "host/src/transport/mcp.rs" | "host/src/stdio.rs" => !prints,
                 _ => false,
             };
             if (prints || stdout) && !allowed {

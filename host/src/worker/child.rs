@@ -1,0 +1,265 @@
+//! The worker process (`flowhost __worker LIBRARY HASH [MEMORY_MB]`): loads one plugin library
+//! and runs op calls for the host, one at a time, speaking `protocol` on stdin and a private
+//! copy of stdout. Knows nothing of flows or transports; a crash here ends only this process.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use super::protocol::{self, Message};
+use crate::ops::Host;
+
+/// Frames to the host: written whole under the lock, flushed by whoever needs them out now
+/// (before waiting, at the end of a call) or by the flusher within a few milliseconds.
+struct Out {
+    writer: Mutex<(BufWriter<File>, bool)>,
+}
+
+impl Out {
+    fn send(&self, message: &Message) -> bool {
+        let mut frame = Vec::with_capacity(64);
+        protocol::encode(message, &mut frame);
+        let mut guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        guard.1 = true;
+        guard.0.write_all(&frame).is_ok()
+    }
+
+    fn flush(&self) {
+        let mut guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.1 {
+            guard.1 = false;
+            if guard.0.flush().is_err() {
+                // The host is gone: nothing left to serve.
+                std::process::exit(0);
+            }
+        }
+    }
+}
+
+/// The op's host while it runs in this worker.
+struct WorkerHost {
+    out: Arc<Out>,
+    cancelled: Arc<(Mutex<bool>, Condvar)>,
+    cancel_flag: Arc<AtomicBool>,
+    service: Mutex<mpsc::Receiver<Message>>,
+}
+
+impl Host for WorkerHost {
+    fn emit(&self, kind: u8, content: &str, json: bool) -> bool {
+        if self.cancel_flag.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.out.send(&Message::Chunk {
+            kind,
+            json,
+            text: content.to_string(),
+        }) && !self.cancel_flag.load(Ordering::Relaxed)
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancel_flag.load(Ordering::Relaxed)
+    }
+
+    fn sleep(&self, millis: u64) -> bool {
+        self.out.flush();
+        let (lock, wake) = &*self.cancelled;
+        let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = wake
+            .wait_timeout_while(guard, Duration::from_millis(millis), |cancelled| {
+                !*cancelled
+            })
+            .unwrap_or_else(|p| p.into_inner());
+        !*guard
+    }
+
+    fn log(&self, level: u8, message: &str) {
+        self.out.send(&Message::Log {
+            level,
+            text: message.to_string(),
+        });
+    }
+
+    fn chat_stream(
+        &self,
+        request: &str,
+        on_chunk: &mut dyn FnMut(u8, &str, bool) -> bool,
+    ) -> Result<String, String> {
+        self.out.send(&Message::ServiceCall(request.to_string()));
+        self.out.flush();
+        let service = self.service.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stopped = false;
+        loop {
+            match service.recv() {
+                Ok(Message::ServiceChunk { kind, json, text }) => {
+                    if !stopped && !on_chunk(kind, &text, json) {
+                        stopped = true;
+                        self.out.send(&Message::ServiceStop);
+                        self.out.flush();
+                    }
+                }
+                Ok(Message::ServiceDone { ok: true, text }) => return Ok(text),
+                Ok(Message::ServiceDone { ok: false, text }) => return Err(text),
+                Ok(_) => continue,
+                Err(_) => return Err("the host went away during an LLM call".into()),
+            }
+        }
+    }
+}
+
+/// Runs the worker until the host closes its stdin. Returns the process exit code.
+pub fn main(library: &Path, expected_hash: u64, memory_mb: Option<u64>) -> i32 {
+    let stdout = match crate::stdio::take_stdout() {
+        Ok(file) => file,
+        Err(err) => {
+            eprintln!("flowhost worker: {err}");
+            return 2;
+        }
+    };
+    let out = Arc::new(Out {
+        writer: Mutex::new((BufWriter::with_capacity(64 * 1024, stdout), false)),
+    });
+    let loaded = std::fs::read(library)
+        .map_err(|err| format!("cannot read {}: {err}", library.display()))
+        .and_then(|bytes| {
+            let hash = crate::ops::plugin::content_hash(&bytes);
+            if hash != expected_hash {
+                return Err(format!(
+                    "{} changed since the host loaded it; the next reload brings new workers",
+                    library.display()
+                ));
+            }
+            crate::ops::plugin::load(library, &bytes).map_err(|err| err.to_string())
+        });
+    let library = match loaded {
+        Ok(library) => library,
+        Err(message) => {
+            out.send(&Message::LoadFailed(message));
+            out.flush();
+            return 1;
+        }
+    };
+    if let Some(mb) = memory_mb {
+        limit_memory(mb);
+    }
+    out.send(&Message::Ready);
+    out.flush();
+    {
+        // Chunks of a busy op leave within a few milliseconds even when it never waits.
+        let out = out.clone();
+        std::thread::Builder::new()
+            .name("worker-flush".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(2));
+                out.flush();
+            })
+            .ok();
+    }
+    let library = Arc::new(library);
+    let mut input = BufReader::with_capacity(64 * 1024, std::io::stdin().lock());
+    let mut call: Option<(
+        std::thread::JoinHandle<()>,
+        Arc<AtomicBool>,
+        Arc<(Mutex<bool>, Condvar)>,
+        mpsc::Sender<Message>,
+    )> = None;
+    loop {
+        let message = match protocol::read(&mut input) {
+            Ok(Some(message)) => message,
+            Ok(None) => return 0,
+            Err(err) => {
+                eprintln!("flowhost worker: bad frame from the host: {err}");
+                return 2;
+            }
+        };
+        match message {
+            Message::Call { op, args, context } => {
+                if let Some((thread, ..)) = call.take() {
+                    let _ = thread.join();
+                }
+                let cancel_flag = Arc::new(AtomicBool::new(false));
+                let cancelled = Arc::new((Mutex::new(false), Condvar::new()));
+                let (service_tx, service_rx) = mpsc::channel();
+                let host = WorkerHost {
+                    out: out.clone(),
+                    cancelled: cancelled.clone(),
+                    cancel_flag: cancel_flag.clone(),
+                    service: Mutex::new(service_rx),
+                };
+                let (library, op_out) = (library.clone(), out.clone());
+                let thread =
+                    std::thread::Builder::new()
+                        .name(format!("op {op}"))
+                        .spawn(move || {
+                            let result = library.run(&op, &args, &context, &host);
+                            let (ok, text) = match result {
+                                Ok(writes) => (true, writes),
+                                Err(message) => (false, message),
+                            };
+                            op_out.send(&Message::Done { ok, text });
+                            op_out.flush();
+                        });
+                match thread {
+                    Ok(thread) => call = Some((thread, cancel_flag, cancelled, service_tx)),
+                    Err(err) => {
+                        out.send(&Message::Done {
+                            ok: false,
+                            text: format!("cannot start an op thread: {err}"),
+                        });
+                        out.flush();
+                    }
+                }
+            }
+            Message::Cancel => {
+                if let Some((_, flag, cancelled, _)) = &call {
+                    flag.store(true, Ordering::Relaxed);
+                    let (lock, wake) = &**cancelled;
+                    *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                    wake.notify_all();
+                }
+            }
+            message @ (Message::ServiceChunk { .. } | Message::ServiceDone { .. }) => {
+                if let Some((_, _, _, service)) = &call {
+                    let _ = service.send(message);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Caps the address space at what the worker maps now plus `mb` MiB: an op that allocates
+/// past it fails its allocation (Rust aborts the process), which the host reports as the
+/// memory limit.
+fn limit_memory(mb: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        let mapped_kib = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmSize:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        let bytes = mapped_kib * 1024 + mb * 1024 * 1024;
+        let limit = libc::rlimit {
+            rlim_cur: bytes,
+            rlim_max: bytes,
+        };
+        // SAFETY: setrlimit with a valid struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) } != 0 {
+            eprintln!(
+                "flowhost worker: cannot limit memory: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = mb;
+    }
+}

@@ -110,6 +110,14 @@ impl Host for WorkerHost {
     }
 }
 
+/// The call in progress: its op thread, its cancellation, and where LLM replies go.
+struct Running {
+    thread: std::thread::JoinHandle<()>,
+    cancel_flag: Arc<AtomicBool>,
+    cancelled: Arc<(Mutex<bool>, Condvar)>,
+    service: mpsc::Sender<Message>,
+}
+
 /// Runs the worker until the host closes its stdin. Returns the process exit code.
 pub fn main(library: &Path, expected_hash: u64, memory_mb: Option<u64>) -> i32 {
     let stdout = match crate::stdio::take_stdout() {
@@ -160,12 +168,7 @@ pub fn main(library: &Path, expected_hash: u64, memory_mb: Option<u64>) -> i32 {
     }
     let library = Arc::new(library);
     let mut input = BufReader::with_capacity(64 * 1024, std::io::stdin().lock());
-    let mut call: Option<(
-        std::thread::JoinHandle<()>,
-        Arc<AtomicBool>,
-        Arc<(Mutex<bool>, Condvar)>,
-        mpsc::Sender<Message>,
-    )> = None;
+    let mut call: Option<Running> = None;
     loop {
         let message = match protocol::read(&mut input) {
             Ok(Some(message)) => message,
@@ -177,8 +180,8 @@ pub fn main(library: &Path, expected_hash: u64, memory_mb: Option<u64>) -> i32 {
         };
         match message {
             Message::Call { op, args, context } => {
-                if let Some((thread, ..)) = call.take() {
-                    let _ = thread.join();
+                if let Some(running) = call.take() {
+                    let _ = running.thread.join();
                 }
                 let cancel_flag = Arc::new(AtomicBool::new(false));
                 let cancelled = Arc::new((Mutex::new(false), Condvar::new()));
@@ -203,7 +206,14 @@ pub fn main(library: &Path, expected_hash: u64, memory_mb: Option<u64>) -> i32 {
                             op_out.flush();
                         });
                 match thread {
-                    Ok(thread) => call = Some((thread, cancel_flag, cancelled, service_tx)),
+                    Ok(thread) => {
+                        call = Some(Running {
+                            thread,
+                            cancel_flag,
+                            cancelled,
+                            service: service_tx,
+                        })
+                    }
                     Err(err) => {
                         out.send(&Message::Done {
                             ok: false,
@@ -214,16 +224,16 @@ pub fn main(library: &Path, expected_hash: u64, memory_mb: Option<u64>) -> i32 {
                 }
             }
             Message::Cancel => {
-                if let Some((_, flag, cancelled, _)) = &call {
-                    flag.store(true, Ordering::Relaxed);
-                    let (lock, wake) = &**cancelled;
+                if let Some(running) = &call {
+                    running.cancel_flag.store(true, Ordering::Relaxed);
+                    let (lock, wake) = &*running.cancelled;
                     *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
                     wake.notify_all();
                 }
             }
             message @ (Message::ServiceChunk { .. } | Message::ServiceDone { .. }) => {
-                if let Some((_, _, _, service)) = &call {
-                    let _ = service.send(message);
+                if let Some(running) = &call {
+                    let _ = running.service.send(message);
                 }
             }
             _ => {}

@@ -5,6 +5,7 @@ mod cli;
 mod executor;
 mod fuzz;
 mod http;
+mod isolation;
 mod llm;
 mod mcp;
 mod plugins;

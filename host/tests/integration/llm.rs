@@ -595,3 +595,65 @@ async fn openai_sampling_parameters_reach_the_upstream() {
         }
     }
 }
+
+/// An isolated chat op (`isolation: process`) reaches the LLM through the host: the request
+/// crosses the worker pipe, the tokens stream back to the op and on to the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_chat_op_streams_through_the_host() {
+    let script = vec![
+        Status(200, ""),
+        Raw("data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"hmm\"}}]}\n\n"),
+        Token("Hel"),
+        Token("lo"),
+        Raw("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n"),
+        Raw("data: [DONE]\n\n"),
+    ];
+    let upstream = Upstream::start(vec![script.clone(), script]).await;
+    let flows = folder(&[(
+        "chat.yaml",
+        "demo:\n  flow_content: GenSystemPromptOp() >> StreamChatOp()\n  stream: true\n  isolation: process\nplain:\n  flow_content: ChatOp()\n  isolation: process\n",
+    )]);
+    let server = Server::start_with_env(
+        flows.path(),
+        &[],
+        &[
+            ("FLOW_LLM_BASE_URL", upstream.url.as_str()),
+            ("FLOW_LLM_API_KEY", SECRET),
+        ],
+    );
+    flowhost::llm::tls_init();
+    let client = reqwest::Client::new();
+    let body = client
+        .post(server.url("/demo"))
+        .json(&json!({"query": "hi"}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let chunks: Vec<Value> = body
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data:"))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let kinds: Vec<&str> = chunks
+        .iter()
+        .map(|c| c["chunk_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["think", "answer", "answer", "usage"], "{body}");
+    assert_eq!(chunks[1]["chunk"], "Hel");
+    let sent = upstream.bodies.lock().unwrap()[0].clone();
+    assert_eq!(sent["messages"][0]["role"], "system", "{sent}");
+    let answer: Value = client
+        .post(server.url("/plain"))
+        .json(&json!({"query": "hi"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["answer"], "Hello", "{answer}");
+}

@@ -7,7 +7,8 @@
 //! chunk vs end), `steady seconds=S stream=F json=G workers=W` (mixed load that counts every
 //! failure: for restarts and kills), `starvation streams=N flow=F json=G seconds=S pid=P`
 //! (N slow streams held open while a JSON flow is timed; every tick counted; the server's
-//! threads and RSS read from /proc when its pid is given).
+//! threads and RSS read from /proc when its pid is given), `crash flow=F json=G times=N`
+//! (an isolated op that crashes, then the next call: how long each takes).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,6 +79,15 @@ pub fn run(args: &[String]) -> Value {
                     number("streams", 5000) as usize,
                     Duration::from_secs(number("seconds", 20)),
                     number("pid", 0) as u32,
+                )
+                .await
+            }
+            "crash" => {
+                crash(
+                    &url,
+                    &text("flow", "segv"),
+                    &text("json", "echo"),
+                    number("times", 20),
                 )
                 .await
             }
@@ -399,5 +409,54 @@ async fn starvation(
         "server_threads_peak": peak_threads,
         "server_rss_before_kib": rss_before, "server_rss_peak_kib": peak_rss,
         "rss_per_stream_kib": peak_rss.saturating_sub(rss_before) as f64 / streams.max(1) as f64,
+    })
+}
+
+/// Isolated ops: a cold call (a worker starts), then `times` rounds of a call whose worker
+/// crashes (a new worker starts, the op crashes, the host reports it) followed by an
+/// unrelated isolated call (served by a waiting worker).
+async fn crash(url: &str, flow: &str, json_flow: &str, times: u64) -> Value {
+    let client = client();
+    let call = |target: String| {
+        let client = client.clone();
+        async move {
+            let at = Instant::now();
+            let status = match client
+                .post(&target)
+                .json(&json!({"query": "x"}))
+                .send()
+                .await
+            {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let _ = r.bytes().await;
+                    status
+                }
+                Err(_) => 0,
+            };
+            (status, at.elapsed().as_secs_f64() * 1e3)
+        }
+    };
+    let (cold_status, cold_ms) = call(format!("{url}/{json_flow}")).await;
+    let (_, warm_ms) = call(format!("{url}/{json_flow}")).await;
+    let mut crashed = Vec::new();
+    let mut next = Vec::new();
+    let mut wrong = 0;
+    for _ in 0..times {
+        let (status, ms) = call(format!("{url}/{flow}")).await;
+        wrong += u64::from(status != 500);
+        crashed.push(ms);
+        let (status, ms) = call(format!("{url}/{json_flow}")).await;
+        wrong += u64::from(status != 200);
+        next.push(ms);
+    }
+    crashed.sort_by(f64::total_cmp);
+    next.sort_by(f64::total_cmp);
+    json!({
+        "cold_call_ms": cold_ms, "cold_status": cold_status, "warm_call_ms": warm_ms,
+        "crash_reported_ms_p50": crashed.get(crashed.len() / 2),
+        "next_call_ms_p50": next.get(next.len() / 2),
+        "next_call_ms_max": next.last(),
+        "unexpected_statuses": wrong,
     })
 }

@@ -110,9 +110,8 @@ impl Host for WorkerHost {
     }
 }
 
-/// The call in progress: its op thread, its cancellation, and where LLM replies go.
+/// The call in progress: its cancellation, and where LLM replies go.
 struct Running {
-    thread: std::thread::JoinHandle<()>,
     cancel_flag: Arc<AtomicBool>,
     cancelled: Arc<(Mutex<bool>, Condvar)>,
     service: mpsc::Sender<Message>,
@@ -167,6 +166,29 @@ pub fn main(library: &Path, expected_hash: u64, memory_mb: Option<u64>) -> i32 {
             .ok();
     }
     let library = Arc::new(library);
+    // One op thread for the worker's life: calls come one at a time, and starting a thread per
+    // call would cost more than a small op.
+    let (calls, queued) = mpsc::channel::<(String, String, String, WorkerHost)>();
+    {
+        let (library, out) = (library.clone(), out.clone());
+        let started = std::thread::Builder::new()
+            .name("op".into())
+            .spawn(move || {
+                for (op, args, context, host) in queued {
+                    let result = library.run(&op, &args, &context, &host);
+                    let (ok, text) = match result {
+                        Ok(writes) => (true, writes),
+                        Err(message) => (false, message),
+                    };
+                    out.send(&Message::Done { ok, text });
+                    out.flush();
+                }
+            });
+        if let Err(err) = started {
+            eprintln!("flowhost worker: cannot start the op thread: {err}");
+            return 2;
+        }
+    }
     let mut input = BufReader::with_capacity(64 * 1024, std::io::stdin().lock());
     let mut call: Option<Running> = None;
     loop {
@@ -180,9 +202,6 @@ pub fn main(library: &Path, expected_hash: u64, memory_mb: Option<u64>) -> i32 {
         };
         match message {
             Message::Call { op, args, context } => {
-                if let Some(running) = call.take() {
-                    let _ = running.thread.join();
-                }
                 let cancel_flag = Arc::new(AtomicBool::new(false));
                 let cancelled = Arc::new((Mutex::new(false), Condvar::new()));
                 let (service_tx, service_rx) = mpsc::channel();
@@ -192,36 +211,14 @@ pub fn main(library: &Path, expected_hash: u64, memory_mb: Option<u64>) -> i32 {
                     cancel_flag: cancel_flag.clone(),
                     service: Mutex::new(service_rx),
                 };
-                let (library, op_out) = (library.clone(), out.clone());
-                let thread =
-                    std::thread::Builder::new()
-                        .name(format!("op {op}"))
-                        .spawn(move || {
-                            let result = library.run(&op, &args, &context, &host);
-                            let (ok, text) = match result {
-                                Ok(writes) => (true, writes),
-                                Err(message) => (false, message),
-                            };
-                            op_out.send(&Message::Done { ok, text });
-                            op_out.flush();
-                        });
-                match thread {
-                    Ok(thread) => {
-                        call = Some(Running {
-                            thread,
-                            cancel_flag,
-                            cancelled,
-                            service: service_tx,
-                        })
-                    }
-                    Err(err) => {
-                        out.send(&Message::Done {
-                            ok: false,
-                            text: format!("cannot start an op thread: {err}"),
-                        });
-                        out.flush();
-                    }
+                if calls.send((op, args, context, host)).is_err() {
+                    return 2;
                 }
+                call = Some(Running {
+                    cancel_flag,
+                    cancelled,
+                    service: service_tx,
+                });
             }
             Message::Cancel => {
                 if let Some(running) = &call {

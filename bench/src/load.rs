@@ -8,7 +8,9 @@
 //! failure: for restarts and kills), `starvation streams=N flow=F json=G seconds=S pid=P`
 //! (N slow streams held open while a JSON flow is timed; every tick counted; the server's
 //! threads and RSS read from /proc when its pid is given), `crash flow=F json=G times=N`
-//! (an isolated op that crashes, then the next call: how long each takes).
+//! (an isolated op that crashes, then the next call: how long each takes), `disconnect
+//! flow=F times=N` (read one chunk of an endless stream, drop it, poll `/metrics` until
+//! `flowhost_ops_running` is 0: client disconnect to op stopped).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,6 +84,7 @@ pub fn run(args: &[String]) -> Value {
                 )
                 .await
             }
+            "disconnect" => disconnect(&url, &text("flow", "ticks"), number("times", 20)).await,
             "crash" => {
                 crash(
                     &url,
@@ -458,5 +461,44 @@ async fn crash(url: &str, flow: &str, json_flow: &str, times: u64) -> Value {
         "next_call_ms_p50": next.get(next.len() / 2),
         "next_call_ms_max": next.last(),
         "unexpected_statuses": wrong,
+    })
+}
+
+async fn ops_running(client: &reqwest::Client, url: &str) -> f64 {
+    let Ok(response) = client.get(format!("{url}/metrics")).send().await else {
+        return -1.0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("flowhost_ops_running "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn disconnect(url: &str, flow: &str, times: u64) -> Value {
+    use futures_util::StreamExt;
+    let client = client();
+    let mut stopped = Vec::new();
+    for _ in 0..times {
+        let Ok(response) = client
+            .post(format!("{url}/{flow}"))
+            .json(&json!({}))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let mut body = response.bytes_stream();
+        let _ = body.next().await;
+        drop(body);
+        let at = Instant::now();
+        while ops_running(&client, url).await > 0.0 && at.elapsed() < Duration::from_secs(5) {}
+        stopped.push(at.elapsed().as_secs_f64() * 1e3);
+    }
+    stopped.sort_by(f64::total_cmp);
+    json!({
+        "times": stopped.len(),
+        "op_stopped_ms_p50": stopped.get(stopped.len() / 2),
+        "op_stopped_ms_max": stopped.last(),
     })
 }

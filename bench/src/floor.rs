@@ -56,3 +56,41 @@ fn stream(n: u64, batch: Bytes) -> Response {
     )
         .into_response()
 }
+
+/// A slow OpenAI-compatible upstream for the chat-stream figures: every request streams
+/// `tokens` content deltas, one every `interval`, then usage and `[DONE]`.
+pub async fn serve_slow_llm(port: u16, tokens: u64, interval: std::time::Duration) {
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(move || async move {
+            let delta = Bytes::from_static(
+                b"data: {\"choices\":[{\"delta\":{\"content\":\"tok \"}}]}\n\n",
+            );
+            let body = futures_util::stream::unfold(0u64, move |sent| {
+                let delta = delta.clone();
+                async move {
+                    if sent > tokens {
+                        return None;
+                    }
+                    if sent == tokens {
+                        let tail = Bytes::from_static(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}\n\ndata: [DONE]\n\n");
+                        return Some((Ok::<_, std::convert::Infallible>(tail), sent + 1));
+                    }
+                    if sent > 0 {
+                        tokio::time::sleep(interval).await;
+                    }
+                    Some((Ok(delta), sent + 1))
+                }
+            });
+            (
+                [(header::CONTENT_TYPE, "text/event-stream")],
+                Body::from_stream(body),
+            )
+                .into_response()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind slow LLM port");
+    axum::serve(listener, app).await.expect("slow LLM server");
+}

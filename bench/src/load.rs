@@ -7,7 +7,7 @@
 //! chunk vs end), `steady seconds=S stream=F json=G workers=W` (mixed load that counts every
 //! failure: for restarts and kills), `starvation streams=N flow=F json=G seconds=S pid=P`
 //! (N slow streams held open while a JSON flow is timed; every tick counted; the server's
-//! threads and RSS read from /proc when its pid is given), `crash flow=F json=G times=N`
+//! threads and RSS read from /proc when its pid is given; `query=Q` sends it, for chat flows), `crash flow=F json=G times=N`
 //! (an isolated op that crashes, then the next call: how long each takes), `disconnect
 //! flow=F times=N` (read one chunk of an endless stream, drop it, poll `/metrics` until
 //! `flowhost_ops_running` is 0: client disconnect to op stopped).
@@ -36,6 +36,7 @@ pub fn run(args: &[String]) -> Value {
             .unwrap_or(default)
     };
     let url = url.trim_end_matches('/').to_string();
+    let query = options.get("query").map(|q| q.to_string());
     flowhost::llm::tls_init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -81,6 +82,7 @@ pub fn run(args: &[String]) -> Value {
                     number("streams", 5000) as usize,
                     Duration::from_secs(number("seconds", 20)),
                     number("pid", 0) as u32,
+                    query.as_deref(),
                 )
                 .await
             }
@@ -312,7 +314,12 @@ async fn starvation(
     streams: usize,
     hold: Duration,
     pid: u32,
+    query: Option<&str>,
 ) -> Value {
+    let body = match query {
+        Some(query) => json!({"query": query}),
+        None => json!({}),
+    };
     use futures_util::StreamExt;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
@@ -325,10 +332,10 @@ async fn starvation(
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tasks: Vec<_> = (0..streams)
         .map(|_| {
-            let (client, target) = (client.clone(), format!("{url}/{flow}"));
+            let (client, target, body) = (client.clone(), format!("{url}/{flow}"), body.clone());
             let (ticks, open, stop) = (ticks.clone(), open.clone(), stop.clone());
             tokio::spawn(async move {
-                let Ok(response) = client.post(&target).json(&json!({})).send().await else {
+                let Ok(response) = client.post(&target).json(&body).send().await else {
                     return 0u64;
                 };
                 let mut stream = response.bytes_stream();

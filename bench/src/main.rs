@@ -31,6 +31,21 @@ fn main() {
             .block_on(floor::serve(port));
         return;
     }
+    if args.first().map(String::as_str) == Some("slow-llm") {
+        // flowhost-bench slow-llm PORT TOKENS INTERVAL_MS
+        let number =
+            |i: usize, default: u64| args.get(i).and_then(|v| v.parse().ok()).unwrap_or(default);
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(floor::serve_slow_llm(
+                number(1, 8089) as u16,
+                number(2, 60),
+                Duration::from_millis(number(3, 1000)),
+            ));
+        return;
+    }
     if args.first().map(String::as_str) == Some("load") {
         println!("{}", load::run(&args[1..]));
         return;

@@ -212,53 +212,6 @@ async fn concurrent(server: &Server, streams: usize, n: u64) -> Value {
     })
 }
 
-async fn nonstream(server: &Server, workers: usize, duration: Duration) -> Value {
-    let client = reqwest::Client::new();
-    let url = format!("{}/fake_echo_flow", server.url);
-    let deadline = Instant::now() + duration;
-    let tasks: Vec<_> = (0..workers)
-        .map(|_| {
-            let (client, url) = (client.clone(), url.clone());
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut errors = 0u64;
-                while Instant::now() < deadline && latencies.len() < 200_000 {
-                    let started = Instant::now();
-                    match client.post(&url).json(&json!({"query": "hi"})).send().await {
-                        Ok(r) if r.status().is_success() => {
-                            let _ = r.bytes().await;
-                            latencies.push(started.elapsed().as_secs_f64() * 1e3);
-                        }
-                        _ => errors += 1,
-                    }
-                }
-                (latencies, errors)
-            })
-        })
-        .collect();
-    let started = Instant::now();
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for task in tasks {
-        if let Ok((latencies, e)) = task.await {
-            all.extend(latencies);
-            errors += e;
-        }
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    all.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0)
-    };
-    json!({
-        "workers": workers, "requests": all.len(), "errors": errors,
-        "requests_per_sec": all.len() as f64 / seconds,
-        "p50_ms": pct(0.5), "p99_ms": pct(0.99),
-    })
-}
-
 /// Client disconnect → the op stops: read one chunk of an endless TickOp stream, drop the
 /// connection, poll flowhost's `flowhost_ops_running` until it is 0.
 async fn disconnect_to_stop(server: &Server) -> Value {
@@ -460,7 +413,7 @@ pub async fn run(bin_dir: &Path) -> Value {
         eprintln!("   non-stream requests, 32 clients, 5 s");
         rows.insert(
             "nonstream_32".into(),
-            nonstream(&server, 32, Duration::from_secs(5)).await,
+            crate::load::nonstream(&server.url, "fake_echo_flow", 32, Duration::from_secs(5)).await,
         );
         rows.insert("loaded_rss_kib".into(), json!(rss_kib(server.child.id())));
         if name == "flowhost" {

@@ -101,6 +101,14 @@ pub fn run(args: &[String]) -> Value {
     })
 }
 
+/// The `p` quantile (0..=1) of sorted values; 0 for none.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0)
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
@@ -162,7 +170,7 @@ async fn first_chunk(url: &str, flow: &str) -> Value {
     })
 }
 
-async fn nonstream(url: &str, flow: &str, workers: usize, duration: Duration) -> Value {
+pub async fn nonstream(url: &str, flow: &str, workers: usize, duration: Duration) -> Value {
     let client = client();
     let target = format!("{url}/{flow}");
     let deadline = Instant::now() + duration;
@@ -202,11 +210,7 @@ async fn nonstream(url: &str, flow: &str, workers: usize, duration: Duration) ->
     }
     let seconds = started.elapsed().as_secs_f64();
     all.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let pct = |p: f64| percentile(&all, p);
     json!({
         "workers": workers, "requests": all.len(), "errors": errors,
         "requests_per_sec": all.len() as f64 / seconds,
@@ -401,12 +405,7 @@ async fn starvation(
         per_stream.push(task.await.unwrap_or(0));
     }
     latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let pct = |p: f64| percentile(&latencies, p);
     let established = open.load(Ordering::Relaxed);
     json!({
         "streams": streams, "established": established,

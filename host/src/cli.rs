@@ -91,6 +91,21 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Create an op: a plugin crate in the workspace (or a new op in an existing one), with a
+    /// unit test, and a sample flow using it. Never overwrites.
+    NewOp {
+        /// The op's name: CamelCase ending in `Op` (ShoutOp).
+        op: String,
+        /// The plugin crate to create or add to (default: op-<name>, e.g. op-shout).
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Where plugin crates live, relative to the workspace root.
+        #[arg(long, default_value = "plugins")]
+        dir: PathBuf,
+        /// The flow folder for the sample flow, relative to the workspace root.
+        #[arg(long, default_value = "flows")]
+        flows: PathBuf,
+    },
     /// Runs op calls for a host in a separate process (`isolation: process`); started by the
     /// host itself, never by hand.
     #[command(name = "__worker", hide = true)]
@@ -159,7 +174,7 @@ pub fn default_log_filter(command: &Command) -> &'static str {
         Command::Serve { .. } => "info,rmcp=warn",
         // Warnings (settings flowhost ignores, refused plugins) must be seen at the default
         // level; flow problems are printed by the commands themselves.
-        Command::Worker { .. } => "warn",
+        Command::Worker { .. } | Command::NewOp { .. } => "warn",
         Command::Flows { .. }
         | Command::Check { .. }
         | Command::Run { .. }
@@ -203,6 +218,17 @@ pub fn run(cli: Cli) -> ExitCode {
             common,
         } => with_config(common.flags(), |config| {
             run_flow(&config, &flow, input.as_deref(), &fields)
+        }),
+        Command::NewOp {
+            op,
+            plugin,
+            dir,
+            flows,
+        } => new_op(crate::scaffold::Request {
+            op,
+            plugin,
+            dir,
+            flows,
         }),
         Command::Worker {
             library,
@@ -373,6 +399,27 @@ fn show_config(config: &Config) -> Result<ExitCode, String> {
         "ops": {"max_concurrency": config.max_concurrency, "max_queue": config.max_queue},
     });
     print(&serde_json::to_string_pretty(&value).unwrap_or_default())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn new_op(request: crate::scaffold::Request) -> Result<ExitCode, String> {
+    let cwd = std::env::current_dir().map_err(|e| format!("no current folder: {e}"))?;
+    let written = crate::scaffold::new_op(&request, &cwd)?;
+    for path in &written {
+        print(&format!("wrote {}", path.display()))?;
+    }
+    let plugin = request.plugin.clone().unwrap_or_else(|| {
+        written
+            .iter()
+            .find(|p| {
+                p.ends_with("Cargo.toml") && p.parent().is_some_and(|d| d.join("src").exists())
+            })
+            .and_then(|p| p.parent()?.file_name()?.to_str().map(str::to_string))
+            .unwrap_or_default()
+    });
+    eprintln!(
+        "next: cargo test -p {plugin} && cargo build --workspace, then flowhost serve (a rebuild while it runs goes live)"
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -16,6 +16,7 @@ pub mod llm;
 pub mod metrics;
 pub mod ops;
 pub mod plan;
+pub mod scaffold;
 pub mod stdio;
 pub mod transport;
 pub mod watch;

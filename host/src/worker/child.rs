@@ -149,11 +149,6 @@ pub fn main(library: &Path, expected_hash: u64, memory_mb: Option<u64>) -> i32 {
             return 1;
         }
     };
-    if let Some(mb) = memory_mb {
-        limit_memory(mb);
-    }
-    out.send(&Message::Ready);
-    out.flush();
     {
         // Chunks of a busy op leave within a few milliseconds even when it never waits.
         let out = out.clone();
@@ -189,6 +184,12 @@ pub fn main(library: &Path, expected_hash: u64, memory_mb: Option<u64>) -> i32 {
             return 2;
         }
     }
+    // The limit counts from here: the library and the worker's own threads are mapped.
+    if let Some(mb) = memory_mb {
+        limit_memory(mb);
+    }
+    out.send(&Message::Ready);
+    out.flush();
     let mut input = BufReader::with_capacity(64 * 1024, std::io::stdin().lock());
     let mut call: Option<Running> = None;
     loop {

@@ -4,6 +4,7 @@ import contextlib
 import os
 import re
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +33,8 @@ def flowhost_server(env=None):
             break
         match = re.search(r"listening on (http://\S+)", line)
         url = match.group(1) if match else None
+    # Keep reading the server's log so a chatty server never blocks on a full pipe.
+    threading.Thread(target=lambda: proc.stderr.read(), daemon=True).start()
     try:
         assert url, "flowhost serve printed no banner"
         yield url

@@ -16,16 +16,18 @@ use crate::ops::Host;
 /// Frames to the host: written whole under the lock, flushed by whoever needs them out now
 /// (before waiting, at the end of a call) or by the flusher within a few milliseconds.
 struct Out {
-    writer: Mutex<(BufWriter<File>, bool)>,
+    /// The pipe, whether it holds unflushed frames, and a frame buffer reused per message.
+    writer: Mutex<(BufWriter<File>, bool, Vec<u8>)>,
 }
 
 impl Out {
     fn send(&self, message: &Message) -> bool {
-        let mut frame = Vec::with_capacity(64);
-        protocol::encode(message, &mut frame);
         let mut guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        guard.1 = true;
-        guard.0.write_all(&frame).is_ok()
+        let (writer, dirty, frame) = &mut *guard;
+        frame.clear();
+        protocol::encode(message, frame);
+        *dirty = true;
+        writer.write_all(frame).is_ok()
     }
 
     fn flush(&self) {
@@ -127,7 +129,11 @@ pub fn main(library: &Path, expected_hash: u64, memory_mb: Option<u64>) -> i32 {
         }
     };
     let out = Arc::new(Out {
-        writer: Mutex::new((BufWriter::with_capacity(64 * 1024, stdout), false)),
+        writer: Mutex::new((
+            BufWriter::with_capacity(64 * 1024, stdout),
+            false,
+            Vec::with_capacity(256),
+        )),
     });
     let loaded = std::fs::read(library)
         .map_err(|err| format!("cannot read {}: {err}", library.display()))

@@ -130,7 +130,7 @@ impl Worker {
                 Ok(worker)
             }
             Ok(Some(Message::LoadFailed(message))) => {
-                worker.reap();
+                let _ = worker.child.wait();
                 Err(Error::Crashed(format!(
                     "the worker could not load the plugin: {message}"
                 )))
@@ -169,11 +169,6 @@ impl Worker {
             Ok(status) => describe(status),
             Err(err) => format!("its exit status is unknown ({err})"),
         }
-    }
-
-    /// Waits for an ended worker and accounts for it.
-    fn reap(&mut self) {
-        let _ = self.child.wait();
     }
 }
 
@@ -330,7 +325,7 @@ pub fn call(
     if !worker.send(&call) {
         let why = worker.exit_reason(memory_mb);
         pool.forget(worker);
-        return Err(crashed(why));
+        return Err(Error::Crashed(why));
     }
     let mut cancel_sent: Option<Instant> = None;
     let cancel = |worker: &mut Worker, cancel_sent: &mut Option<Instant>| {
@@ -351,7 +346,7 @@ pub fn call(
                     let _ = worker.child.wait();
                     pool.forget(worker);
                     metrics::counter!(m::WORKER_CRASHES).increment(1);
-                    return Err(crashed(format!(
+                    return Err(Error::Crashed(format!(
                         "did not stop within {} ms of being cancelled; its worker was killed",
                         CANCEL_GRACE.as_millis()
                     )));
@@ -385,14 +380,10 @@ pub fn call(
                 pool.forget(worker);
                 metrics::counter!(m::WORKER_CRASHES).increment(1);
                 tracing::warn!(op = op.name, "op worker died: {why}");
-                return Err(crashed(why));
+                return Err(Error::Crashed(why));
             }
         }
     }
-}
-
-fn crashed(why: String) -> Error {
-    Error::Crashed(why)
 }
 
 /// Runs an LLM call for the worker's op, streaming its deltas back; stops when the op says so.
@@ -414,9 +405,4 @@ fn serve_llm(worker: &mut Worker, host: &dyn Host, request: &str) -> (bool, Stri
         Ok(text) => (true, text),
         Err(message) => (false, message),
     }
-}
-
-/// Worker processes alive now.
-pub fn count() -> usize {
-    live().load(Ordering::Relaxed)
 }

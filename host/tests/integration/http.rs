@@ -315,13 +315,15 @@ async fn endpoints_follow_flow_files_live() {
         "added:\n  flow_content: EchoOp()\n  description: first\n",
     )
     .unwrap();
-    wait_async(|| async { status("/added").await == 200 })
-        .await
-        .expect("added flow served");
+    wait_async(Duration::from_secs(3), || async {
+        status("/added").await == 200
+    })
+    .await
+    .expect("added flow served");
     assert!(operation_ids().await.contains(&"/added".to_string()));
 
     std::fs::write(&file, "added:\n  flow_content: GenSystemPromptOp(template=\"v2\") >> EchoOp()\n  description: second\n").unwrap();
-    wait_async(|| async {
+    wait_async(Duration::from_secs(3), || async {
         let doc: Value = client
             .get(server.url("/openapi.json"))
             .send()
@@ -337,7 +339,7 @@ async fn endpoints_follow_flow_files_live() {
 
     // A broken save keeps the last good version serving and shows up in /flows.
     std::fs::write(&file, "added:\n  flow_content: EchoOp(\n").unwrap();
-    wait_async(|| async {
+    wait_async(Duration::from_secs(3), || async {
         let flows: Value = client
             .get(server.url("/flows"))
             .send()
@@ -357,25 +359,12 @@ async fn endpoints_follow_flow_files_live() {
     assert_eq!(status("/added").await, 200);
 
     std::fs::remove_file(&file).unwrap();
-    wait_async(|| async { status("/added").await == 404 })
-        .await
-        .expect("deleted flow gone");
+    wait_async(Duration::from_secs(3), || async {
+        status("/added").await == 404
+    })
+    .await
+    .expect("deleted flow gone");
     assert!(!operation_ids().await.contains(&"/added".to_string()));
-}
-
-async fn wait_async<F, Fut>(mut condition: F) -> Option<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(3) {
-        if condition().await {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -711,9 +700,11 @@ async fn a_busy_flow_queues_then_refuses() {
             (status, body, started.elapsed())
         })
     };
-    wait_async(|| async { server.metric(&client, "flowhost_runs_queued").await >= 1.0 })
-        .await
-        .expect("the second run waits in line");
+    wait_async(Duration::from_secs(3), || async {
+        server.metric(&client, "flowhost_runs_queued").await >= 1.0
+    })
+    .await
+    .expect("the second run waits in line");
     let third = client
         .post(server.url("/gated"))
         .json(&json!({}))

@@ -57,6 +57,8 @@ const CRASHES: &[(&str, &str)] = &[
     ("spin", "no chunk within limits.idle_timeout (1s)"),
 ];
 
+const TEN_S: Duration = Duration::from_secs(10);
+
 fn plugins() -> tempfile::TempDir {
     plugin_folder(&[(&fixture("op_crash"), &so("op_crash"))])
 }
@@ -121,30 +123,16 @@ async fn crashing_ops_end_their_worker_not_the_host_http() {
     );
     assert!(body.ends_with("data:[DONE]\n\n"), "{body}");
     // The spinning op's worker was killed, not left running.
-    let killed = wait_async(|| async {
+    let killed = wait_async(TEN_S, || async {
         server
             .metric(&client, "flowhost_worker_crashes_total")
             .await
             >= 6.0
     })
-    .await;
+    .await
+    .is_some();
     assert!(killed, "crashes counted: {}", server.log());
     assert!(server.metric(&client, "flowhost_workers").await >= 1.0);
-}
-
-async fn wait_async<F, Fut>(mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(10) {
-        if condition().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,7 +156,11 @@ async fn a_client_disconnect_reaches_an_isolated_op() {
     drop(stream);
     let started = Instant::now();
     assert!(
-        wait_async(|| async { server.metric(&client, "flowhost_ops_running").await == 0.0 }).await,
+        wait_async(TEN_S, || async {
+            server.metric(&client, "flowhost_ops_running").await == 0.0
+        })
+        .await
+        .is_some(),
         "the isolated op kept running"
     );
     eprintln!(
@@ -289,7 +281,9 @@ async fn isolated_ops_follow_a_rebuilt_library() {
     std::fs::copy(fixture("op_fixture_v2"), &staging).unwrap();
     std::fs::rename(&staging, plugins.path().join(so("op_fixture"))).unwrap();
     assert!(
-        wait_async(|| async { ask().await == "v2" }).await,
+        wait_async(TEN_S, || async { ask().await == "v2" })
+            .await
+            .is_some(),
         "{}",
         server.log()
     );

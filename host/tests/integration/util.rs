@@ -130,6 +130,22 @@ pub fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> Option<
     condition().then(|| started.elapsed())
 }
 
+/// Polls an async `condition` until it holds or `limit` passes; returns how long it took.
+pub async fn wait_async<F, Fut>(limit: Duration, mut condition: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if condition().await {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
 /// Runs the flowhost binary; returns (exit code, stdout, stderr).
 pub fn flowhost(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_flowhost"))

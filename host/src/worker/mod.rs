@@ -391,9 +391,18 @@ fn serve_llm(worker: &mut Worker, host: &dyn Host, request: &str) -> (bool, Stri
     let worker = std::cell::RefCell::new(worker);
     let mut on_chunk = |kind: u8, text: &str, json: bool| {
         let mut worker = worker.borrow_mut();
-        // The op may have asked to stop after an earlier delta.
-        if let Ok(Some(Message::ServiceStop)) = worker.frames.try_recv() {
-            return false;
+        // While the LLM streams, the op forwards deltas as chunks and may log or ask to stop.
+        while let Ok(Some(frame)) = worker.frames.try_recv() {
+            match frame {
+                Message::ServiceStop => return false,
+                Message::Chunk { kind, json, text } => {
+                    if !host.emit(kind, &text, json) {
+                        worker.send(&Message::Cancel);
+                    }
+                }
+                Message::Log { level, text } => host.log(level, &text),
+                _ => {}
+            }
         }
         worker.send(&Message::ServiceChunk {
             kind,

@@ -7,7 +7,8 @@
 //! - One call at a time per worker: after `Call`, the worker sends any number of `Chunk`,
 //!   `Log` and `ServiceCall` frames, then exactly one `Done`; the host sends `Cancel` (any
 //!   number, harmless after `Done`) and answers each `ServiceCall` with `ServiceChunk`s then one
-//!   `ServiceDone`, before the worker sends anything else but `ServiceStop`, `Chunk` or `Log`.
+//!   `ServiceDone`; meanwhile the worker may send `Chunk`, `Log` (the op forwarding deltas)
+//!   and `ServiceStop`, which the host handles as they come.
 //! - The worker sends `Ready` (or `LoadFailed`, then exits) once, before anything else.
 //! - End of stream from either side ends the worker; the host reads the worker's exit status
 //!   to say why (a signal is a crash).

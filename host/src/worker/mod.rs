@@ -395,10 +395,8 @@ fn serve_llm(worker: &mut Worker, host: &dyn Host, request: &str) -> (bool, Stri
         while let Ok(Some(frame)) = worker.frames.try_recv() {
             match frame {
                 Message::ServiceStop => return false,
-                Message::Chunk { kind, json, text } => {
-                    if !host.emit(kind, &text, json) {
-                        worker.send(&Message::Cancel);
-                    }
+                Message::Chunk { kind, json, text } if !host.emit(kind, &text, json) => {
+                    worker.send(&Message::Cancel);
                 }
                 Message::Log { level, text } => host.log(level, &text),
                 _ => {}

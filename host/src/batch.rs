@@ -85,16 +85,33 @@ impl Sender {
     /// Pushes a chunk, blocking while the buffer is full. Returns `false` when the receiver is
     /// gone or `cancel` fires: the producer should stop.
     pub fn push(&self, chunk: Chunk, cancel: &CancellationToken) -> bool {
+        self.push_inner(chunk, cancel, true).unwrap_or(false)
+    }
+
+    /// Pushes a chunk if there is room now; gives it back (`Err`) when the buffer is full.
+    pub fn try_push(&self, chunk: Chunk, cancel: &CancellationToken) -> Result<bool, Chunk> {
+        self.push_inner(chunk, cancel, false)
+    }
+
+    fn push_inner(
+        &self,
+        chunk: Chunk,
+        cancel: &CancellationToken,
+        wait: bool,
+    ) -> Result<bool, Chunk> {
         let mut state = self.shared.lock();
         loop {
             if state.receiver_gone || cancel.is_cancelled() {
-                return false;
+                return Ok(false);
             }
             if state.buf.is_empty()
                 || (state.buf.len() < self.shared.capacity
                     && state.bytes + chunk.text.len() <= self.shared.capacity_bytes)
             {
                 break;
+            }
+            if !wait {
+                return Err(chunk);
             }
             // Cancellation does not signal this condvar, so wake now and then to look at it.
             state = match self
@@ -113,7 +130,7 @@ impl Sender {
         if was_empty {
             self.shared.not_empty.notify_one();
         }
-        true
+        Ok(true)
     }
 }
 

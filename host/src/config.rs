@@ -132,6 +132,7 @@ struct RawOps {
     max_queue: Option<usize>,
     isolation: crate::flow::Isolation,
     max_workers: Option<usize>,
+    inline: crate::exec::Inline,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,7 +226,13 @@ const KEYS: &[&str] = &[
 ];
 
 /// The keys of the `ops` section (the fields of `RawOps`).
-const OPS_KEYS: &[&str] = &["max_concurrency", "max_queue", "isolation", "max_workers"];
+const OPS_KEYS: &[&str] = &[
+    "max_concurrency",
+    "max_queue",
+    "isolation",
+    "max_workers",
+    "inline",
+];
 
 /// The keys of the `http` section (the fields of `RawHttp`).
 const HTTP_KEYS: &[&str] = &[
@@ -393,6 +400,7 @@ pub fn load(flags: Flags) -> Result<Config, String> {
                 .into_iter()
                 .filter_map(|(name, p)| Some((name, p.isolation?)))
                 .collect(),
+            inline: raw.ops.inline,
         },
         max_workers: raw.ops.max_workers.unwrap_or(64).max(1),
         source,

@@ -2,7 +2,7 @@
 //! parallel branches run on copies and merge in declaration order; a failure cancels the rest.
 //! Knows nothing of HTTP, MCP or files: callers hand it a flow and an input object.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,6 +118,18 @@ impl std::fmt::Display for Failure {
 pub struct IsolationPolicy {
     pub default: Isolation,
     pub plugins: std::collections::HashMap<String, Isolation>,
+    /// `ops.inline`: whether proven-fast in-process ops may run on the runtime thread.
+    pub inline: Inline,
+}
+
+/// `ops.inline`: `auto` lets an in-process op that has shown itself fast run on the runtime
+/// thread that asked for it (see `ops::Speed`); `never` keeps every call on the op pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Inline {
+    #[default]
+    Auto,
+    Never,
 }
 
 /// How a run ended.
@@ -513,25 +525,61 @@ async fn run_step(
         logs: env.logs.clone(),
         llm: env.llm.clone(),
         runtime: tokio::runtime::Handle::current(),
+        inline: false,
+        waited: AtomicBool::new(false),
     };
-    let op = step.op.clone();
-    let args = step.args_json.clone();
+    let op = &step.op;
     let isolated = env.isolation.isolated(&op.library.plugin_name);
-    let memory_mb = env.isolation.memory_mb;
-    let joined = tokio::task::spawn_blocking(move || {
-        let running = crate::metrics::ops_running();
-        running.increment(1.0);
-        let result = if isolated {
-            crate::worker::call(&op, &args, &context_json, &host, memory_mb)
-        } else {
-            op.library
-                .run(op.name, &args, &context_json, &host)
-                .map_err(crate::worker::Error::Failed)
+    let running = crate::metrics::ops_running();
+    let joined = if !isolated
+        && env.isolation.policy.inline == Inline::Auto
+        && op.speed.inline()
+        && host.runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        // A proven-fast op runs right here (see `ops::Speed`); its waits leave the runtime
+        // through `block_in_place`.
+        let host = OpHost {
+            inline: true,
+            ..host
         };
+        running.increment(1.0);
+        let probe = crate::ops::Probe::start();
+        let result = op
+            .library
+            .run(op.name, &step.args_json, &context_json, &host)
+            .map_err(crate::worker::Error::Failed);
+        op.speed
+            .inlined(probe.finish(host.waited.load(Ordering::Relaxed)));
         running.decrement(1.0);
-        result
-    })
-    .await;
+        Ok(result)
+    } else {
+        let op = op.clone();
+        let args = step.args_json.clone();
+        let memory_mb = env.isolation.memory_mb;
+        tokio::task::spawn_blocking(move || {
+            running.increment(1.0);
+            let result = if isolated {
+                crate::worker::call(&op, &args, &context_json, &host, memory_mb)
+            } else {
+                let probe = op.speed.on_probation().then(crate::ops::Probe::start);
+                let result = op.library.run(op.name, &args, &context_json, &host);
+                let waited = host.waited.load(Ordering::Relaxed);
+                match probe {
+                    Some(probe) => op.speed.pooled(probe.finish(waited)),
+                    // Past probation only a wait changes anything.
+                    None if waited => op.speed.pooled(crate::ops::Call {
+                        waited,
+                        ..Default::default()
+                    }),
+                    None => {}
+                }
+                result.map_err(crate::worker::Error::Failed)
+            };
+            running.decrement(1.0);
+            result
+        })
+        .await
+    };
     let writes_json = match joined {
         Ok(Ok(writes)) => writes,
         Ok(Err(crate::worker::Error::Failed(message))) => {
@@ -574,6 +622,22 @@ struct OpHost {
     logs: Option<LogSink>,
     llm: Option<Arc<crate::llm::Service>>,
     runtime: tokio::runtime::Handle,
+    /// The call runs on a runtime thread: waiting must go through `block_in_place`.
+    inline: bool,
+    /// The call waited on a host service (sleep, LLM, a full buffer).
+    waited: AtomicBool,
+}
+
+impl OpHost {
+    /// Runs a wait of the op's: off the runtime thread when the call is inline.
+    fn wait<R>(&self, wait: impl FnOnce() -> R) -> R {
+        self.waited.store(true, Ordering::Relaxed);
+        if self.inline {
+            tokio::task::block_in_place(wait)
+        } else {
+            wait()
+        }
+    }
 }
 
 impl crate::ops::Host for OpHost {
@@ -589,7 +653,10 @@ impl crate::ops::Host for OpHost {
             op: self.op,
             text: content.to_owned(),
         };
-        self.tx.push(chunk, &self.cancel)
+        match self.tx.try_push(chunk, &self.cancel) {
+            Ok(open) => open,
+            Err(chunk) => self.wait(|| self.tx.push(chunk, &self.cancel)),
+        }
     }
 
     fn is_cancelled(&self) -> bool {
@@ -598,11 +665,13 @@ impl crate::ops::Host for OpHost {
 
     fn sleep(&self, millis: u64) -> bool {
         let duration = Duration::from_millis(millis);
-        self.runtime.block_on(async {
-            tokio::select! {
-                _ = self.cancel.cancelled() => false,
-                _ = tokio::time::sleep(duration) => true,
-            }
+        self.wait(|| {
+            self.runtime.block_on(async {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => false,
+                    _ = tokio::time::sleep(duration) => true,
+                }
+            })
         })
     }
 
@@ -640,12 +709,14 @@ impl crate::ops::Host for OpHost {
         let request: Value = serde_json::from_str(request)
             .map_err(|err| format!("the chat request is not valid JSON: {err}"))?;
         // The op thread waits here while the host's runtime drives the HTTP stream.
-        self.runtime
-            .block_on(llm.chat_stream(&request, &self.cancel, |kind, text, json| {
-                on_chunk(kind as u8, text, json)
-            }))
-            .map(|value| value.to_string())
-            .map_err(|err| err.to_string())
+        self.wait(|| {
+            self.runtime
+                .block_on(llm.chat_stream(&request, &self.cancel, |kind, text, json| {
+                    on_chunk(kind as u8, text, json)
+                }))
+        })
+        .map(|value| value.to_string())
+        .map_err(|err| err.to_string())
     }
 }
 

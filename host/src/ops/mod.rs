@@ -2,6 +2,7 @@
 //! loaded from. Knows nothing of flows or transports; `plugin.rs` below is the FFI.
 
 pub mod plugin;
+mod speed;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::time::SystemTime;
 use serde_json::Value;
 
 pub use plugin::{Library, LoadError};
+pub use speed::{Call, Probe, Speed, PROBATION as PROBATION_CALLS};
 
 /// One op, bound to the library that provides it.
 #[derive(Debug)]
@@ -19,6 +21,8 @@ pub struct OpHandle {
     pub description: String,
     pub args_schema: Option<Value>,
     pub library: Arc<Library>,
+    /// Where its calls run (inline or on the op pool), learnt from its calls.
+    pub speed: Arc<Speed>,
 }
 
 /// An immutable view of the loaded ops; a plugin change builds a new one.
@@ -75,6 +79,7 @@ impl Registry {
                     "sdk_version": op.library.sdk_version,
                     "file": op.library.path,
                     "args_schema": op.args_schema,
+                    "runs": op.speed.label(),
                 })
             })
             .collect();
@@ -298,7 +303,7 @@ impl Plugins {
                 continue;
             };
             registry.libraries.push(library.clone());
-            for meta in &library.ops {
+            for (meta, speed) in library.ops.iter().zip(&library.speeds) {
                 let name = meta.name.as_str();
                 if let Some(existing) = registry.ops.get(name) {
                     registry.errors.push(PluginError {
@@ -321,6 +326,7 @@ impl Plugins {
                         description: meta.description.to_string(),
                         args_schema,
                         library: library.clone(),
+                        speed: speed.clone(),
                     }),
                 );
             }

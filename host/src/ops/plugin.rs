@@ -3,6 +3,7 @@
 //! hand it JSON text and an implementation of the host context.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use abi_stable::library::{lib_header_from_path, AbiHeader, LibraryError, RootModule};
 use abi_stable::sabi_types::{RRef, VersionNumber};
@@ -25,6 +26,8 @@ pub struct Library {
     /// The op-sdk version the plugin was built against.
     pub sdk_version: String,
     pub ops: Vec<OpMeta>,
+    /// What the host has seen of each op's calls, in `ops` order.
+    pub speeds: Vec<Arc<super::Speed>>,
     module: Module,
 }
 
@@ -111,6 +114,7 @@ pub fn load(path: &Path, bytes: &[u8]) -> Result<Library, LoadError> {
         plugin_name: plugin_name.to_string(),
         plugin_version: plugin_version.to_string(),
         sdk_version,
+        speeds: ops.iter().map(|_| Arc::default()).collect(),
         ops: ops.into_iter().collect(),
         module,
     })

@@ -40,6 +40,12 @@ flood:
   stream: true
 echo:
   flow_content: EchoOp()
+one_tick:
+  flow_content: TickOp(n=1)
+three_ticks:
+  flow_content: TickOp(n=3, interval_ms=30)
+one_count:
+  flow_content: CountOp(n=1)
 "#;
 
 fn setup() -> (
@@ -237,4 +243,74 @@ async fn a_collected_answer_is_capped_by_default() {
     assert!(error.contains("limits.max_output_bytes"), "{error}");
     let (_, fine) = run(&catalog, "echo", json!({"query": "small"})).await;
     assert!(fine.success());
+}
+
+fn placement(catalog: &flowhost::catalog::Catalog, op: &str) -> &'static str {
+    catalog.snapshot().registry.get(op).expect(op).speed.label()
+}
+
+/// A fast op goes inline after its probation; when an inline call then waits (sleep, a full
+/// buffer), the wait leaves the runtime thread (`block_in_place`), the run completes, and the
+/// op goes back to the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_op_runs_inline_and_a_waiting_inline_call_still_completes() {
+    let (_flows, catalog) = setup();
+    for _ in 0..flowhost::ops::PROBATION_CALLS {
+        let (chunks, outcome) = run(&catalog, "one_tick", json!({})).await;
+        assert!(outcome.success(), "{chunks:?}");
+    }
+    assert_eq!(placement(&catalog, "TickOp"), "inline");
+    // Another task keeps ticking on the runtime while the inline op sleeps.
+    let beat = tokio::spawn(async {
+        let mut beats = 0;
+        let end = Instant::now() + Duration::from_millis(60);
+        while Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            beats += 1;
+        }
+        beats
+    });
+    let (chunks, outcome) = run(&catalog, "three_ticks", json!({})).await;
+    assert!(outcome.success(), "{chunks:?}");
+    assert_eq!(texts(&chunks), ["tick 0\n", "tick 1\n", "tick 2\n"]);
+    assert!(beat.await.unwrap() >= 5, "the runtime stalled");
+    assert_eq!(placement(&catalog, "TickOp"), "pooled");
+
+    // An inline op whose reader is slow: the full buffer is waited for off the runtime thread.
+    for _ in 0..flowhost::ops::PROBATION_CALLS {
+        run(&catalog, "one_count", json!({})).await;
+    }
+    assert_eq!(placement(&catalog, "CountOp"), "inline");
+    let mut flood = start(&catalog, "flood", json!({}));
+    let mut batch = Vec::new();
+    let mut received = 0;
+    while flood.next_batch(&mut batch).await {
+        received += batch.len();
+        batch.clear();
+        if received > 100_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    drop(flood);
+    assert!(received > 100_000);
+    // The op sees the drop at its next emit, then its call is recorded.
+    let demoted = wait_async(Duration::from_secs(5), || async {
+        placement(&catalog, "CountOp") == "pooled"
+    })
+    .await;
+    assert!(demoted.is_some(), "{}", placement(&catalog, "CountOp"));
+}
+
+/// A current-thread runtime cannot hand its work to another thread: its op calls stay on the
+/// pool whatever the op's record.
+#[tokio::test]
+async fn a_current_thread_runtime_keeps_ops_on_the_pool() {
+    let (_flows, catalog) = setup();
+    for _ in 0..flowhost::ops::PROBATION_CALLS + 5 {
+        run(&catalog, "one_tick", json!({})).await;
+    }
+    let (chunks, outcome) = run(&catalog, "three_ticks", json!({})).await;
+    assert!(outcome.success(), "{chunks:?}");
+    assert_eq!(texts(&chunks).len(), 3);
 }

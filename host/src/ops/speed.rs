@@ -1,0 +1,294 @@
+//! What the host has seen of an op's calls, to decide where the next one runs.
+//!
+//! An in-process op call normally runs on a blocking-pool thread: ops are synchronous plugin
+//! code, and one that waits (for time, tokens, a slow reader) must not stall the async runtime.
+//! The hop to that thread and back is about a third of a non-stream call (BENCHMARKS.md), so an
+//! op that has shown itself fast runs inline on the runtime thread instead:
+//!
+//! - probation: [`PROBATION`] pooled calls in a row, each using less than [`FAST`] of CPU
+//!   and none blocking its thread for longer than that, promote the op to inline; any other
+//!   call starts the count again, and a call that waited on a host service (sleep, an LLM
+//!   call, a full chunk buffer) sends the op to the pool for good;
+//! - inline: the host services it may still call wait through `block_in_place` (the runtime
+//!   hands its other tasks to another thread); a call that waited, blocked its thread for
+//!   more than [`SLOW`] or used more than that of CPU sends the op to the pool for good.
+//!
+//! A call is measured by its thread's CPU clock and voluntary context switches
+//! (`getrusage(RUSAGE_THREAD)`), not by wall time: on a loaded machine a 5 µs call can take a
+//! millisecond of wall time when the scheduler preempts its thread, and that says nothing about
+//! the op. A voluntary switch means the thread blocked (its own sleep, I/O or lock); the wall
+//! time then tells a long block from a brief lock wait.
+//!
+//! "For good" means for this load of the library: a rebuilt plugin starts on probation. The
+//! worst case is an op that was fast [`PROBATION`] times and then blocks without asking the
+//! host (its own sleep or I/O): it holds a runtime thread once, on each thread it is running
+//! on at that moment, and never again. `ops.inline: never` turns this off.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// Fast pooled calls in a row that promote an op to inline.
+pub const PROBATION: u32 = 32;
+/// A pooled call at most this long counts towards promotion.
+pub const FAST: Duration = Duration::from_micros(200);
+/// An inline call longer than this sends the op back to the pool.
+pub const SLOW: Duration = Duration::from_millis(1);
+
+const INLINE: u32 = u32::MAX - 1;
+const POOLED: u32 = u32::MAX;
+
+/// One op's placement state (per loaded library); lock-free, shared by all its calls.
+#[derive(Debug, Default)]
+pub struct Speed(AtomicU32);
+
+impl Speed {
+    /// Whether the next call may run inline.
+    #[inline]
+    pub fn inline(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == INLINE
+    }
+
+    /// Whether pooled calls are still being measured.
+    #[inline]
+    pub fn on_probation(&self) -> bool {
+        self.0.load(Ordering::Relaxed) < PROBATION
+    }
+
+    /// Records a call that ran on the pool.
+    pub fn pooled(&self, call: Call) {
+        if call.waited {
+            self.0.store(POOLED, Ordering::Relaxed);
+            return;
+        }
+        let seen = self.0.load(Ordering::Relaxed);
+        if seen >= PROBATION {
+            return;
+        }
+        let next = if call.blocked_longer_than(FAST) || call.cpu > FAST {
+            0
+        } else if seen + 1 == PROBATION {
+            INLINE
+        } else {
+            seen + 1
+        };
+        // A lost race only miscounts one call of probation.
+        let _ = self
+            .0
+            .compare_exchange(seen, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Records a call that ran inline.
+    pub fn inlined(&self, call: Call) {
+        if call.waited || call.blocked_longer_than(SLOW) || call.cpu > SLOW {
+            self.0.store(POOLED, Ordering::Relaxed);
+        }
+    }
+
+    /// `inline`, `pooled` or `probation`, for `flowhost ops --json` and tests.
+    pub fn label(&self) -> &'static str {
+        match self.0.load(Ordering::Relaxed) {
+            INLINE => "inline",
+            POOLED => "pooled",
+            _ => "probation",
+        }
+    }
+}
+
+/// What one call did, as [`Speed`] judges it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Call {
+    /// CPU time the call's thread used.
+    pub cpu: Duration,
+    /// Wall time of the call.
+    pub wall: Duration,
+    /// The thread made a voluntary context switch (it blocked) during the call.
+    pub switched: bool,
+    /// The op waited on a host service.
+    pub waited: bool,
+}
+
+impl Call {
+    /// The thread blocked and was off the CPU for longer than `limit`. A brief lock wait (a
+    /// contended allocator or buffer lock) is no reason to leave the runtime; time off the
+    /// CPU without a voluntary switch is preemption, which says nothing about the op.
+    fn blocked_longer_than(&self, limit: Duration) -> bool {
+        self.switched && self.wall.saturating_sub(self.cpu) > limit
+    }
+}
+
+/// A measurement of the current thread, taken before a call; [`Probe::finish`] after it.
+pub struct Probe(Usage, std::time::Instant);
+
+#[derive(Clone, Copy)]
+struct Usage {
+    cpu: Duration,
+    voluntary_switches: i64,
+}
+
+impl Probe {
+    pub fn start() -> Probe {
+        Probe(Usage::now(), std::time::Instant::now())
+    }
+
+    pub fn finish(self, waited: bool) -> Call {
+        let now = Usage::now();
+        Call {
+            cpu: now.cpu.saturating_sub(self.0.cpu),
+            wall: self.1.elapsed(),
+            switched: now.voluntary_switches > self.0.voluntary_switches,
+            waited,
+        }
+    }
+}
+
+impl Usage {
+    #[cfg(target_os = "linux")]
+    fn now() -> Usage {
+        // The CPU clock is exact; getrusage's CPU times are only brought up to date at
+        // scheduler ticks, so only its switch count is used.
+        // SAFETY: both calls only write the structs they are given.
+        let mut clock: libc::timespec = unsafe { std::mem::zeroed() };
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut clock) };
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+        Usage {
+            cpu: Duration::new(
+                clock.tv_sec.max(0) as u64,
+                clock.tv_nsec.clamp(0, 999_999_999) as u32,
+            ),
+            voluntary_switches: usage.ru_nvcsw,
+        }
+    }
+
+    /// Elsewhere: wall time, which only errs towards the pool.
+    #[cfg(not(target_os = "linux"))]
+    fn now() -> Usage {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        Usage {
+            cpu: START.get_or_init(std::time::Instant::now).elapsed(),
+            voluntary_switches: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quick() -> Call {
+        Call {
+            cpu: Duration::from_micros(10),
+            ..Call::default()
+        }
+    }
+
+    fn cpu(cpu: Duration) -> Call {
+        Call {
+            cpu,
+            ..Call::default()
+        }
+    }
+
+    fn waited() -> Call {
+        Call {
+            waited: true,
+            ..quick()
+        }
+    }
+
+    #[test]
+    fn fast_calls_in_a_row_promote_and_a_slow_one_restarts_the_count() {
+        let speed = Speed::default();
+        for _ in 0..PROBATION - 1 {
+            speed.pooled(quick());
+        }
+        speed.pooled(cpu(FAST * 2));
+        assert_eq!(speed.label(), "probation");
+        for _ in 0..PROBATION - 1 {
+            speed.pooled(quick());
+        }
+        assert!(!speed.inline());
+        speed.pooled(quick());
+        assert!(speed.inline());
+        // Still inline after a fast inline call; a slow one ends it for good.
+        speed.inlined(quick());
+        assert!(speed.inline());
+        speed.inlined(cpu(SLOW * 2));
+        assert_eq!(speed.label(), "pooled");
+        for _ in 0..PROBATION * 2 {
+            speed.pooled(quick());
+        }
+        assert_eq!(speed.label(), "pooled");
+    }
+
+    #[test]
+    fn a_call_that_waited_sends_the_op_to_the_pool_for_good() {
+        let speed = Speed::default();
+        speed.pooled(waited());
+        for _ in 0..PROBATION * 2 {
+            speed.pooled(quick());
+        }
+        assert_eq!(speed.label(), "pooled");
+        let inline = Speed::default();
+        for _ in 0..PROBATION {
+            inline.pooled(quick());
+        }
+        assert!(inline.inline());
+        inline.inlined(waited());
+        assert_eq!(inline.label(), "pooled");
+    }
+
+    #[test]
+    fn a_blocked_thread_restarts_probation_and_ends_inline() {
+        let blocked = Call {
+            switched: true,
+            wall: SLOW * 3,
+            ..quick()
+        };
+        // A short lock wait, or a long preemption, is not blocking.
+        let lock_wait = Call {
+            switched: true,
+            wall: Duration::from_micros(30),
+            ..quick()
+        };
+        let preempted = Call {
+            wall: SLOW * 10,
+            ..quick()
+        };
+        let speed = Speed::default();
+        for _ in 0..PROBATION - 1 {
+            speed.pooled(quick());
+        }
+        speed.pooled(blocked);
+        assert_eq!(speed.label(), "probation");
+        for _ in 0..PROBATION {
+            speed.pooled(quick());
+        }
+        assert!(speed.inline());
+        speed.inlined(lock_wait);
+        speed.inlined(preempted);
+        assert!(speed.inline());
+        speed.inlined(blocked);
+        assert_eq!(speed.label(), "pooled");
+    }
+
+    #[test]
+    fn the_probe_sees_cpu_and_blocking() {
+        let probe = Probe::start();
+        let end = std::time::Instant::now() + Duration::from_millis(20);
+        let mut spins = 0u64;
+        while std::time::Instant::now() < end {
+            spins = std::hint::black_box(spins + 1);
+        }
+        let busy = probe.finish(false);
+        assert!(busy.cpu >= Duration::from_millis(5), "{busy:?}");
+        let probe = Probe::start();
+        std::thread::sleep(Duration::from_millis(2));
+        let slept = probe.finish(false);
+        assert!(
+            slept.blocked_longer_than(Duration::from_millis(1)),
+            "{slept:?}"
+        );
+        assert!(slept.cpu < Duration::from_millis(1), "{slept:?}");
+    }
+}

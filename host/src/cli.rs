@@ -448,12 +448,13 @@ pub fn input_object(input: Option<&str>, fields: &[String]) -> Result<Map<String
 
 /// A runtime for one-shot commands, with the same op thread bound as the server.
 pub fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, String> {
-    let mut builder = match config.backend {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.backend == config::Backend::Stdio {
         // One stdio connection: its protocol work fits one thread, and hops between worker
-        // threads cost more than the work (ops still run on the blocking pool).
-        config::Backend::Stdio => tokio::runtime::Builder::new_current_thread(),
-        config::Backend::Http => tokio::runtime::Builder::new_multi_thread(),
-    };
+        // threads cost more than the work. Multi-threaded all the same, so that fast ops can
+        // run inline and hand the runtime on when they wait (`ops::Speed`).
+        builder.worker_threads(1);
+    }
     builder
         .enable_all()
         .max_blocking_threads(config.max_op_threads)

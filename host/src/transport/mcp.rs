@@ -419,17 +419,60 @@ pub async fn serve_stdio(
     run_options: exec::Options,
     max_line: usize,
 ) -> Result<(), String> {
-    let (to_server, from_reader) = mpsc::channel::<RxJsonRpcMessage<RoleServer>>(256);
-    // A plain thread doing blocking reads: tokio's stdin would hand every read to the blocking
-    // pool, a thread hop per message. Replies are written by the caller (see `StdoutSink`).
-    std::thread::Builder::new()
-        .name("mcp-stdin".into())
-        .spawn(move || read_lines(to_server, max_line))
-        .map_err(|err| format!("cannot start the stdin reader: {err}"))?;
-    let incoming = futures_util::stream::unfold(from_reader, |mut rx| async move {
-        rx.recv().await.map(|message| (message, rx))
-    })
-    .boxed();
+    let incoming = match super::lines::pollable_stdin(max_line) {
+        // A pipe: read by the server's own task as it asks for the next message (no thread
+        // hop, and a client that writes faster than the server reads waits in the pipe).
+        Some(reader) => {
+            let state = (reader, std::collections::VecDeque::new(), false);
+            futures_util::stream::unfold(
+                state,
+                move |(mut reader, mut pending, mut ended)| async move {
+                    loop {
+                        if let Some(message) = pending.pop_front() {
+                            return Some((message, (reader, pending, ended)));
+                        }
+                        if ended {
+                            return None;
+                        }
+                        let mut deliver = |message| {
+                            pending.push_back(message);
+                            true
+                        };
+                        match reader
+                            .read(&mut |event| on_line(event, max_line, &mut deliver))
+                            .await
+                        {
+                            Ok(more) => ended = !more,
+                            Err(err) => {
+                                tracing::error!("cannot read stdin: {err}");
+                                ended = true;
+                            }
+                        }
+                    }
+                },
+            )
+            .boxed()
+        }
+        // A file or a terminal: a plain thread doing blocking reads.
+        None => {
+            let (to_server, from_reader) = mpsc::channel::<RxJsonRpcMessage<RoleServer>>(256);
+            std::thread::Builder::new()
+                .name("mcp-stdin".into())
+                .spawn(move || {
+                    let mut deliver = |message| to_server.blocking_send(message).is_ok();
+                    if let Err(err) = super::lines::read_blocking(max_line, |event| {
+                        on_line(event, max_line, &mut deliver)
+                    }) {
+                        tracing::error!("cannot read stdin: {err}");
+                    }
+                })
+                .map_err(|err| format!("cannot start the stdin reader: {err}"))?;
+            futures_util::stream::unfold(from_reader, |mut rx| async move {
+                rx.recv().await.map(|message| (message, rx))
+            })
+            .boxed()
+        }
+    };
     let running = FlowTools::new(catalog, run_options)
         .serve((StdoutSink::default(), incoming))
         .await
@@ -437,6 +480,36 @@ pub async fn serve_stdio(
     let reason = running.waiting().await;
     tracing::info!("MCP session ended: {reason:?}");
     Ok(())
+}
+
+/// One stdin line: a message goes to `deliver`; malformed JSON gets -32700, JSON that is not a
+/// JSON-RPC message -32600 (with its id when one can be read), an oversized line -32600.
+/// Returns `false` when reading should stop (the server or stdout is gone).
+fn on_line(
+    event: super::lines::Event<'_>,
+    max_line: usize,
+    deliver: &mut impl FnMut(RxJsonRpcMessage<RoleServer>) -> bool,
+) -> bool {
+    let reply = match event {
+        super::lines::Event::Line(number, line) => match classify_line(line, number) {
+            Line::Empty => return true,
+            Line::Message(message) => return deliver(*message),
+            Line::Reply(reply) => *reply,
+        },
+        super::lines::Event::Oversized { number, bytes } => {
+            tracing::warn!(
+                "stdin line {number}: {bytes} bytes is over the {max_line}-byte limit; skipped"
+            );
+            JsonRpcMessage::error(
+                ErrorData::invalid_request(
+                    format!("message on line {number} is {bytes} bytes, over the limit of {max_line} bytes; it was skipped"),
+                    None,
+                ),
+                None,
+            )
+        }
+    };
+    write_message(&reply).is_ok()
 }
 
 /// Writes one JSON-RPC message per line to stdout, from whichever task sends it. A pipe write
@@ -509,69 +582,6 @@ fn write_message(message: &TxJsonRpcMessage<RoleServer>) -> std::io::Result<()> 
     let mut line = serde_json::to_vec(message)?;
     line.push(b'\n');
     write_stdout(&line)
-}
-
-/// Reads newline-delimited JSON-RPC from stdin. Malformed JSON gets -32700, JSON that is not a
-/// JSON-RPC message gets -32600 (with its id when one can be read), a line over `max_line`
-/// bytes gets -32600 and is skipped; reading always goes on until end of input.
-fn read_lines(to_server: mpsc::Sender<RxJsonRpcMessage<RoleServer>>, max_line: usize) {
-    use std::io::{BufRead, Read};
-    let mut stdin = std::io::BufReader::with_capacity(64 * 1024, std::io::stdin().lock());
-    let mut line = Vec::with_capacity(4096);
-    let mut number = 0u64;
-    loop {
-        line.clear();
-        match (&mut stdin)
-            .take(max_line as u64 + 1)
-            .read_until(b'\n', &mut line)
-        {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(err) => {
-                tracing::error!("cannot read stdin: {err}");
-                return;
-            }
-        }
-        number += 1;
-        if !line.ends_with(b"\n") && line.len() > max_line {
-            // Skip the rest of the oversized line.
-            let mut skipped = line.len();
-            loop {
-                let mut rest = Vec::new();
-                match (&mut stdin).take(1 << 20).read_until(b'\n', &mut rest) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => skipped += n,
-                }
-                if rest.ends_with(b"\n") {
-                    break;
-                }
-            }
-            tracing::warn!(
-                "stdin line {number}: {skipped} bytes is over the {max_line}-byte limit; skipped"
-            );
-            let error = ErrorData::invalid_request(
-                format!("message on line {number} is {skipped} bytes, over the limit of {max_line} bytes; it was skipped"),
-                None,
-            );
-            if write_message(&JsonRpcMessage::error(error, None)).is_err() {
-                return;
-            }
-            continue;
-        }
-        let reply = match classify_line(&line, number) {
-            Line::Empty => continue,
-            Line::Message(message) => {
-                if to_server.blocking_send(*message).is_err() {
-                    return;
-                }
-                continue;
-            }
-            Line::Reply(reply) => reply,
-        };
-        if write_message(&reply).is_err() {
-            return;
-        }
-    }
 }
 
 /// What one stdin line is.

@@ -6,6 +6,7 @@ pub mod error;
 pub mod guard;
 pub mod http;
 pub mod lifecycle;
+pub mod lines;
 pub mod mcp;
 pub mod openai;
 pub mod openapi;

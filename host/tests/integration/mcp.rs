@@ -503,3 +503,42 @@ async fn a_busy_flow_is_a_tool_error() {
     handle.cancel(Some("done".into())).await.unwrap();
     client.cancel().await.unwrap();
 }
+
+/// Stdin that is a file (a recorded session): read by the blocking reader, every line
+/// answered in order, a malformed one included, and the server ends at the end of the file.
+#[test]
+fn a_session_recorded_in_a_file_is_answered_whole() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let session = folder(&[(
+        "session.jsonl",
+        concat!(
+            r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"file","version":"1"}}}"#,
+            "\n",
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            "\nnot json\n",
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"query":"from a file"}}}"#,
+        ),
+    )]);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_flowhost"))
+        .args(["serve", "--transport", "stdio", "--no-watch", "--flows"])
+        .arg(flows.path())
+        .stdin(std::fs::File::open(session.path().join("session.jsonl")).unwrap())
+        .stderr(Stdio::null())
+        .output()
+        .expect("run flowhost");
+    assert!(output.status.success());
+    let replies: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON line"))
+        .collect();
+    let parse_error = replies
+        .iter()
+        .find(|r| r["error"]["code"] == -32700)
+        .expect("a parse error");
+    assert!(parse_error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("line 3"));
+    let call = replies.iter().find(|r| r["id"] == 1).expect("the call's reply");
+    assert_eq!(call["result"]["content"][0]["text"], "from a file");
+}

@@ -396,7 +396,16 @@ fn show_config(config: &Config) -> Result<ExitCode, String> {
         "watch": config.watch,
         "debounce_ms": config.debounce.as_millis() as u64,
         "max_op_threads": config.max_op_threads,
-        "ops": {"max_concurrency": config.max_concurrency, "max_queue": config.max_queue},
+        "ops": {
+            "max_concurrency": config.max_concurrency,
+            "max_queue": config.max_queue,
+            "isolation": config.isolation.default,
+            "max_workers": config.max_workers,
+            "inline": config.isolation.inline,
+        },
+        "plugins": config.isolation.plugins.iter()
+            .map(|(name, isolation)| (name.clone(), json!({"isolation": isolation})))
+            .collect::<Map<String, Value>>(),
     });
     print(&serde_json::to_string_pretty(&value).unwrap_or_default())?;
     Ok(ExitCode::SUCCESS)

@@ -814,6 +814,11 @@ mod tests {
             err.contains("did you mean `plugins.op-basic.isolation`?"),
             "{err}"
         );
+        assert_eq!(config.isolation.inline, crate::exec::Inline::Auto);
+        let config = load_text("ops: {inline: never}\n", &[]).unwrap();
+        assert_eq!(config.isolation.inline, crate::exec::Inline::Never);
+        let err = load_text("ops: {inline: always}\n", &[]).unwrap_err();
+        assert!(err.contains("always") && err.contains("never"), "{err}");
     }
 
     /// The seed's FlowLLM config (FlowLLM's streaming-service guide), verbatim.

@@ -124,7 +124,7 @@ pub struct IsolationPolicy {
 
 /// `ops.inline`: `auto` lets an in-process op that has shown itself fast run on the runtime
 /// thread that asked for it (see `ops::Speed`); `never` keeps every call on the op pool.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Inline {
     #[default]

@@ -34,7 +34,7 @@ pub struct Spec {
 
 /// Where ops run: on a thread of the host, or in a worker process that a crash cannot take
 /// the host down with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Isolation {
     #[default]

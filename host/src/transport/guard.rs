@@ -163,7 +163,8 @@ fn content_type_problem(headers: &HeaderMap) -> Option<String> {
     ))
 }
 
-/// The bearer API key on every route but `/health`, `/ready` and the docs page and its assets
+/// The bearer API key on every route but `/health`, `/ready`, the docs page, the playground
+/// page and their assets
 /// (a browser loads those without a header; the data behind them needs the key).
 pub async fn authorize(State(policy): State<Policy>, request: Request, next: Next) -> Response {
     if policy.api_key.is_none()
@@ -187,7 +188,9 @@ pub async fn authorize(State(policy): State<Policy>, request: Request, next: Nex
 }
 
 fn is_public(path: &str) -> bool {
-    matches!(path, "/health" | "/ready" | "/docs" | "/docs/") || path.starts_with("/docs/")
+    matches!(path, "/health" | "/ready" | "/docs" | "/docs/")
+        || path.starts_with("/docs/")
+        || super::playground::is_public(path)
 }
 
 /// CORS for the listed origins only; none listed means no CORS headers at all, so browsers

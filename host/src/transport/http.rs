@@ -30,7 +30,7 @@ use super::guard;
 pub use super::request::{busy_response, live_flow, parse_body, validate};
 pub use super::sse::{sse_response, EventWriter, FlowLlmEvents};
 pub use super::state::AppState;
-use super::{docs, openai, openapi};
+use super::{docs, openai, openapi, playground};
 
 /// The whole HTTP API. Flow routes are not registered one by one: `POST /{flow}` looks the
 /// flow up in the snapshot of the moment, so reloads need no new router.
@@ -41,6 +41,10 @@ pub fn router(state: AppState) -> Router {
         title: Some("flowhost API"),
     });
     let router = Router::new()
+        .route("/", get(playground::page))
+        .route("/playground.js", get(playground::script))
+        .route("/playground.css", get(playground::style))
+        .route("/events", get(playground::events))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/flows", get(list_flows))
@@ -321,7 +325,7 @@ pub async fn serve(
     };
     let url = format!("http://{shown_host}:{}", local.port());
     eprintln!(
-        "flowhost {} listening on {url} — {} flows ({} live), {} ops; docs {url}/docs",
+        "flowhost {} listening on {url} — {} flows ({} live), {} ops; playground {url}/ , docs {url}/docs",
         env!("CARGO_PKG_VERSION"),
         snapshot.flows.len(),
         snapshot.live().count(),

@@ -10,6 +10,7 @@ pub mod lines;
 pub mod mcp;
 pub mod openai;
 pub mod openapi;
+pub mod playground;
 pub mod request;
 pub mod sse;
 pub mod state;

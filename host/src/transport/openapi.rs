@@ -55,6 +55,15 @@ pub fn document(snapshot: &Snapshot, api_key: bool) -> Value {
         );
     }
     paths.insert(
+        "/events".into(),
+        json!({"get": {
+            "summary": "Catalog changes as server-sent events",
+            "description": "`event: catalog` with `data:` {generation, flows_hash, plugins_hash, flows (as GET /flows), ops (as GET /ops)} at once and after every reload of a flow file or plugin; `: keep-alive` comments while quiet; the stream ends when the host drains. The playground (`GET /`) follows it.",
+            "tags": ["discovery"],
+            "responses": {"200": {"description": "An endless event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+        }}),
+    );
+    paths.insert(
         "/v1/chat/completions".into(),
         json!({"post": {
             "summary": "OpenAI-compatible chat completions; `model` names a flow",

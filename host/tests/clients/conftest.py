@@ -15,10 +15,11 @@ BIN = Path(os.environ.get("FLOWHOST_BIN", ROOT / "target" / "debug" / "flowhost"
 
 
 @contextlib.contextmanager
-def flowhost_server(env=None):
-    """`flowhost serve` on a free port over the repository's flows/; yields its base URL."""
+def flowhost_server(env=None, flows=None, args=()):
+    """`flowhost serve` on a free port over `flows` (default: the repository's flows/); yields
+    its base URL."""
     proc = subprocess.Popen(
-        [str(BIN), "serve", "--port", "0", "--flows", str(ROOT / "flows")],
+        [str(BIN), "serve", "--port", "0", "--flows", str(flows or ROOT / "flows"), *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

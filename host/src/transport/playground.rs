@@ -92,7 +92,10 @@ pub async fn events(State(state): State<AppState>) -> Response {
         (state, changes, Some(first)),
         move |(state, mut changes, first)| async move {
             if let Some(first) = first {
-                return Some((Ok::<_, std::convert::Infallible>(first), (state, changes, None)));
+                return Some((
+                    Ok::<_, std::convert::Infallible>(first),
+                    (state, changes, None),
+                ));
             }
             // Wake at least every second to notice a drain.
             let tick = keepalive.min(Duration::from_secs(1));

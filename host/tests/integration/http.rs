@@ -805,3 +805,71 @@ async fn slow_streams_do_not_starve_other_flows() {
         stream.abort();
     }
 }
+
+/// `GET /events`: the whole catalog at once, then again after an edit of a flow file; the
+/// playground page and its assets load without the API key, the events do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_follows_flow_file_edits() {
+    let flows = folder(&[("f.yaml", "echo:\n  flow_content: EchoOp()\n")]);
+    let server = Server::start(flows.path(), &["--api-key", "k"]);
+    let client = client();
+    for path in ["/", "/playground.js", "/playground.css"] {
+        let response = client.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    let page = client.get(server.url("/")).send().await.unwrap();
+    assert!(page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("connect-src 'self'"));
+    let refused = client.get(server.url("/events")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let response = client
+        .get(server.url("/events"))
+        .bearer_auth("k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut stream = response.bytes_stream();
+    let mut text = String::new();
+    let mut next_catalog = async || -> Value {
+        loop {
+            if let Some(end) = text.find("\n\n") {
+                let event: String = text.drain(..end + 2).collect();
+                if let Some(data) = event.strip_prefix("event: catalog\ndata: ") {
+                    return serde_json::from_str(data.trim_end()).unwrap();
+                }
+                continue;
+            }
+            let bytes = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("an event within 10 s")
+                .expect("the stream stays open")
+                .unwrap();
+            text.push_str(std::str::from_utf8(&bytes).unwrap());
+        }
+    };
+    let first = next_catalog().await;
+    let names = |catalog: &Value| -> Vec<String> {
+        catalog["flows"]["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&first), ["echo"]);
+    assert!(first["ops"]["ops"].as_array().unwrap().len() > 3);
+    std::fs::write(
+        flows.path().join("f.yaml"),
+        "echo:\n  flow_content: EchoOp()\nadded:\n  flow_content: EchoOp()\n",
+    )
+    .unwrap();
+    let second = next_catalog().await;
+    assert_eq!(names(&second), ["added", "echo"]);
+    assert!(second["generation"].as_u64() > first["generation"].as_u64());
+    assert_ne!(second["flows_hash"], first["flows_hash"]);
+}

@@ -539,6 +539,9 @@ fn a_session_recorded_in_a_file_is_answered_whole() {
         .as_str()
         .unwrap()
         .contains("line 3"));
-    let call = replies.iter().find(|r| r["id"] == 1).expect("the call's reply");
+    let call = replies
+        .iter()
+        .find(|r| r["id"] == 1)
+        .expect("the call's reply");
     assert_eq!(call["result"]["content"][0]["text"], "from a file");
 }

@@ -3,7 +3,7 @@
 //! over it that returns an exit code.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -54,6 +54,10 @@ pub enum Command {
         /// Do not watch flow and plugin folders for changes.
         #[arg(long)]
         no_watch: bool,
+        /// Development: watch the plugin crates under ./plugins and `cargo build` the one
+        /// whose sources change; the rebuilt library goes live as any plugin change does.
+        #[arg(long, conflicts_with = "no_watch")]
+        dev: bool,
         /// FlowLLM-style config overrides such as http.port=9000.
         #[arg(value_name = "KEY=VALUE")]
         overrides: Vec<String>,
@@ -192,6 +196,7 @@ pub fn run(cli: Cli) -> ExitCode {
             transport,
             api_key,
             no_watch,
+            dev,
             overrides,
         } => {
             let mut flags = common.flags();
@@ -204,7 +209,7 @@ pub fn run(cli: Cli) -> ExitCode {
             flags.api_key = api_key;
             flags.no_watch = no_watch;
             flags.overrides.extend(overrides);
-            with_config(flags, |config| serve(&config))
+            with_config(flags, |config| serve(&config, dev))
         }
         Command::Ops { common, json } => with_config(common.flags(), |config| ops(&config, json)),
         Command::Flows { common, json } => {
@@ -482,11 +487,29 @@ fn run_options(config: &Config) -> exec::Options {
     }
 }
 
-fn serve(config: &Config) -> Result<ExitCode, String> {
+fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
     if config.backend == config::Backend::Stdio {
         // Before any plugin is loaded: stray prints must never reach the protocol stream.
         crate::transport::mcp::claim_stdout()?;
     }
+    let mut config = config.clone();
+    let dev = if dev {
+        let plan = crate::dev::plan(Path::new("plugins"))?;
+        // Where the builds land must be a plugin folder.
+        let known = config
+            .plugin_dirs
+            .iter()
+            .any(|dir| dir.canonicalize().ok().as_deref() == Some(plan.out_dir.as_path()));
+        if !known {
+            config.plugin_dirs.push(plan.out_dir.clone());
+        }
+        // A rebuilt library only goes live through the plugin watcher.
+        config.watch = true;
+        Some(plan)
+    } else {
+        None
+    };
+    let config = &config;
     let runtime = runtime(config)?;
     runtime.block_on(async {
         let catalog = Arc::new(load_catalog(config));
@@ -495,6 +518,7 @@ fn serve(config: &Config) -> Result<ExitCode, String> {
         } else {
             None
         };
+        let _dev = dev.map(crate::dev::start).transpose()?;
         match config.backend {
             config::Backend::Http => {
                 crate::transport::http::serve(catalog, config.http.clone(), run_options(config))

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod chunk;
 pub mod cli;
 pub mod config;
+pub mod dev;
 pub mod exec;
 pub mod expr;
 pub mod flow;

@@ -13,6 +13,9 @@ pub struct Chunk {
     pub json: bool,
     pub op: &'static str,
     pub text: String,
+    /// An `error` chunk of an op whose failure the flow tolerates (`raise_exception=False`):
+    /// the wire metadata says `"raise_exception": false` and the run goes on.
+    pub tolerated: bool,
 }
 
 impl Chunk {
@@ -22,6 +25,7 @@ impl Chunk {
             json: false,
             op,
             text: text.into(),
+            tolerated: false,
         }
     }
 
@@ -54,6 +58,9 @@ impl Chunk {
         }
         out.push_str(",\"done\":false,\"metadata\":{\"op\":");
         push_json_str(out, self.op);
+        if self.tolerated {
+            out.push_str(",\"raise_exception\":false");
+        }
         out.push_str("}}");
     }
 }
@@ -97,12 +104,14 @@ mod tests {
                 json: true,
                 op: "X",
                 text: r#"{"id":"1","name":"f","arguments":"{}"}"#.into(),
+                tolerated: false,
             },
             Chunk {
                 kind: ChunkKind::Usage,
                 json: true,
                 op: "X",
                 text: "not json".into(),
+                tolerated: true,
             },
         ];
         for chunk in cases {
@@ -113,6 +122,9 @@ mod tests {
             assert_eq!(value["chunk_type"], chunk.kind.as_str());
             assert_eq!(value["metadata"]["op"], chunk.op);
             assert_eq!(value["done"], false);
+            if chunk.tolerated {
+                assert_eq!(value["metadata"]["raise_exception"], false);
+            }
         }
     }
 }

@@ -580,12 +580,15 @@ fn run_flow(
     })?;
     let runtime = runtime(config)?;
     let outcome = runtime.block_on(stream_to_stdout(flow, input, run_options(config)))?;
-    let summary = json!({
+    let mut summary = json!({
         "flow_id": outcome.flow_id,
         "answer": outcome.answer,
         "success": outcome.success(),
         "error": outcome.error,
     });
+    if !outcome.failed_ops.is_empty() {
+        summary["failed_ops"] = Value::Array(outcome.failed_ops.clone());
+    }
     print(&summary.to_string())?;
     Ok(if outcome.success() {
         ExitCode::SUCCESS

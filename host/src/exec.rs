@@ -3,7 +3,7 @@
 //! Knows nothing of HTTP, MCP or files: callers hand it a flow and an input object.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -141,6 +141,9 @@ pub struct Outcome {
     /// The final context: the input plus every write.
     pub context: Map<String, Value>,
     pub error: Option<String>,
+    /// Op failures the flow went on after (`raise_exception=False`), in the order they
+    /// happened: `{"op", "error"}`.
+    pub failed_ops: Vec<Value>,
 }
 
 impl Outcome {
@@ -167,6 +170,8 @@ pub struct Run {
     /// Set when the consumer side ended the run (timeout, output limit).
     stopped: Option<String>,
     finished: bool,
+    /// Failures the flow went on after (`raise_exception=False`).
+    failed: Failures,
     /// The run's turn (admission control), given back when the run is dropped.
     _permit: Option<crate::admission::Permit>,
 }
@@ -205,8 +210,10 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
         flow: flow.spec.isolation,
         memory_mb: flow.spec.limits.max_memory_mb,
     };
+    let failed = Failures::default();
     let task = {
         let cancel = cancel.clone();
+        let failed = failed.clone();
         let context = Arc::new(input.clone());
         tokio::spawn(async move {
             let env = Env {
@@ -215,6 +222,7 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
                 logs,
                 llm,
                 isolation,
+                failed,
             };
             let result = run_node(&flow.root, context, &env).await;
             if let Err(failure) = &result {
@@ -239,6 +247,7 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
         collect_answer: options.collect_answer,
         stopped: None,
         finished: false,
+        failed,
         _permit: None,
     }
 }
@@ -374,11 +383,19 @@ impl Run {
             Some(answer) if !answer.is_null() => answer.clone(),
             _ => Value::String(std::mem::take(&mut self.answer)),
         };
+        let failed_ops = self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(op, error)| serde_json::json!({"op": op, "error": error}))
+            .collect();
         Outcome {
             flow_id: self.flow_id.clone(),
             answer,
             context,
             error,
+            failed_ops,
         }
     }
 
@@ -406,6 +423,9 @@ type NodeFuture<'a> = std::pin::Pin<
 >;
 
 /// Runs a node on `context`; returns what it wrote, in write order.
+/// Op failures a run went on after (`raise_exception=False`): the name and the message.
+type Failures = Arc<Mutex<Vec<(&'static str, String)>>>;
+
 /// What every op of a run shares: the chunk channel, cancellation, the log sink.
 #[derive(Clone)]
 struct Env {
@@ -414,6 +434,7 @@ struct Env {
     logs: Option<LogSink>,
     llm: Option<Arc<crate::llm::Service>>,
     isolation: Placement,
+    failed: Failures,
 }
 
 /// Where this run's ops go, and the memory limit of their workers.
@@ -507,17 +528,134 @@ fn run_node<'a>(node: &'a Node, context: Arc<Map<String, Value>>, env: &'a Env) 
     })
 }
 
+/// One step with its policy (`Step::policy`): answered from the cache, called (again, after a
+/// failure before any output, up to `max_retries` calls), and a failure either fails the run
+/// or, with `raise_exception=False`, is recorded while the run goes on.
 async fn run_step(
     step: &Step,
     context: &Map<String, Value>,
     env: &Env,
 ) -> Result<Map<String, Value>, Failure> {
-    let op_name = step.op.name;
+    let name = step.name();
     let context_json = serde_json::to_string(context).map_err(|err| Failure {
-        op: op_name,
+        op: name,
         message: format!("context is not serialisable: {err}"),
         crashed: false,
     })?;
+    let policy = &step.policy;
+    let cache_key = policy.cache_ttl.map(|_| {
+        crate::cache::Key::of(
+            step.op.library.hash,
+            step.op.name,
+            &step.args_json,
+            &context_json,
+        )
+    });
+    if let Some(key) = cache_key {
+        if let Some(hit) = crate::cache::global().get(key) {
+            metrics::counter!(crate::metrics::CACHE_HITS).increment(1);
+            replay(&hit, env).await;
+            return Ok(hit.writes.clone());
+        }
+        metrics::counter!(crate::metrics::CACHE_MISSES).increment(1);
+    }
+    let mut attempt = 1;
+    loop {
+        let (result, report) = call_once(step, &context_json, env, cache_key.is_some()).await;
+        let failure = match result {
+            Ok(writes) => {
+                if let (Some(key), Some(ttl), Some(chunks)) =
+                    (cache_key, policy.cache_ttl, report.recorded)
+                {
+                    let cached = crate::cache::Cached {
+                        chunks,
+                        writes: writes.clone(),
+                    };
+                    crate::cache::global().insert(key, cached, ttl);
+                }
+                return Ok(writes);
+            }
+            Err(failure) => failure,
+        };
+        if env.cancel.is_cancelled() {
+            return Err(failure);
+        }
+        if attempt < policy.attempts && report.emitted == 0 {
+            let wait = crate::llm::backoff(attempt - 1);
+            tracing::warn!(
+                op = name,
+                "{failure}; calling it again in {:.2}s (call {} of {}, max_retries)",
+                wait.as_secs_f64(),
+                attempt + 1,
+                policy.attempts
+            );
+            metrics::counter!(crate::metrics::OP_RETRIES).increment(1);
+            tokio::select! {
+                _ = env.cancel.cancelled() => return Err(failure),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            attempt += 1;
+            continue;
+        }
+        if !policy.tolerate_failure {
+            return Err(failure);
+        }
+        let message = format!("{failure} (raise_exception=False: the flow goes on)");
+        tracing::warn!(op = name, "{message}");
+        metrics::counter!(crate::metrics::OP_FAILURES_TOLERATED).increment(1);
+        env.tx.push_final(Chunk {
+            tolerated: true,
+            ..Chunk::error(name, message)
+        });
+        env.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name, failure.message));
+        return Ok(Map::new());
+    }
+}
+
+/// Sends a cached call's chunks into the run: at once while the buffer has room, the rest
+/// from an op thread (a full buffer blocks, which the runtime thread must not).
+async fn replay(hit: &Arc<crate::cache::Cached>, env: &Env) {
+    let mut sent = 0;
+    for chunk in &hit.chunks {
+        match env.tx.try_push(chunk.clone(), &env.cancel) {
+            Ok(true) => sent += 1,
+            Ok(false) => return,
+            Err(_) => break,
+        }
+    }
+    if sent < hit.chunks.len() {
+        let (hit, tx, cancel) = (hit.clone(), env.tx.clone(), env.cancel.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            for chunk in &hit.chunks[sent..] {
+                if !tx.push(chunk.clone(), &cancel) {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// What one call did besides its result.
+#[derive(Default)]
+struct Report {
+    /// Chunks the op emitted.
+    emitted: u64,
+    /// Its chunks, when recording for the cache and they fit.
+    recorded: Option<Vec<Chunk>>,
+}
+
+/// One call of a step's op: inline, on the op pool, or in a worker process.
+async fn call_once(
+    step: &Step,
+    context_json: &str,
+    env: &Env,
+    record: bool,
+) -> (Result<Map<String, Value>, Failure>, Report) {
+    let op_name = step.name();
     let host = OpHost {
         op: op_name,
         tx: env.tx.clone(),
@@ -527,6 +665,8 @@ async fn run_step(
         runtime: tokio::runtime::Handle::current(),
         inline: false,
         waited: AtomicBool::new(false),
+        emitted: AtomicU64::new(0),
+        recording: record.then(|| Mutex::new(Some((Vec::new(), 0)))),
     };
     let op = &step.op;
     let isolated = env.isolation.isolated(&op.library.plugin_name);
@@ -546,15 +686,16 @@ async fn run_step(
         let probe = crate::ops::Probe::start();
         let result = op
             .library
-            .run(op.name, &step.args_json, &context_json, &host)
+            .run(op.name, &step.args_json, context_json, &host)
             .map_err(crate::worker::Error::Failed);
         op.speed
             .inlined(probe.finish(host.waited.load(Ordering::Relaxed)));
         running.decrement(1.0);
-        Ok(result)
+        Ok((result, host.report()))
     } else {
         let op = op.clone();
         let args = step.args_json.clone();
+        let context_json = context_json.to_string();
         let memory_mb = env.isolation.memory_mb;
         tokio::task::spawn_blocking(move || {
             running.increment(1.0);
@@ -576,43 +717,45 @@ async fn run_step(
                 result.map_err(crate::worker::Error::Failed)
             };
             running.decrement(1.0);
-            result
+            (result, host.report())
         })
         .await
     };
-    let writes_json = match joined {
-        Ok(Ok(writes)) => writes,
-        Ok(Err(crate::worker::Error::Failed(message))) => {
-            return Err(Failure {
-                op: op_name,
-                message,
-                crashed: false,
-            })
-        }
-        Ok(Err(crate::worker::Error::Crashed(message))) => {
-            return Err(Failure {
-                op: op_name,
-                message,
-                crashed: true,
-            })
-        }
+    let failure = |message: String, crashed: bool| Failure {
+        op: op_name,
+        message,
+        crashed,
+    };
+    let (result, report) = match joined {
+        Ok(done) => done,
+        // Whether it emitted is unknown: count it as having done so (no retry).
         Err(join) => {
-            return Err(Failure {
-                op: op_name,
-                message: format!("op thread failed: {join}"),
-                crashed: false,
-            })
+            let report = Report {
+                emitted: 1,
+                recorded: None,
+            };
+            return (
+                Err(failure(format!("op thread failed: {join}"), false)),
+                report,
+            );
         }
     };
-    match serde_json::from_str(&writes_json) {
-        Ok(Value::Object(writes)) => Ok(writes),
-        _ => Err(Failure {
-            op: op_name,
-            message: "returned context writes that are not a JSON object".into(),
-            crashed: false,
-        }),
-    }
+    let result = match result {
+        Ok(writes_json) => match serde_json::from_str(&writes_json) {
+            Ok(Value::Object(writes)) => Ok(writes),
+            _ => Err(failure(
+                "returned context writes that are not a JSON object".into(),
+                false,
+            )),
+        },
+        Err(crate::worker::Error::Failed(message)) => Err(failure(message, false)),
+        Err(crate::worker::Error::Crashed(message)) => Err(failure(message, true)),
+    };
+    (result, report)
 }
+
+/// Chunks recorded for the cache, and their text bytes.
+type Recorded = (Vec<Chunk>, usize);
 
 /// The host context handed to one op call.
 struct OpHost {
@@ -626,9 +769,40 @@ struct OpHost {
     inline: bool,
     /// The call waited on a host service (sleep, LLM, a full buffer).
     waited: AtomicBool,
+    /// Chunks emitted (a failed call that emitted nothing may be made again).
+    emitted: AtomicU64,
+    /// The chunks so far and their bytes, while recording for the cache; `None` once they
+    /// outgrew what the cache keeps.
+    recording: Option<Mutex<Option<Recorded>>>,
 }
 
 impl OpHost {
+    fn report(&self) -> Report {
+        Report {
+            emitted: self.emitted.load(Ordering::Relaxed),
+            recorded: self
+                .recording
+                .as_ref()
+                .and_then(|r| r.lock().unwrap_or_else(|p| p.into_inner()).take())
+                .map(|(chunks, _)| chunks),
+        }
+    }
+
+    fn record(&self, chunk: &Chunk) {
+        let Some(recording) = &self.recording else {
+            return;
+        };
+        let mut recording = recording.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((chunks, bytes)) = recording.as_mut() {
+            *bytes += chunk.text.len();
+            if *bytes > crate::cache::MAX_ENTRY_BYTES {
+                *recording = None;
+            } else {
+                chunks.push(chunk.clone());
+            }
+        }
+    }
+
     /// Runs a wait of the op's: off the runtime thread when the call is inline.
     fn wait<R>(&self, wait: impl FnOnce() -> R) -> R {
         self.waited.store(true, Ordering::Relaxed);
@@ -652,7 +826,10 @@ impl crate::ops::Host for OpHost {
             json,
             op: self.op,
             text: content.to_owned(),
+            tolerated: false,
         };
+        self.emitted.fetch_add(1, Ordering::Relaxed);
+        self.record(&chunk);
         match self.tx.try_push(chunk, &self.cancel) {
             Ok(open) => open,
             Err(chunk) => self.wait(|| self.tx.push(chunk, &self.cancel)),

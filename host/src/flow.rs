@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::expr::{self, Expr};
 use crate::ops::Registry;
-use crate::plan::{Node, Step};
+use crate::plan::{Node, Policy, Step};
 
 /// One flow as written in a file.
 #[derive(Clone, Debug, PartialEq)]
@@ -607,7 +607,19 @@ fn bind(spec: &Spec, expr: &Expr, registry: &Registry) -> Result<Node, Diagnosti
                     ),
                 ));
             };
-            let args_json = Value::Object(call.args.clone()).to_string();
+            let mut args = call.args.clone();
+            let policy = take_policy(&mut args).map_err(|message| {
+                spec.diagnostic(
+                    spec.file_pos(call.pos),
+                    format!(
+                        "flow `{}`: {}: {message}\n{}",
+                        spec.name,
+                        call.name,
+                        expr::caret(&spec.flow_content, call.pos)
+                    ),
+                )
+            })?;
+            let args_json = Value::Object(args).to_string();
             op.library.check(op.name, &args_json).map_err(|message| {
                 spec.diagnostic(
                     spec.file_pos(call.pos),
@@ -622,6 +634,7 @@ fn bind(spec: &Spec, expr: &Expr, registry: &Registry) -> Result<Node, Diagnosti
             Ok(Node::Call(Step {
                 op: op.clone(),
                 args_json: args_json.into(),
+                policy,
             }))
         }
         Expr::Seq(items) => Ok(Node::Seq(
@@ -637,6 +650,51 @@ fn bind(spec: &Spec, expr: &Expr, registry: &Registry) -> Result<Node, Diagnosti
                 .collect::<Result<_, _>>()?,
         )),
     }
+}
+
+/// Takes FlowLLM's per-op keywords (`max_retries`, `raise_exception`, `enable_cache`,
+/// `cache_expire_hours`, `name`) out of a call's arguments; the rest go to the op.
+fn take_policy(args: &mut Map<String, Value>) -> Result<Policy, String> {
+    let mut policy = Policy::default();
+    if let Some(value) = args.remove("max_retries") {
+        policy.attempts = value
+            .as_u64()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| {
+                format!("max_retries must be a whole number from 1 to 100 (calls in all, as in FlowLLM: 1 means no retry), not {value}")
+            })? as u32;
+    }
+    if let Some(value) = args.remove("raise_exception") {
+        policy.tolerate_failure = !value
+            .as_bool()
+            .ok_or_else(|| format!("raise_exception must be True or False, not {value}"))?;
+    }
+    let enable_cache = match args.remove("enable_cache") {
+        Some(value) => value
+            .as_bool()
+            .ok_or_else(|| format!("enable_cache must be True or False, not {value}"))?,
+        None => false,
+    };
+    let hours = match args.remove("cache_expire_hours") {
+        Some(value) => value
+            .as_f64()
+            .filter(|h| *h > 0.0 && *h <= 24.0 * 366.0)
+            .ok_or_else(|| {
+                format!("cache_expire_hours must be a number of hours above 0 (at most a year), not {value}")
+            })?,
+        None => 0.1,
+    };
+    if enable_cache {
+        policy.cache_ttl = Some(Duration::from_secs_f64(hours * 3600.0));
+    }
+    if let Some(value) = args.remove("name") {
+        let name = value
+            .as_str()
+            .filter(|n| !n.is_empty() && n.len() <= 128 && !n.chars().any(char::is_control))
+            .ok_or_else(|| format!("name must be a short text naming this call, not {value}"))?;
+        policy.name = Some(crate::ops::intern(name));
+    }
+    Ok(policy)
 }
 
 #[cfg(test)]

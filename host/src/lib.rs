@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod batch;
+pub mod cache;
 pub mod catalog;
 pub mod chunk;
 pub mod cli;

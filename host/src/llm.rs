@@ -471,7 +471,7 @@ impl Accumulated {
 
 /// 0.5 s, 1 s, 2 s, ... up to 20 s, each ±25% so clients that failed together do not retry
 /// together.
-fn backoff(attempt: u32) -> Duration {
+pub fn backoff(attempt: u32) -> Duration {
     let base = 0.5 * 2f64.powi(attempt.min(6) as i32);
     let jitter = 0.75 + fastrand::f64() * 0.5;
     Duration::from_secs_f64((base * jitter).min(20.0))

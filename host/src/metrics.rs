@@ -18,6 +18,10 @@ pub const RUNS_QUEUED: &str = "flowhost_runs_queued";
 pub const WORKERS: &str = "flowhost_workers";
 pub const WORKER_CRASHES: &str = "flowhost_worker_crashes_total";
 pub const RUNS_REJECTED: &str = "flowhost_runs_rejected_total";
+pub const CACHE_HITS: &str = "flowhost_op_cache_hits_total";
+pub const CACHE_MISSES: &str = "flowhost_op_cache_misses_total";
+pub const OP_RETRIES: &str = "flowhost_op_retries_total";
+pub const OP_FAILURES_TOLERATED: &str = "flowhost_op_failures_tolerated_total";
 /// Always 1; its labels carry the served flow and plugin set hashes.
 pub const SERVED_INFO: &str = "flowhost_served_info";
 
@@ -67,6 +71,19 @@ fn describe() {
     );
     metrics::describe_gauge!(WORKERS, "op worker processes alive (isolation: process)");
     metrics::describe_counter!(WORKER_CRASHES, "op workers that died or were killed");
+    metrics::describe_counter!(
+        CACHE_HITS,
+        "op calls answered from the cache (enable_cache)"
+    );
+    metrics::describe_counter!(CACHE_MISSES, "cached op calls that ran (enable_cache)");
+    metrics::describe_counter!(
+        OP_RETRIES,
+        "op calls made again after a failure (max_retries)"
+    );
+    metrics::describe_counter!(
+        OP_FAILURES_TOLERATED,
+        "op failures recorded while the flow went on (raise_exception=False)"
+    );
     metrics::describe_gauge!(RUNS_QUEUED, "runs waiting for a turn (admission control)");
     metrics::describe_counter!(
         RUNS_REJECTED,

@@ -2,6 +2,7 @@
 //! Knows nothing of how it is built or run.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::ops::OpHandle;
 
@@ -13,9 +14,51 @@ pub enum Node {
     Par(Vec<Arc<Node>>),
 }
 
-/// One op call: the op and its JSON arguments.
+/// One op call: the op, its JSON arguments, and what the host does around the call.
 #[derive(Debug)]
 pub struct Step {
     pub op: Arc<OpHandle>,
     pub args_json: Arc<str>,
+    pub policy: Policy,
 }
+
+impl Step {
+    /// The name the call goes by in chunks, logs and errors (`name=`, else the op's).
+    pub fn name(&self) -> &'static str {
+        self.policy.name.unwrap_or(self.op.name)
+    }
+}
+
+/// FlowLLM's keywords every op takes, handled by the host and not passed to the op.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    /// `max_retries`, FlowLLM's meaning: calls in all (1: no retry). Only a call that failed
+    /// before it emitted anything is made again.
+    pub attempts: u32,
+    /// `raise_exception=False`: a failure is recorded and the flow goes on.
+    pub tolerate_failure: bool,
+    /// `enable_cache=True`: how long an answer is reused (`cache_expire_hours`, default 0.1).
+    pub cache_ttl: Option<Duration>,
+    /// `name=`: what the call is called in chunks, logs and errors.
+    pub name: Option<&'static str>,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            attempts: 1,
+            tolerate_failure: false,
+            cache_ttl: None,
+            name: None,
+        }
+    }
+}
+
+/// The keywords [`Policy`] takes out of an op call's arguments.
+pub const POLICY_KEYWORDS: &[&str] = &[
+    "max_retries",
+    "raise_exception",
+    "enable_cache",
+    "cache_expire_hours",
+    "name",
+];

@@ -281,21 +281,26 @@ async fn json_answer(run: Run, state: &AppState) -> Response {
             return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down").into_response();
         }
     };
+    let mut metadata = json!({"flow_id": flow_id});
+    if !outcome.failed_ops.is_empty() {
+        metadata["failed_ops"] = serde_json::Value::Array(outcome.failed_ops.clone());
+    }
     match &outcome.error {
         None => Json(json!({
             "answer": outcome.answer,
             "success": true,
-            "metadata": {"flow_id": flow_id},
+            "metadata": metadata,
         }))
         .into_response(),
         Some(error) => {
             metrics::counter!(m::FLOW_ERRORS).increment(1);
+            metadata["error"] = json!(error);
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 Json(json!({
                     "answer": outcome.answer,
                     "success": false,
-                    "metadata": {"flow_id": flow_id, "error": error},
+                    "metadata": metadata,
                 })),
             )
                 .into_response()

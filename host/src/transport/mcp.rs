@@ -213,13 +213,16 @@ impl FlowTools {
             forward_log(&context.peer, line).await;
         }
         let content = answer_content(&outcome.answer);
-        let structured = json!({
+        let mut structured = json!({
             "answer": outcome.answer,
             "think": think,
             "tool_calls": tool_calls,
             "usage": usage,
             "flow_id": flow_id,
         });
+        if !outcome.failed_ops.is_empty() {
+            structured["failed_ops"] = Value::Array(outcome.failed_ops.clone());
+        }
         let mut result = match &outcome.error {
             None => CallToolResult::success(content),
             Some(error) => CallToolResult::error(vec![ContentBlock::text(error.clone())]),

@@ -9,6 +9,7 @@ mod isolation;
 mod llm;
 mod mcp;
 mod plugins;
+mod policies;
 mod reload;
 mod security;
 mod tidy;

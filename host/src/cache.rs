@@ -1,0 +1,192 @@
+//! The op answer cache (`enable_cache=True` on an op call): the chunks a call emitted and the
+//! context it wrote, reused for `cache_expire_hours` by a call of the same op build with the
+//! same arguments and context. In memory, bounded in entries and bytes (the oldest go first).
+//! Knows nothing of running ops.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use crate::chunk::Chunk;
+
+/// Entries kept at most.
+pub const MAX_ENTRIES: usize = 4096;
+/// Bytes kept at most (chunk text and written JSON).
+pub const MAX_BYTES: usize = 64 << 20;
+/// A call that emitted more than this is not kept.
+pub const MAX_ENTRY_BYTES: usize = 1 << 20;
+
+/// What a cached call produced.
+#[derive(Debug)]
+pub struct Cached {
+    pub chunks: Vec<Chunk>,
+    pub writes: Map<String, Value>,
+}
+
+/// A call's identity: two independent 64-bit hashes of the op build, its arguments and the
+/// context it was given (a false hit would need both to collide).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Key(u64, u64);
+
+impl Key {
+    pub fn of(library_hash: u64, op: &str, args_json: &str, context_json: &str) -> Key {
+        let text = format!("{library_hash:x}\u{0}{op}\u{0}{args_json}\u{0}{context_json}");
+        // FNV-1a and SipHash (the cache lives in one process, so any fixed keys do).
+        let mut sip = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut sip);
+        Key(crate::stable_hash(text.as_bytes()), sip.finish())
+    }
+}
+
+struct Entry {
+    expires: Instant,
+    bytes: usize,
+    value: Arc<Cached>,
+}
+
+#[derive(Default)]
+struct Inner {
+    map: HashMap<Key, Entry>,
+    order: VecDeque<Key>,
+    bytes: usize,
+}
+
+/// The host's cache.
+#[derive(Default)]
+pub struct Cache {
+    inner: Mutex<Inner>,
+}
+
+/// The process-wide cache.
+pub fn global() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    CACHE.get_or_init(Cache::default)
+}
+
+fn size(cached: &Cached) -> usize {
+    cached
+        .chunks
+        .iter()
+        .map(|c| c.text.len() + 32)
+        .sum::<usize>()
+        + cached
+            .writes
+            .iter()
+            .map(|(k, v)| k.len() + v.to_string().len())
+            .sum::<usize>()
+}
+
+impl Cache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A live entry for `key`; an expired one is dropped.
+    pub fn get(&self, key: Key) -> Option<Arc<Cached>> {
+        let mut inner = self.lock();
+        let entry = inner.map.get(&key)?;
+        if entry.expires > Instant::now() {
+            return Some(entry.value.clone());
+        }
+        let bytes = entry.bytes;
+        inner.map.remove(&key);
+        inner.bytes -= bytes;
+        None
+    }
+
+    /// Keeps `cached` for `ttl`; refuses (false) an entry over [`MAX_ENTRY_BYTES`].
+    pub fn insert(&self, key: Key, cached: Cached, ttl: Duration) -> bool {
+        let bytes = size(&cached);
+        if bytes > MAX_ENTRY_BYTES {
+            return false;
+        }
+        let mut inner = self.lock();
+        if let Some(old) = inner.map.remove(&key) {
+            inner.bytes -= old.bytes;
+        }
+        while inner.map.len() >= MAX_ENTRIES || inner.bytes + bytes > MAX_BYTES {
+            let Some(oldest) = inner.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = inner.map.remove(&oldest) {
+                inner.bytes -= old.bytes;
+            }
+        }
+        inner.order.push_back(key);
+        // The order queue may hold keys already replaced or expired; keep it from growing
+        // past the entries it orders.
+        if inner.order.len() > 2 * MAX_ENTRIES {
+            let Inner { map, order, .. } = &mut *inner;
+            order.retain(|k| map.contains_key(k));
+        }
+        inner.bytes += bytes;
+        inner.map.insert(
+            key,
+            Entry {
+                expires: Instant::now() + ttl,
+                bytes,
+                value: Arc::new(cached),
+            },
+        );
+        true
+    }
+
+    /// Entries held now (tests, metrics).
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::ChunkKind;
+
+    fn cached(text: &str) -> Cached {
+        Cached {
+            chunks: vec![Chunk::text(ChunkKind::Answer, "T", text)],
+            writes: Map::new(),
+        }
+    }
+
+    #[test]
+    fn entries_expire_and_keys_differ_by_every_part() {
+        let cache = Cache::default();
+        let key = Key::of(1, "EchoOp", "{}", r#"{"query":"a"}"#);
+        assert_ne!(key, Key::of(2, "EchoOp", "{}", r#"{"query":"a"}"#));
+        assert_ne!(key, Key::of(1, "EchoOp", r#"{"x":1}"#, r#"{"query":"a"}"#));
+        assert_ne!(key, Key::of(1, "EchoOp", "{}", r#"{"query":"b"}"#));
+        assert!(cache.insert(key, cached("a"), Duration::from_millis(50)));
+        assert_eq!(cache.get(key).unwrap().chunks[0].text, "a");
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(cache.get(key).is_none());
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let cache = Cache::default();
+        let big = "x".repeat(MAX_ENTRY_BYTES + 1);
+        assert!(!cache.insert(Key(0, 0), cached(&big), Duration::from_secs(60)));
+        for i in 0..(MAX_ENTRIES as u64 + 10) {
+            cache.insert(Key(i, i), cached("v"), Duration::from_secs(60));
+        }
+        assert_eq!(cache.len(), MAX_ENTRIES);
+        assert!(cache.get(Key(0, 0)).is_none(), "the oldest went first");
+        assert!(cache
+            .get(Key(MAX_ENTRIES as u64 + 9, MAX_ENTRIES as u64 + 9))
+            .is_some());
+        let half = "y".repeat(MAX_ENTRY_BYTES - 64);
+        for i in 0..100u64 {
+            cache.insert(Key(1 << 40 | i, i), cached(&half), Duration::from_secs(60));
+        }
+        assert!(cache.lock().bytes <= MAX_BYTES);
+    }
+}

@@ -1,16 +1,27 @@
 //! The `flow_content` language: a parser (not eval) for op expressions such as
 //! `GenSystemPromptOp(template="...") >> (AOp() | BOp()) >> ChatOp()`, with FlowLLM/Python
-//! precedence (`>>` binds tighter than `|`). Knows nothing of which ops exist; `flow` binds names
-//! to the registry.
+//! precedence (`>>` binds tighter than `|`), sub-ops attached with `<<` (tighter than `>>`:
+//! `A() >> B() << [C()]` attaches C to B), and FlowLLM's multi-line form: statements that name
+//! things, then the flow expression. Knows nothing of which ops exist; `flow` binds names to
+//! the registry.
 //!
 //! ```text
-//! par    := seq ('|' seq)*
-//! seq    := term ('>>' term)*
-//! term   := call | '(' par ')'
-//! call   := NAME '(' [NAME '=' value (',' NAME '=' value)* [',']] ')'
-//! value  := string | number | true | false | True | False | null | None | [..] | {..}
+//! program := stmt* par                      statements, then the flow (newlines are spaces)
+//! stmt    := NAME '=' par                   name a value (names resolve at the end, so
+//!          | NAME '.ops.' NAME '=' sub        later attachments are seen: FlowLLM's
+//!          | NAME ('<<' attach)+              references); `a.ops.t = X()` attaches X as `t`
+//! par     := seq ('|' seq)*
+//! seq     := sub ('>>' sub)*
+//! sub     := term ('<<' attach)*            attach sub-ops to the op call on the left
+//! attach  := sub | '[' sub (',' sub)* ']' | '{' string ':' sub (',' string ':' sub)* '}'
+//! term    := call | NAME | '(' par ')'
+//! call    := NAME '(' [NAME '=' value (',' NAME '=' value)* [',']] ')'
+//! value   := string | number | true | false | True | False | null | None | [..] | {..}
 //! ```
+//!
+//! A sub-op is one op call (with its own sub-ops); `#` starts a comment.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde_json::{Map, Number, Value};
@@ -29,6 +40,27 @@ pub struct Call {
     pub args: Map<String, Value>,
     /// Where the op name starts in the source.
     pub pos: Pos,
+    /// Sub-ops attached with `<<` (or `name.ops.tool = ...`), in order.
+    pub subs: Vec<Sub>,
+}
+
+/// A sub-op: its name when given (`{"search": SearchOp()}`, `agent.ops.search = ...`), else
+/// the op decides (its tool name).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sub {
+    pub name: Option<String>,
+    pub call: Call,
+}
+
+/// An expression before names are resolved.
+#[derive(Clone, Debug)]
+enum Raw {
+    Call(Call),
+    Name(String, Pos),
+    Seq(Vec<Raw>),
+    Par(Vec<Raw>),
+    /// `left << subs`, at the position of `<<`.
+    Attach(Box<Raw>, Vec<(Option<String>, Raw, Pos)>, Pos),
 }
 
 /// A 1-based line and column (in characters).
@@ -59,7 +91,7 @@ pub fn caret(source: &str, pos: Pos) -> String {
     )
 }
 
-/// Parses a `flow_content` expression.
+/// Parses a `flow_content` program: statements, then the flow expression.
 pub fn parse(source: &str) -> Result<Expr, Error> {
     let mut parser = Parser {
         src: source,
@@ -73,15 +105,145 @@ pub fn parse(source: &str) -> Result<Expr, Error> {
             "empty flow expression: write op calls such as `EchoOp()`",
         ));
     }
-    let expr = parser.par()?;
-    parser.skip_ws();
-    if parser.at < source.len() {
-        return Err(parser.error_here(&format!(
-            "unexpected {} after a complete expression (join steps with `>>` or `|`)",
-            parser.describe_next()
-        )));
+    let mut names: HashMap<String, Raw> = HashMap::new();
+    loop {
+        parser.skip_ws();
+        if parser.at >= source.len() {
+            return Err(parser.error_here(
+                "the flow ends with an assignment: its last statement must be the flow expression (for example the name just assigned)",
+            ));
+        }
+        let statement_at = parser.at;
+        if let Some(target) = parser.assignment_target() {
+            let value = parser.par()?;
+            match target.as_slice() {
+                [name] => {
+                    names.insert(name.clone(), value);
+                }
+                [name, ops, tool] if ops == "ops" => {
+                    let pos = parser.pos_of(statement_at);
+                    let Some(current) = names.remove(name) else {
+                        return Err(parser.error_at(
+                            statement_at,
+                            &format!("`{name}` is not defined yet: assign it first (`{name} = SomeOp()`)"),
+                        ));
+                    };
+                    let attached = Raw::Attach(Box::new(current), vec![(Some(tool.clone()), value, pos)], pos);
+                    names.insert(name.clone(), attached);
+                }
+                _ => {
+                    return Err(parser.error_at(
+                        statement_at,
+                        &format!(
+                            "cannot assign to `{}`: assign a name (`agent = ...`) or a sub-op (`agent.ops.search = ...`)",
+                            target.join(".")
+                        ),
+                    ))
+                }
+            }
+            continue;
+        }
+        let expr = parser.par()?;
+        parser.skip_ws();
+        if parser.at >= source.len() {
+            return resolve(expr, &names, &mut Vec::new());
+        }
+        // More follows: this statement must attach sub-ops to a name (`agent << [...]`).
+        match attach_root(&expr) {
+            Some(name) if names.contains_key(name) => {
+                let name = name.to_string();
+                let current = names.remove(&name).unwrap_or(Raw::Seq(Vec::new()));
+                names.insert(name, rebase(expr, current));
+            }
+            _ => {
+                return Err(parser.error_here(&format!(
+                    "unexpected {} after a complete expression (join steps with `>>` or `|`; in a multi-line flow only the last statement is the flow, the ones before assign names)",
+                    parser.describe_next()
+                )))
+            }
+        }
     }
-    Ok(expr)
+}
+
+/// The name at the root of `name << ... << ...`.
+fn attach_root(expr: &Raw) -> Option<&str> {
+    match expr {
+        Raw::Attach(left, _, _) => match left.as_ref() {
+            Raw::Name(name, _) => Some(name),
+            other => attach_root(other),
+        },
+        _ => None,
+    }
+}
+
+/// `name << a << b` with `name` replaced by what it stood for.
+fn rebase(expr: Raw, current: Raw) -> Raw {
+    match expr {
+        Raw::Attach(left, subs, pos) => match *left {
+            Raw::Name(..) => Raw::Attach(Box::new(current), subs, pos),
+            other => Raw::Attach(Box::new(rebase(other, current)), subs, pos),
+        },
+        other => other,
+    }
+}
+
+/// Replaces names by what they stand for and folds attachments into their op calls.
+fn resolve(raw: Raw, names: &HashMap<String, Raw>, stack: &mut Vec<String>) -> Result<Expr, Error> {
+    let error = |pos: Pos, message: String| Error { pos, message };
+    Ok(match raw {
+        Raw::Call(call) => Expr::Call(call),
+        Raw::Seq(items) => Expr::Seq(
+            items
+                .into_iter()
+                .map(|item| resolve(item, names, stack))
+                .collect::<Result<_, _>>()?,
+        ),
+        Raw::Par(items) => Expr::Par(
+            items
+                .into_iter()
+                .map(|item| resolve(item, names, stack))
+                .collect::<Result<_, _>>()?,
+        ),
+        Raw::Name(name, pos) => {
+            if stack.contains(&name) {
+                return Err(error(
+                    pos,
+                    format!("`{name}` is defined in terms of itself"),
+                ));
+            }
+            if stack.len() >= MAX_DEPTH {
+                return Err(error(pos, "names refer to names too deeply".to_string()));
+            }
+            let Some(value) = names.get(&name) else {
+                return Err(error(
+                    pos,
+                    format!("`{name}` is not defined: call the op with `{name}()`, or assign the name first (`{name} = SomeOp()`)"),
+                ));
+            };
+            stack.push(name);
+            let resolved = resolve(value.clone(), names, stack);
+            stack.pop();
+            resolved?
+        }
+        Raw::Attach(left, subs, pos) => {
+            let Expr::Call(mut call) = resolve(*left, names, stack)? else {
+                return Err(error(
+                    pos,
+                    "`<<` attaches sub-ops to one op call, not to a chain or a group (write `AgentOp() << [...]`)".to_string(),
+                ));
+            };
+            for (name, raw, at) in subs {
+                let Expr::Call(sub) = resolve(raw, names, stack)? else {
+                    return Err(error(
+                        at,
+                        "a sub-op attached with `<<` is one op call (for a chain, make it a flow and attach `FlowOp(flow=\"...\")`)".to_string(),
+                    ));
+                };
+                call.subs.push(Sub { name, call: sub });
+            }
+            Expr::Call(call)
+        }
+    })
 }
 
 /// Nesting deeper than this is refused, so hostile input cannot overflow the stack.
@@ -173,7 +335,7 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
-    fn par(&mut self) -> Result<Expr, Error> {
+    fn par(&mut self) -> Result<Raw, Error> {
         self.enter()?;
         let mut items = vec![self.seq()?];
         loop {
@@ -189,21 +351,17 @@ impl<'a> Parser<'a> {
         Ok(if items.len() == 1 {
             items.remove(0)
         } else {
-            Expr::Par(items)
+            Raw::Par(items)
         })
     }
 
-    fn seq(&mut self) -> Result<Expr, Error> {
-        let mut items = vec![self.term()?];
+    fn seq(&mut self) -> Result<Raw, Error> {
+        let mut items = vec![self.sub()?];
         loop {
             self.skip_ws();
             if self.rest().starts_with(">>") {
                 self.at += 2;
-                items.push(self.term()?);
-            } else if self.rest().starts_with("<<") {
-                return Err(self.error_here(
-                    "`<<` (attaching tool ops) is not supported yet; chain ops with `>>` or run them side by side with `|`",
-                ));
+                items.push(self.sub()?);
             } else {
                 break;
             }
@@ -211,11 +369,143 @@ impl<'a> Parser<'a> {
         Ok(if items.len() == 1 {
             items.remove(0)
         } else {
-            Expr::Seq(items)
+            Raw::Seq(items)
         })
     }
 
-    fn term(&mut self) -> Result<Expr, Error> {
+    /// `term ('<<' attach)*`.
+    fn sub(&mut self) -> Result<Raw, Error> {
+        let mut left = self.term()?;
+        loop {
+            self.skip_ws();
+            if !self.rest().starts_with("<<") {
+                break;
+            }
+            let pos = self.pos_of(self.at);
+            self.at += 2;
+            let subs = self.attach()?;
+            left = Raw::Attach(Box::new(left), subs, pos);
+        }
+        Ok(left)
+    }
+
+    /// What follows `<<`: one sub-op, a list of them, or a dict naming them.
+    fn attach(&mut self) -> Result<Vec<(Option<String>, Raw, Pos)>, Error> {
+        self.enter()?;
+        self.skip_ws();
+        let mut subs = Vec::new();
+        match self.peek() {
+            Some('[') => {
+                self.bump();
+                loop {
+                    self.skip_ws();
+                    if self.peek() == Some(']') {
+                        self.bump();
+                        break;
+                    }
+                    let pos = self.pos_of(self.at);
+                    subs.push((None, self.sub()?, pos));
+                    self.skip_ws();
+                    match self.peek() {
+                        Some(',') => {
+                            self.bump();
+                        }
+                        Some(']') => {}
+                        _ => {
+                            return Err(self.error_here(&format!(
+                                "expected `,` or `]` in the list of sub-ops, found {}",
+                                self.describe_next()
+                            )))
+                        }
+                    }
+                }
+            }
+            Some('{') => {
+                self.bump();
+                loop {
+                    self.skip_ws();
+                    if self.peek() == Some('}') {
+                        self.bump();
+                        break;
+                    }
+                    if !matches!(self.peek(), Some('"' | '\'')) {
+                        return Err(self.error_here(&format!(
+                            "expected a quoted sub-op name or `}}`, found {}",
+                            self.describe_next()
+                        )));
+                    }
+                    let key_at = self.at;
+                    let name = self.string()?;
+                    if subs
+                        .iter()
+                        .any(|(n, _, _)| n.as_deref() == Some(name.as_str()))
+                    {
+                        return Err(self.error_at(key_at, &format!("sub-op `{name}` named twice")));
+                    }
+                    self.skip_ws();
+                    if self.peek() != Some(':') {
+                        return Err(self.error_here(&format!(
+                            "expected `:` after sub-op name \"{name}\", found {}",
+                            self.describe_next()
+                        )));
+                    }
+                    self.bump();
+                    self.skip_ws();
+                    let pos = self.pos_of(self.at);
+                    subs.push((Some(name), self.sub()?, pos));
+                    self.skip_ws();
+                    match self.peek() {
+                        Some(',') => {
+                            self.bump();
+                        }
+                        Some('}') => {}
+                        _ => {
+                            return Err(self.error_here(&format!(
+                                "expected `,` or `}}` in the dict of sub-ops, found {}",
+                                self.describe_next()
+                            )))
+                        }
+                    }
+                }
+            }
+            // Left-associative as in Python: `A() << B() << C()` attaches both to A.
+            _ => {
+                let pos = self.pos_of(self.at);
+                subs.push((None, self.term()?, pos));
+            }
+        }
+        self.depth -= 1;
+        Ok(subs)
+    }
+
+    /// At a statement's start: `NAME ('.' NAME)* '='` (not `==`) is an assignment; consumes it
+    /// and gives the target. Anything else leaves the position as it was.
+    fn assignment_target(&mut self) -> Option<Vec<String>> {
+        let start = self.at;
+        let mut target = Vec::new();
+        loop {
+            if !matches!(self.peek(), Some(c) if c.is_alphabetic() || c == '_') {
+                self.at = start;
+                return None;
+            }
+            target.push(self.ident().to_string());
+            if self.peek() == Some('.') {
+                self.bump();
+                continue;
+            }
+            break;
+        }
+        self.skip_ws();
+        if self.peek() == Some('=') && !self.rest().starts_with("==") {
+            self.bump();
+            Some(target)
+        } else {
+            self.at = start;
+            None
+        }
+    }
+
+    fn term(&mut self) -> Result<Raw, Error> {
         self.skip_ws();
         match self.peek() {
             Some('(') => {
@@ -231,7 +521,17 @@ impl<'a> Parser<'a> {
                 self.bump();
                 Ok(inner)
             }
-            Some(c) if c.is_alphabetic() || c == '_' => self.call().map(Expr::Call),
+            Some(c) if c.is_alphabetic() || c == '_' => {
+                let start = self.at;
+                let name = self.ident().to_string();
+                self.skip_ws();
+                if self.peek() == Some('(') {
+                    self.at = start;
+                    self.call().map(Raw::Call)
+                } else {
+                    Ok(Raw::Name(name, self.pos_of(start)))
+                }
+            }
             _ => Err(self.error_here(&format!(
                 "expected an op call such as `EchoOp()` or a `(` group, found {}",
                 self.describe_next()
@@ -301,6 +601,7 @@ impl<'a> Parser<'a> {
             name,
             args,
             pos: self.pos_of(start),
+            subs: Vec::new(),
         })
     }
 
@@ -493,10 +794,29 @@ mod tests {
     use serde_json::json;
 
     /// Renders an expression compactly so tests read as tables.
+    fn show_call(call: &Call) -> String {
+        let mut out = if call.args.is_empty() {
+            call.name.clone()
+        } else {
+            format!("{}{}", call.name, Value::Object(call.args.clone()))
+        };
+        if !call.subs.is_empty() {
+            let subs: Vec<String> = call
+                .subs
+                .iter()
+                .map(|s| match &s.name {
+                    Some(name) => format!("{name}: {}", show_call(&s.call)),
+                    None => show_call(&s.call),
+                })
+                .collect();
+            out.push_str(&format!(" << [{}]", subs.join(", ")));
+        }
+        out
+    }
+
     fn show(expr: &Expr) -> String {
         match expr {
-            Expr::Call(call) if call.args.is_empty() => call.name.clone(),
-            Expr::Call(call) => format!("{}{}", call.name, Value::Object(call.args.clone())),
+            Expr::Call(call) => show_call(call),
             Expr::Seq(items) => format!(
                 "seq({})",
                 items.iter().map(show).collect::<Vec<_>>().join(", ")
@@ -584,7 +904,7 @@ mod tests {
         );
         check_err(
             "AOp",
-            "1:4: expected `(` after op name `AOp` (write `AOp()`)",
+            "1:1: `AOp` is not defined: call the op with `AOp()`, or assign the name first (`AOp = SomeOp()`)",
         );
         check_err(
             "AOp() >>",
@@ -592,7 +912,7 @@ mod tests {
         );
         check_err(
             "AOp() BOp()",
-            "1:7: unexpected `BOp` after a complete expression (join steps with `>>` or `|`)",
+            "1:7: unexpected `BOp` after a complete expression (join steps with `>>` or `|`; in a multi-line flow only the last statement is the flow, the ones before assign names)",
         );
         check_err(
             "(AOp() | BOp()",
@@ -618,7 +938,6 @@ mod tests {
             "AOp() >>\n  >> BOp()",
             "2:3: expected an op call such as `EchoOp()` or a `(` group, found `>>`",
         );
-        check_err("AOp() << BOp()", "1:7: `<<` (attaching tool ops) is not supported yet; chain ops with `>>` or run them side by side with `|`");
         check_err(
             "AOp(x=[1 2])",
             "1:10: expected `,` or `]` in a list, found `2`",
@@ -633,9 +952,83 @@ mod tests {
         );
         check_err(
             "é >> AOp()",
-            "1:3: expected `(` after op name `é` (write `é()`)",
+            "1:1: `é` is not defined: call the op with `é()`, or assign the name first (`é = SomeOp()`)",
         );
         check_err(&"(".repeat(100), "1:65: expression nested too deeply");
+    }
+
+    #[test]
+    fn sub_ops_attach_with_lshift() {
+        check("AgentOp() << BOp()", "AgentOp << [BOp]");
+        check(
+            "AgentOp() << [BOp(), COp(x=1)]",
+            "AgentOp << [BOp, COp{\"x\":1}]",
+        );
+        check(
+            "AgentOp(max_steps=3) << {\"search\": SOp(), 'shout': TOp(),}",
+            "AgentOp{\"max_steps\":3} << [search: SOp, shout: TOp]",
+        );
+        // Tighter than `>>` and `|`; chains of `<<` add up; sub-ops have sub-ops.
+        check("AOp() >> BOp() << COp()", "seq(AOp, BOp << [COp])");
+        check("AOp() << BOp() | COp()", "par(AOp << [BOp], COp)");
+        check("AOp() << BOp() << [COp()]", "AOp << [BOp, COp]");
+        check("AOp() << [BOp() << [COp()]]", "AOp << [BOp << [COp]]");
+        check("(AOp() << [BOp()]) >> DOp()", "seq(AOp << [BOp], DOp)");
+        // FlowLLM's shipped skill agent.
+        check(
+            "SkillAgentOp() << [LoadSkillOp(), ReadReferenceFileOp(), RunShellCommandOp()]",
+            "SkillAgentOp << [LoadSkillOp, ReadReferenceFileOp, RunShellCommandOp]",
+        );
+        check_err(
+            "(AOp() >> BOp()) << COp()",
+            "1:18: `<<` attaches sub-ops to one op call, not to a chain or a group (write `AgentOp() << [...]`)",
+        );
+        check_err(
+            "AOp() << [BOp() >> COp()]",
+            "1:17: expected `,` or `]` in the list of sub-ops, found `>>`",
+        );
+        check_err(
+            "AOp() << (BOp() >> COp())",
+            "1:10: a sub-op attached with `<<` is one op call (for a chain, make it a flow and attach `FlowOp(flow=\"...\")`)",
+        );
+        check_err(
+            "AOp() << {search: BOp()}",
+            "1:11: expected a quoted sub-op name or `}`, found `search`",
+        );
+        check_err(
+            "AOp() << {'a': BOp(), 'a': COp()}",
+            "1:23: sub-op `a` named twice",
+        );
+        check_err(
+            "AOp() <<",
+            "1:9: expected an op call such as `EchoOp()` or a `(` group, found end of expression",
+        );
+    }
+
+    #[test]
+    fn multi_line_programs_name_things_first() {
+        // FlowLLM's own example (flowllm.core.utils.parse_flow_expression).
+        check(
+            "op = ContainerOp()\nop.ops.search = OpA()\nop.ops.find = OpB()\n(op | OpB()) >> (OpA() | OpC()) >> op",
+            "seq(par(ContainerOp << [search: OpA, find: OpB], OpB), par(OpA, OpC), ContainerOp << [search: OpA, find: OpB])",
+        );
+        check(
+            "agent = ReactAgentOp(max_steps=3)  # the agent\nagent << [SOp()]\nagent.ops.shout = TOp()\n\nPromptOp() >> agent",
+            "seq(PromptOp, ReactAgentOp{\"max_steps\":3} << [SOp, shout: TOp])",
+        );
+        // Names resolve at the end: a name used before a later attachment sees it.
+        check("a = AOp()\nb = a\na.ops.t = TOp()\nb", "AOp << [t: TOp]");
+        // A multi-line expression with no statements is still one expression.
+        check("AOp()\n  >> BOp()\n  | COp()", "par(seq(AOp, BOp), COp)");
+        check_err("a = AOp()", "1:10: the flow ends with an assignment: its last statement must be the flow expression (for example the name just assigned)");
+        check_err("a = AOp()\nb", "2:1: `b` is not defined: call the op with `b()`, or assign the name first (`b = SomeOp()`)");
+        check_err("a = b\nb = a\na", "2:5: `a` is defined in terms of itself");
+        check_err(
+            "x.ops.t = AOp()\nx",
+            "1:1: `x` is not defined yet: assign it first (`x = SomeOp()`)",
+        );
+        check_err("a = AOp()\na.tools.t = BOp()\na", "2:1: cannot assign to `a.tools.t`: assign a name (`agent = ...`) or a sub-op (`agent.ops.search = ...`)");
+        check_err("a = AOp()\nBOp()\na", "3:1: unexpected `a` after a complete expression (join steps with `>>` or `|`; in a multi-line flow only the last statement is the flow, the ones before assign names)");
     }
 
     #[test]

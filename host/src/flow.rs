@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::expr::{self, Expr};
 use crate::ops::Registry;
-use crate::plan::{Node, Policy, Step};
+use crate::plan::{Node, Policy, Step, SubStep};
 
 /// One flow as written in a file.
 #[derive(Clone, Debug, PartialEq)]
@@ -588,55 +588,7 @@ pub fn compile(spec: Arc<Spec>, registry: &Registry) -> Result<Flow, Diagnostic>
 
 fn bind(spec: &Spec, expr: &Expr, registry: &Registry) -> Result<Node, Diagnostic> {
     match expr {
-        Expr::Call(call) => {
-            let Some(op) = registry.get(&call.name) else {
-                let hint = match registry.suggest(&call.name) {
-                    Some(known) => format!("; did you mean `{known}`?"),
-                    None if registry.ops.is_empty() => {
-                        "; no plugins are loaded (build them with `cargo build --workspace`, or pass --plugins DIR)".to_string()
-                    }
-                    None => "; `flowhost ops` lists the known ops".to_string(),
-                };
-                return Err(spec.diagnostic(
-                    spec.file_pos(call.pos),
-                    format!(
-                        "flow `{}`: unknown op `{}`{hint}\n{}",
-                        spec.name,
-                        call.name,
-                        expr::caret(&spec.flow_content, call.pos)
-                    ),
-                ));
-            };
-            let mut args = call.args.clone();
-            let policy = take_policy(&mut args).map_err(|message| {
-                spec.diagnostic(
-                    spec.file_pos(call.pos),
-                    format!(
-                        "flow `{}`: {}: {message}\n{}",
-                        spec.name,
-                        call.name,
-                        expr::caret(&spec.flow_content, call.pos)
-                    ),
-                )
-            })?;
-            let args_json = Value::Object(args).to_string();
-            op.library.check(op.name, &args_json).map_err(|message| {
-                spec.diagnostic(
-                    spec.file_pos(call.pos),
-                    format!(
-                        "flow `{}`: {}: {message}\n{}",
-                        spec.name,
-                        call.name,
-                        expr::caret(&spec.flow_content, call.pos)
-                    ),
-                )
-            })?;
-            Ok(Node::Call(Step {
-                op: op.clone(),
-                args_json: args_json.into(),
-                policy,
-            }))
-        }
+        Expr::Call(call) => bind_call(spec, call, registry).map(Node::Call),
         Expr::Seq(items) => Ok(Node::Seq(
             items
                 .iter()
@@ -650,6 +602,67 @@ fn bind(spec: &Spec, expr: &Expr, registry: &Registry) -> Result<Node, Diagnosti
                 .collect::<Result<_, _>>()?,
         )),
     }
+}
+
+fn bind_call(spec: &Spec, call: &expr::Call, registry: &Registry) -> Result<Step, Diagnostic> {
+    let error = |message: String| {
+        spec.diagnostic(
+            spec.file_pos(call.pos),
+            format!(
+                "flow `{}`: {message}\n{}",
+                spec.name,
+                expr::caret(&spec.flow_content, call.pos)
+            ),
+        )
+    };
+    let Some(op) = registry.get(&call.name) else {
+        let hint = match registry.suggest(&call.name) {
+            Some(known) => format!("; did you mean `{known}`?"),
+            None if registry.ops.is_empty() => {
+                "; no plugins are loaded (build them with `cargo build --workspace`, or pass --plugins DIR)".to_string()
+            }
+            None => "; `flowhost ops` lists the known ops".to_string(),
+        };
+        return Err(error(format!("unknown op `{}`{hint}", call.name)));
+    };
+    let mut args = call.args.clone();
+    let policy =
+        take_policy(&mut args).map_err(|message| error(format!("{}: {message}", call.name)))?;
+    let args_json = Value::Object(args).to_string();
+    op.library
+        .check(op.name, &args_json)
+        .map_err(|message| error(format!("{}: {message}", call.name)))?;
+    let mut subs: Vec<SubStep> = Vec::new();
+    for sub in &call.subs {
+        let step = bind_call(spec, &sub.call, registry)?;
+        let tool = step.op.tool();
+        let name = sub.name.clone().unwrap_or(tool.name);
+        if subs.iter().any(|s| s.name == name) {
+            return Err(spec.diagnostic(
+                spec.file_pos(sub.call.pos),
+                format!(
+                    "flow `{}`: two sub-ops of {} are named `{name}`: name them (`{} << {{\"{name}_2\": {}()}}`)\n{}",
+                    spec.name,
+                    call.name,
+                    call.name,
+                    sub.call.name,
+                    expr::caret(&spec.flow_content, sub.call.pos)
+                ),
+            ));
+        }
+        subs.push(SubStep {
+            name,
+            description: tool.description,
+            input_schema: tool.input_schema,
+            step,
+        });
+    }
+    Ok(Step {
+        op: op.clone(),
+        args_json: args_json.into(),
+        policy,
+        subs: subs.into(),
+    })
 }
 
 /// Takes FlowLLM's per-op keywords (`max_retries`, `raise_exception`, `enable_cache`,

@@ -20,6 +20,18 @@ pub struct Step {
     pub op: Arc<OpHandle>,
     pub args_json: Arc<str>,
     pub policy: Policy,
+    /// Sub-ops attached with `<<`: what the op may call (an agent's tools).
+    pub subs: Arc<[SubStep]>,
+}
+
+/// A sub-op as its parent sees it: a tool with a name, a description and an input schema.
+#[derive(Debug)]
+pub struct SubStep {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments the parent calls it with (they become its context).
+    pub input_schema: serde_json::Value,
+    pub step: Step,
 }
 
 impl Step {

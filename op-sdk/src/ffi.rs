@@ -69,6 +69,12 @@ pub trait HostServices {
         request: RStr<'_>,
         on_chunk: ChunkSinkMut<'_>,
     ) -> RResult<RString, RString>;
+    /// op-sdk 0.1.2: the sub-ops attached to the call (JSON array of `{name, description,
+    /// input_schema}`).
+    fn sub_ops(&self) -> RString;
+    /// op-sdk 0.1.2: calls sub-ops side by side (JSON array of `{name, arguments}` in; JSON
+    /// array of `{"ok": {answer, writes}}` / `{"error": message}` out).
+    fn call_sub_ops(&self, calls: RStr<'_>, forward: bool) -> RString;
 }
 
 /// The host services as the plugin receives them: borrowed for one call.
@@ -116,6 +122,10 @@ pub struct OpLib {
         host: HostRef<'_>,
         services: ServicesRef<'_>,
     ) -> RResult<RString, RString>,
+    /// op-sdk 0.1.2: the tools the ops declare (JSON object: op name → `{name, description,
+    /// input_schema}`). Absent in plugins built before.
+    #[sabi(missing_field(option))]
+    pub tools: extern "C" fn() -> RString,
 }
 
 impl RootModule for OpLib_Ref {
@@ -166,6 +176,67 @@ pub mod v0 {
     }
 }
 
+/// The root module and services of op-sdk 0.1.1 plugins (the LLM service, no sub-ops).
+pub mod v1 {
+    #![allow(non_camel_case_types, non_local_definitions)]
+    use abi_stable::{
+        library::RootModule,
+        package_version_strings, sabi_trait,
+        sabi_types::{RRef, VersionStrings},
+        std_types::{RResult, RStr, RString, RVec},
+        StableAbi,
+    };
+
+    use super::{ChunkSinkMut, HostRef, OpMeta};
+
+    /// `HostServices` as op-sdk 0.1.1 had it.
+    #[sabi_trait]
+    pub trait HostServices {
+        #[sabi(last_prefix_field)]
+        fn chat_stream(
+            &self,
+            request: RStr<'_>,
+            on_chunk: ChunkSinkMut<'_>,
+        ) -> RResult<RString, RString>;
+    }
+
+    pub type ServicesRef<'a> = HostServices_TO<'a, RRef<'a, ()>>;
+
+    /// The root module of op-sdk 0.1.1 plugins.
+    #[repr(C)]
+    #[derive(StableAbi)]
+    #[sabi(kind(Prefix(prefix_ref = OpLib_Ref)))]
+    #[sabi(missing_field(panic))]
+    pub struct OpLib {
+        pub plugin_name: RStr<'static>,
+        pub plugin_version: RStr<'static>,
+        pub ops: extern "C" fn() -> RVec<OpMeta>,
+        pub check: extern "C" fn(op: RStr<'_>, args: RStr<'_>) -> RResult<(), RString>,
+        #[sabi(last_prefix_field)]
+        pub run: extern "C" fn(
+            op: RStr<'_>,
+            args: RStr<'_>,
+            context: RStr<'_>,
+            host: HostRef<'_>,
+        ) -> RResult<RString, RString>,
+        #[sabi(missing_field(option))]
+        pub run_with_services: extern "C" fn(
+            op: RStr<'_>,
+            args: RStr<'_>,
+            context: RStr<'_>,
+            host: HostRef<'_>,
+            services: ServicesRef<'_>,
+        ) -> RResult<RString, RString>,
+    }
+
+    impl RootModule for OpLib_Ref {
+        abi_stable::declare_root_module_statics! {OpLib_Ref}
+        const BASE_NAME: &'static str = "op_plugin";
+        const NAME: &'static str = "op-sdk";
+        const VERSION_STRINGS: VersionStrings = package_version_strings!();
+    }
+}
+
 /// The op-sdk version this crate is (what plugins are "built against").
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -181,6 +252,7 @@ pub struct OpEntry {
     pub name: &'static str,
     pub description: &'static str,
     pub args_schema: fn() -> Option<Value>,
+    pub tool: fn() -> Option<crate::Tool>,
     pub check: fn(&Args) -> Result<(), Error>,
     pub run: fn(&Args, &mut Context<'_>) -> Result<(), Error>,
 }
@@ -191,6 +263,7 @@ impl OpEntry {
             name: T::NAME,
             description: T::DESCRIPTION,
             args_schema: T::args_schema,
+            tool: T::tool,
             check: check_op::<T>,
             run: run_op::<T>,
         }
@@ -215,8 +288,31 @@ pub fn root_module<P: Plugin>() -> OpLib_Ref {
         check: check_ffi::<P>,
         run: run_ffi::<P>,
         run_with_services: run_with_services_ffi::<P>,
+        tools: tools_ffi::<P>,
     }
     .leak_into_prefix()
+}
+
+extern "C" fn tools_ffi<P: Plugin>() -> RString {
+    // Author code (`Op::tool`): a panic must not unwind into C.
+    catch_unwind(|| {
+        let tools: Map<String, Value> = P::OPS
+            .iter()
+            .filter_map(|op| {
+                let tool = (op.tool)()?;
+                Some((
+                    op.name.to_string(),
+                    serde_json::json!({
+                        "name": tool.name,
+                        "description": tool.description,
+                        "input_schema": tool.input_schema,
+                    }),
+                ))
+            })
+            .collect();
+        RString::from(Value::Object(tools).to_string())
+    })
+    .unwrap_or_else(|_| RString::from("{}"))
 }
 
 extern "C" fn ops_ffi<P: Plugin>() -> RVec<OpMeta> {
@@ -387,6 +483,23 @@ impl Host for Bridge<'_, '_, '_> {
             .into_result()
             .map(RString::into_string)
             .map_err(RString::into_string)
+    }
+
+    fn sub_ops(&self) -> String {
+        match self.services {
+            Some(services) => services.sub_ops().into_string(),
+            None => "[]".into(),
+        }
+    }
+
+    fn call_sub_ops(&self, calls: &str, forward: bool) -> String {
+        match self.services {
+            Some(services) => services.call_sub_ops(calls.into(), forward).into_string(),
+            None => {
+                "this flowhost cannot call sub-ops (it predates op-sdk 0.1.1); upgrade flowhost"
+                    .into()
+            }
+        }
     }
 }
 

@@ -44,6 +44,11 @@
 //! context of op-sdk 0.1.0 is frozen; services added later come through a separate services
 //! object, and the host keeps a view of each older root module, so plugins built against older
 //! 0.1.x SDKs keep loading (see ARCHITECTURE.md, "Growing the plugin ABI").
+//!
+//! Agents: an op that calls tools lists the sub-ops attached to it in the flow
+//! (`AgentOp() << [SearchOp(), ShoutOp()]`) with [`Context::sub_ops`] and calls them with
+//! [`Context::call_sub_op`] / [`Context::call_sub_ops`]; an op describes itself as a tool with
+//! [`Op::tool`].
 
 use std::fmt;
 
@@ -166,12 +171,59 @@ pub trait Op: Sized + Send + 'static {
         None
     }
 
+    /// How the op looks as a tool an agent calls (FlowLLM's `build_tool_call`). `None`: the
+    /// host's defaults (the name in snake case without `_op`, [`Op::DESCRIPTION`], any
+    /// arguments). A tool's arguments become the op's context when an agent calls it.
+    fn tool() -> Option<Tool> {
+        None
+    }
+
     /// Builds the op from its call arguments. Also called when a flow is loaded, to report bad
     /// arguments before any request arrives, so keep it cheap and free of side effects.
     fn new(args: &Args) -> Result<Self, Error>;
 
     /// Runs the op: read the context, emit chunks, write results back into the context.
     fn execute(&mut self, ctx: &mut Context<'_>) -> Result<(), Error>;
+}
+
+/// An op described as a tool: what an LLM sees in `tools`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments (an object).
+    pub input_schema: Value,
+}
+
+/// A sub-op attached to this op with `<<`: one of an agent's tools.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubOp {
+    pub name: String,
+    pub description: String,
+    pub input_schema: Value,
+}
+
+impl SubOp {
+    /// The OpenAI `tools` entry for it.
+    pub fn openai_tool(&self) -> Value {
+        serde_json::json!({
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.input_schema,
+            }
+        })
+    }
+}
+
+/// What a sub-op call gave back.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SubOpResult {
+    /// Its `answer` write, else its answer chunks joined.
+    pub answer: Value,
+    /// Everything it wrote into its context.
+    pub writes: Map<String, Value>,
 }
 
 /// The keyword arguments of an op call in a flow expression.
@@ -247,6 +299,17 @@ pub trait Host {
         request: &str,
         on_chunk: &mut dyn FnMut(u8, &str, bool) -> bool,
     ) -> Result<String, String>;
+    /// The sub-ops attached to this call, as a JSON array of `{name, description,
+    /// input_schema}`.
+    fn sub_ops(&self) -> String {
+        "[]".into()
+    }
+    /// Calls sub-ops side by side: `calls` is a JSON array of `{name, arguments}`; the result a
+    /// JSON array, in the same order, of `{"ok": {answer, writes}}` or `{"error": message}`.
+    fn call_sub_ops(&self, calls: &str, forward: bool) -> String {
+        let _ = (calls, forward);
+        "this host cannot call sub-ops (it predates op-sdk 0.1.2); upgrade flowhost".into()
+    }
 }
 
 /// One chunk of an LLM stream, as [`Context::chat_stream`] hands it to the op.
@@ -365,6 +428,72 @@ impl<'a> Context<'a> {
     /// A chat completion without streaming: the whole response at once.
     pub fn chat(&self, request: &Value) -> Result<ChatResponse, Error> {
         self.chat_stream(request, |_| !self.is_cancelled())
+    }
+
+    /// The sub-ops attached to this call with `<<` (an agent's tools), in flow order.
+    pub fn sub_ops(&self) -> Vec<SubOp> {
+        let list: Value = serde_json::from_str(&self.host.sub_ops()).unwrap_or(Value::Null);
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .map(|sub| SubOp {
+                name: sub["name"].as_str().unwrap_or_default().to_string(),
+                description: sub["description"].as_str().unwrap_or_default().to_string(),
+                input_schema: sub["input_schema"].clone(),
+            })
+            .collect()
+    }
+
+    /// Calls one sub-op with JSON arguments (an object: they become its context). Its chunks
+    /// go to this flow's stream when `forward`, else nowhere; cancellation, limits and its
+    /// own keywords (`max_retries`, ...) apply inside.
+    pub fn call_sub_op(
+        &self,
+        name: &str,
+        arguments: &Value,
+        forward: bool,
+    ) -> Result<SubOpResult, Error> {
+        self.call_sub_ops(&[(name, arguments.clone())], forward)
+            .pop()
+            .unwrap_or_else(|| Err(Error::new("the host returned no result")))
+    }
+
+    /// Calls several sub-ops side by side (an LLM's tool calls of one turn); the results come
+    /// back in the order asked.
+    pub fn call_sub_ops(
+        &self,
+        calls: &[(&str, Value)],
+        forward: bool,
+    ) -> Vec<Result<SubOpResult, Error>> {
+        let request: Vec<Value> = calls
+            .iter()
+            .map(|(name, arguments)| serde_json::json!({"name": name, "arguments": arguments}))
+            .collect();
+        let reply = self
+            .host
+            .call_sub_ops(&Value::Array(request).to_string(), forward);
+        let Ok(Value::Array(results)) = serde_json::from_str::<Value>(&reply) else {
+            // Not JSON: the host's message for why it could not call them at all.
+            return calls
+                .iter()
+                .map(|_| Err(Error::new(reply.clone())))
+                .collect();
+        };
+        let mut out: Vec<Result<SubOpResult, Error>> = results
+            .into_iter()
+            .map(|result| match (result.get("ok"), result.get("error")) {
+                (Some(ok), _) => Ok(SubOpResult {
+                    answer: ok["answer"].clone(),
+                    writes: ok["writes"].as_object().cloned().unwrap_or_default(),
+                }),
+                (_, Some(error)) => Err(Error::new(error.as_str().unwrap_or("the sub-op failed"))),
+                _ => Err(Error::new("the host returned a result of an unknown shape")),
+            })
+            .collect();
+        out.resize_with(calls.len(), || {
+            Err(Error::new("the host returned no result"))
+        });
+        out
     }
 
     /// Passes an LLM chunk on to the flow's consumer. Same return value as [`Context::emit`].

@@ -23,6 +23,62 @@ pub struct OpHandle {
     pub library: Arc<Library>,
     /// Where its calls run (inline or on the op pool), learnt from its calls.
     pub speed: Arc<Speed>,
+    /// The tool description the op declares (`{name, description, input_schema}`), if any.
+    pub tool: Option<Value>,
+}
+
+/// An op as a tool an agent can call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub description: String,
+    pub input_schema: Value,
+}
+
+impl OpHandle {
+    /// The op as a tool: what it declares, else FlowLLM's defaults (the op name in snake
+    /// case without `_op`, the op's description, an object of any arguments).
+    pub fn tool(&self) -> Tool {
+        let declared = self.tool.as_ref();
+        let text = |key: &str| {
+            declared
+                .and_then(|t| t.get(key))
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        Tool {
+            name: text("name").unwrap_or_else(|| short_name(self.name)),
+            description: text("description").unwrap_or_else(|| self.description.clone()),
+            input_schema: declared
+                .and_then(|t| t.get("input_schema"))
+                .filter(|s| s.is_object())
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
+        }
+    }
+}
+
+/// FlowLLM's short name of an op class: `LoadSkillOp` → `load_skill`.
+pub fn short_name(op: &str) -> String {
+    let mut out = String::new();
+    let chars: Vec<char> = op.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        if c.is_uppercase() {
+            let after_lower =
+                i > 0 && (chars[i - 1].is_lowercase() || chars[i - 1].is_ascii_digit());
+            let before_lower = i > 0
+                && chars.get(i + 1).is_some_and(|n| n.is_lowercase())
+                && chars[i - 1].is_uppercase();
+            if after_lower || before_lower {
+                out.push('_');
+            }
+            out.extend(c.to_lowercase());
+        } else {
+            out.push(*c);
+        }
+    }
+    out.strip_suffix("_op").map(str::to_string).unwrap_or(out)
 }
 
 /// An immutable view of the loaded ops; a plugin change builds a new one.
@@ -71,6 +127,7 @@ impl Registry {
             .ops
             .values()
             .map(|op| {
+                let tool = op.tool();
                 serde_json::json!({
                     "name": op.name,
                     "description": op.description,
@@ -80,6 +137,11 @@ impl Registry {
                     "file": op.library.path,
                     "args_schema": op.args_schema,
                     "runs": op.speed.label(),
+                    "tool": {
+                        "name": tool.name,
+                        "description": tool.description,
+                        "input_schema": tool.input_schema,
+                    },
                 })
             })
             .collect();
@@ -135,6 +197,16 @@ pub trait Host: Send + Sync {
         request: &str,
         on_chunk: &mut dyn FnMut(u8, &str, bool) -> bool,
     ) -> Result<String, String>;
+    /// The call's sub-ops: a JSON array of `{name, description, input_schema}`.
+    fn sub_ops(&self) -> String {
+        "[]".into()
+    }
+    /// Runs sub-ops side by side (JSON `[{name, arguments}]`); JSON results in order, each
+    /// `{"ok": {answer, writes}}` or `{"error": message}`, or a plain message when none ran.
+    fn call_sub_ops(&self, calls: &str, forward: bool) -> String {
+        let _ = (calls, forward);
+        "sub-ops cannot be called here".into()
+    }
 }
 
 /// The plugin folders and what was loaded from each file. Owned by whoever reloads plugins.
@@ -327,6 +399,7 @@ impl Plugins {
                         args_schema,
                         library: library.clone(),
                         speed: speed.clone(),
+                        tool: library.tools.get(name).cloned(),
                     }),
                 );
             }
@@ -340,4 +413,21 @@ pub fn default_dir() -> Option<PathBuf> {
     std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn short_names_follow_flowllm() {
+        for (op, short) in [
+            ("LoadSkillOp", "load_skill"),
+            ("ReadReferenceFileOp", "read_reference_file"),
+            ("EchoOp", "echo"),
+            ("HTTPFetchOp", "http_fetch"),
+            ("Op2Op", "op2"),
+            ("search", "search"),
+        ] {
+            assert_eq!(super::short_name(op), short, "{op}");
+        }
+    }
 }

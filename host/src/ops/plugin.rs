@@ -11,7 +11,7 @@ use abi_stable::std_types::RStr;
 use abi_stable::std_types::{RResult, RString};
 use abi_stable::type_level::downcasting::TD_Opaque;
 use op_sdk::ffi::{
-    v0, ChunkSinkMut, HostCtx, HostCtx_TO, HostServices, HostServices_TO, OpLib_Ref, OpMeta,
+    v0, v1, ChunkSinkMut, HostCtx, HostCtx_TO, HostServices, HostServices_TO, OpLib_Ref, OpMeta,
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -28,6 +28,8 @@ pub struct Library {
     pub ops: Vec<OpMeta>,
     /// What the host has seen of each op's calls, in `ops` order.
     pub speeds: Vec<Arc<super::Speed>>,
+    /// Tool descriptions the ops declare, by op name (op-sdk 0.1.2).
+    pub tools: std::collections::HashMap<String, serde_json::Value>,
     module: Module,
 }
 
@@ -37,6 +39,8 @@ enum Module {
     Current(OpLib_Ref),
     /// Built against op-sdk 0.1.0: no host services.
     V0(v0::OpLib_Ref),
+    /// Built against op-sdk 0.1.1: the LLM service, no sub-ops or tool descriptions.
+    V1(v1::OpLib_Ref),
 }
 
 impl std::fmt::Debug for Library {
@@ -107,6 +111,18 @@ pub fn load(path: &Path, bytes: &[u8]) -> Result<Library, LoadError> {
     let (ops, plugin_name, plugin_version) = match module {
         Module::Current(m) => ((m.ops())(), m.plugin_name(), m.plugin_version()),
         Module::V0(m) => ((m.ops())(), m.plugin_name(), m.plugin_version()),
+        Module::V1(m) => ((m.ops())(), m.plugin_name(), m.plugin_version()),
+    };
+    let tools = match module {
+        Module::Current(m) => m
+            .tools()
+            .and_then(|tools| {
+                let text = catch_unwind(|| tools().into_string()).ok()?;
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text).ok()
+            })
+            .map(|map| map.into_iter().collect())
+            .unwrap_or_default(),
+        Module::V0(_) | Module::V1(_) => std::collections::HashMap::new(),
     };
     Ok(Library {
         path: path.to_path_buf(),
@@ -115,6 +131,7 @@ pub fn load(path: &Path, bytes: &[u8]) -> Result<Library, LoadError> {
         plugin_version: plugin_version.to_string(),
         sdk_version,
         speeds: ops.iter().map(|_| Arc::default()).collect(),
+        tools,
         ops: ops.into_iter().collect(),
         module,
     })
@@ -154,10 +171,15 @@ fn load_shadow(shadow: &Path) -> Result<(Module, String), LoadError> {
     // view (abi_stable wants the loader's view to be a prefix of the library's): try the
     // frozen view of its time.
     let current = match current {
-        Err(LibraryError::AbiInstability(_)) => match header.init_root_module::<v0::OpLib_Ref>() {
-            Ok(module) => return Ok((Module::V0(module), found)),
-            Err(_) => current,
-        },
+        Err(LibraryError::AbiInstability(_)) => {
+            if let Ok(module) = header.init_root_module::<v1::OpLib_Ref>() {
+                return Ok((Module::V1(module), found));
+            }
+            if let Ok(module) = header.init_root_module::<v0::OpLib_Ref>() {
+                return Ok((Module::V0(module), found));
+            }
+            current
+        }
         other => other,
     };
     match current {
@@ -195,6 +217,7 @@ impl Library {
         let check = match self.module {
             Module::Current(m) => m.check(),
             Module::V0(m) => m.check(),
+            Module::V1(m) => m.check(),
         };
         check(RStr::from_str(op), RStr::from_str(args_json))
             .into_result()
@@ -225,6 +248,16 @@ impl Library {
                     context,
                     ctx,
                     HostServices_TO::from_ptr(RRef::new(host), TD_Opaque),
+                ),
+                None => (m.run())(op, args, context, ctx),
+            },
+            Module::V1(m) => match m.run_with_services() {
+                Some(run) => run(
+                    op,
+                    args,
+                    context,
+                    ctx,
+                    v1::HostServices_TO::from_ptr(RRef::new(host), TD_Opaque),
                 ),
                 None => (m.run())(op, args, context, ctx),
             },
@@ -263,6 +296,16 @@ impl HostCtx for FfiHost<'_> {
     }
 }
 
+impl v1::HostServices for FfiHost<'_> {
+    fn chat_stream(
+        &self,
+        request: RStr<'_>,
+        on_chunk: ChunkSinkMut<'_>,
+    ) -> RResult<RString, RString> {
+        HostServices::chat_stream(self, request, on_chunk)
+    }
+}
+
 impl HostServices for FfiHost<'_> {
     fn chat_stream(
         &self,
@@ -280,6 +323,20 @@ impl HostServices for FfiHost<'_> {
             Ok(Err(message)) => RResult::RErr(RString::from(message)),
             Err(_) => RResult::RErr(RString::from("the host's LLM service panicked")),
         }
+    }
+
+    fn sub_ops(&self) -> RString {
+        catch_unwind(AssertUnwindSafe(|| self.0.sub_ops()))
+            .unwrap_or_else(|_| "[]".into())
+            .into()
+    }
+
+    fn call_sub_ops(&self, calls: RStr<'_>, forward: bool) -> RString {
+        catch_unwind(AssertUnwindSafe(|| {
+            self.0.call_sub_ops(calls.as_str(), forward)
+        }))
+        .unwrap_or_else(|_| "the host panicked while calling sub-ops".into())
+        .into()
     }
 }
 

@@ -325,6 +325,35 @@ async fn a_plugin_built_against_the_previous_op_sdk_still_loads_and_runs() {
     assert_eq!(outcome.answer, "legacy: old");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_op_sdk_0_1_1_still_loads_and_reaches_its_services() {
+    let plugins = plugin_folder(&[(&fixture("op_legacy_011"), &so("op_legacy_011"))]);
+    let flows = folder(&[("f.yaml", "legacy:\n  flow_content: Legacy011Op()\n")]);
+    let catalog = catalog(flows.path(), &[plugins.path().to_path_buf()]);
+    let snapshot = catalog.snapshot();
+    assert!(
+        snapshot.registry.errors.is_empty(),
+        "{:?}",
+        snapshot.registry.errors
+    );
+    let op = snapshot
+        .registry
+        .get("Legacy011Op")
+        .expect("Legacy011Op loaded");
+    assert_eq!(op.library.sdk_version, "0.1.1");
+    assert_ne!(
+        op_sdk::ffi::SDK_VERSION,
+        "0.1.1",
+        "the host's op-sdk moved on"
+    );
+    let (chunks, outcome) = run(&catalog, "legacy", json!({"query": "old"})).await;
+    assert!(outcome.success(), "{outcome:?}");
+    assert_eq!(
+        texts(&chunks),
+        ["legacy 0.1.1: old; llm refused (this host was started without an LLM service)"]
+    );
+}
+
 /// Plugin copies are loaded from a private temp folder that is gone once the library is
 /// mapped: nothing is left behind to prune, and nothing predictable to plant a library in.
 #[test]

@@ -37,7 +37,8 @@ pub fn fixture(name: &str) -> PathBuf {
         let target = bin_dir().parent().expect("target folder").join("fixtures");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let legacy = manifest.with_file_name("op-legacy").join("Cargo.toml");
-        for manifest in [&manifest, &legacy] {
+        let legacy_011 = manifest.with_file_name("op-legacy-011").join("Cargo.toml");
+        for manifest in [&manifest, &legacy, &legacy_011] {
             let status = Command::new(&cargo)
                 .args(["build", "--quiet", "--manifest-path"])
                 .arg(manifest)

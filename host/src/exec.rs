@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch;
 use crate::chunk::{Chunk, ChunkKind};
 use crate::flow::{Flow, Isolation, Limits};
-use crate::plan::{Node, Step};
+use crate::plan::{Node, Step, SubStep};
 
 /// How a run is driven.
 #[derive(Clone, Debug)]
@@ -223,6 +223,7 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
                 llm,
                 isolation,
                 failed,
+                collect: None,
             };
             let result = run_node(&flow.root, context, &env).await;
             if let Err(failure) = &result {
@@ -435,6 +436,16 @@ struct Env {
     llm: Option<Arc<crate::llm::Service>>,
     isolation: Placement,
     failed: Failures,
+    /// Set for a sub-op call: its answer chunks are gathered here, and go to the run's stream
+    /// only when the parent asked to forward them.
+    collect: Option<Collect>,
+}
+
+/// Where a sub-op call's answer text is gathered.
+#[derive(Clone)]
+struct Collect {
+    answer: Arc<Mutex<String>>,
+    forward: bool,
 }
 
 /// Where this run's ops go, and the memory limit of their workers.
@@ -667,6 +678,8 @@ async fn call_once(
         waited: AtomicBool::new(false),
         emitted: AtomicU64::new(0),
         recording: record.then(|| Mutex::new(Some((Vec::new(), 0)))),
+        subs: step.subs.clone(),
+        env: env.clone(),
     };
     let op = &step.op;
     let isolated = env.isolation.isolated(&op.library.plugin_name);
@@ -774,6 +787,9 @@ struct OpHost {
     /// The chunks so far and their bytes, while recording for the cache; `None` once they
     /// outgrew what the cache keeps.
     recording: Option<Mutex<Option<Recorded>>>,
+    /// The sub-ops this call may call, and the run they are called in.
+    subs: Arc<[SubStep]>,
+    env: Env,
 }
 
 impl OpHost {
@@ -830,6 +846,18 @@ impl crate::ops::Host for OpHost {
         };
         self.emitted.fetch_add(1, Ordering::Relaxed);
         self.record(&chunk);
+        if let Some(collect) = &self.env.collect {
+            if chunk.kind == ChunkKind::Answer {
+                collect
+                    .answer
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_str(&chunk.text);
+            }
+            if !collect.forward {
+                return !self.cancel.is_cancelled();
+            }
+        }
         match self.tx.try_push(chunk, &self.cancel) {
             Ok(open) => open,
             Err(chunk) => self.wait(|| self.tx.push(chunk, &self.cancel)),
@@ -894,6 +922,91 @@ impl crate::ops::Host for OpHost {
         })
         .map(|value| value.to_string())
         .map_err(|err| err.to_string())
+    }
+
+    fn sub_ops(&self) -> String {
+        let list: Vec<Value> = self
+            .subs
+            .iter()
+            .map(|sub| {
+                serde_json::json!({
+                    "name": sub.name,
+                    "description": sub.description,
+                    "input_schema": sub.input_schema,
+                })
+            })
+            .collect();
+        Value::Array(list).to_string()
+    }
+
+    fn call_sub_ops(&self, calls: &str, forward: bool) -> String {
+        let Ok(Value::Array(calls)) = serde_json::from_str::<Value>(calls) else {
+            return "the sub-op calls are not a JSON array of {name, arguments}".into();
+        };
+        let calls = calls.iter().map(|call| async move {
+            let result = self.call_sub_op(call, forward).await;
+            match result {
+                Ok(done) => serde_json::json!({"ok": done}),
+                Err(message) => serde_json::json!({"error": message}),
+            }
+        });
+        let results = self.wait(|| self.runtime.block_on(futures_util::future::join_all(calls)));
+        Value::Array(results).to_string()
+    }
+}
+
+impl OpHost {
+    /// One sub-op call: `{name, arguments}` (arguments an object, or JSON text of one, as
+    /// LLMs give them) → `{answer, writes}`.
+    async fn call_sub_op(&self, call: &Value, forward: bool) -> Result<Value, String> {
+        let name = call["name"].as_str().unwrap_or_default();
+        let Some(sub) = self.subs.iter().find(|sub| sub.name == name) else {
+            let known: Vec<&str> = self.subs.iter().map(|sub| sub.name.as_str()).collect();
+            return Err(if known.is_empty() {
+                format!(
+                    "no sub-op `{name}`: none are attached to {} (attach them with `<<`)",
+                    self.op
+                )
+            } else {
+                format!("no sub-op `{name}`; {} has: {}", self.op, known.join(", "))
+            });
+        };
+        let arguments = match &call["arguments"] {
+            Value::Object(map) => map.clone(),
+            Value::Null => Map::new(),
+            Value::String(text) if text.trim().is_empty() => Map::new(),
+            Value::String(text) => match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(map)) => map,
+                _ => {
+                    return Err(format!(
+                        "the arguments for `{name}` are not a JSON object: {text}"
+                    ))
+                }
+            },
+            other => {
+                return Err(format!(
+                    "the arguments for `{name}` are not a JSON object: {other}"
+                ))
+            }
+        };
+        let answer = Arc::new(Mutex::new(String::new()));
+        let env = Env {
+            collect: Some(Collect {
+                answer: answer.clone(),
+                forward,
+            }),
+            ..self.env.clone()
+        };
+        let writes = run_step(&sub.step, &arguments, &env)
+            .await
+            .map_err(|failure| failure.to_string())?;
+        let answer = match writes.get("answer") {
+            Some(answer) if !answer.is_null() => answer.clone(),
+            _ => Value::String(std::mem::take(
+                &mut *answer.lock().unwrap_or_else(|p| p.into_inner()),
+            )),
+        };
+        Ok(serde_json::json!({"answer": answer, "writes": writes}))
     }
 }
 

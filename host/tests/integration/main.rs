@@ -1,6 +1,7 @@
 //! flowhost's integration tests: real plugin libraries, the real file watcher, and the real
 //! `flowhost` binary. One test binary (see `util` for the shared fixtures).
 
+mod agents;
 mod cli;
 mod executor;
 mod fuzz;

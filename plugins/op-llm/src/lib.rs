@@ -146,7 +146,147 @@ impl Op for ChatOp {
     }
 }
 
-op_sdk::export_plugin!(StreamChatOp, ChatOp);
+/// FlowLLM's `ReactAgentOp`: a tool-calling loop over the ops attached with `<<`.
+///
+/// Each step streams the model (think / answer / tool-call chunks go to the client), runs the
+/// tools it asked for side by side, feeds their results back as `tool` messages and asks
+/// again, until the model answers without calling a tool or `max_steps` model calls were
+/// made. A tool that fails becomes a tool result the model can read.
+pub struct ReactAgentOp {
+    request: Request,
+    max_steps: u64,
+}
+
+impl Op for ReactAgentOp {
+    const NAME: &'static str = "ReactAgentOp";
+    const DESCRIPTION: &'static str =
+        "Answers `query` (or `messages`) with the host's LLM, calling the ops attached with `<<` as tools (max_steps model calls, default 5)";
+
+    fn args_schema() -> Option<Value> {
+        let mut schema = schema()?;
+        schema["properties"]["max_steps"] = json!({"type": "integer", "minimum": 1, "description": "model calls at most (default 5)"});
+        Some(schema)
+    }
+
+    fn new(args: &Args) -> Result<Self, Error> {
+        let max_steps = args.u64_or("max_steps", 5)?;
+        if max_steps == 0 {
+            return Err(Error::new("max_steps must be at least 1"));
+        }
+        let mut rest = args.as_map().clone();
+        rest.remove("max_steps");
+        Ok(ReactAgentOp {
+            request: Request::from_args(Self::NAME, &Args::new(rest))?,
+            max_steps,
+        })
+    }
+
+    fn execute(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
+        let tools = ctx.sub_ops();
+        if tools.is_empty() {
+            return Err(Error::new(
+                "ReactAgentOp has no tools: attach ops with `<<`, as in `ReactAgentOp() << [SearchOp(), ShoutOp()]`",
+            ));
+        }
+        let mut body = self.request.body(ctx)?;
+        body["tools"] = Value::Array(tools.iter().map(|t| t.openai_tool()).collect());
+        if body.get("tool_choice").is_none() {
+            body["tool_choice"] = json!("auto");
+        }
+        let mut usage = Map::new();
+        for step in 1..=self.max_steps {
+            let response = ctx.chat_stream(&body, |delta| ctx.forward(delta))?;
+            add_usage(&mut usage, response.usage.as_ref());
+            if response.tool_calls.is_empty() || ctx.is_cancelled() {
+                ctx.set("agent_steps", step);
+                if !usage.is_empty() {
+                    ctx.set("usage", Value::Object(usage));
+                }
+                if !response.think.is_empty() {
+                    ctx.set("think", response.think);
+                }
+                ctx.set_answer(response.answer);
+                return Ok(());
+            }
+            let calls: Vec<(String, String, Value)> = response
+                .tool_calls
+                .iter()
+                .map(|call| {
+                    (
+                        call["id"].as_str().unwrap_or_default().to_string(),
+                        call["name"].as_str().unwrap_or_default().to_string(),
+                        call["arguments"].clone(),
+                    )
+                })
+                .collect();
+            let messages = body["messages"]
+                .as_array_mut()
+                .expect("messages is an array");
+            messages.push(json!({
+                "role": "assistant",
+                "content": if response.answer.is_empty() { Value::Null } else { Value::String(response.answer.clone()) },
+                "tool_calls": calls.iter().map(|(id, name, arguments)| json!({
+                    "id": id,
+                    "type": "function",
+                    "function": {"name": name, "arguments": arguments_text(arguments)},
+                })).collect::<Vec<_>>(),
+            }));
+            let asked: Vec<(&str, Value)> = calls
+                .iter()
+                .map(|(_, name, arguments)| (name.as_str(), arguments.clone()))
+                .collect();
+            let results = ctx.call_sub_ops(&asked, false);
+            for ((id, name, _), result) in calls.iter().zip(results) {
+                let content = match result {
+                    Ok(done) => match done.answer {
+                        Value::String(text) => text,
+                        other => other.to_string(),
+                    },
+                    Err(err) => format!("error: {}", err.message()),
+                };
+                let shown = json!({"tool_call_id": id, "name": name, "result": content});
+                if !ctx.emit_json(op_sdk::ChunkKind::Tool, &shown) {
+                    return Ok(());
+                }
+                messages.push(json!({"role": "tool", "tool_call_id": id, "content": content}));
+            }
+        }
+        let answer = format!(
+            "I stopped after {} steps without a final answer (max_steps={}).",
+            self.max_steps, self.max_steps
+        );
+        ctx.emit(op_sdk::ChunkKind::Answer, &answer);
+        ctx.set("agent_steps", self.max_steps);
+        if !usage.is_empty() {
+            ctx.set("usage", Value::Object(usage));
+        }
+        ctx.set_answer(answer);
+        Ok(())
+    }
+}
+
+/// Tool-call arguments as OpenAI sends them back: JSON text.
+fn arguments_text(arguments: &Value) -> String {
+    match arguments {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Sums token counts across the agent's model calls.
+fn add_usage(total: &mut Map<String, Value>, usage: Option<&Value>) {
+    let Some(Value::Object(usage)) = usage else {
+        return;
+    };
+    for (key, value) in usage {
+        if let Some(n) = value.as_u64() {
+            let sum = total.get(key).and_then(Value::as_u64).unwrap_or(0) + n;
+            total.insert(key.clone(), json!(sum));
+        }
+    }
+}
+
+op_sdk::export_plugin!(StreamChatOp, ChatOp, ReactAgentOp);
 
 #[cfg(test)]
 mod tests {

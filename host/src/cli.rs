@@ -487,6 +487,17 @@ fn run_options(config: &Config) -> exec::Options {
     }
 }
 
+/// Run options that can run other flows (`FlowOp`) from `catalog`.
+fn run_options_with_flows(
+    config: &Config,
+    catalog: &Arc<crate::catalog::Catalog>,
+) -> exec::Options {
+    exec::Options {
+        flows: Some(catalog.lookup()),
+        ..run_options(config)
+    }
+}
+
 fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
     if config.backend == config::Backend::Stdio {
         // Before any plugin is loaded: stray prints must never reach the protocol stream.
@@ -521,8 +532,8 @@ fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
         let _dev = dev.map(crate::dev::start).transpose()?;
         match config.backend {
             config::Backend::Http => {
-                crate::transport::http::serve(catalog, config.http.clone(), run_options(config))
-                    .await
+                let options = run_options_with_flows(config, &catalog);
+                crate::transport::http::serve(catalog, config.http.clone(), options).await
             }
             config::Backend::Stdio => {
                 let snapshot = catalog.snapshot();
@@ -533,7 +544,8 @@ fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
                 );
                 drop(snapshot);
                 let max_line = crate::transport::mcp::MAX_LINE_BYTES;
-                crate::transport::mcp::serve_stdio(catalog, run_options(config), max_line).await
+                let options = run_options_with_flows(config, &catalog);
+                crate::transport::mcp::serve_stdio(catalog, options, max_line).await
             }
         }
     })?;
@@ -550,7 +562,7 @@ fn run_flow(
     fields: &[String],
 ) -> Result<ExitCode, String> {
     let input = input_object(input, fields)?;
-    let catalog = load_catalog(config);
+    let catalog = Arc::new(load_catalog(config));
     let snapshot = catalog.snapshot();
     let Some(entry) = snapshot.get(name) else {
         let known: Vec<&str> = snapshot.flows.keys().map(String::as_str).collect();
@@ -579,7 +591,8 @@ fn run_flow(
         format!("invalid input for flow `{name}`:\n{}", lines.join("\n"))
     })?;
     let runtime = runtime(config)?;
-    let outcome = runtime.block_on(stream_to_stdout(flow, input, run_options(config)))?;
+    let options = run_options_with_flows(config, &catalog);
+    let outcome = runtime.block_on(stream_to_stdout(flow, input, options))?;
     let mut summary = json!({
         "flow_id": outcome.flow_id,
         "answer": outcome.answer,

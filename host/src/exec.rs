@@ -31,7 +31,33 @@ pub struct Options {
     pub admission: crate::admission::Global,
     /// Where ops run (in process, or in worker processes).
     pub isolation: Arc<IsolationPolicy>,
+    /// The live flows by name, for `FlowOp` (the catalog's current snapshot).
+    pub flows: Option<FlowLookup>,
 }
+
+/// Finds a live flow by name (`FlowOp`); given by whoever owns the catalog.
+#[derive(Clone)]
+pub struct FlowLookup(Arc<dyn Fn(&str) -> Option<Arc<Flow>> + Send + Sync>);
+
+impl FlowLookup {
+    pub fn new(find: impl Fn(&str) -> Option<Arc<Flow>> + Send + Sync + 'static) -> FlowLookup {
+        FlowLookup(Arc::new(find))
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Flow>> {
+        (self.0)(name)
+    }
+}
+
+impl std::fmt::Debug for FlowLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlowLookup")
+    }
+}
+
+/// `FlowOp` inside `FlowOp` at most this deep (cycles are refused when flows load; this
+/// bounds one made by a reload in the middle of a run).
+const MAX_FLOW_DEPTH: u32 = 16;
 
 /// A line an op wrote with `ctx.log`.
 #[derive(Clone, Debug, PartialEq)]
@@ -89,6 +115,7 @@ impl Default for Options {
             llm: None,
             admission: crate::admission::Global::default(),
             isolation: Arc::default(),
+            flows: None,
         }
     }
 }
@@ -205,6 +232,7 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
     }
     let logs = options.logs.clone();
     let llm = options.llm.clone();
+    let flows = options.flows.clone();
     let isolation = Placement {
         policy: options.isolation.clone(),
         flow: flow.spec.isolation,
@@ -224,6 +252,8 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
                 isolation,
                 failed,
                 collect: None,
+                flows,
+                depth: 0,
             };
             let result = run_node(&flow.root, context, &env).await;
             if let Err(failure) = &result {
@@ -439,6 +469,9 @@ struct Env {
     /// Set for a sub-op call: its answer chunks are gathered here, and go to the run's stream
     /// only when the parent asked to forward them.
     collect: Option<Collect>,
+    flows: Option<FlowLookup>,
+    /// `FlowOp`s this node runs inside.
+    depth: u32,
 }
 
 /// Where a sub-op call's answer text is gathered.
@@ -470,6 +503,34 @@ fn run_node<'a>(node: &'a Node, context: Arc<Map<String, Value>>, env: &'a Env) 
     Box::pin(async move {
         match node {
             Node::Call(step) => run_step(step, &context, env).await,
+            Node::Flow(target) => {
+                let failure = |message: String| Failure {
+                    op: "FlowOp",
+                    message,
+                    crashed: false,
+                };
+                let Some(flow) = env
+                    .flows
+                    .as_ref()
+                    .and_then(|lookup| lookup.get(&target.name))
+                else {
+                    return Err(failure(format!(
+                        "no live flow `{}` to run (GET /flows lists them)",
+                        target.name
+                    )));
+                };
+                if env.depth >= MAX_FLOW_DEPTH {
+                    return Err(failure(format!(
+                        "flows run each other more than {MAX_FLOW_DEPTH} deep (at `{}`)",
+                        target.name
+                    )));
+                }
+                let inner = Env {
+                    depth: env.depth + 1,
+                    ..env.clone()
+                };
+                run_node(&flow.root, context, &inner).await
+            }
             Node::Seq(items) => {
                 let mut context = context;
                 let mut writes = Map::new();
@@ -929,10 +990,30 @@ impl crate::ops::Host for OpHost {
             .subs
             .iter()
             .map(|sub| {
+                let (mut description, mut input_schema) =
+                    (sub.description.clone(), sub.input_schema.clone());
+                // A flow is described by its live version.
+                if let Node::Flow(target) = &sub.node {
+                    let flow = self
+                        .env
+                        .flows
+                        .as_ref()
+                        .and_then(|lookup| lookup.get(&target.name));
+                    if let Some(flow) = flow {
+                        description = flow.spec.description.clone();
+                        input_schema = flow.spec.input_schema.clone();
+                    }
+                    if description.is_empty() {
+                        description = format!("runs the flow `{}`", target.name);
+                    }
+                    if !input_schema.is_object() {
+                        input_schema = serde_json::json!({"type": "object", "properties": {}});
+                    }
+                }
                 serde_json::json!({
                     "name": sub.name,
-                    "description": sub.description,
-                    "input_schema": sub.input_schema,
+                    "description": description,
+                    "input_schema": input_schema,
                 })
             })
             .collect();
@@ -997,7 +1078,7 @@ impl OpHost {
             }),
             ..self.env.clone()
         };
-        let writes = run_step(&sub.step, &arguments, &env)
+        let writes = run_node(&sub.node, Arc::new(arguments), &env)
             .await
             .map_err(|failure| failure.to_string())?;
         let answer = match writes.get("answer") {

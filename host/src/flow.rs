@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::expr::{self, Expr};
 use crate::ops::Registry;
-use crate::plan::{Node, Policy, Step, SubStep};
+use crate::plan::{FlowRef, Node, Policy, Step, SubStep};
 
 /// One flow as written in a file.
 #[derive(Clone, Debug, PartialEq)]
@@ -588,6 +588,7 @@ pub fn compile(spec: Arc<Spec>, registry: &Registry) -> Result<Flow, Diagnostic>
 
 fn bind(spec: &Spec, expr: &Expr, registry: &Registry) -> Result<Node, Diagnostic> {
     match expr {
+        Expr::Call(call) if call.name == FLOW_OP => bind_flow_op(spec, call).map(Node::Flow),
         Expr::Call(call) => bind_call(spec, call, registry).map(Node::Call),
         Expr::Seq(items) => Ok(Node::Seq(
             items
@@ -602,6 +603,45 @@ fn bind(spec: &Spec, expr: &Expr, registry: &Registry) -> Result<Node, Diagnosti
                 .collect::<Result<_, _>>()?,
         )),
     }
+}
+
+/// The host's own op: runs another served flow inside this one.
+pub const FLOW_OP: &str = "FlowOp";
+
+fn bind_flow_op(spec: &Spec, call: &expr::Call) -> Result<FlowRef, Diagnostic> {
+    let error = |message: String| {
+        spec.diagnostic(
+            spec.file_pos(call.pos),
+            format!(
+                "flow `{}`: {message}\n{}",
+                spec.name,
+                expr::caret(&spec.flow_content, call.pos)
+            ),
+        )
+    };
+    let mut names = call.args.keys().filter(|k| k.as_str() != "flow");
+    if let Some(other) = names.next() {
+        return Err(error(format!(
+            "FlowOp takes one argument, `flow` (the name of another flow), not `{other}`"
+        )));
+    }
+    let Some(name) = call.args.get("flow").and_then(Value::as_str) else {
+        return Err(error(
+            "FlowOp needs `flow`, the name of another flow: FlowOp(flow=\"search_flow\")".into(),
+        ));
+    };
+    if !call.subs.is_empty() {
+        return Err(error("FlowOp takes no sub-ops".into()));
+    }
+    if name == spec.name {
+        return Err(error(format!("flow `{name}` runs itself through FlowOp")));
+    }
+    let (line, col) = spec.file_pos(call.pos);
+    Ok(FlowRef {
+        name: name.to_string(),
+        line,
+        col,
+    })
 }
 
 fn bind_call(spec: &Spec, call: &expr::Call, registry: &Registry) -> Result<Step, Diagnostic> {
@@ -634,8 +674,23 @@ fn bind_call(spec: &Spec, call: &expr::Call, registry: &Registry) -> Result<Step
         .map_err(|message| error(format!("{}: {message}", call.name)))?;
     let mut subs: Vec<SubStep> = Vec::new();
     for sub in &call.subs {
-        let step = bind_call(spec, &sub.call, registry)?;
-        let tool = step.op.tool();
+        let (node, tool) = if sub.call.name == FLOW_OP {
+            let flow = bind_flow_op(spec, &sub.call)?;
+            // Described by its flow when called (it may change on reload).
+            let tool = crate::ops::Tool {
+                name: flow.name.clone(),
+                description: String::new(),
+                input_schema: Value::Null,
+            };
+            (Node::Flow(flow), tool)
+        } else {
+            let step = bind_call(spec, &sub.call, registry)?;
+            let mut tool = step.op.tool();
+            if let Some(name) = step.policy.name {
+                tool.name = name.to_string();
+            }
+            (Node::Call(step), tool)
+        };
         let name = sub.name.clone().unwrap_or(tool.name);
         if subs.iter().any(|s| s.name == name) {
             return Err(spec.diagnostic(
@@ -654,7 +709,7 @@ fn bind_call(spec: &Spec, call: &expr::Call, registry: &Registry) -> Result<Step
             name,
             description: tool.description,
             input_schema: tool.input_schema,
-            step,
+            node,
         });
     }
     Ok(Step {

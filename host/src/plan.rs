@@ -12,6 +12,36 @@ pub enum Node {
     Call(Step),
     Seq(Vec<Arc<Node>>),
     Par(Vec<Arc<Node>>),
+    /// `FlowOp(flow="name")`: another served flow, looked up when it runs (its live version).
+    Flow(FlowRef),
+}
+
+/// A reference to another flow (`FlowOp(flow="name")`).
+#[derive(Debug, Clone)]
+pub struct FlowRef {
+    pub name: String,
+    /// Where `FlowOp` stands in the source (1-based line and column), for cycle reports.
+    pub line: usize,
+    pub col: usize,
+}
+
+impl Node {
+    /// Every flow this node runs through `FlowOp`, sub-ops included.
+    pub fn flow_refs<'a>(&'a self, out: &mut Vec<&'a FlowRef>) {
+        match self {
+            Node::Call(step) => {
+                for sub in step.subs.iter() {
+                    sub.node.flow_refs(out);
+                }
+            }
+            Node::Seq(items) | Node::Par(items) => {
+                for item in items {
+                    item.flow_refs(out);
+                }
+            }
+            Node::Flow(flow) => out.push(flow),
+        }
+    }
 }
 
 /// One op call: the op, its JSON arguments, and what the host does around the call.
@@ -25,13 +55,15 @@ pub struct Step {
 }
 
 /// A sub-op as its parent sees it: a tool with a name, a description and an input schema.
+/// A `FlowOp` sub-op takes its description and schema from its flow when called.
 #[derive(Debug)]
 pub struct SubStep {
     pub name: String,
     pub description: String,
     /// JSON Schema of the arguments the parent calls it with (they become its context).
     pub input_schema: serde_json::Value,
-    pub step: Step,
+    /// One op call, or `FlowOp`.
+    pub node: Node,
 }
 
 impl Step {

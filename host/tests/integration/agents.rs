@@ -59,8 +59,13 @@ impl Scripted {
         let app = axum::Router::new()
             .route("/v1/chat/completions", axum::routing::post(completions))
             .with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("the scripted upstream");
-        let url = format!("http://{}/v1", listener.local_addr().expect("the scripted upstream"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("the scripted upstream");
+        let url = format!(
+            "http://{}/v1",
+            listener.local_addr().expect("the scripted upstream")
+        );
         tokio::spawn(async move { axum::serve(listener, app).await });
         Scripted { url, bodies }
     }
@@ -108,6 +113,13 @@ agent_broken_tool:
   flow_content: 'ReactAgentOp() << {"broken": FailOp(message="disk on fire"), "echo": EchoOp()}'
 agent_short:
   flow_content: ReactAgentOp(max_steps=2) << [EchoOp()]
+search_flow:
+  flow_content: GenSystemPromptOp(template="unused") >> EchoOp()
+  description: "searches the web (here: echoes the query)"
+  input_schema:
+    query: {type: string, description: "what to search for", required: true}
+agent_with_flow:
+  flow_content: ReactAgentOp() << [FlowOp(flow="search_flow")]
 "#;
 
 fn check_the_loop(bodies: &[Value]) {
@@ -115,7 +127,11 @@ fn check_the_loop(bodies: &[Value]) {
     let tools = bodies[0]["tools"].as_array().expect("tools sent");
     let names: Vec<&str> = tools
         .iter()
-        .map(|t| t["function"]["name"].as_str().expect("the scripted upstream"))
+        .map(|t| {
+            t["function"]["name"]
+                .as_str()
+                .expect("the scripted upstream")
+        })
         .collect();
     assert_eq!(names, ["echo", "count"]);
     assert_eq!(tools[0]["type"], "function");
@@ -128,7 +144,9 @@ fn check_the_loop(bodies: &[Value]) {
         bodies[0]["messages"],
         json!([{"role": "user", "content": "use the tools"}])
     );
-    let messages = bodies[1]["messages"].as_array().expect("the scripted upstream");
+    let messages = bodies[1]["messages"]
+        .as_array()
+        .expect("the scripted upstream");
     assert_eq!(messages.len(), 4, "{messages:#?}");
     assert_eq!(messages[1]["role"], "assistant");
     assert_eq!(
@@ -365,4 +383,48 @@ async fn a_failing_tool_is_a_result_the_model_reads_and_max_steps_ends_the_loop(
         "{reply}"
     );
     assert_eq!(upstream.bodies().len(), 2);
+}
+
+/// A flow is an agent tool: its name, description and input schema are the tool's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_is_a_tool_through_flow_op() {
+    let flows = folder(&[("agents.yaml", FLOWS)]);
+    flowhost::llm::tls_init();
+    let client = reqwest::Client::new();
+    let upstream = Scripted::start(vec![
+        vec![tool_call(0, "s1", "search_flow", "{\"query\": \"rust\"}")],
+        vec![json!({"content": "Found: rust"})],
+    ])
+    .await;
+    let server = Server::start_with_env(
+        flows.path(),
+        &[],
+        &[
+            ("FLOW_LLM_BASE_URL", &upstream.url),
+            ("FLOW_LLM_API_KEY", "k"),
+        ],
+    );
+    let reply: Value = client
+        .post(server.url("/agent_with_flow"))
+        .json(&json!({"query": "look it up"}))
+        .send()
+        .await
+        .expect("POST")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(reply["answer"], "Found: rust", "{reply}");
+    let bodies = upstream.bodies();
+    let tool = &bodies[0]["tools"][0]["function"];
+    assert_eq!(tool["name"], "search_flow");
+    assert_eq!(
+        tool["description"],
+        "searches the web (here: echoes the query)"
+    );
+    assert_eq!(tool["parameters"]["properties"]["query"]["type"], "string");
+    assert_eq!(tool["parameters"]["required"], json!(["query"]));
+    assert_eq!(
+        bodies[1]["messages"][2],
+        json!({"role": "tool", "tool_call_id": "s1", "content": "rust"})
+    );
 }

@@ -314,3 +314,74 @@ async fn a_current_thread_runtime_keeps_ops_on_the_pool() {
     assert!(outcome.success(), "{chunks:?}");
     assert_eq!(texts(&chunks).len(), 3);
 }
+
+/// `FlowOp(flow=...)` runs another flow inside this one (its chunks in this stream, its
+/// writes in this context); a cycle or a missing flow is refused when flows load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_op_runs_another_flow_and_cycles_are_refused() {
+    let flows = folder(&[(
+        "f.yaml",
+        r#"
+inner:
+  flow_content: GenSystemPromptOp(template="About {topic}.") >> EchoOp()
+outer:
+  flow_content: TickOp(n=1, text="before") >> FlowOp(flow="inner")
+loop_a:
+  flow_content: EchoOp() >> FlowOp(flow="loop_b")
+loop_b:
+  flow_content: FlowOp(flow="loop_a")
+dangling:
+  flow_content: FlowOp(flow="innr")
+"#,
+    )]);
+    let catalog = catalog_with_basic(flows.path());
+    let snapshot = catalog.snapshot();
+    let outer = snapshot
+        .get("outer")
+        .unwrap()
+        .flow
+        .clone()
+        .expect("outer is live");
+    let options = exec::Options {
+        flows: Some(catalog.lookup()),
+        ..exec::Options::default()
+    };
+    let (chunks, outcome) = exec::start(
+        outer,
+        input(json!({"query": "q", "topic": "owls"})),
+        &options,
+    )
+    .collect()
+    .await;
+    assert!(outcome.success(), "{outcome:?}");
+    assert_eq!(texts(&chunks), ["before 0\n", "q"]);
+    assert_eq!(outcome.answer, "q");
+    assert_eq!(outcome.context["system_prompt"], "About owls.");
+
+    for name in ["loop_a", "loop_b"] {
+        let entry = snapshot.get(name).unwrap();
+        assert_eq!(entry.status(), "broken", "{name}");
+        let error = entry.error.as_ref().unwrap().to_string();
+        assert!(error.contains("FlowOp makes a cycle"), "{error}");
+    }
+    let error = snapshot
+        .get("loop_a")
+        .unwrap()
+        .error
+        .as_ref()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("loop_a → loop_b → loop_a"), "{error}");
+    assert!(error.contains("f.yaml:7:29:"), "{error}");
+    let error = snapshot
+        .get("dangling")
+        .unwrap()
+        .error
+        .as_ref()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("no flow `innr` is defined (did you mean `inner`?)"),
+        "{error}"
+    );
+}

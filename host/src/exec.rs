@@ -37,7 +37,9 @@ pub struct Options {
 
 /// Finds a live flow by name (`FlowOp`); given by whoever owns the catalog.
 #[derive(Clone)]
-pub struct FlowLookup(Arc<dyn Fn(&str) -> Option<Arc<Flow>> + Send + Sync>);
+pub struct FlowLookup(Arc<FindFlow>);
+
+type FindFlow = dyn Fn(&str) -> Option<Arc<Flow>> + Send + Sync;
 
 impl FlowLookup {
     pub fn new(find: impl Fn(&str) -> Option<Arc<Flow>> + Send + Sync + 'static) -> FlowLookup {

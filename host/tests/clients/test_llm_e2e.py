@@ -98,3 +98,19 @@ def test_demo_stream_over_mcp_stdio():
     finally:
         proc.stdin.close()
         proc.wait(timeout=15)
+
+
+def test_agent_flow_with_the_real_model_ends_cleanly(server):
+    """ReactAgentOp with tools against the real model: whatever it chooses (answer, or tool
+    calls the host runs), the stream ends with [DONE] and no error."""
+    events = []
+    with httpx.stream("POST", server + "/agent_flow", json={"query": "Echo the word blue."},
+                      timeout=180) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                events.append(line[5:])
+    assert events and events[-1] == "[DONE]", events
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert not [c for c in chunks if c["chunk_type"] == "error"], chunks
+    assert any(c["chunk_type"] in ("answer", "tool") for c in chunks), chunks

@@ -1,6 +1,7 @@
 //! `EchoOp`: the answer is the request's `query`.
 
-use op_sdk::{Args, ChunkKind, Context, Error, Op};
+use op_sdk::{Args, ChunkKind, Context, Error, Op, Tool};
+use serde_json::json;
 
 /// Streams the request's `query` back as one answer chunk and sets it as the answer.
 pub struct EchoOp;
@@ -8,6 +9,18 @@ pub struct EchoOp;
 impl Op for EchoOp {
     const NAME: &'static str = "EchoOp";
     const DESCRIPTION: &'static str = "Answers with the request's `query`";
+
+    fn tool() -> Option<Tool> {
+        Some(Tool {
+            name: "echo".into(),
+            description: "Repeats the given text back".into(),
+            input_schema: json!({
+                "type": "object",
+                "properties": {"query": {"type": "string", "description": "the text to repeat"}},
+                "required": ["query"]
+            }),
+        })
+    }
 
     fn new(_args: &Args) -> Result<Self, Error> {
         Ok(EchoOp)

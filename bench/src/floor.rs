@@ -94,3 +94,32 @@ pub async fn serve_slow_llm(port: u16, tokens: u64, interval: std::time::Duratio
         .expect("bind slow LLM port");
     axum::serve(listener, app).await.expect("slow LLM server");
 }
+
+/// An upstream for agent figures (`flowhost-bench tool-llm PORT`): when the last message is
+/// not a tool result it asks for the first tool with `{"query": "ping"}`, else it answers.
+/// Both replies are pre-serialised and sent at once, so what is timed is the host.
+pub async fn serve_tool_llm(port: u16) {
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(|Json(body): Json<Value>| async move {
+            let last_is_tool = body["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .is_some_and(|m| m["role"] == "tool");
+            let tool = body["tools"][0]["function"]["name"].as_str().unwrap_or("echo");
+            let text = if last_is_tool || body.get("tools").is_none() {
+                "data: {\"choices\":[{\"delta\":{\"content\":\"done\"}}]}\n\ndata: [DONE]\n\n"
+                    .to_string()
+            } else {
+                format!(
+                    "data: {{\"choices\":[{{\"delta\":{{\"tool_calls\":[{{\"index\":0,\"id\":\"c1\",\"type\":\"function\",\"function\":{{\"name\":\"{tool}\",\"arguments\":\"{{\\\"query\\\": \\\"ping\\\"}}\"}}}}]}}}}]}}\n\ndata: [DONE]\n\n"
+                )
+            };
+            ([(header::CONTENT_TYPE, "text/event-stream")], text).into_response()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind tool LLM port");
+    axum::serve(listener, app).await.expect("tool LLM server");
+}

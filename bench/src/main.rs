@@ -46,6 +46,16 @@ fn main() {
             ));
         return;
     }
+    if args.first().map(String::as_str) == Some("tool-llm") {
+        // flowhost-bench tool-llm PORT
+        let port = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(8090);
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(floor::serve_tool_llm(port));
+        return;
+    }
     if args.first().map(String::as_str) == Some("load") {
         println!("{}", load::run(&args[1..]));
         return;

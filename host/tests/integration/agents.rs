@@ -136,9 +136,18 @@ fn check_the_loop(bodies: &[Value]) {
     assert_eq!(names, ["echo", "count"]);
     assert_eq!(tools[0]["type"], "function");
     // EchoOp declares itself as a tool (Op::tool); CountOp gets the defaults.
-    assert_eq!(tools[0]["function"]["description"], "Repeats the given text back");
-    assert_eq!(tools[0]["function"]["parameters"]["required"], json!(["query"]));
-    assert_eq!(tools[1]["function"]["parameters"], json!({"type": "object", "properties": {}}));
+    assert_eq!(
+        tools[0]["function"]["description"],
+        "Repeats the given text back"
+    );
+    assert_eq!(
+        tools[0]["function"]["parameters"]["required"],
+        json!(["query"])
+    );
+    assert_eq!(
+        tools[1]["function"]["parameters"],
+        json!({"type": "object", "properties": {}})
+    );
     assert_eq!(bodies[0]["tool_choice"], "auto");
     assert_eq!(
         bodies[0]["messages"],

@@ -148,3 +148,29 @@ async fn the_keywords_are_the_hosts_and_checked_at_compile_time() {
     );
     assert!(errors[0].contains('^'), "a caret: {}", errors[0]);
 }
+
+/// FlowLLM's shipped `skill_agent` line, with fixture ops of those names: the tools get
+/// FlowLLM's short names and the agent calls them all, their chunks forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flowllm_s_skill_agent_line_compiles_and_runs() {
+    let flows = folder(&[(
+        "f.yaml",
+        "skill_agent:\n  flow_content: SkillAgentOp() << [LoadSkillOp(), ReadReferenceFileOp(), RunShellCommandOp()]\n  stream: true\n",
+    )]);
+    let plugins = plugin_folder(&[(&fixture("op_fixture"), &so("op_fixture"))]);
+    let catalog = catalog(flows.path(), &[plugins.path().to_path_buf()]);
+    let (chunks, outcome) = run(&catalog, "skill_agent", json!({})).await;
+    assert!(outcome.success(), "{outcome:?}");
+    assert_eq!(
+        texts(&chunks),
+        [
+            "LoadSkillOp: load_skill",
+            "ReadReferenceFileOp: read_reference_file",
+            "RunShellCommandOp: run_shell_command"
+        ]
+    );
+    assert_eq!(
+        outcome.answer,
+        "LoadSkillOp: load_skill | ReadReferenceFileOp: read_reference_file | RunShellCommandOp: run_shell_command"
+    );
+}

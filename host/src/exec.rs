@@ -620,7 +620,8 @@ async fn run_step(
     let cache_key = policy.cache_ttl.map(|_| {
         crate::cache::Key::of(
             step.op.library.hash,
-            step.op.name,
+            // The call's name tags its chunks.
+            &format!("{}\u{0}{name}", step.op.name),
             &step.args_json,
             &context_json,
         )
@@ -677,10 +678,12 @@ async fn run_step(
         let message = format!("{failure} (raise_exception=False: the flow goes on)");
         tracing::warn!(op = name, "{message}");
         metrics::counter!(crate::metrics::OP_FAILURES_TOLERATED).increment(1);
-        env.tx.push_final(Chunk {
-            tolerated: true,
-            ..Chunk::error(name, message)
-        });
+        if env.collect.as_ref().is_none_or(|c| c.forward) {
+            env.tx.push_final(Chunk {
+                tolerated: true,
+                ..Chunk::error(name, message)
+            });
+        }
         env.failed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -692,6 +695,15 @@ async fn run_step(
 /// Sends a cached call's chunks into the run: at once while the buffer has room, the rest
 /// from an op thread (a full buffer blocks, which the runtime thread must not).
 async fn replay(hit: &Arc<crate::cache::Cached>, env: &Env) {
+    if let Some(collect) = &env.collect {
+        let mut answer = collect.answer.lock().unwrap_or_else(|p| p.into_inner());
+        for chunk in hit.chunks.iter().filter(|c| c.kind == ChunkKind::Answer) {
+            answer.push_str(&chunk.text);
+        }
+        if !collect.forward {
+            return;
+        }
+    }
     let mut sent = 0;
     for chunk in &hit.chunks {
         match env.tx.try_push(chunk.clone(), &env.cancel) {

@@ -1,16 +1,18 @@
 //! The op answer cache (`enable_cache=True` on an op call): the chunks a call emitted and the
 //! context it wrote, reused for `cache_expire_hours` by a call of the same op build with the
-//! same arguments and context. In memory, bounded in entries and bytes (the oldest go first).
-//! Knows nothing of running ops.
+//! same arguments and context. In memory, bounded in entries and bytes (the oldest go first);
+//! with `cache.dir` set, also one JSON file per call in that folder, so answers outlive a
+//! restart and are shared by processes that share the folder. Knows nothing of running ops.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use crate::chunk::Chunk;
+use crate::chunk::{Chunk, ChunkKind};
 
 /// Entries kept at most.
 pub const MAX_ENTRIES: usize = 4096;
@@ -32,6 +34,10 @@ pub struct Cached {
 pub struct Key(u64, u64);
 
 impl Key {
+    fn file_name(&self) -> String {
+        format!("{:016x}{:016x}.json", self.0, self.1)
+    }
+
     pub fn of(library_hash: u64, op: &str, args_json: &str, context_json: &str) -> Key {
         let text = format!("{library_hash:x}\u{0}{op}\u{0}{args_json}\u{0}{context_json}");
         // FNV-1a and SipHash (the cache lives in one process, so any fixed keys do).
@@ -58,6 +64,111 @@ struct Inner {
 #[derive(Default)]
 pub struct Cache {
     inner: Mutex<Inner>,
+}
+
+static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+/// `cache.dir`: where cached calls are also kept as files (set once, at startup).
+pub fn set_dir(dir: Option<PathBuf>) {
+    let _ = DIR.set(dir);
+}
+
+fn dir() -> Option<&'static Path> {
+    DIR.get().and_then(|d| d.as_deref())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A cached call as a file: `{expires_ms, chunks: [{kind, json, op, text}], writes}`.
+fn to_file(cached: &Cached, ttl: Duration) -> Value {
+    let chunks: Vec<Value> = cached
+        .chunks
+        .iter()
+        .map(|c| serde_json::json!({"kind": c.kind.as_str(), "json": c.json, "op": c.op, "text": c.text}))
+        .collect();
+    serde_json::json!({
+        "expires_ms": now_ms() + ttl.as_millis() as u64,
+        "chunks": chunks,
+        "writes": cached.writes,
+    })
+}
+
+fn from_file(value: &Value) -> Option<(Cached, Duration)> {
+    let expires = value["expires_ms"].as_u64()?;
+    let left = expires.checked_sub(now_ms()).filter(|ms| *ms > 0)?;
+    let kinds = [
+        ChunkKind::Answer,
+        ChunkKind::Think,
+        ChunkKind::Tool,
+        ChunkKind::Usage,
+        ChunkKind::Error,
+    ];
+    let mut chunks = Vec::new();
+    for chunk in value["chunks"].as_array()? {
+        let kind = chunk["kind"].as_str()?;
+        let kind = *kinds.iter().find(|k| k.as_str() == kind)?;
+        chunks.push(Chunk {
+            kind,
+            json: chunk["json"].as_bool().unwrap_or(false),
+            op: crate::ops::intern(chunk["op"].as_str()?),
+            text: chunk["text"].as_str()?.to_string(),
+            tolerated: false,
+        });
+    }
+    let writes = value["writes"].as_object()?.clone();
+    Some((Cached { chunks, writes }, Duration::from_millis(left)))
+}
+
+/// Looks in memory, then (with `cache.dir`) in the folder; a file found is kept in memory
+/// for what is left of its time. The file is read off the runtime thread.
+pub async fn lookup(key: Key) -> Option<Arc<Cached>> {
+    if let Some(hit) = global().get(key) {
+        return Some(hit);
+    }
+    let path = dir()?.join(key.file_name());
+    let loaded = tokio::task::spawn_blocking(move || {
+        let text = std::fs::read(&path).ok()?;
+        let found = serde_json::from_slice::<Value>(&text)
+            .ok()
+            .and_then(|v| from_file(&v));
+        if found.is_none() {
+            // Expired or unreadable: not worth keeping.
+            let _ = std::fs::remove_file(&path);
+        }
+        found
+    })
+    .await
+    .ok()??;
+    let (cached, left) = loaded;
+    global().insert(key, cached, left);
+    global().get(key)
+}
+
+/// Keeps a call in memory and (with `cache.dir`) writes its file off the runtime thread.
+pub fn store(key: Key, cached: Cached, ttl: Duration) {
+    let file = dir().map(|dir| (dir.join(key.file_name()), to_file(&cached, ttl)));
+    if !global().insert(key, cached, ttl) {
+        return;
+    }
+    if let Some((path, value)) = file {
+        tokio::task::spawn_blocking(move || {
+            let write = || -> std::io::Result<()> {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                let staging = path.with_extension("tmp");
+                std::fs::write(&staging, value.to_string())?;
+                std::fs::rename(&staging, &path)
+            };
+            if let Err(err) = write() {
+                tracing::warn!("cache.dir: cannot write {}: {err}", path.display());
+            }
+        });
+    }
 }
 
 /// The process-wide cache.
@@ -147,7 +258,6 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunk::ChunkKind;
 
     fn cached(text: &str) -> Cached {
         Cached {
@@ -168,6 +278,32 @@ mod tests {
         std::thread::sleep(Duration::from_millis(80));
         assert!(cache.get(key).is_none());
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_cached_call_survives_the_trip_through_a_file() {
+        let cached = Cached {
+            chunks: vec![
+                Chunk::text(ChunkKind::Answer, "T", "hi"),
+                Chunk {
+                    json: true,
+                    ..Chunk::text(ChunkKind::Tool, "T", "{\"a\":1}")
+                },
+            ],
+            writes: serde_json::json!({"answer": "hi"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        };
+        let file = to_file(&cached, Duration::from_secs(60));
+        let (back, left) = from_file(&file).expect("read back");
+        assert_eq!(back.chunks, cached.chunks);
+        assert_eq!(back.writes, cached.writes);
+        assert!(left > Duration::from_secs(58));
+        assert!(
+            from_file(&to_file(&cached, Duration::ZERO)).is_none(),
+            "expired"
+        );
     }
 
     #[test]

@@ -408,6 +408,7 @@ fn show_config(config: &Config) -> Result<ExitCode, String> {
             "max_workers": config.max_workers,
             "inline": config.isolation.inline,
         },
+        "cache": {"dir": config.cache_dir},
         "plugins": config.isolation.plugins.iter()
             .map(|(name, isolation)| (name.clone(), json!({"isolation": isolation})))
             .collect::<Map<String, Value>>(),
@@ -479,6 +480,7 @@ pub fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, String> {
 /// What every run starts with: the LLM service from the configuration.
 fn run_options(config: &Config) -> exec::Options {
     crate::worker::set_max_workers(config.max_workers);
+    crate::cache::set_dir(config.cache_dir.clone());
     exec::Options {
         llm: Some(Arc::new(crate::llm::Service::new(config.llm.clone()))),
         admission: crate::admission::Global::new(config.max_concurrency, config.max_queue),

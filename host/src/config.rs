@@ -33,6 +33,8 @@ pub struct Config {
     pub isolation: crate::exec::IsolationPolicy,
     /// Worker processes alive at once (`ops.max_workers`).
     pub max_workers: usize,
+    /// `cache.dir`: where `enable_cache=True` calls are also kept as files.
+    pub cache_dir: Option<PathBuf>,
     /// The config file that was read, if any.
     pub source: Option<PathBuf>,
 }
@@ -121,6 +123,7 @@ struct Raw {
     max_op_threads: usize,
     ops: RawOps,
     plugins: std::collections::BTreeMap<String, RawPlugin>,
+    cache: RawCache,
     /// Allowed so a FlowLLM config can be read; flows are served from the flows folder.
     flow: Value,
 }
@@ -133,6 +136,12 @@ struct RawOps {
     isolation: crate::flow::Isolation,
     max_workers: Option<usize>,
     inline: crate::exec::Inline,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawCache {
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,6 +193,7 @@ impl Default for Raw {
             max_op_threads: DEFAULT_MAX_OP_THREADS,
             ops: RawOps::default(),
             plugins: Default::default(),
+            cache: RawCache::default(),
             flow: Value::Null,
         }
     }
@@ -222,6 +232,7 @@ const KEYS: &[&str] = &[
     "max_op_threads",
     "ops",
     "plugins",
+    "cache",
     "flow",
 ];
 
@@ -403,6 +414,7 @@ pub fn load(flags: Flags) -> Result<Config, String> {
             inline: raw.ops.inline,
         },
         max_workers: raw.ops.max_workers.unwrap_or(64).max(1),
+        cache_dir: raw.cache.dir,
         source,
     })
 }
@@ -446,6 +458,13 @@ fn check_keys(where_: &str, tree: &mut Value) -> Result<(), String> {
         for key in ops.keys() {
             if !OPS_KEYS.contains(&key.as_str()) {
                 return Err(unknown_key(where_, &format!("ops.{key}"), key, OPS_KEYS));
+            }
+        }
+    }
+    if let Some(Value::Object(cache)) = map.get("cache") {
+        for key in cache.keys() {
+            if key != "dir" {
+                return Err(unknown_key(where_, &format!("cache.{key}"), key, &["dir"]));
             }
         }
     }

@@ -627,7 +627,7 @@ async fn run_step(
         )
     });
     if let Some(key) = cache_key {
-        if let Some(hit) = crate::cache::global().get(key) {
+        if let Some(hit) = crate::cache::lookup(key).await {
             metrics::counter!(crate::metrics::CACHE_HITS).increment(1);
             replay(&hit, env).await;
             return Ok(hit.writes.clone());
@@ -646,7 +646,7 @@ async fn run_step(
                         chunks,
                         writes: writes.clone(),
                     };
-                    crate::cache::global().insert(key, cached, ttl);
+                    crate::cache::store(key, cached, ttl);
                 }
                 return Ok(writes);
             }

@@ -174,3 +174,34 @@ async fn flowllm_s_skill_agent_line_compiles_and_runs() {
         "LoadSkillOp: load_skill | ReadReferenceFileOp: read_reference_file | RunShellCommandOp: run_shell_command"
     );
 }
+
+/// `cache.dir`: a cached call is a file another process reuses (here: a second `flowhost run`
+/// answers from a file edited in between, so the answer can only come from the file).
+#[test]
+fn cache_dir_keeps_answers_across_processes() {
+    let flows = folder(&[(
+        "f.yaml",
+        "cached:\n  flow_content: EchoOp(enable_cache=True)\n",
+    )]);
+    let cache = tempfile::tempdir().expect("temp dir");
+    let set = format!("cache.dir={}", cache.path().display());
+    let flows_dir = flows.path().to_str().expect("utf-8 path");
+    let args = [
+        "run", "cached", "--flows", flows_dir, "--set", &set, "query=hi",
+    ];
+    let (code, out, err) = flowhost(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(r#""answer":"hi""#), "{out}");
+    let files: Vec<_> = std::fs::read_dir(cache.path())
+        .expect("the cache folder")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).expect("the cache file");
+    std::fs::write(&files[0], text.replace("\"hi\"", "\"from the file\"")).expect("edit");
+    let (code, out, err) = flowhost(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(r#""answer":"from the file""#), "{out}");
+    assert!(out.contains(r#""chunk":"from the file""#), "{out}");
+}

@@ -116,6 +116,7 @@ def test_playground_runs_flows_stops_a_stream_and_follows_file_edits(flows):
             assert "live" in by_css(driver, '#flows li[data-flow="echo_flow"] .status').text
             wait("the live badge", lambda: by_css(driver, "#connection").text == "live")
             wait("the ops table", lambda: "EchoOp" in by_css(driver, "#ops").text)
+            assert "echo(query)" in by_css(driver, "#ops").text, "the tool column"
             # A marker that a page reload would wipe.
             driver.execute_script("window.__still_here = true;")
 

@@ -476,6 +476,8 @@ function renderOps(ops) {
       [op.runs || "", ""],
       [op.description || "", ""],
       [op.args_schema ? Object.keys(op.args_schema.properties || {}).join(", ") : "", "mono"],
+      [op.tool ? op.tool.name + "(" + Object.keys((op.tool.input_schema || {}).properties || {}).join(", ") + ")" : "", "mono"],
+      [op.file || "", "mono"],
     ];
     for (const [text, cls] of cells) {
       const td = document.createElement("td");
@@ -483,7 +485,7 @@ function renderOps(ops) {
       if (cls) td.className = cls;
       tr.append(td);
     }
-    tr.title = op.file || "";
+    if (op.tool) tr.title = "tool schema: " + JSON.stringify(op.tool.input_schema);
     tbody.append(tr);
   }
   const errors = ops.errors || [];

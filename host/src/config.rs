@@ -69,6 +69,8 @@ pub struct Http {
     /// After SIGTERM, how long the host keeps serving (with `/ready` at 503) before it stops
     /// accepting, so a proxy or the endpoints controller stops sending first.
     pub drain_delay: Duration,
+    /// Async runs: how long and how many are kept (`runs:` section).
+    pub runs: crate::transport::runs::Retention,
     /// Serve `/mcp` without sessions: every request is answered by itself, so any replica
     /// behind a round-robin proxy can answer any request of any client.
     pub mcp_stateless: bool,
@@ -124,6 +126,7 @@ struct Raw {
     ops: RawOps,
     plugins: std::collections::BTreeMap<String, RawPlugin>,
     cache: RawCache,
+    runs: RawRuns,
     /// Allowed so a FlowLLM config can be read; flows are served from the flows folder.
     flow: Value,
 }
@@ -136,6 +139,25 @@ struct RawOps {
     isolation: crate::flow::Isolation,
     max_workers: Option<usize>,
     inline: crate::exec::Inline,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawRuns {
+    retention: f64,
+    max_runs: usize,
+    max_bytes: usize,
+}
+
+impl Default for RawRuns {
+    fn default() -> RawRuns {
+        let defaults = crate::transport::runs::Retention::default();
+        RawRuns {
+            retention: defaults.keep.as_secs_f64(),
+            max_runs: defaults.max_runs,
+            max_bytes: defaults.max_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -194,6 +216,7 @@ impl Default for Raw {
             ops: RawOps::default(),
             plugins: Default::default(),
             cache: RawCache::default(),
+            runs: RawRuns::default(),
             flow: Value::Null,
         }
     }
@@ -233,6 +256,7 @@ const KEYS: &[&str] = &[
     "ops",
     "plugins",
     "cache",
+    "runs",
     "flow",
 ];
 
@@ -391,6 +415,11 @@ pub fn load(flags: Flags) -> Result<Config, String> {
                 seconds(&where_, "http.drain_delay", raw.http.drain_delay)?
             },
             mcp_stateless: raw.http.mcp_stateless,
+            runs: crate::transport::runs::Retention {
+                keep: seconds(&where_, "runs.retention", raw.runs.retention)?,
+                max_runs: raw.runs.max_runs.max(1),
+                max_bytes: raw.runs.max_bytes.max(1),
+            },
         },
         flow_dirs,
         plugin_dirs,
@@ -458,6 +487,14 @@ fn check_keys(where_: &str, tree: &mut Value) -> Result<(), String> {
         for key in ops.keys() {
             if !OPS_KEYS.contains(&key.as_str()) {
                 return Err(unknown_key(where_, &format!("ops.{key}"), key, OPS_KEYS));
+            }
+        }
+    }
+    if let Some(Value::Object(runs)) = map.get("runs") {
+        const RUNS_KEYS: &[&str] = &["retention", "max_runs", "max_bytes"];
+        for key in runs.keys() {
+            if !RUNS_KEYS.contains(&key.as_str()) {
+                return Err(unknown_key(where_, &format!("runs.{key}"), key, RUNS_KEYS));
             }
         }
     }
@@ -834,6 +871,12 @@ mod tests {
             "{err}"
         );
         assert_eq!(config.isolation.inline, crate::exec::Inline::Auto);
+        let config = load_text("runs: {retention: 60, max_runs: 5}\n", &[]).unwrap();
+        assert_eq!(config.http.runs.keep, Duration::from_secs(60));
+        assert_eq!(config.http.runs.max_runs, 5);
+        let err = load_text("runs: {retention_secs: 60}\n", &[]).unwrap_err();
+        assert!(err.contains("did you mean `runs.retention`?"), "{err}");
+        assert!(load_text("runs: {retention: 0}\n", &[]).is_err());
         let config = load_text("ops: {inline: never}\n", &[]).unwrap();
         assert_eq!(config.isolation.inline, crate::exec::Inline::Never);
         let err = load_text("ops: {inline: always}\n", &[]).unwrap_err();

@@ -30,7 +30,7 @@ use super::guard;
 pub use super::request::{busy_response, live_flow, parse_body, validate};
 pub use super::sse::{sse_response, EventWriter, FlowLlmEvents};
 pub use super::state::AppState;
-use super::{docs, openai, openapi, playground};
+use super::{docs, openai, openapi, playground, runs};
 
 /// The whole HTTP API. Flow routes are not registered one by one: `POST /{flow}` looks the
 /// flow up in the snapshot of the moment, so reloads need no new router.
@@ -53,6 +53,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/models", get(openai::models))
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/runs/{id}", get(runs::status).delete(runs::cancel))
+        .route("/runs/{id}/events", get(runs::events))
         .route("/{flow}", post(run_flow))
         .with_state(state.clone())
         .nest_service(
@@ -251,21 +253,31 @@ async fn metrics(State(state): State<AppState>) -> Response {
 async fn run_flow(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let snapshot = state.catalog.snapshot();
     let flow = live_flow(&snapshot, &name)?;
     let input = parse_body(body, state.options.body_limit)?;
     let input = validate(&flow, input)?;
+    let background = runs::wants_async(&headers);
+    if background {
+        if let Some(existing) = runs::existing(&state, &name, &headers) {
+            return Ok(existing);
+        }
+    }
     let stream = flow.spec.stream;
     let options = exec::Options {
-        collect_answer: !stream,
+        collect_answer: !stream || background,
         ..state.run_options.clone()
     };
     let run = match exec::admit_and_start(flow, input, &options).await {
         Ok(run) => run,
         Err(busy) => return Ok(busy_response(&busy)),
     };
+    if background {
+        return Ok(runs::accept(&state, &name, run, &headers));
+    }
     if stream {
         Ok(sse_response(run, &state, FlowLlmEvents))
     } else {

@@ -12,5 +12,6 @@ pub mod openai;
 pub mod openapi;
 pub mod playground;
 pub mod request;
+pub mod runs;
 pub mod sse;
 pub mod state;

@@ -34,8 +34,15 @@ pub fn document(snapshot: &Snapshot, api_key: bool) -> Value {
                 "description": format!("`{}`{}", spec.flow_content, if spec.stream { " (streaming)" } else { "" }),
                 "tags": [if spec.stream { "stream flows" } else { "flows" }],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": spec.input_schema}}},
+                "parameters": [
+                    {"name": "Prefer", "in": "header", "required": false, "schema": {"type": "string", "enum": ["respond-async"]},
+                     "description": "`respond-async`: answer 202 at once with `Location: /runs/{id}`; the run goes on without this connection"},
+                    {"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string"},
+                     "description": "With `Prefer: respond-async`: the same key returns the run it started"}
+                ],
                 "responses": {
                     "200": ok,
+                    "202": {"description": "Started in the background (`Prefer: respond-async`): `{run_id, status_url, events_url, status}`"},
                     "422": {"description": "The body does not match the input schema", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
                     "500": {"description": "The flow failed (non-stream flows)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FlowResponse"}}}},
                     "503": {"description": "The flow is broken and has no good version"}
@@ -54,6 +61,33 @@ pub fn document(snapshot: &Snapshot, api_key: bool) -> Value {
             json!({"get": {"summary": summary, "tags": ["discovery"], "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}}}),
         );
     }
+    paths.insert(
+        "/runs/{id}".into(),
+        json!({
+            "get": {
+                "summary": "An async run (started with `Prefer: respond-async` on POST /{flow})",
+                "description": "`status` is running, completed, failed or cancelled; once done: `answer`, `success` and `metadata` (`flow_id`, `error`, `failed_ops`). Runs are kept `runs.retention` seconds after they end, in the memory of the replica that started them.",
+                "tags": ["async runs"],
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "The run"}, "404": {"description": "Unknown or expired"}}
+            },
+            "delete": {
+                "summary": "Cancel an async run",
+                "tags": ["async runs"],
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "The run, `cancelled` unless it had already ended"}, "404": {"description": "Unknown or expired"}}
+            }
+        }),
+    );
+    paths.insert(
+        "/runs/{id}/events".into(),
+        json!({"get": {
+            "summary": "An async run's chunks as server-sent events: replayed from the start, then live, then `data:[DONE]`",
+            "tags": ["async runs"],
+            "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "FlowLLM's SSE chunks", "content": {"text/event-stream": {"schema": {"type": "string"}}}}, "404": {"description": "Unknown or expired"}}
+        }}),
+    );
     paths.insert(
         "/events".into(),
         json!({"get": {

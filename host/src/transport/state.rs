@@ -25,6 +25,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     pub(crate) policy: Policy,
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Async runs (`Prefer: respond-async`).
+    pub(crate) runs: Arc<super::runs::Store>,
 }
 
 impl AppState {
@@ -32,6 +34,7 @@ impl AppState {
         AppState {
             catalog,
             policy: Policy::new(&options),
+            runs: Arc::new(super::runs::Store::new(options.runs.clone())),
             options: Arc::new(options),
             hard_stop: CancellationToken::new(),
             run_options,

@@ -873,3 +873,148 @@ async fn the_event_stream_follows_flow_file_edits() {
     assert!(second["generation"].as_u64() > first["generation"].as_u64());
     assert_ne!(second["flows_hash"], first["flows_hash"]);
 }
+
+/// `Prefer: respond-async`: 202 with `Location`, the run goes on without the connection;
+/// poll it, replay its events from the start, cancel one, get the same run back for the same
+/// `Idempotency-Key`, and see a finished run go after `runs.retention`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_runs_start_poll_replay_cancel_and_expire() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let server = Server::start(flows.path(), &["--set", "runs.retention=2"]);
+    let client = client();
+    let start = |flow: &str, body: Value| {
+        client
+            .post(server.url(&format!("/{flow}")))
+            .header("prefer", "respond-async")
+            .json(&body)
+    };
+
+    // A stream flow in the background.
+    let response = start("echo_stream", json!({"query": "later"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()["preference-applied"], "respond-async");
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(
+        location,
+        format!("/runs/{}", accepted["run_id"].as_str().unwrap())
+    );
+    assert_eq!(accepted["status_url"], location.as_str());
+    let done = wait_async(Duration::from_secs(10), || async {
+        let run: Value = client
+            .get(server.url(&location))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        run["status"] == "completed"
+    })
+    .await;
+    assert!(done.is_some(), "the run never completed");
+    let run: Value = client
+        .get(server.url(&location))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(run["answer"], "later", "{run}");
+    assert_eq!(run["success"], true);
+    // Its events, replayed from the start, end with [DONE].
+    let replay = client
+        .get(server.url(&format!("{location}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.headers()["content-type"], "text/event-stream");
+    let body = replay.text().await.unwrap();
+    let replayed = events(&body);
+    assert_eq!(
+        replayed.last().map(String::as_str),
+        Some("[DONE]"),
+        "{body}"
+    );
+    let first: Value = serde_json::from_str(&replayed[0]).unwrap();
+    assert_eq!(first["chunk"], "later");
+    assert_eq!(first["chunk_type"], "answer");
+
+    // Cancel an endless one; follow its events live until they end.
+    let accepted: Value = start("ticks", json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = accepted["run_id"].as_str().unwrap().to_string();
+    let mut live = client
+        .get(server.url(&format!("/runs/{id}/events")))
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(5), live.next())
+        .await
+        .unwrap();
+    assert!(first.unwrap().unwrap().starts_with(b"data:"));
+    let cancelled: Value = client
+        .delete(server.url(&format!("/runs/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let mut tail = String::new();
+    while let Ok(Some(Ok(bytes))) = tokio::time::timeout(Duration::from_secs(5), live.next()).await
+    {
+        tail.push_str(&String::from_utf8_lossy(&bytes));
+    }
+    assert!(tail.ends_with("data:[DONE]\n\n"), "{tail}");
+    let stopped = wait_async(Duration::from_secs(5), || async {
+        server.metric(&client, "flowhost_ops_running").await == 0.0
+    })
+    .await;
+    assert!(stopped.is_some(), "the op kept running");
+
+    // The same Idempotency-Key gives the same run.
+    let once: Value = start("echo", json!({"query": "once"}))
+        .header("idempotency-key", "k-1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let again = start("echo", json!({"query": "once"}))
+        .header("idempotency-key", "k-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["run_id"], once["run_id"]);
+
+    // Unknown, and (after runs.retention = 2 s) gone.
+    let missing = client.get(server.url("/runs/nope")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let gone = client.get(server.url(&location)).send().await.unwrap();
+    assert_eq!(gone.status(), 404);
+    let detail: Value = gone.json().await.unwrap();
+    assert!(
+        detail["detail"]
+            .as_str()
+            .unwrap()
+            .contains("runs.retention"),
+        "{detail}"
+    );
+}

@@ -409,6 +409,11 @@ fn show_config(config: &Config) -> Result<ExitCode, String> {
             "inline": config.isolation.inline,
         },
         "cache": {"dir": config.cache_dir},
+        "runs": {
+            "retention": config.http.runs.keep.as_secs_f64(),
+            "max_runs": config.http.runs.max_runs,
+            "max_bytes": config.http.runs.max_bytes,
+        },
         "plugins": config.isolation.plugins.iter()
             .map(|(name, isolation)| (name.clone(), json!({"isolation": isolation})))
             .collect::<Map<String, Value>>(),

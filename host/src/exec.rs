@@ -744,10 +744,6 @@ async fn call_once(
     let op_name = step.name();
     let host = OpHost {
         op: op_name,
-        tx: env.tx.clone(),
-        cancel: env.cancel.clone(),
-        logs: env.logs.clone(),
-        llm: env.llm.clone(),
         runtime: tokio::runtime::Handle::current(),
         inline: false,
         waited: AtomicBool::new(false),
@@ -848,10 +844,6 @@ type Recorded = (Vec<Chunk>, usize);
 /// The host context handed to one op call.
 struct OpHost {
     op: &'static str,
-    tx: batch::Sender,
-    cancel: CancellationToken,
-    logs: Option<LogSink>,
-    llm: Option<Arc<crate::llm::Service>>,
     runtime: tokio::runtime::Handle,
     /// The call runs on a runtime thread: waiting must go through `block_in_place`.
     inline: bool,
@@ -862,8 +854,9 @@ struct OpHost {
     /// The chunks so far and their bytes, while recording for the cache; `None` once they
     /// outgrew what the cache keeps.
     recording: Option<Mutex<Option<Recorded>>>,
-    /// The sub-ops this call may call, and the run they are called in.
+    /// The sub-ops this call may call.
     subs: Arc<[SubStep]>,
+    /// The run the call belongs to: its channel, cancellation, log sink, LLM service.
     env: Env,
 }
 
@@ -910,7 +903,7 @@ impl crate::ops::Host for OpHost {
     fn emit(&self, kind: u8, content: &str, json: bool) -> bool {
         let Some(kind) = ChunkKind::from_u8(kind) else {
             // A kind from a newer SDK: drop it, keep the op running.
-            return !self.cancel.is_cancelled();
+            return !self.env.cancel.is_cancelled();
         };
         let chunk = Chunk {
             kind,
@@ -930,17 +923,17 @@ impl crate::ops::Host for OpHost {
                     .push_str(&chunk.text);
             }
             if !collect.forward {
-                return !self.cancel.is_cancelled();
+                return !self.env.cancel.is_cancelled();
             }
         }
-        match self.tx.try_push(chunk, &self.cancel) {
+        match self.env.tx.try_push(chunk, &self.env.cancel) {
             Ok(open) => open,
-            Err(chunk) => self.wait(|| self.tx.push(chunk, &self.cancel)),
+            Err(chunk) => self.wait(|| self.env.tx.push(chunk, &self.env.cancel)),
         }
     }
 
     fn is_cancelled(&self) -> bool {
-        self.cancel.is_cancelled()
+        self.env.cancel.is_cancelled()
     }
 
     fn sleep(&self, millis: u64) -> bool {
@@ -948,7 +941,7 @@ impl crate::ops::Host for OpHost {
         self.wait(|| {
             self.runtime.block_on(async {
                 tokio::select! {
-                    _ = self.cancel.cancelled() => false,
+                    _ = self.env.cancel.cancelled() => false,
                     _ = tokio::time::sleep(duration) => true,
                 }
             })
@@ -969,7 +962,7 @@ impl crate::ops::Host for OpHost {
             op_sdk::Level::Info => tracing::info!(op, "{message}"),
             op_sdk::Level::Debug => tracing::debug!(op, "{message}"),
         }
-        if let Some(logs) = &self.logs {
+        if let Some(logs) = &self.env.logs {
             logs.send(LogLine {
                 level,
                 op,
@@ -983,17 +976,18 @@ impl crate::ops::Host for OpHost {
         request: &str,
         on_chunk: &mut dyn FnMut(u8, &str, bool) -> bool,
     ) -> Result<String, String> {
-        let Some(llm) = &self.llm else {
+        let Some(llm) = &self.env.llm else {
             return Err("this host was started without an LLM service".to_string());
         };
         let request: Value = serde_json::from_str(request)
             .map_err(|err| format!("the chat request is not valid JSON: {err}"))?;
         // The op thread waits here while the host's runtime drives the HTTP stream.
         self.wait(|| {
-            self.runtime
-                .block_on(llm.chat_stream(&request, &self.cancel, |kind, text, json| {
-                    on_chunk(kind as u8, text, json)
-                }))
+            self.runtime.block_on(llm.chat_stream(
+                &request,
+                &self.env.cancel,
+                |kind, text, json| on_chunk(kind as u8, text, json),
+            ))
         })
         .map(|value| value.to_string())
         .map_err(|err| err.to_string())

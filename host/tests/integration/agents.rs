@@ -70,9 +70,30 @@ impl Scripted {
         Scripted { url, bodies }
     }
 
+    /// `flowhost serve` on `flows` with this upstream as its default LLM.
+    fn host(&self, flows: &std::path::Path) -> Server {
+        Server::start_with_env(
+            flows,
+            &[],
+            &[("FLOW_LLM_BASE_URL", &self.url), ("FLOW_LLM_API_KEY", "k")],
+        )
+    }
+
     fn bodies(&self) -> Vec<Value> {
         self.bodies.lock().expect("lock").clone()
     }
+}
+
+async fn post_json(client: &reqwest::Client, server: &Server, path: &str, body: Value) -> Value {
+    client
+        .post(server.url(path))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST")
+        .json()
+        .await
+        .expect("a JSON answer")
 }
 
 fn tool_call(index: u64, id: &str, name: &str, arguments: &str) -> Value {
@@ -183,14 +204,7 @@ async fn the_agent_loop_over_sse_json_openai_and_mcp() {
 
     // SSE: tool-call chunks, tool results, then the answer, then [DONE].
     let upstream = Scripted::start(two_tools_then_answer()).await;
-    let server = Server::start_with_env(
-        flows.path(),
-        &[],
-        &[
-            ("FLOW_LLM_BASE_URL", &upstream.url),
-            ("FLOW_LLM_API_KEY", "k"),
-        ],
-    );
+    let server = upstream.host(flows.path());
     let body = client
         .post(server.url("/agent_stream"))
         .json(&json!({"query": "use the tools"}))
@@ -238,23 +252,14 @@ async fn the_agent_loop_over_sse_json_openai_and_mcp() {
 
     // JSON, the multi-line form of the same agent.
     let upstream = Scripted::start(two_tools_then_answer()).await;
-    let server = Server::start_with_env(
-        flows.path(),
-        &[],
-        &[
-            ("FLOW_LLM_BASE_URL", &upstream.url),
-            ("FLOW_LLM_API_KEY", "k"),
-        ],
-    );
-    let reply: Value = client
-        .post(server.url("/agent_json"))
-        .json(&json!({"query": "use the tools"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let server = upstream.host(flows.path());
+    let reply = post_json(
+        &client,
+        &server,
+        "/agent_json",
+        json!({"query": "use the tools"}),
+    )
+    .await;
     assert_eq!(reply["success"], true, "{reply}");
     assert_eq!(reply["answer"], "Echo said ping; count said xxx.");
     check_the_loop(&upstream.bodies());
@@ -262,23 +267,14 @@ async fn the_agent_loop_over_sse_json_openai_and_mcp() {
 
     // The OpenAI route.
     let upstream = Scripted::start(two_tools_then_answer()).await;
-    let server = Server::start_with_env(
-        flows.path(),
-        &[],
-        &[
-            ("FLOW_LLM_BASE_URL", &upstream.url),
-            ("FLOW_LLM_API_KEY", "k"),
-        ],
-    );
-    let reply: Value = client
-        .post(server.url("/v1/chat/completions"))
-        .json(&json!({"model": "agent_json", "messages": [{"role": "user", "content": "use the tools"}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let server = upstream.host(flows.path());
+    let reply = post_json(
+        &client,
+        &server,
+        "/v1/chat/completions",
+        json!({"model": "agent_json", "messages": [{"role": "user", "content": "use the tools"}]}),
+    )
+    .await;
     assert_eq!(
         reply["choices"][0]["message"]["content"], "Echo said ping; count said xxx.",
         "{reply}"
@@ -332,23 +328,14 @@ async fn a_failing_tool_is_a_result_the_model_reads_and_max_steps_ends_the_loop(
         vec![json!({"content": "The tool failed."})],
     ])
     .await;
-    let server = Server::start_with_env(
-        flows.path(),
-        &[],
-        &[
-            ("FLOW_LLM_BASE_URL", &upstream.url),
-            ("FLOW_LLM_API_KEY", "k"),
-        ],
-    );
-    let reply: Value = client
-        .post(server.url("/agent_broken_tool"))
-        .json(&json!({"query": "try"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let server = upstream.host(flows.path());
+    let reply = post_json(
+        &client,
+        &server,
+        "/agent_broken_tool",
+        json!({"query": "try"}),
+    )
+    .await;
     assert_eq!(reply["answer"], "The tool failed.", "{reply}");
     let fed_back = &upstream.bodies()[1]["messages"][2];
     assert_eq!(fed_back["role"], "tool");
@@ -369,23 +356,8 @@ async fn a_failing_tool_is_a_result_the_model_reads_and_max_steps_ends_the_loop(
         "{\"query\": \"x\"}",
     )]])
     .await;
-    let server = Server::start_with_env(
-        flows.path(),
-        &[],
-        &[
-            ("FLOW_LLM_BASE_URL", &upstream.url),
-            ("FLOW_LLM_API_KEY", "k"),
-        ],
-    );
-    let reply: Value = client
-        .post(server.url("/agent_short"))
-        .json(&json!({"query": "loop"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let server = upstream.host(flows.path());
+    let reply = post_json(&client, &server, "/agent_short", json!({"query": "loop"})).await;
     assert_eq!(reply["success"], true, "{reply}");
     assert!(
         reply["answer"].as_str().unwrap().contains("max_steps=2"),
@@ -405,23 +377,14 @@ async fn a_flow_is_a_tool_through_flow_op() {
         vec![json!({"content": "Found: rust"})],
     ])
     .await;
-    let server = Server::start_with_env(
-        flows.path(),
-        &[],
-        &[
-            ("FLOW_LLM_BASE_URL", &upstream.url),
-            ("FLOW_LLM_API_KEY", "k"),
-        ],
-    );
-    let reply: Value = client
-        .post(server.url("/agent_with_flow"))
-        .json(&json!({"query": "look it up"}))
-        .send()
-        .await
-        .expect("POST")
-        .json()
-        .await
-        .expect("JSON");
+    let server = upstream.host(flows.path());
+    let reply = post_json(
+        &client,
+        &server,
+        "/agent_with_flow",
+        json!({"query": "look it up"}),
+    )
+    .await;
     assert_eq!(reply["answer"], "Found: rust", "{reply}");
     let bodies = upstream.bodies();
     let tool = &bodies[0]["tools"][0]["function"];

@@ -544,6 +544,19 @@ impl Spec {
         }
     }
 
+    /// An error at a place in `flow_content`: `flow `name`: message`, then the source line
+    /// with a caret.
+    fn at_expr(&self, pos: expr::Pos, message: String) -> Diagnostic {
+        self.diagnostic(
+            self.file_pos(pos),
+            format!(
+                "flow `{}`: {message}\n{}",
+                self.name,
+                expr::caret(&self.flow_content, pos)
+            ),
+        )
+    }
+
     fn diagnostic(&self, (line, col): (usize, usize), message: String) -> Diagnostic {
         Diagnostic {
             file: self.file.clone(),
@@ -560,17 +573,8 @@ impl Spec {
 /// (suggesting the closest known one), checks every call's arguments with the op itself, and
 /// builds the input validator.
 pub fn compile(spec: Arc<Spec>, registry: &Registry) -> Result<Flow, Diagnostic> {
-    let expr = expr::parse(&spec.flow_content).map_err(|err| {
-        spec.diagnostic(
-            spec.file_pos(err.pos),
-            format!(
-                "flow `{}`: flow_content: {}\n{}",
-                spec.name,
-                err.message,
-                expr::caret(&spec.flow_content, err.pos)
-            ),
-        )
-    })?;
+    let expr = expr::parse(&spec.flow_content)
+        .map_err(|err| spec.at_expr(err.pos, format!("flow_content: {}", err.message)))?;
     let root = bind(&spec, &expr, registry)?;
     let validator = jsonschema::validator_for(&spec.input_schema).map_err(|err| {
         spec.diagnostic(
@@ -609,16 +613,7 @@ fn bind(spec: &Spec, expr: &Expr, registry: &Registry) -> Result<Node, Diagnosti
 pub const FLOW_OP: &str = "FlowOp";
 
 fn bind_flow_op(spec: &Spec, call: &expr::Call) -> Result<FlowRef, Diagnostic> {
-    let error = |message: String| {
-        spec.diagnostic(
-            spec.file_pos(call.pos),
-            format!(
-                "flow `{}`: {message}\n{}",
-                spec.name,
-                expr::caret(&spec.flow_content, call.pos)
-            ),
-        )
-    };
+    let error = |message: String| spec.at_expr(call.pos, message);
     let mut names = call.args.keys().filter(|k| k.as_str() != "flow");
     if let Some(other) = names.next() {
         return Err(error(format!(
@@ -645,16 +640,7 @@ fn bind_flow_op(spec: &Spec, call: &expr::Call) -> Result<FlowRef, Diagnostic> {
 }
 
 fn bind_call(spec: &Spec, call: &expr::Call, registry: &Registry) -> Result<Step, Diagnostic> {
-    let error = |message: String| {
-        spec.diagnostic(
-            spec.file_pos(call.pos),
-            format!(
-                "flow `{}`: {message}\n{}",
-                spec.name,
-                expr::caret(&spec.flow_content, call.pos)
-            ),
-        )
-    };
+    let error = |message: String| spec.at_expr(call.pos, message);
     let Some(op) = registry.get(&call.name) else {
         let hint = match registry.suggest(&call.name) {
             Some(known) => format!("; did you mean `{known}`?"),
@@ -693,15 +679,11 @@ fn bind_call(spec: &Spec, call: &expr::Call, registry: &Registry) -> Result<Step
         };
         let name = sub.name.clone().unwrap_or(tool.name);
         if subs.iter().any(|s| s.name == name) {
-            return Err(spec.diagnostic(
-                spec.file_pos(sub.call.pos),
+            return Err(spec.at_expr(
+                sub.call.pos,
                 format!(
-                    "flow `{}`: two sub-ops of {} are named `{name}`: name them (`{} << {{\"{name}_2\": {}()}}`)\n{}",
-                    spec.name,
-                    call.name,
-                    call.name,
-                    sub.call.name,
-                    expr::caret(&spec.flow_content, sub.call.pos)
+                    "two sub-ops of {} are named `{name}`: name them (`{} << {{\"{name}_2\": {}()}}`)",
+                    call.name, call.name, sub.call.name,
                 ),
             ));
         }

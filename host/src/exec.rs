@@ -33,6 +33,39 @@ pub struct Options {
     pub isolation: Arc<IsolationPolicy>,
     /// The live flows by name, for `FlowOp` (the catalog's current snapshot).
     pub flows: Option<FlowLookup>,
+    /// The client that can be asked things for the ops (`ctx.sample`, `ctx.elicit`): an MCP
+    /// client; none over HTTP.
+    pub client: Option<Client>,
+}
+
+/// A client ops may ask through the host (op-sdk 0.1.3 `ctx.sample` / `ctx.elicit`).
+pub trait Asker: Send + Sync {
+    /// `service` is `sample` (MCP `CreateMessageRequest` params in, `CreateMessageResult`
+    /// out) or `elicit` (`ElicitRequest` params in, `ElicitResult` out).
+    fn ask(&self, service: &'static str, request: Value) -> AskFuture;
+}
+
+pub type AskFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, AskError>> + Send>>;
+
+/// A shared [`Asker`].
+#[derive(Clone)]
+pub struct Client(pub Arc<dyn Asker>);
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Client")
+    }
+}
+
+/// Why the client was not asked, or what it answered instead of a result.
+#[derive(Debug)]
+pub enum AskError {
+    /// The client cannot be asked this (no capability, or its protocol has no way): `sample`
+    /// falls back to the LLM service.
+    Unsupported(String),
+    /// It was asked and refused or failed.
+    Failed(String),
 }
 
 /// Finds a live flow by name (`FlowOp`); given by whoever owns the catalog.
@@ -118,6 +151,7 @@ impl Default for Options {
             admission: crate::admission::Global::default(),
             isolation: Arc::default(),
             flows: None,
+            client: None,
         }
     }
 }
@@ -235,6 +269,7 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
     let logs = options.logs.clone();
     let llm = options.llm.clone();
     let flows = options.flows.clone();
+    let client = options.client.clone();
     let isolation = Placement {
         policy: options.isolation.clone(),
         flow: flow.spec.isolation,
@@ -255,6 +290,7 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
                 failed,
                 collect: None,
                 flows,
+                client,
                 depth: 0,
             };
             let result = run_node(&flow.root, context, &env).await;
@@ -472,6 +508,7 @@ struct Env {
     /// only when the parent asked to forward them.
     collect: Option<Collect>,
     flows: Option<FlowLookup>,
+    client: Option<Client>,
     /// `FlowOp`s this node runs inside.
     depth: u32,
 }
@@ -1028,6 +1065,34 @@ impl crate::ops::Host for OpHost {
         Value::Array(list).to_string()
     }
 
+    fn call(&self, service: &str, request: &str) -> Result<String, String> {
+        let service: &'static str = match service {
+            "sample" => "sample",
+            "elicit" => "elicit",
+            other => {
+                return Err(format!(
+                    "no host service `{other}` (this flowhost offers sample and elicit)"
+                ))
+            }
+        };
+        let request: Value = serde_json::from_str(request)
+            .map_err(|err| format!("the {service} request is not valid JSON: {err}"))?;
+        let request = match service {
+            "sample" => sampling_request(&request)?,
+            _ => request,
+        };
+        let cancel = self.env.cancel.clone();
+        self.wait(|| {
+            self.runtime.block_on(async {
+                tokio::select! {
+                    result = self.ask(service, request) => result,
+                    _ = cancel.cancelled() => Err(format!("cancelled while waiting for {service}")),
+                }
+            })
+        })
+        .map(|value| value.to_string())
+    }
+
     fn call_sub_ops(&self, calls: &str, forward: bool) -> String {
         let Ok(Value::Array(calls)) = serde_json::from_str::<Value>(calls) else {
             return "the sub-op calls are not a JSON array of {name, arguments}".into();
@@ -1045,6 +1110,43 @@ impl crate::ops::Host for OpHost {
 }
 
 impl OpHost {
+    /// `ctx.sample` / `ctx.elicit`: the client when it can answer; `sample` falls back to the
+    /// LLM service.
+    async fn ask(&self, service: &'static str, request: Value) -> Result<Value, String> {
+        let unsupported = match &self.env.client {
+            Some(client) => match client.0.ask(service, request.clone()).await {
+                Ok(result) => return Ok(result),
+                Err(AskError::Failed(message)) => return Err(message),
+                Err(AskError::Unsupported(message)) => message,
+            },
+            None => "this run has no MCP client to ask (it came over HTTP)".to_string(),
+        };
+        if service != "sample" {
+            return Err(format!(
+                "cannot elicit: {unsupported}; elicitation needs an MCP client that shows the user a form (call this flow as an MCP tool from such a client)"
+            ));
+        }
+        let Some(llm) = &self.env.llm else {
+            return Err(format!(
+                "cannot sample: {unsupported}, and this host has no LLM service to fall back to (configure `llm:`)"
+            ));
+        };
+        let chat = sampling_to_chat(&request);
+        let reply = llm
+            .chat_stream(&chat, &self.env.cancel, |_, _, _| true)
+            .await
+            .map_err(|err| {
+                format!("cannot sample: {unsupported}; the LLM service failed: {err}")
+            })?;
+        Ok(serde_json::json!({
+            "role": "assistant",
+            "content": {"type": "text", "text": reply["answer"].as_str().unwrap_or_default()},
+            "model": chat["llm"].as_str().unwrap_or("default"),
+            "stopReason": "endTurn",
+            "_meta": {"flowhost": {"answered_by": "llm service", "usage": reply["usage"]}},
+        }))
+    }
+
     /// One sub-op call: `{name, arguments}` (arguments an object, or JSON text of one, as
     /// LLMs give them) → `{answer, writes}`.
     async fn call_sub_op(&self, call: &Value, forward: bool) -> Result<Value, String> {
@@ -1120,4 +1222,61 @@ mod tests {
         }
         assert_eq!(kept, ["0", "1", "2"]);
     }
+}
+
+/// `ctx.sample`'s `{messages, options}` as MCP `CreateMessageRequest` params: string contents
+/// become text blocks, `maxTokens` defaults to 1000.
+fn sampling_request(request: &Value) -> Result<Value, String> {
+    let Some(messages) = request["messages"].as_array() else {
+        return Err("sample needs `messages`: a list of {role, content}".into());
+    };
+    let messages: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let content = match &m["content"] {
+                Value::String(text) => serde_json::json!({"type": "text", "text": text}),
+                other => other.clone(),
+            };
+            serde_json::json!({"role": m["role"].as_str().unwrap_or("user"), "content": content})
+        })
+        .collect();
+    let mut params = match &request["options"] {
+        Value::Object(options) => options.clone(),
+        _ => Map::new(),
+    };
+    params.insert("messages".into(), Value::Array(messages));
+    params
+        .entry("maxTokens")
+        .or_insert_with(|| Value::from(1000));
+    Ok(Value::Object(params))
+}
+
+/// MCP sampling params as a chat request for the LLM service.
+fn sampling_to_chat(params: &Value) -> Value {
+    let mut messages = Vec::new();
+    if let Some(system) = params["systemPrompt"].as_str() {
+        messages.push(serde_json::json!({"role": "system", "content": system}));
+    }
+    for m in params["messages"].as_array().into_iter().flatten() {
+        let text = match &m["content"] {
+            Value::Array(blocks) => blocks
+                .iter()
+                .filter_map(|b| b["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            block => block["text"].as_str().unwrap_or_default().to_string(),
+        };
+        messages.push(serde_json::json!({"role": m["role"], "content": text}));
+    }
+    let mut chat = serde_json::json!({"messages": messages});
+    if let Some(max) = params.get("maxTokens") {
+        chat["max_tokens"] = max.clone();
+    }
+    if let Some(t) = params.get("temperature") {
+        chat["temperature"] = t.clone();
+    }
+    if let Some(stop) = params.get("stopSequences") {
+        chat["stop"] = stop.clone();
+    }
+    chat
 }

@@ -28,6 +28,14 @@ pub struct Spec {
     pub limits: Limits,
     /// `isolation:` in the YAML: where this flow's ops run (else the plugin's or the default).
     pub isolation: Option<Isolation>,
+    /// `output_schema:` the JSON Schema (an object schema) the flow's answer follows: MCP's
+    /// `outputSchema`, with the answer as `structuredContent`, checked against it.
+    pub output_schema: Option<Value>,
+    /// `icon:` MCP icons (`[{src, mimeType?, sizes?}]`) from a URL / data URI, a mapping, or a
+    /// list of either.
+    pub icons: Vec<Value>,
+    /// The flow's own YAML (its name and spec, as written in its file).
+    pub source: String,
     /// Where `flow_content`'s text starts, to map expression positions to file positions.
     content_origin: Origin,
 }
@@ -108,6 +116,8 @@ pub struct Flow {
     pub spec: Arc<Spec>,
     pub root: Node,
     pub validator: Arc<jsonschema::Validator>,
+    /// The `output_schema` check, when the flow declares one.
+    pub output_validator: Option<Arc<jsonschema::Validator>>,
 }
 
 impl Flow {
@@ -123,6 +133,43 @@ impl Flow {
             Value::Object(map) => Ok(map),
             _ => Ok(Map::new()),
         }
+    }
+
+    /// The structured output of an answer when the flow declares `output_schema`: the answer
+    /// as a JSON object (a string answer is parsed as JSON), checked against the schema.
+    /// `None` when the flow declares none.
+    pub fn structured_output(&self, answer: &Value) -> Option<Result<Value, String>> {
+        let validator = self.output_validator.as_ref()?;
+        let value = match answer {
+            Value::String(text) => match serde_json::from_str::<Value>(text.trim()) {
+                Ok(value) => value,
+                Err(err) => {
+                    return Some(Err(format!(
+                        "the flow declares output_schema but its answer is not JSON: {err}"
+                    )))
+                }
+            },
+            other => other.clone(),
+        };
+        let problems: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                if at.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{at}: {e}")
+                }
+            })
+            .collect();
+        Some(if problems.is_empty() {
+            Ok(value)
+        } else {
+            Err(format!(
+                "the answer does not match the flow's output_schema: {}",
+                problems.join("; ")
+            ))
+        })
     }
 
     fn validate(&self, input: &Value) -> Result<(), Vec<(String, String)>> {
@@ -207,6 +254,10 @@ struct RawSpec {
     limits: Option<RawLimits>,
     #[serde(default)]
     isolation: Option<Isolation>,
+    #[serde(default)]
+    output_schema: Option<Value>,
+    #[serde(default)]
+    icon: Option<Value>,
     /// FlowLLM's own flag; flows here are always run the same way.
     #[serde(default, rename = "use_async")]
     _use_async: Option<bool>,
@@ -319,6 +370,7 @@ fn parse_spec(
             format!("flow name `{name}` may only use letters, digits, `_` and `-` (it becomes a URL path and a tool name)"),
         ));
     }
+    let source = spec_source(text, line);
     let raw: RawSpec = serde_yaml::from_value(value).map_err(|err| {
         let message = with_suggestion(&err.to_string());
         let field_line = first_quoted(&message)
@@ -337,6 +389,30 @@ fn parse_spec(
                 format!("flow `{name}`: input_schema: {message}"),
             )
         })?,
+    };
+    let field_error = |field: &str, message: String| -> SpecError {
+        (
+            find_key_line(text, field, line).unwrap_or(line),
+            1,
+            format!("flow `{name}`: {field}: {message}"),
+        )
+    };
+    let output_schema = match raw.output_schema {
+        None => None,
+        Some(schema) => {
+            let schema = normalize_schema(schema).map_err(|m| field_error("output_schema", m))?;
+            if schema.get("type").is_some_and(|t| t != "object") {
+                return Err(field_error(
+                    "output_schema",
+                    "must describe an object (`type: object`): MCP's structuredContent is a JSON object".into(),
+                ));
+            }
+            Some(schema)
+        }
+    };
+    let icons = match raw.icon {
+        None => Vec::new(),
+        Some(icon) => parse_icons(icon).map_err(|m| field_error("icon", m))?,
     };
     let seconds = |field: &str, value: Option<f64>| -> Result<Option<Duration>, SpecError> {
         match value {
@@ -387,8 +463,68 @@ fn parse_spec(
         input_schema,
         limits,
         isolation: raw.isolation,
+        output_schema,
+        icons,
+        source,
         content_origin,
     })
+}
+
+/// `icon:` as MCP icons: a URL or data URI, `{src, mime_type|mimeType, sizes}`, or a list.
+fn parse_icons(icon: Value) -> Result<Vec<Value>, String> {
+    let one = |icon: Value| -> Result<Value, String> {
+        match icon {
+            Value::String(src) if !src.trim().is_empty() => Ok(json!({"src": src.trim()})),
+            Value::Object(map) => {
+                let src = map
+                    .get("src")
+                    .and_then(Value::as_str)
+                    .ok_or("an icon mapping needs `src` (a URL or data: URI)")?;
+                let mut out = json!({"src": src});
+                if let Some(mime) = map.get("mime_type").or_else(|| map.get("mimeType")) {
+                    out["mimeType"] = mime.clone();
+                }
+                match map.get("sizes") {
+                    Some(Value::String(size)) => out["sizes"] = json!([size]),
+                    Some(sizes @ Value::Array(_)) => out["sizes"] = sizes.clone(),
+                    _ => {}
+                }
+                if let Some(theme) = map.get("theme") {
+                    out["theme"] = theme.clone();
+                }
+                Ok(out)
+            }
+            other => Err(format!(
+                "must be a URL, a data: URI, {{src, mime_type, sizes}}, or a list of them; found {other}"
+            )),
+        }
+    };
+    match icon {
+        Value::Array(list) => list.into_iter().map(one).collect(),
+        icon => Ok(vec![one(icon)?]),
+    }
+}
+
+/// The lines of the flow whose key is on `line` (1-based): that line and every following
+/// line indented deeper than it (or blank), trailing blank lines dropped.
+fn spec_source(text: &str, line: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(first) = lines.get(line.saturating_sub(1)) else {
+        return String::new();
+    };
+    let indent = first.len() - first.trim_start().len();
+    let mut out = vec![*first];
+    for l in lines.iter().skip(line) {
+        let trimmed = l.trim_start();
+        if !trimmed.is_empty() && l.len() - trimmed.len() <= indent {
+            break;
+        }
+        out.push(l);
+    }
+    while out.last().is_some_and(|l| l.trim().is_empty()) {
+        out.pop();
+    }
+    out.join("\n") + "\n"
 }
 
 /// The longest timeout a flow or the configuration may set: a year. Longer is a typo, and
@@ -582,11 +718,23 @@ pub fn compile(spec: Arc<Spec>, registry: &Registry) -> Result<Flow, Diagnostic>
             format!("flow `{}`: input_schema: {err}", spec.name),
         )
     })?;
+    let output_validator = match &spec.output_schema {
+        None => None,
+        Some(schema) => Some(Arc::new(jsonschema::validator_for(schema).map_err(
+            |err| {
+                spec.diagnostic(
+                    (spec.line, 1),
+                    format!("flow `{}`: output_schema: {err}", spec.name),
+                )
+            },
+        )?)),
+    };
     Ok(Flow {
         name: crate::ops::intern(&spec.name),
         spec,
         root,
         validator: Arc::new(validator),
+        output_validator,
     })
 }
 

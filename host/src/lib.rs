@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod chunk;
 pub mod cli;
 pub mod config;
+pub mod content;
 pub mod dev;
 pub mod exec;
 pub mod expr;

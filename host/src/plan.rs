@@ -26,6 +26,25 @@ pub struct FlowRef {
 }
 
 impl Node {
+    /// The ops this node calls, in source order (sub-ops after their parent; `FlowOp(flow=x)`
+    /// for a flow).
+    pub fn op_names(&self, out: &mut Vec<String>) {
+        match self {
+            Node::Call(step) => {
+                out.push(step.op.name.to_string());
+                for sub in step.subs.iter() {
+                    sub.node.op_names(out);
+                }
+            }
+            Node::Seq(items) | Node::Par(items) => {
+                for item in items {
+                    item.op_names(out);
+                }
+            }
+            Node::Flow(flow) => out.push(format!("FlowOp(flow={})", flow.name)),
+        }
+    }
+
     /// Every flow this node runs through `FlowOp`, sub-ops included.
     pub fn flow_refs<'a>(&'a self, out: &mut Vec<&'a FlowRef>) {
         match self {

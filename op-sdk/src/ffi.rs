@@ -75,6 +75,9 @@ pub trait HostServices {
     /// op-sdk 0.1.2: calls sub-ops side by side (JSON array of `{name, arguments}` in; JSON
     /// array of `{"ok": {answer, writes}}` / `{"error": message}` out).
     fn call_sub_ops(&self, calls: RStr<'_>, forward: bool) -> RString;
+    /// op-sdk 0.1.3: any other host service, by name, JSON in and out (`sample`, `elicit`).
+    /// New services are new names here, not new methods: the ABI does not move for them.
+    fn call(&self, service: RStr<'_>, request: RStr<'_>) -> RResult<RString, RString>;
 }
 
 /// The host services as the plugin receives them: borrowed for one call.
@@ -126,6 +129,11 @@ pub struct OpLib {
     /// input_schema}`). Absent in plugins built before.
     #[sabi(missing_field(option))]
     pub tools: extern "C" fn() -> RString,
+    /// op-sdk 0.1.3: the plugin's resources, templates and prompts (JSON request in, JSON out:
+    /// `{"method": "list" | "read" | "prompt", ...}`, see `content.rs`). Absent in plugins built
+    /// before; new requests are new methods here, not new fields.
+    #[sabi(missing_field(option))]
+    pub content: extern "C" fn(request: RStr<'_>) -> RResult<RString, RString>,
 }
 
 impl RootModule for OpLib_Ref {
@@ -237,6 +245,75 @@ pub mod v1 {
     }
 }
 
+/// The root module and services of op-sdk 0.1.2 plugins (sub-ops and tool descriptions; no
+/// content, no `call` service).
+pub mod v2 {
+    #![allow(non_camel_case_types, non_local_definitions)]
+    use abi_stable::{
+        library::RootModule,
+        package_version_strings, sabi_trait,
+        sabi_types::{RRef, VersionStrings},
+        std_types::{RResult, RStr, RString, RVec},
+        StableAbi,
+    };
+
+    use super::{ChunkSinkMut, HostRef, OpMeta};
+
+    /// `HostServices` as op-sdk 0.1.2 had it.
+    #[sabi_trait]
+    pub trait HostServices {
+        #[sabi(last_prefix_field)]
+        fn chat_stream(
+            &self,
+            request: RStr<'_>,
+            on_chunk: ChunkSinkMut<'_>,
+        ) -> RResult<RString, RString>;
+        fn sub_ops(&self) -> RString;
+        fn call_sub_ops(&self, calls: RStr<'_>, forward: bool) -> RString;
+    }
+
+    pub type ServicesRef<'a> = HostServices_TO<'a, RRef<'a, ()>>;
+
+    /// The root module of op-sdk 0.1.2 plugins.
+    #[repr(C)]
+    #[derive(StableAbi)]
+    #[sabi(kind(Prefix(prefix_ref = OpLib_Ref)))]
+    #[sabi(missing_field(panic))]
+    pub struct OpLib {
+        pub plugin_name: RStr<'static>,
+        pub plugin_version: RStr<'static>,
+        pub ops: extern "C" fn() -> RVec<OpMeta>,
+        pub check: extern "C" fn(op: RStr<'_>, args: RStr<'_>) -> RResult<(), RString>,
+        #[sabi(last_prefix_field)]
+        pub run: extern "C" fn(
+            op: RStr<'_>,
+            args: RStr<'_>,
+            context: RStr<'_>,
+            host: HostRef<'_>,
+        ) -> RResult<RString, RString>,
+        #[sabi(missing_field(option))]
+        pub run_with_services: extern "C" fn(
+            op: RStr<'_>,
+            args: RStr<'_>,
+            context: RStr<'_>,
+            host: HostRef<'_>,
+            services: ServicesRef<'_>,
+        ) -> RResult<RString, RString>,
+        #[sabi(missing_field(option))]
+        pub tools: extern "C" fn() -> RString,
+    }
+
+    impl RootModule for OpLib_Ref {
+        abi_stable::declare_root_module_statics! {OpLib_Ref}
+        const BASE_NAME: &'static str = "op_plugin";
+        const NAME: &'static str = "op-sdk";
+        const VERSION_STRINGS: VersionStrings = package_version_strings!();
+    }
+}
+
+pub use crate::content::serve as serve_content;
+pub use serde_json::Value as JsonValue;
+
 /// The op-sdk version this crate is (what plugins are "built against").
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -245,6 +322,10 @@ pub trait Plugin: 'static {
     const NAME: &'static str;
     const VERSION: &'static str;
     const OPS: &'static [OpEntry];
+    /// Answers the host's content requests (resources, templates, prompts: `content.rs`).
+    fn content(request: &Value) -> Result<Value, String> {
+        serve_content::<crate::NoContent>(request)
+    }
 }
 
 /// One op type, erased to function pointers.
@@ -289,8 +370,18 @@ pub fn root_module<P: Plugin>() -> OpLib_Ref {
         run: run_ffi::<P>,
         run_with_services: run_with_services_ffi::<P>,
         tools: tools_ffi::<P>,
+        content: content_ffi::<P>,
     }
     .leak_into_prefix()
+}
+
+extern "C" fn content_ffi<P: Plugin>(request: RStr<'_>) -> RResult<RString, RString> {
+    guarded(|| {
+        let request: Value = serde_json::from_str(request.as_str())
+            .map_err(|err| format!("the content request is not valid JSON: {err}"))?;
+        P::content(&request).map(|value| RString::from(value.to_string()))
+    })
+    .into()
 }
 
 extern "C" fn tools_ffi<P: Plugin>() -> RString {
@@ -499,6 +590,19 @@ impl Host for Bridge<'_, '_, '_> {
                 "this flowhost cannot call sub-ops (it predates op-sdk 0.1.1); upgrade flowhost"
                     .into()
             }
+        }
+    }
+
+    fn call(&self, service: &str, request: &str) -> Result<String, String> {
+        match self.services {
+            Some(services) => services
+                .call(service.into(), request.into())
+                .into_result()
+                .map(RString::into_string)
+                .map_err(RString::into_string),
+            None => Err(format!(
+                "this flowhost has no `{service}` service (it predates op-sdk 0.1.3); upgrade flowhost"
+            )),
         }
     }
 }

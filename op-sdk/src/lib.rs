@@ -54,9 +54,15 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+mod content;
 #[doc(hidden)]
 pub mod ffi;
 pub mod testing;
+
+pub use content::{
+    Body, Content, NoContent, Prompt, PromptArgument, PromptMessage, Resource, ResourceContents,
+    ResourceTemplate,
+};
 
 /// The kinds of chunk an op can stream (FlowLLM 0.2 names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -217,6 +223,30 @@ impl SubOp {
     }
 }
 
+/// What the client's model answered to [`Context::sample`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sampled {
+    /// The text of the answer (empty when the model answered with something else).
+    pub text: String,
+    /// The model that answered, as the client or LLM service names it.
+    pub model: String,
+    /// `endTurn`, `maxTokens`, `stopSequence`, ... (empty when not reported).
+    pub stop_reason: String,
+    /// The whole result as received (MCP `CreateMessageResult` shape).
+    pub raw: Value,
+}
+
+/// What the user answered to [`Context::elicit`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Elicited {
+    /// The user submitted the form: the values, checked against the schema by the client.
+    Accept(Map<String, Value>),
+    /// The user said no.
+    Decline,
+    /// The user dismissed the request without choosing.
+    Cancel,
+}
+
 /// What a sub-op call gave back.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SubOpResult {
@@ -309,6 +339,11 @@ pub trait Host {
     fn call_sub_ops(&self, calls: &str, forward: bool) -> String {
         let _ = (calls, forward);
         "this host cannot call sub-ops (it predates op-sdk 0.1.2); upgrade flowhost".into()
+    }
+    /// op-sdk 0.1.3: a named host service (`sample`, `elicit`), JSON in and out.
+    fn call(&self, service: &str, request: &str) -> Result<String, String> {
+        let _ = request;
+        Err(format!("this host has no `{service}` service"))
     }
 }
 
@@ -496,6 +531,61 @@ impl<'a> Context<'a> {
         out
     }
 
+    /// Asks the client's model (op-sdk 0.1.3). `messages` are MCP sampling messages
+    /// (`[{"role": "user", "content": {"type": "text", "text": "..."}}]`; a plain string
+    /// content is accepted too); `options` may hold `maxTokens` (default 1000), `systemPrompt`,
+    /// `temperature`, `stopSequences`, `modelPreferences`, `includeContext`.
+    ///
+    /// Over MCP this is a `sampling/createMessage` request to the client (2025 revisions) or
+    /// an input request in the tool result (2026-07-28); over HTTP, and when the client cannot
+    /// sample, the host's LLM service answers. An error says why neither could.
+    pub fn sample(&self, messages: &Value, options: &Value) -> Result<Sampled, Error> {
+        let request = serde_json::json!({"messages": messages, "options": options});
+        let reply = self
+            .host
+            .call("sample", &request.to_string())
+            .map_err(Error)?;
+        let raw: Value = serde_json::from_str(&reply)?;
+        let text = match &raw["content"] {
+            Value::Array(blocks) => blocks
+                .iter()
+                .filter_map(|b| b["text"].as_str())
+                .collect::<Vec<_>>()
+                .join(""),
+            block => block["text"].as_str().unwrap_or_default().to_string(),
+        };
+        Ok(Sampled {
+            text,
+            model: raw["model"].as_str().unwrap_or_default().to_string(),
+            stop_reason: raw["stopReason"].as_str().unwrap_or_default().to_string(),
+            raw,
+        })
+    }
+
+    /// Asks the user through the client (op-sdk 0.1.3): `message` is shown with a form built
+    /// from `schema` (a flat JSON Schema object of string, number, boolean and enum fields).
+    ///
+    /// Only an MCP client can answer; over HTTP, or when the client did not declare the
+    /// elicitation capability, this is an error that says so.
+    pub fn elicit(&self, message: &str, schema: &Value) -> Result<Elicited, Error> {
+        let request = serde_json::json!({"message": message, "requestedSchema": schema});
+        let reply = self
+            .host
+            .call("elicit", &request.to_string())
+            .map_err(Error)?;
+        let reply: Value = serde_json::from_str(&reply)?;
+        match reply["action"].as_str() {
+            Some("accept") => Ok(Elicited::Accept(
+                reply["content"].as_object().cloned().unwrap_or_default(),
+            )),
+            Some("decline") => Ok(Elicited::Decline),
+            Some("cancel") => Ok(Elicited::Cancel),
+            other => Err(Error(format!(
+                "the client answered the elicitation with action {other:?}"
+            ))),
+        }
+    }
+
     /// Passes an LLM chunk on to the flow's consumer. Same return value as [`Context::emit`].
     pub fn forward(&self, delta: Delta<'_>) -> bool {
         self.host.emit(delta.kind as u8, delta.text, delta.json)
@@ -513,10 +603,17 @@ impl<'a> Context<'a> {
 }
 
 /// Exports a plugin's ops: `op_sdk::export_plugin!(EchoOp, CountOp);` once, in the crate root.
-/// The plugin's name and version are the crate's.
+/// The plugin's name and version are the crate's. A plugin that also offers resources and
+/// prompts names its [`Content`] type last: `op_sdk::export_plugin!(EchoOp; content = Docs);`.
 #[macro_export]
 macro_rules! export_plugin {
+    ($($op:ty),+ ; content = $content:ty $(,)?) => {
+        $crate::export_plugin!(@export [$($op),+] $content);
+    };
     ($($op:ty),+ $(,)?) => {
+        $crate::export_plugin!(@export [$($op),+] $crate::NoContent);
+    };
+    (@export [$($op:ty),+] $content:ty) => {
         #[doc(hidden)]
         pub struct __OpSdkPlugin;
 
@@ -524,6 +621,9 @@ macro_rules! export_plugin {
             const NAME: &'static str = env!("CARGO_PKG_NAME");
             const VERSION: &'static str = env!("CARGO_PKG_VERSION");
             const OPS: &'static [$crate::ffi::OpEntry] = &[$($crate::ffi::OpEntry::of::<$op>()),+];
+            fn content(request: &$crate::ffi::JsonValue) -> Result<$crate::ffi::JsonValue, String> {
+                $crate::ffi::serve_content::<$content>(request)
+            }
         }
 
         // The symbol abi_stable's loader looks up (`abi_stable::library::ROOT_MODULE_LOADER_NAME`);

@@ -207,6 +207,11 @@ pub trait Host: Send + Sync {
         let _ = (calls, forward);
         "sub-ops cannot be called here".into()
     }
+    /// A named service (op-sdk 0.1.3: `sample`, `elicit`), JSON in and out.
+    fn call(&self, service: &str, request: &str) -> Result<String, String> {
+        let _ = request;
+        Err(format!("the `{service}` service is not available here"))
+    }
 }
 
 /// The plugin folders and what was loaded from each file. Owned by whoever reloads plugins.

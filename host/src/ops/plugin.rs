@@ -11,7 +11,7 @@ use abi_stable::std_types::RStr;
 use abi_stable::std_types::{RResult, RString};
 use abi_stable::type_level::downcasting::TD_Opaque;
 use op_sdk::ffi::{
-    v0, v1, ChunkSinkMut, HostCtx, HostCtx_TO, HostServices, HostServices_TO, OpLib_Ref, OpMeta,
+    v0, v1, v2, ChunkSinkMut, HostCtx, HostCtx_TO, HostServices, HostServices_TO, OpLib_Ref, OpMeta,
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -30,6 +30,9 @@ pub struct Library {
     pub speeds: Vec<Arc<super::Speed>>,
     /// Tool descriptions the ops declare, by op name (op-sdk 0.1.2).
     pub tools: std::collections::HashMap<String, serde_json::Value>,
+    /// What the plugin offers besides ops (op-sdk 0.1.3): `{resources, templates, prompts}`,
+    /// each a JSON array (empty for older plugins).
+    pub content: serde_json::Value,
     module: Module,
 }
 
@@ -41,6 +44,8 @@ enum Module {
     V0(v0::OpLib_Ref),
     /// Built against op-sdk 0.1.1: the LLM service, no sub-ops or tool descriptions.
     V1(v1::OpLib_Ref),
+    /// Built against op-sdk 0.1.2: sub-ops and tools, no content or named services.
+    V2(v2::OpLib_Ref),
 }
 
 impl std::fmt::Debug for Library {
@@ -112,18 +117,44 @@ pub fn load(path: &Path, bytes: &[u8]) -> Result<Library, LoadError> {
         Module::Current(m) => ((m.ops())(), m.plugin_name(), m.plugin_version()),
         Module::V0(m) => ((m.ops())(), m.plugin_name(), m.plugin_version()),
         Module::V1(m) => ((m.ops())(), m.plugin_name(), m.plugin_version()),
+        Module::V2(m) => ((m.ops())(), m.plugin_name(), m.plugin_version()),
     };
     let tools = match module {
-        Module::Current(m) => m
-            .tools()
-            .and_then(|tools| {
-                let text = catch_unwind(|| tools().into_string()).ok()?;
-                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text).ok()
-            })
-            .map(|map| map.into_iter().collect())
-            .unwrap_or_default(),
-        Module::V0(_) | Module::V1(_) => std::collections::HashMap::new(),
+        Module::Current(m) => m.tools(),
+        Module::V2(m) => m.tools(),
+        Module::V0(_) | Module::V1(_) => None,
     };
+    let tools = tools
+        .and_then(|tools| {
+            let text = catch_unwind(|| tools().into_string()).ok()?;
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text).ok()
+        })
+        .map(|map| map.into_iter().collect())
+        .unwrap_or_default();
+    let mut content = serde_json::json!({"resources": [], "templates": [], "prompts": []});
+    if let Module::Current(m) = module {
+        if let Some(serve) = m.content() {
+            match content_call(serve, &serde_json::json!({"method": "list"})) {
+                Ok(serde_json::Value::Object(listed)) => {
+                    for key in ["resources", "templates", "prompts"] {
+                        if let Some(list @ serde_json::Value::Array(_)) = listed.get(key) {
+                            content[key] = list.clone();
+                        }
+                    }
+                }
+                Ok(_) => {
+                    return Err(LoadError::Incompatible(
+                        "its content list is not a JSON object".into(),
+                    ))
+                }
+                Err(message) => {
+                    return Err(LoadError::Incompatible(format!(
+                        "listing its resources and prompts failed: {message}"
+                    )))
+                }
+            }
+        }
+    }
     Ok(Library {
         path: path.to_path_buf(),
         hash,
@@ -132,6 +163,7 @@ pub fn load(path: &Path, bytes: &[u8]) -> Result<Library, LoadError> {
         sdk_version,
         speeds: ops.iter().map(|_| Arc::default()).collect(),
         tools,
+        content,
         ops: ops.into_iter().collect(),
         module,
     })
@@ -172,6 +204,9 @@ fn load_shadow(shadow: &Path) -> Result<(Module, String), LoadError> {
     // frozen view of its time.
     let current = match current {
         Err(LibraryError::AbiInstability(_)) => {
+            if let Ok(module) = header.init_root_module::<v2::OpLib_Ref>() {
+                return Ok((Module::V2(module), found));
+            }
             if let Ok(module) = header.init_root_module::<v1::OpLib_Ref>() {
                 return Ok((Module::V1(module), found));
             }
@@ -218,6 +253,7 @@ impl Library {
             Module::Current(m) => m.check(),
             Module::V0(m) => m.check(),
             Module::V1(m) => m.check(),
+            Module::V2(m) => m.check(),
         };
         check(RStr::from_str(op), RStr::from_str(args_json))
             .into_result()
@@ -261,6 +297,16 @@ impl Library {
                 ),
                 None => (m.run())(op, args, context, ctx),
             },
+            Module::V2(m) => match m.run_with_services() {
+                Some(run) => run(
+                    op,
+                    args,
+                    context,
+                    ctx,
+                    v2::HostServices_TO::from_ptr(RRef::new(host), TD_Opaque),
+                ),
+                None => (m.run())(op, args, context, ctx),
+            },
             Module::V0(m) => (m.run())(op, args, context, ctx),
         };
         result
@@ -268,6 +314,37 @@ impl Library {
             .map(|s| s.into_string())
             .map_err(|e| e.into_string())
     }
+
+    /// A content request (`{"method": "read", "uri"}`, `{"method": "prompt", "name",
+    /// "arguments"}`) answered by the plugin; plugins built before op-sdk 0.1.3 have none.
+    pub fn content(&self, request: &serde_json::Value) -> Result<serde_json::Value, String> {
+        match self.module {
+            Module::Current(m) => match m.content() {
+                Some(serve) => content_call(serve, request),
+                None => Err("this plugin offers no resources or prompts".into()),
+            },
+            _ => Err(format!(
+                "this plugin was built against op-sdk {}, before resources and prompts (0.1.3)",
+                self.sdk_version
+            )),
+        }
+    }
+}
+
+type ContentFn = extern "C" fn(RStr<'_>) -> RResult<RString, RString>;
+
+fn content_call(
+    serve: ContentFn,
+    request: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let request = request.to_string();
+    // The plugin side catches its panics; this catches a host-side one in the conversion.
+    let reply = catch_unwind(AssertUnwindSafe(|| serve(RStr::from_str(&request))))
+        .map_err(|_| "the plugin panicked".to_string())?
+        .into_result()
+        .map_err(RString::into_string)?;
+    serde_json::from_str(reply.as_str())
+        .map_err(|err| format!("the plugin's answer is not valid JSON: {err}"))
 }
 
 /// A [`super::Host`] as the plugin sees it: the FFI traits, every call wrapped so a panic on the
@@ -293,6 +370,24 @@ impl HostCtx for FfiHost<'_> {
 
     fn log(&self, level: u8, message: RStr<'_>) {
         let _ = catch_unwind(AssertUnwindSafe(|| self.0.log(level, message.as_str())));
+    }
+}
+
+impl v2::HostServices for FfiHost<'_> {
+    fn chat_stream(
+        &self,
+        request: RStr<'_>,
+        on_chunk: ChunkSinkMut<'_>,
+    ) -> RResult<RString, RString> {
+        HostServices::chat_stream(self, request, on_chunk)
+    }
+
+    fn sub_ops(&self) -> RString {
+        HostServices::sub_ops(self)
+    }
+
+    fn call_sub_ops(&self, calls: RStr<'_>, forward: bool) -> RString {
+        HostServices::call_sub_ops(self, calls, forward)
     }
 }
 
@@ -337,6 +432,16 @@ impl HostServices for FfiHost<'_> {
         }))
         .unwrap_or_else(|_| "the host panicked while calling sub-ops".into())
         .into()
+    }
+
+    fn call(&self, service: RStr<'_>, request: RStr<'_>) -> RResult<RString, RString> {
+        match catch_unwind(AssertUnwindSafe(|| {
+            self.0.call(service.as_str(), request.as_str())
+        })) {
+            Ok(Ok(text)) => RResult::ROk(RString::from(text)),
+            Ok(Err(message)) => RResult::RErr(RString::from(message)),
+            Err(_) => RResult::RErr(RString::from("the host panicked in a service call")),
+        }
     }
 }
 

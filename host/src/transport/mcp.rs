@@ -8,8 +8,11 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode, ErrorData,
-    Implementation, JsonRpcMessage, ListToolsResult, NumberOrString, PaginatedRequestParams,
-    ProgressNotificationParam, ServerCapabilities, ServerConfig, SubscriptionFilter, Tool,
+    GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation, JsonRpcMessage,
+    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    NumberOrString, PaginatedRequestParams, ProgressNotificationParam, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, ServerCapabilities, ServerConfig,
+    SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
 };
 use rmcp::service::{
     NotificationContext, RequestContext, RxJsonRpcMessage, SubscriptionContext, TxJsonRpcMessage,
@@ -30,6 +33,9 @@ pub struct FlowTools {
     /// The lowest op log level the client asked for with `logging/setLevel` (a rank, see
     /// [`level_rank`]); none until it asks.
     log_level: Arc<std::sync::atomic::AtomicU8>,
+    /// Resource URIs this session subscribed to (`resources/subscribe`), with the fingerprint
+    /// of what they read as when last announced.
+    subscriptions: Arc<std::sync::Mutex<std::collections::BTreeMap<String, Option<String>>>>,
 }
 
 /// Op log lines held per call before more are dropped (and counted).
@@ -44,6 +50,7 @@ impl FlowTools {
             catalog,
             run_options,
             log_level: Arc::new(std::sync::atomic::AtomicU8::new(LOGS_OFF)),
+            subscriptions: Arc::default(),
         }
     }
 
@@ -76,7 +83,14 @@ impl FlowTools {
                     }
                     description.push_str("(streams: pass a progressToken to receive chunks as progress notifications)");
                 }
-                Tool::new(name.clone(), description, Arc::new(schema))
+                let mut tool = Tool::new(name.clone(), description, Arc::new(schema));
+                if let Some(Value::Object(output)) = &flow.spec.output_schema {
+                    tool.output_schema = Some(Arc::new(output.clone()));
+                }
+                if !flow.spec.icons.is_empty() {
+                    tool.icons = serde_json::from_value(Value::Array(flow.spec.icons.clone())).ok();
+                }
+                tool
             })
             .collect()
     }
@@ -133,9 +147,13 @@ impl FlowTools {
         let options = exec::Options {
             collect_answer: true,
             logs: (threshold != LOGS_OFF).then_some(log_tx),
+            client: Some(exec::Client(Arc::new(ClientAsker {
+                peer: context.peer.clone(),
+                version: context.protocol_version(),
+            }))),
             ..self.run_options.clone()
         };
-        let mut run = match exec::admit_and_start(flow, arguments, &options).await {
+        let mut run = match exec::admit_and_start(flow.clone(), arguments, &options).await {
             Ok(run) => run,
             // The model reads why and can try again later.
             Err(busy) => return Ok(failure(busy.message)),
@@ -211,6 +229,19 @@ impl FlowTools {
                 message: format!("{dropped} op log line(s) of this call were dropped: the ops logged faster than they could be sent"),
             };
             forward_log(&context.peer, line).await;
+        }
+        // A flow with `output_schema` answers with structured content that follows it.
+        if let (None, Some(structured)) = (&outcome.error, flow.structured_output(&outcome.answer))
+        {
+            return Ok(match structured {
+                Ok(value) => {
+                    let mut result =
+                        CallToolResult::success(vec![ContentBlock::text(value.to_string())]);
+                    result.structured_content = Some(value);
+                    result
+                }
+                Err(problem) => failure(format!("flow `{name}`: {problem}")),
+            });
         }
         let content = answer_content(&outcome.answer);
         let mut structured = json!({
@@ -307,6 +338,108 @@ mod logging {
 
 use logging::{forward_log, op_level_rank};
 
+/// Asks the MCP client of one `tools/call` on behalf of its ops (`ctx.sample`, `ctx.elicit`):
+/// `sampling/createMessage` and `elicitation/create` requests, for clients that declared the
+/// capability on a protocol that allows server-to-client requests.
+struct ClientAsker {
+    peer: rmcp::service::Peer<RoleServer>,
+    version: Option<rmcp::model::ProtocolVersion>,
+}
+
+impl exec::Asker for ClientAsker {
+    #[allow(deprecated)] // sampling: deprecated by SEP-2577, part of the 2025 revisions
+    fn ask(&self, service: &'static str, request: Value) -> exec::AskFuture {
+        use exec::AskError;
+        let peer = self.peer.clone();
+        let modern = self
+            .version
+            .as_ref()
+            .is_some_and(|v| v.as_str() >= rmcp::model::ProtocolVersion::V_2026_07_28.as_str());
+        Box::pin(async move {
+            if modern {
+                return Err(AskError::Unsupported(format!(
+                    "the client speaks MCP 2026-07-28, where servers cannot send it requests (flowhost does not yet return input-required results for {service})"
+                )));
+            }
+            let capabilities = peer.peer_info().map(|info| info.capabilities.clone());
+            match service {
+                "sample" => {
+                    if capabilities
+                        .as_ref()
+                        .and_then(|c| c.sampling.as_ref())
+                        .is_none()
+                    {
+                        return Err(AskError::Unsupported(
+                            "the MCP client did not declare the sampling capability".into(),
+                        ));
+                    }
+                    let params = serde_json::from_value(request).map_err(|err| {
+                        AskError::Failed(format!("not a valid MCP sampling request: {err}"))
+                    })?;
+                    let result = peer.create_message(params).await.map_err(|err| {
+                        AskError::Failed(format!("the MCP client's sampling failed: {err}"))
+                    })?;
+                    serde_json::to_value(result).map_err(|err| AskError::Failed(err.to_string()))
+                }
+                _ => {
+                    if peer.supported_elicitation_modes().is_empty() {
+                        return Err(AskError::Unsupported(
+                            "the MCP client did not declare the elicitation capability".into(),
+                        ));
+                    }
+                    let params = serde_json::from_value(request).map_err(|err| {
+                        AskError::Failed(format!(
+                            "not a valid MCP elicitation (a message and a flat object schema of string, number, boolean and enum fields): {err}"
+                        ))
+                    })?;
+                    let result = peer.create_elicitation(params).await.map_err(|err| {
+                        AskError::Failed(format!("the MCP client's elicitation failed: {err}"))
+                    })?;
+                    serde_json::to_value(result).map_err(|err| AskError::Failed(err.to_string()))
+                }
+            }
+        })
+    }
+}
+
+/// A content request failed: unknown names are "resource not found" / invalid params.
+fn content_error(error: crate::content::ContentError) -> ErrorData {
+    use crate::content::ContentError;
+    match error {
+        ContentError::NotFound(message) => ErrorData::resource_not_found(message, None),
+        ContentError::Invalid(message) => ErrorData::invalid_params(message, None),
+        ContentError::Failed(message) => ErrorData::internal_error(message, None),
+    }
+}
+
+/// Runs plugin content code (author code that may block) off the runtime's threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, crate::content::ContentError> + Send + 'static,
+) -> Result<T, ErrorData> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| ErrorData::internal_error(format!("the read failed: {err}"), None))?
+        .map_err(content_error)
+}
+
+/// What a session announces after a reload: which lists changed, and which subscribed
+/// resources read differently now.
+#[derive(Default)]
+struct Announced {
+    resources: String,
+    prompts: String,
+}
+
+impl Announced {
+    fn of(snapshot: &crate::catalog::Snapshot) -> Announced {
+        let listed = crate::content::list(snapshot);
+        Announced {
+            resources: format!("{}{}", listed["resources"], listed["templates"]),
+            prompts: listed["prompts"].to_string(),
+        }
+    }
+}
+
 fn failure(message: String) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message)])
 }
@@ -317,6 +450,12 @@ impl ServerHandler for FlowTools {
         ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_logging()
+                .enable_completions()
+                .enable_prompts()
+                .enable_prompts_list_changed()
+                .enable_resources()
+                .enable_resources_list_changed()
+                .enable_resources_subscribe()
                 .enable_tools()
                 .enable_tool_list_changed()
                 .build(),
@@ -325,7 +464,9 @@ impl ServerHandler for FlowTools {
         .with_instructions(
             "Each tool runs a flowhost flow. Stream flows send their chunks as progress \
              notifications when the call carries a progressToken; the result holds the answer \
-             as text and {answer, think, tool_calls, usage} as structured content.",
+             as text and {answer, think, tool_calls, usage} as structured content (a flow with \
+             an output schema answers with that structure). Resources: each flow as \
+             flow://{name}, and what plugins offer; prompts come from plugins.",
         )
     }
 
@@ -361,14 +502,141 @@ impl ServerHandler for FlowTools {
         Ok(())
     }
 
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let listed = crate::content::list(&self.catalog.snapshot());
+        serde_json::from_value(json!({"resources": listed["resources"]})).map_err(|err| {
+            ErrorData::internal_error(format!("a plugin listed a malformed resource: {err}"), None)
+        })
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let listed = crate::content::list(&self.catalog.snapshot());
+        serde_json::from_value(json!({"resourceTemplates": listed["templates"]})).map_err(|err| {
+            ErrorData::internal_error(format!("a plugin listed a malformed template: {err}"), None)
+        })
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let snapshot = self.catalog.snapshot();
+        let uri = request.uri.clone();
+        let contents = blocking(move || crate::content::read(&snapshot, &uri)).await?;
+        let result: ReadResourceResult = serde_json::from_value(json!({"contents": contents}))
+            .map_err(|err| {
+                ErrorData::internal_error(
+                    format!(
+                        "the plugin returned malformed contents for `{}`: {err}",
+                        request.uri
+                    ),
+                    None,
+                )
+            })?;
+        Ok(result.into())
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let fingerprint = crate::content::fingerprint(&self.catalog.snapshot(), &request.uri);
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(request.uri, fingerprint);
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&request.uri);
+        Ok(())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let listed = crate::content::list(&self.catalog.snapshot());
+        serde_json::from_value(json!({"prompts": listed["prompts"]})).map_err(|err| {
+            ErrorData::internal_error(format!("a plugin listed a malformed prompt: {err}"), None)
+        })
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let snapshot = self.catalog.snapshot();
+        let name = request.name.clone();
+        let arguments = request.arguments.clone().unwrap_or_default();
+        let result = blocking(move || crate::content::prompt(&snapshot, &name, &arguments)).await?;
+        let result: GetPromptResult = serde_json::from_value(result).map_err(|err| {
+            ErrorData::internal_error(
+                format!("prompt `{}` has malformed messages: {err}", request.name),
+                None,
+            )
+        })?;
+        Ok(result.into())
+    }
+
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         // Sessions of the initialize era hear about reloads on their own channel.
         let mut changes = self.catalog.subscribe();
         changes.mark_unchanged();
         let peer = context.peer.clone();
+        let catalog = self.catalog.clone();
+        let subscriptions = self.subscriptions.clone();
         tokio::spawn(async move {
+            let mut announced = Announced::of(&catalog.snapshot());
             while changes.changed().await.is_ok() {
-                if peer.notify_tool_list_changed().await.is_err() {
+                let snapshot = catalog.snapshot();
+                let now = Announced::of(&snapshot);
+                let mut sent = peer.notify_tool_list_changed().await;
+                if now.resources != announced.resources {
+                    sent = sent.and(peer.notify_resource_list_changed().await);
+                }
+                if now.prompts != announced.prompts {
+                    sent = sent.and(peer.notify_prompt_list_changed().await);
+                }
+                announced = now;
+                let updated: Vec<String> = {
+                    let mut subscribed = subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+                    subscribed
+                        .iter_mut()
+                        .filter_map(|(uri, last)| {
+                            let fingerprint = crate::content::fingerprint(&snapshot, uri);
+                            (fingerprint != *last).then(|| {
+                                *last = fingerprint;
+                                uri.clone()
+                            })
+                        })
+                        .collect()
+                };
+                for uri in updated {
+                    let param = rmcp::model::ResourceUpdatedNotificationParam::new(uri);
+                    sent = sent.and(peer.notify_resource_updated(param).await);
+                }
+                if sent.is_err() {
                     break;
                 }
             }
@@ -379,20 +647,54 @@ impl ServerHandler for FlowTools {
         &self,
         requested: &SubscriptionFilter,
     ) -> Option<SubscriptionFilter> {
-        let mut accepted = SubscriptionFilter::new();
-        accepted.tools_list_changed = requested.tools_list_changed;
-        Some(accepted)
+        Some(requested.clone())
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
         // 2026-07-28 clients subscribe with `subscriptions/listen` instead.
         let mut changes = self.catalog.subscribe();
         changes.mark_unchanged();
+        let accepted = context.accepted().clone();
+        let wants = |flag: Option<bool>| flag == Some(true);
+        let mut announced = Announced::of(&self.catalog.snapshot());
+        let mut fingerprints: Vec<(String, Option<String>)> = {
+            let snapshot = self.catalog.snapshot();
+            accepted
+                .resource_subscriptions
+                .iter()
+                .flatten()
+                .map(|uri| (uri.clone(), crate::content::fingerprint(&snapshot, uri)))
+                .collect()
+        };
         loop {
             tokio::select! {
                 _ = context.cancelled() => return Ok(()),
                 changed = changes.changed() => {
-                    if changed.is_err() || context.sink().notify_tool_list_changed().await.is_err() {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let snapshot = self.catalog.snapshot();
+                    let now = Announced::of(&snapshot);
+                    let sink = context.sink();
+                    let mut sent = Ok(());
+                    if wants(accepted.tools_list_changed) {
+                        sent = sent.and(sink.notify_tool_list_changed().await);
+                    }
+                    if wants(accepted.resources_list_changed) && now.resources != announced.resources {
+                        sent = sent.and(sink.notify_resource_list_changed().await);
+                    }
+                    if wants(accepted.prompts_list_changed) && now.prompts != announced.prompts {
+                        sent = sent.and(sink.notify_prompt_list_changed().await);
+                    }
+                    announced = now;
+                    for (uri, last) in &mut fingerprints {
+                        let fingerprint = crate::content::fingerprint(&snapshot, uri);
+                        if fingerprint != *last {
+                            *last = fingerprint;
+                            sent = sent.and(sink.notify_resource_updated(uri.clone()).await);
+                        }
+                    }
+                    if sent.is_err() {
                         return Ok(());
                     }
                 }

@@ -41,8 +41,11 @@ pub struct Options {
 /// A client ops may ask through the host (op-sdk 0.1.3 `ctx.sample` / `ctx.elicit`).
 pub trait Asker: Send + Sync {
     /// `service` is `sample` (MCP `CreateMessageRequest` params in, `CreateMessageResult`
-    /// out) or `elicit` (`ElicitRequest` params in, `ElicitResult` out).
-    fn ask(&self, service: &'static str, request: Value) -> AskFuture;
+    /// out), `elicit` (`ElicitRequest` params in, `ElicitResult` out) or `roots` (`{}` in,
+    /// `ListRootsResult` out).
+    /// `name`: the op's name for the question (2026-07-28 input requests are keyed by it), if
+    /// it gave one.
+    fn ask(&self, service: &'static str, request: Value, name: Option<String>) -> AskFuture;
 }
 
 pub type AskFuture =
@@ -1069,14 +1072,19 @@ impl crate::ops::Host for OpHost {
         let service: &'static str = match service {
             "sample" => "sample",
             "elicit" => "elicit",
+            "roots" => "roots",
             other => {
                 return Err(format!(
-                    "no host service `{other}` (this flowhost offers sample and elicit)"
+                    "no host service `{other}` (this flowhost offers sample, elicit and roots)"
                 ))
             }
         };
-        let request: Value = serde_json::from_str(request)
+        let mut request: Value = serde_json::from_str(request)
             .map_err(|err| format!("the {service} request is not valid JSON: {err}"))?;
+        let name = match request.as_object_mut().and_then(|r| r.remove("name")) {
+            Some(Value::String(name)) if !name.is_empty() => Some(name),
+            _ => None,
+        };
         let request = match service {
             "sample" => sampling_request(&request)?,
             _ => request,
@@ -1085,7 +1093,7 @@ impl crate::ops::Host for OpHost {
         self.wait(|| {
             self.runtime.block_on(async {
                 tokio::select! {
-                    result = self.ask(service, request) => result,
+                    result = self.ask(service, request, name) => result,
                     _ = cancel.cancelled() => Err(format!("cancelled while waiting for {service}")),
                 }
             })
@@ -1112,19 +1120,28 @@ impl crate::ops::Host for OpHost {
 impl OpHost {
     /// `ctx.sample` / `ctx.elicit`: the client when it can answer; `sample` falls back to the
     /// LLM service.
-    async fn ask(&self, service: &'static str, request: Value) -> Result<Value, String> {
+    async fn ask(
+        &self,
+        service: &'static str,
+        request: Value,
+        name: Option<String>,
+    ) -> Result<Value, String> {
         let unsupported = match &self.env.client {
-            Some(client) => match client.0.ask(service, request.clone()).await {
+            Some(client) => match client.0.ask(service, request.clone(), name).await {
                 Ok(result) => return Ok(result),
                 Err(AskError::Failed(message)) => return Err(message),
                 Err(AskError::Unsupported(message)) => message,
             },
             None => "this run has no MCP client to ask (it came over HTTP)".to_string(),
         };
-        if service != "sample" {
-            return Err(format!(
+        match service {
+            "sample" => {}
+            "elicit" => return Err(format!(
                 "cannot elicit: {unsupported}; elicitation needs an MCP client that shows the user a form (call this flow as an MCP tool from such a client)"
-            ));
+            )),
+            _ => return Err(format!(
+                "cannot list roots: {unsupported}; roots come from an MCP client that declares them"
+            )),
         }
         let Some(llm) = &self.env.llm else {
             return Err(format!(

@@ -36,8 +36,25 @@ pub struct Spec {
     pub icons: Vec<Value>,
     /// The flow's own YAML (its name and spec, as written in its file).
     pub source: String,
+    /// `task:` whether MCP clients that speak the tasks extension get a task for a call.
+    pub task: TaskSupport,
+    /// `task_after:` seconds a call may run (or ask the client) before it becomes a task.
+    pub task_after: Duration,
     /// Where `flow_content`'s text starts, to map expression positions to file positions.
     content_origin: Origin,
+}
+
+/// `task:` in the YAML: MCP tasks (the 2026-07-28 `io.modelcontextprotocol/tasks` extension).
+/// `optional` (the default): a client that declares the extension gets a task it polls, a
+/// client that does not gets the result directly; `required`: clients without the extension
+/// are refused; `forbidden`: always answered directly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskSupport {
+    #[default]
+    Optional,
+    Required,
+    Forbidden,
 }
 
 /// Where ops run: on a thread of the host, or in a worker process that a crash cannot take
@@ -258,6 +275,10 @@ struct RawSpec {
     output_schema: Option<Value>,
     #[serde(default)]
     icon: Option<Value>,
+    #[serde(default)]
+    task: TaskSupport,
+    #[serde(default)]
+    task_after: Option<f64>,
     /// FlowLLM's own flag; flows here are always run the same way.
     #[serde(default, rename = "use_async")]
     _use_async: Option<bool>,
@@ -414,6 +435,19 @@ fn parse_spec(
         None => Vec::new(),
         Some(icon) => parse_icons(icon).map_err(|m| field_error("icon", m))?,
     };
+    let task_after = match raw.task_after {
+        None => Duration::ZERO,
+        Some(s) if s.is_finite() && (0.0..=MAX_SECONDS).contains(&s) => Duration::from_secs_f64(s),
+        Some(s) => {
+            return Err(field_error(
+                "task_after",
+                format!(
+                    "must be a number of seconds from 0 up to {MAX_SECONDS}, found {}",
+                    short_number(s)
+                ),
+            ))
+        }
+    };
     let seconds = |field: &str, value: Option<f64>| -> Result<Option<Duration>, SpecError> {
         match value {
             None => Ok(None),
@@ -466,6 +500,8 @@ fn parse_spec(
         output_schema,
         icons,
         source,
+        task: raw.task,
+        task_after,
         content_origin,
     })
 }

@@ -247,6 +247,14 @@ pub enum Elicited {
     Cancel,
 }
 
+/// A root the client shares (a folder or project it lets servers see).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Root {
+    /// A `file://` URI.
+    pub uri: String,
+    pub name: Option<String>,
+}
+
 /// What a sub-op call gave back.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SubOpResult {
@@ -540,7 +548,18 @@ impl<'a> Context<'a> {
     /// an input request in the tool result (2026-07-28); over HTTP, and when the client cannot
     /// sample, the host's LLM service answers. An error says why neither could.
     pub fn sample(&self, messages: &Value, options: &Value) -> Result<Sampled, Error> {
-        let request = serde_json::json!({"messages": messages, "options": options});
+        self.sample_named("", messages, options)
+    }
+
+    /// [`Context::sample`] with a name for the question: a 2026-07-28 client sees it as the
+    /// key of the input request (else the host makes one from the question).
+    pub fn sample_named(
+        &self,
+        name: &str,
+        messages: &Value,
+        options: &Value,
+    ) -> Result<Sampled, Error> {
+        let request = serde_json::json!({"name": name, "messages": messages, "options": options});
         let reply = self
             .host
             .call("sample", &request.to_string())
@@ -568,7 +587,18 @@ impl<'a> Context<'a> {
     /// Only an MCP client can answer; over HTTP, or when the client did not declare the
     /// elicitation capability, this is an error that says so.
     pub fn elicit(&self, message: &str, schema: &Value) -> Result<Elicited, Error> {
-        let request = serde_json::json!({"message": message, "requestedSchema": schema});
+        self.elicit_named("", message, schema)
+    }
+
+    /// [`Context::elicit`] with a name for the question (see [`Context::sample_named`]).
+    pub fn elicit_named(
+        &self,
+        name: &str,
+        message: &str,
+        schema: &Value,
+    ) -> Result<Elicited, Error> {
+        let request =
+            serde_json::json!({"name": name, "message": message, "requestedSchema": schema});
         let reply = self
             .host
             .call("elicit", &request.to_string())
@@ -584,6 +614,22 @@ impl<'a> Context<'a> {
                 "the client answered the elicitation with action {other:?}"
             ))),
         }
+    }
+
+    /// The roots the client shares (op-sdk 0.1.3): MCP `roots/list` (or an input request on
+    /// 2026-07-28). Only an MCP client that declares roots can answer.
+    pub fn roots(&self) -> Result<Vec<Root>, Error> {
+        let reply = self.host.call("roots", "{}").map_err(Error)?;
+        let reply: Value = serde_json::from_str(&reply)?;
+        Ok(reply["roots"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|root| Root {
+                uri: root["uri"].as_str().unwrap_or_default().to_string(),
+                name: root["name"].as_str().map(str::to_string),
+            })
+            .collect())
     }
 
     /// Passes an LLM chunk on to the flow's consumer. Same return value as [`Context::emit`].

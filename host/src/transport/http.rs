@@ -17,7 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 
 use crate::catalog::Catalog;
@@ -49,6 +49,10 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .route("/flows", get(list_flows))
         .route("/ops", get(list_ops))
+        .route("/resources", get(list_resources))
+        .route("/resources/read", get(read_resource))
+        .route("/prompts", get(list_prompts))
+        .route("/prompts/{name}", get(get_prompt).post(get_prompt_post))
         .route("/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics))
         .route("/v1/models", get(openai::models))
@@ -219,6 +223,103 @@ async fn ready(State(state): State<AppState>) -> Response {
 
 async fn list_flows(State(state): State<AppState>) -> Json<Value> {
     Json(state.catalog.snapshot().flows_json())
+}
+
+/// `GET /resources`: what `resources/list` and `resources/templates/list` give an MCP client.
+async fn list_resources(State(state): State<AppState>) -> Json<Value> {
+    let listed = crate::content::list(&state.catalog.snapshot());
+    Json(json!({"resources": listed["resources"], "resourceTemplates": listed["templates"]}))
+}
+
+/// `GET /prompts`: what `prompts/list` gives an MCP client.
+async fn list_prompts(State(state): State<AppState>) -> Json<Value> {
+    let listed = crate::content::list(&state.catalog.snapshot());
+    Json(json!({"prompts": listed["prompts"]}))
+}
+
+#[derive(serde::Deserialize)]
+struct ReadQuery {
+    uri: Option<String>,
+}
+
+/// `GET /resources/read?uri=...`: MCP's `resources/read` result.
+async fn read_resource(
+    State(state): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<ReadQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(uri) = query.uri.filter(|u| !u.is_empty()) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "GET /resources/read needs ?uri=... (a URI from GET /resources, e.g. flow://echo_flow)",
+        ));
+    };
+    let snapshot = state.catalog.snapshot();
+    let contents = content_call(move || crate::content::read(&snapshot, &uri)).await?;
+    Ok(Json(json!({"contents": contents})))
+}
+
+/// `GET /prompts/{name}?arg=value...`: MCP's `prompts/get` result.
+async fn get_prompt(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    axum::extract::Query(arguments): axum::extract::Query<Map<String, Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let snapshot = state.catalog.snapshot();
+    let result = content_call(move || crate::content::prompt(&snapshot, &name, &arguments)).await?;
+    Ok(Json(result))
+}
+
+/// `POST /prompts/{name}` with the arguments as a JSON object body.
+async fn get_prompt_post(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let arguments = if body.iter().all(u8::is_ascii_whitespace) {
+        Map::new()
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "the body must be a JSON object of prompt arguments",
+                ))
+            }
+            Err(err) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body is not valid JSON: {err}"),
+                ))
+            }
+        }
+    };
+    let snapshot = state.catalog.snapshot();
+    let result = content_call(move || crate::content::prompt(&snapshot, &name, &arguments)).await?;
+    Ok(Json(result))
+}
+
+/// Runs plugin content code (may block) off the runtime threads; maps failures to statuses.
+async fn content_call<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, crate::content::ContentError> + Send + 'static,
+) -> Result<T, ApiError> {
+    use crate::content::ContentError;
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(ContentError::NotFound(message))) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, message))
+        }
+        Ok(Err(ContentError::Invalid(message))) => {
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message))
+        }
+        Ok(Err(ContentError::Failed(message))) => {
+            Err(ApiError::new(StatusCode::BAD_GATEWAY, message))
+        }
+        Err(err) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the read failed: {err}"),
+        )),
+    }
 }
 
 async fn list_ops(State(state): State<AppState>) -> Json<Value> {

@@ -23,7 +23,8 @@ use tokio::sync::mpsc;
 
 use crate::catalog::Catalog;
 use crate::chunk::ChunkKind;
-use crate::exec;
+use crate::exec::{self, Run};
+use crate::flow::TaskSupport;
 
 /// The MCP server for one connection (stdio) or one session (HTTP).
 #[derive(Clone)]
@@ -36,6 +37,8 @@ pub struct FlowTools {
     /// Resource URIs this session subscribed to (`resources/subscribe`), with the fingerprint
     /// of what they read as when last announced.
     subscriptions: Arc<std::sync::Mutex<std::collections::BTreeMap<String, Option<String>>>>,
+    /// Calls that became tasks (shared by every session of this server).
+    tasks: Arc<rmcp::task_manager::TaskManager>,
 }
 
 /// Op log lines held per call before more are dropped (and counted).
@@ -51,7 +54,15 @@ impl FlowTools {
             run_options,
             log_level: Arc::new(std::sync::atomic::AtomicU8::new(LOGS_OFF)),
             subscriptions: Arc::default(),
+            tasks: Arc::default(),
         }
+    }
+
+    /// Shares one task store between the sessions of a server (tasks outlive the request that
+    /// made them, and stateless requests each get a fresh handler).
+    fn with_tasks(mut self, tasks: Arc<rmcp::task_manager::TaskManager>) -> FlowTools {
+        self.tasks = tasks;
+        self
     }
 
     /// For stateless HTTP: there is no session to remember a `logging/setLevel` in (the next
@@ -102,7 +113,8 @@ impl FlowTools {
         name: &str,
         arguments: Map<String, Value>,
         context: &RequestContext<RoleServer>,
-    ) -> Result<CallToolResult, ErrorData> {
+        exchange: Option<Arc<Exchange>>,
+    ) -> Result<CallToolResponse, ErrorData> {
         let snapshot = self.catalog.snapshot();
         let Some(entry) = snapshot.get(name) else {
             return Err(ErrorData::new(
@@ -116,9 +128,9 @@ impl FlowTools {
                 .error
                 .as_ref()
                 .map_or_else(|| "unknown error".to_string(), |d| d.to_string());
-            return Ok(failure(format!(
+            return Ok(response(failure(format!(
                 "flow `{name}` is broken and has no good version: {reason}"
-            )));
+            ))));
         };
         drop(snapshot);
         let arguments = match flow.check_input(arguments) {
@@ -134,39 +146,100 @@ impl FlowTools {
                         }
                     })
                     .collect();
-                return Ok(failure(format!(
+                return Ok(response(failure(format!(
                     "invalid arguments for `{name}`: {}",
                     lines.join("; ")
-                )));
+                ))));
+            }
+        };
+        // Tasks (the 2026-07-28 extension): a client that declares it gets a task for a flow
+        // that allows one, once the call has run `task_after`.
+        let tasks_declared = context
+            .client_capabilities()
+            .is_some_and(|c| c.supports_tasks());
+        let task_after = match (flow.spec.task, tasks_declared) {
+            (TaskSupport::Forbidden, _) | (TaskSupport::Optional, false) => None,
+            (TaskSupport::Optional | TaskSupport::Required, true) => Some(flow.spec.task_after),
+            (TaskSupport::Required, false) => {
+                return Err(ErrorData::missing_required_client_capability(
+                    rmcp::model::ClientCapabilities::builder()
+                        .enable_tasks()
+                        .build(),
+                ))
             }
         };
         let progress = context.meta.get_progress_token();
-        let threshold = self.log_level.load(std::sync::atomic::Ordering::Relaxed);
+        // 2026-07-28 requests say in their own `_meta` whether they want log messages.
+        #[allow(deprecated)] // logging: see the `logging` module
+        let threshold = match &exchange {
+            Some(_) => context
+                .meta
+                .log_level()
+                .map_or(LOGS_OFF, logging::mcp_level_rank),
+            None => self.log_level.load(std::sync::atomic::Ordering::Relaxed),
+        };
         let (log_tx, mut log_rx) = exec::LogSink::bounded(LOG_LINES_PER_CALL);
         let log_sink = log_tx.clone();
+        let task_slot: Arc<TaskSlot> = Arc::default();
+        task_slot.at_once.store(
+            task_after == Some(std::time::Duration::ZERO),
+            std::sync::atomic::Ordering::Release,
+        );
         let options = exec::Options {
             collect_answer: true,
             logs: (threshold != LOGS_OFF).then_some(log_tx),
             client: Some(exec::Client(Arc::new(ClientAsker {
                 peer: context.peer.clone(),
-                version: context.protocol_version(),
+                capabilities: context.client_capabilities(),
+                exchange: exchange.clone(),
+                task: task_slot.clone(),
             }))),
             ..self.run_options.clone()
         };
         let mut run = match exec::admit_and_start(flow.clone(), arguments, &options).await {
             Ok(run) => run,
             // The model reads why and can try again later.
-            Err(busy) => return Ok(failure(busy.message)),
+            Err(busy) => return Ok(response(failure(busy.message))),
         };
         let flow_id = run.flow_id.clone();
         let mut batch = Vec::new();
-        let mut think = String::new();
-        let mut tool_calls = Vec::new();
-        let mut usage = Value::Null;
+        let mut gathered = Gathered::default();
         let mut sent = 0u64;
+        // MRTR: once an op asks the client, the others get a moment to ask too; then the call
+        // answers with every request and stops the run (the retry runs it again, answered).
+        let mut asking: Option<tokio::time::Instant> = None;
+        let asked = exchange.as_ref().map(|e| e.asked.clone());
+        let task_at = task_after.map(|after| tokio::time::Instant::now() + after);
         loop {
+            let escalate = task_at.is_some_and(|at| at <= tokio::time::Instant::now());
+            if escalate && asking.is_none() {
+                let task = self.tasks.spawn(
+                    rmcp::task_manager::TaskOptions::new()
+                        .with_poll_interval_ms(TASK_POLL_MS)
+                        .with_status_message(format!("running flow {name}")),
+                    move |task| {
+                        task_slot.fill(task.clone());
+                        Box::pin(finish_as_task(task, run, batch, gathered, log_rx, flow))
+                    },
+                );
+                tracing::info!(tool = name, %flow_id, task = %task.task_id, "tools/call became a task");
+                return Ok(CallToolResponse::Task(rmcp::model::CreateTaskResult::new(
+                    task,
+                )));
+            }
             let more = tokio::select! {
                 more = run.next_batch(&mut batch) => more,
+                _ = tokio::time::sleep_until(task_at.unwrap_or_else(tokio::time::Instant::now)), if task_at.is_some() && asking.is_none() => continue,
+                _ = async { asked.as_ref().expect("set").notified().await }, if asked.is_some() && asking.is_none() => {
+                    asking = Some(tokio::time::Instant::now() + ASK_GRACE);
+                    continue;
+                }
+                _ = tokio::time::sleep_until(asking.unwrap_or_else(tokio::time::Instant::now)), if asking.is_some() => {
+                    run.cancel_token().cancel();
+                    let _ = run.finish().await;
+                    let exchange = exchange.as_ref().expect("asking needs an exchange");
+                    return exchange.input_required().map(CallToolResponse::from);
+                }
                 Some(line) = log_rx.recv() => {
                     if op_level_rank(line.level) >= threshold {
                         forward_log(&context.peer, line).await;
@@ -188,19 +261,14 @@ impl FlowTools {
                             "tools/call cancelled by the client; ops still running after 5 s"
                         ),
                     }
-                    return Ok(failure("cancelled by the client".to_string()));
+                    return Ok(response(failure("cancelled by the client".to_string())));
                 }
             };
             if !more {
                 break;
             }
             for chunk in batch.drain(..) {
-                match chunk.kind {
-                    ChunkKind::Think => think.push_str(&chunk.text),
-                    ChunkKind::Tool => tool_calls.push(chunk.content()),
-                    ChunkKind::Usage => usage = chunk.content(),
-                    ChunkKind::Answer | ChunkKind::Error => {}
-                }
+                gathered.take(&chunk);
                 let Some(token) = &progress else { continue };
                 sent += 1;
                 let message = match chunk.kind {
@@ -211,11 +279,21 @@ impl FlowTools {
                     .with_message(message);
                 if context.peer.notify_progress(param).await.is_err() {
                     // The client is gone; dropping the run cancels it.
-                    return Ok(failure("the client went away".to_string()));
+                    return Ok(response(failure("the client went away".to_string())));
                 }
             }
         }
         let outcome = run.finish().await;
+        if let Some(exchange) = &exchange {
+            // An op asked just as the run ended (others failed because it stopped waiting).
+            if exchange.has_requests() {
+                return exchange.input_required().map(CallToolResponse::from);
+            }
+            // An op needed a capability the client did not declare, and nothing else answered.
+            if let (Some(_), Some(missing)) = (&outcome.error, exchange.missing()) {
+                return Err(missing);
+            }
+        }
         while let Ok(line) = log_rx.try_recv() {
             if op_level_rank(line.level) >= threshold {
                 forward_log(&context.peer, line).await;
@@ -230,38 +308,145 @@ impl FlowTools {
             };
             forward_log(&context.peer, line).await;
         }
-        // A flow with `output_schema` answers with structured content that follows it.
-        if let (None, Some(structured)) = (&outcome.error, flow.structured_output(&outcome.answer))
-        {
-            return Ok(match structured {
-                Ok(value) => {
-                    let mut result =
-                        CallToolResult::success(vec![ContentBlock::text(value.to_string())]);
-                    result.structured_content = Some(value);
-                    result
-                }
-                Err(problem) => failure(format!("flow `{name}`: {problem}")),
-            });
-        }
-        let content = answer_content(&outcome.answer);
-        let mut structured = json!({
-            "answer": outcome.answer,
-            "think": think,
-            "tool_calls": tool_calls,
-            "usage": usage,
-            "flow_id": flow_id,
-        });
-        if !outcome.failed_ops.is_empty() {
-            structured["failed_ops"] = Value::Array(outcome.failed_ops.clone());
-        }
-        let mut result = match &outcome.error {
-            None => CallToolResult::success(content),
-            Some(error) => CallToolResult::error(vec![ContentBlock::text(error.clone())]),
-        };
-        result.structured_content = Some(structured);
-        Ok(result)
+        Ok(response(tool_result(&flow, &outcome, gathered, &flow_id)))
     }
 }
+
+/// What a call keeps of its run's chunks besides the answer.
+#[derive(Default)]
+struct Gathered {
+    think: String,
+    tool_calls: Vec<Value>,
+    usage: Value,
+}
+
+impl Gathered {
+    fn take(&mut self, chunk: &crate::chunk::Chunk) {
+        match chunk.kind {
+            ChunkKind::Think => self.think.push_str(&chunk.text),
+            ChunkKind::Tool => self.tool_calls.push(chunk.content()),
+            ChunkKind::Usage => self.usage = chunk.content(),
+            ChunkKind::Answer | ChunkKind::Error => {}
+        }
+    }
+}
+
+/// A finished run as a tool result: the answer as content (a flow with `output_schema`: its
+/// structure, checked), and `{answer, think, tool_calls, usage, flow_id}` as structured
+/// content.
+fn tool_result(
+    flow: &crate::flow::Flow,
+    outcome: &exec::Outcome,
+    gathered: Gathered,
+    flow_id: &str,
+) -> CallToolResult {
+    if let (None, Some(structured)) = (&outcome.error, flow.structured_output(&outcome.answer)) {
+        return match structured {
+            Ok(value) => {
+                let mut result =
+                    CallToolResult::success(vec![ContentBlock::text(value.to_string())]);
+                result.structured_content = Some(value);
+                result
+            }
+            Err(problem) => failure(format!("flow `{}`: {problem}", flow.name)),
+        };
+    }
+    let content = answer_content(&outcome.answer);
+    let mut structured = json!({
+        "answer": outcome.answer,
+        "think": gathered.think,
+        "tool_calls": gathered.tool_calls,
+        "usage": gathered.usage,
+        "flow_id": flow_id,
+    });
+    if !outcome.failed_ops.is_empty() {
+        structured["failed_ops"] = Value::Array(outcome.failed_ops.clone());
+    }
+    let mut result = match &outcome.error {
+        None => CallToolResult::success(content),
+        Some(error) => CallToolResult::error(vec![ContentBlock::text(error.clone())]),
+    };
+    result.structured_content = Some(structured);
+    result
+}
+
+/// The rest of a call that became a task: runs to the end (or `tasks/cancel`) with nobody
+/// waiting on the request; the result is kept for `tasks/get`.
+async fn finish_as_task(
+    task: rmcp::task_manager::TaskContext,
+    mut run: Run,
+    mut batch: Vec<crate::chunk::Chunk>,
+    mut gathered: Gathered,
+    mut logs: tokio::sync::mpsc::Receiver<exec::LogLine>,
+    flow: Arc<crate::flow::Flow>,
+) -> Result<CallToolResult, rmcp::task_manager::TaskExit> {
+    let flow_id = run.flow_id.clone();
+    loop {
+        let more = tokio::select! {
+            more = run.next_batch(&mut batch) => more,
+            // Nobody to send them to once the request has been answered.
+            Some(_) = logs.recv() => continue,
+            _ = task.cancelled() => {
+                run.cancel_token().cancel();
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), run.finish()).await;
+                return Err(rmcp::task_manager::TaskExit::Cancelled);
+            }
+        };
+        if !more {
+            break;
+        }
+        for chunk in batch.drain(..) {
+            gathered.take(&chunk);
+        }
+    }
+    let outcome = run.finish().await;
+    Ok(tool_result(&flow, &outcome, gathered, &flow_id))
+}
+
+/// Suggested `tasks/get` polling interval.
+const TASK_POLL_MS: u64 = 500;
+
+/// The task a call became, once it has (asks then go through `tasks/update`).
+#[derive(Default)]
+struct TaskSlot {
+    task: std::sync::Mutex<Option<rmcp::task_manager::TaskContext>>,
+    set: tokio::sync::Notify,
+    /// The call becomes a task before its ops can ask anything: their questions wait for it.
+    at_once: std::sync::atomic::AtomicBool,
+}
+
+impl TaskSlot {
+    fn fill(&self, task: rmcp::task_manager::TaskContext) {
+        *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        self.set.notify_waiters();
+    }
+
+    fn get(&self) -> Option<rmcp::task_manager::TaskContext> {
+        self.task.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The task, waiting for it when the call becomes one at once.
+    async fn wait(&self) -> Option<rmcp::task_manager::TaskContext> {
+        loop {
+            let set = self.set.notified();
+            if let Some(task) = self.get() {
+                return Some(task);
+            }
+            if !self.at_once.load(std::sync::atomic::Ordering::Acquire) {
+                return None;
+            }
+            set.await;
+        }
+    }
+}
+
+fn response(result: CallToolResult) -> CallToolResponse {
+    CallToolResponse::from(result)
+}
+
+/// How long other ops of a run may still ask the client after the first one did, before the
+/// call answers with an input-required result.
+const ASK_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A tool result's content for a flow's answer. An answer that is a list of MCP content blocks
 /// (objects with a `type` such as `text`, `image`, `audio`, `resource`) is returned as is, so a
@@ -338,68 +523,247 @@ mod logging {
 
 use logging::{forward_log, op_level_rank};
 
-/// Asks the MCP client of one `tools/call` on behalf of its ops (`ctx.sample`, `ctx.elicit`):
-/// `sampling/createMessage` and `elicitation/create` requests, for clients that declared the
-/// capability on a protocol that allows server-to-client requests.
+/// Asks the MCP client of one `tools/call` on behalf of its ops (`ctx.sample`, `ctx.elicit`,
+/// `ctx.roots`). 2025 revisions: `sampling/createMessage`, `elicitation/create` and
+/// `roots/list` requests to clients that declared the capability. 2026-07-28 (no
+/// server-to-client requests): through the call's [`Exchange`].
 struct ClientAsker {
     peer: rmcp::service::Peer<RoleServer>,
-    version: Option<rmcp::model::ProtocolVersion>,
+    /// What the client declared (per request in 2026-07-28, at initialize before).
+    capabilities: Option<rmcp::model::ClientCapabilities>,
+    /// Set for 2026-07-28 calls (multi round-trip requests).
+    exchange: Option<Arc<Exchange>>,
+    /// Set once the call became a task: questions wait for `tasks/update`.
+    task: Arc<TaskSlot>,
+}
+
+/// The MCP method and client capability of each service.
+fn service_method(service: &str) -> (&'static str, &'static str) {
+    match service {
+        "sample" => ("sampling/createMessage", "sampling"),
+        "elicit" => ("elicitation/create", "elicitation"),
+        _ => ("roots/list", "roots"),
+    }
 }
 
 impl exec::Asker for ClientAsker {
-    #[allow(deprecated)] // sampling: deprecated by SEP-2577, part of the 2025 revisions
-    fn ask(&self, service: &'static str, request: Value) -> exec::AskFuture {
+    #[allow(deprecated)] // sampling and roots: deprecated by SEP-2577, part of the 2025 revisions
+    fn ask(&self, service: &'static str, request: Value, name: Option<String>) -> exec::AskFuture {
         use exec::AskError;
         let peer = self.peer.clone();
-        let modern = self
-            .version
+        let (method, capability) = service_method(service);
+        let declared = self
+            .capabilities
             .as_ref()
-            .is_some_and(|v| v.as_str() >= rmcp::model::ProtocolVersion::V_2026_07_28.as_str());
+            .is_some_and(|c| match capability {
+                "sampling" => c.sampling.is_some(),
+                "elicitation" => c.elicitation.is_some(),
+                _ => c.roots.is_some(),
+            });
+        let exchange = self.exchange.clone();
+        let slot = self.task.clone();
         Box::pin(async move {
-            if modern {
+            if let Some(task) = slot.wait().await {
+                if !declared {
+                    return Err(AskError::Unsupported(format!(
+                        "the MCP client did not declare the {capability} capability"
+                    )));
+                }
+                let request: rmcp::model::InputRequest =
+                    serde_json::from_value(json!({"method": method, "params": request})).map_err(
+                        |err| AskError::Failed(format!("not a valid MCP {method} request: {err}")),
+                    )?;
+                let key = name.unwrap_or_else(|| format!("{capability}-{}", uuid_like()));
+                return task.request_input(key, request).await.map_err(|exit| {
+                    AskError::Failed(match exit {
+                        rmcp::task_manager::TaskExit::Cancelled => "the task was cancelled".into(),
+                        rmcp::task_manager::TaskExit::Error(err) => err.message.to_string(),
+                    })
+                });
+            }
+            if let Some(exchange) = exchange {
+                return exchange
+                    .ask(method, capability, declared, request, name)
+                    .await;
+            }
+            if !declared {
                 return Err(AskError::Unsupported(format!(
-                    "the client speaks MCP 2026-07-28, where servers cannot send it requests (flowhost does not yet return input-required results for {service})"
+                    "the MCP client did not declare the {capability} capability"
                 )));
             }
-            let capabilities = peer.peer_info().map(|info| info.capabilities.clone());
-            match service {
-                "sample" => {
-                    if capabilities
-                        .as_ref()
-                        .and_then(|c| c.sampling.as_ref())
-                        .is_none()
-                    {
-                        return Err(AskError::Unsupported(
-                            "the MCP client did not declare the sampling capability".into(),
-                        ));
-                    }
-                    let params = serde_json::from_value(request).map_err(|err| {
-                        AskError::Failed(format!("not a valid MCP sampling request: {err}"))
-                    })?;
-                    let result = peer.create_message(params).await.map_err(|err| {
-                        AskError::Failed(format!("the MCP client's sampling failed: {err}"))
-                    })?;
-                    serde_json::to_value(result).map_err(|err| AskError::Failed(err.to_string()))
-                }
-                _ => {
-                    if peer.supported_elicitation_modes().is_empty() {
-                        return Err(AskError::Unsupported(
-                            "the MCP client did not declare the elicitation capability".into(),
-                        ));
-                    }
-                    let params = serde_json::from_value(request).map_err(|err| {
-                        AskError::Failed(format!(
-                            "not a valid MCP elicitation (a message and a flat object schema of string, number, boolean and enum fields): {err}"
-                        ))
-                    })?;
-                    let result = peer.create_elicitation(params).await.map_err(|err| {
-                        AskError::Failed(format!("the MCP client's elicitation failed: {err}"))
-                    })?;
-                    serde_json::to_value(result).map_err(|err| AskError::Failed(err.to_string()))
-                }
-            }
+            let failed = |err: rmcp::ServiceError| {
+                AskError::Failed(format!("the MCP client's answer to {method} failed: {err}"))
+            };
+            let invalid = |err: serde_json::Error| {
+                AskError::Failed(format!("not a valid MCP {method} request: {err}"))
+            };
+            let result = match service {
+                "sample" => serde_json::to_value(
+                    peer.create_message(serde_json::from_value(request).map_err(invalid)?)
+                        .await
+                        .map_err(failed)?,
+                ),
+                "elicit" => serde_json::to_value(
+                    peer.create_elicitation(serde_json::from_value(request).map_err(invalid)?)
+                        .await
+                        .map_err(failed)?,
+                ),
+                _ => serde_json::to_value(peer.list_roots().await.map_err(failed)?),
+            };
+            result.map_err(|err| AskError::Failed(err.to_string()))
         })
     }
+}
+
+/// A fresh key for a task's question (keys must not repeat within a task).
+fn uuid_like() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    format!(
+        "{:x}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// One 2026-07-28 `tools/call` round (SEP-2322 multi round-trip requests). The run is the same
+/// code every round: what the client answered so far (`inputResponses`, plus the earlier
+/// rounds' answers sealed in `requestState`) is looked up by a key made from the request, so
+/// an op that asks the same thing again gets its answer at once; a new question becomes an
+/// input request of this round's result. Nothing is kept between rounds on the server: any
+/// replica sharing `http.mcp_state_key` can serve the next round.
+pub struct Exchange {
+    answers: Map<String, Value>,
+    /// Questions of this round: key → `{method, params}`.
+    requests: std::sync::Mutex<Map<String, Value>>,
+    /// A capability an op needed that the client did not declare.
+    missing: std::sync::Mutex<Option<&'static str>>,
+    asked: Arc<tokio::sync::Notify>,
+}
+
+impl Exchange {
+    /// Opens a round from the request's `requestState` and `inputResponses`. A state that was
+    /// not sealed by this host (or a replica with the same key) is refused.
+    fn open(
+        request_state: Option<&str>,
+        responses: Option<&std::collections::BTreeMap<String, Value>>,
+    ) -> Result<Exchange, ErrorData> {
+        let mut answers = match request_state {
+            None => Map::new(),
+            Some(sealed) => state_codec().open_json::<Map<String, Value>>(sealed).map_err(|err| {
+                ErrorData::invalid_params(
+                    format!("requestState failed its integrity check ({err}): it was changed, expired, or sealed by a host with another http.mcp_state_key; start the call again without it"),
+                    None,
+                )
+            })?,
+        };
+        for (key, value) in responses.into_iter().flatten() {
+            answers.insert(key.clone(), value.clone());
+        }
+        Ok(Exchange {
+            answers,
+            requests: Default::default(),
+            missing: Default::default(),
+            asked: Arc::default(),
+        })
+    }
+
+    async fn ask(
+        &self,
+        method: &'static str,
+        capability: &'static str,
+        declared: bool,
+        params: Value,
+        name: Option<String>,
+    ) -> Result<Value, exec::AskError> {
+        // The op's name for the question, else one made from the question itself: the same
+        // every round, so the answer finds its way back.
+        let key = name.unwrap_or_else(|| {
+            format!(
+                "{}-{:016x}",
+                capability,
+                crate::stable_hash(format!("{method}\u{0}{params}").as_bytes())
+            )
+        });
+        if let Some(answer) = self.answers.get(&key) {
+            return Ok(answer.clone());
+        }
+        if !declared {
+            *self.missing.lock().unwrap_or_else(|p| p.into_inner()) = Some(capability);
+            return Err(exec::AskError::Unsupported(format!(
+                "the MCP client did not declare the {capability} capability in this request"
+            )));
+        }
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, json!({"method": method, "params": params}));
+        self.asked.notify_one();
+        // The call answers with the question and stops the run; this op waits until then.
+        std::future::pending().await
+    }
+
+    fn has_requests(&self) -> bool {
+        !self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    fn missing(&self) -> Option<ErrorData> {
+        let capability = (*self.missing.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let mut required = Map::new();
+        required.insert(capability.into(), json!({}));
+        let required = serde_json::from_value(Value::Object(required)).ok()?;
+        Some(ErrorData::missing_required_client_capability(required))
+    }
+
+    /// This round's result: the questions, and every answer so far sealed for the next round.
+    fn input_required(&self) -> Result<rmcp::model::InputRequiredResult, ErrorData> {
+        let requests =
+            std::mem::take(&mut *self.requests.lock().unwrap_or_else(|p| p.into_inner()));
+        let requests = serde_json::from_value(Value::Object(requests)).map_err(|err| {
+            ErrorData::internal_error(
+                format!("an op asked something MCP cannot carry: {err}"),
+                None,
+            )
+        })?;
+        let state = state_codec().seal_json(&self.answers).map_err(|err| {
+            ErrorData::internal_error(format!("cannot seal the request state: {err}"), None)
+        })?;
+        Ok(rmcp::model::InputRequiredResult::new(
+            Some(requests),
+            Some(state),
+        ))
+    }
+}
+
+static STATE_CODEC: std::sync::OnceLock<rmcp::model::RequestStateCodec> =
+    std::sync::OnceLock::new();
+
+/// Sets the key `requestState` is sealed with (`http.mcp_state_key`: replicas behind one proxy
+/// share it). Without one, each process draws a random key at its first use.
+pub fn set_state_key(key: &str) -> Result<(), String> {
+    let codec = rmcp::model::RequestStateCodec::try_new(key.as_bytes().to_vec())
+        .map_err(|err| format!("http.mcp_state_key: {err} (use at least 32 bytes)"))?;
+    let _ = STATE_CODEC.set(codec);
+    Ok(())
+}
+
+fn state_codec() -> &'static rmcp::model::RequestStateCodec {
+    STATE_CODEC.get_or_init(|| {
+        let key: [u8; 32] = rand_key();
+        rmcp::model::RequestStateCodec::new_unchecked(key.to_vec())
+    })
+}
+
+/// 32 random bytes from the OS.
+fn rand_key() -> [u8; 32] {
+    use std::io::Read;
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut key))
+        .expect("read /dev/urandom for the request-state key");
+    key
 }
 
 /// A content request failed: unknown names are "resource not found" / invalid params.
@@ -458,6 +822,7 @@ impl ServerHandler for FlowTools {
                 .enable_resources_subscribe()
                 .enable_tools()
                 .enable_tool_list_changed()
+                .enable_tasks()
                 .build(),
         )
         .with_server_info(Implementation::new("flowhost", env!("CARGO_PKG_VERSION")))
@@ -484,9 +849,19 @@ impl ServerHandler for FlowTools {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let arguments = request.arguments.clone().unwrap_or_default();
-        self.call(&request.name, arguments, &context)
+        let modern = context
+            .protocol_version()
+            .is_some_and(|v| v.as_str() >= rmcp::model::ProtocolVersion::V_2026_07_28.as_str());
+        let exchange = if modern {
+            Some(Arc::new(Exchange::open(
+                request.request_state.as_deref(),
+                request.input_responses.as_ref(),
+            )?))
+        } else {
+            None
+        };
+        self.call(&request.name, arguments, &context, exchange)
             .await
-            .map(CallToolResponse::from)
     }
 
     #[allow(deprecated)] // logging: see the `logging` module
@@ -502,15 +877,46 @@ impl ServerHandler for FlowTools {
         Ok(())
     }
 
+    async fn get_task(
+        &self,
+        request: rmcp::model::GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetTaskResult, ErrorData> {
+        self.tasks
+            .get_task(&request.task_id)
+            .map(rmcp::model::GetTaskResult::new)
+    }
+
+    async fn update_task(
+        &self,
+        request: rmcp::model::UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.tasks
+            .update_task(&request.task_id, request.input_responses)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: rmcp::model::CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.tasks.cancel_task(&request.task_id)
+    }
+
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
         let listed = crate::content::list(&self.catalog.snapshot());
-        serde_json::from_value(json!({"resources": listed["resources"]})).map_err(|err| {
-            ErrorData::internal_error(format!("a plugin listed a malformed resource: {err}"), None)
-        })
+        serde_json::from_value(json!({"resources": listed["resources"], "resultType": "complete"}))
+            .map_err(|err| {
+                ErrorData::internal_error(
+                    format!("a plugin listed a malformed resource: {err}"),
+                    None,
+                )
+            })
     }
 
     async fn list_resource_templates(
@@ -519,7 +925,10 @@ impl ServerHandler for FlowTools {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
         let listed = crate::content::list(&self.catalog.snapshot());
-        serde_json::from_value(json!({"resourceTemplates": listed["templates"]})).map_err(|err| {
+        serde_json::from_value(
+            json!({"resourceTemplates": listed["templates"], "resultType": "complete"}),
+        )
+        .map_err(|err| {
             ErrorData::internal_error(format!("a plugin listed a malformed template: {err}"), None)
         })
     }
@@ -532,16 +941,17 @@ impl ServerHandler for FlowTools {
         let snapshot = self.catalog.snapshot();
         let uri = request.uri.clone();
         let contents = blocking(move || crate::content::read(&snapshot, &uri)).await?;
-        let result: ReadResourceResult = serde_json::from_value(json!({"contents": contents}))
-            .map_err(|err| {
-                ErrorData::internal_error(
-                    format!(
-                        "the plugin returned malformed contents for `{}`: {err}",
-                        request.uri
-                    ),
-                    None,
-                )
-            })?;
+        let result: ReadResourceResult =
+            serde_json::from_value(json!({"contents": contents, "resultType": "complete"}))
+                .map_err(|err| {
+                    ErrorData::internal_error(
+                        format!(
+                            "the plugin returned malformed contents for `{}`: {err}",
+                            request.uri
+                        ),
+                        None,
+                    )
+                })?;
         Ok(result.into())
     }
 
@@ -576,9 +986,13 @@ impl ServerHandler for FlowTools {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
         let listed = crate::content::list(&self.catalog.snapshot());
-        serde_json::from_value(json!({"prompts": listed["prompts"]})).map_err(|err| {
-            ErrorData::internal_error(format!("a plugin listed a malformed prompt: {err}"), None)
-        })
+        serde_json::from_value(json!({"prompts": listed["prompts"], "resultType": "complete"}))
+            .map_err(|err| {
+                ErrorData::internal_error(
+                    format!("a plugin listed a malformed prompt: {err}"),
+                    None,
+                )
+            })
     }
 
     async fn get_prompt(
@@ -590,6 +1004,8 @@ impl ServerHandler for FlowTools {
         let name = request.name.clone();
         let arguments = request.arguments.clone().unwrap_or_default();
         let result = blocking(move || crate::content::prompt(&snapshot, &name, &arguments)).await?;
+        let mut result = result;
+        result["resultType"] = json!("complete");
         let result: GetPromptResult = serde_json::from_value(result).map_err(|err| {
             ErrorData::internal_error(
                 format!("prompt `{}` has malformed messages: {err}", request.name),
@@ -966,13 +1382,15 @@ pub fn http_service(
         .with_cancellation_token(shutdown)
         .disable_allowed_hosts()
         .disable_allowed_origins();
+    let tasks: Arc<rmcp::task_manager::TaskManager> = Arc::default();
     StreamableHttpService::new(
         move || {
             Ok(if stateless {
                 FlowTools::stateless(catalog.clone(), run_options.clone())
             } else {
                 FlowTools::new(catalog.clone(), run_options.clone())
-            })
+            }
+            .with_tasks(tasks.clone()))
         },
         Arc::new(LocalSessionManager::default()),
         config,

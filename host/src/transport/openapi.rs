@@ -54,6 +54,8 @@ pub fn document(snapshot: &Snapshot, api_key: bool) -> Value {
         ("/health", "Liveness and what is loaded"),
         ("/flows", "Flows with their status and load errors"),
         ("/ops", "Loaded ops and refused plugins"),
+        ("/resources", "Resources (`resources`: each flow as flow://{name}, and what plugins offer) and resource templates (`resourceTemplates`), as MCP's resources/list and resources/templates/list give them"),
+        ("/prompts", "Prompts plugins offer, as MCP's prompts/list gives them"),
         ("/v1/models", "Flows as OpenAI models"),
     ] {
         paths.insert(
@@ -61,6 +63,34 @@ pub fn document(snapshot: &Snapshot, api_key: bool) -> Value {
             json!({"get": {"summary": summary, "tags": ["discovery"], "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}}}),
         );
     }
+    paths.insert(
+        "/resources/read".into(),
+        json!({"get": {
+            "summary": "Read a resource: MCP's resources/read result (`contents`: `{uri, mimeType, text}` or `{uri, mimeType, blob}` in base64)",
+            "description": "`flow://{name}` gives the flow's YAML (`yaml`), status, schemas, ops and load error as JSON. Other URIs are read by the plugin that lists them or whose template matches.",
+            "tags": ["resources"],
+            "parameters": [{"name": "uri", "in": "query", "required": true, "schema": {"type": "string"}, "example": "flow://echo_flow"}],
+            "responses": {"200": {"description": "The contents"}, "400": {"description": "No `uri`"}, "404": {"description": "No such resource"}, "502": {"description": "The plugin failed"}}
+        }}),
+    );
+    paths.insert(
+        "/prompts/{name}".into(),
+        json!({
+            "get": {
+                "summary": "A prompt's messages (MCP's prompts/get result); arguments as query parameters",
+                "tags": ["prompts"],
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "`{description, messages: [{role, content}]}`"}, "404": {"description": "No such prompt"}, "422": {"description": "A required argument is missing"}}
+            },
+            "post": {
+                "summary": "A prompt's messages, arguments as a JSON object body",
+                "tags": ["prompts"],
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "additionalProperties": {"type": "string"}}}}},
+                "responses": {"200": {"description": "`{description, messages: [{role, content}]}`"}, "404": {"description": "No such prompt"}, "422": {"description": "A required argument is missing"}}
+            }
+        }),
+    );
     paths.insert(
         "/runs/{id}".into(),
         json!({

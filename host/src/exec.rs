@@ -210,6 +210,9 @@ pub struct Outcome {
     /// Op failures the flow went on after (`raise_exception=False`), in the order they
     /// happened: `{"op", "error"}`.
     pub failed_ops: Vec<Value>,
+    /// The failure was the host's or the op's machinery, not the op's answer: an op panicked,
+    /// its worker crashed, or the run's task died (MCP tasks report these as `failed`).
+    pub crashed: bool,
 }
 
 impl Outcome {
@@ -435,6 +438,7 @@ impl Run {
             scratch.clear();
         }
         let mut context = std::mem::take(&mut self.input);
+        let mut crashed = false;
         let error = if let Some(message) = self.stopped.take() {
             // The op may ignore cancellation; do not wait for it.
             Some(message)
@@ -445,8 +449,14 @@ impl Run {
                         context.extend(writes);
                         None
                     }
-                    Ok(Err(failure)) => Some(failure.to_string()),
-                    Err(join) => Some(format!("flow {} crashed: {join}", self.flow_name)),
+                    Ok(Err(failure)) => {
+                        crashed = failure.crashed || failure.message.starts_with("panicked");
+                        Some(failure.to_string())
+                    }
+                    Err(join) => {
+                        crashed = true;
+                        Some(format!("flow {} crashed: {join}", self.flow_name))
+                    }
                 },
                 None => None,
             }
@@ -468,6 +478,7 @@ impl Run {
             context,
             error,
             failed_ops,
+            crashed,
         }
     }
 

@@ -400,6 +400,12 @@ async fn finish_as_task(
         }
     }
     let outcome = run.finish().await;
+    // A crash is the host's failure, not the tool's answer: the task `failed`.
+    if let (true, Some(error)) = (outcome.crashed, &outcome.error) {
+        return Err(rmcp::task_manager::TaskExit::Error(
+            ErrorData::internal_error(error.clone(), Some(json!({"flow_id": flow_id}))),
+        ));
+    }
     Ok(tool_result(&flow, &outcome, gathered, &flow_id))
 }
 

@@ -380,7 +380,12 @@ fn show_config(config: &Config) -> Result<ExitCode, String> {
     let value = json!({
         "source": config.source,
         "backend": format!("{:?}", config.backend).to_lowercase(),
-        "http": {"host": config.http.host, "port": config.http.port},
+        "http": {
+            "host": config.http.host,
+            "port": config.http.port,
+            "mcp_stateless": config.http.mcp_stateless,
+            "mcp_state_key": config.http.mcp_state_key.as_ref().map_or("(random per process)", |_| "(set)"),
+        },
         "flows_dir": config.flow_dirs,
         "plugin_dirs": config.plugin_dirs,
         "enabled_flows": config.filter.enabled,
@@ -506,6 +511,9 @@ fn run_options_with_flows(
 }
 
 fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
+    if let Some(key) = &config.http.mcp_state_key {
+        crate::transport::mcp::set_state_key(key)?;
+    }
     if config.backend == config::Backend::Stdio {
         // Before any plugin is loaded: stray prints must never reach the protocol stream.
         crate::transport::mcp::claim_stdout()?;

@@ -74,6 +74,10 @@ pub struct Http {
     /// Serve `/mcp` without sessions: every request is answered by itself, so any replica
     /// behind a round-robin proxy can answer any request of any client.
     pub mcp_stateless: bool,
+    /// The key 2026-07-28 `requestState` values are sealed with (HMAC): replicas behind one
+    /// proxy share it so any of them can serve a call's next round. None: a random key per
+    /// process.
+    pub mcp_state_key: Option<String>,
 }
 
 impl Http {
@@ -185,6 +189,7 @@ struct RawHttp {
     shutdown_timeout: f64,
     drain_delay: f64,
     mcp_stateless: bool,
+    mcp_state_key: Option<String>,
     /// FlowLLM's uvicorn settings; accepted, not used.
     timeout_keep_alive: Option<Value>,
     limit_concurrency: Option<Value>,
@@ -235,6 +240,7 @@ impl Default for RawHttp {
             shutdown_timeout: 10.0,
             drain_delay: 0.0,
             mcp_stateless: false,
+            mcp_state_key: None,
             timeout_keep_alive: None,
             limit_concurrency: None,
         }
@@ -281,6 +287,7 @@ const HTTP_KEYS: &[&str] = &[
     "shutdown_timeout",
     "drain_delay",
     "mcp_stateless",
+    "mcp_state_key",
     "timeout_keep_alive",
     "limit_concurrency",
 ];
@@ -307,6 +314,7 @@ const LLM_KEYS: &[&str] = &[
 const TEXT_SETTINGS: &[&str] = &[
     "http.host",
     "http.api_key",
+    "http.mcp_state_key",
     "llm.*.model_name",
     "llm.*.base_url",
     "llm.*.api_key",
@@ -415,6 +423,15 @@ pub fn load(flags: Flags) -> Result<Config, String> {
                 seconds(&where_, "http.drain_delay", raw.http.drain_delay)?
             },
             mcp_stateless: raw.http.mcp_stateless,
+            mcp_state_key: match raw.http.mcp_state_key.filter(|key| !key.is_empty()) {
+                Some(key) if key.len() < 32 => {
+                    return Err(format!(
+                        "{where_}: http.mcp_state_key must be at least 32 bytes (it signs MCP requestState; e.g. `openssl rand -hex 32`), found {}",
+                        key.len()
+                    ))
+                }
+                other => other,
+            },
             runs: crate::transport::runs::Retention {
                 keep: seconds(&where_, "runs.retention", raw.runs.retention)?,
                 max_runs: raw.runs.max_runs.max(1),

@@ -238,6 +238,7 @@ mod tests {
             shutdown_timeout: std::time::Duration::from_secs(1),
             drain_delay: std::time::Duration::ZERO,
             mcp_stateless: false,
+            mcp_state_key: None,
             runs: Default::default(),
         })
     }

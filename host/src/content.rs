@@ -22,6 +22,8 @@ pub enum ContentError {
     Invalid(String),
     /// The plugin failed while reading.
     Failed(String),
+    /// The prompt asks the client first: MCP input requests (`{key: {method, params}}`).
+    NeedsInput(Value),
 }
 
 impl std::fmt::Display for ContentError {
@@ -30,6 +32,14 @@ impl std::fmt::Display for ContentError {
             ContentError::NotFound(m) | ContentError::Invalid(m) | ContentError::Failed(m) => {
                 f.write_str(m)
             }
+            ContentError::NeedsInput(questions) => write!(
+                f,
+                "this prompt asks the user first ({}); only an MCP 2026-07-28 client can answer",
+                questions
+                    .as_object()
+                    .map(|q| q.keys().cloned().collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            ),
         }
     }
 }
@@ -195,10 +205,12 @@ fn flow_resource(snapshot: &Snapshot, name: &str) -> Option<Value> {
 }
 
 /// One prompt's messages (MCP `GetPromptResult`). Blocks while the plugin builds them.
+/// `answers`: what the client answered to the prompt's questions so far (2026-07-28).
 pub fn prompt(
     snapshot: &Snapshot,
     name: &str,
     arguments: &Map<String, Value>,
+    answers: &Map<String, Value>,
 ) -> Result<Value, ContentError> {
     let found = by_name(snapshot).into_iter().find_map(|library| {
         let prompt = library.content["prompts"]
@@ -231,13 +243,18 @@ pub fn prompt(
         )));
     }
     let reply = library
-        .content(&json!({"method": "prompt", "name": name, "arguments": arguments}))
+        .content(
+            &json!({"method": "prompt", "name": name, "arguments": arguments, "answers": answers}),
+        )
         .map_err(|message| {
             ContentError::Failed(format!(
                 "plugin {} could not build prompt `{name}`: {message}",
                 library.plugin_name
             ))
         })?;
+    if let Some(questions) = reply.get("questions") {
+        return Err(ContentError::NeedsInput(questions.clone()));
+    }
     let mut result = json!({"messages": reply["messages"].clone()});
     if let Some(description) = prompt["description"].as_str().filter(|d| !d.is_empty()) {
         result["description"] = json!(description);

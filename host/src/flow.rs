@@ -38,18 +38,22 @@ pub struct Spec {
     pub source: String,
     /// `task:` whether MCP clients that speak the tasks extension get a task for a call.
     pub task: TaskSupport,
-    /// `task_after:` seconds a call may run (or ask the client) before it becomes a task.
+    /// `task_after:` seconds a call may run (or ask the client) before it becomes a task
+    /// (default [`DEFAULT_TASK_AFTER`]; 0: at once).
     pub task_after: Duration,
     /// Where `flow_content`'s text starts, to map expression positions to file positions.
     content_origin: Origin,
 }
 
+/// How long a call of a task-capable client runs before it becomes a task, unless the flow
+/// says (`task_after:`): quicker calls answer directly, without a task to poll.
+pub const DEFAULT_TASK_AFTER: Duration = Duration::from_secs(1);
+
 /// `task:` in the YAML: MCP tasks (the 2026-07-28 `io.modelcontextprotocol/tasks` extension).
 /// `optional` (the default): a client that declares the extension gets a task it polls, a
 /// client that does not gets the result directly; `required`: clients without the extension
 /// are refused; `forbidden`: always answered directly.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TaskSupport {
     #[default]
     Optional,
@@ -276,7 +280,7 @@ struct RawSpec {
     #[serde(default)]
     icon: Option<Value>,
     #[serde(default)]
-    task: TaskSupport,
+    task: Option<String>,
     #[serde(default)]
     task_after: Option<f64>,
     /// FlowLLM's own flag; flows here are always run the same way.
@@ -421,8 +425,18 @@ fn parse_spec(
     let output_schema = match raw.output_schema {
         None => None,
         Some(schema) => {
-            let schema = normalize_schema(schema).map_err(|m| field_error("output_schema", m))?;
-            if schema.get("type").is_some_and(|t| t != "object") {
+            let not_object = |schema: &Value| {
+                schema
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| t != "object")
+            };
+            let schema = if not_object(&schema) {
+                schema
+            } else {
+                normalize_schema(schema).map_err(|m| field_error("output_schema", m))?
+            };
+            if not_object(&schema) {
                 return Err(field_error(
                     "output_schema",
                     "must describe an object (`type: object`): MCP's structuredContent is a JSON object".into(),
@@ -435,8 +449,19 @@ fn parse_spec(
         None => Vec::new(),
         Some(icon) => parse_icons(icon).map_err(|m| field_error("icon", m))?,
     };
+    let task = match raw.task.as_deref() {
+        None | Some("optional") => TaskSupport::Optional,
+        Some("required") => TaskSupport::Required,
+        Some("forbidden") => TaskSupport::Forbidden,
+        Some(other) => {
+            return Err(field_error(
+                "task",
+                format!("must be optional, required or forbidden, found `{other}`"),
+            ))
+        }
+    };
     let task_after = match raw.task_after {
-        None => Duration::ZERO,
+        None => DEFAULT_TASK_AFTER,
         Some(s) if s.is_finite() && (0.0..=MAX_SECONDS).contains(&s) => Duration::from_secs_f64(s),
         Some(s) => {
             return Err(field_error(
@@ -500,7 +525,7 @@ fn parse_spec(
         output_schema,
         icons,
         source,
-        task: raw.task,
+        task,
         task_after,
         content_origin,
     })
@@ -973,7 +998,7 @@ mod tests {
         );
         check(
             "ok:\n  flow_content: EchoOp()\nbad:\n  flow_content: EchoOp()\n  strem: true\n",
-            "f.yaml:5:1: error: flow `bad`: unknown field `strem`, expected one of `flow_content`, `stream`, `description`, `input_schema`, `limits`, `isolation`, `use_async` (did you mean `stream`?)",
+            "f.yaml:5:1: error: flow `bad`: unknown field `strem`, expected one of `flow_content`, `stream`, `description`, `input_schema`, `limits`, `isolation`, `output_schema`, `icon`, `task`, `task_after`, `use_async` (did you mean `stream`?)",
         );
         check("bad name:\n  flow_content: EchoOp()\n", "f.yaml:1:1: error: flow name `bad name` may only use letters, digits, `_` and `-` (it becomes a URL path and a tool name)");
         check(
@@ -1001,6 +1026,53 @@ mod tests {
         let specs: Vec<Spec> = parse(text).specs.into_iter().map(Result::unwrap).collect();
         assert_eq!(specs[0].file_pos(expr::Pos { line: 1, col: 10 }), (2, 27));
         assert_eq!(specs[1].file_pos(expr::Pos { line: 2, col: 12 }), (6, 16));
+    }
+
+    #[test]
+    fn output_schema_icons_and_tasks_are_read_and_checked() {
+        let text = "a:\n  flow_content: EchoOp()\n  icon: [\"https://x/i.png\", {src: \"data:image/png;base64,AA\", mime_type: image/png, sizes: 48x48}]\n  output_schema:\n    city: {type: string, required: true}\n  task: required\n  task_after: 2.5\n";
+        let specs: Vec<Spec> = parse(text)
+            .specs
+            .into_iter()
+            .map(|s| s.expect("a spec"))
+            .collect();
+        let spec = &specs[0];
+        assert_eq!(
+            spec.icons,
+            vec![
+                json!({"src": "https://x/i.png"}),
+                json!({"src": "data:image/png;base64,AA", "mimeType": "image/png", "sizes": ["48x48"]})
+            ]
+        );
+        assert_eq!(
+            spec.output_schema.as_ref().expect("a schema")["required"],
+            json!(["city"])
+        );
+        assert_eq!(spec.task, TaskSupport::Required);
+        assert_eq!(spec.task_after, Duration::from_millis(2500));
+        assert!(
+            spec.source.starts_with("a:\n  flow_content: EchoOp()\n"),
+            "{}",
+            spec.source
+        );
+        assert_eq!(
+            parse("b:\n  flow_content: EchoOp()\n").specs[0]
+                .as_ref()
+                .expect("ok")
+                .task_after,
+            DEFAULT_TASK_AFTER
+        );
+        for (yaml, expected) in [
+            ("  output_schema: {type: string}\n", "f.yaml:3:1: error: flow `b`: output_schema: must describe an object"),
+            ("  icon: 7\n", "f.yaml:3:1: error: flow `b`: icon: must be a URL"),
+            ("  icon: {mime_type: image/png}\n", "f.yaml:3:1: error: flow `b`: icon: an icon mapping needs `src`"),
+            ("  task_after: -1\n", "f.yaml:3:1: error: flow `b`: task_after: must be a number of seconds"),
+            ("  task: sometimes\n", "f.yaml:3:1: error: flow `b`: task: must be optional, required or forbidden, found `sometimes`"),
+        ] {
+            let flows = parse(&format!("b:\n  flow_content: EchoOp()\n{yaml}"));
+            let error = flows.specs[0].as_ref().expect_err("refused").to_string();
+            assert!(error.starts_with(expected), "{error}");
+        }
     }
 
     #[test]

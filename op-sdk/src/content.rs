@@ -75,6 +75,48 @@ pub trait Content: 'static {
         let _ = arguments;
         Err(Error::new(format!("no prompt `{name}`")))
     }
+
+    /// [`Content::get_prompt`] for a prompt that asks the user first (MCP 2026-07-28 clients
+    /// answer in a second round). `asked.elicit(...)` gives the answer when the client has
+    /// sent it, else `None`: return anything (the host answers the client with the questions
+    /// and calls again once they are answered). The default asks nothing.
+    fn get_prompt_asking(
+        name: &str,
+        arguments: &Map<String, Value>,
+        asked: &Asked,
+    ) -> Result<Vec<PromptMessage>, Error> {
+        let _ = asked;
+        Self::get_prompt(name, arguments)
+    }
+}
+
+/// What a prompt may ask the client, and what it answered (see
+/// [`Content::get_prompt_asking`]).
+pub struct Asked {
+    answers: Map<String, Value>,
+    questions: std::cell::RefCell<Map<String, Value>>,
+}
+
+impl Asked {
+    /// Asks the user (`key` names the question): `Some` once the client answered.
+    pub fn elicit(&self, key: &str, message: &str, schema: &Value) -> Option<crate::Elicited> {
+        match self.answers.get(key) {
+            Some(answer) => Some(match answer["action"].as_str() {
+                Some("accept") => crate::Elicited::Accept(
+                    answer["content"].as_object().cloned().unwrap_or_default(),
+                ),
+                Some("decline") => crate::Elicited::Decline,
+                _ => crate::Elicited::Cancel,
+            }),
+            None => {
+                self.questions.borrow_mut().insert(
+                    key.to_string(),
+                    json!({"method": "elicitation/create", "params": {"message": message, "requestedSchema": schema}}),
+                );
+                None
+            }
+        }
+    }
 }
 
 /// A plugin with no resources or prompts.
@@ -429,7 +471,15 @@ pub fn serve<C: Content>(request: &Value) -> Result<Value, String> {
             let name = request["name"].as_str().unwrap_or_default();
             let empty = Map::new();
             let arguments = request["arguments"].as_object().unwrap_or(&empty);
-            let messages = C::get_prompt(name, arguments).map_err(|e| e.0)?;
+            let asked = Asked {
+                answers: request["answers"].as_object().cloned().unwrap_or_default(),
+                questions: Default::default(),
+            };
+            let messages = C::get_prompt_asking(name, arguments, &asked).map_err(|e| e.0)?;
+            let questions = asked.questions.into_inner();
+            if !questions.is_empty() {
+                return Ok(json!({"questions": questions}));
+            }
             Ok(json!({"messages": messages
                 .into_iter()
                 .map(|m| json!({"role": m.role, "content": m.content}))

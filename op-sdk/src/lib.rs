@@ -60,8 +60,8 @@ pub mod ffi;
 pub mod testing;
 
 pub use content::{
-    Body, Content, NoContent, Prompt, PromptArgument, PromptMessage, Resource, ResourceContents,
-    ResourceTemplate,
+    Asked, Body, Content, NoContent, Prompt, PromptArgument, PromptMessage, Resource,
+    ResourceContents, ResourceTemplate,
 };
 
 /// The kinds of chunk an op can stream (FlowLLM 0.2 names).

@@ -63,12 +63,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state.clone())
         .nest_service(
             "/mcp",
-            super::mcp::http_service(
-                state.catalog.clone(),
-                state.run_options.clone(),
-                state.options.mcp_stateless,
-                state.hard_stop.clone(),
-            ),
+            tower::ServiceBuilder::new()
+                .layer(middleware::from_fn_with_state(
+                    (state.catalog.clone(), state.options.body_limit),
+                    super::mcp::check_param_headers,
+                ))
+                .service(super::mcp::http_service(
+                    state.catalog.clone(),
+                    state.run_options.clone(),
+                    state.options.mcp_stateless,
+                    state.hard_stop.clone(),
+                )),
         )
         .merge(swagger.layer(middleware::from_fn(docs::docs_page)))
         .fallback(not_found)
@@ -265,7 +270,9 @@ async fn get_prompt(
     axum::extract::Query(arguments): axum::extract::Query<Map<String, Value>>,
 ) -> Result<Json<Value>, ApiError> {
     let snapshot = state.catalog.snapshot();
-    let result = content_call(move || crate::content::prompt(&snapshot, &name, &arguments)).await?;
+    let result =
+        content_call(move || crate::content::prompt(&snapshot, &name, &arguments, &Map::new()))
+            .await?;
     Ok(Json(result))
 }
 
@@ -295,7 +302,9 @@ async fn get_prompt_post(
         }
     };
     let snapshot = state.catalog.snapshot();
-    let result = content_call(move || crate::content::prompt(&snapshot, &name, &arguments)).await?;
+    let result =
+        content_call(move || crate::content::prompt(&snapshot, &name, &arguments, &Map::new()))
+            .await?;
     Ok(Json(result))
 }
 
@@ -312,6 +321,10 @@ async fn content_call<T: Send + 'static>(
         Ok(Err(ContentError::Invalid(message))) => {
             Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message))
         }
+        Ok(Err(asks @ ContentError::NeedsInput(_))) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{asks}; over HTTP there is nobody to ask"),
+        )),
         Ok(Err(ContentError::Failed(message))) => {
             Err(ApiError::new(StatusCode::BAD_GATEWAY, message))
         }

@@ -779,6 +779,7 @@ fn content_error(error: crate::content::ContentError) -> ErrorData {
         ContentError::NotFound(message) => ErrorData::resource_not_found(message, None),
         ContentError::Invalid(message) => ErrorData::invalid_params(message, None),
         ContentError::Failed(message) => ErrorData::internal_error(message, None),
+        asks @ ContentError::NeedsInput(_) => ErrorData::invalid_request(asks.to_string(), None),
     }
 }
 
@@ -1004,12 +1005,46 @@ impl ServerHandler for FlowTools {
     async fn get_prompt(
         &self,
         request: GetPromptRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
         let snapshot = self.catalog.snapshot();
         let name = request.name.clone();
         let arguments = request.arguments.clone().unwrap_or_default();
-        let result = blocking(move || crate::content::prompt(&snapshot, &name, &arguments)).await?;
+        // 2026-07-28: a prompt may ask the user first (input-required results).
+        let modern = context
+            .protocol_version()
+            .is_some_and(|v| v.as_str() >= rmcp::model::ProtocolVersion::V_2026_07_28.as_str());
+        let exchange = match modern {
+            true => Some(Exchange::open(
+                request.request_state.as_deref(),
+                request.input_responses.as_ref(),
+            )?),
+            false => None,
+        };
+        let answers = exchange
+            .as_ref()
+            .map(|e| e.answers.clone())
+            .unwrap_or_default();
+        let result = match tokio::task::spawn_blocking(move || {
+            crate::content::prompt(&snapshot, &name, &arguments, &answers)
+        })
+        .await
+        {
+            Ok(Err(crate::content::ContentError::NeedsInput(Value::Object(questions))))
+                if exchange.is_some() =>
+            {
+                let exchange = exchange.expect("checked");
+                *exchange.requests.lock().unwrap_or_else(|p| p.into_inner()) = questions;
+                return exchange.input_required().map(GetPromptResponse::from);
+            }
+            Ok(result) => result.map_err(content_error)?,
+            Err(err) => {
+                return Err(ErrorData::internal_error(
+                    format!("the prompt failed: {err}"),
+                    None,
+                ))
+            }
+        };
         let mut result = result;
         result["resultType"] = json!("complete");
         let result: GetPromptResult = serde_json::from_value(result).map_err(|err| {
@@ -1365,6 +1400,110 @@ fn trim_ascii(bytes: &[u8]) -> &[u8] {
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(start, |i| i + 1);
     &bytes[start..end]
+}
+
+/// SEP-2243 custom headers (2026-07-28): a flow's input property with `x-mcp-header: Name` is
+/// mirrored by the client in an `Mcp-Param-Name` header (literal, or `=?base64?...?=`) so
+/// proxies can route on it. A `tools/call` whose header is missing, undecodable or different
+/// from the body is refused (-32020, HTTP 400) before it runs.
+pub async fn check_param_headers(
+    axum::extract::State((catalog, limit)): axum::extract::State<(Arc<Catalog>, usize)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if request.method() != axum::http::Method::POST {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            return (
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body could not be read: {err}"),
+            )
+                .into_response()
+        }
+    };
+    if let Some((id, problem)) = param_header_problem(&catalog, &parts.headers, &bytes) {
+        let body = json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": {"code": -32020, "message": problem},
+        });
+        return (axum::http::StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}
+
+/// What is wrong with a `tools/call`'s `Mcp-Param-*` headers, with the request id.
+fn param_header_problem(
+    catalog: &Catalog,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Option<(Value, String)> {
+    use base64::Engine as _;
+    let message: Value = serde_json::from_slice(body).ok()?;
+    if message["method"] != "tools/call" {
+        return None;
+    }
+    let name = message["params"]["name"].as_str()?;
+    let snapshot = catalog.snapshot();
+    let flow = snapshot.get(name)?.flow.clone()?;
+    let arguments = &message["params"]["arguments"];
+    for (property, schema) in flow.spec.input_schema["properties"].as_object()? {
+        let Some(header) = schema.get("x-mcp-header").and_then(Value::as_str) else {
+            continue;
+        };
+        let header_name = format!("Mcp-Param-{header}");
+        let in_body = match arguments.get(property) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => Some(text.clone()),
+            Some(other) => Some(other.to_string()),
+        };
+        let problem = match (headers.get(&header_name), in_body) {
+            (None, None) => continue,
+            (None, Some(_)) => format!(
+                "header {header_name} is missing: it must carry arguments.{property} (x-mcp-header)"
+            ),
+            (Some(_), None) => {
+                format!("header {header_name} is set but arguments.{property} is not in the body")
+            }
+            (Some(value), Some(expected)) => {
+                let raw = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                let decoded = match raw
+                    .strip_prefix("=?base64?")
+                    .and_then(|rest| rest.strip_suffix("?="))
+                {
+                    Some(encoded) => match base64::engine::general_purpose::STANDARD
+                        .decode(encoded)
+                        .ok()
+                        .and_then(|bytes| String::from_utf8(bytes).ok())
+                    {
+                        Some(text) => text,
+                        None => return Some((
+                            message["id"].clone(),
+                            format!(
+                                "header {header_name} is not valid Base64 inside =?base64?...?="
+                            ),
+                        )),
+                    },
+                    None => raw,
+                };
+                if decoded == expected {
+                    continue;
+                }
+                format!("header {header_name} does not match arguments.{property} in the body")
+            }
+        };
+        return Some((message["id"].clone(), problem));
+    }
+    None
 }
 
 /// The Streamable HTTP endpoint, mounted at `/mcp` by the HTTP transport. The `Host` and

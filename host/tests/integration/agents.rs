@@ -400,3 +400,34 @@ async fn a_flow_is_a_tool_through_flow_op() {
         json!({"role": "tool", "tool_call_id": "s1", "content": "rust"})
     );
 }
+
+/// `ctx.sample` over HTTP has no client to ask: the host's LLM service answers, with the
+/// sampling request turned into a chat request (system prompt first, max_tokens kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_over_http_falls_back_to_the_llm_service() {
+    let flows = folder(&[(
+        "f.yaml",
+        "ask_model:\n  flow_content: SampleOp(prompt=\"Capital of France?\", reply=\"model says {text}\")\n",
+    )]);
+    let plugins = plugin_folder(&[(&fixture("op_conformance"), &so("op_conformance"))]);
+    let upstream = Scripted::start(vec![vec![json!({"content": "Paris"})]]).await;
+    let server = Server::start_with_env(
+        flows.path(),
+        &["--plugins", plugins.path().to_str().expect("utf-8")],
+        &[
+            ("FLOW_LLM_BASE_URL", &upstream.url),
+            ("FLOW_LLM_API_KEY", "k"),
+        ],
+    );
+    flowhost::llm::tls_init();
+    let client = reqwest::Client::new();
+    let answer = post_json(&client, &server, "/ask_model", json!({})).await;
+    assert_eq!(answer["answer"], "model says Paris", "{answer}");
+    let sent = upstream.bodies();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(
+        sent[0]["messages"],
+        json!([{"role": "user", "content": "Capital of France?"}])
+    );
+    assert_eq!(sent[0]["max_tokens"], 100);
+}

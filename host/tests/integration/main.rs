@@ -13,5 +13,6 @@ mod plugins;
 mod policies;
 mod reload;
 mod security;
+mod surface;
 mod tidy;
 mod util;

@@ -354,6 +354,58 @@ async fn a_plugin_built_against_op_sdk_0_1_1_still_loads_and_reaches_its_service
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_op_sdk_0_1_2_keeps_its_tool_sub_ops_and_llm() {
+    let plugins = plugin_folder(&[
+        (&fixture("op_legacy_012"), &so("op_legacy_012")),
+        (&op_basic(), &so("op_basic")),
+    ]);
+    let flows = folder(&[(
+        "f.yaml",
+        "legacy:\n  flow_content: Legacy012Op() << EchoOp()\n",
+    )]);
+    let catalog = catalog(flows.path(), &[plugins.path().to_path_buf()]);
+    let snapshot = catalog.snapshot();
+    assert!(
+        snapshot.registry.errors.is_empty(),
+        "{:?}",
+        snapshot.registry.errors
+    );
+    let op = snapshot
+        .registry
+        .get("Legacy012Op")
+        .expect("Legacy012Op loaded");
+    assert_eq!(op.library.sdk_version, "0.1.2");
+    assert_eq!(
+        op.tool.as_ref().map(|t| t["name"].clone()),
+        Some(json!("legacy_012")),
+        "its tool description survives the view change"
+    );
+    assert_eq!(
+        op.library.content,
+        json!({"resources": [], "templates": [], "prompts": []}),
+        "a 0.1.2 plugin offers no content"
+    );
+    assert!(
+        snapshot
+            .get("legacy")
+            .and_then(|e| e.flow.as_ref())
+            .is_some(),
+        "{:?}",
+        snapshot.get("legacy").map(|e| &e.error)
+    );
+    let (chunks, outcome) = run(&catalog, "legacy", json!({"query": "old"})).await;
+    assert!(outcome.success(), "{outcome:?}");
+    let text = texts(&chunks).join("");
+    assert!(
+        text.starts_with(
+            "legacy 0.1.2: old; llm refused (this host was started without an LLM service); subs ["
+        ),
+        "{text}"
+    );
+    assert!(text.ends_with("-> \"sub\""), "the sub-op answered: {text}");
+}
+
 /// Plugin copies are loaded from a private temp folder that is gone once the library is
 /// mapped: nothing is left behind to prune, and nothing predictable to plant a library in.
 #[test]

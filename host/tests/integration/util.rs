@@ -38,7 +38,8 @@ pub fn fixture(name: &str) -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let legacy = manifest.with_file_name("op-legacy").join("Cargo.toml");
         let legacy_011 = manifest.with_file_name("op-legacy-011").join("Cargo.toml");
-        for manifest in [&manifest, &legacy, &legacy_011] {
+        let legacy_012 = manifest.with_file_name("op-legacy-012").join("Cargo.toml");
+        for manifest in [&manifest, &legacy, &legacy_011, &legacy_012] {
             let status = Command::new(&cargo)
                 .args(["build", "--quiet", "--manifest-path"])
                 .arg(manifest)

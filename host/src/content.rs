@@ -230,7 +230,7 @@ pub fn prompt(
         .flatten()
         .filter(|a| a["required"] == true)
         .filter_map(|a| a["name"].as_str())
-        .filter(|arg| !arguments.get(*arg).is_some_and(|v| !v.is_null()))
+        .filter(|arg| arguments.get(*arg).is_none_or(Value::is_null))
         .collect();
     if !missing.is_empty() {
         return Err(ContentError::Invalid(format!(

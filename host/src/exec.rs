@@ -1229,29 +1229,6 @@ impl OpHost {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_log_channel_is_bounded_and_counts_what_it_drops() {
-        let (sink, mut rx) = LogSink::bounded(3);
-        for i in 0..10 {
-            sink.send(LogLine {
-                level: op_sdk::Level::Info,
-                op: "T",
-                message: i.to_string(),
-            });
-        }
-        assert_eq!(sink.dropped(), 7);
-        let mut kept = Vec::new();
-        while let Ok(line) = rx.try_recv() {
-            kept.push(line.message);
-        }
-        assert_eq!(kept, ["0", "1", "2"]);
-    }
-}
-
 /// `ctx.sample`'s `{messages, options}` as MCP `CreateMessageRequest` params: string contents
 /// become text blocks, `maxTokens` defaults to 1000.
 fn sampling_request(request: &Value) -> Result<Value, String> {
@@ -1307,4 +1284,27 @@ fn sampling_to_chat(params: &Value) -> Value {
         chat["stop"] = stop.clone();
     }
     chat
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_log_channel_is_bounded_and_counts_what_it_drops() {
+        let (sink, mut rx) = LogSink::bounded(3);
+        for i in 0..10 {
+            sink.send(LogLine {
+                level: op_sdk::Level::Info,
+                op: "T",
+                message: i.to_string(),
+            });
+        }
+        assert_eq!(sink.dropped(), 7);
+        let mut kept = Vec::new();
+        while let Ok(line) = rx.try_recv() {
+            kept.push(line.message);
+        }
+        assert_eq!(kept, ["0", "1", "2"]);
+    }
 }

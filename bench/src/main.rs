@@ -463,7 +463,79 @@ fn mcp_stdio(bin_dir: &Path) -> Value {
             "--flows",
         ])
         .arg(flows.path());
-    mcp_stdio_rate(command, "echo", 20_000, Some("count"))
+    let mut report = mcp_stdio_rate(command, "echo", 20_000, Some("count"));
+    let mut command = std::process::Command::new(bin_dir.join("flowhost"));
+    command
+        .args([
+            "serve",
+            "--transport",
+            "stdio",
+            "--no-watch",
+            "--log",
+            "error",
+            "--flows",
+        ])
+        .arg(flows.path());
+    report["surface"] = mcp_surface_rates(command, 20_000);
+    report
+}
+
+/// Sequential requests of the rest of the surface over stdio: `resources/read` of a flow
+/// resource, `prompts/list`, and `tools/call` from a 2026-07-28 client (per-request `_meta`).
+fn mcp_surface_rates(mut command: std::process::Command, calls: usize) -> Value {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the MCP server");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    let mut rate = |what: &str, request: &dyn Fn(usize) -> String| {
+        let started = Instant::now();
+        for id in 1..=calls {
+            stdin.write_all(request(id).as_bytes()).expect("write");
+            stdin.write_all(b"\n").expect("write");
+            stdin.flush().expect("flush");
+            loop {
+                line.clear();
+                assert!(
+                    stdout.read_line(&mut line).expect("read") > 0,
+                    "stdout closed"
+                );
+                if line.contains(&format!("\"id\":{id}")) {
+                    break;
+                }
+            }
+            assert!(!line.contains("\"error\""), "{what} {id} failed: {line}");
+        }
+        let per_sec = calls as f64 / started.elapsed().as_secs_f64();
+        eprintln!("mcp: {per_sec:.0} sequential {what} per second");
+        per_sec
+    };
+    let meta = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"elicitation":{}}}"#;
+    let modern = rate("2026-07-28 tools/call", &|id| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"query":"q{id}"}},{meta}}}}}"#
+        )
+    });
+    let read = rate("resources/read flow://echo", &|id| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"resources/read","params":{{"uri":"flow://echo",{meta}}}}}"#
+        )
+    });
+    let prompts = rate("prompts/list", &|id| {
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"prompts/list","params":{{{meta}}}}}"#)
+    });
+    drop(stdin);
+    let _ = child.wait();
+    json!({
+        "sequential": calls,
+        "tools_call_2026_per_sec": modern,
+        "resources_read_flow_per_sec": read,
+        "prompts_list_per_sec": prompts,
+    })
 }
 
 /// FlowLLM 0.2 as an MCP stdio server (its peers' serve.py with `backend=mcp`), if installed.

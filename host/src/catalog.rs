@@ -219,7 +219,12 @@ impl Catalog {
             }
         }
         let flows_changed = flows && state.scan_flows();
-        if !(flows_changed || plugins_changed || first) {
+        // Plugins list their resources and prompts again (what they offer may change).
+        let mut content_changed = false;
+        for library in &state.registry.libraries {
+            content_changed |= library.refresh_content();
+        }
+        if !(flows_changed || plugins_changed || content_changed || first) {
             return;
         }
         let generation = self.current.load().generation + 1;

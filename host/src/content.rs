@@ -69,7 +69,8 @@ pub fn list(snapshot: &Snapshot) -> Value {
             ("templates", &mut templates),
             ("prompts", &mut prompts),
         ] {
-            for item in library.content[key].as_array().into_iter().flatten() {
+            let listed = library.content_list();
+            for item in listed[key].as_array().into_iter().flatten() {
                 let mut item = item.clone();
                 if let Some(map) = item.as_object_mut() {
                     map.remove("static");
@@ -114,19 +115,21 @@ fn reader<'a>(snapshot: &'a Snapshot, uri: &'a str) -> Option<Reader<'a>> {
     }
     let libraries = by_name(snapshot);
     let listed = libraries.iter().find(|library| {
-        library.content["resources"]
+        library.content_list()["resources"]
             .as_array()
             .is_some_and(|list| list.iter().any(|r| r["uri"] == uri))
     });
     let templated = || {
         libraries.iter().find(|library| {
-            library.content["templates"].as_array().is_some_and(|list| {
-                list.iter().any(|t| {
-                    t["uriTemplate"]
-                        .as_str()
-                        .is_some_and(|template| matches_template(template, uri))
+            library.content_list()["templates"]
+                .as_array()
+                .is_some_and(|list| {
+                    list.iter().any(|t| {
+                        t["uriTemplate"]
+                            .as_str()
+                            .is_some_and(|template| matches_template(template, uri))
+                    })
                 })
-            })
         })
     };
     listed
@@ -213,10 +216,12 @@ pub fn prompt(
     answers: &Map<String, Value>,
 ) -> Result<Value, ContentError> {
     let found = by_name(snapshot).into_iter().find_map(|library| {
-        let prompt = library.content["prompts"]
+        let listed = library.content_list();
+        let prompt = listed["prompts"]
             .as_array()?
             .iter()
-            .find(|p| p["name"] == name)?;
+            .find(|p| p["name"] == name)?
+            .clone();
         Some((library, prompt))
     });
     let Some((library, prompt)) = found else {

@@ -31,8 +31,8 @@ pub struct Library {
     /// Tool descriptions the ops declare, by op name (op-sdk 0.1.2).
     pub tools: std::collections::HashMap<String, serde_json::Value>,
     /// What the plugin offers besides ops (op-sdk 0.1.3): `{resources, templates, prompts}`,
-    /// each a JSON array (empty for older plugins).
-    pub content: serde_json::Value,
+    /// each a JSON array (empty for older plugins); listed at load and again at every reload.
+    content: std::sync::RwLock<Arc<serde_json::Value>>,
     module: Module,
 }
 
@@ -131,30 +131,7 @@ pub fn load(path: &Path, bytes: &[u8]) -> Result<Library, LoadError> {
         })
         .map(|map| map.into_iter().collect())
         .unwrap_or_default();
-    let mut content = serde_json::json!({"resources": [], "templates": [], "prompts": []});
-    if let Module::Current(m) = module {
-        if let Some(serve) = m.content() {
-            match content_call(serve, &serde_json::json!({"method": "list"})) {
-                Ok(serde_json::Value::Object(listed)) => {
-                    for key in ["resources", "templates", "prompts"] {
-                        if let Some(list @ serde_json::Value::Array(_)) = listed.get(key) {
-                            content[key] = list.clone();
-                        }
-                    }
-                }
-                Ok(_) => {
-                    return Err(LoadError::Incompatible(
-                        "its content list is not a JSON object".into(),
-                    ))
-                }
-                Err(message) => {
-                    return Err(LoadError::Incompatible(format!(
-                        "listing its resources and prompts failed: {message}"
-                    )))
-                }
-            }
-        }
-    }
+    let content = list_content(module).map_err(LoadError::Incompatible)?;
     Ok(Library {
         path: path.to_path_buf(),
         hash,
@@ -163,10 +140,35 @@ pub fn load(path: &Path, bytes: &[u8]) -> Result<Library, LoadError> {
         sdk_version,
         speeds: ops.iter().map(|_| Arc::default()).collect(),
         tools,
-        content,
+        content: std::sync::RwLock::new(Arc::new(content)),
         ops: ops.into_iter().collect(),
         module,
     })
+}
+
+/// A plugin's `{resources, templates, prompts}` (empty lists before op-sdk 0.1.3).
+fn list_content(module: Module) -> Result<serde_json::Value, String> {
+    let mut content = serde_json::json!({"resources": [], "templates": [], "prompts": []});
+    let Module::Current(m) = module else {
+        return Ok(content);
+    };
+    let Some(serve) = m.content() else {
+        return Ok(content);
+    };
+    match content_call(serve, &serde_json::json!({"method": "list"})) {
+        Ok(serde_json::Value::Object(listed)) => {
+            for key in ["resources", "templates", "prompts"] {
+                if let Some(list @ serde_json::Value::Array(_)) = listed.get(key) {
+                    content[key] = list.clone();
+                }
+            }
+            Ok(content)
+        }
+        Ok(_) => Err("its content list is not a JSON object".into()),
+        Err(message) => Err(format!(
+            "listing its resources and prompts failed: {message}"
+        )),
+    }
 }
 
 fn load_shadow(shadow: &Path) -> Result<(Module, String), LoadError> {
@@ -313,6 +315,33 @@ impl Library {
             .into_result()
             .map(|s| s.into_string())
             .map_err(|e| e.into_string())
+    }
+
+    /// What the plugin offers besides ops, as last listed.
+    pub fn content_list(&self) -> Arc<serde_json::Value> {
+        self.content
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Lists the plugin's resources and prompts again (a plugin may offer different ones as
+    /// time goes on); returns whether anything changed. A failing list keeps the last one.
+    pub fn refresh_content(&self) -> bool {
+        match list_content(self.module) {
+            Ok(content) => {
+                let mut current = self.content.write().unwrap_or_else(|p| p.into_inner());
+                if **current == content {
+                    return false;
+                }
+                *current = Arc::new(content);
+                true
+            }
+            Err(message) => {
+                tracing::warn!(plugin = %self.plugin_name, "{message}; keeping the last list");
+                false
+            }
+        }
     }
 
     /// A content request (`{"method": "read", "uri"}`, `{"method": "prompt", "name",

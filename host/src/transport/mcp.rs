@@ -88,6 +88,13 @@ impl FlowTools {
                     _ => Map::new(),
                 };
                 let mut description = flow.spec.description.clone();
+                if description.is_empty() {
+                    // An agent picks tools by their description: say at least what it runs.
+                    description = format!(
+                        "Runs the flow `{name}`: {}",
+                        flow.spec.flow_content.split_whitespace().collect::<Vec<_>>().join(" ")
+                    );
+                }
                 if flow.spec.stream {
                     if !description.is_empty() {
                         description.push(' ');
@@ -662,6 +669,12 @@ impl Exchange {
             })?,
         };
         for (key, value) in responses.into_iter().flatten() {
+            if !value.is_object() {
+                return Err(ErrorData::invalid_params(
+                    format!("inputResponses.{key} must be an object (the client's result for that input request: an ElicitResult, CreateMessageResult or ListRootsResult), found {value}"),
+                    None,
+                ));
+            }
             answers.insert(key.clone(), value.clone());
         }
         Ok(Exchange {
@@ -947,7 +960,14 @@ impl ServerHandler for FlowTools {
     ) -> Result<ReadResourceResponse, ErrorData> {
         let snapshot = self.catalog.snapshot();
         let uri = request.uri.clone();
-        let contents = blocking(move || crate::content::read(&snapshot, &uri)).await?;
+        let contents = blocking(move || crate::content::read(&snapshot, &uri))
+            .await
+            .map_err(|mut error| {
+                if error.code == ErrorCode::RESOURCE_NOT_FOUND {
+                    error.data = Some(json!({"uri": request.uri}));
+                }
+                error
+            })?;
         let result: ReadResourceResult =
             serde_json::from_value(json!({"contents": contents, "resultType": "complete"}))
                 .map_err(|err| {
@@ -1486,12 +1506,14 @@ fn param_header_problem(
                         .and_then(|bytes| String::from_utf8(bytes).ok())
                     {
                         Some(text) => text,
-                        None => return Some((
-                            message["id"].clone(),
-                            format!(
+                        None => {
+                            return Some((
+                                message["id"].clone(),
+                                format!(
                                 "header {header_name} is not valid Base64 inside =?base64?...?="
                             ),
-                        )),
+                            ))
+                        }
                     },
                     None => raw,
                 };

@@ -382,7 +382,7 @@ async fn a_plugin_built_against_op_sdk_0_1_2_keeps_its_tool_sub_ops_and_llm() {
         "its tool description survives the view change"
     );
     assert_eq!(
-        op.library.content,
+        *op.library.content_list(),
         json!({"resources": [], "templates": [], "prompts": []}),
         "a 0.1.2 plugin offers no content"
     );

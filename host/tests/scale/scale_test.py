@@ -19,6 +19,7 @@ Loopback only; every load is bounded in count and time.
 """
 
 import asyncio
+import secrets
 import json
 import os
 import shutil
@@ -38,6 +39,8 @@ OUT = ROOT / "target" / "scale"
 PEERS = Path(os.environ.get("FLOWHOST_PEERS", ROOT.parent / "shared" / "peers"))
 PORTS = [8101, 8102, 8103]
 NGINX_PORT = 8080
+# The key every replica seals MCP requestState with (any replica can serve the next round).
+STATE_KEY = secrets.token_hex(32)
 NGINX = f"http://127.0.0.1:{NGINX_PORT}"
 
 FLOWS_V1 = """\
@@ -137,7 +140,8 @@ class Replica:
         for d in self.plugin_dirs:
             args += ["--plugins", str(d)]
         # drain_delay longer than nginx's upstream keepalive_timeout (deploy/nginx/flowhost.conf).
-        args += ["http.drain_delay=2", "http.shutdown_timeout=10", "http.mcp_stateless=true"]
+        args += ["http.drain_delay=2", "http.shutdown_timeout=10", "http.mcp_stateless=true",
+                 f"http.mcp_state_key={STATE_KEY}"]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=self.log, env={**os.environ, "NO_COLOR": "1"})
         started = time.monotonic()
@@ -265,6 +269,26 @@ def check_configmap_update(mount, replicas, figures):
     figures["configmap_update_ms"] = elapsed * 1e3
 
 
+async def mcp_rounds(calls=6):
+    """2026-07-28 input-required rounds: each retry may land on another replica, which can
+    open the request state because the replicas share http.mcp_state_key."""
+    from mcp import Client
+    import mcp_types as types
+
+    async def elicit(context, params):
+        field = next(iter(params.requested_schema["properties"]))
+        return types.ElicitResult(action="accept", content={field: f"v-{field}"})
+
+    ok = 0
+    async with Client(NGINX + "/mcp", mode="2026-07-28", elicitation_callback=elicit) as client:
+        for _ in range(calls):
+            result = await client.call_tool("test_input_required_result_multi_round", {})
+            text = "".join(getattr(b, "text", "") for b in result.content)
+            if not result.is_error and text == "color=v-color":
+                ok += 1
+    return ok
+
+
 async def mcp_calls(mode, calls=12):
     from mcp import Client
 
@@ -289,6 +313,13 @@ def check_mcp(work: Path):
                   f"protocol {version}: {ok} of 12 calls succeeded")
         except Exception as err:  # noqa: BLE001 - reported as a failed check
             check(f"MCP Python SDK ({mode}) through nginx round robin", False, repr(err))
+    try:
+        ok = asyncio.run(mcp_rounds())
+        check("MCP 2026-07-28 input-required rounds across replicas (shared http.mcp_state_key)",
+              ok == 6, f"{ok} of 6 three-round calls completed")
+    except Exception as err:  # noqa: BLE001 - reported as a failed check
+        check("MCP 2026-07-28 input-required rounds across replicas (shared http.mcp_state_key)",
+              False, repr(err))
     run = PEERS / "mcp" / "run_conformance.sh"
     baseline = ROOT / "host" / "tests" / "fixtures" / "conformance-baseline-stateless.yml"
     proc = subprocess.run(["bash", str(run), NGINX + "/mcp", "--", "--expected-failures", str(baseline)],

@@ -1432,7 +1432,14 @@ pub async fn check_param_headers(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    if request.method() != axum::http::Method::POST {
+    // The headers are a 2026-07-28 feature (older clients never send them), and only tools
+    // with an `x-mcp-header` property have any: everything else passes unread.
+    let modern = request
+        .headers()
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v >= rmcp::model::ProtocolVersion::V_2026_07_28.as_str());
+    if request.method() != axum::http::Method::POST || !modern || !declares_param_headers(&catalog) {
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
@@ -1459,6 +1466,15 @@ pub async fn check_param_headers(
         axum::body::Body::from(bytes),
     ))
     .await
+}
+
+/// Whether any live flow has an input property with `x-mcp-header`.
+fn declares_param_headers(catalog: &Catalog) -> bool {
+    catalog.snapshot().live().any(|(_, flow)| {
+        flow.spec.input_schema["properties"]
+            .as_object()
+            .is_some_and(|props| props.values().any(|p| p.get("x-mcp-header").is_some()))
+    })
 }
 
 /// What is wrong with a `tools/call`'s `Mcp-Param-*` headers, with the request id.

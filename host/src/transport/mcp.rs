@@ -220,8 +220,16 @@ impl FlowTools {
         loop {
             let escalate = task_at.is_some_and(|at| at <= tokio::time::Instant::now());
             if escalate && asking.is_none() {
+                // rmcp fails a task still running at its TTL and forgets a finished one a TTL
+                // after it ended: give the flow its whole time limit, plus 5 minutes to fetch.
+                let ttl = flow
+                    .spec
+                    .limits
+                    .total_timeout
+                    .map_or(TASK_TTL_WITHOUT_LIMIT, |limit| limit + TASK_KEPT);
                 let task = self.tasks.spawn(
                     rmcp::task_manager::TaskOptions::new()
+                        .with_ttl_ms(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
                         .with_poll_interval_ms(TASK_POLL_MS)
                         .with_status_message(format!("running flow {name}")),
                     move |task| {
@@ -418,6 +426,12 @@ async fn finish_as_task(
 
 /// Suggested `tasks/get` polling interval.
 const TASK_POLL_MS: u64 = 500;
+
+/// A task's TTL past its flow's `total_timeout`.
+const TASK_KEPT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The TTL of a task whose flow has no `total_timeout`.
+const TASK_TTL_WITHOUT_LIMIT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The task a call became, once it has (asks then go through `tasks/update`).
 #[derive(Default)]
@@ -1439,7 +1453,8 @@ pub async fn check_param_headers(
         .get("mcp-protocol-version")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v >= rmcp::model::ProtocolVersion::V_2026_07_28.as_str());
-    if request.method() != axum::http::Method::POST || !modern || !declares_param_headers(&catalog) {
+    if request.method() != axum::http::Method::POST || !modern || !declares_param_headers(&catalog)
+    {
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();

@@ -333,10 +333,13 @@ struct Gathered {
     think: String,
     tool_calls: Vec<Value>,
     usage: Value,
+    /// Chunks seen.
+    chunks: u64,
 }
 
 impl Gathered {
     fn take(&mut self, chunk: &crate::chunk::Chunk) {
+        self.chunks += 1;
         match chunk.kind {
             ChunkKind::Think => self.think.push_str(&chunk.text),
             ChunkKind::Tool => self.tool_calls.push(chunk.content()),
@@ -409,6 +412,19 @@ async fn finish_as_task(
         };
         if !more {
             break;
+        }
+        // Progress is kept on the task: how far the run got, for `tasks/get`.
+        if let Some(last) = batch.last() {
+            let chunks = gathered.chunks + batch.len() as u64;
+            let mut text: String = last.text.chars().take(120).collect();
+            if text.len() < last.text.len() {
+                text.push('…');
+            }
+            task.set_status_message(format!(
+                "running flow {}: {chunks} chunk(s); last {}: {text}",
+                flow.name,
+                last.kind.as_str()
+            ));
         }
         for chunk in batch.drain(..) {
             gathered.take(&chunk);

@@ -51,6 +51,10 @@ slow:
   task_after: 0.1
 quick:
   flow_content: WaitOp(seconds=0.01)
+ticking:
+  flow_content: TickOp(n=6, interval_ms=150)
+  stream: true
+  task_after: 0.1
 "#;
 
 /// A flowhost speaking MCP on stdio, driven line by line.
@@ -512,6 +516,31 @@ async fn a_2026_client_answers_in_rounds_and_long_calls_become_tasks() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(status, "completed");
+    // A task keeps its progress: how many chunks so far, and the last one.
+    let created = mcp
+        .request(
+            80,
+            "tools/call",
+            json!({"name": "ticking", "arguments": {}, "_meta": tasker}),
+        )
+        .await;
+    let task_id = created["result"]["taskId"]
+        .as_str()
+        .expect("taskId")
+        .to_string();
+    let mut progress_seen = false;
+    for id in 81..140 {
+        let got = mcp
+            .request(id, "tasks/get", json!({"taskId": task_id, "_meta": tasker}))
+            .await;
+        let message = got["result"]["statusMessage"].as_str().unwrap_or_default();
+        progress_seen |= message.contains("chunk(s); last answer");
+        if got["result"]["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert!(progress_seen, "tasks/get showed no progress");
     // A call quicker than `task_after` (1 s by default) answers directly, task or not.
     let quick = mcp
         .request(

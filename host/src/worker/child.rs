@@ -110,6 +110,23 @@ impl Host for WorkerHost {
             }
         }
     }
+
+    fn call(&self, service: &str, request: &str) -> Result<String, String> {
+        self.out.send(&Message::NamedService {
+            service: service.to_string(),
+            request: request.to_string(),
+        });
+        self.out.flush();
+        let replies = self.service.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match replies.recv() {
+                Ok(Message::ServiceDone { ok: true, text }) => return Ok(text),
+                Ok(Message::ServiceDone { ok: false, text }) => return Err(text),
+                Ok(_) => continue,
+                Err(_) => return Err(format!("the host went away during {service}")),
+            }
+        }
+    }
 }
 
 /// The call in progress: its cancellation, and where LLM replies go.

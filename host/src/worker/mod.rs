@@ -366,6 +366,15 @@ pub fn call(
                 let (ok, text) = serve_llm(&mut worker, host, &request);
                 worker.send(&Message::ServiceDone { ok, text });
             }
+            // The op asks the client (or the LLM service) through the host; it waits, so
+            // nothing else comes from the worker meanwhile.
+            Some(Message::NamedService { service, request }) => {
+                let (ok, text) = match host.call(&service, &request) {
+                    Ok(text) => (true, text),
+                    Err(message) => (false, message),
+                };
+                worker.send(&Message::ServiceDone { ok, text });
+            }
             Some(Message::Done { ok, text }) => {
                 pool.put(worker);
                 return if ok {

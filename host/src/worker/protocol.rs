@@ -5,10 +5,11 @@
 //! A frame is `tag: u8`, `length: u32 LE`, `payload: [u8; length]`; strings inside a payload
 //! are `length: u32 LE` + UTF-8 bytes. Invariants:
 //! - One call at a time per worker: after `Call`, the worker sends any number of `Chunk`,
-//!   `Log` and `ServiceCall` frames, then exactly one `Done`; the host sends `Cancel` (any
-//!   number, harmless after `Done`) and answers each `ServiceCall` with `ServiceChunk`s then one
-//!   `ServiceDone`; meanwhile the worker may send `Chunk`, `Log` (the op forwarding deltas)
-//!   and `ServiceStop`, which the host handles as they come.
+//!   `Log`, `ServiceCall` and `NamedService` frames, then exactly one `Done`; the host sends
+//!   `Cancel` (any number, harmless after `Done`), answers each `ServiceCall` (the LLM) with
+//!   `ServiceChunk`s then one `ServiceDone`, and each `NamedService` (`sample`, `elicit`,
+//!   `roots`) with one `ServiceDone`; meanwhile the worker may send `Chunk`, `Log` (the op
+//!   forwarding deltas) and `ServiceStop`, which the host handles as they come.
 //! - The worker sends `Ready` (or `LoadFailed`, then exits) once, before anything else.
 //! - End of stream from either side ends the worker; the host reads the worker's exit status
 //!   to say why (a signal is a crash).
@@ -52,6 +53,11 @@ pub enum Message {
         text: String,
     },
     ServiceCall(String),
+    /// A named host service (op-sdk 0.1.3 `call`): service name, JSON request.
+    NamedService {
+        service: String,
+        request: String,
+    },
     ServiceStop,
     Done {
         ok: bool,
@@ -104,6 +110,11 @@ pub fn encode(message: &Message, out: &mut Vec<u8>) {
         Message::ServiceCall(text) => {
             put_str(out, text);
             b'S'
+        }
+        Message::NamedService { service, request } => {
+            put_str(out, service);
+            put_str(out, request);
+            b'N'
         }
         Message::ServiceStop => b't',
         Message::Done { ok, text } => {
@@ -205,6 +216,10 @@ pub fn read(reader: &mut impl Read) -> io::Result<Option<Message>> {
             text: p.string()?,
         },
         b'S' => Message::ServiceCall(p.string()?),
+        b'N' => Message::NamedService {
+            service: p.string()?,
+            request: p.string()?,
+        },
         b't' => Message::ServiceStop,
         b'D' => Message::Done {
             ok: p.byte()? != 0,
@@ -254,6 +269,10 @@ mod tests {
                 text: "hello".into(),
             },
             Message::ServiceCall("{\"messages\":[]}".into()),
+            Message::NamedService {
+                service: "elicit".into(),
+                request: "{\"message\":\"?\"}".into(),
+            },
             Message::ServiceStop,
             Message::Done {
                 ok: true,

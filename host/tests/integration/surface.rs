@@ -36,6 +36,11 @@ ask_name:
   flow_content: |
     ElicitOp(key="user_name", message="What is your name?", reply="Hello, {name}!",
       schema={"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]})
+ask_isolated:
+  flow_content: |
+    ElicitOp(key="user_name", message="Name, from a worker?", reply="Hello from a worker, {name}!",
+      schema={"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]})
+  isolation: process
 ask_model:
   flow_content: SampleOp(prompt="Capital of France?", reply="model says {text}")
 two_rounds:
@@ -366,6 +371,23 @@ async fn ops_ask_a_2025_client_and_tools_carry_output_schema_and_icons() {
     let answered = mcp.reply(4, &mut Vec::new()).await;
     assert_eq!(
         answered["result"]["content"][0]["text"], "Hello, Ada!",
+        "{answered}"
+    );
+
+    // The same from an op isolated in a worker process: the question crosses the worker
+    // protocol, then the MCP connection.
+    mcp.send(json!({"jsonrpc": "2.0", "id": 40, "method": "tools/call", "params": {"name": "ask_isolated", "arguments": {}}}))
+        .await;
+    let request = mcp.recv().await;
+    assert_eq!(
+        request["params"]["message"], "Name, from a worker?",
+        "{request}"
+    );
+    mcp.send(json!({"jsonrpc": "2.0", "id": request["id"], "result": {"action": "accept", "content": {"name": "Grace"}}}))
+        .await;
+    let answered = mcp.reply(40, &mut Vec::new()).await;
+    assert_eq!(
+        answered["result"]["content"][0]["text"], "Hello from a worker, Grace!",
         "{answered}"
     );
 

@@ -111,6 +111,17 @@ impl Host for WorkerHost {
         }
     }
 
+    fn sub_ops(&self) -> String {
+        self.call(SUB_OPS, "{}").unwrap_or_else(|_| "[]".into())
+    }
+
+    fn call_sub_ops(&self, calls: &str, forward: bool) -> String {
+        let request = serde_json::json!({"calls": calls, "forward": forward}).to_string();
+        match self.call(CALL_SUB_OPS, &request) {
+            Ok(text) | Err(text) => text,
+        }
+    }
+
     fn call(&self, service: &str, request: &str) -> Result<String, String> {
         self.out.send(&Message::NamedService {
             service: service.to_string(),
@@ -128,6 +139,12 @@ impl Host for WorkerHost {
         }
     }
 }
+
+/// The op's sub-ops, asked of the host (`NamedService` names the host's own services with a
+/// `flowhost.` prefix, which no plugin service has).
+pub const SUB_OPS: &str = "flowhost.sub_ops";
+/// Sub-op calls made by the host for the op: `{"calls": "<JSON text>", "forward": bool}`.
+pub const CALL_SUB_OPS: &str = "flowhost.call_sub_ops";
 
 /// The call in progress: its cancellation, and where LLM replies go.
 struct Running {

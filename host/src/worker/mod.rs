@@ -369,9 +369,19 @@ pub fn call(
             // The op asks the client (or the LLM service) through the host; it waits, so
             // nothing else comes from the worker meanwhile.
             Some(Message::NamedService { service, request }) => {
-                let (ok, text) = match host.call(&service, &request) {
-                    Ok(text) => (true, text),
-                    Err(message) => (false, message),
+                let (ok, text) = match service.as_str() {
+                    child::SUB_OPS => (true, host.sub_ops()),
+                    child::CALL_SUB_OPS => {
+                        let request: serde_json::Value =
+                            serde_json::from_str(&request).unwrap_or_default();
+                        let calls = request["calls"].as_str().unwrap_or("[]");
+                        let forward = request["forward"].as_bool().unwrap_or(false);
+                        (true, host.call_sub_ops(calls, forward))
+                    }
+                    _ => match host.call(&service, &request) {
+                        Ok(text) => (true, text),
+                        Err(message) => (false, message),
+                    },
                 };
                 worker.send(&Message::ServiceDone { ok, text });
             }

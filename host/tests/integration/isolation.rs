@@ -288,3 +288,47 @@ async fn isolated_ops_follow_a_rebuilt_library() {
         server.log()
     );
 }
+
+/// A parent op isolated in a worker still reaches its sub-ops (run by the host) and the LLM
+/// service: both cross the worker protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_op_calls_its_sub_ops_through_the_host() {
+    let flows = folder(&[(
+        "f.yaml",
+        "agent:\n  flow_content: Legacy012Op() << EchoOp()\n  stream: true\n  isolation: process\n",
+    )]);
+    let plugins = plugin_folder(&[
+        (&fixture("op_legacy_012"), &so("op_legacy_012")),
+        (&op_basic(), &so("op_basic")),
+    ]);
+    let server = Server::start(
+        flows.path(),
+        &["--plugins", plugins.path().to_str().expect("utf-8")],
+    );
+    flowhost::llm::tls_init();
+    let body = reqwest::Client::new()
+        .post(server.url("/agent"))
+        .json(&json!({"query": "iso"}))
+        .send()
+        .await
+        .expect("POST")
+        .text()
+        .await
+        .expect("SSE");
+    let chunks: Vec<String> = body
+        .split("\n\n")
+        .filter_map(|event| event.strip_prefix("data:"))
+        .filter(|data| *data != "[DONE]")
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .filter_map(|event| event["chunk"].as_str().map(str::to_string))
+        .collect();
+    let text = chunks.join("");
+    assert!(
+        text.starts_with("legacy 0.1.2: iso; llm refused") && text.contains("; subs [\""),
+        "{body}"
+    );
+    assert!(
+        text.ends_with("-> \"sub\""),
+        "the sub-op answered through the host: {text}"
+    );
+}

@@ -51,6 +51,8 @@ struct Worker {
     stdin: BufWriter<ChildStdin>,
     frames: mpsc::Receiver<Option<Message>>,
     stderr: Arc<Mutex<VecDeque<String>>>,
+    /// Closed when the stderr reader has read everything the worker wrote.
+    stderr_done: mpsc::Receiver<()>,
     idle_since: Instant,
 }
 
@@ -99,11 +101,13 @@ impl Worker {
             })
             .map_err(|err| Error::Crashed(format!("cannot start a reader thread: {err}")))?;
         let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let (stderr_closed, stderr_done) = mpsc::channel::<()>();
         {
             let tail = tail.clone();
             std::thread::Builder::new()
                 .name(format!("worker-{pid}-err"))
                 .spawn(move || {
+                    let _closed_when_done = stderr_closed;
                     for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                         tracing::warn!(worker = pid, "{line}");
                         let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
@@ -121,6 +125,7 @@ impl Worker {
             stdin: BufWriter::with_capacity(64 * 1024, stdin),
             frames,
             stderr: tail,
+            stderr_done,
             idle_since: Instant::now(),
         };
         match worker.frames.recv_timeout(START_TIMEOUT) {
@@ -150,6 +155,9 @@ impl Worker {
     /// Why the worker ended, from its exit status and the last lines it wrote to stderr.
     fn exit_reason(&mut self, memory_mb: Option<u64>) -> String {
         let status = self.child.wait();
+        // The worker's last words (an allocation failure, a stack overflow) may still be in
+        // the pipe: let the reader finish, but not for long (a grandchild could hold it open).
+        let _ = self.stderr_done.recv_timeout(Duration::from_secs(1));
         let tail: Vec<String> = self
             .stderr
             .lock()

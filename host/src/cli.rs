@@ -308,6 +308,19 @@ fn ops(config: &Config, as_json: bool) -> Result<ExitCode, String> {
                 op.library.path.display(),
             ))?;
         }
+        // What plugins offer besides ops (op-sdk 0.1.3), served as MCP resources and prompts.
+        for library in &registry.libraries {
+            let listed = library.content_list();
+            let count = |key: &str| listed[key].as_array().map_or(0, Vec::len);
+            let (resources, templates, prompts) =
+                (count("resources"), count("templates"), count("prompts"));
+            if resources + templates + prompts > 0 {
+                print(&format!(
+                    "{} also offers {resources} resource(s), {templates} resource template(s), {prompts} prompt(s)",
+                    library.plugin_name
+                ))?;
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

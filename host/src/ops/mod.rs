@@ -150,7 +150,25 @@ impl Registry {
             .iter()
             .map(|e| serde_json::json!({"file": e.path, "message": e.message}))
             .collect();
-        serde_json::json!({"ops": ops, "errors": errors})
+        let count = |listed: &Value, key: &str| listed[key].as_array().map_or(0, Vec::len);
+        let plugins: Vec<Value> = self
+            .libraries
+            .iter()
+            .map(|library| {
+                let listed = library.content_list();
+                serde_json::json!({
+                    "name": library.plugin_name,
+                    "version": library.plugin_version,
+                    "sdk_version": library.sdk_version,
+                    "file": library.path,
+                    "ops": library.ops.len(),
+                    "resources": count(&listed, "resources"),
+                    "resource_templates": count(&listed, "templates"),
+                    "prompts": count(&listed, "prompts"),
+                })
+            })
+            .collect();
+        serde_json::json!({"ops": ops, "plugins": plugins, "errors": errors})
     }
 
     /// The known op name closest to `name`, for "did you mean" hints.

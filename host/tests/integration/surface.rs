@@ -627,6 +627,17 @@ async fn resources_and_prompts_over_http_and_no_one_to_ask() {
     assert_eq!(status, 404, "{missing}");
     let (status, no_uri) = get("/resources/read").await;
     assert_eq!(status, 400, "{no_uri}");
+    let (_, ops) = get("/ops").await;
+    let fixture = ops["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .find(|p| p["name"] == "op-conformance")
+        .cloned()
+        .expect("op-conformance listed");
+    assert_eq!(fixture["sdk_version"], op_sdk::ffi::SDK_VERSION);
+    assert_eq!(fixture["resources"], 3, "{fixture}");
+    assert_eq!(fixture["resource_templates"], 1, "{fixture}");
     let (status, prompts) = get("/prompts").await;
     assert_eq!(status, 200);
     assert!(prompts["prompts"]

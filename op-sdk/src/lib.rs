@@ -691,6 +691,57 @@ macro_rules! export_plugin {
 mod tests {
     use super::*;
 
+    struct AskOp;
+
+    impl Op for AskOp {
+        const NAME: &'static str = "AskOp";
+
+        fn new(_args: &Args) -> Result<Self, Error> {
+            Ok(AskOp)
+        }
+
+        fn execute(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
+            let schema =
+                serde_json::json!({"type": "object", "properties": {"name": {"type": "string"}}});
+            let name = match ctx.elicit("Name?", &schema)? {
+                Elicited::Accept(values) => values["name"].as_str().unwrap_or_default().to_string(),
+                _ => "nobody".into(),
+            };
+            let sampled = ctx.sample(
+                &serde_json::json!([{"role": "user", "content": "hi"}]),
+                &serde_json::json!({"maxTokens": 5}),
+            )?;
+            ctx.set_answer(format!("{name}: {} ({})", sampled.text, sampled.model));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_harness_scripts_the_client() {
+        let run = testing::Harness::new()
+            .client(|service, request| match service {
+                "elicit" => {
+                    assert_eq!(request["message"], "Name?");
+                    Ok(serde_json::json!({"action": "accept", "content": {"name": "Ada"}}))
+                }
+                "sample" => {
+                    assert_eq!(request["maxTokens"], 5);
+                    Ok(serde_json::json!({"role": "assistant", "content": {"type": "text", "text": "hello"}, "model": "m"}))
+                }
+                other => Err(format!("unexpected {other}")),
+            })
+            .run::<AskOp>()
+            .expect("runs");
+        assert_eq!(run.writes["answer"], "Ada: hello (m)");
+        let unscripted = testing::Harness::new()
+            .run::<AskOp>()
+            .expect_err("no client");
+        assert!(
+            unscripted.message().contains("Harness::client"),
+            "{unscripted}"
+        );
+    }
+
     #[test]
     fn loader_symbol_matches_abi_stable() {
         assert_eq!(

@@ -39,12 +39,15 @@ use crate::{Args, ChunkKind, Context, Error, Host, Level, Op};
 /// Scripted LLM: gets the op's request, returns the deltas to stream and the final JSON.
 type Llm = Box<dyn Fn(&Value) -> Result<(Vec<(ChunkKind, String)>, Value), String>>;
 
+type Client = Box<dyn Fn(&str, &Value) -> Result<Value, String>>;
+
 /// Builds one op run: arguments, request, and what the host side does.
 pub struct Harness {
     args: Map<String, Value>,
     input: Map<String, Value>,
     cancel_after: Option<usize>,
     llm: Option<Llm>,
+    client: Option<Client>,
 }
 
 impl Default for Harness {
@@ -83,6 +86,7 @@ impl Harness {
             input: Map::new(),
             cancel_after: None,
             llm: None,
+            client: None,
         }
     }
 
@@ -115,6 +119,18 @@ impl Harness {
         self
     }
 
+    /// Scripts the client: `ctx.sample`, `ctx.elicit` and `ctx.roots` call this with the
+    /// service name (`sample`, `elicit`, `roots`) and the MCP request params, and get its MCP
+    /// result (`{"role", "content", "model"}`, `{"action", "content"}`, `{"roots"}`), or the
+    /// error.
+    pub fn client(
+        mut self,
+        reply: impl Fn(&str, &Value) -> Result<Value, String> + 'static,
+    ) -> Harness {
+        self.client = Some(Box::new(reply));
+        self
+    }
+
     /// Builds the op from the arguments and runs it once. `Err` is what the host would report
     /// as the op's failure (bad arguments included).
     pub fn run<O: Op>(self) -> Result<Run, Error> {
@@ -123,6 +139,7 @@ impl Harness {
             run: RefCell::new(Run::default()),
             cancel_after: self.cancel_after,
             llm: self.llm,
+            client: self.client,
         };
         let mut ctx = Context::new(self.input, &host);
         op.execute(&mut ctx)?;
@@ -145,6 +162,7 @@ struct TestHost {
     run: RefCell<Run>,
     cancel_after: Option<usize>,
     llm: Option<Llm>,
+    client: Option<Client>,
 }
 
 impl TestHost {
@@ -200,5 +218,24 @@ impl Host for TestHost {
             }
         }
         Ok(summary.to_string())
+    }
+
+    fn call(&self, service: &str, request: &str) -> Result<String, String> {
+        let Some(client) = &self.client else {
+            return Err(format!(
+                "no client in this test: script one with Harness::client ({service})"
+            ));
+        };
+        let mut request: Value = serde_json::from_str(request).map_err(|e| e.to_string())?;
+        // What the host would pass on: sampling params with the options merged in.
+        if let Some(map) = request.as_object_mut() {
+            map.remove("name");
+            if service == "sample" {
+                if let Some(Value::Object(options)) = map.remove("options") {
+                    map.extend(options);
+                }
+            }
+        }
+        client(service, &request).map(|reply| reply.to_string())
     }
 }

@@ -53,6 +53,11 @@ struct Worker {
     stderr: Arc<Mutex<VecDeque<String>>>,
     /// Closed when the stderr reader has read everything the worker wrote.
     stderr_done: mpsc::Receiver<()>,
+    /// The worker's address space when it was ready, and the most seen since (KiB, from
+    /// /proc; 0 where there is none): a worker that died near its memory cap ran out of it,
+    /// even when its last words did not make it to stderr.
+    vm_ready_kib: u64,
+    vm_peak_kib: u64,
     idle_since: Instant,
 }
 
@@ -126,10 +131,14 @@ impl Worker {
             frames,
             stderr: tail,
             stderr_done,
+            vm_ready_kib: 0,
+            vm_peak_kib: 0,
             idle_since: Instant::now(),
         };
         match worker.frames.recv_timeout(START_TIMEOUT) {
             Ok(Some(Message::Ready)) => {
+                worker.vm_ready_kib = vm_size_kib(pid);
+                worker.vm_peak_kib = worker.vm_ready_kib;
                 live().fetch_add(1, Ordering::Relaxed);
                 metrics::gauge!(m::WORKERS).increment(1.0);
                 Ok(worker)
@@ -164,7 +173,22 @@ impl Worker {
             .map(|t| t.iter().cloned().collect())
             .unwrap_or_default();
         let said = |needle: &str| tail.iter().any(|line| line.contains(needle));
-        if said("memory allocation of") || (memory_mb.is_some() && said("out of memory")) {
+        // It had grown by half its allowance or more when last seen (it grows between our
+        // looks, and the cap counts from before the worker loaded its library).
+        let near_cap = memory_mb.is_some_and(|mb| {
+            self.vm_ready_kib > 0 && self.vm_peak_kib >= self.vm_ready_kib + mb * 1024 / 2
+        });
+        let signalled = matches!(&status, Ok(status) if {
+            use std::os::unix::process::ExitStatusExt;
+            status.signal().is_some()
+        });
+        // Rust's allocation-failure line, or a thread that could not map its stacks
+        // ("Cannot allocate memory") once the address space was full.
+        let enomem = said("out of memory") || said("Cannot allocate memory");
+        if said("memory allocation of")
+            || (memory_mb.is_some() && enomem)
+            || (near_cap && signalled)
+        {
             return match memory_mb {
                 Some(mb) => format!("exceeded limits.max_memory_mb ({mb} MiB)"),
                 None => "ran out of memory".into(),
@@ -308,6 +332,14 @@ impl Pool {
     }
 }
 
+/// A process's address space in KiB (`/proc/PID/statm`), or 0 where that cannot be read.
+fn vm_size_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|statm| statm.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4)
+}
+
 /// Runs one op call in a worker process. `host` gets the chunks, logs and LLM calls as if the
 /// op ran in process; its cancellation reaches the op (its next `emit` returns false) and an
 /// op that does not stop within [`CANCEL_GRACE`] is killed with its worker.
@@ -346,6 +378,10 @@ pub fn call(
         let frame = match worker.frames.recv_timeout(Duration::from_millis(2)) {
             Ok(frame) => frame,
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                if memory_mb.is_some() {
+                    let vm = vm_size_kib(worker.child.id());
+                    worker.vm_peak_kib = worker.vm_peak_kib.max(vm);
+                }
                 if host.is_cancelled() {
                     cancel(&mut worker, &mut cancel_sent);
                 }

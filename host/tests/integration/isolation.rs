@@ -88,7 +88,11 @@ async fn crashing_ops_end_their_worker_not_the_host_http() {
         assert_eq!(response.status(), 500, "{flow}");
         let body: Value = response.json().await.unwrap();
         let error = body["metadata"]["error"].as_str().unwrap_or_default();
-        assert!(error.contains(cause), "{flow}: {body}");
+        assert!(
+            error.contains(cause),
+            "{flow}: {body}\nhost log:\n{}",
+            server.log()
+        );
         // The host is alive and the next isolated call is served by a fresh worker.
         let after = Instant::now();
         let echo: Value = client

@@ -41,6 +41,9 @@ pub struct Snapshot {
     pub flows: BTreeMap<String, Entry>,
     /// Every flow-file problem (including those attached to flows).
     pub diagnostics: Vec<Diagnostic>,
+    /// Some live flow has an input property with `x-mcp-header` (MCP's `Mcp-Param-*`
+    /// headers then need checking); found once per reload, not per request.
+    pub mcp_param_headers: bool,
 }
 
 impl Snapshot {
@@ -367,6 +370,12 @@ impl State {
         // Flows whose file vanished or no longer defines them are gone, good version and all.
         self.last_good.retain(|name, _| owner.contains_key(name));
         check_flow_refs(&mut snapshot);
+        let param_headers = snapshot.live().any(|(_, flow)| {
+            flow.spec.input_schema["properties"]
+                .as_object()
+                .is_some_and(|props| props.values().any(|p| p.get("x-mcp-header").is_some()))
+        });
+        snapshot.mcp_param_headers = param_headers;
         snapshot
     }
 }

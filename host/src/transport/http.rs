@@ -269,11 +269,7 @@ async fn get_prompt(
     Path(name): Path<String>,
     axum::extract::Query(arguments): axum::extract::Query<Map<String, Value>>,
 ) -> Result<Json<Value>, ApiError> {
-    let snapshot = state.catalog.snapshot();
-    let result =
-        content_call(move || crate::content::prompt(&snapshot, &name, &arguments, &Map::new()))
-            .await?;
-    Ok(Json(result))
+    prompt_messages(&state, name, arguments).await
 }
 
 /// `POST /prompts/{name}` with the arguments as a JSON object body.
@@ -301,6 +297,15 @@ async fn get_prompt_post(
             }
         }
     };
+    prompt_messages(&state, name, arguments).await
+}
+
+/// One prompt's messages for the HTTP routes (HTTP has nobody to answer a prompt's questions).
+async fn prompt_messages(
+    state: &AppState,
+    name: String,
+    arguments: Map<String, Value>,
+) -> Result<Json<Value>, ApiError> {
     let snapshot = state.catalog.snapshot();
     let result =
         content_call(move || crate::content::prompt(&snapshot, &name, &arguments, &Map::new()))

@@ -815,6 +815,19 @@ fn rand_key() -> [u8; 32] {
     key
 }
 
+/// Whether a protocol version is 2026-07-28 or later (dates compare as text).
+fn is_2026(version: &str) -> bool {
+    version >= rmcp::model::ProtocolVersion::V_2026_07_28.as_str()
+}
+
+/// Whether this request speaks 2026-07-28 or later (no server-to-client requests; questions
+/// go back as input-required results).
+fn speaks_2026(context: &RequestContext<RoleServer>) -> bool {
+    context
+        .protocol_version()
+        .is_some_and(|v| is_2026(v.as_str()))
+}
+
 /// A content request failed: unknown names are "resource not found" / invalid params.
 fn content_error(error: crate::content::ContentError) -> ErrorData {
     use crate::content::ContentError;
@@ -899,10 +912,7 @@ impl ServerHandler for FlowTools {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let arguments = request.arguments.clone().unwrap_or_default();
-        let modern = context
-            .protocol_version()
-            .is_some_and(|v| v.as_str() >= rmcp::model::ProtocolVersion::V_2026_07_28.as_str());
-        let exchange = if modern {
+        let exchange = if speaks_2026(&context) {
             Some(Arc::new(Exchange::open(
                 request.request_state.as_deref(),
                 request.input_responses.as_ref(),
@@ -1061,10 +1071,7 @@ impl ServerHandler for FlowTools {
         let name = request.name.clone();
         let arguments = request.arguments.clone().unwrap_or_default();
         // 2026-07-28: a prompt may ask the user first (input-required results).
-        let modern = context
-            .protocol_version()
-            .is_some_and(|v| v.as_str() >= rmcp::model::ProtocolVersion::V_2026_07_28.as_str());
-        let exchange = match modern {
+        let exchange = match speaks_2026(&context) {
             true => Some(Exchange::open(
                 request.request_state.as_deref(),
                 request.input_responses.as_ref(),
@@ -1468,8 +1475,10 @@ pub async fn check_param_headers(
         .headers()
         .get("mcp-protocol-version")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v >= rmcp::model::ProtocolVersion::V_2026_07_28.as_str());
-    if request.method() != axum::http::Method::POST || !modern || !declares_param_headers(&catalog)
+        .is_some_and(is_2026);
+    if request.method() != axum::http::Method::POST
+        || !modern
+        || !catalog.snapshot().mcp_param_headers
     {
         return next.run(request).await;
     }
@@ -1497,15 +1506,6 @@ pub async fn check_param_headers(
         axum::body::Body::from(bytes),
     ))
     .await
-}
-
-/// Whether any live flow has an input property with `x-mcp-header`.
-fn declares_param_headers(catalog: &Catalog) -> bool {
-    catalog.snapshot().live().any(|(_, flow)| {
-        flow.spec.input_schema["properties"]
-            .as_object()
-            .is_some_and(|props| props.values().any(|p| p.get("x-mcp-header").is_some()))
-    })
 }
 
 /// What is wrong with a `tools/call`'s `Mcp-Param-*` headers, with the request id.

@@ -100,7 +100,10 @@ impl Registry {
             .map(|l| format!("{}={:016x}", l.plugin_name, l.hash))
             .collect();
         parts.sort();
-        format!("{:016x}", crate::stable_hash(parts.join("\n").as_bytes()))
+        format!(
+            "{:016x}",
+            crate::util::stable_hash(parts.join("\n").as_bytes())
+        )
     }
 }
 

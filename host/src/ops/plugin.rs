@@ -84,7 +84,7 @@ impl std::fmt::Display for LoadError {
 
 /// Hashes a library's bytes (to skip reloads of unchanged files).
 pub fn content_hash(bytes: &[u8]) -> u64 {
-    crate::stable_hash(bytes)
+    crate::util::stable_hash(bytes)
 }
 
 /// Loads the plugin at `path` from a private copy: dlopen de-duplicates by path and a rebuilt

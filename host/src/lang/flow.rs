@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::expr::{self, Expr};
+use crate::lang::expr::{self, Expr};
 use crate::ops::Registry;
 use crate::plan::{FlowRef, Node, Policy, Step, SubStep};
 
@@ -613,7 +613,7 @@ fn with_suggestion(message: &str) -> String {
         return message.to_string();
     };
     let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-    match crate::config::closest(field, &known) {
+    match crate::app::config::closest(field, &known) {
         Some(best) => format!("{message} (did you mean `{best}`?)"),
         None => message.to_string(),
     }

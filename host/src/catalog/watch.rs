@@ -10,7 +10,7 @@ use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 
 use crate::catalog::Catalog;
-use crate::flow;
+use crate::lang::flow;
 use crate::ops::plugin;
 
 /// Keeps the watcher alive; dropping it stops watching.

@@ -2,14 +2,17 @@
 //! the op registry) behind an `ArcSwap`, and rebuilds it when flow files or plugins change.
 //! Knows nothing of transports or of how changes are noticed (`watch` calls [`Catalog::reload`]).
 
+pub mod content;
+pub mod watch;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use tokio::sync::watch;
+use tokio::sync::watch as signal;
 
-use crate::flow::{self, Diagnostic, Flow, Severity, Spec};
+use crate::lang::flow::{self, Diagnostic, Flow, Severity, Spec};
 use crate::ops::{Plugins, Registry};
 
 /// One flow as served: live (`flow` is `Some`) or broken (`flow` is `None`, `error` says why).
@@ -97,7 +100,7 @@ impl Snapshot {
                 spec.isolation,
             ));
         }
-        format!("{:016x}", crate::stable_hash(text.as_bytes()))
+        format!("{:016x}", crate::util::stable_hash(text.as_bytes()))
     }
 
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
@@ -142,7 +145,7 @@ struct State {
 pub struct Catalog {
     current: ArcSwap<Snapshot>,
     state: Mutex<State>,
-    changes: watch::Sender<u64>,
+    changes: signal::Sender<u64>,
 }
 
 impl Catalog {
@@ -155,7 +158,7 @@ impl Catalog {
             .into_iter()
             .map(|dir| std::path::absolute(&dir).unwrap_or(dir))
             .collect();
-        let (changes, _) = watch::channel(0);
+        let (changes, _) = signal::channel(0);
         let catalog = Catalog {
             current: ArcSwap::from_pointee(Snapshot::default()),
             state: Mutex::new(State {
@@ -186,7 +189,7 @@ impl Catalog {
     }
 
     /// The generation counter, bumped on every reload that changed something.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub fn subscribe(&self) -> signal::Receiver<u64> {
         self.changes.subscribe()
     }
 
@@ -395,13 +398,13 @@ fn check_flow_refs(snapshot: &mut Snapshot) {
                 file: flow.spec.file.clone(),
                 line: target.line,
                 col: target.col,
-                severity: crate::flow::Severity::Error,
+                severity: crate::lang::flow::Severity::Error,
                 flow: Some(name.clone()),
                 message,
             };
             if !snapshot.flows.contains_key(&target.name) {
                 let known: Vec<&str> = snapshot.flows.keys().map(String::as_str).collect();
-                let hint = crate::config::closest(&target.name, &known)
+                let hint = crate::app::config::closest(&target.name, &known)
                     .map(|k| format!(" (did you mean `{k}`?)"))
                     .unwrap_or_default();
                 broken.push((

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::flow::Flow;
+use crate::lang::flow::Flow;
 use crate::metrics as m;
 
 /// One limit: a number of slots and a bounded line of waiters.

@@ -2,6 +2,11 @@
 //! parallel branches run on copies and merge in declaration order; a failure cancels the rest.
 //! Knows nothing of HTTP, MCP or files: callers hand it a flow and an input object.
 
+pub mod admission;
+pub mod batch;
+pub mod cache;
+pub mod worker;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,9 +16,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch;
 use crate::chunk::{Chunk, ChunkKind};
-use crate::flow::{Flow, Isolation, Limits};
+use crate::lang::flow::{Flow, Isolation, Limits};
 use crate::plan::{Node, Step, SubStep};
 
 /// How a run is driven.
@@ -28,7 +32,7 @@ pub struct Options {
     /// The LLM service ops call through their context.
     pub llm: Option<Arc<crate::llm::Service>>,
     /// The host-wide admission limit ([`admit_and_start`]).
-    pub admission: crate::admission::Global,
+    pub admission: crate::exec::admission::Global,
     /// Where ops run (in process, or in worker processes).
     pub isolation: Arc<IsolationPolicy>,
     /// The live flows by name, for `FlowOp` (the catalog's current snapshot).
@@ -151,7 +155,7 @@ impl Default for Options {
             collect_answer: true,
             logs: None,
             llm: None,
-            admission: crate::admission::Global::default(),
+            admission: crate::exec::admission::Global::default(),
             isolation: Arc::default(),
             flows: None,
             client: None,
@@ -242,7 +246,7 @@ pub struct Run {
     /// Failures the flow went on after (`raise_exception=False`).
     failed: Failures,
     /// The run's turn (admission control), given back when the run is dropped.
-    _permit: Option<crate::admission::Permit>,
+    _permit: Option<crate::exec::admission::Permit>,
 }
 
 static RUN_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -328,14 +332,14 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
 }
 
 /// Waits for the flow's turn (its `limits.max_concurrency` / `max_queue`, then the host-wide
-/// limit) and starts it; refuses at once with [`crate::admission::Busy`] when a line is full.
+/// limit) and starts it; refuses at once with [`crate::exec::admission::Busy`] when a line is full.
 /// The run holds its turn until it is dropped.
 pub async fn admit_and_start(
     flow: Arc<Flow>,
     input: Map<String, Value>,
     options: &Options,
-) -> Result<Run, crate::admission::Busy> {
-    let permit = crate::admission::admit(&flow, &options.admission).await?;
+) -> Result<Run, crate::exec::admission::Busy> {
+    let permit = crate::exec::admission::admit(&flow, &options.admission).await?;
     let mut run = start(flow, input, options);
     run._permit = Some(permit);
     Ok(run)
@@ -669,7 +673,7 @@ async fn run_step(
     })?;
     let policy = &step.policy;
     let cache_key = policy.cache_ttl.map(|_| {
-        crate::cache::Key::of(
+        crate::exec::cache::Key::of(
             step.op.library.hash,
             // The call's name tags its chunks.
             &format!("{}\u{0}{name}", step.op.name),
@@ -678,7 +682,7 @@ async fn run_step(
         )
     });
     if let Some(key) = cache_key {
-        if let Some(hit) = crate::cache::lookup(key).await {
+        if let Some(hit) = crate::exec::cache::lookup(key).await {
             metrics::counter!(crate::metrics::CACHE_HITS).increment(1);
             replay(&hit, env).await;
             return Ok(hit.writes.clone());
@@ -693,11 +697,11 @@ async fn run_step(
                 if let (Some(key), Some(ttl), Some(chunks)) =
                     (cache_key, policy.cache_ttl, report.recorded)
                 {
-                    let cached = crate::cache::Cached {
+                    let cached = crate::exec::cache::Cached {
                         chunks,
                         writes: writes.clone(),
                     };
-                    crate::cache::store(key, cached, ttl);
+                    crate::exec::cache::store(key, cached, ttl);
                 }
                 return Ok(writes);
             }
@@ -745,7 +749,7 @@ async fn run_step(
 
 /// Sends a cached call's chunks into the run: at once while the buffer has room, the rest
 /// from an op thread (a full buffer blocks, which the runtime thread must not).
-async fn replay(hit: &Arc<crate::cache::Cached>, env: &Env) {
+async fn replay(hit: &Arc<crate::exec::cache::Cached>, env: &Env) {
     if let Some(collect) = &env.collect {
         let mut answer = collect.answer.lock().unwrap_or_else(|p| p.into_inner());
         for chunk in hit.chunks.iter().filter(|c| c.kind == ChunkKind::Answer) {
@@ -822,7 +826,7 @@ async fn call_once(
         let result = op
             .library
             .run(op.name, &step.args_json, context_json, &host)
-            .map_err(crate::worker::Error::Failed);
+            .map_err(crate::exec::worker::Error::Failed);
         op.speed
             .inlined(probe.finish(host.waited.load(Ordering::Relaxed)));
         running.decrement(1.0);
@@ -835,7 +839,7 @@ async fn call_once(
         tokio::task::spawn_blocking(move || {
             running.increment(1.0);
             let result = if isolated {
-                crate::worker::call(&op, &args, &context_json, &host, memory_mb)
+                crate::exec::worker::call(&op, &args, &context_json, &host, memory_mb)
             } else {
                 let probe = op.speed.on_probation().then(crate::ops::Probe::start);
                 let result = op.library.run(op.name, &args, &context_json, &host);
@@ -849,7 +853,7 @@ async fn call_once(
                     }),
                     None => {}
                 }
-                result.map_err(crate::worker::Error::Failed)
+                result.map_err(crate::exec::worker::Error::Failed)
             };
             running.decrement(1.0);
             (result, host.report())
@@ -883,8 +887,8 @@ async fn call_once(
                 false,
             )),
         },
-        Err(crate::worker::Error::Failed(message)) => Err(failure(message, false)),
-        Err(crate::worker::Error::Crashed(message)) => Err(failure(message, true)),
+        Err(crate::exec::worker::Error::Failed(message)) => Err(failure(message, false)),
+        Err(crate::exec::worker::Error::Crashed(message)) => Err(failure(message, true)),
     };
     (result, report)
 }
@@ -930,7 +934,7 @@ impl OpHost {
         let mut recording = recording.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((chunks, bytes)) = recording.as_mut() {
             *bytes += chunk.text.len();
-            if *bytes > crate::cache::MAX_ENTRY_BYTES {
+            if *bytes > crate::exec::cache::MAX_ENTRY_BYTES {
                 *recording = None;
             } else {
                 chunks.push(chunk.clone());

@@ -155,7 +155,7 @@ struct Running {
 
 /// Runs the worker until the host closes its stdin. Returns the process exit code.
 pub fn main(library: &Path, expected_hash: u64, memory_mb: Option<u64>) -> i32 {
-    let stdout = match crate::stdio::take_stdout() {
+    let stdout = match crate::util::stdio::take_stdout() {
         Ok(file) => file,
         Err(err) => {
             eprintln!("flowhost worker: {err}");

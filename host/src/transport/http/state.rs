@@ -7,8 +7,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::guard::Policy;
+use crate::app::config::Http as Options;
 use crate::catalog::Catalog;
-use crate::config::Http as Options;
 use crate::exec;
 use crate::metrics as m;
 

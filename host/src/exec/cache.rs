@@ -43,7 +43,7 @@ impl Key {
         // FNV-1a and SipHash (the cache lives in one process, so any fixed keys do).
         let mut sip = std::collections::hash_map::DefaultHasher::new();
         text.hash(&mut sip);
-        Key(crate::stable_hash(text.as_bytes()), sip.finish())
+        Key(crate::util::stable_hash(text.as_bytes()), sip.finish())
     }
 }
 

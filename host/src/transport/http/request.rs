@@ -12,10 +12,10 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use crate::catalog::Snapshot;
-use crate::flow::Flow;
+use crate::lang::flow::Flow;
 
 /// A run refused by admission control: 503, `Retry-After`, and the reason naming the flow.
-pub fn busy_response(busy: &crate::admission::Busy) -> Response {
+pub fn busy_response(busy: &crate::exec::admission::Busy) -> Response {
     let mut response =
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, busy.message.clone()).into_response();
     response

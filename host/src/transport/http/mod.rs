@@ -5,6 +5,18 @@
 //! `openai`, `openapi`, `lifecycle`; the arrows run from here to them. Knows nothing of
 //! plugins: it looks flows up in the catalog's current snapshot and hands them to the executor.
 
+pub mod docs;
+pub mod error;
+pub mod guard;
+pub mod lifecycle;
+pub mod openai;
+pub mod openapi;
+pub mod playground;
+pub mod request;
+pub mod runs;
+pub mod sse;
+pub mod state;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,17 +32,15 @@ use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 
+use crate::app::config::Http as Options;
 use crate::catalog::Catalog;
-use crate::config::Http as Options;
 use crate::exec::{self, Run};
 use crate::metrics as m;
 
-pub use super::error::ApiError;
-use super::guard;
-pub use super::request::{busy_response, live_flow, parse_body, validate};
-pub use super::sse::{sse_response, EventWriter, FlowLlmEvents};
-pub use super::state::AppState;
-use super::{docs, openai, openapi, playground, runs};
+pub use self::error::ApiError;
+pub use self::request::{busy_response, live_flow, parse_body, validate};
+pub use self::sse::{sse_response, EventWriter, FlowLlmEvents};
+pub use self::state::AppState;
 
 /// The whole HTTP API. Flow routes are not registered one by one: `POST /{flow}` looks the
 /// flow up in the snapshot of the moment, so reloads need no new router.
@@ -232,13 +242,13 @@ async fn list_flows(State(state): State<AppState>) -> Json<Value> {
 
 /// `GET /resources`: what `resources/list` and `resources/templates/list` give an MCP client.
 async fn list_resources(State(state): State<AppState>) -> Json<Value> {
-    let listed = crate::content::list(&state.catalog.snapshot());
+    let listed = crate::catalog::content::list(&state.catalog.snapshot());
     Json(json!({"resources": listed["resources"], "resourceTemplates": listed["templates"]}))
 }
 
 /// `GET /prompts`: what `prompts/list` gives an MCP client.
 async fn list_prompts(State(state): State<AppState>) -> Json<Value> {
-    let listed = crate::content::list(&state.catalog.snapshot());
+    let listed = crate::catalog::content::list(&state.catalog.snapshot());
     Json(json!({"prompts": listed["prompts"]}))
 }
 
@@ -259,7 +269,7 @@ async fn read_resource(
         ));
     };
     let snapshot = state.catalog.snapshot();
-    let contents = content_call(move || crate::content::read(&snapshot, &uri)).await?;
+    let contents = content_call(move || crate::catalog::content::read(&snapshot, &uri)).await?;
     Ok(Json(json!({"contents": contents})))
 }
 
@@ -307,17 +317,18 @@ async fn prompt_messages(
     arguments: Map<String, Value>,
 ) -> Result<Json<Value>, ApiError> {
     let snapshot = state.catalog.snapshot();
-    let result =
-        content_call(move || crate::content::prompt(&snapshot, &name, &arguments, &Map::new()))
-            .await?;
+    let result = content_call(move || {
+        crate::catalog::content::prompt(&snapshot, &name, &arguments, &Map::new())
+    })
+    .await?;
     Ok(Json(result))
 }
 
 /// Runs plugin content code (may block) off the runtime threads; maps failures to statuses.
 async fn content_call<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, crate::content::ContentError> + Send + 'static,
+    work: impl FnOnce() -> Result<T, crate::catalog::content::ContentError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    use crate::content::ContentError;
+    use crate::catalog::content::ContentError;
     match tokio::task::spawn_blocking(work).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(ContentError::NotFound(message))) => {
@@ -475,14 +486,14 @@ pub async fn serve(
     let ready = state.ready.clone();
     let deadline = options.shutdown_timeout;
     let drain = options.drain_delay;
-    let listening = super::lifecycle::Listening::of(&listener);
+    let listening = self::lifecycle::Listening::of(&listener);
     // Streams are many small writes: do not let Nagle hold a chunk back for an ACK.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
-            super::lifecycle::shutdown_signal().await;
+            self::lifecycle::shutdown_signal().await;
             ready.store(false, Ordering::Relaxed);
             if !drain.is_zero() {
                 tracing::info!(

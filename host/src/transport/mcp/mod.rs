@@ -3,6 +3,8 @@
 //! lines get JSON-RPC errors instead of silence) and over Streamable HTTP at `/mcp`. Knows
 //! nothing of plugins: it reads the catalog's snapshots and runs flows with the executor.
 
+pub mod lines;
+
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -24,7 +26,7 @@ use tokio::sync::mpsc;
 use crate::catalog::Catalog;
 use crate::chunk::ChunkKind;
 use crate::exec::{self, Run};
-use crate::flow::TaskSupport;
+use crate::lang::flow::TaskSupport;
 
 /// The MCP server for one connection (stdio) or one session (HTTP).
 #[derive(Clone)]
@@ -353,7 +355,7 @@ impl Gathered {
 /// structure, checked), and `{answer, think, tool_calls, usage, flow_id}` as structured
 /// content.
 fn tool_result(
-    flow: &crate::flow::Flow,
+    flow: &crate::lang::flow::Flow,
     outcome: &exec::Outcome,
     gathered: Gathered,
     flow_id: &str,
@@ -396,7 +398,7 @@ async fn finish_as_task(
     mut batch: Vec<crate::chunk::Chunk>,
     mut gathered: Gathered,
     mut logs: tokio::sync::mpsc::Receiver<exec::LogLine>,
-    flow: Arc<crate::flow::Flow>,
+    flow: Arc<crate::lang::flow::Flow>,
 ) -> Result<CallToolResult, rmcp::task_manager::TaskExit> {
     let flow_id = run.flow_id.clone();
     loop {
@@ -729,7 +731,7 @@ impl Exchange {
             format!(
                 "{}-{:016x}",
                 capability,
-                crate::stable_hash(format!("{method}\u{0}{params}").as_bytes())
+                crate::util::stable_hash(format!("{method}\u{0}{params}").as_bytes())
             )
         });
         if let Some(answer) = self.answers.get(&key) {
@@ -829,8 +831,8 @@ fn speaks_2026(context: &RequestContext<RoleServer>) -> bool {
 }
 
 /// A content request failed: unknown names are "resource not found" / invalid params.
-fn content_error(error: crate::content::ContentError) -> ErrorData {
-    use crate::content::ContentError;
+fn content_error(error: crate::catalog::content::ContentError) -> ErrorData {
+    use crate::catalog::content::ContentError;
     match error {
         ContentError::NotFound(message) => ErrorData::resource_not_found(message, None),
         ContentError::Invalid(message) => ErrorData::invalid_params(message, None),
@@ -841,7 +843,7 @@ fn content_error(error: crate::content::ContentError) -> ErrorData {
 
 /// Runs plugin content code (author code that may block) off the runtime's threads.
 async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, crate::content::ContentError> + Send + 'static,
+    work: impl FnOnce() -> Result<T, crate::catalog::content::ContentError> + Send + 'static,
 ) -> Result<T, ErrorData> {
     tokio::task::spawn_blocking(work)
         .await
@@ -859,7 +861,7 @@ struct Announced {
 
 impl Announced {
     fn of(snapshot: &crate::catalog::Snapshot) -> Announced {
-        let listed = crate::content::list(snapshot);
+        let listed = crate::catalog::content::list(snapshot);
         Announced {
             resources: format!("{}{}", listed["resources"], listed["templates"]),
             prompts: listed["prompts"].to_string(),
@@ -969,7 +971,7 @@ impl ServerHandler for FlowTools {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let listed = crate::content::list(&self.catalog.snapshot());
+        let listed = crate::catalog::content::list(&self.catalog.snapshot());
         serde_json::from_value(json!({"resources": listed["resources"], "resultType": "complete"}))
             .map_err(|err| {
                 ErrorData::internal_error(
@@ -984,7 +986,7 @@ impl ServerHandler for FlowTools {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        let listed = crate::content::list(&self.catalog.snapshot());
+        let listed = crate::catalog::content::list(&self.catalog.snapshot());
         serde_json::from_value(
             json!({"resourceTemplates": listed["templates"], "resultType": "complete"}),
         )
@@ -1000,7 +1002,7 @@ impl ServerHandler for FlowTools {
     ) -> Result<ReadResourceResponse, ErrorData> {
         let snapshot = self.catalog.snapshot();
         let uri = request.uri.clone();
-        let contents = blocking(move || crate::content::read(&snapshot, &uri))
+        let contents = blocking(move || crate::catalog::content::read(&snapshot, &uri))
             .await
             .map_err(|mut error| {
                 if error.code == ErrorCode::RESOURCE_NOT_FOUND {
@@ -1027,7 +1029,8 @@ impl ServerHandler for FlowTools {
         request: SubscribeRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        let fingerprint = crate::content::fingerprint(&self.catalog.snapshot(), &request.uri);
+        let fingerprint =
+            crate::catalog::content::fingerprint(&self.catalog.snapshot(), &request.uri);
         self.subscriptions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -1052,7 +1055,7 @@ impl ServerHandler for FlowTools {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        let listed = crate::content::list(&self.catalog.snapshot());
+        let listed = crate::catalog::content::list(&self.catalog.snapshot());
         serde_json::from_value(json!({"prompts": listed["prompts"], "resultType": "complete"}))
             .map_err(|err| {
                 ErrorData::internal_error(
@@ -1083,13 +1086,13 @@ impl ServerHandler for FlowTools {
             .map(|e| e.answers.clone())
             .unwrap_or_default();
         let result = match tokio::task::spawn_blocking(move || {
-            crate::content::prompt(&snapshot, &name, &arguments, &answers)
+            crate::catalog::content::prompt(&snapshot, &name, &arguments, &answers)
         })
         .await
         {
-            Ok(Err(crate::content::ContentError::NeedsInput(Value::Object(questions))))
-                if exchange.is_some() =>
-            {
+            Ok(Err(crate::catalog::content::ContentError::NeedsInput(Value::Object(
+                questions,
+            )))) if exchange.is_some() => {
                 let exchange = exchange.expect("checked");
                 *exchange.requests.lock().unwrap_or_else(|p| p.into_inner()) = questions;
                 return exchange.input_required().map(GetPromptResponse::from);
@@ -1138,7 +1141,7 @@ impl ServerHandler for FlowTools {
                     subscribed
                         .iter_mut()
                         .filter_map(|(uri, last)| {
-                            let fingerprint = crate::content::fingerprint(&snapshot, uri);
+                            let fingerprint = crate::catalog::content::fingerprint(&snapshot, uri);
                             (fingerprint != *last).then(|| {
                                 *last = fingerprint;
                                 uri.clone()
@@ -1177,7 +1180,12 @@ impl ServerHandler for FlowTools {
                 .resource_subscriptions
                 .iter()
                 .flatten()
-                .map(|uri| (uri.clone(), crate::content::fingerprint(&snapshot, uri)))
+                .map(|uri| {
+                    (
+                        uri.clone(),
+                        crate::catalog::content::fingerprint(&snapshot, uri),
+                    )
+                })
                 .collect()
         };
         loop {
@@ -1202,7 +1210,7 @@ impl ServerHandler for FlowTools {
                     }
                     announced = now;
                     for (uri, last) in &mut fingerprints {
-                        let fingerprint = crate::content::fingerprint(&snapshot, uri);
+                        let fingerprint = crate::catalog::content::fingerprint(&snapshot, uri);
                         if fingerprint != *last {
                             *last = fingerprint;
                             sent = sent.and(sink.notify_resource_updated(uri.clone()).await);
@@ -1224,10 +1232,10 @@ pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 static PROTOCOL_OUT: std::sync::OnceLock<std::sync::Mutex<std::fs::File>> =
     std::sync::OnceLock::new();
 
-/// Keeps stdout for the protocol (see [`crate::stdio::take_stdout`]): protocol lines go to a
+/// Keeps stdout for the protocol (see [`crate::util::stdio::take_stdout`]): protocol lines go to a
 /// private duplicate, stray prints to stderr. Call it before plugins are loaded.
 pub fn claim_stdout() -> Result<(), String> {
-    let file = crate::stdio::take_stdout()?;
+    let file = crate::util::stdio::take_stdout()?;
     let _ = PROTOCOL_OUT.set(std::sync::Mutex::new(file));
     Ok(())
 }
@@ -1238,7 +1246,7 @@ pub async fn serve_stdio(
     run_options: exec::Options,
     max_line: usize,
 ) -> Result<(), String> {
-    let incoming = match super::lines::pollable_stdin(max_line) {
+    let incoming = match self::lines::pollable_stdin(max_line) {
         // A pipe: read by the server's own task as it asks for the next message (no thread
         // hop, and a client that writes faster than the server reads waits in the pipe).
         Some(reader) => {
@@ -1279,7 +1287,7 @@ pub async fn serve_stdio(
                 .name("mcp-stdin".into())
                 .spawn(move || {
                     let mut deliver = |message| to_server.blocking_send(message).is_ok();
-                    if let Err(err) = super::lines::read_blocking(max_line, |event| {
+                    if let Err(err) = self::lines::read_blocking(max_line, |event| {
                         on_line(event, max_line, &mut deliver)
                     }) {
                         tracing::error!("cannot read stdin: {err}");
@@ -1305,17 +1313,17 @@ pub async fn serve_stdio(
 /// JSON-RPC message -32600 (with its id when one can be read), an oversized line -32600.
 /// Returns `false` when reading should stop (the server or stdout is gone).
 fn on_line(
-    event: super::lines::Event<'_>,
+    event: self::lines::Event<'_>,
     max_line: usize,
     deliver: &mut impl FnMut(RxJsonRpcMessage<RoleServer>) -> bool,
 ) -> bool {
     let reply = match event {
-        super::lines::Event::Line(number, line) => match classify_line(line, number) {
+        self::lines::Event::Line(number, line) => match classify_line(line, number) {
             Line::Empty => return true,
             Line::Message(message) => return deliver(*message),
             Line::Reply(reply) => *reply,
         },
-        super::lines::Event::Oversized { number, bytes } => {
+        self::lines::Event::Oversized { number, bytes } => {
             tracing::warn!(
                 "stdin line {number}: {bytes} bytes is over the {max_line}-byte limit; skipped"
             );

@@ -1,5 +1,5 @@
 //! The command line: clap types and the commands they run. Argument parsing does no I/O;
-//! [`crate::config::load`] turns the arguments into a `Config`, and each command is a function
+//! [`crate::app::config::load`] turns the arguments into a `Config`, and each command is a function
 //! over it that returns an exit code.
 
 use std::io::Write;
@@ -10,8 +10,8 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 
+use crate::app::config::{self, Config, Flags};
 use crate::catalog::Catalog;
-use crate::config::{self, Config, Flags};
 use crate::exec;
 
 #[derive(Debug, Parser)]
@@ -229,7 +229,7 @@ pub fn run(cli: Cli) -> ExitCode {
             plugin,
             dir,
             flows,
-        } => new_op(crate::scaffold::Request {
+        } => new_op(crate::app::scaffold::Request {
             op,
             plugin,
             dir,
@@ -242,7 +242,7 @@ pub fn run(cli: Cli) -> ExitCode {
         } => {
             let hash = u64::from_str_radix(&hash, 16).unwrap_or_default();
             let memory_mb = memory_mb.parse().ok();
-            let code = crate::worker::child::main(&library, hash, memory_mb);
+            let code = crate::exec::worker::child::main(&library, hash, memory_mb);
             return ExitCode::from(code.clamp(0, 255) as u8);
         }
         Command::Config { common, overrides } => {
@@ -373,7 +373,7 @@ fn check(config: &Config) -> Result<ExitCode, String> {
     }
     for diag in &snapshot.diagnostics {
         print(&diag.to_string())?;
-        if diag.severity == crate::flow::Severity::Error {
+        if diag.severity == crate::lang::flow::Severity::Error {
             errors += 1;
         }
     }
@@ -440,9 +440,9 @@ fn show_config(config: &Config) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn new_op(request: crate::scaffold::Request) -> Result<ExitCode, String> {
+fn new_op(request: crate::app::scaffold::Request) -> Result<ExitCode, String> {
     let cwd = std::env::current_dir().map_err(|e| format!("no current folder: {e}"))?;
-    let written = crate::scaffold::new_op(&request, &cwd)?;
+    let written = crate::app::scaffold::new_op(&request, &cwd)?;
     for path in &written {
         print(&format!("wrote {}", path.display()))?;
     }
@@ -502,11 +502,11 @@ pub fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, String> {
 
 /// What every run starts with: the LLM service from the configuration.
 fn run_options(config: &Config) -> exec::Options {
-    crate::worker::set_max_workers(config.max_workers);
-    crate::cache::set_dir(config.cache_dir.clone());
+    crate::exec::worker::set_max_workers(config.max_workers);
+    crate::exec::cache::set_dir(config.cache_dir.clone());
     exec::Options {
         llm: Some(Arc::new(crate::llm::Service::new(config.llm.clone()))),
-        admission: crate::admission::Global::new(config.max_concurrency, config.max_queue),
+        admission: crate::exec::admission::Global::new(config.max_concurrency, config.max_queue),
         isolation: Arc::new(config.isolation.clone()),
         ..exec::Options::default()
     }
@@ -533,7 +533,7 @@ fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
     }
     let mut config = config.clone();
     let dev = if dev {
-        let plan = crate::dev::plan(Path::new("plugins"))?;
+        let plan = crate::app::dev::plan(Path::new("plugins"))?;
         // Where the builds land must be a plugin folder.
         let known = config
             .plugin_dirs
@@ -553,11 +553,14 @@ fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
     runtime.block_on(async {
         let catalog = Arc::new(load_catalog(config));
         let _watching = if config.watch {
-            Some(crate::watch::start(catalog.clone(), config.debounce)?)
+            Some(crate::catalog::watch::start(
+                catalog.clone(),
+                config.debounce,
+            )?)
         } else {
             None
         };
-        let _dev = dev.map(crate::dev::start).transpose()?;
+        let _dev = dev.map(crate::app::dev::start).transpose()?;
         match config.backend {
             config::Backend::Http => {
                 let options = run_options_with_flows(config, &catalog);
@@ -639,7 +642,7 @@ fn run_flow(
 }
 
 async fn stream_to_stdout(
-    flow: Arc<crate::flow::Flow>,
+    flow: Arc<crate::lang::flow::Flow>,
     input: Map<String, Value>,
     options: exec::Options,
 ) -> Result<exec::Outcome, String> {

@@ -70,7 +70,7 @@ pub struct Http {
     /// accepting, so a proxy or the endpoints controller stops sending first.
     pub drain_delay: Duration,
     /// Async runs: how long and how many are kept (`runs:` section).
-    pub runs: crate::transport::runs::Retention,
+    pub runs: crate::transport::http::runs::Retention,
     /// Serve `/mcp` without sessions: every request is answered by itself, so any replica
     /// behind a round-robin proxy can answer any request of any client.
     pub mcp_stateless: bool,
@@ -140,7 +140,7 @@ struct Raw {
 struct RawOps {
     max_concurrency: Option<usize>,
     max_queue: Option<usize>,
-    isolation: crate::flow::Isolation,
+    isolation: crate::lang::flow::Isolation,
     max_workers: Option<usize>,
     inline: crate::exec::Inline,
 }
@@ -155,7 +155,7 @@ struct RawRuns {
 
 impl Default for RawRuns {
     fn default() -> RawRuns {
-        let defaults = crate::transport::runs::Retention::default();
+        let defaults = crate::transport::http::runs::Retention::default();
         RawRuns {
             retention: defaults.keep.as_secs_f64(),
             max_runs: defaults.max_runs,
@@ -173,7 +173,7 @@ struct RawCache {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawPlugin {
-    isolation: Option<crate::flow::Isolation>,
+    isolation: Option<crate::lang::flow::Isolation>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -432,7 +432,7 @@ pub fn load(flags: Flags) -> Result<Config, String> {
                 }
                 other => other,
             },
-            runs: crate::transport::runs::Retention {
+            runs: crate::transport::http::runs::Retention {
                 keep: seconds(&where_, "runs.retention", raw.runs.retention)?,
                 max_runs: raw.runs.max_runs.max(1),
                 max_bytes: raw.runs.max_bytes.max(1),
@@ -667,12 +667,12 @@ fn llm_config(where_: &str, section: &Value) -> Result<crate::llm::Config, Strin
 }
 
 fn seconds(where_: &str, key: &str, value: f64) -> Result<Duration, String> {
-    if value.is_finite() && value > 0.0 && value <= crate::flow::MAX_SECONDS {
+    if value.is_finite() && value > 0.0 && value <= crate::lang::flow::MAX_SECONDS {
         Ok(Duration::from_secs_f64(value))
     } else {
         Err(format!(
             "{where_}: {key} must be a positive number of seconds up to a year, found {}",
-            crate::flow::short_number(value)
+            crate::lang::flow::short_number(value)
         ))
     }
 }
@@ -875,10 +875,13 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(config.isolation.default, crate::flow::Isolation::Process);
+        assert_eq!(
+            config.isolation.default,
+            crate::lang::flow::Isolation::Process
+        );
         assert_eq!(
             config.isolation.plugins["op-basic"],
-            crate::flow::Isolation::InProcess
+            crate::lang::flow::Isolation::InProcess
         );
         let err = load_text("ops: {isolation: sandbox}\n", &[]).unwrap_err();
         assert!(err.contains("sandbox") && err.contains("process"), "{err}");

@@ -182,7 +182,7 @@ pub fn default_log_filter(command: &Command) -> &'static str {
         Command::Flows { .. }
         | Command::Check { .. }
         | Command::Run { .. }
-        | Command::Config { .. } => "error,flowhost::config=warn",
+        | Command::Config { .. } => "error,flowhost::app::config=warn",
     }
 }
 

@@ -188,6 +188,7 @@ pub fn default_log_filter(command: &Command) -> &'static str {
 
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> ExitCode {
+    crate::ops::plugin::set_abi_debug(std::env::var_os("FLOWHOST_ABI_DEBUG").is_some());
     let result = match cli.command {
         Command::Serve {
             common,

@@ -3,15 +3,17 @@
 //! hand it JSON text and an implementation of the host context.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use abi_stable::library::{lib_header_from_path, AbiHeader, LibraryError, RootModule};
 use abi_stable::sabi_types::{RRef, VersionNumber};
 use abi_stable::std_types::RStr;
-use abi_stable::std_types::{RResult, RString};
+use abi_stable::std_types::{RResult, RString, RVec};
 use abi_stable::type_level::downcasting::TD_Opaque;
 use op_sdk::ffi::{
-    v0, v1, v2, ChunkSinkMut, HostCtx, HostCtx_TO, HostServices, HostServices_TO, OpLib_Ref, OpMeta,
+    v0, v1, v2, ChunkSinkMut, HostCtx, HostCtx_TO, HostRef, HostServices, HostServices_TO,
+    OpLib_Ref, OpMeta, ServicesRef,
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -33,7 +35,7 @@ pub struct Library {
     /// What the plugin offers besides ops (op-sdk 0.1.3): `{resources, templates, prompts}`,
     /// each a JSON array (empty for older plugins); listed at load and again at every reload.
     content: std::sync::RwLock<Arc<serde_json::Value>>,
-    module: Module,
+    entries: Entries,
 }
 
 /// The root module, through the view it was checked against.
@@ -46,6 +48,113 @@ enum Module {
     V1(v1::OpLib_Ref),
     /// Built against op-sdk 0.1.2: sub-ops and tools, no content or named services.
     V2(v2::OpLib_Ref),
+}
+
+type RunFn = extern "C" fn(RStr<'_>, RStr<'_>, RStr<'_>, HostRef<'_>) -> RResult<RString, RString>;
+type ContentFn = extern "C" fn(RStr<'_>) -> RResult<RString, RString>;
+type ToolsFn = extern "C" fn() -> RString;
+
+/// `run` with the host services, in the shape of the op-sdk version the plugin was built
+/// against (each frozen `HostServices` view is its own type).
+#[derive(Clone, Copy)]
+enum RunWithServices {
+    Current(
+        extern "C" fn(
+            RStr<'_>,
+            RStr<'_>,
+            RStr<'_>,
+            HostRef<'_>,
+            ServicesRef<'_>,
+        ) -> RResult<RString, RString>,
+    ),
+    V2(
+        extern "C" fn(
+            RStr<'_>,
+            RStr<'_>,
+            RStr<'_>,
+            HostRef<'_>,
+            v2::ServicesRef<'_>,
+        ) -> RResult<RString, RString>,
+    ),
+    V1(
+        extern "C" fn(
+            RStr<'_>,
+            RStr<'_>,
+            RStr<'_>,
+            HostRef<'_>,
+            v1::ServicesRef<'_>,
+        ) -> RResult<RString, RString>,
+    ),
+}
+
+/// A plugin's entry points, read once through the view its root module was checked against:
+/// the one place that knows which op-sdk version offers what. An entry a version lacks is
+/// `None`.
+#[derive(Clone, Copy)]
+struct Entries {
+    plugin_name: RStr<'static>,
+    plugin_version: RStr<'static>,
+    ops: extern "C" fn() -> RVec<OpMeta>,
+    check: extern "C" fn(RStr<'_>, RStr<'_>) -> RResult<(), RString>,
+    run: RunFn,
+    run_with_services: Option<RunWithServices>,
+    /// op-sdk 0.1.2.
+    tools: Option<ToolsFn>,
+    /// op-sdk 0.1.3.
+    content: Option<ContentFn>,
+    /// Built before op-sdk 0.1.3 (no `content` entry in its view at all).
+    before_content: bool,
+}
+
+impl Module {
+    fn entries(self) -> Entries {
+        match self {
+            Module::Current(m) => Entries {
+                plugin_name: m.plugin_name(),
+                plugin_version: m.plugin_version(),
+                ops: m.ops(),
+                check: m.check(),
+                run: m.run(),
+                run_with_services: m.run_with_services().map(RunWithServices::Current),
+                tools: m.tools(),
+                content: m.content(),
+                before_content: false,
+            },
+            Module::V2(m) => Entries {
+                plugin_name: m.plugin_name(),
+                plugin_version: m.plugin_version(),
+                ops: m.ops(),
+                check: m.check(),
+                run: m.run(),
+                run_with_services: m.run_with_services().map(RunWithServices::V2),
+                tools: m.tools(),
+                content: None,
+                before_content: true,
+            },
+            Module::V1(m) => Entries {
+                plugin_name: m.plugin_name(),
+                plugin_version: m.plugin_version(),
+                ops: m.ops(),
+                check: m.check(),
+                run: m.run(),
+                run_with_services: m.run_with_services().map(RunWithServices::V1),
+                tools: None,
+                content: None,
+                before_content: true,
+            },
+            Module::V0(m) => Entries {
+                plugin_name: m.plugin_name(),
+                plugin_version: m.plugin_version(),
+                ops: m.ops(),
+                check: m.check(),
+                run: m.run(),
+                run_with_services: None,
+                tools: None,
+                content: None,
+                before_content: true,
+            },
+        }
+    }
 }
 
 impl std::fmt::Debug for Library {
@@ -82,6 +191,15 @@ impl std::fmt::Display for LoadError {
     }
 }
 
+/// Whether a layout mismatch is reported in abi_stable's own words (long, for op-sdk's
+/// developers) instead of one line: `FLOWHOST_ABI_DEBUG`, read by the app at start.
+static ABI_DEBUG: AtomicBool = AtomicBool::new(false);
+
+/// Turns abi_stable's full layout report on or off (see [`ABI_DEBUG`]).
+pub fn set_abi_debug(on: bool) {
+    ABI_DEBUG.store(on, Ordering::Relaxed);
+}
+
 /// Hashes a library's bytes (to skip reloads of unchanged files).
 pub fn content_hash(bytes: &[u8]) -> u64 {
     crate::util::stable_hash(bytes)
@@ -113,46 +231,35 @@ pub fn load(path: &Path, bytes: &[u8]) -> Result<Library, LoadError> {
     // open.
     drop(shadow_dir);
     let (module, sdk_version) = result?;
-    let (ops, plugin_name, plugin_version) = match module {
-        Module::Current(m) => ((m.ops())(), m.plugin_name(), m.plugin_version()),
-        Module::V0(m) => ((m.ops())(), m.plugin_name(), m.plugin_version()),
-        Module::V1(m) => ((m.ops())(), m.plugin_name(), m.plugin_version()),
-        Module::V2(m) => ((m.ops())(), m.plugin_name(), m.plugin_version()),
-    };
-    let tools = match module {
-        Module::Current(m) => m.tools(),
-        Module::V2(m) => m.tools(),
-        Module::V0(_) | Module::V1(_) => None,
-    };
-    let tools = tools
+    let entries = module.entries();
+    let ops = (entries.ops)();
+    let tools = entries
+        .tools
         .and_then(|tools| {
             let text = catch_unwind(|| tools().into_string()).ok()?;
             serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text).ok()
         })
         .map(|map| map.into_iter().collect())
         .unwrap_or_default();
-    let content = list_content(module).map_err(LoadError::Incompatible)?;
+    let content = list_content(entries).map_err(LoadError::Incompatible)?;
     Ok(Library {
         path: path.to_path_buf(),
         hash,
-        plugin_name: plugin_name.to_string(),
-        plugin_version: plugin_version.to_string(),
+        plugin_name: entries.plugin_name.to_string(),
+        plugin_version: entries.plugin_version.to_string(),
         sdk_version,
         speeds: ops.iter().map(|_| Arc::default()).collect(),
         tools,
         content: std::sync::RwLock::new(Arc::new(content)),
         ops: ops.into_iter().collect(),
-        module,
+        entries,
     })
 }
 
 /// A plugin's `{resources, templates, prompts}` (empty lists before op-sdk 0.1.3).
-fn list_content(module: Module) -> Result<serde_json::Value, String> {
+fn list_content(entries: Entries) -> Result<serde_json::Value, String> {
     let mut content = serde_json::json!({"resources": [], "templates": [], "prompts": []});
-    let Module::Current(m) = module else {
-        return Ok(content);
-    };
-    let Some(serve) = m.content() else {
+    let Some(serve) = entries.content else {
         return Ok(content);
     };
     match content_call(serve, &serde_json::json!({"method": "list"})) {
@@ -221,7 +328,9 @@ fn load_shadow(shadow: &Path) -> Result<(Module, String), LoadError> {
     };
     match current {
         Ok(module) => Ok((Module::Current(module), found)),
-        Err(LibraryError::AbiInstability(e)) if std::env::var_os("FLOWHOST_ABI_DEBUG").is_some() => Err(LoadError::Incompatible(e.to_string())),
+        Err(LibraryError::AbiInstability(e)) if ABI_DEBUG.load(Ordering::Relaxed) => {
+            Err(LoadError::Incompatible(e.to_string()))
+        }
         Err(LibraryError::AbiInstability(_)) => Err(LoadError::Incompatible(format!(
             "built against op-sdk {found} but its types have a different layout than this host's op-sdk {} (rebuild the plugin)",
             op_sdk::ffi::SDK_VERSION
@@ -251,12 +360,7 @@ fn first_line(message: &str) -> String {
 impl Library {
     /// Builds an op from its arguments without running it.
     pub fn check(&self, op: &str, args_json: &str) -> Result<(), String> {
-        let check = match self.module {
-            Module::Current(m) => m.check(),
-            Module::V0(m) => m.check(),
-            Module::V1(m) => m.check(),
-            Module::V2(m) => m.check(),
-        };
+        let check = self.entries.check;
         check(RStr::from_str(op), RStr::from_str(args_json))
             .into_result()
             .map_err(|e| e.into_string())
@@ -278,38 +382,29 @@ impl Library {
             RStr::from_str(context_json),
         );
         let ctx = HostCtx_TO::from_ptr(RRef::new(host), TD_Opaque);
-        let result = match self.module {
-            Module::Current(m) => match m.run_with_services() {
-                Some(run) => run(
-                    op,
-                    args,
-                    context,
-                    ctx,
-                    HostServices_TO::from_ptr(RRef::new(host), TD_Opaque),
-                ),
-                None => (m.run())(op, args, context, ctx),
-            },
-            Module::V1(m) => match m.run_with_services() {
-                Some(run) => run(
-                    op,
-                    args,
-                    context,
-                    ctx,
-                    v1::HostServices_TO::from_ptr(RRef::new(host), TD_Opaque),
-                ),
-                None => (m.run())(op, args, context, ctx),
-            },
-            Module::V2(m) => match m.run_with_services() {
-                Some(run) => run(
-                    op,
-                    args,
-                    context,
-                    ctx,
-                    v2::HostServices_TO::from_ptr(RRef::new(host), TD_Opaque),
-                ),
-                None => (m.run())(op, args, context, ctx),
-            },
-            Module::V0(m) => (m.run())(op, args, context, ctx),
+        let result = match self.entries.run_with_services {
+            Some(RunWithServices::Current(run)) => run(
+                op,
+                args,
+                context,
+                ctx,
+                HostServices_TO::from_ptr(RRef::new(host), TD_Opaque),
+            ),
+            Some(RunWithServices::V2(run)) => run(
+                op,
+                args,
+                context,
+                ctx,
+                v2::HostServices_TO::from_ptr(RRef::new(host), TD_Opaque),
+            ),
+            Some(RunWithServices::V1(run)) => run(
+                op,
+                args,
+                context,
+                ctx,
+                v1::HostServices_TO::from_ptr(RRef::new(host), TD_Opaque),
+            ),
+            None => (self.entries.run)(op, args, context, ctx),
         };
         result
             .into_result()
@@ -328,7 +423,7 @@ impl Library {
     /// Lists the plugin's resources and prompts again (a plugin may offer different ones as
     /// time goes on); returns whether anything changed. A failing list keeps the last one.
     pub fn refresh_content(&self) -> bool {
-        match list_content(self.module) {
+        match list_content(self.entries) {
             Ok(content) => {
                 let mut current = self.content.write().unwrap_or_else(|p| p.into_inner());
                 if **current == content {
@@ -347,20 +442,16 @@ impl Library {
     /// A content request (`{"method": "read", "uri"}`, `{"method": "prompt", "name",
     /// "arguments"}`) answered by the plugin; plugins built before op-sdk 0.1.3 have none.
     pub fn content(&self, request: &serde_json::Value) -> Result<serde_json::Value, String> {
-        match self.module {
-            Module::Current(m) => match m.content() {
-                Some(serve) => content_call(serve, request),
-                None => Err("this plugin offers no resources or prompts".into()),
-            },
-            _ => Err(format!(
+        match self.entries.content {
+            Some(serve) => content_call(serve, request),
+            None if self.entries.before_content => Err(format!(
                 "this plugin was built against op-sdk {}, before resources and prompts (0.1.3)",
                 self.sdk_version
             )),
+            None => Err("this plugin offers no resources or prompts".into()),
         }
     }
 }
-
-type ContentFn = extern "C" fn(RStr<'_>) -> RResult<RString, RString>;
 
 fn content_call(
     serve: ContentFn,

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::catalog::Filter;
+use crate::transport::http::Settings as Http;
 
 /// The validated configuration every command runs from.
 #[derive(Clone, Debug)]
@@ -46,56 +47,6 @@ pub enum Backend {
     /// MCP over stdio (FlowLLM calls this backend `mcp`).
     #[serde(alias = "mcp")]
     Stdio,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Http {
-    pub host: String,
-    pub port: u16,
-    /// Largest accepted request body, in bytes.
-    pub body_limit: usize,
-    /// Browser origins allowed besides the server's own (CORS and the `Origin` check); empty
-    /// means none, `*` any.
-    pub cors_origins: Vec<String>,
-    /// `Host` names accepted on every route (any port); empty means the defaults: the
-    /// localhost names and the bind address. `*` accepts any host.
-    pub allowed_hosts: Vec<String>,
-    /// When set, every route but `/health` needs `Authorization: Bearer <key>`.
-    pub api_key: Option<String>,
-    /// Idle time before an SSE keep-alive comment.
-    pub keepalive: Duration,
-    /// How long streams may go on after SIGINT/SIGTERM before they are ended.
-    pub shutdown_timeout: Duration,
-    /// After SIGTERM, how long the host keeps serving (with `/ready` at 503) before it stops
-    /// accepting, so a proxy or the endpoints controller stops sending first.
-    pub drain_delay: Duration,
-    /// Async runs: how long and how many are kept (`runs:` section).
-    pub runs: crate::transport::http::runs::Retention,
-    /// Serve `/mcp` without sessions: every request is answered by itself, so any replica
-    /// behind a round-robin proxy can answer any request of any client.
-    pub mcp_stateless: bool,
-    /// The key 2026-07-28 `requestState` values are sealed with (HMAC): replicas behind one
-    /// proxy share it so any of them can serve a call's next round. None: a random key per
-    /// process.
-    pub mcp_state_key: Option<String>,
-}
-
-impl Http {
-    /// The `Host` names accepted when `allowed_hosts` is empty.
-    pub fn effective_allowed_hosts(&self) -> Vec<String> {
-        if !self.allowed_hosts.is_empty() {
-            return self.allowed_hosts.clone();
-        }
-        let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1"]
-            .iter()
-            .map(|h| h.to_string())
-            .collect();
-        let bind = self.host.trim_start_matches('[').trim_end_matches(']');
-        if !hosts.iter().any(|h| h == bind) {
-            hosts.push(bind.to_string());
-        }
-        hosts
-    }
 }
 
 /// What the command line adds on top of the file and the overrides.
@@ -155,7 +106,7 @@ struct RawRuns {
 
 impl Default for RawRuns {
     fn default() -> RawRuns {
-        let defaults = crate::transport::http::runs::Retention::default();
+        let defaults = crate::transport::http::Retention::default();
         RawRuns {
             retention: defaults.keep.as_secs_f64(),
             max_runs: defaults.max_runs,
@@ -432,7 +383,7 @@ pub fn load(flags: Flags) -> Result<Config, String> {
                 }
                 other => other,
             },
-            runs: crate::transport::http::runs::Retention {
+            runs: crate::transport::http::Retention {
                 keep: seconds(&where_, "runs.retention", raw.runs.retention)?,
                 max_runs: raw.runs.max_runs.max(1),
                 max_bytes: raw.runs.max_bytes.max(1),
@@ -571,20 +522,9 @@ fn unknown_key(where_: &str, path: &str, key: &str, known: &[&str]) -> String {
     }
 }
 
-/// The known key closest to `key`, if any is close enough to be a likely typo.
+/// The known key closest to `key` (see [`crate::util::suggest::closest`]).
 pub fn closest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
-    let lowered = key.to_ascii_lowercase().replace('-', "_");
-    known
-        .iter()
-        .map(|k| {
-            let squashed = k.replace('_', "");
-            let score =
-                strsim::jaro_winkler(&lowered, k).max(strsim::jaro_winkler(&lowered, &squashed));
-            (score, *k)
-        })
-        .filter(|(score, _)| *score >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, k)| k)
+    crate::util::suggest::closest(key, known.iter().copied())
 }
 
 #[derive(Debug, Deserialize)]

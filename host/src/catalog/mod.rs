@@ -404,7 +404,7 @@ fn check_flow_refs(snapshot: &mut Snapshot) {
             };
             if !snapshot.flows.contains_key(&target.name) {
                 let known: Vec<&str> = snapshot.flows.keys().map(String::as_str).collect();
-                let hint = crate::app::config::closest(&target.name, &known)
+                let hint = crate::util::suggest::closest(&target.name, known.iter().copied())
                     .map(|k| format!(" (did you mean `{k}`?)"))
                     .unwrap_or_default();
                 broken.push((

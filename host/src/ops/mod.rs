@@ -176,12 +176,7 @@ impl Registry {
 
     /// The known op name closest to `name`, for "did you mean" hints.
     pub fn suggest(&self, name: &str) -> Option<&'static str> {
-        self.ops
-            .keys()
-            .map(|known| (strsim::damerau_levenshtein(name, known), *known))
-            .filter(|(distance, known)| *distance <= known.len().max(3) / 3 + 1)
-            .min()
-            .map(|(_, known)| known)
+        crate::util::suggest::closest(name, self.ops.keys().copied())
     }
 }
 

@@ -1,6 +1,8 @@
-//! Small helpers every part may use: a stable hash, taking stdout for a protocol.
+//! Small helpers every part may use: a stable hash, "did you mean" hints, taking stdout for a
+//! protocol.
 
 pub mod stdio;
+pub mod suggest;
 
 /// FNV-1a, 64 bits: a hash that is the same in every process and every build, so replicas
 /// can compare what they serve (`flows_hash`, `plugins_hash`) and content hashes are stable.

@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use super::error::ApiError;
-use crate::app::config::Http as Options;
+use super::settings::Settings as Options;
 
 /// The checks' view of the configuration, computed once.
 #[derive(Clone, Debug)]

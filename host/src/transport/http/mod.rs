@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod playground;
 pub mod request;
 pub mod runs;
+pub mod settings;
 pub mod sse;
 pub mod state;
 
@@ -32,13 +33,15 @@ use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 
-use crate::app::config::Http as Options;
+use self::settings::Settings as Options;
 use crate::catalog::Catalog;
 use crate::exec::{self, Run};
 use crate::metrics as m;
 
 pub use self::error::ApiError;
 pub use self::request::{busy_response, live_flow, parse_body, validate};
+pub use self::runs::Retention;
+pub use self::settings::Settings;
 pub use self::sse::{sse_response, EventWriter, FlowLlmEvents};
 pub use self::state::AppState;
 

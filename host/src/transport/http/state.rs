@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::guard::Policy;
-use crate::app::config::Http as Options;
+use super::settings::Settings as Options;
 use crate::catalog::Catalog;
 use crate::exec;
 use crate::metrics as m;

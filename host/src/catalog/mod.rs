@@ -108,6 +108,39 @@ impl Snapshot {
             .iter()
             .filter(|d| d.severity == Severity::Error)
     }
+
+    /// Flow errors plus plugins that failed to load.
+    pub fn error_count(&self) -> usize {
+        self.errors().count() + self.registry.errors.len()
+    }
+
+    /// Ops served, counted across plugins.
+    pub fn op_count(&self) -> usize {
+        self.registry.ops.len()
+    }
+
+    /// The loaded plugins as `[{name, version, file}]`, for health pages.
+    pub fn plugins_json(&self) -> serde_json::Value {
+        self.registry
+            .libraries
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "name": l.plugin_name, "version": l.plugin_version, "file": l.path,
+                })
+            })
+            .collect()
+    }
+
+    /// Ops, plugins and plugin errors as `GET /ops` shows them.
+    pub fn ops_json(&self) -> serde_json::Value {
+        self.registry.to_json()
+    }
+
+    /// What plugins are served (FNV-1a over their content hashes), the same in every replica.
+    pub fn plugins_hash(&self) -> String {
+        self.registry.plugins_hash()
+    }
 }
 
 /// Which flows to serve (FlowLLM's `enabled_flows` / `disabled_flows`).

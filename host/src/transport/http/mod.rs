@@ -214,14 +214,12 @@ async fn health(State(state): State<AppState>, headers: HeaderMap) -> Json<Value
         "version": env!("CARGO_PKG_VERSION"),
         "flows": snapshot.flows.len(),
         "live_flows": snapshot.live().count(),
-        "plugins": snapshot.registry.libraries.iter().map(|l| json!({
-            "name": l.plugin_name, "version": l.plugin_version, "file": l.path,
-        })).collect::<Vec<_>>(),
-        "ops": snapshot.registry.ops.len(),
-        "errors": snapshot.errors().count() + snapshot.registry.errors.len(),
+        "plugins": snapshot.plugins_json(),
+        "ops": snapshot.op_count(),
+        "errors": snapshot.error_count(),
         "generation": snapshot.generation,
         "flows_hash": snapshot.flows_hash(),
-        "plugins_hash": snapshot.registry.plugins_hash(),
+        "plugins_hash": snapshot.plugins_hash(),
     }))
 }
 
@@ -355,7 +353,7 @@ async fn content_call<T: Send + 'static>(
 }
 
 async fn list_ops(State(state): State<AppState>) -> Json<Value> {
-    Json(state.catalog.snapshot().registry.to_json())
+    Json(state.catalog.snapshot().ops_json())
 }
 
 async fn openapi_json(State(state): State<AppState>) -> Json<Value> {
@@ -374,7 +372,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             text.push_str(&format!(
                 "# TYPE {info} gauge\n{info}{{flows_hash=\"{}\",plugins_hash=\"{}\"}} 1\n",
                 snapshot.flows_hash(),
-                snapshot.registry.plugins_hash(),
+                snapshot.plugins_hash(),
                 info = m::SERVED_INFO,
             ));
             ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
@@ -479,7 +477,7 @@ pub async fn serve(
         env!("CARGO_PKG_VERSION"),
         snapshot.flows.len(),
         snapshot.live().count(),
-        snapshot.registry.ops.len(),
+        snapshot.op_count(),
     );
     drop(snapshot);
     warn_if_exposed(&options, local.ip());

@@ -69,9 +69,9 @@ fn catalog_event(state: &AppState) -> Bytes {
     let data = serde_json::json!({
         "generation": snapshot.generation,
         "flows_hash": snapshot.flows_hash(),
-        "plugins_hash": snapshot.registry.plugins_hash(),
+        "plugins_hash": snapshot.plugins_hash(),
         "flows": snapshot.flows_json(),
-        "ops": snapshot.registry.to_json(),
+        "ops": snapshot.ops_json(),
     });
     Bytes::from(format!("event: catalog\ndata: {data}\n\n"))
 }

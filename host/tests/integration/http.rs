@@ -464,6 +464,49 @@ async fn keepalive_comments_while_idle() {
     assert_eq!(events(&body).len(), 3);
 }
 
+/// The guard invariant over the router's whole route table (`ROUTES`, which the tidy test
+/// keeps equal to the router): with a key set, every method of every route answers 401 without
+/// it, except the public pages (health, readiness, the playground's files, the API docs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_but_the_public_ones_needs_the_key() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let server = Server::start(flows.path(), &["--api-key", "s3cret"]);
+    let client = client();
+    let public = [
+        "/",
+        "/playground.js",
+        "/playground.css",
+        "/health",
+        "/ready",
+        "/docs/",
+    ];
+    let mut checked = 0;
+    for (methods, path) in flowhost::transport::http::ROUTES {
+        let concrete = path
+            .replace("{flow}", "echo")
+            .replace("{name}", "p")
+            .replace("{id}", "r1");
+        for method in methods.split(' ') {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let mut request = client.request(method.clone(), server.url(&concrete));
+            if method == reqwest::Method::POST {
+                request = request.json(&json!({"query": "x"}));
+            }
+            if concrete == "/mcp" {
+                request = request.header("accept", "application/json, text/event-stream");
+            }
+            let status = request.send().await.unwrap().status();
+            if public.contains(path) {
+                assert_ne!(status, 401, "{method} {concrete} is public");
+            } else {
+                assert_eq!(status, 401, "{method} {concrete} answered without the key");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 25, "only {checked} route methods checked");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_key_guards_everything_but_health() {
     let flows = folder(&[("f.yaml", FLOWS)]);

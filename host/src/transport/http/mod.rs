@@ -45,6 +45,34 @@ pub use self::settings::Settings;
 pub use self::sse::{sse_response, EventWriter, FlowLlmEvents};
 pub use self::state::AppState;
 
+/// Every route [`router`] serves, as `(methods, path)`: the table the guard invariant is tested
+/// against (each route is called without a key; only the public ones may answer) and that the
+/// tidy test compares with the `.route(` calls below. `/mcp` is rmcp's service (GET, POST,
+/// DELETE); `/docs/` stands for swagger-ui's pages.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/playground.js"),
+    ("GET", "/playground.css"),
+    ("GET", "/events"),
+    ("GET", "/health"),
+    ("GET", "/ready"),
+    ("GET", "/flows"),
+    ("GET", "/ops"),
+    ("GET", "/resources"),
+    ("GET", "/resources/read"),
+    ("GET", "/prompts"),
+    ("GET POST", "/prompts/{name}"),
+    ("GET", "/openapi.json"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/models"),
+    ("POST", "/v1/chat/completions"),
+    ("GET DELETE", "/runs/{id}"),
+    ("GET", "/runs/{id}/events"),
+    ("POST", "/{flow}"),
+    ("GET POST DELETE", "/mcp"),
+    ("GET", "/docs/"),
+];
+
 /// The whole HTTP API. Flow routes are not registered one by one: `POST /{flow}` looks the
 /// flow up in the snapshot of the moment, so reloads need no new router.
 pub fn router(state: AppState) -> Router {

@@ -57,7 +57,7 @@ pub trait HostCtx {
 /// Why not more methods on [`HostCtx`]: abi_stable checks the loader's view of a prefix type
 /// as a prefix of the library's, so a host whose `HostCtx` grew would refuse every plugin built
 /// before. `HostCtx` stays frozen; services grow here, and the host keeps a frozen view of
-/// each older root module (see [`v0`]).
+/// each older root module (see [`v0`], [`v1`] and [`v2`]: op-sdk 0.1.0, 0.1.1 and 0.1.2).
 #[sabi_trait]
 pub trait HostServices {
     /// A chat request to the host's LLM service (JSON: `messages`, optional `llm`, `tools` and

@@ -36,8 +36,10 @@
 //! # fn main() {}
 //! ```
 //!
-//! Ops are synchronous: the host runs each call on a blocking thread of its own. A panic inside
-//! an op becomes an error result naming the op; it never takes the host down.
+//! Ops are synchronous: the host runs each call on a thread where it may block (a thread of
+//! the host's op pool; an op that proved fast may run on a runtime thread, which the host
+//! takes back as soon as it waits; with `isolation: process`, a worker process's thread). A
+//! panic inside an op becomes an error result naming the op; it never takes the host down.
 //!
 //! Compatibility: a plugin is refused at load time unless it was built against an op-sdk whose
 //! major.minor (0.x: minor) matches the host's and whose types have the same layout. The host

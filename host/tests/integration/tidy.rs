@@ -82,7 +82,7 @@ fn stdout_is_written_only_by_the_cli_and_the_mcp_protocol_writer() {
                 // writer.
                 "host/src/app/cli.rs" => !prints,
                 // The protocol writer, and claiming stdout for it.
-                "host/src/transport/mcp/mod.rs" | "host/src/util/stdio.rs" => !prints,
+                "host/src/transport/mcp/stdio.rs" | "host/src/util/stdio.rs" => !prints,
                 _ => false,
             };
             if (prints || stdout) && !allowed {

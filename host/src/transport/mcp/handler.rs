@@ -1,0 +1,499 @@
+//! The MCP server handler (rmcp's `ServerHandler`) for one connection or session: the tools
+//! list (one tool per flow), resources, prompts, `logging/setLevel`, the task requests, and
+//! the list-changed and resource-updated announcements after a reload (`notifications/*` for
+//! initialize-era sessions, `subscriptions/listen` for 2026-07-28 clients). `tools/call` is
+//! handed to `call.rs`.
+
+use std::sync::Arc;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, ErrorCode, ErrorData, GetPromptRequestParams,
+    GetPromptResponse, GetPromptResult, Implementation, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, ServerCapabilities,
+    ServerConfig, SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
+};
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
+use rmcp::{RoleServer, ServerHandler};
+use serde_json::{json, Map, Value};
+
+use super::ask::{speaks_2026, Exchange};
+use super::logging;
+use crate::catalog::Catalog;
+use crate::exec;
+
+/// The MCP server for one connection (stdio) or one session (HTTP).
+#[derive(Clone)]
+pub struct FlowTools {
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) run_options: exec::Options,
+    /// The lowest op log level the client asked for with `logging/setLevel` (a rank, see
+    /// [`level_rank`]); none until it asks.
+    pub(crate) log_level: Arc<std::sync::atomic::AtomicU8>,
+    /// Resource URIs this session subscribed to (`resources/subscribe`), with the fingerprint
+    /// of what they read as when last announced.
+    subscriptions: Arc<std::sync::Mutex<std::collections::BTreeMap<String, Option<String>>>>,
+    /// Calls that became tasks (shared by every session of this server).
+    pub(crate) tasks: Arc<rmcp::task_manager::TaskManager>,
+}
+
+/// No `logging/setLevel` yet: op logs stay in the host's log.
+pub(crate) const LOGS_OFF: u8 = u8::MAX;
+
+impl FlowTools {
+    pub fn new(catalog: Arc<Catalog>, run_options: exec::Options) -> FlowTools {
+        FlowTools {
+            catalog,
+            run_options,
+            log_level: Arc::new(std::sync::atomic::AtomicU8::new(LOGS_OFF)),
+            subscriptions: Arc::default(),
+            tasks: Arc::default(),
+        }
+    }
+
+    /// Shares one task store between the sessions of a server (tasks outlive the request that
+    /// made them, and stateless requests each get a fresh handler).
+    pub(crate) fn with_tasks(mut self, tasks: Arc<rmcp::task_manager::TaskManager>) -> FlowTools {
+        self.tasks = tasks;
+        self
+    }
+
+    /// For stateless HTTP: there is no session to remember a `logging/setLevel` in (the next
+    /// request may reach another replica), so op logs at info and above are sent with every
+    /// call, as the spec lets a server decide when the client has not set a level.
+    pub(crate) fn stateless(catalog: Arc<Catalog>, run_options: exec::Options) -> FlowTools {
+        let tools = FlowTools::new(catalog, run_options);
+        tools.log_level.store(
+            logging::op_level_rank(op_sdk::Level::Info),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        tools
+    }
+
+    /// The tools of the current snapshot: one per flow that can run.
+    pub fn tools(&self) -> Vec<Tool> {
+        let snapshot = self.catalog.snapshot();
+        snapshot
+            .live()
+            .map(|(name, flow)| {
+                let schema = match &flow.spec.input_schema {
+                    Value::Object(map) => map.clone(),
+                    _ => Map::new(),
+                };
+                let mut description = flow.spec.description.clone();
+                if description.is_empty() {
+                    // An agent picks tools by their description: say at least what it runs.
+                    description = format!(
+                        "Runs the flow `{name}`: {}",
+                        flow.spec.flow_content.split_whitespace().collect::<Vec<_>>().join(" ")
+                    );
+                }
+                if flow.spec.stream {
+                    if !description.is_empty() {
+                        description.push(' ');
+                    }
+                    description.push_str("(streams: pass a progressToken to receive chunks as progress notifications)");
+                }
+                let mut tool = Tool::new(name.clone(), description, Arc::new(schema));
+                if let Some(Value::Object(output)) = &flow.spec.output_schema {
+                    tool.output_schema = Some(Arc::new(output.clone()));
+                }
+                if !flow.spec.icons.is_empty() {
+                    tool.icons = serde_json::from_value(Value::Array(flow.spec.icons.clone())).ok();
+                }
+                tool
+            })
+            .collect()
+    }
+}
+
+/// A content request failed: unknown names are "resource not found" / invalid params.
+fn content_error(error: crate::catalog::content::ContentError) -> ErrorData {
+    use crate::catalog::content::ContentError;
+    match error {
+        ContentError::NotFound(message) => ErrorData::resource_not_found(message, None),
+        ContentError::Invalid(message) => ErrorData::invalid_params(message, None),
+        ContentError::Failed(message) => ErrorData::internal_error(message, None),
+        asks @ ContentError::NeedsInput(_) => ErrorData::invalid_request(asks.to_string(), None),
+    }
+}
+
+/// Runs plugin content code (author code that may block) off the runtime's threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, crate::catalog::content::ContentError> + Send + 'static,
+) -> Result<T, ErrorData> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| ErrorData::internal_error(format!("the read failed: {err}"), None))?
+        .map_err(content_error)
+}
+
+/// What a session announces after a reload: which lists changed, and which subscribed
+/// resources read differently now.
+#[derive(Default)]
+struct Announced {
+    resources: String,
+    prompts: String,
+}
+
+impl Announced {
+    fn of(snapshot: &crate::catalog::Snapshot) -> Announced {
+        let listed = crate::catalog::content::list(snapshot);
+        Announced {
+            resources: format!("{}{}", listed["resources"], listed["templates"]),
+            prompts: listed["prompts"].to_string(),
+        }
+    }
+}
+
+impl ServerHandler for FlowTools {
+    #[allow(deprecated)] // logging: see the `logging` module
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_logging()
+                .enable_completions()
+                .enable_prompts()
+                .enable_prompts_list_changed()
+                .enable_resources()
+                .enable_resources_list_changed()
+                .enable_resources_subscribe()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .enable_tasks()
+                .build(),
+        )
+        .with_server_info(Implementation::new("flowhost", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Each tool runs a flowhost flow. Stream flows send their chunks as progress \
+             notifications when the call carries a progressToken; the result holds the answer \
+             as text and {answer, think, tool_calls, usage} as structured content (a flow with \
+             an output schema answers with that structure). Resources: each flow as \
+             flow://{name}, and what plugins offer; prompts come from plugins.",
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(self.tools()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let arguments = request.arguments.clone().unwrap_or_default();
+        let exchange = if speaks_2026(&context) {
+            Some(Arc::new(Exchange::open(
+                request.request_state.as_deref(),
+                request.input_responses.as_ref(),
+            )?))
+        } else {
+            None
+        };
+        self.call(&request.name, arguments, &context, exchange)
+            .await
+    }
+
+    #[allow(deprecated)] // logging: see the `logging` module
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.log_level.store(
+            logging::set_level(&request),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
+    async fn get_task(
+        &self,
+        request: rmcp::model::GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetTaskResult, ErrorData> {
+        self.tasks
+            .get_task(&request.task_id)
+            .map(rmcp::model::GetTaskResult::new)
+    }
+
+    async fn update_task(
+        &self,
+        request: rmcp::model::UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.tasks
+            .update_task(&request.task_id, request.input_responses)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: rmcp::model::CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.tasks.cancel_task(&request.task_id)
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let listed = crate::catalog::content::list(&self.catalog.snapshot());
+        serde_json::from_value(json!({"resources": listed["resources"], "resultType": "complete"}))
+            .map_err(|err| {
+                ErrorData::internal_error(
+                    format!("a plugin listed a malformed resource: {err}"),
+                    None,
+                )
+            })
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let listed = crate::catalog::content::list(&self.catalog.snapshot());
+        serde_json::from_value(
+            json!({"resourceTemplates": listed["templates"], "resultType": "complete"}),
+        )
+        .map_err(|err| {
+            ErrorData::internal_error(format!("a plugin listed a malformed template: {err}"), None)
+        })
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let snapshot = self.catalog.snapshot();
+        let uri = request.uri.clone();
+        let contents = blocking(move || crate::catalog::content::read(&snapshot, &uri))
+            .await
+            .map_err(|mut error| {
+                if error.code == ErrorCode::RESOURCE_NOT_FOUND {
+                    error.data = Some(json!({"uri": request.uri}));
+                }
+                error
+            })?;
+        let result: ReadResourceResult =
+            serde_json::from_value(json!({"contents": contents, "resultType": "complete"}))
+                .map_err(|err| {
+                    ErrorData::internal_error(
+                        format!(
+                            "the plugin returned malformed contents for `{}`: {err}",
+                            request.uri
+                        ),
+                        None,
+                    )
+                })?;
+        Ok(result.into())
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let fingerprint =
+            crate::catalog::content::fingerprint(&self.catalog.snapshot(), &request.uri);
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(request.uri, fingerprint);
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&request.uri);
+        Ok(())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let listed = crate::catalog::content::list(&self.catalog.snapshot());
+        serde_json::from_value(json!({"prompts": listed["prompts"], "resultType": "complete"}))
+            .map_err(|err| {
+                ErrorData::internal_error(
+                    format!("a plugin listed a malformed prompt: {err}"),
+                    None,
+                )
+            })
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let snapshot = self.catalog.snapshot();
+        let name = request.name.clone();
+        let arguments = request.arguments.clone().unwrap_or_default();
+        // 2026-07-28: a prompt may ask the user first (input-required results).
+        let exchange = match speaks_2026(&context) {
+            true => Some(Exchange::open(
+                request.request_state.as_deref(),
+                request.input_responses.as_ref(),
+            )?),
+            false => None,
+        };
+        let answers = exchange
+            .as_ref()
+            .map(|e| e.answers.clone())
+            .unwrap_or_default();
+        let result = match tokio::task::spawn_blocking(move || {
+            crate::catalog::content::prompt(&snapshot, &name, &arguments, &answers)
+        })
+        .await
+        {
+            Ok(Err(crate::catalog::content::ContentError::NeedsInput(Value::Object(
+                questions,
+            )))) if exchange.is_some() => {
+                let exchange = exchange.expect("checked");
+                *exchange.requests.lock().unwrap_or_else(|p| p.into_inner()) = questions;
+                return exchange.input_required().map(GetPromptResponse::from);
+            }
+            Ok(result) => result.map_err(content_error)?,
+            Err(err) => {
+                return Err(ErrorData::internal_error(
+                    format!("the prompt failed: {err}"),
+                    None,
+                ))
+            }
+        };
+        let mut result = result;
+        result["resultType"] = json!("complete");
+        let result: GetPromptResult = serde_json::from_value(result).map_err(|err| {
+            ErrorData::internal_error(
+                format!("prompt `{}` has malformed messages: {err}", request.name),
+                None,
+            )
+        })?;
+        Ok(result.into())
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        // Sessions of the initialize era hear about reloads on their own channel.
+        let mut changes = self.catalog.subscribe();
+        changes.mark_unchanged();
+        let peer = context.peer.clone();
+        let catalog = self.catalog.clone();
+        let subscriptions = self.subscriptions.clone();
+        tokio::spawn(async move {
+            let mut announced = Announced::of(&catalog.snapshot());
+            while changes.changed().await.is_ok() {
+                let snapshot = catalog.snapshot();
+                let now = Announced::of(&snapshot);
+                let mut sent = peer.notify_tool_list_changed().await;
+                if now.resources != announced.resources {
+                    sent = sent.and(peer.notify_resource_list_changed().await);
+                }
+                if now.prompts != announced.prompts {
+                    sent = sent.and(peer.notify_prompt_list_changed().await);
+                }
+                announced = now;
+                let updated: Vec<String> = {
+                    let mut subscribed = subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+                    subscribed
+                        .iter_mut()
+                        .filter_map(|(uri, last)| {
+                            let fingerprint = crate::catalog::content::fingerprint(&snapshot, uri);
+                            (fingerprint != *last).then(|| {
+                                *last = fingerprint;
+                                uri.clone()
+                            })
+                        })
+                        .collect()
+                };
+                for uri in updated {
+                    let param = rmcp::model::ResourceUpdatedNotificationParam::new(uri);
+                    sent = sent.and(peer.notify_resource_updated(param).await);
+                }
+                if sent.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(requested.clone())
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        // 2026-07-28 clients subscribe with `subscriptions/listen` instead.
+        let mut changes = self.catalog.subscribe();
+        changes.mark_unchanged();
+        let accepted = context.accepted().clone();
+        let wants = |flag: Option<bool>| flag == Some(true);
+        let mut announced = Announced::of(&self.catalog.snapshot());
+        let mut fingerprints: Vec<(String, Option<String>)> = {
+            let snapshot = self.catalog.snapshot();
+            accepted
+                .resource_subscriptions
+                .iter()
+                .flatten()
+                .map(|uri| {
+                    (
+                        uri.clone(),
+                        crate::catalog::content::fingerprint(&snapshot, uri),
+                    )
+                })
+                .collect()
+        };
+        loop {
+            tokio::select! {
+                _ = context.cancelled() => return Ok(()),
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let snapshot = self.catalog.snapshot();
+                    let now = Announced::of(&snapshot);
+                    let sink = context.sink();
+                    let mut sent = Ok(());
+                    if wants(accepted.tools_list_changed) {
+                        sent = sent.and(sink.notify_tool_list_changed().await);
+                    }
+                    if wants(accepted.resources_list_changed) && now.resources != announced.resources {
+                        sent = sent.and(sink.notify_resource_list_changed().await);
+                    }
+                    if wants(accepted.prompts_list_changed) && now.prompts != announced.prompts {
+                        sent = sent.and(sink.notify_prompt_list_changed().await);
+                    }
+                    announced = now;
+                    for (uri, last) in &mut fingerprints {
+                        let fingerprint = crate::catalog::content::fingerprint(&snapshot, uri);
+                        if fingerprint != *last {
+                            *last = fingerprint;
+                            sent = sent.and(sink.notify_resource_updated(uri.clone()).await);
+                        }
+                    }
+                    if sent.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}

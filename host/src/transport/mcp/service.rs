@@ -1,0 +1,163 @@
+//! MCP over Streamable HTTP: the `/mcp` service the HTTP transport mounts, and its
+//! `Mcp-Param-*` header check (SEP-2243) run before a `tools/call` reaches the server.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::ask::is_2026;
+use super::handler::FlowTools;
+use crate::catalog::Catalog;
+use crate::exec;
+
+/// SEP-2243 custom headers (2026-07-28): a flow's input property with `x-mcp-header: Name` is
+/// mirrored by the client in an `Mcp-Param-Name` header (literal, or `=?base64?...?=`) so
+/// proxies can route on it. A `tools/call` whose header is missing, undecodable or different
+/// from the body is refused (-32020, HTTP 400) before it runs.
+pub async fn check_param_headers(
+    axum::extract::State((catalog, limit)): axum::extract::State<(Arc<Catalog>, usize)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    // The headers are a 2026-07-28 feature (older clients never send them), and only tools
+    // with an `x-mcp-header` property have any: everything else passes unread.
+    let modern = request
+        .headers()
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_2026);
+    if request.method() != axum::http::Method::POST
+        || !modern
+        || !catalog.snapshot().mcp_param_headers
+    {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            return (
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body could not be read: {err}"),
+            )
+                .into_response()
+        }
+    };
+    if let Some((id, problem)) = param_header_problem(&catalog, &parts.headers, &bytes) {
+        let body = json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": {"code": -32020, "message": problem},
+        });
+        return (axum::http::StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}
+
+/// What is wrong with a `tools/call`'s `Mcp-Param-*` headers, with the request id.
+fn param_header_problem(
+    catalog: &Catalog,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Option<(Value, String)> {
+    use base64::Engine as _;
+    let message: Value = serde_json::from_slice(body).ok()?;
+    if message["method"] != "tools/call" {
+        return None;
+    }
+    let name = message["params"]["name"].as_str()?;
+    let snapshot = catalog.snapshot();
+    let flow = snapshot.get(name)?.flow.clone()?;
+    let arguments = &message["params"]["arguments"];
+    for (property, schema) in flow.spec.input_schema["properties"].as_object()? {
+        let Some(header) = schema.get("x-mcp-header").and_then(Value::as_str) else {
+            continue;
+        };
+        let header_name = format!("Mcp-Param-{header}");
+        let in_body = match arguments.get(property) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => Some(text.clone()),
+            Some(other) => Some(other.to_string()),
+        };
+        let problem = match (headers.get(&header_name), in_body) {
+            (None, None) => continue,
+            (None, Some(_)) => format!(
+                "header {header_name} is missing: it must carry arguments.{property} (x-mcp-header)"
+            ),
+            (Some(_), None) => {
+                format!("header {header_name} is set but arguments.{property} is not in the body")
+            }
+            (Some(value), Some(expected)) => {
+                let raw = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                let decoded = match raw
+                    .strip_prefix("=?base64?")
+                    .and_then(|rest| rest.strip_suffix("?="))
+                {
+                    Some(encoded) => match base64::engine::general_purpose::STANDARD
+                        .decode(encoded)
+                        .ok()
+                        .and_then(|bytes| String::from_utf8(bytes).ok())
+                    {
+                        Some(text) => text,
+                        None => {
+                            return Some((
+                                message["id"].clone(),
+                                format!(
+                                "header {header_name} is not valid Base64 inside =?base64?...?="
+                            ),
+                            ))
+                        }
+                    },
+                    None => raw,
+                };
+                if decoded == expected {
+                    continue;
+                }
+                format!("header {header_name} does not match arguments.{property} in the body")
+            }
+        };
+        return Some((message["id"].clone(), problem));
+    }
+    None
+}
+
+/// The Streamable HTTP endpoint, mounted at `/mcp` by the HTTP transport. The `Host` and
+/// `Origin` checks are the HTTP transport's (one `http.allowed_hosts` for every route), so
+/// rmcp's own are off here. `stateless`: no sessions, every request answered by itself (any
+/// replica behind a round-robin proxy can serve any request; see ARCHITECTURE.md).
+pub fn http_service(
+    catalog: Arc<Catalog>,
+    run_options: exec::Options,
+    stateless: bool,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> rmcp::transport::streamable_http_server::StreamableHttpService<
+    FlowTools,
+    rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
+> {
+    use rmcp::transport::streamable_http_server::{
+        session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(!stateless)
+        .with_cancellation_token(shutdown)
+        .disable_allowed_hosts()
+        .disable_allowed_origins();
+    let tasks: Arc<rmcp::task_manager::TaskManager> = Arc::default();
+    StreamableHttpService::new(
+        move || {
+            Ok(if stateless {
+                FlowTools::stateless(catalog.clone(), run_options.clone())
+            } else {
+                FlowTools::new(catalog.clone(), run_options.clone())
+            }
+            .with_tasks(tasks.clone()))
+        },
+        Arc::new(LocalSessionManager::default()),
+        config,
+    )
+}

@@ -1,11 +1,26 @@
 //! The executor: runs a compiled flow into a stream of chunks. Serial steps share one context;
 //! parallel branches run on copies and merge in declaration order; a failure cancels the rest.
 //! Knows nothing of HTTP, MCP or files: callers hand it a flow and an input object.
+//!
+//! The parts: `run.rs` (options, starting a run, reading it, how it ended), `walk.rs` (the walk
+//! over the plan), `step.rs` (a step's policy: cache, retries, tolerated failures), `place.rs`
+//! (where a call runs: inline, op pool, worker process), `host.rs` (the `ops::Host` an op calls
+//! back into), `client.rs` (asking the client for the ops); `admission.rs`, `batch.rs`,
+//! `cache.rs` and `worker/` as before.
 
 pub mod admission;
 pub mod batch;
 pub mod cache;
+mod client;
+mod host;
+mod place;
 mod run;
+mod step;
+mod walk;
 pub mod worker;
 
-pub use run::*;
+pub use client::{AskError, AskFuture, Asker, Client};
+pub use host::{LogLine, LogSink};
+pub use place::{Inline, IsolationPolicy};
+pub use run::{admit_and_start, start, Failure, Options, Outcome, Run, DEFAULT_MAX_ANSWER_BYTES};
+pub use walk::FlowLookup;

@@ -11,12 +11,13 @@ use super::client::sampling_request;
 use super::place::Report;
 use super::walk::{run_node, Collect, Env};
 use crate::chunk::{Chunk, ChunkKind};
+use crate::ops::Level;
 use crate::plan::{Node, SubStep};
 
 /// A line an op wrote with `ctx.log`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogLine {
-    pub level: op_sdk::Level,
+    pub level: Level,
     pub op: &'static str,
     pub message: String,
 }
@@ -169,16 +170,16 @@ impl crate::ops::Host for OpHost {
     fn log(&self, level: u8, message: &str) {
         let op = self.op;
         let level = match level {
-            1 => op_sdk::Level::Error,
-            2 => op_sdk::Level::Warn,
-            3 => op_sdk::Level::Info,
-            _ => op_sdk::Level::Debug,
+            1 => Level::Error,
+            2 => Level::Warn,
+            3 => Level::Info,
+            _ => Level::Debug,
         };
         match level {
-            op_sdk::Level::Error => tracing::error!(op, "{message}"),
-            op_sdk::Level::Warn => tracing::warn!(op, "{message}"),
-            op_sdk::Level::Info => tracing::info!(op, "{message}"),
-            op_sdk::Level::Debug => tracing::debug!(op, "{message}"),
+            Level::Error => tracing::error!(op, "{message}"),
+            Level::Warn => tracing::warn!(op, "{message}"),
+            Level::Info => tracing::info!(op, "{message}"),
+            Level::Debug => tracing::debug!(op, "{message}"),
         }
         if let Some(logs) = &self.env.logs {
             logs.send(LogLine {
@@ -359,7 +360,7 @@ mod tests {
         let (sink, mut rx) = LogSink::bounded(3);
         for i in 0..10 {
             sink.send(LogLine {
-                level: op_sdk::Level::Info,
+                level: Level::Info,
                 op: "T",
                 message: i.to_string(),
             });

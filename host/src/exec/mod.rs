@@ -19,6 +19,8 @@ mod step;
 mod walk;
 pub mod worker;
 
+/// A [`LogLine`]'s level, for the transports (which do not name `ops`).
+pub use crate::ops::Level;
 pub use client::{AskError, AskFuture, Asker, Client};
 pub use host::{LogLine, LogSink};
 pub use place::{Inline, IsolationPolicy};

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-pub use op_sdk::ChunkKind;
+pub use crate::ops::ChunkKind;
 
 /// One streamed piece of output. `text` is plain text, or JSON text when `json` is set (tool
 /// calls, usage). `op` names the op that emitted it (interned, see [`crate::ops::intern`]).

@@ -504,7 +504,10 @@ pub fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, String> {
 /// What every run starts with: the LLM service from the configuration.
 fn run_options(config: &Config) -> exec::Options {
     crate::exec::worker::set_max_workers(config.max_workers);
-    crate::exec::cache::set_dir(config.cache_dir.clone());
+    crate::exec::cache::set_files(config.cache_dir.clone().map(|dir| {
+        Box::new(crate::app::cache_files::Folder::new(dir))
+            as Box<dyn crate::exec::cache::CacheFiles>
+    }));
     exec::Options {
         llm: Some(Arc::new(crate::llm::Service::new(config.llm.clone()))),
         admission: crate::exec::admission::Global::new(config.max_concurrency, config.max_queue),

@@ -1,6 +1,7 @@
 //! The application: the command line, its commands, the configuration they assemble, and the
 //! wiring of `serve`. The only part that sees every other part.
 
+pub mod cache_files;
 pub mod cli;
 pub mod config;
 pub mod dev;

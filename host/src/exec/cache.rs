@@ -1,12 +1,12 @@
 //! The op answer cache (`enable_cache=True` on an op call): the chunks a call emitted and the
 //! context it wrote, reused for `cache_expire_hours` by a call of the same op build with the
 //! same arguments and context. In memory, bounded in entries and bytes (the oldest go first);
-//! with `cache.dir` set, also one JSON file per call in that folder, so answers outlive a
-//! restart and are shared by processes that share the folder. Knows nothing of running ops.
+//! with a [`CacheFiles`] store set (`cache.dir`: one JSON file per call in that folder, see
+//! `app/cache_files.rs`), also kept there, so answers outlive a restart and are shared by
+//! processes that share the folder. Knows nothing of running ops, nor of files.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -34,8 +34,9 @@ pub struct Cached {
 pub struct Key(u64, u64);
 
 impl Key {
-    fn file_name(&self) -> String {
-        format!("{:016x}{:016x}.json", self.0, self.1)
+    /// The name its stored form is kept under (`cache.dir`: the file name without `.json`).
+    fn name(&self) -> String {
+        format!("{:016x}{:016x}", self.0, self.1)
     }
 
     pub fn of(library_hash: u64, op: &str, args_json: &str, context_json: &str) -> Key {
@@ -66,15 +67,26 @@ pub struct Cache {
     inner: Mutex<Inner>,
 }
 
-static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
-
-/// `cache.dir`: where cached calls are also kept as files (set once, at startup).
-pub fn set_dir(dir: Option<PathBuf>) {
-    let _ = DIR.set(dir);
+/// Where cached calls are also kept, by name, outside this process's memory (`cache.dir`, in
+/// `app/cache_files.rs`). Called off the runtime thread.
+pub trait CacheFiles: Send + Sync {
+    /// What is kept under `name`, if anything.
+    fn load(&self, name: &str) -> Option<Vec<u8>>;
+    /// Keeps `text` under `name`, whole or not at all; a failure is the store's to report.
+    fn save(&self, name: &str, text: &str);
+    /// Forgets `name` (expired or unreadable).
+    fn remove(&self, name: &str);
 }
 
-fn dir() -> Option<&'static Path> {
-    DIR.get().and_then(|d| d.as_deref())
+static FILES: OnceLock<Option<Box<dyn CacheFiles>>> = OnceLock::new();
+
+/// `cache.dir`: where cached calls are also kept (set once, at startup).
+pub fn set_files(files: Option<Box<dyn CacheFiles>>) {
+    let _ = FILES.set(files);
+}
+
+fn files() -> Option<&'static dyn CacheFiles> {
+    FILES.get().and_then(|f| f.as_deref())
 }
 
 fn now_ms() -> u64 {
@@ -129,15 +141,16 @@ pub async fn lookup(key: Key) -> Option<Arc<Cached>> {
     if let Some(hit) = global().get(key) {
         return Some(hit);
     }
-    let path = dir()?.join(key.file_name());
+    let files = files()?;
+    let name = key.name();
     let loaded = tokio::task::spawn_blocking(move || {
-        let text = std::fs::read(&path).ok()?;
+        let text = files.load(&name)?;
         let found = serde_json::from_slice::<Value>(&text)
             .ok()
             .and_then(|v| from_file(&v));
         if found.is_none() {
             // Expired or unreadable: not worth keeping.
-            let _ = std::fs::remove_file(&path);
+            files.remove(&name);
         }
         found
     })
@@ -150,24 +163,12 @@ pub async fn lookup(key: Key) -> Option<Arc<Cached>> {
 
 /// Keeps a call in memory and (with `cache.dir`) writes its file off the runtime thread.
 pub fn store(key: Key, cached: Cached, ttl: Duration) {
-    let file = dir().map(|dir| (dir.join(key.file_name()), to_file(&cached, ttl)));
+    let file = files().map(|files| (files, key.name(), to_file(&cached, ttl)));
     if !global().insert(key, cached, ttl) {
         return;
     }
-    if let Some((path, value)) = file {
-        tokio::task::spawn_blocking(move || {
-            let write = || -> std::io::Result<()> {
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                let staging = path.with_extension("tmp");
-                std::fs::write(&staging, value.to_string())?;
-                std::fs::rename(&staging, &path)
-            };
-            if let Err(err) = write() {
-                tracing::warn!("cache.dir: cannot write {}: {err}", path.display());
-            }
-        });
+    if let Some((files, name, value)) = file {
+        tokio::task::spawn_blocking(move || files.save(&name, &value.to_string()));
     }
 }
 

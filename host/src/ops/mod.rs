@@ -11,6 +11,9 @@ use std::time::SystemTime;
 
 use serde_json::Value;
 
+/// The op-sdk types the rest of the host names (only `ops` names op-sdk): a chunk's kind, an
+/// op log line's level.
+pub use op_sdk::{ChunkKind, Level};
 pub use plugin::{Library, LoadError};
 pub use speed::{Call, Probe, Speed, PROBATION as PROBATION_CALLS};
 

@@ -1,0 +1,148 @@
+//! Asking the client for the ops (op-sdk 0.1.3 `ctx.sample` / `ctx.elicit` / `ctx.roots`):
+//! the [`Asker`] a transport gives a run, the op host's asking with its fall back to the LLM
+//! service for `sample`, and the MCP sampling shapes (`ctx.sample`'s request as
+//! `CreateMessageRequest` params, and those params as a chat request).
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::host::OpHost;
+
+/// A client ops may ask through the host (op-sdk 0.1.3 `ctx.sample` / `ctx.elicit`).
+pub trait Asker: Send + Sync {
+    /// `service` is `sample` (MCP `CreateMessageRequest` params in, `CreateMessageResult`
+    /// out), `elicit` (`ElicitRequest` params in, `ElicitResult` out) or `roots` (`{}` in,
+    /// `ListRootsResult` out).
+    /// `name`: the op's name for the question (2026-07-28 input requests are keyed by it), if
+    /// it gave one.
+    fn ask(&self, service: &'static str, request: Value, name: Option<String>) -> AskFuture;
+}
+
+pub type AskFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, AskError>> + Send>>;
+
+/// A shared [`Asker`].
+#[derive(Clone)]
+pub struct Client(pub Arc<dyn Asker>);
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Client")
+    }
+}
+
+/// Why the client was not asked, or what it answered instead of a result.
+#[derive(Debug)]
+pub enum AskError {
+    /// The client cannot be asked this (no capability, or its protocol has no way): `sample`
+    /// falls back to the LLM service.
+    Unsupported(String),
+    /// It was asked and refused or failed.
+    Failed(String),
+}
+
+impl OpHost {
+    /// `ctx.sample` / `ctx.elicit`: the client when it can answer; `sample` falls back to the
+    /// LLM service.
+    pub(super) async fn ask(
+        &self,
+        service: &'static str,
+        request: Value,
+        name: Option<String>,
+    ) -> Result<Value, String> {
+        let unsupported = match &self.env.client {
+            Some(client) => match client.0.ask(service, request.clone(), name).await {
+                Ok(result) => return Ok(result),
+                Err(AskError::Failed(message)) => return Err(message),
+                Err(AskError::Unsupported(message)) => message,
+            },
+            None => "this run has no MCP client to ask (it came over HTTP)".to_string(),
+        };
+        match service {
+            "sample" => {}
+            "elicit" => return Err(format!(
+                "cannot elicit: {unsupported}; elicitation needs an MCP client that shows the user a form (call this flow as an MCP tool from such a client)"
+            )),
+            _ => return Err(format!(
+                "cannot list roots: {unsupported}; roots come from an MCP client that declares them"
+            )),
+        }
+        let Some(llm) = &self.env.llm else {
+            return Err(format!(
+                "cannot sample: {unsupported}, and this host has no LLM service to fall back to (configure `llm:`)"
+            ));
+        };
+        let chat = sampling_to_chat(&request);
+        let reply = llm
+            .chat_stream(&chat, &self.env.cancel, |_, _, _| true)
+            .await
+            .map_err(|err| {
+                format!("cannot sample: {unsupported}; the LLM service failed: {err}")
+            })?;
+        Ok(serde_json::json!({
+            "role": "assistant",
+            "content": {"type": "text", "text": reply["answer"].as_str().unwrap_or_default()},
+            "model": chat["llm"].as_str().unwrap_or("default"),
+            "stopReason": "endTurn",
+            "_meta": {"flowhost": {"answered_by": "llm service", "usage": reply["usage"]}},
+        }))
+    }
+}
+
+/// `ctx.sample`'s `{messages, options}` as MCP `CreateMessageRequest` params: string contents
+/// become text blocks, `maxTokens` defaults to 1000.
+pub(super) fn sampling_request(request: &Value) -> Result<Value, String> {
+    let Some(messages) = request["messages"].as_array() else {
+        return Err("sample needs `messages`: a list of {role, content}".into());
+    };
+    let messages: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let content = match &m["content"] {
+                Value::String(text) => serde_json::json!({"type": "text", "text": text}),
+                other => other.clone(),
+            };
+            serde_json::json!({"role": m["role"].as_str().unwrap_or("user"), "content": content})
+        })
+        .collect();
+    let mut params = match &request["options"] {
+        Value::Object(options) => options.clone(),
+        _ => Map::new(),
+    };
+    params.insert("messages".into(), Value::Array(messages));
+    params
+        .entry("maxTokens")
+        .or_insert_with(|| Value::from(1000));
+    Ok(Value::Object(params))
+}
+
+/// MCP sampling params as a chat request for the LLM service.
+fn sampling_to_chat(params: &Value) -> Value {
+    let mut messages = Vec::new();
+    if let Some(system) = params["systemPrompt"].as_str() {
+        messages.push(serde_json::json!({"role": "system", "content": system}));
+    }
+    for m in params["messages"].as_array().into_iter().flatten() {
+        let text = match &m["content"] {
+            Value::Array(blocks) => blocks
+                .iter()
+                .filter_map(|b| b["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            block => block["text"].as_str().unwrap_or_default().to_string(),
+        };
+        messages.push(serde_json::json!({"role": m["role"], "content": text}));
+    }
+    let mut chat = serde_json::json!({"messages": messages});
+    if let Some(max) = params.get("maxTokens") {
+        chat["max_tokens"] = max.clone();
+    }
+    if let Some(t) = params.get("temperature") {
+        chat["temperature"] = t.clone();
+    }
+    if let Some(stop) = params.get("stopSequences") {
+        chat["stop"] = stop.clone();
+    }
+    chat
+}

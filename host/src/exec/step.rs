@@ -1,0 +1,135 @@
+//! One step with its policy: the answer cache (lookup, replay, store), calls made again after
+//! a failure before any output, and failures the flow goes on after.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::place::call_once;
+use super::run::Failure;
+use super::walk::Env;
+use crate::chunk::{Chunk, ChunkKind};
+use crate::plan::Step;
+
+/// One step with its policy (`Step::policy`): answered from the cache, called (again, after a
+/// failure before any output, up to `max_retries` calls), and a failure either fails the run
+/// or, with `raise_exception=False`, is recorded while the run goes on.
+pub(super) async fn run_step(
+    step: &Step,
+    context: &Map<String, Value>,
+    env: &Env,
+) -> Result<Map<String, Value>, Failure> {
+    let name = step.name();
+    let context_json = serde_json::to_string(context).map_err(|err| Failure {
+        op: name,
+        message: format!("context is not serialisable: {err}"),
+        crashed: false,
+    })?;
+    let policy = &step.policy;
+    let cache_key = policy.cache_ttl.map(|_| {
+        crate::exec::cache::Key::of(
+            step.op.library.hash,
+            // The call's name tags its chunks.
+            &format!("{}\u{0}{name}", step.op.name),
+            &step.args_json,
+            &context_json,
+        )
+    });
+    if let Some(key) = cache_key {
+        if let Some(hit) = crate::exec::cache::lookup(key).await {
+            metrics::counter!(crate::metrics::CACHE_HITS).increment(1);
+            replay(&hit, env).await;
+            return Ok(hit.writes.clone());
+        }
+        metrics::counter!(crate::metrics::CACHE_MISSES).increment(1);
+    }
+    let mut attempt = 1;
+    loop {
+        let (result, report) = call_once(step, &context_json, env, cache_key.is_some()).await;
+        let failure = match result {
+            Ok(writes) => {
+                if let (Some(key), Some(ttl), Some(chunks)) =
+                    (cache_key, policy.cache_ttl, report.recorded)
+                {
+                    let cached = crate::exec::cache::Cached {
+                        chunks,
+                        writes: writes.clone(),
+                    };
+                    crate::exec::cache::store(key, cached, ttl);
+                }
+                return Ok(writes);
+            }
+            Err(failure) => failure,
+        };
+        if env.cancel.is_cancelled() {
+            return Err(failure);
+        }
+        if attempt < policy.attempts && report.emitted == 0 {
+            let wait = crate::llm::backoff(attempt - 1);
+            tracing::warn!(
+                op = name,
+                "{failure}; calling it again in {:.2}s (call {} of {}, max_retries)",
+                wait.as_secs_f64(),
+                attempt + 1,
+                policy.attempts
+            );
+            metrics::counter!(crate::metrics::OP_RETRIES).increment(1);
+            tokio::select! {
+                _ = env.cancel.cancelled() => return Err(failure),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            attempt += 1;
+            continue;
+        }
+        if !policy.tolerate_failure {
+            return Err(failure);
+        }
+        let message = format!("{failure} (raise_exception=False: the flow goes on)");
+        tracing::warn!(op = name, "{message}");
+        metrics::counter!(crate::metrics::OP_FAILURES_TOLERATED).increment(1);
+        if env.collect.as_ref().is_none_or(|c| c.forward) {
+            env.tx.push_final(Chunk {
+                tolerated: true,
+                ..Chunk::error(name, message)
+            });
+        }
+        env.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name, failure.message));
+        return Ok(Map::new());
+    }
+}
+
+/// Sends a cached call's chunks into the run: at once while the buffer has room, the rest
+/// from an op thread (a full buffer blocks, which the runtime thread must not).
+async fn replay(hit: &Arc<crate::exec::cache::Cached>, env: &Env) {
+    if let Some(collect) = &env.collect {
+        let mut answer = collect.answer.lock().unwrap_or_else(|p| p.into_inner());
+        for chunk in hit.chunks.iter().filter(|c| c.kind == ChunkKind::Answer) {
+            answer.push_str(&chunk.text);
+        }
+        if !collect.forward {
+            return;
+        }
+    }
+    let mut sent = 0;
+    for chunk in &hit.chunks {
+        match env.tx.try_push(chunk.clone(), &env.cancel) {
+            Ok(true) => sent += 1,
+            Ok(false) => return,
+            Err(_) => break,
+        }
+    }
+    if sent < hit.chunks.len() {
+        let (hit, tx, cancel) = (hit.clone(), env.tx.clone(), env.cancel.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            for chunk in &hit.chunks[sent..] {
+                if !tx.push(chunk.clone(), &cancel) {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+}

@@ -1,19 +1,19 @@
 //! Asking the client for the ops (op-sdk 0.1.3 `ctx.sample` / `ctx.elicit` / `ctx.roots`):
-//! the [`Asker`] a transport gives a run, the op host's asking with its fall back to the LLM
-//! service for `sample`, and the MCP sampling shapes (`ctx.sample`'s request as
-//! `CreateMessageRequest` params, and those params as a chat request).
+//! the [`Asker`] a transport gives a run, and the op host's asking with its fall back to the
+//! LLM service for `sample` (op-sdk's `{messages, options}` as a chat request). What a
+//! question looks like on the wire is the transport's business.
 
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::host::OpHost;
 
 /// A client ops may ask through the host (op-sdk 0.1.3 `ctx.sample` / `ctx.elicit`).
 pub trait Asker: Send + Sync {
-    /// `service` is `sample` (MCP `CreateMessageRequest` params in, `CreateMessageResult`
-    /// out), `elicit` (`ElicitRequest` params in, `ElicitResult` out) or `roots` (`{}` in,
-    /// `ListRootsResult` out).
+    /// `service` is `sample` (op-sdk's `{messages, options}` in, as the op gave it; an MCP
+    /// `CreateMessageResult` out, which op-sdk's `Sampled` reads), `elicit` (`ElicitRequest`
+    /// params in, `ElicitResult` out) or `roots` (`{}` in, `ListRootsResult` out).
     /// `name`: the op's name for the question (2026-07-28 input requests are keyed by it), if
     /// it gave one.
     fn ask(&self, service: &'static str, request: Value, name: Option<String>) -> AskFuture;
@@ -73,7 +73,7 @@ impl OpHost {
                 "cannot sample: {unsupported}, and this host has no LLM service to fall back to (configure `llm:`)"
             ));
         };
-        let chat = sampling_to_chat(&request);
+        let chat = sample_to_chat(&request);
         let reply = llm
             .chat_stream(&chat, &self.env.cancel, |_, _, _| true)
             .await
@@ -90,41 +90,18 @@ impl OpHost {
     }
 }
 
-/// `ctx.sample`'s `{messages, options}` as MCP `CreateMessageRequest` params: string contents
-/// become text blocks, `maxTokens` defaults to 1000.
-pub(super) fn sampling_request(request: &Value) -> Result<Value, String> {
-    let Some(messages) = request["messages"].as_array() else {
-        return Err("sample needs `messages`: a list of {role, content}".into());
-    };
-    let messages: Vec<Value> = messages
-        .iter()
-        .map(|m| {
-            let content = match &m["content"] {
-                Value::String(text) => serde_json::json!({"type": "text", "text": text}),
-                other => other.clone(),
-            };
-            serde_json::json!({"role": m["role"].as_str().unwrap_or("user"), "content": content})
-        })
-        .collect();
-    let mut params = match &request["options"] {
-        Value::Object(options) => options.clone(),
-        _ => Map::new(),
-    };
-    params.insert("messages".into(), Value::Array(messages));
-    params
-        .entry("maxTokens")
-        .or_insert_with(|| Value::from(1000));
-    Ok(Value::Object(params))
-}
-
-/// MCP sampling params as a chat request for the LLM service.
-fn sampling_to_chat(params: &Value) -> Value {
+/// `ctx.sample`'s `{messages, options}` (options in MCP's names: `systemPrompt`, `maxTokens`,
+/// `temperature`, `stopSequences`) as a chat request for the LLM service.
+fn sample_to_chat(request: &Value) -> Value {
+    let options = request["options"].as_object();
+    let option = |name: &str| options.and_then(|o| o.get(name));
     let mut messages = Vec::new();
-    if let Some(system) = params["systemPrompt"].as_str() {
+    if let Some(system) = option("systemPrompt").and_then(Value::as_str) {
         messages.push(serde_json::json!({"role": "system", "content": system}));
     }
-    for m in params["messages"].as_array().into_iter().flatten() {
+    for m in request["messages"].as_array().into_iter().flatten() {
         let text = match &m["content"] {
+            Value::String(text) => text.clone(),
             Value::Array(blocks) => blocks
                 .iter()
                 .filter_map(|b| b["text"].as_str())
@@ -132,16 +109,18 @@ fn sampling_to_chat(params: &Value) -> Value {
                 .join("\n"),
             block => block["text"].as_str().unwrap_or_default().to_string(),
         };
-        messages.push(serde_json::json!({"role": m["role"], "content": text}));
+        messages.push(
+            serde_json::json!({"role": m["role"].as_str().unwrap_or("user"), "content": text}),
+        );
     }
     let mut chat = serde_json::json!({"messages": messages});
-    if let Some(max) = params.get("maxTokens") {
-        chat["max_tokens"] = max.clone();
-    }
-    if let Some(t) = params.get("temperature") {
+    chat["max_tokens"] = option("maxTokens")
+        .cloned()
+        .unwrap_or_else(|| Value::from(1000));
+    if let Some(t) = option("temperature") {
         chat["temperature"] = t.clone();
     }
-    if let Some(stop) = params.get("stopSequences") {
+    if let Some(stop) = option("stopSequences") {
         chat["stop"] = stop.clone();
     }
     chat

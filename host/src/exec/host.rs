@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::client::sampling_request;
 use super::place::Report;
 use super::walk::{run_node, Collect, Env};
 use crate::chunk::{Chunk, ChunkKind};
@@ -264,10 +263,9 @@ impl crate::ops::Host for OpHost {
             Some(Value::String(name)) if !name.is_empty() => Some(name),
             _ => None,
         };
-        let request = match service {
-            "sample" => sampling_request(&request)?,
-            _ => request,
-        };
+        if service == "sample" && !request["messages"].is_array() {
+            return Err("sample needs `messages`: a list of {role, content}".into());
+        }
         let cancel = self.env.cancel.clone();
         self.wait(|| {
             self.runtime.block_on(async {

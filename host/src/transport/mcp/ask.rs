@@ -26,6 +26,33 @@ pub(crate) struct ClientAsker {
     pub(crate) task: Arc<TaskSlot>,
 }
 
+/// `ctx.sample`'s `{messages, options}` as MCP `CreateMessageRequest` params: string contents
+/// become text blocks, the options are MCP's own params, `maxTokens` defaults to 1000. The
+/// executor has checked that `messages` is a list.
+fn sampling_params(request: &Value) -> Value {
+    let messages: Vec<Value> = request["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let content = match &m["content"] {
+                Value::String(text) => json!({"type": "text", "text": text}),
+                other => other.clone(),
+            };
+            json!({"role": m["role"].as_str().unwrap_or("user"), "content": content})
+        })
+        .collect();
+    let mut params = match &request["options"] {
+        Value::Object(options) => options.clone(),
+        _ => serde_json::Map::new(),
+    };
+    params.insert("messages".into(), Value::Array(messages));
+    params
+        .entry("maxTokens")
+        .or_insert_with(|| Value::from(1000));
+    Value::Object(params)
+}
+
 /// The MCP method and client capability of each service.
 fn service_method(service: &str) -> (&'static str, &'static str) {
     match service {
@@ -39,6 +66,12 @@ impl exec::Asker for ClientAsker {
     #[allow(deprecated)] // sampling and roots: deprecated by SEP-2577, part of the 2025 revisions
     fn ask(&self, service: &'static str, request: Value, name: Option<String>) -> exec::AskFuture {
         use exec::AskError;
+        // First, so a 2026-07-28 question's key (a hash of method and params) is as before.
+        let request = if service == "sample" {
+            sampling_params(&request)
+        } else {
+            request
+        };
         let peer = self.peer.clone();
         let (method, capability) = service_method(service);
         let declared = self

@@ -228,7 +228,7 @@ impl FlowTools {
         let dropped = log_sink.dropped();
         if dropped > 0 && threshold != LOGS_OFF {
             let line = exec::LogLine {
-                level: op_sdk::Level::Warn,
+                level: exec::Level::Warn,
                 op: "flowhost",
                 message: format!("{dropped} op log line(s) of this call were dropped: the ops logged faster than they could be sent"),
             };

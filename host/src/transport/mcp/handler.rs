@@ -64,7 +64,7 @@ impl FlowTools {
     pub(crate) fn stateless(catalog: Arc<Catalog>, run_options: exec::Options) -> FlowTools {
         let tools = FlowTools::new(catalog, run_options);
         tools.log_level.store(
-            logging::op_level_rank(op_sdk::Level::Info),
+            logging::op_level_rank(exec::Level::Info),
             std::sync::atomic::Ordering::Relaxed,
         );
         tools

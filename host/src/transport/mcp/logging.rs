@@ -10,7 +10,7 @@ use rmcp::model::{LoggingLevel, LoggingMessageNotificationParam};
 use rmcp::service::Peer;
 use rmcp::RoleServer;
 
-use crate::exec::LogLine;
+use crate::exec::{Level, LogLine};
 
 /// Severity ranks shared by op levels and MCP levels (higher is more severe).
 pub(crate) fn mcp_level_rank(level: LoggingLevel) -> u8 {
@@ -26,21 +26,21 @@ pub(crate) fn mcp_level_rank(level: LoggingLevel) -> u8 {
     }
 }
 
-pub(crate) fn op_level_rank(level: op_sdk::Level) -> u8 {
+pub(crate) fn op_level_rank(level: Level) -> u8 {
     match level {
-        op_sdk::Level::Debug => 0,
-        op_sdk::Level::Info => 1,
-        op_sdk::Level::Warn => 3,
-        op_sdk::Level::Error => 4,
+        Level::Debug => 0,
+        Level::Info => 1,
+        Level::Warn => 3,
+        Level::Error => 4,
     }
 }
 
 pub(crate) async fn forward_log(peer: &Peer<RoleServer>, line: LogLine) {
     let level = match line.level {
-        op_sdk::Level::Debug => LoggingLevel::Debug,
-        op_sdk::Level::Info => LoggingLevel::Info,
-        op_sdk::Level::Warn => LoggingLevel::Warning,
-        op_sdk::Level::Error => LoggingLevel::Error,
+        Level::Debug => LoggingLevel::Debug,
+        Level::Info => LoggingLevel::Info,
+        Level::Warn => LoggingLevel::Warning,
+        Level::Error => LoggingLevel::Error,
     };
     let param =
         LoggingMessageNotificationParam::new(level, line.message.into()).with_logger(line.op);

@@ -142,7 +142,7 @@ impl flowhost::ops::Host for CountingHost {
     fn sleep(&self, _millis: u64) -> bool {
         true
     }
-    fn log(&self, _level: u8, _message: &str) {}
+    fn log(&self, _level: flowhost::ops::Level, _message: &str) {}
     fn chat_stream(
         &self,
         _request: &str,

@@ -166,14 +166,8 @@ impl crate::ops::Host for OpHost {
         })
     }
 
-    fn log(&self, level: u8, message: &str) {
+    fn log(&self, level: Level, message: &str) {
         let op = self.op;
-        let level = match level {
-            1 => Level::Error,
-            2 => Level::Warn,
-            3 => Level::Info,
-            _ => Level::Debug,
-        };
         match level {
             Level::Error => tracing::error!(op, "{message}"),
             Level::Warn => tracing::warn!(op, "{message}"),

@@ -197,39 +197,22 @@ pub fn intern(name: &str) -> &'static str {
     leaked
 }
 
-/// What an op call may ask of whoever runs it: the executor's host context in process (and,
-/// later, a worker's link back to the host). Plain Rust: `plugin.rs` adapts it to the FFI
-/// (`HostCtx` and `HostServices`), wrapping every call in `catch_unwind`, so nothing else in
-/// the host names abi_stable types.
-pub trait Host: Send + Sync {
-    /// Streams a chunk (`kind` as `op_sdk::ChunkKind`'s number); `false`: the consumer is gone.
-    fn emit(&self, kind: u8, content: &str, json: bool) -> bool;
-    fn is_cancelled(&self) -> bool;
-    /// Sleeps up to `millis`, waking early on cancel; `false` if cancelled.
-    fn sleep(&self, millis: u64) -> bool;
-    /// `level`: 1 error, 2 warn, 3 info, else debug.
-    fn log(&self, level: u8, message: &str);
-    /// Streams an LLM chat (`request` is the op's JSON request); each delta goes to `on_chunk`,
-    /// which returns `false` to stop; the result is the JSON summary or an error message.
-    fn chat_stream(
-        &self,
-        request: &str,
-        on_chunk: &mut dyn FnMut(u8, &str, bool) -> bool,
-    ) -> Result<String, String>;
-    /// The call's sub-ops: a JSON array of `{name, description, input_schema}`.
-    fn sub_ops(&self) -> String {
-        "[]".into()
-    }
-    /// Runs sub-ops side by side (JSON `[{name, arguments}]`); JSON results in order, each
-    /// `{"ok": {answer, writes}}` or `{"error": message}`, or a plain message when none ran.
-    fn call_sub_ops(&self, calls: &str, forward: bool) -> String {
-        let _ = (calls, forward);
-        "sub-ops cannot be called here".into()
-    }
-    /// A named service (op-sdk 0.1.3: `sample`, `elicit`), JSON in and out.
-    fn call(&self, service: &str, request: &str) -> Result<String, String> {
-        let _ = request;
-        Err(format!("the `{service}` service is not available here"))
+/// What an op call may ask of whoever runs it: op-sdk's own `Host`, the trait the SDK's
+/// `Context` talks to. One Rust trait on both sides of the ABI: in a plugin, op-sdk's FFI glue
+/// implements it over `HostCtx` / `HostServices`; in the host, the executor's op host
+/// (`exec/host.rs`) and a worker process's link back to the host (`exec/worker/child.rs`)
+/// implement it, and `plugin.rs` adapts it to those FFI traits, wrapping every call in
+/// `catch_unwind`, so nothing else in the host names abi_stable types.
+pub use op_sdk::Host;
+
+/// A log level from its number on the wire (the FFI and the worker protocol): 1 error, 2 warn,
+/// 3 info, anything else debug.
+pub fn level_from_number(level: u8) -> Level {
+    match level {
+        1 => Level::Error,
+        2 => Level::Warn,
+        3 => Level::Info,
+        _ => Level::Debug,
     }
 }
 

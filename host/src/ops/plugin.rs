@@ -489,6 +489,7 @@ impl HostCtx for FfiHost<'_> {
     }
 
     fn log(&self, level: u8, message: RStr<'_>) {
+        let level = super::level_from_number(level);
         let _ = catch_unwind(AssertUnwindSafe(|| self.0.log(level, message.as_str())));
     }
 }

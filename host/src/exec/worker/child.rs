@@ -78,9 +78,9 @@ impl Host for WorkerHost {
         !*guard
     }
 
-    fn log(&self, level: u8, message: &str) {
+    fn log(&self, level: crate::ops::Level, message: &str) {
         self.out.send(&Message::Log {
-            level,
+            level: level as u8,
             text: message.to_string(),
         });
     }

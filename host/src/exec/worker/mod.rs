@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use protocol::Message;
 
 use crate::metrics as m;
-use crate::ops::{Host, OpHandle};
+use crate::ops::{level_from_number, Host, OpHandle};
 
 /// How a worker's call ended when it did not end well.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -411,7 +411,7 @@ pub fn call(
                     cancel(&mut worker, &mut cancel_sent);
                 }
             }
-            Some(Message::Log { level, text }) => host.log(level, &text),
+            Some(Message::Log { level, text }) => host.log(level_from_number(level), &text),
             Some(Message::ServiceCall(request)) => {
                 let (ok, text) = serve_llm(&mut worker, host, &request);
                 worker.send(&Message::ServiceDone { ok, text });
@@ -467,7 +467,7 @@ fn serve_llm(worker: &mut Worker, host: &dyn Host, request: &str) -> (bool, Stri
                 Message::Chunk { kind, json, text } if !host.emit(kind, &text, json) => {
                     worker.send(&Message::Cancel);
                 }
-                Message::Log { level, text } => host.log(level, &text),
+                Message::Log { level, text } => host.log(level_from_number(level), &text),
                 _ => {}
             }
         }

@@ -1,5 +1,26 @@
 //! The flow language: `flow_content` expressions and the YAML flow files, parsed with
 //! diagnostics and compiled against the op registry into a plan.
+//!
+//! `expr` parses `flow_content`; `spec` reads a flow file into specs; `schema` handles the
+//! flow's schemas; `compile` binds a spec to the registry; `diagnostics` is what they report.
 
+mod compile;
+mod diagnostics;
 pub mod expr;
-pub mod flow;
+mod schema;
+mod spec;
+
+pub use compile::{compile, Flow};
+pub use diagnostics::{short_number, Diagnostic, Severity};
+pub use spec::{
+    is_flow_file, list_files, parse_file, FileFlows, Isolation, Limits, Spec, TaskSupport,
+    MAX_SECONDS,
+};
+
+/// The old `lang::flow` paths, until their users name the new ones.
+pub mod flow {
+    pub use super::{
+        compile, is_flow_file, list_files, parse_file, short_number, Diagnostic, FileFlows, Flow,
+        Isolation, Limits, Severity, Spec, TaskSupport, MAX_SECONDS,
+    };
+}

@@ -6,6 +6,7 @@
 
 mod compile;
 mod diagnostics;
+#[path = "expr/parser.rs"]
 pub mod expr;
 mod schema;
 mod spec;

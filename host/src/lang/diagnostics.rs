@@ -5,7 +5,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use super::expr;
+use super::expr::{self, Pos};
 use super::spec::Spec;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -52,6 +52,15 @@ pub fn short_number(value: f64) -> String {
     }
 }
 
+/// Renders the source line of `pos` with a caret under the column.
+pub fn caret(source: &str, pos: Pos) -> String {
+    let line = source.lines().nth(pos.line.saturating_sub(1)).unwrap_or("");
+    format!(
+        "  {line}\n  {}^",
+        " ".repeat(pos.col.saturating_sub(1).min(line.chars().count()))
+    )
+}
+
 impl Spec {
     /// An error at a place in `flow_content`: `flow `name`: message`, then the source line
     /// with a caret.
@@ -61,7 +70,7 @@ impl Spec {
             format!(
                 "flow `{}`: {message}\n{}",
                 self.name,
-                expr::caret(&self.flow_content, pos)
+                caret(&self.flow_content, pos)
             ),
         )
     }
@@ -75,5 +84,18 @@ impl Spec {
             flow: Some(self.name.clone()),
             message,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caret_points_at_the_column() {
+        assert_eq!(
+            caret("AOp() BOp()", Pos { line: 1, col: 7 }),
+            "  AOp() BOp()\n        ^"
+        );
     }
 }

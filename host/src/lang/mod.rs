@@ -6,7 +6,6 @@
 
 mod compile;
 mod diagnostics;
-#[path = "expr/parser.rs"]
 pub mod expr;
 mod schema;
 mod spec;

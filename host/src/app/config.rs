@@ -140,7 +140,7 @@ struct Raw {
 struct RawOps {
     max_concurrency: Option<usize>,
     max_queue: Option<usize>,
-    isolation: crate::lang::flow::Isolation,
+    isolation: crate::plan::Isolation,
     max_workers: Option<usize>,
     inline: crate::exec::Inline,
 }
@@ -173,7 +173,7 @@ struct RawCache {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawPlugin {
-    isolation: Option<crate::lang::flow::Isolation>,
+    isolation: Option<crate::plan::Isolation>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -667,12 +667,12 @@ fn llm_config(where_: &str, section: &Value) -> Result<crate::llm::Config, Strin
 }
 
 fn seconds(where_: &str, key: &str, value: f64) -> Result<Duration, String> {
-    if value.is_finite() && value > 0.0 && value <= crate::lang::flow::MAX_SECONDS {
+    if value.is_finite() && value > 0.0 && value <= crate::plan::MAX_SECONDS {
         Ok(Duration::from_secs_f64(value))
     } else {
         Err(format!(
             "{where_}: {key} must be a positive number of seconds up to a year, found {}",
-            crate::lang::flow::short_number(value)
+            crate::lang::short_number(value)
         ))
     }
 }
@@ -875,13 +875,10 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(
-            config.isolation.default,
-            crate::lang::flow::Isolation::Process
-        );
+        assert_eq!(config.isolation.default, crate::plan::Isolation::Process);
         assert_eq!(
             config.isolation.plugins["op-basic"],
-            crate::lang::flow::Isolation::InProcess
+            crate::plan::Isolation::InProcess
         );
         let err = load_text("ops: {isolation: sandbox}\n", &[]).unwrap_err();
         assert!(err.contains("sandbox") && err.contains("process"), "{err}");

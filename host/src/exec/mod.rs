@@ -17,8 +17,7 @@ use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 
 use crate::chunk::{Chunk, ChunkKind};
-use crate::lang::flow::{Flow, Isolation, Limits};
-use crate::plan::{Node, Step, SubStep};
+use crate::plan::{Flow, Isolation, Limits, Node, Step, SubStep};
 
 /// How a run is driven.
 #[derive(Clone, Debug)]

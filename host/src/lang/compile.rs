@@ -1,6 +1,7 @@
 //! Compiling a flow spec against the op registry: binding op names (suggesting the closest
 //! known one), checking each call's arguments with the op, taking the host's per-op keywords
-//! out into a [`Policy`], and building the validators. Produces the plan; runs nothing.
+//! out into a [`Policy`], and building the validators. Produces the plan (`crate::plan`);
+//! runs nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,19 +12,7 @@ use super::diagnostics::Diagnostic;
 use super::expr::{self, Expr};
 use super::spec::Spec;
 use crate::ops::Registry;
-use crate::plan::{FlowRef, Node, Policy, Step, SubStep};
-
-/// A compiled, runnable flow.
-#[derive(Debug)]
-pub struct Flow {
-    /// The flow's name, interned once here so runs can tag chunks without a lookup.
-    pub name: &'static str,
-    pub spec: Arc<Spec>,
-    pub root: Node,
-    pub validator: Arc<jsonschema::Validator>,
-    /// The `output_schema` check, when the flow declares one.
-    pub output_validator: Option<Arc<jsonschema::Validator>>,
-}
+use crate::plan::{Flow, FlowRef, Node, Policy, Step, SubStep, POLICY_KEYWORDS};
 
 /// Compiles a spec against the ops that exist now: parses `flow_content`, binds every op name
 /// (suggesting the closest known one), checks every call's arguments with the op itself, and
@@ -174,7 +163,9 @@ fn bind_call(spec: &Spec, call: &expr::Call, registry: &Registry) -> Result<Step
 /// `cache_expire_hours`, `name`) out of a call's arguments; the rest go to the op.
 fn take_policy(args: &mut Map<String, Value>) -> Result<Policy, String> {
     let mut policy = Policy::default();
-    if let Some(value) = args.remove("max_retries") {
+    let [max_retries, raise_exception, enable_cache, cache_expire_hours, name] =
+        POLICY_KEYWORDS.map(|keyword| args.remove(keyword));
+    if let Some(value) = max_retries {
         policy.attempts = value
             .as_u64()
             .filter(|n| (1..=100).contains(n))
@@ -182,18 +173,18 @@ fn take_policy(args: &mut Map<String, Value>) -> Result<Policy, String> {
                 format!("max_retries must be a whole number from 1 to 100 (calls in all, as in FlowLLM: 1 means no retry), not {value}")
             })? as u32;
     }
-    if let Some(value) = args.remove("raise_exception") {
+    if let Some(value) = raise_exception {
         policy.tolerate_failure = !value
             .as_bool()
             .ok_or_else(|| format!("raise_exception must be True or False, not {value}"))?;
     }
-    let enable_cache = match args.remove("enable_cache") {
+    let enable_cache = match enable_cache {
         Some(value) => value
             .as_bool()
             .ok_or_else(|| format!("enable_cache must be True or False, not {value}"))?,
         None => false,
     };
-    let hours = match args.remove("cache_expire_hours") {
+    let hours = match cache_expire_hours {
         Some(value) => value
             .as_f64()
             .filter(|h| *h > 0.0 && *h <= 24.0 * 366.0)
@@ -205,7 +196,7 @@ fn take_policy(args: &mut Map<String, Value>) -> Result<Policy, String> {
     if enable_cache {
         policy.cache_ttl = Some(Duration::from_secs_f64(hours * 3600.0));
     }
-    if let Some(value) = args.remove("name") {
+    if let Some(value) = name {
         let name = value
             .as_str()
             .filter(|n| !n.is_empty() && n.len() <= 128 && !n.chars().any(char::is_control))

@@ -1,5 +1,5 @@
 //! The flow language: `flow_content` expressions and the YAML flow files, parsed with
-//! diagnostics and compiled against the op registry into a plan.
+//! diagnostics and compiled against the op registry into a plan (`crate::plan`).
 //!
 //! `expr` parses `flow_content`; `spec` reads a flow file into specs; `schema` handles the
 //! flow's schemas; `compile` binds a spec to the registry; `diagnostics` is what they report.
@@ -10,17 +10,12 @@ pub mod expr;
 mod schema;
 mod spec;
 
-pub use compile::{compile, Flow};
+pub use compile::compile;
 pub use diagnostics::{short_number, Diagnostic, Severity};
-pub use spec::{
-    is_flow_file, list_files, parse_file, FileFlows, Isolation, Limits, Spec, TaskSupport,
-    MAX_SECONDS,
-};
+pub use spec::{is_flow_file, list_files, parse_file, FileFlows, Spec};
 
-/// The old `lang::flow` paths, until their users name the new ones.
-pub mod flow {
-    pub use super::{
-        compile, is_flow_file, list_files, parse_file, short_number, Diagnostic, FileFlows, Flow,
-        Isolation, Limits, Severity, Spec, TaskSupport, MAX_SECONDS,
-    };
+/// The old `lang::flow` paths of what moved to `crate::plan`, for `transport/mcp` until it
+/// names `crate::plan` itself.
+pub(crate) mod flow {
+    pub use crate::plan::{Flow, TaskSupport};
 }

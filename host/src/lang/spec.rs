@@ -1,5 +1,6 @@
-//! The YAML model of flow files: [`Spec`] and its field types, and reading one file into flow
-//! specs plus diagnostics ([`parse_file`]). Knows nothing of ops, watching, serving or running.
+//! The YAML model of flow files: [`Spec`] (the types of its run settings are the plan's), and
+//! reading one file into flow specs plus diagnostics ([`parse_file`]). Knows nothing of ops,
+//! watching, serving or running.
 //!
 //! Longer than 600 lines with its tests (about 135 of them): the model and its reader stay one
 //! file because every field's check reports the line of that field, through the same position
@@ -14,6 +15,7 @@ use serde_json::{json, Value};
 use super::diagnostics::{short_number, Diagnostic, Severity};
 use super::expr;
 use super::schema::normalize_schema;
+use crate::plan::{Isolation, Limits, TaskSupport, MAX_SECONDS};
 
 /// One flow as written in a file.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,43 +52,6 @@ pub struct Spec {
 /// How long a call of a task-capable client runs before it becomes a task, unless the flow
 /// says (`task_after:`): quicker calls answer directly, without a task to poll.
 pub const DEFAULT_TASK_AFTER: Duration = Duration::from_secs(1);
-
-/// `task:` in the YAML: MCP tasks (the 2026-07-28 `io.modelcontextprotocol/tasks` extension).
-/// `optional` (the default): a client that declares the extension gets a task it polls, a
-/// client that does not gets the result directly; `required`: clients without the extension
-/// are refused; `forbidden`: always answered directly.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum TaskSupport {
-    #[default]
-    Optional,
-    Required,
-    Forbidden,
-}
-
-/// Where ops run: on a thread of the host, or in a worker process that a crash cannot take
-/// the host down with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Isolation {
-    #[default]
-    InProcess,
-    Process,
-}
-
-/// Per-flow limits; `None` means unlimited.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Limits {
-    pub first_chunk_timeout: Option<Duration>,
-    pub idle_timeout: Option<Duration>,
-    pub total_timeout: Option<Duration>,
-    pub max_output_bytes: Option<u64>,
-    /// Runs of this flow at once (admission control); more wait in line.
-    pub max_concurrency: Option<usize>,
-    /// Runs that may wait for a turn (default: `max_concurrency`); more are refused (503).
-    pub max_queue: Option<usize>,
-    /// Memory an isolated op's worker may allocate (MiB); past it the worker is stopped.
-    pub max_memory_mb: Option<u64>,
-}
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Origin {
@@ -465,10 +430,6 @@ fn spec_source(text: &str, line: usize) -> String {
     }
     out.join("\n") + "\n"
 }
-
-/// The longest timeout a flow or the configuration may set: a year. Longer is a typo, and
-/// would overflow deadline arithmetic.
-pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 
 /// serde's "unknown field `strem`, expected one of `a`, `b`" plus "(did you mean `stream`?)".
 fn with_suggestion(message: &str) -> String {

@@ -142,7 +142,11 @@ fn transports_never_see_plugins_and_the_executor_never_sees_transports() {
             }
         }
     }
-    for name in ["host/src/exec/mod.rs", "host/src/exec/batch.rs", "host/src/chunk.rs"] {
+    for name in [
+        "host/src/exec/mod.rs",
+        "host/src/exec/batch.rs",
+        "host/src/chunk.rs",
+    ] {
         let text = std::fs::read_to_string(root.join(name)).expect("read");
         for (number, line) in code_lines(&text) {
             if line.contains("crate::transport") || line.contains("axum") || line.contains("rmcp") {

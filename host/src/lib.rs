@@ -18,4 +18,4 @@ pub mod util;
 
 pub use app::cli;
 pub use catalog::watch;
-pub use lang::{expr, flow};
+pub use lang::expr;

@@ -1,10 +1,146 @@
-//! The compiled plan of a flow: what `flow::compile` builds from an expression and `exec` runs.
-//! Knows nothing of how it is built or run.
+//! The compiled plan of a flow: what `lang::compile` builds from a flow spec and `exec` runs —
+//! the compiled [`Flow`] (its tree of [`Node`]s, its input and output checks), and the settings
+//! it runs under ([`Limits`], [`Isolation`], [`TaskSupport`], each op call's [`Policy`]). Knows
+//! nothing of how it is built or run; it keeps the [`Spec`] it was compiled from.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::lang::Spec;
 use crate::ops::OpHandle;
+
+/// A compiled, runnable flow.
+#[derive(Debug)]
+pub struct Flow {
+    /// The flow's name, interned once here so runs can tag chunks without a lookup.
+    pub name: &'static str,
+    pub spec: Arc<Spec>,
+    pub root: Node,
+    pub validator: Arc<jsonschema::Validator>,
+    /// The `output_schema` check, when the flow declares one.
+    pub output_validator: Option<Arc<jsonschema::Validator>>,
+}
+
+impl Flow {
+    /// Checks a request body against the input schema and hands it back; one message per
+    /// problem, naming the field (`query: "query" is a required property`).
+    pub fn check_input(
+        &self,
+        input: Map<String, Value>,
+    ) -> Result<Map<String, Value>, Vec<(String, String)>> {
+        let value = Value::Object(input);
+        self.validate(&value)?;
+        match value {
+            Value::Object(map) => Ok(map),
+            _ => Ok(Map::new()),
+        }
+    }
+
+    /// The structured output of an answer when the flow declares `output_schema`: the answer
+    /// as a JSON object (a string answer is parsed as JSON), checked against the schema.
+    /// `None` when the flow declares none.
+    pub fn structured_output(&self, answer: &Value) -> Option<Result<Value, String>> {
+        let validator = self.output_validator.as_ref()?;
+        let value = match answer {
+            Value::String(text) => match serde_json::from_str::<Value>(text.trim()) {
+                Ok(value) => value,
+                Err(err) => {
+                    return Some(Err(format!(
+                        "the flow declares output_schema but its answer is not JSON: {err}"
+                    )))
+                }
+            },
+            other => other.clone(),
+        };
+        let problems: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                if at.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{at}: {e}")
+                }
+            })
+            .collect();
+        Some(if problems.is_empty() {
+            Ok(value)
+        } else {
+            Err(format!(
+                "the answer does not match the flow's output_schema: {}",
+                problems.join("; ")
+            ))
+        })
+    }
+
+    fn validate(&self, input: &Value) -> Result<(), Vec<(String, String)>> {
+        let problems: Vec<(String, String)> = self
+            .validator
+            .iter_errors(input)
+            .map(|err| {
+                let mut field = err.instance_path().to_string();
+                if field.is_empty() {
+                    // A missing required property is reported on the parent object.
+                    if let jsonschema::error::ValidationErrorKind::Required { property } =
+                        err.kind()
+                    {
+                        field = format!("/{}", property.as_str().unwrap_or_default());
+                    }
+                }
+                (field.trim_start_matches('/').to_string(), err.to_string())
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// `task:` in the YAML: MCP tasks (the 2026-07-28 `io.modelcontextprotocol/tasks` extension).
+/// `optional` (the default): a client that declares the extension gets a task it polls, a
+/// client that does not gets the result directly; `required`: clients without the extension
+/// are refused; `forbidden`: always answered directly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TaskSupport {
+    #[default]
+    Optional,
+    Required,
+    Forbidden,
+}
+
+/// Where ops run: on a thread of the host, or in a worker process that a crash cannot take
+/// the host down with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    #[default]
+    InProcess,
+    Process,
+}
+
+/// Per-flow limits; `None` means unlimited.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Limits {
+    pub first_chunk_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub total_timeout: Option<Duration>,
+    pub max_output_bytes: Option<u64>,
+    /// Runs of this flow at once (admission control); more wait in line.
+    pub max_concurrency: Option<usize>,
+    /// Runs that may wait for a turn (default: `max_concurrency`); more are refused (503).
+    pub max_queue: Option<usize>,
+    /// Memory an isolated op's worker may allocate (MiB); past it the worker is stopped.
+    pub max_memory_mb: Option<u64>,
+}
+
+/// The longest timeout a flow or the configuration may set: a year. Longer is a typo, and
+/// would overflow deadline arithmetic.
+pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 
 /// A compiled expression.
 #[derive(Debug)]
@@ -117,8 +253,9 @@ impl Default for Policy {
     }
 }
 
-/// The keywords [`Policy`] takes out of an op call's arguments.
-pub const POLICY_KEYWORDS: &[&str] = &[
+/// The keywords [`Policy`] takes out of an op call's arguments (the compiler takes them in
+/// this order).
+pub const POLICY_KEYWORDS: [&str; 5] = [
     "max_retries",
     "raise_exception",
     "enable_cache",

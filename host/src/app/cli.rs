@@ -374,7 +374,7 @@ fn check(config: &Config) -> Result<ExitCode, String> {
     }
     for diag in &snapshot.diagnostics {
         print(&diag.to_string())?;
-        if diag.severity == crate::lang::flow::Severity::Error {
+        if diag.severity == crate::lang::Severity::Error {
             errors += 1;
         }
     }
@@ -646,7 +646,7 @@ fn run_flow(
 }
 
 async fn stream_to_stdout(
-    flow: Arc<crate::lang::flow::Flow>,
+    flow: Arc<crate::plan::Flow>,
     input: Map<String, Value>,
     options: exec::Options,
 ) -> Result<exec::Outcome, String> {

@@ -91,7 +91,7 @@ struct Raw {
 struct RawOps {
     max_concurrency: Option<usize>,
     max_queue: Option<usize>,
-    isolation: crate::lang::flow::Isolation,
+    isolation: crate::plan::Isolation,
     max_workers: Option<usize>,
     inline: crate::exec::Inline,
 }
@@ -124,7 +124,7 @@ struct RawCache {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawPlugin {
-    isolation: Option<crate::lang::flow::Isolation>,
+    isolation: Option<crate::plan::Isolation>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -513,18 +513,13 @@ fn check_keys(where_: &str, tree: &mut Value) -> Result<(), String> {
 /// "unknown key `http.apikey` (did you mean `http.api_key`?)".
 fn unknown_key(where_: &str, path: &str, key: &str, known: &[&str]) -> String {
     let prefix = path.strip_suffix(key).unwrap_or_default();
-    match closest(key, known) {
+    match crate::util::suggest::closest(key, known.iter().copied()) {
         Some(best) => format!("{where_}: unknown key `{path}` (did you mean `{prefix}{best}`?)"),
         None => format!(
             "{where_}: unknown key `{path}` (known keys here: {})",
             known.join(", ")
         ),
     }
-}
-
-/// The known key closest to `key` (see [`crate::util::suggest::closest`]).
-pub fn closest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
-    crate::util::suggest::closest(key, known.iter().copied())
 }
 
 #[derive(Debug, Deserialize)]
@@ -607,12 +602,12 @@ fn llm_config(where_: &str, section: &Value) -> Result<crate::llm::Config, Strin
 }
 
 fn seconds(where_: &str, key: &str, value: f64) -> Result<Duration, String> {
-    if value.is_finite() && value > 0.0 && value <= crate::lang::flow::MAX_SECONDS {
+    if value.is_finite() && value > 0.0 && value <= crate::plan::MAX_SECONDS {
         Ok(Duration::from_secs_f64(value))
     } else {
         Err(format!(
             "{where_}: {key} must be a positive number of seconds up to a year, found {}",
-            crate::lang::flow::short_number(value)
+            crate::lang::short_number(value)
         ))
     }
 }
@@ -815,13 +810,10 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(
-            config.isolation.default,
-            crate::lang::flow::Isolation::Process
-        );
+        assert_eq!(config.isolation.default, crate::plan::Isolation::Process);
         assert_eq!(
             config.isolation.plugins["op-basic"],
-            crate::lang::flow::Isolation::InProcess
+            crate::plan::Isolation::InProcess
         );
         let err = load_text("ops: {isolation: sandbox}\n", &[]).unwrap_err();
         assert!(err.contains("sandbox") && err.contains("process"), "{err}");

@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tokio::sync::watch as signal;
 
-use crate::lang::flow::{self, Diagnostic, Flow, Severity, Spec};
+use crate::lang::{self, Diagnostic, Severity, Spec};
 use crate::ops::{Plugins, Registry};
+use crate::plan::Flow;
 
 /// One flow as served: live (`flow` is `Some`) or broken (`flow` is `None`, `error` says why).
 /// A live flow can carry an error too: its file's newest version failed and the last good
@@ -159,7 +160,7 @@ impl Filter {
 
 struct FileState {
     text_hash: u64,
-    parsed: flow::FileFlows,
+    parsed: lang::FileFlows,
     /// The last version that parsed as YAML; used while the file has a syntax error.
     last_parsed: Vec<Result<Spec, Diagnostic>>,
 }
@@ -294,7 +295,7 @@ impl State {
         let mut seen = Vec::new();
         let mut changed = false;
         for dir in &self.flow_dirs {
-            for path in flow::list_files(dir) {
+            for path in lang::list_files(dir) {
                 seen.push(path.clone());
                 let text = match std::fs::read(&path) {
                     Ok(bytes) => String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string()),
@@ -309,8 +310,8 @@ impl State {
                 }
                 changed = true;
                 let parsed = match &text {
-                    Ok(text) => flow::parse_file(&path, text),
-                    Err(message) => flow::FileFlows {
+                    Ok(text) => lang::parse_file(&path, text),
+                    Err(message) => lang::FileFlows {
                         specs: Vec::new(),
                         diagnostics: vec![Diagnostic {
                             file: path.clone(),
@@ -431,7 +432,7 @@ fn check_flow_refs(snapshot: &mut Snapshot) {
                 file: flow.spec.file.clone(),
                 line: target.line,
                 col: target.col,
-                severity: crate::lang::flow::Severity::Error,
+                severity: crate::lang::Severity::Error,
                 flow: Some(name.clone()),
                 message,
             };
@@ -513,7 +514,7 @@ fn compile_entry(
         let attempt = match item {
             Ok(spec) => {
                 let spec = Arc::new(spec.clone());
-                match flow::compile(spec.clone(), registry) {
+                match lang::compile(spec.clone(), registry) {
                     Ok(flow) => {
                         last_good.insert(name.to_string(), spec);
                         return Pending {
@@ -530,7 +531,7 @@ fn compile_entry(
         let (new_spec, mut error) = attempt;
         if let Some(good) = last_good.get(name).cloned() {
             if new_spec.as_deref() != Some(&*good) {
-                if let Ok(flow) = flow::compile(good.clone(), registry) {
+                if let Ok(flow) = lang::compile(good.clone(), registry) {
                     add_note(
                         &mut error.message,
                         "the last good version of this flow stays live",

@@ -10,7 +10,7 @@ use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 
 use crate::catalog::Catalog;
-use crate::lang::flow;
+use crate::lang;
 use crate::ops::plugin;
 
 /// Keeps the watcher alive; dropping it stops watching.
@@ -123,7 +123,7 @@ fn route(
     for path in paths {
         let Some(dir) = path.parent() else { continue };
         if flow_dirs.iter().any(|d| d == dir)
-            && (flow::is_flow_file(path) || is_configmap_swap(path))
+            && (lang::is_flow_file(path) || is_configmap_swap(path))
         {
             routed.flows = true;
         }

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::lang::flow::Flow;
 use crate::metrics as m;
+use crate::plan::Flow;
 
 /// One limit: a number of slots and a bounded line of waiters.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use super::host::OpHost;
 use super::run::Failure;
 use super::walk::Env;
 use crate::chunk::Chunk;
-use crate::lang::flow::Isolation;
+use crate::plan::Isolation;
 use crate::plan::Step;
 
 /// Where ops run: `isolation` in a flow's YAML wins, then the plugin's setting

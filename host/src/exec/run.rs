@@ -15,7 +15,7 @@ use super::host::LogSink;
 use super::place::{IsolationPolicy, Placement};
 use super::walk::{run_node, Env, Failures, FlowLookup};
 use crate::chunk::{Chunk, ChunkKind};
-use crate::lang::flow::{Flow, Limits};
+use crate::plan::{Flow, Limits};
 
 /// How a run is driven.
 #[derive(Clone, Debug)]

@@ -14,7 +14,7 @@ use super::host::LogSink;
 use super::place::Placement;
 use super::run::Failure;
 use super::step::run_step;
-use crate::lang::flow::Flow;
+use crate::plan::Flow;
 use crate::plan::Node;
 
 /// Finds a live flow by name (`FlowOp`); given by whoever owns the catalog.

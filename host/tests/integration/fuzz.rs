@@ -72,12 +72,12 @@ proptest! {
 
     #[test]
     fn flow_yaml_loader_on_anything(input in "\\PC{0,300}") {
-        timed("flow::parse_file", &input, || flowhost::flow::parse_file(Path::new("f.yaml"), &input));
+        timed("flow::parse_file", &input, || flowhost::lang::parse_file(Path::new("f.yaml"), &input));
     }
 
     #[test]
     fn flow_yaml_loader_on_flow_shaped_text(input in yamlish()) {
-        let parsed = timed("flow::parse_file", &input, || flowhost::flow::parse_file(Path::new("f.yaml"), &input));
+        let parsed = timed("flow::parse_file", &input, || flowhost::lang::parse_file(Path::new("f.yaml"), &input));
         for diagnostic in &parsed.diagnostics {
             prop_assert!(diagnostic.line >= 1 && diagnostic.col >= 1, "{diagnostic}");
         }

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use crate::catalog::Snapshot;
-use crate::lang::flow::Flow;
+use crate::plan::Flow;
 
 /// A run refused by admission control: 503, `Retry-After`, and the reason naming the flow.
 pub fn busy_response(busy: &crate::exec::admission::Busy) -> Response {

@@ -18,7 +18,7 @@ use super::logging::{self, forward_log, op_level_rank};
 use super::tasks::{finish_as_task, TaskSlot, TASK_KEPT, TASK_POLL_MS, TASK_TTL_WITHOUT_LIMIT};
 use crate::chunk::ChunkKind;
 use crate::exec;
-use crate::lang::flow::TaskSupport;
+use crate::plan::TaskSupport;
 
 /// Op log lines held per call before more are dropped (and counted).
 const LOG_LINES_PER_CALL: usize = 1024;
@@ -264,7 +264,7 @@ impl Gathered {
 /// structure, checked), and `{answer, think, tool_calls, usage, flow_id}` as structured
 /// content.
 pub(crate) fn tool_result(
-    flow: &crate::lang::flow::Flow,
+    flow: &crate::plan::Flow,
     outcome: &exec::Outcome,
     gathered: Gathered,
     flow_id: &str,

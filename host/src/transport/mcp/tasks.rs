@@ -18,7 +18,7 @@ pub(crate) async fn finish_as_task(
     mut batch: Vec<crate::chunk::Chunk>,
     mut gathered: Gathered,
     mut logs: tokio::sync::mpsc::Receiver<exec::LogLine>,
-    flow: Arc<crate::lang::flow::Flow>,
+    flow: Arc<crate::plan::Flow>,
 ) -> Result<CallToolResult, rmcp::task_manager::TaskExit> {
     let flow_id = run.flow_id.clone();
     loop {

@@ -1,17 +1,21 @@
-//! Flow files: the YAML model, reading a file into flow specs plus diagnostics, and compiling a
-//! spec against the op registry. Knows nothing of watching, serving or running.
+//! The YAML model of flow files: [`Spec`] (the types of its run settings are the plan's), and
+//! reading one file into flow specs plus diagnostics ([`parse_file`]). Knows nothing of ops,
+//! watching, serving or running.
+//!
+//! Longer than 600 lines with its tests (about 135 of them): the model and its reader stay one
+//! file because every field's check reports the line of that field, through the same position
+//! helpers (`find_key_line`, `locate_content`) the model's `file_pos` uses.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use crate::lang::expr::{self, Expr};
-use crate::ops::Registry;
-use crate::plan::{FlowRef, Node, Policy, Step, SubStep};
+use super::diagnostics::{short_number, Diagnostic, Severity};
+use super::expr;
+use super::schema::normalize_schema;
+use crate::plan::{Isolation, Limits, TaskSupport, MAX_SECONDS};
 
 /// One flow as written in a file.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,173 +53,12 @@ pub struct Spec {
 /// says (`task_after:`): quicker calls answer directly, without a task to poll.
 pub const DEFAULT_TASK_AFTER: Duration = Duration::from_secs(1);
 
-/// `task:` in the YAML: MCP tasks (the 2026-07-28 `io.modelcontextprotocol/tasks` extension).
-/// `optional` (the default): a client that declares the extension gets a task it polls, a
-/// client that does not gets the result directly; `required`: clients without the extension
-/// are refused; `forbidden`: always answered directly.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum TaskSupport {
-    #[default]
-    Optional,
-    Required,
-    Forbidden,
-}
-
-/// Where ops run: on a thread of the host, or in a worker process that a crash cannot take
-/// the host down with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Isolation {
-    #[default]
-    InProcess,
-    Process,
-}
-
-/// Per-flow limits; `None` means unlimited.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Limits {
-    pub first_chunk_timeout: Option<Duration>,
-    pub idle_timeout: Option<Duration>,
-    pub total_timeout: Option<Duration>,
-    pub max_output_bytes: Option<u64>,
-    /// Runs of this flow at once (admission control); more wait in line.
-    pub max_concurrency: Option<usize>,
-    /// Runs that may wait for a turn (default: `max_concurrency`); more are refused (503).
-    pub max_queue: Option<usize>,
-    /// Memory an isolated op's worker may allocate (MiB); past it the worker is stopped.
-    pub max_memory_mb: Option<u64>,
-}
-
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Origin {
     line: usize,
     col: usize,
     /// Block scalar (`|`/`>`): expression lines map to file lines, columns from `col`.
     block: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
-    Error,
-    Warning,
-}
-
-/// A problem found in a flow file, with its position.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Diagnostic {
-    pub file: PathBuf,
-    pub line: usize,
-    pub col: usize,
-    pub severity: Severity,
-    /// The flow it concerns, if any.
-    pub flow: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let severity = match self.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-        };
-        write!(
-            f,
-            "{}:{}:{}: {severity}: {}",
-            self.file.display(),
-            self.line,
-            self.col,
-            self.message
-        )
-    }
-}
-
-/// A compiled, runnable flow.
-#[derive(Debug)]
-pub struct Flow {
-    /// The flow's name, interned once here so runs can tag chunks without a lookup.
-    pub name: &'static str,
-    pub spec: Arc<Spec>,
-    pub root: Node,
-    pub validator: Arc<jsonschema::Validator>,
-    /// The `output_schema` check, when the flow declares one.
-    pub output_validator: Option<Arc<jsonschema::Validator>>,
-}
-
-impl Flow {
-    /// Checks a request body against the input schema and hands it back; one message per
-    /// problem, naming the field (`query: "query" is a required property`).
-    pub fn check_input(
-        &self,
-        input: Map<String, Value>,
-    ) -> Result<Map<String, Value>, Vec<(String, String)>> {
-        let value = Value::Object(input);
-        self.validate(&value)?;
-        match value {
-            Value::Object(map) => Ok(map),
-            _ => Ok(Map::new()),
-        }
-    }
-
-    /// The structured output of an answer when the flow declares `output_schema`: the answer
-    /// as a JSON object (a string answer is parsed as JSON), checked against the schema.
-    /// `None` when the flow declares none.
-    pub fn structured_output(&self, answer: &Value) -> Option<Result<Value, String>> {
-        let validator = self.output_validator.as_ref()?;
-        let value = match answer {
-            Value::String(text) => match serde_json::from_str::<Value>(text.trim()) {
-                Ok(value) => value,
-                Err(err) => {
-                    return Some(Err(format!(
-                        "the flow declares output_schema but its answer is not JSON: {err}"
-                    )))
-                }
-            },
-            other => other.clone(),
-        };
-        let problems: Vec<String> = validator
-            .iter_errors(&value)
-            .map(|e| {
-                let at = e.instance_path().to_string();
-                if at.is_empty() {
-                    e.to_string()
-                } else {
-                    format!("{at}: {e}")
-                }
-            })
-            .collect();
-        Some(if problems.is_empty() {
-            Ok(value)
-        } else {
-            Err(format!(
-                "the answer does not match the flow's output_schema: {}",
-                problems.join("; ")
-            ))
-        })
-    }
-
-    fn validate(&self, input: &Value) -> Result<(), Vec<(String, String)>> {
-        let problems: Vec<(String, String)> = self
-            .validator
-            .iter_errors(input)
-            .map(|err| {
-                let mut field = err.instance_path().to_string();
-                if field.is_empty() {
-                    // A missing required property is reported on the parent object.
-                    if let jsonschema::error::ValidationErrorKind::Required { property } =
-                        err.kind()
-                    {
-                        field = format!("/{}", property.as_str().unwrap_or_default());
-                    }
-                }
-                (field.trim_start_matches('/').to_string(), err.to_string())
-            })
-            .collect();
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
-    }
 }
 
 /// What reading one file produced: the flows that parsed (each may still fail to compile) and
@@ -588,19 +431,6 @@ fn spec_source(text: &str, line: usize) -> String {
     out.join("\n") + "\n"
 }
 
-/// The longest timeout a flow or the configuration may set: a year. Longer is a typo, and
-/// would overflow deadline arithmetic.
-pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
-
-/// `1e300`, not three hundred digits.
-pub fn short_number(value: f64) -> String {
-    if value.abs() < 1e12 {
-        format!("{value}")
-    } else {
-        format!("{value:e}")
-    }
-}
-
 /// serde's "unknown field `strem`, expected one of `a`, `b`" plus "(did you mean `stream`?)".
 fn with_suggestion(message: &str) -> String {
     let Some(rest) = message
@@ -612,8 +442,8 @@ fn with_suggestion(message: &str) -> String {
     let Some((field, expected)) = rest.split_once('`') else {
         return message.to_string();
     };
-    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-    match crate::app::config::closest(field, &known) {
+    let known = expected.split('`').skip(1).step_by(2);
+    match crate::util::suggest::closest(field, known) {
         Some(best) => format!("{message} (did you mean `{best}`?)"),
         None => message.to_string(),
     }
@@ -623,48 +453,6 @@ fn first_quoted(message: &str) -> Option<&str> {
     let start = message.find('`')? + 1;
     let len = message[start..].find('`')?;
     Some(&message[start..start + len])
-}
-
-/// Turns FlowLLM's short form (`param: {type, description, required, enum, items}`) into a
-/// JSON Schema object; a value that already is one (has `type: object`, `properties` or
-/// `$schema`) is kept as is.
-pub fn normalize_schema(schema: Value) -> Result<Value, String> {
-    let Value::Object(map) = schema else {
-        return Err("must be a mapping of parameter names to {type, description, required}".into());
-    };
-    let is_full = map.get("type").and_then(Value::as_str) == Some("object")
-        || map.contains_key("properties")
-        || map.contains_key("$schema");
-    let schema = if is_full {
-        Value::Object(map)
-    } else {
-        let mut properties = Map::new();
-        let mut required = Vec::new();
-        for (param, spec) in map {
-            let Value::Object(mut spec) = spec else {
-                return Err(format!(
-                    "parameter `{param}` must be a mapping such as {{type: string, description: ..., required: true}}"
-                ));
-            };
-            match spec.remove("required") {
-                Some(Value::Bool(true)) => required.push(Value::String(param.clone())),
-                None | Some(Value::Bool(false)) => {}
-                Some(other) => {
-                    return Err(format!(
-                        "parameter `{param}`: required must be true or false, found {other}"
-                    ))
-                }
-            }
-            properties.insert(param, Value::Object(spec));
-        }
-        let mut schema = json!({"type": "object", "properties": properties});
-        if !required.is_empty() {
-            schema["required"] = Value::Array(required);
-        }
-        schema
-    };
-    jsonschema::meta::validate(&schema).map_err(|err| format!("not a valid JSON Schema: {err}"))?;
-    Ok(schema)
 }
 
 /// The 1-based line of `key:` at or after `after` (0 = anywhere), by text search; YAML parsers
@@ -740,220 +528,6 @@ impl Spec {
             (origin.line + pos.line - 1, pos.col)
         }
     }
-
-    /// An error at a place in `flow_content`: `flow `name`: message`, then the source line
-    /// with a caret.
-    fn at_expr(&self, pos: expr::Pos, message: String) -> Diagnostic {
-        self.diagnostic(
-            self.file_pos(pos),
-            format!(
-                "flow `{}`: {message}\n{}",
-                self.name,
-                expr::caret(&self.flow_content, pos)
-            ),
-        )
-    }
-
-    fn diagnostic(&self, (line, col): (usize, usize), message: String) -> Diagnostic {
-        Diagnostic {
-            file: self.file.clone(),
-            line,
-            col,
-            severity: Severity::Error,
-            flow: Some(self.name.clone()),
-            message,
-        }
-    }
-}
-
-/// Compiles a spec against the ops that exist now: parses `flow_content`, binds every op name
-/// (suggesting the closest known one), checks every call's arguments with the op itself, and
-/// builds the input validator.
-pub fn compile(spec: Arc<Spec>, registry: &Registry) -> Result<Flow, Diagnostic> {
-    let expr = expr::parse(&spec.flow_content)
-        .map_err(|err| spec.at_expr(err.pos, format!("flow_content: {}", err.message)))?;
-    let root = bind(&spec, &expr, registry)?;
-    let validator = jsonschema::validator_for(&spec.input_schema).map_err(|err| {
-        spec.diagnostic(
-            (spec.line, 1),
-            format!("flow `{}`: input_schema: {err}", spec.name),
-        )
-    })?;
-    let output_validator = match &spec.output_schema {
-        None => None,
-        Some(schema) => Some(Arc::new(jsonschema::validator_for(schema).map_err(
-            |err| {
-                spec.diagnostic(
-                    (spec.line, 1),
-                    format!("flow `{}`: output_schema: {err}", spec.name),
-                )
-            },
-        )?)),
-    };
-    Ok(Flow {
-        name: crate::ops::intern(&spec.name),
-        spec,
-        root,
-        validator: Arc::new(validator),
-        output_validator,
-    })
-}
-
-fn bind(spec: &Spec, expr: &Expr, registry: &Registry) -> Result<Node, Diagnostic> {
-    match expr {
-        Expr::Call(call) if call.name == FLOW_OP => bind_flow_op(spec, call).map(Node::Flow),
-        Expr::Call(call) => bind_call(spec, call, registry).map(Node::Call),
-        Expr::Seq(items) => Ok(Node::Seq(
-            items
-                .iter()
-                .map(|item| bind(spec, item, registry).map(Arc::new))
-                .collect::<Result<_, _>>()?,
-        )),
-        Expr::Par(items) => Ok(Node::Par(
-            items
-                .iter()
-                .map(|item| bind(spec, item, registry).map(Arc::new))
-                .collect::<Result<_, _>>()?,
-        )),
-    }
-}
-
-/// The host's own op: runs another served flow inside this one.
-pub const FLOW_OP: &str = "FlowOp";
-
-fn bind_flow_op(spec: &Spec, call: &expr::Call) -> Result<FlowRef, Diagnostic> {
-    let error = |message: String| spec.at_expr(call.pos, message);
-    let mut names = call.args.keys().filter(|k| k.as_str() != "flow");
-    if let Some(other) = names.next() {
-        return Err(error(format!(
-            "FlowOp takes one argument, `flow` (the name of another flow), not `{other}`"
-        )));
-    }
-    let Some(name) = call.args.get("flow").and_then(Value::as_str) else {
-        return Err(error(
-            "FlowOp needs `flow`, the name of another flow: FlowOp(flow=\"search_flow\")".into(),
-        ));
-    };
-    if !call.subs.is_empty() {
-        return Err(error("FlowOp takes no sub-ops".into()));
-    }
-    if name == spec.name {
-        return Err(error(format!("flow `{name}` runs itself through FlowOp")));
-    }
-    let (line, col) = spec.file_pos(call.pos);
-    Ok(FlowRef {
-        name: name.to_string(),
-        line,
-        col,
-    })
-}
-
-fn bind_call(spec: &Spec, call: &expr::Call, registry: &Registry) -> Result<Step, Diagnostic> {
-    let error = |message: String| spec.at_expr(call.pos, message);
-    let Some(op) = registry.get(&call.name) else {
-        let hint = match registry.suggest(&call.name) {
-            Some(known) => format!("; did you mean `{known}`?"),
-            None if registry.ops.is_empty() => {
-                "; no plugins are loaded (build them with `cargo build --workspace`, or pass --plugins DIR)".to_string()
-            }
-            None => "; `flowhost ops` lists the known ops".to_string(),
-        };
-        return Err(error(format!("unknown op `{}`{hint}", call.name)));
-    };
-    let mut args = call.args.clone();
-    let policy =
-        take_policy(&mut args).map_err(|message| error(format!("{}: {message}", call.name)))?;
-    let args_json = Value::Object(args).to_string();
-    op.library
-        .check(op.name, &args_json)
-        .map_err(|message| error(format!("{}: {message}", call.name)))?;
-    let mut subs: Vec<SubStep> = Vec::new();
-    for sub in &call.subs {
-        let (node, tool) = if sub.call.name == FLOW_OP {
-            let flow = bind_flow_op(spec, &sub.call)?;
-            // Described by its flow when called (it may change on reload).
-            let tool = crate::ops::Tool {
-                name: flow.name.clone(),
-                description: String::new(),
-                input_schema: Value::Null,
-            };
-            (Node::Flow(flow), tool)
-        } else {
-            let step = bind_call(spec, &sub.call, registry)?;
-            let mut tool = step.op.tool();
-            if let Some(name) = step.policy.name {
-                tool.name = name.to_string();
-            }
-            (Node::Call(step), tool)
-        };
-        let name = sub.name.clone().unwrap_or(tool.name);
-        if subs.iter().any(|s| s.name == name) {
-            return Err(spec.at_expr(
-                sub.call.pos,
-                format!(
-                    "two sub-ops of {} are named `{name}`: name them (`{} << {{\"{name}_2\": {}()}}`)",
-                    call.name, call.name, sub.call.name,
-                ),
-            ));
-        }
-        subs.push(SubStep {
-            name,
-            description: tool.description,
-            input_schema: tool.input_schema,
-            node,
-        });
-    }
-    Ok(Step {
-        op: op.clone(),
-        args_json: args_json.into(),
-        policy,
-        subs: subs.into(),
-    })
-}
-
-/// Takes FlowLLM's per-op keywords (`max_retries`, `raise_exception`, `enable_cache`,
-/// `cache_expire_hours`, `name`) out of a call's arguments; the rest go to the op.
-fn take_policy(args: &mut Map<String, Value>) -> Result<Policy, String> {
-    let mut policy = Policy::default();
-    if let Some(value) = args.remove("max_retries") {
-        policy.attempts = value
-            .as_u64()
-            .filter(|n| (1..=100).contains(n))
-            .ok_or_else(|| {
-                format!("max_retries must be a whole number from 1 to 100 (calls in all, as in FlowLLM: 1 means no retry), not {value}")
-            })? as u32;
-    }
-    if let Some(value) = args.remove("raise_exception") {
-        policy.tolerate_failure = !value
-            .as_bool()
-            .ok_or_else(|| format!("raise_exception must be True or False, not {value}"))?;
-    }
-    let enable_cache = match args.remove("enable_cache") {
-        Some(value) => value
-            .as_bool()
-            .ok_or_else(|| format!("enable_cache must be True or False, not {value}"))?,
-        None => false,
-    };
-    let hours = match args.remove("cache_expire_hours") {
-        Some(value) => value
-            .as_f64()
-            .filter(|h| *h > 0.0 && *h <= 24.0 * 366.0)
-            .ok_or_else(|| {
-                format!("cache_expire_hours must be a number of hours above 0 (at most a year), not {value}")
-            })?,
-        None => 0.1,
-    };
-    if enable_cache {
-        policy.cache_ttl = Some(Duration::from_secs_f64(hours * 3600.0));
-    }
-    if let Some(value) = args.remove("name") {
-        let name = value
-            .as_str()
-            .filter(|n| !n.is_empty() && n.len() <= 128 && !n.chars().any(char::is_control))
-            .ok_or_else(|| format!("name must be a short text naming this call, not {value}"))?;
-        policy.name = Some(crate::ops::intern(name));
-    }
-    Ok(policy)
 }
 
 #[cfg(test)]

@@ -1,0 +1,207 @@
+//! Compiling a flow spec against the op registry: binding op names (suggesting the closest
+//! known one), checking each call's arguments with the op, taking the host's per-op keywords
+//! out into a [`Policy`], and building the validators. Produces the plan (`crate::plan`);
+//! runs nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::diagnostics::Diagnostic;
+use super::expr::{self, Expr};
+use super::spec::Spec;
+use crate::ops::Registry;
+use crate::plan::{Flow, FlowRef, Node, Policy, Step, SubStep, POLICY_KEYWORDS};
+
+/// Compiles a spec against the ops that exist now: parses `flow_content`, binds every op name
+/// (suggesting the closest known one), checks every call's arguments with the op itself, and
+/// builds the input validator.
+pub fn compile(spec: Arc<Spec>, registry: &Registry) -> Result<Flow, Diagnostic> {
+    let expr = expr::parse(&spec.flow_content)
+        .map_err(|err| spec.at_expr(err.pos, format!("flow_content: {}", err.message)))?;
+    let root = bind(&spec, &expr, registry)?;
+    let validator = jsonschema::validator_for(&spec.input_schema).map_err(|err| {
+        spec.diagnostic(
+            (spec.line, 1),
+            format!("flow `{}`: input_schema: {err}", spec.name),
+        )
+    })?;
+    let output_validator = match &spec.output_schema {
+        None => None,
+        Some(schema) => Some(Arc::new(jsonschema::validator_for(schema).map_err(
+            |err| {
+                spec.diagnostic(
+                    (spec.line, 1),
+                    format!("flow `{}`: output_schema: {err}", spec.name),
+                )
+            },
+        )?)),
+    };
+    Ok(Flow {
+        name: crate::ops::intern(&spec.name),
+        spec,
+        root,
+        validator: Arc::new(validator),
+        output_validator,
+    })
+}
+
+fn bind(spec: &Spec, expr: &Expr, registry: &Registry) -> Result<Node, Diagnostic> {
+    match expr {
+        Expr::Call(call) if call.name == FLOW_OP => bind_flow_op(spec, call).map(Node::Flow),
+        Expr::Call(call) => bind_call(spec, call, registry).map(Node::Call),
+        Expr::Seq(items) => Ok(Node::Seq(
+            items
+                .iter()
+                .map(|item| bind(spec, item, registry).map(Arc::new))
+                .collect::<Result<_, _>>()?,
+        )),
+        Expr::Par(items) => Ok(Node::Par(
+            items
+                .iter()
+                .map(|item| bind(spec, item, registry).map(Arc::new))
+                .collect::<Result<_, _>>()?,
+        )),
+    }
+}
+
+/// The host's own op: runs another served flow inside this one.
+pub const FLOW_OP: &str = "FlowOp";
+
+fn bind_flow_op(spec: &Spec, call: &expr::Call) -> Result<FlowRef, Diagnostic> {
+    let error = |message: String| spec.at_expr(call.pos, message);
+    let mut names = call.args.keys().filter(|k| k.as_str() != "flow");
+    if let Some(other) = names.next() {
+        return Err(error(format!(
+            "FlowOp takes one argument, `flow` (the name of another flow), not `{other}`"
+        )));
+    }
+    let Some(name) = call.args.get("flow").and_then(Value::as_str) else {
+        return Err(error(
+            "FlowOp needs `flow`, the name of another flow: FlowOp(flow=\"search_flow\")".into(),
+        ));
+    };
+    if !call.subs.is_empty() {
+        return Err(error("FlowOp takes no sub-ops".into()));
+    }
+    if name == spec.name {
+        return Err(error(format!("flow `{name}` runs itself through FlowOp")));
+    }
+    let (line, col) = spec.file_pos(call.pos);
+    Ok(FlowRef {
+        name: name.to_string(),
+        line,
+        col,
+    })
+}
+
+fn bind_call(spec: &Spec, call: &expr::Call, registry: &Registry) -> Result<Step, Diagnostic> {
+    let error = |message: String| spec.at_expr(call.pos, message);
+    let Some(op) = registry.get(&call.name) else {
+        let hint = match registry.suggest(&call.name) {
+            Some(known) => format!("; did you mean `{known}`?"),
+            None if registry.ops.is_empty() => {
+                "; no plugins are loaded (build them with `cargo build --workspace`, or pass --plugins DIR)".to_string()
+            }
+            None => "; `flowhost ops` lists the known ops".to_string(),
+        };
+        return Err(error(format!("unknown op `{}`{hint}", call.name)));
+    };
+    let mut args = call.args.clone();
+    let policy =
+        take_policy(&mut args).map_err(|message| error(format!("{}: {message}", call.name)))?;
+    let args_json = Value::Object(args).to_string();
+    op.library
+        .check(op.name, &args_json)
+        .map_err(|message| error(format!("{}: {message}", call.name)))?;
+    let mut subs: Vec<SubStep> = Vec::new();
+    for sub in &call.subs {
+        let (node, tool) = if sub.call.name == FLOW_OP {
+            let flow = bind_flow_op(spec, &sub.call)?;
+            // Described by its flow when called (it may change on reload).
+            let tool = crate::ops::Tool {
+                name: flow.name.clone(),
+                description: String::new(),
+                input_schema: Value::Null,
+            };
+            (Node::Flow(flow), tool)
+        } else {
+            let step = bind_call(spec, &sub.call, registry)?;
+            let mut tool = step.op.tool();
+            if let Some(name) = step.policy.name {
+                tool.name = name.to_string();
+            }
+            (Node::Call(step), tool)
+        };
+        let name = sub.name.clone().unwrap_or(tool.name);
+        if subs.iter().any(|s| s.name == name) {
+            return Err(spec.at_expr(
+                sub.call.pos,
+                format!(
+                    "two sub-ops of {} are named `{name}`: name them (`{} << {{\"{name}_2\": {}()}}`)",
+                    call.name, call.name, sub.call.name,
+                ),
+            ));
+        }
+        subs.push(SubStep {
+            name,
+            description: tool.description,
+            input_schema: tool.input_schema,
+            node,
+        });
+    }
+    Ok(Step {
+        op: op.clone(),
+        args_json: args_json.into(),
+        policy,
+        subs: subs.into(),
+    })
+}
+
+/// Takes FlowLLM's per-op keywords (`max_retries`, `raise_exception`, `enable_cache`,
+/// `cache_expire_hours`, `name`) out of a call's arguments; the rest go to the op.
+fn take_policy(args: &mut Map<String, Value>) -> Result<Policy, String> {
+    let mut policy = Policy::default();
+    let [max_retries, raise_exception, enable_cache, cache_expire_hours, name] =
+        POLICY_KEYWORDS.map(|keyword| args.remove(keyword));
+    if let Some(value) = max_retries {
+        policy.attempts = value
+            .as_u64()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| {
+                format!("max_retries must be a whole number from 1 to 100 (calls in all, as in FlowLLM: 1 means no retry), not {value}")
+            })? as u32;
+    }
+    if let Some(value) = raise_exception {
+        policy.tolerate_failure = !value
+            .as_bool()
+            .ok_or_else(|| format!("raise_exception must be True or False, not {value}"))?;
+    }
+    let enable_cache = match enable_cache {
+        Some(value) => value
+            .as_bool()
+            .ok_or_else(|| format!("enable_cache must be True or False, not {value}"))?,
+        None => false,
+    };
+    let hours = match cache_expire_hours {
+        Some(value) => value
+            .as_f64()
+            .filter(|h| *h > 0.0 && *h <= 24.0 * 366.0)
+            .ok_or_else(|| {
+                format!("cache_expire_hours must be a number of hours above 0 (at most a year), not {value}")
+            })?,
+        None => 0.1,
+    };
+    if enable_cache {
+        policy.cache_ttl = Some(Duration::from_secs_f64(hours * 3600.0));
+    }
+    if let Some(value) = name {
+        let name = value
+            .as_str()
+            .filter(|n| !n.is_empty() && n.len() <= 128 && !n.chars().any(char::is_control))
+            .ok_or_else(|| format!("name must be a short text naming this call, not {value}"))?;
+        policy.name = Some(crate::ops::intern(name));
+    }
+    Ok(policy)
+}

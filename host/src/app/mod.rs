@@ -3,6 +3,8 @@
 
 pub mod cache_files;
 pub mod cli;
+mod commands;
 pub mod config;
 pub mod dev;
 pub mod scaffold;
+mod serve;

@@ -1,0 +1,306 @@
+//! The commands' bodies: `ops`, `flows`, `check`, `config`, `new-op` and `run`, each a function
+//! over the configuration that prints its output to stdout (tables, or JSON lines) and
+//! returns an exit code.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use super::serve::{load_catalog, run_options_with_flows, runtime};
+use crate::app::config::{self, Config};
+use crate::exec;
+
+fn print(text: &str) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}").map_err(|err| format!("cannot write to stdout: {err}"))
+}
+
+pub(super) fn ops(config: &Config, as_json: bool) -> Result<ExitCode, String> {
+    let mut plugins = crate::ops::Plugins::new(config.plugin_dirs.clone());
+    plugins.scan();
+    let registry = plugins.registry();
+    for error in &registry.errors {
+        tracing::warn!("{error}");
+    }
+    if as_json {
+        print(&serde_json::to_string_pretty(&registry.to_json()).unwrap_or_default())?;
+    } else {
+        if registry.ops.is_empty() {
+            eprintln!(
+                "no ops loaded from {} (build plugins with `cargo build --workspace`, or pass --plugins DIR)",
+                display_dirs(&config.plugin_dirs)
+            );
+        }
+        let width = registry.ops.keys().map(|n| n.len()).max().unwrap_or(0);
+        for op in registry.ops.values() {
+            print(&format!(
+                "{:width$}  {}  [{} {}, op-sdk {}, {}]",
+                op.name,
+                op.description,
+                op.library.plugin_name,
+                op.library.plugin_version,
+                op.library.sdk_version,
+                op.library.path.display(),
+            ))?;
+        }
+        // What plugins offer besides ops (op-sdk 0.1.3), served as MCP resources and prompts.
+        for library in &registry.libraries {
+            let listed = library.content_list();
+            let count = |key: &str| listed[key].as_array().map_or(0, Vec::len);
+            let (resources, templates, prompts) =
+                (count("resources"), count("templates"), count("prompts"));
+            if resources + templates + prompts > 0 {
+                print(&format!(
+                    "{} also offers {resources} resource(s), {templates} resource template(s), {prompts} prompt(s)",
+                    library.plugin_name
+                ))?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn display_dirs(dirs: &[PathBuf]) -> String {
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(super) fn flows(config: &Config, as_json: bool) -> Result<ExitCode, String> {
+    let catalog = load_catalog(config);
+    let snapshot = catalog.snapshot();
+    if as_json {
+        print(&serde_json::to_string_pretty(&snapshot.flows_json()).unwrap_or_default())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if snapshot.flows.is_empty() {
+        eprintln!("no flows in {}", display_dirs(&config.flow_dirs));
+    }
+    let width = snapshot.flows.keys().map(|n| n.len()).max().unwrap_or(0);
+    for (name, entry) in &snapshot.flows {
+        let kind = if entry.spec.stream { "stream" } else { "json" };
+        let mut line = format!(
+            "{name:width$}  {:6}  {kind:6}  {}",
+            entry.status(),
+            entry.spec.description
+        );
+        if let Some(error) = &entry.error {
+            let first = error.message.lines().next().unwrap_or_default();
+            line.push_str(&format!("\n{:width$}  ^ {first}", ""));
+        }
+        print(&line)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn check(config: &Config) -> Result<ExitCode, String> {
+    let catalog = load_catalog(config);
+    let snapshot = catalog.snapshot();
+    let mut errors = 0;
+    for error in &snapshot.registry.errors {
+        print(&format!(
+            "{}: error: {}",
+            error.path.display(),
+            error.message
+        ))?;
+        errors += 1;
+    }
+    for diag in &snapshot.diagnostics {
+        print(&diag.to_string())?;
+        if diag.severity == crate::lang::Severity::Error {
+            errors += 1;
+        }
+    }
+    let live = snapshot.live().count();
+    eprintln!(
+        "{live} flow(s) live, {} broken, {errors} error(s)",
+        snapshot.flows.len() - live
+    );
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub(super) fn show_config(config: &Config) -> Result<ExitCode, String> {
+    let value = json!({
+        "source": config.source,
+        "backend": format!("{:?}", config.backend).to_lowercase(),
+        "http": {
+            "host": config.http.host,
+            "port": config.http.port,
+            "mcp_stateless": config.http.mcp_stateless,
+            "mcp_state_key": config.http.mcp_state_key.as_ref().map_or("(random per process)", |_| "(set)"),
+        },
+        "flows_dir": config.flow_dirs,
+        "plugin_dirs": config.plugin_dirs,
+        "enabled_flows": config.filter.enabled,
+        "disabled_flows": config.filter.disabled,
+        "llm": config.llm.models.iter().map(|(name, model)| (name.clone(), json!({
+            "model_name": model.model_name,
+            "params": model.params,
+            "base_url": model.base_url,
+            "api_key": model.api_key.as_ref().map(|_| "(set)"),
+            "max_retries": model.max_retries,
+            "timeouts_s": {
+                "connect": model.timeouts.connect.as_secs_f64(),
+                "first_token": model.timeouts.first_token.as_secs_f64(),
+                "idle": model.timeouts.idle.as_secs_f64(),
+                "total": model.timeouts.total.as_secs_f64(),
+            },
+        }))).collect::<Map<String, Value>>(),
+        "watch": config.watch,
+        "debounce_ms": config.debounce.as_millis() as u64,
+        "max_op_threads": config.max_op_threads,
+        "ops": {
+            "max_concurrency": config.max_concurrency,
+            "max_queue": config.max_queue,
+            "isolation": config.isolation.default,
+            "max_workers": config.max_workers,
+            "inline": config.isolation.inline,
+        },
+        "cache": {"dir": config.cache_dir},
+        "runs": {
+            "retention": config.http.runs.keep.as_secs_f64(),
+            "max_runs": config.http.runs.max_runs,
+            "max_bytes": config.http.runs.max_bytes,
+        },
+        "plugins": config.isolation.plugins.iter()
+            .map(|(name, isolation)| (name.clone(), json!({"isolation": isolation})))
+            .collect::<Map<String, Value>>(),
+    });
+    print(&serde_json::to_string_pretty(&value).unwrap_or_default())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn new_op(request: crate::app::scaffold::Request) -> Result<ExitCode, String> {
+    let cwd = std::env::current_dir().map_err(|e| format!("no current folder: {e}"))?;
+    let written = crate::app::scaffold::new_op(&request, &cwd)?;
+    for path in &written {
+        print(&format!("wrote {}", path.display()))?;
+    }
+    let plugin = request.plugin.clone().unwrap_or_else(|| {
+        written
+            .iter()
+            .find(|p| {
+                p.ends_with("Cargo.toml") && p.parent().is_some_and(|d| d.join("src").exists())
+            })
+            .and_then(|p| p.parent()?.file_name()?.to_str().map(str::to_string))
+            .unwrap_or_default()
+    });
+    eprintln!(
+        "next: cargo test -p {plugin} && cargo build --workspace, then flowhost serve (a rebuild while it runs goes live)"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds the request body from `--input` and `key=value` fields (fields win).
+pub fn input_object(input: Option<&str>, fields: &[String]) -> Result<Map<String, Value>, String> {
+    let mut object = match input {
+        None => Map::new(),
+        Some(text) => match serde_json::from_str(text) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => {
+                return Err("--input must be a JSON object such as '{\"query\": \"hi\"}'".into())
+            }
+            Err(err) => return Err(format!("--input is not valid JSON: {err}")),
+        },
+    };
+    for field in fields {
+        let Some((key, value)) = field.split_once('=') else {
+            return Err(format!(
+                "input field `{field}` is not key=value (for example query=hello)"
+            ));
+        };
+        object.insert(key.to_string(), config::typed_value(value));
+    }
+    Ok(object)
+}
+
+pub(super) fn run_flow(
+    config: &Config,
+    name: &str,
+    input: Option<&str>,
+    fields: &[String],
+) -> Result<ExitCode, String> {
+    let input = input_object(input, fields)?;
+    let catalog = Arc::new(load_catalog(config));
+    let snapshot = catalog.snapshot();
+    let Some(entry) = snapshot.get(name) else {
+        let known: Vec<&str> = snapshot.flows.keys().map(String::as_str).collect();
+        return Err(format!(
+            "no flow named `{name}` in {} (flows: {})",
+            display_dirs(&config.flow_dirs),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ));
+    };
+    let Some(flow) = entry.flow.clone() else {
+        let reason = entry
+            .error
+            .as_ref()
+            .map_or("unknown error".to_string(), |d| d.to_string());
+        return Err(format!("flow `{name}` is broken: {reason}"));
+    };
+    let input = flow.check_input(input).map_err(|problems| {
+        let lines: Vec<String> = problems
+            .iter()
+            .map(|(field, message)| format!("  {field}: {message}"))
+            .collect();
+        format!("invalid input for flow `{name}`:\n{}", lines.join("\n"))
+    })?;
+    let runtime = runtime(config)?;
+    let options = run_options_with_flows(config, &catalog);
+    let outcome = runtime.block_on(stream_to_stdout(flow, input, options))?;
+    let mut summary = json!({
+        "flow_id": outcome.flow_id,
+        "answer": outcome.answer,
+        "success": outcome.success(),
+        "error": outcome.error,
+    });
+    if !outcome.failed_ops.is_empty() {
+        summary["failed_ops"] = Value::Array(outcome.failed_ops.clone());
+    }
+    print(&summary.to_string())?;
+    Ok(if outcome.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn stream_to_stdout(
+    flow: Arc<crate::plan::Flow>,
+    input: Map<String, Value>,
+    options: exec::Options,
+) -> Result<exec::Outcome, String> {
+    let mut run = exec::start(flow, input, &options);
+    let mut batch = Vec::new();
+    let mut line = String::new();
+    let stdout = std::io::stdout();
+    while run.next_batch(&mut batch).await {
+        line.clear();
+        for chunk in batch.drain(..) {
+            chunk.write_json(&run.flow_id, &mut line);
+            line.push('\n');
+        }
+        let mut out = stdout.lock();
+        // A closed pipe (`| head`) ends the run like a disconnected client.
+        if out
+            .write_all(line.as_bytes())
+            .and_then(|_| out.flush())
+            .is_err()
+        {
+            return Err("stdout closed; run cancelled".into());
+        }
+    }
+    Ok(run.finish().await)
+}

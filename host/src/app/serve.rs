@@ -1,0 +1,125 @@
+//! Wiring: what `serve` and the one-shot commands start from. Builds the runtime, loads the
+//! catalog, sets the process-wide settings (worker pool size, the op cache's files, MCP's
+//! state key, claiming stdout in stdio mode), and hands a catalog and run options to a
+//! transport.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::app::config::{self, Config};
+use crate::catalog::Catalog;
+use crate::exec;
+
+pub(super) fn load_catalog(config: &Config) -> Catalog {
+    Catalog::load(
+        config.flow_dirs.clone(),
+        config.plugin_dirs.clone(),
+        config.filter.clone(),
+    )
+}
+
+/// A runtime for one-shot commands, with the same op thread bound as the server.
+pub fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.backend == config::Backend::Stdio {
+        // One stdio connection: its protocol work fits one thread, and hops between worker
+        // threads cost more than the work. Multi-threaded all the same, so that fast ops can
+        // run inline and hand the runtime on when they wait (`ops::Speed`).
+        builder.worker_threads(1);
+    }
+    builder
+        .enable_all()
+        .max_blocking_threads(config.max_op_threads)
+        .build()
+        .map_err(|err| format!("cannot start the async runtime: {err}"))
+}
+
+/// What every run starts with: the LLM service from the configuration.
+pub(super) fn run_options(config: &Config) -> exec::Options {
+    crate::exec::worker::set_max_workers(config.max_workers);
+    crate::exec::cache::set_files(config.cache_dir.clone().map(|dir| {
+        Box::new(crate::app::cache_files::Folder::new(dir))
+            as Box<dyn crate::exec::cache::CacheFiles>
+    }));
+    exec::Options {
+        llm: Some(Arc::new(crate::llm::Service::new(config.llm.clone()))),
+        admission: crate::exec::admission::Global::new(config.max_concurrency, config.max_queue),
+        isolation: Arc::new(config.isolation.clone()),
+        ..exec::Options::default()
+    }
+}
+
+/// Run options that can run other flows (`FlowOp`) from `catalog`.
+pub(super) fn run_options_with_flows(
+    config: &Config,
+    catalog: &Arc<crate::catalog::Catalog>,
+) -> exec::Options {
+    exec::Options {
+        flows: Some(catalog.lookup()),
+        ..run_options(config)
+    }
+}
+
+pub(super) fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
+    if let Some(key) = &config.http.mcp_state_key {
+        crate::transport::mcp::set_state_key(key)?;
+    }
+    if config.backend == config::Backend::Stdio {
+        // Before any plugin is loaded: stray prints must never reach the protocol stream.
+        crate::transport::mcp::claim_stdout()?;
+    }
+    let mut config = config.clone();
+    let dev = if dev {
+        let plan = crate::app::dev::plan(Path::new("plugins"))?;
+        // Where the builds land must be a plugin folder.
+        let known = config
+            .plugin_dirs
+            .iter()
+            .any(|dir| dir.canonicalize().ok().as_deref() == Some(plan.out_dir.as_path()));
+        if !known {
+            config.plugin_dirs.push(plan.out_dir.clone());
+        }
+        // A rebuilt library only goes live through the plugin watcher.
+        config.watch = true;
+        Some(plan)
+    } else {
+        None
+    };
+    let config = &config;
+    let runtime = runtime(config)?;
+    runtime.block_on(async {
+        let catalog = Arc::new(load_catalog(config));
+        let _watching = if config.watch {
+            Some(crate::catalog::watch::start(
+                catalog.clone(),
+                config.debounce,
+            )?)
+        } else {
+            None
+        };
+        let _dev = dev.map(crate::app::dev::start).transpose()?;
+        match config.backend {
+            config::Backend::Http => {
+                let options = run_options_with_flows(config, &catalog);
+                crate::transport::http::serve(catalog, config.http.clone(), options).await
+            }
+            config::Backend::Stdio => {
+                let snapshot = catalog.snapshot();
+                tracing::info!(
+                    "flowhost {} serving MCP on stdio: {} tools",
+                    env!("CARGO_PKG_VERSION"),
+                    snapshot.live().count()
+                );
+                drop(snapshot);
+                let max_line = crate::transport::mcp::MAX_LINE_BYTES;
+                let options = run_options_with_flows(config, &catalog);
+                crate::transport::mcp::serve_stdio(catalog, options, max_line).await
+            }
+        }
+    })?;
+    // The stdio session ends when stdin closes; op threads still sleeping must not hold the
+    // process open.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    Ok(ExitCode::SUCCESS)
+}

@@ -655,7 +655,7 @@ fn save_to_served(bin_dir: &Path) -> Value {
         vec![bin_dir.to_path_buf()],
         Filter::default(),
     ));
-    let _watching = flowhost::watch::start(catalog.clone(), debounce).expect("watcher");
+    let _watching = flowhost::catalog::watch::start(catalog.clone(), debounce).expect("watcher");
     let mut times = Vec::new();
     for round in 1..=20 {
         std::thread::sleep(Duration::from_millis(120));

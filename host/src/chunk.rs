@@ -10,7 +10,7 @@ pub use crate::ops::ChunkKind;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Chunk {
     pub kind: ChunkKind,
-    pub json: bool,
+    pub(crate) json: bool,
     pub op: &'static str,
     pub text: String,
     /// An `error` chunk of an op whose failure the flow tolerates (`raise_exception=False`):
@@ -19,7 +19,7 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    pub fn text(kind: ChunkKind, op: &'static str, text: impl Into<String>) -> Chunk {
+    pub(crate) fn text(kind: ChunkKind, op: &'static str, text: impl Into<String>) -> Chunk {
         Chunk {
             kind,
             json: false,
@@ -29,12 +29,12 @@ impl Chunk {
         }
     }
 
-    pub fn error(op: &'static str, message: impl Into<String>) -> Chunk {
+    pub(crate) fn error(op: &'static str, message: impl Into<String>) -> Chunk {
         Chunk::text(ChunkKind::Error, op, message)
     }
 
     /// The chunk content as a JSON value (a string, or the parsed JSON).
-    pub fn content(&self) -> serde_json::Value {
+    pub(crate) fn content(&self) -> serde_json::Value {
         if self.json {
             serde_json::from_str(&self.text)
                 .unwrap_or_else(|_| serde_json::Value::String(self.text.clone()))
@@ -66,7 +66,7 @@ impl Chunk {
 }
 
 /// Appends `s` as a JSON string literal.
-pub fn push_json_str(out: &mut String, s: &str) {
+pub(crate) fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {

@@ -1,21 +1,43 @@
 //! flowhost: a plugin host for LLM flows. The binary (`main.rs`) is glue over this library:
 //! `app` turns arguments into a configuration and runs commands, `catalog` serves snapshots of
-//! flows compiled (`lang`) against the `ops` registry, and `exec` runs a flow into a stream of
-//! chunks that `transport` drives to clients. See ARCHITECTURE.md for the map and its
-//! invariants.
+//! flows compiled (`lang`) against the `ops` registry into a `plan`, and `exec` runs a flow into
+//! a stream of chunks that `transport` drives to clients. See ARCHITECTURE.md for the map, the
+//! parts' arrows and the invariants.
+//!
+//! The public API is what the binary, the integration tests and the benchmark use: loading and
+//! watching a catalog, running a flow, the chunk, the LLM service, the plugin registry, and
+//! the parsers of outside input (for the fuzz tests). Everything else is `pub(crate)`, and
+//! `unreachable_pub` keeps it that way, so the compiler reports dead code.
 
-pub mod app;
+#![deny(unreachable_pub)]
+
+mod app;
 pub mod catalog;
 pub mod chunk;
 pub mod exec;
-pub mod lang;
+mod lang;
 pub mod llm;
-pub mod metrics;
+mod metrics;
 pub mod ops;
-pub mod plan;
-pub mod transport;
-pub mod util;
+mod plan;
+mod transport;
+mod util;
 
-pub use app::cli;
-pub use catalog::watch;
-pub use lang::expr;
+pub use app::cli::{default_log_filter, run, Cli, LogFormat};
+pub use transport::http::ROUTES as HTTP_ROUTES;
+
+/// The parsers of outside input, for the fuzz tests: `flow_content`, a flow file, an HTTP
+/// request body, an MCP stdio line.
+pub mod parse {
+    pub use crate::lang::parse_file as flow_file;
+    pub use crate::lang::{Diagnostic, FileFlows};
+    pub use crate::transport::http::{parse_body as http_body, ApiError};
+    pub use crate::transport::mcp::{classify_line as mcp_line, Line as McpLine};
+
+    /// Parses a `flow_content` expression; the error as a user reads it.
+    pub fn flow_content(source: &str) -> Result<(), String> {
+        crate::lang::expr::parse(source)
+            .map(|_| ())
+            .map_err(|err| err.to_string())
+    }
+}

@@ -109,10 +109,6 @@ impl Service {
         Service { config, client }
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     fn model(&self, name: &str) -> Result<(&Model, &str, &str), Error> {
         let Some(model) = self.config.models.get(name) else {
             let known: Vec<&str> = self.config.models.keys().map(String::as_str).collect();
@@ -471,7 +467,7 @@ impl Accumulated {
 
 /// 0.5 s, 1 s, 2 s, ... up to 20 s, each ±25% so clients that failed together do not retry
 /// together.
-pub fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let base = 0.5 * 2f64.powi(attempt.min(6) as i32);
     let jitter = 0.75 + fastrand::f64() * 0.5;
     Duration::from_secs_f64((base * jitter).min(20.0))

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use flowhost::app::cli::{self, Cli, LogFormat};
+use flowhost::{Cli, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         .log
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| cli::default_log_filter(&cli.command).to_string());
+        .unwrap_or_else(|| flowhost::default_log_filter(&cli.command).to_string());
     // stdout belongs to the command's output (and to the protocol in stdio mode). Colour only
     // for a person at a terminal: log files and shippers get plain text.
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
@@ -24,5 +24,5 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.with_ansi(colour).init(),
         LogFormat::Json => logs.json().with_ansi(false).init(),
     }
-    cli::run(cli)
+    flowhost::run(cli)
 }

@@ -5,34 +5,34 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-pub const REQUESTS: &str = "flowhost_http_requests_total";
-pub const ACTIVE_STREAMS: &str = "flowhost_active_streams";
-pub const CHUNKS: &str = "flowhost_chunks_total";
-pub const FIRST_CHUNK: &str = "flowhost_first_chunk_seconds";
-pub const FLOW_ERRORS: &str = "flowhost_flow_errors_total";
-pub const CANCELLATIONS: &str = "flowhost_cancellations_total";
-pub const RELOADS: &str = "flowhost_reloads_total";
-pub const OPS_RUNNING: &str = "flowhost_ops_running";
-pub const LOGS_DROPPED: &str = "flowhost_op_logs_dropped_total";
-pub const RUNS_QUEUED: &str = "flowhost_runs_queued";
-pub const WORKERS: &str = "flowhost_workers";
-pub const WORKER_CRASHES: &str = "flowhost_worker_crashes_total";
-pub const RUNS_REJECTED: &str = "flowhost_runs_rejected_total";
-pub const CACHE_HITS: &str = "flowhost_op_cache_hits_total";
-pub const CACHE_MISSES: &str = "flowhost_op_cache_misses_total";
-pub const OP_RETRIES: &str = "flowhost_op_retries_total";
-pub const OP_FAILURES_TOLERATED: &str = "flowhost_op_failures_tolerated_total";
+pub(crate) const REQUESTS: &str = "flowhost_http_requests_total";
+pub(crate) const ACTIVE_STREAMS: &str = "flowhost_active_streams";
+pub(crate) const CHUNKS: &str = "flowhost_chunks_total";
+pub(crate) const FIRST_CHUNK: &str = "flowhost_first_chunk_seconds";
+pub(crate) const FLOW_ERRORS: &str = "flowhost_flow_errors_total";
+pub(crate) const CANCELLATIONS: &str = "flowhost_cancellations_total";
+pub(crate) const RELOADS: &str = "flowhost_reloads_total";
+pub(crate) const OPS_RUNNING: &str = "flowhost_ops_running";
+pub(crate) const LOGS_DROPPED: &str = "flowhost_op_logs_dropped_total";
+pub(crate) const RUNS_QUEUED: &str = "flowhost_runs_queued";
+pub(crate) const WORKERS: &str = "flowhost_workers";
+pub(crate) const WORKER_CRASHES: &str = "flowhost_worker_crashes_total";
+pub(crate) const RUNS_REJECTED: &str = "flowhost_runs_rejected_total";
+pub(crate) const CACHE_HITS: &str = "flowhost_op_cache_hits_total";
+pub(crate) const CACHE_MISSES: &str = "flowhost_op_cache_misses_total";
+pub(crate) const OP_RETRIES: &str = "flowhost_op_retries_total";
+pub(crate) const OP_FAILURES_TOLERATED: &str = "flowhost_op_failures_tolerated_total";
 /// Always 1; its labels carry the served flow and plugin set hashes.
-pub const SERVED_INFO: &str = "flowhost_served_info";
+pub(crate) const SERVED_INFO: &str = "flowhost_served_info";
 
 /// The `flowhost_ops_running` gauge, looked up once (op calls are the hot path).
-pub fn ops_running() -> &'static metrics::Gauge {
+pub(crate) fn ops_running() -> &'static metrics::Gauge {
     static GAUGE: OnceLock<metrics::Gauge> = OnceLock::new();
     GAUGE.get_or_init(|| metrics::gauge!(OPS_RUNNING))
 }
 
 /// Installs the recorder once per process and returns the handle that renders `/metrics`.
-pub fn handle() -> Option<PrometheusHandle> {
+pub(crate) fn handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {

@@ -16,18 +16,18 @@ use crate::ops::OpHandle;
 #[derive(Debug)]
 pub struct Flow {
     /// The flow's name, interned once here so runs can tag chunks without a lookup.
-    pub name: &'static str,
-    pub spec: Arc<Spec>,
-    pub root: Node,
-    pub validator: Arc<jsonschema::Validator>,
+    pub(crate) name: &'static str,
+    pub(crate) spec: Arc<Spec>,
+    pub(crate) root: Node,
+    pub(crate) validator: Arc<jsonschema::Validator>,
     /// The `output_schema` check, when the flow declares one.
-    pub output_validator: Option<Arc<jsonschema::Validator>>,
+    pub(crate) output_validator: Option<Arc<jsonschema::Validator>>,
 }
 
 impl Flow {
     /// Checks a request body against the input schema and hands it back; one message per
     /// problem, naming the field (`query: "query" is a required property`).
-    pub fn check_input(
+    pub(crate) fn check_input(
         &self,
         input: Map<String, Value>,
     ) -> Result<Map<String, Value>, Vec<(String, String)>> {
@@ -42,7 +42,7 @@ impl Flow {
     /// The structured output of an answer when the flow declares `output_schema`: the answer
     /// as a JSON object (a string answer is parsed as JSON), checked against the schema.
     /// `None` when the flow declares none.
-    pub fn structured_output(&self, answer: &Value) -> Option<Result<Value, String>> {
+    pub(crate) fn structured_output(&self, answer: &Value) -> Option<Result<Value, String>> {
         let validator = self.output_validator.as_ref()?;
         let value = match answer {
             Value::String(text) => match serde_json::from_str::<Value>(text.trim()) {
@@ -106,7 +106,7 @@ impl Flow {
 /// client that does not gets the result directly; `required`: clients without the extension
 /// are refused; `forbidden`: always answered directly.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum TaskSupport {
+pub(crate) enum TaskSupport {
     #[default]
     Optional,
     Required,
@@ -117,7 +117,7 @@ pub enum TaskSupport {
 /// the host down with.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Isolation {
+pub(crate) enum Isolation {
     #[default]
     InProcess,
     Process,
@@ -125,26 +125,26 @@ pub enum Isolation {
 
 /// Per-flow limits; `None` means unlimited.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Limits {
-    pub first_chunk_timeout: Option<Duration>,
-    pub idle_timeout: Option<Duration>,
-    pub total_timeout: Option<Duration>,
-    pub max_output_bytes: Option<u64>,
+pub(crate) struct Limits {
+    pub(crate) first_chunk_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) total_timeout: Option<Duration>,
+    pub(crate) max_output_bytes: Option<u64>,
     /// Runs of this flow at once (admission control); more wait in line.
-    pub max_concurrency: Option<usize>,
+    pub(crate) max_concurrency: Option<usize>,
     /// Runs that may wait for a turn (default: `max_concurrency`); more are refused (503).
-    pub max_queue: Option<usize>,
+    pub(crate) max_queue: Option<usize>,
     /// Memory an isolated op's worker may allocate (MiB); past it the worker is stopped.
-    pub max_memory_mb: Option<u64>,
+    pub(crate) max_memory_mb: Option<u64>,
 }
 
 /// The longest timeout a flow or the configuration may set: a year. Longer is a typo, and
 /// would overflow deadline arithmetic.
-pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+pub(crate) const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 
 /// A compiled expression.
 #[derive(Debug)]
-pub enum Node {
+pub(crate) enum Node {
     Call(Step),
     Seq(Vec<Arc<Node>>),
     Par(Vec<Arc<Node>>),
@@ -154,17 +154,17 @@ pub enum Node {
 
 /// A reference to another flow (`FlowOp(flow="name")`).
 #[derive(Debug, Clone)]
-pub struct FlowRef {
-    pub name: String,
+pub(crate) struct FlowRef {
+    pub(crate) name: String,
     /// Where `FlowOp` stands in the source (1-based line and column), for cycle reports.
-    pub line: usize,
-    pub col: usize,
+    pub(crate) line: usize,
+    pub(crate) col: usize,
 }
 
 impl Node {
     /// The ops this node calls, in source order (sub-ops after their parent; `FlowOp(flow=x)`
     /// for a flow).
-    pub fn op_names(&self, out: &mut Vec<String>) {
+    pub(crate) fn op_names(&self, out: &mut Vec<String>) {
         match self {
             Node::Call(step) => {
                 out.push(step.op.name.to_string());
@@ -182,7 +182,7 @@ impl Node {
     }
 
     /// Every flow this node runs through `FlowOp`, sub-ops included.
-    pub fn flow_refs<'a>(&'a self, out: &mut Vec<&'a FlowRef>) {
+    pub(crate) fn flow_refs<'a>(&'a self, out: &mut Vec<&'a FlowRef>) {
         match self {
             Node::Call(step) => {
                 for sub in step.subs.iter() {
@@ -201,45 +201,45 @@ impl Node {
 
 /// One op call: the op, its JSON arguments, and what the host does around the call.
 #[derive(Debug)]
-pub struct Step {
-    pub op: Arc<OpHandle>,
-    pub args_json: Arc<str>,
-    pub policy: Policy,
+pub(crate) struct Step {
+    pub(crate) op: Arc<OpHandle>,
+    pub(crate) args_json: Arc<str>,
+    pub(crate) policy: Policy,
     /// Sub-ops attached with `<<`: what the op may call (an agent's tools).
-    pub subs: Arc<[SubStep]>,
+    pub(crate) subs: Arc<[SubStep]>,
 }
 
 /// A sub-op as its parent sees it: a tool with a name, a description and an input schema.
 /// A `FlowOp` sub-op takes its description and schema from its flow when called.
 #[derive(Debug)]
-pub struct SubStep {
-    pub name: String,
-    pub description: String,
+pub(crate) struct SubStep {
+    pub(crate) name: String,
+    pub(crate) description: String,
     /// JSON Schema of the arguments the parent calls it with (they become its context).
-    pub input_schema: serde_json::Value,
+    pub(crate) input_schema: serde_json::Value,
     /// One op call, or `FlowOp`.
-    pub node: Node,
+    pub(crate) node: Node,
 }
 
 impl Step {
     /// The name the call goes by in chunks, logs and errors (`name=`, else the op's).
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         self.policy.name.unwrap_or(self.op.name)
     }
 }
 
 /// FlowLLM's keywords every op takes, handled by the host and not passed to the op.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// `max_retries`, FlowLLM's meaning: calls in all (1: no retry). Only a call that failed
     /// before it emitted anything is made again.
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     /// `raise_exception=False`: a failure is recorded and the flow goes on.
-    pub tolerate_failure: bool,
+    pub(crate) tolerate_failure: bool,
     /// `enable_cache=True`: how long an answer is reused (`cache_expire_hours`, default 0.1).
-    pub cache_ttl: Option<Duration>,
+    pub(crate) cache_ttl: Option<Duration>,
     /// `name=`: what the call is called in chunks, logs and errors.
-    pub name: Option<&'static str>,
+    pub(crate) name: Option<&'static str>,
 }
 
 impl Default for Policy {
@@ -255,7 +255,7 @@ impl Default for Policy {
 
 /// The keywords [`Policy`] takes out of an op call's arguments (the compiler takes them in
 /// this order).
-pub const POLICY_KEYWORDS: [&str; 5] = [
+pub(crate) const POLICY_KEYWORDS: [&str; 5] = [
     "max_retries",
     "raise_exception",
     "enable_cache",

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 
 /// A folder of cache files: `<name>.json`, written as `<name>.tmp` and renamed into place so a
 /// reader never sees half a file.
-pub struct Folder {
+pub(crate) struct Folder {
     dir: PathBuf,
 }
 
 impl Folder {
-    pub fn new(dir: PathBuf) -> Folder {
+    pub(crate) fn new(dir: PathBuf) -> Folder {
         Folder { dir }
     }
 

@@ -137,19 +137,19 @@ pub enum Transport {
 pub struct Common {
     /// Config file (default: ./flowhost.yaml if present).
     #[arg(long, short = 'c')]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Flow folder (repeatable; default: ./flows).
     #[arg(long = "flows", value_name = "DIR")]
-    pub flows: Vec<PathBuf>,
+    pub(crate) flows: Vec<PathBuf>,
     /// Extra plugin folder (repeatable); the folder of the flowhost binary is always searched.
     #[arg(long = "plugins", value_name = "DIR")]
-    pub plugins: Vec<PathBuf>,
+    pub(crate) plugins: Vec<PathBuf>,
     /// Do not load plugins from the folder of the flowhost binary.
     #[arg(long)]
-    pub no_default_plugins: bool,
+    pub(crate) no_default_plugins: bool,
     /// A config override key=value (repeatable), as FlowLLM's command line takes them.
     #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
+    pub(crate) set: Vec<String>,
 }
 
 impl Common {

@@ -200,7 +200,10 @@ pub(super) fn new_op(request: crate::app::scaffold::Request) -> Result<ExitCode,
 }
 
 /// Builds the request body from `--input` and `key=value` fields (fields win).
-pub fn input_object(input: Option<&str>, fields: &[String]) -> Result<Map<String, Value>, String> {
+pub(crate) fn input_object(
+    input: Option<&str>,
+    fields: &[String],
+) -> Result<Map<String, Value>, String> {
     let mut object = match input {
         None => Map::new(),
         Some(text) => match serde_json::from_str(text) {

@@ -16,26 +16,26 @@ use serde_json::Value;
 
 /// A plugin crate of the workspace: its package name and folder.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Crate {
-    pub name: String,
-    pub dir: PathBuf,
+pub(crate) struct Crate {
+    pub(crate) name: String,
+    pub(crate) dir: PathBuf,
 }
 
 /// What `--dev` needs to know before the host loads plugins.
 #[derive(Debug)]
-pub struct Plan {
-    pub crates: Vec<Crate>,
+pub(crate) struct Plan {
+    pub(crate) crates: Vec<Crate>,
     /// Where cargo puts the libraries of `profile` (add it to the plugin folders).
-    pub out_dir: PathBuf,
+    pub(crate) out_dir: PathBuf,
     /// The cargo profile to build with: the one the running binary came from, so the rebuilt
     /// library lands beside it (its folder is a default plugin folder).
-    pub profile: String,
-    pub workspace: PathBuf,
+    pub(crate) profile: String,
+    pub(crate) workspace: PathBuf,
 }
 
 /// Finds the plugin crates under `crates_dir` (packages with a `cdylib` target, per `cargo
 /// metadata`) and the profile to build them with.
-pub fn plan(crates_dir: &Path) -> Result<Plan, String> {
+pub(crate) fn plan(crates_dir: &Path) -> Result<Plan, String> {
     let crates_dir = crates_dir.canonicalize().map_err(|err| {
         format!(
             "--dev: no plugin crate folder {} ({err}); run from the workspace root",
@@ -117,13 +117,13 @@ fn cargo() -> String {
 }
 
 /// Keeps the source watcher and the builder alive; dropping it stops both.
-pub struct Dev {
+pub(crate) struct Dev {
     _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
 }
 
 /// Starts watching the crates' sources; a change builds the crates it touched, one build at
 /// a time (changes during a build are built right after it).
-pub fn start(plan: Plan) -> Result<Dev, String> {
+pub(crate) fn start(plan: Plan) -> Result<Dev, String> {
     let (tx, rx) = mpsc::channel::<BTreeSet<String>>();
     let crates = plan.crates.clone();
     let mut debouncer = new_debouncer(

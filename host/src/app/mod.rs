@@ -1,10 +1,10 @@
 //! The application: the command line, its commands, the configuration they assemble, and the
 //! wiring of `serve`. The only part that sees every other part.
 
-pub mod cache_files;
-pub mod cli;
+pub(crate) mod cache_files;
+pub(crate) mod cli;
 mod commands;
-pub mod config;
-pub mod dev;
-pub mod scaffold;
+pub(crate) mod config;
+pub(crate) mod dev;
+pub(crate) mod scaffold;
 mod serve;

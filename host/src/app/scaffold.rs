@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 
 /// What to create.
 #[derive(Clone, Debug)]
-pub struct Request {
+pub(crate) struct Request {
     /// `ShoutOp`: CamelCase, ending in `Op`.
-    pub op: String,
+    pub(crate) op: String,
     /// The plugin crate's name (`op-shout` when not given).
-    pub plugin: Option<String>,
+    pub(crate) plugin: Option<String>,
     /// Where plugin crates live, relative to the workspace root (`plugins`).
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// The flow folder the sample flow goes to (`flows`).
-    pub flows: PathBuf,
+    pub(crate) flows: PathBuf,
 }
 
 /// `ShoutOp` → `shout`, `HTTPFetchOp` → `http_fetch`.
@@ -67,7 +67,7 @@ fn workspace_root(start: &Path) -> Result<PathBuf, String> {
 }
 
 /// Creates the op; returns the files written.
-pub fn new_op(request: &Request, cwd: &Path) -> Result<Vec<PathBuf>, String> {
+pub(crate) fn new_op(request: &Request, cwd: &Path) -> Result<Vec<PathBuf>, String> {
     check_name(&request.op)?;
     let op = &request.op;
     let module = snake(op);
@@ -227,7 +227,7 @@ use op_sdk::{{Args, ChunkKind, Context, Error, Op}};
 use serde_json::{{json, Value}};
 
 /// Answers with the request's `query`, upper-cased, followed by `suffix`.
-pub struct {op} {{
+pub(crate) struct {op} {{
     suffix: String,
 }}
 

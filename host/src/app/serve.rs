@@ -20,7 +20,7 @@ pub(super) fn load_catalog(config: &Config) -> Catalog {
 }
 
 /// A runtime for one-shot commands, with the same op thread bound as the server.
-pub fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, String> {
+pub(crate) fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, String> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.backend == config::Backend::Stdio {
         // One stdio connection: its protocol work fits one thread, and hops between worker

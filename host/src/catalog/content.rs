@@ -11,11 +11,11 @@ use crate::catalog::Snapshot;
 use crate::ops::Library;
 
 /// The URI scheme of flow resources.
-pub const FLOW_SCHEME: &str = "flow://";
+pub(crate) const FLOW_SCHEME: &str = "flow://";
 
 /// Why a read or prompt request failed.
 #[derive(Debug, PartialEq)]
-pub enum ContentError {
+pub(crate) enum ContentError {
     /// No resource or prompt by that name (MCP: resource not found / invalid params).
     NotFound(String),
     /// Bad arguments (a required prompt argument missing).
@@ -48,7 +48,7 @@ impl std::fmt::Display for ContentError {
 /// plugin that offers it under `_meta.plugin` (flows under `flowhost`). Resources and prompts
 /// are ordered by URI / name, so lists are the same on every replica; when two plugins offer
 /// the same URI or prompt name, the plugin whose name sorts first serves it.
-pub fn list(snapshot: &Snapshot) -> Value {
+pub(crate) fn list(snapshot: &Snapshot) -> Value {
     let mut resources: Vec<Value> = Vec::new();
     let mut templates: Vec<Value> = Vec::new();
     let mut prompts: Vec<Value> = Vec::new();
@@ -139,7 +139,7 @@ fn reader<'a>(snapshot: &'a Snapshot, uri: &'a str) -> Option<Reader<'a>> {
 
 /// A fingerprint of what reading `uri` would give, to tell subscribers when it changed: the
 /// flow's definition and status, or the serving plugin's build. `None`: nothing serves it.
-pub fn fingerprint(snapshot: &Snapshot, uri: &str) -> Option<String> {
+pub(crate) fn fingerprint(snapshot: &Snapshot, uri: &str) -> Option<String> {
     match reader(snapshot, uri)? {
         Reader::Flow(name) => Some(flow_resource(snapshot, name)?.to_string()),
         Reader::Plugin(library) => Some(format!("{}:{:016x}", library.plugin_name, library.hash)),
@@ -147,7 +147,7 @@ pub fn fingerprint(snapshot: &Snapshot, uri: &str) -> Option<String> {
 }
 
 /// Reads one resource: MCP's `contents` array. Blocks while a plugin reads.
-pub fn read(snapshot: &Snapshot, uri: &str) -> Result<Vec<Value>, ContentError> {
+pub(crate) fn read(snapshot: &Snapshot, uri: &str) -> Result<Vec<Value>, ContentError> {
     let not_found = || {
         ContentError::NotFound(format!(
             "no resource `{uri}`: resources/list (GET /resources) names the resources, resources/templates/list the templates"
@@ -209,7 +209,7 @@ fn flow_resource(snapshot: &Snapshot, name: &str) -> Option<Value> {
 
 /// One prompt's messages (MCP `GetPromptResult`). Blocks while the plugin builds them.
 /// `answers`: what the client answered to the prompt's questions so far (2026-07-28).
-pub fn prompt(
+pub(crate) fn prompt(
     snapshot: &Snapshot,
     name: &str,
     arguments: &Map<String, Value>,
@@ -269,7 +269,7 @@ pub fn prompt(
 
 /// Whether `uri` matches an RFC 6570 template of simple (`{var}`: no `/`) and reserved
 /// (`{+var}`: anything) expressions; other operators match like reserved ones.
-pub fn matches_template(template: &str, uri: &str) -> bool {
+pub(crate) fn matches_template(template: &str, uri: &str) -> bool {
     // Literal pieces alternate with variables: "a{x}b{+y}" → ["a", x, "b", +y, ""].
     let mut pieces: Vec<(&str, bool)> = Vec::new(); // (literal that follows, var may hold '/')
     let mut rest = template;

@@ -2,9 +2,11 @@
 //! the op registry) behind an `ArcSwap`, and rebuilds it when flow files or plugins change.
 //! Knows nothing of transports or of how changes are noticed (`watch` calls [`Catalog::reload`]).
 
-pub mod content;
+pub(crate) mod content;
 pub mod watch;
 
+/// A flow as its file describes it (what `Entry::spec` holds).
+pub use crate::lang::Spec;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -12,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tokio::sync::watch as signal;
 
-use crate::lang::{self, Diagnostic, Severity, Spec};
+use crate::lang::{self, Diagnostic, Severity};
 use crate::ops::{Plugins, Registry};
 use crate::plan::Flow;
 
@@ -47,7 +49,7 @@ pub struct Snapshot {
     pub diagnostics: Vec<Diagnostic>,
     /// Some live flow has an input property with `x-mcp-header` (MCP's `Mcp-Param-*`
     /// headers then need checking); found once per reload, not per request.
-    pub mcp_param_headers: bool,
+    pub(crate) mcp_param_headers: bool,
 }
 
 impl Snapshot {
@@ -55,7 +57,7 @@ impl Snapshot {
         self.flows.get(name)
     }
 
-    pub fn live(&self) -> impl Iterator<Item = (&String, &Arc<Flow>)> {
+    pub(crate) fn live(&self) -> impl Iterator<Item = (&String, &Arc<Flow>)> {
         self.flows
             .iter()
             .filter_map(|(name, entry)| entry.flow.as_ref().map(|flow| (name, flow)))
@@ -63,7 +65,7 @@ impl Snapshot {
 
     /// Every flow with its status, and every error, as `flowhost flows --json` and `GET /flows`
     /// show them.
-    pub fn flows_json(&self) -> serde_json::Value {
+    pub(crate) fn flows_json(&self) -> serde_json::Value {
         let flows: Vec<serde_json::Value> = self
             .flows
             .iter()
@@ -86,7 +88,7 @@ impl Snapshot {
 
     /// A hash of the served flow set (each flow's name, status and definition, in name
     /// order), the same on every replica serving the same flows wherever their files live.
-    pub fn flows_hash(&self) -> String {
+    pub(crate) fn flows_hash(&self) -> String {
         let mut text = String::new();
         for (name, entry) in &self.flows {
             let spec = &entry.spec;
@@ -111,17 +113,17 @@ impl Snapshot {
     }
 
     /// Flow errors plus plugins that failed to load.
-    pub fn error_count(&self) -> usize {
+    pub(crate) fn error_count(&self) -> usize {
         self.errors().count() + self.registry.errors.len()
     }
 
     /// Ops served, counted across plugins.
-    pub fn op_count(&self) -> usize {
+    pub(crate) fn op_count(&self) -> usize {
         self.registry.ops.len()
     }
 
     /// The loaded plugins as `[{name, version, file}]`, for health pages.
-    pub fn plugins_json(&self) -> serde_json::Value {
+    pub(crate) fn plugins_json(&self) -> serde_json::Value {
         self.registry
             .libraries
             .iter()
@@ -134,12 +136,12 @@ impl Snapshot {
     }
 
     /// Ops, plugins and plugin errors as `GET /ops` shows them.
-    pub fn ops_json(&self) -> serde_json::Value {
+    pub(crate) fn ops_json(&self) -> serde_json::Value {
         self.registry.to_json()
     }
 
     /// What plugins are served (FNV-1a over their content hashes), the same in every replica.
-    pub fn plugins_hash(&self) -> String {
+    pub(crate) fn plugins_hash(&self) -> String {
         self.registry.plugins_hash()
     }
 }
@@ -147,8 +149,8 @@ impl Snapshot {
 /// Which flows to serve (FlowLLM's `enabled_flows` / `disabled_flows`).
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
-    pub enabled: Vec<String>,
-    pub disabled: Vec<String>,
+    pub(crate) enabled: Vec<String>,
+    pub(crate) disabled: Vec<String>,
 }
 
 impl Filter {
@@ -223,15 +225,15 @@ impl Catalog {
     }
 
     /// The generation counter, bumped on every reload that changed something.
-    pub fn subscribe(&self) -> signal::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> signal::Receiver<u64> {
         self.changes.subscribe()
     }
 
-    pub fn flow_dirs(&self) -> Vec<PathBuf> {
+    pub(crate) fn flow_dirs(&self) -> Vec<PathBuf> {
         self.lock().flow_dirs.clone()
     }
 
-    pub fn plugin_dirs(&self) -> Vec<PathBuf> {
+    pub(crate) fn plugin_dirs(&self) -> Vec<PathBuf> {
         self.lock().plugins.dirs().to_vec()
     }
 
@@ -240,7 +242,7 @@ impl Catalog {
     }
 
     /// Rescans flow files and/or plugin folders; publishes a new snapshot if anything changed.
-    pub fn reload(&self, flows: bool, plugins: bool) {
+    pub(crate) fn reload(&self, flows: bool, plugins: bool) {
         let started = std::time::Instant::now();
         let mut state = self.lock();
         let first = self.current.load().generation == 0;

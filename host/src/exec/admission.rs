@@ -75,7 +75,7 @@ pub struct Global {
 
 impl Global {
     /// `max_concurrency` runs of any flows at once, `max_queue` more waiting; `None`: no limit.
-    pub fn new(max_concurrency: Option<usize>, max_queue: usize) -> Global {
+    pub(crate) fn new(max_concurrency: Option<usize>, max_queue: usize) -> Global {
         Global {
             gate: max_concurrency.map(|n| Arc::new(Gate::new(n.max(1), max_queue))),
         }
@@ -84,18 +84,18 @@ impl Global {
 
 /// Held by a run while it runs; dropping it frees the slots.
 #[derive(Debug)]
-pub struct Permit {
+pub(crate) struct Permit {
     _flow: Option<OwnedSemaphorePermit>,
     _global: Option<OwnedSemaphorePermit>,
 }
 
 /// A run refused because its flow (or the host) is at its limit and the line is full.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Busy {
-    pub flow: String,
-    pub message: String,
+pub(crate) struct Busy {
+    pub(crate) flow: String,
+    pub(crate) message: String,
     /// Seconds a client should wait before retrying.
-    pub retry_after: u64,
+    pub(crate) retry_after: u64,
 }
 
 impl std::fmt::Display for Busy {
@@ -127,7 +127,7 @@ fn flow_gate(flow: &Flow) -> Option<Arc<Gate>> {
 
 /// Waits for a turn to run `flow` (its own limit, then the global one), or refuses at once
 /// when a line is full.
-pub async fn admit(flow: &Flow, global: &Global) -> Result<Permit, Busy> {
+pub(crate) async fn admit(flow: &Flow, global: &Global) -> Result<Permit, Busy> {
     let refuse = |message: String| {
         metrics::counter!(m::RUNS_REJECTED, "flow" => flow.name).increment(1);
         tracing::warn!(flow = flow.name, "{message}");

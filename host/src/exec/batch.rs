@@ -31,7 +31,7 @@ struct Shared {
 
 /// The byte bound of a run's buffer: past it producers wait, whatever the chunk count (one
 /// chunk larger than this still passes when the buffer is empty).
-pub const CAPACITY_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const CAPACITY_BYTES: usize = 4 * 1024 * 1024;
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -44,22 +44,22 @@ impl Shared {
 }
 
 /// The producing side; clone it for parallel branches.
-pub struct Sender {
+pub(crate) struct Sender {
     shared: Arc<Shared>,
 }
 
 /// The consuming side.
-pub struct Receiver {
+pub(crate) struct Receiver {
     shared: Arc<Shared>,
 }
 
 /// A channel holding at most `capacity` chunks (and [`CAPACITY_BYTES`] of text) between
 /// producers and the consumer.
-pub fn channel(capacity: usize) -> (Sender, Receiver) {
+pub(crate) fn channel(capacity: usize) -> (Sender, Receiver) {
     channel_with_bytes(capacity, CAPACITY_BYTES)
 }
 
-pub fn channel_with_bytes(capacity: usize, capacity_bytes: usize) -> (Sender, Receiver) {
+pub(crate) fn channel_with_bytes(capacity: usize, capacity_bytes: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             // Grows to what the stream needs; the two sides then trade the same two buffers.
@@ -84,12 +84,12 @@ pub fn channel_with_bytes(capacity: usize, capacity_bytes: usize) -> (Sender, Re
 impl Sender {
     /// Pushes a chunk, blocking while the buffer is full. Returns `false` when the receiver is
     /// gone or `cancel` fires: the producer should stop.
-    pub fn push(&self, chunk: Chunk, cancel: &CancellationToken) -> bool {
+    pub(crate) fn push(&self, chunk: Chunk, cancel: &CancellationToken) -> bool {
         self.push_inner(chunk, cancel, true).unwrap_or(false)
     }
 
     /// Pushes a chunk if there is room now; gives it back (`Err`) when the buffer is full.
-    pub fn try_push(&self, chunk: Chunk, cancel: &CancellationToken) -> Result<bool, Chunk> {
+    pub(crate) fn try_push(&self, chunk: Chunk, cancel: &CancellationToken) -> Result<bool, Chunk> {
         self.push_inner(chunk, cancel, false)
     }
 
@@ -137,7 +137,7 @@ impl Sender {
 impl Sender {
     /// Pushes a last chunk without waiting for room (the run's closing error), so async code
     /// never blocks on a slow reader.
-    pub fn push_final(&self, chunk: Chunk) {
+    pub(crate) fn push_final(&self, chunk: Chunk) {
         let mut state = self.shared.lock();
         if state.receiver_gone {
             return;
@@ -177,7 +177,7 @@ impl Drop for Sender {
 impl Receiver {
     /// Waits for chunks and moves all of them into `out` (which should be empty). Returns
     /// `false` once every sender is gone and nothing is left.
-    pub async fn recv_batch(&mut self, out: &mut Vec<Chunk>) -> bool {
+    pub(crate) async fn recv_batch(&mut self, out: &mut Vec<Chunk>) -> bool {
         loop {
             {
                 let mut state = self.shared.lock();

@@ -15,23 +15,23 @@ use serde_json::{Map, Value};
 use crate::chunk::{Chunk, ChunkKind};
 
 /// Entries kept at most.
-pub const MAX_ENTRIES: usize = 4096;
+pub(crate) const MAX_ENTRIES: usize = 4096;
 /// Bytes kept at most (chunk text and written JSON).
-pub const MAX_BYTES: usize = 64 << 20;
+pub(crate) const MAX_BYTES: usize = 64 << 20;
 /// A call that emitted more than this is not kept.
-pub const MAX_ENTRY_BYTES: usize = 1 << 20;
+pub(crate) const MAX_ENTRY_BYTES: usize = 1 << 20;
 
 /// What a cached call produced.
 #[derive(Debug)]
-pub struct Cached {
-    pub chunks: Vec<Chunk>,
-    pub writes: Map<String, Value>,
+pub(crate) struct Cached {
+    pub(crate) chunks: Vec<Chunk>,
+    pub(crate) writes: Map<String, Value>,
 }
 
 /// A call's identity: two independent 64-bit hashes of the op build, its arguments and the
 /// context it was given (a false hit would need both to collide).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Key(u64, u64);
+pub(crate) struct Key(u64, u64);
 
 impl Key {
     /// The name its stored form is kept under (`cache.dir`: the file name without `.json`).
@@ -39,7 +39,7 @@ impl Key {
         format!("{:016x}{:016x}", self.0, self.1)
     }
 
-    pub fn of(library_hash: u64, op: &str, args_json: &str, context_json: &str) -> Key {
+    pub(crate) fn of(library_hash: u64, op: &str, args_json: &str, context_json: &str) -> Key {
         let text = format!("{library_hash:x}\u{0}{op}\u{0}{args_json}\u{0}{context_json}");
         // FNV-1a and SipHash (the cache lives in one process, so any fixed keys do).
         let mut sip = std::collections::hash_map::DefaultHasher::new();
@@ -63,13 +63,13 @@ struct Inner {
 
 /// The host's cache.
 #[derive(Default)]
-pub struct Cache {
+pub(crate) struct Cache {
     inner: Mutex<Inner>,
 }
 
 /// Where cached calls are also kept, by name, outside this process's memory (`cache.dir`, in
 /// `app/cache_files.rs`). Called off the runtime thread.
-pub trait CacheFiles: Send + Sync {
+pub(crate) trait CacheFiles: Send + Sync {
     /// What is kept under `name`, if anything.
     fn load(&self, name: &str) -> Option<Vec<u8>>;
     /// Keeps `text` under `name`, whole or not at all; a failure is the store's to report.
@@ -81,7 +81,7 @@ pub trait CacheFiles: Send + Sync {
 static FILES: OnceLock<Option<Box<dyn CacheFiles>>> = OnceLock::new();
 
 /// `cache.dir`: where cached calls are also kept (set once, at startup).
-pub fn set_files(files: Option<Box<dyn CacheFiles>>) {
+pub(crate) fn set_files(files: Option<Box<dyn CacheFiles>>) {
     let _ = FILES.set(files);
 }
 
@@ -137,7 +137,7 @@ fn from_file(value: &Value) -> Option<(Cached, Duration)> {
 
 /// Looks in memory, then (with `cache.dir`) in the folder; a file found is kept in memory
 /// for what is left of its time. The file is read off the runtime thread.
-pub async fn lookup(key: Key) -> Option<Arc<Cached>> {
+pub(crate) async fn lookup(key: Key) -> Option<Arc<Cached>> {
     if let Some(hit) = global().get(key) {
         return Some(hit);
     }
@@ -162,7 +162,7 @@ pub async fn lookup(key: Key) -> Option<Arc<Cached>> {
 }
 
 /// Keeps a call in memory and (with `cache.dir`) writes its file off the runtime thread.
-pub fn store(key: Key, cached: Cached, ttl: Duration) {
+pub(crate) fn store(key: Key, cached: Cached, ttl: Duration) {
     let file = files().map(|files| (files, key.name(), to_file(&cached, ttl)));
     if !global().insert(key, cached, ttl) {
         return;
@@ -173,7 +173,7 @@ pub fn store(key: Key, cached: Cached, ttl: Duration) {
 }
 
 /// The process-wide cache.
-pub fn global() -> &'static Cache {
+pub(crate) fn global() -> &'static Cache {
     static CACHE: OnceLock<Cache> = OnceLock::new();
     CACHE.get_or_init(Cache::default)
 }
@@ -197,7 +197,7 @@ impl Cache {
     }
 
     /// A live entry for `key`; an expired one is dropped.
-    pub fn get(&self, key: Key) -> Option<Arc<Cached>> {
+    pub(crate) fn get(&self, key: Key) -> Option<Arc<Cached>> {
         let mut inner = self.lock();
         let entry = inner.map.get(&key)?;
         if entry.expires > Instant::now() {
@@ -210,7 +210,7 @@ impl Cache {
     }
 
     /// Keeps `cached` for `ttl`; refuses (false) an entry over [`MAX_ENTRY_BYTES`].
-    pub fn insert(&self, key: Key, cached: Cached, ttl: Duration) -> bool {
+    pub(crate) fn insert(&self, key: Key, cached: Cached, ttl: Duration) -> bool {
         let bytes = size(&cached);
         if bytes > MAX_ENTRY_BYTES {
             return false;
@@ -246,12 +246,14 @@ impl Cache {
         true
     }
 
-    /// Entries held now (tests, metrics).
-    pub fn len(&self) -> usize {
+    /// Entries held now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().map.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::host::OpHost;
 
 /// A client ops may ask through the host (op-sdk 0.1.3 `ctx.sample` / `ctx.elicit`).
-pub trait Asker: Send + Sync {
+pub(crate) trait Asker: Send + Sync {
     /// `service` is `sample` (op-sdk's `{messages, options}` in, as the op gave it; an MCP
     /// `CreateMessageResult` out, which op-sdk's `Sampled` reads), `elicit` (`ElicitRequest`
     /// params in, `ElicitResult` out) or `roots` (`{}` in, `ListRootsResult` out).
@@ -19,12 +19,12 @@ pub trait Asker: Send + Sync {
     fn ask(&self, service: &'static str, request: Value, name: Option<String>) -> AskFuture;
 }
 
-pub type AskFuture =
+pub(crate) type AskFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, AskError>> + Send>>;
 
 /// A shared [`Asker`].
 #[derive(Clone)]
-pub struct Client(pub Arc<dyn Asker>);
+pub struct Client(pub(crate) Arc<dyn Asker>);
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -34,7 +34,7 @@ impl std::fmt::Debug for Client {
 
 /// Why the client was not asked, or what it answered instead of a result.
 #[derive(Debug)]
-pub enum AskError {
+pub(crate) enum AskError {
     /// The client cannot be asked this (no capability, or its protocol has no way): `sample`
     /// falls back to the LLM service.
     Unsupported(String),

@@ -15,10 +15,10 @@ use crate::plan::{Node, SubStep};
 
 /// A line an op wrote with `ctx.log`.
 #[derive(Clone, Debug, PartialEq)]
-pub struct LogLine {
-    pub level: Level,
-    pub op: &'static str,
-    pub message: String,
+pub(crate) struct LogLine {
+    pub(crate) level: Level,
+    pub(crate) op: &'static str,
+    pub(crate) message: String,
 }
 
 /// Where a run's op log lines go besides the host's log: a bounded channel, so an op that
@@ -32,7 +32,7 @@ pub struct LogSink {
 
 impl LogSink {
     /// A sink holding at most `capacity` lines, and its receiving end.
-    pub fn bounded(capacity: usize) -> (LogSink, tokio::sync::mpsc::Receiver<LogLine>) {
+    pub(crate) fn bounded(capacity: usize) -> (LogSink, tokio::sync::mpsc::Receiver<LogLine>) {
         let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
         (
             LogSink {
@@ -51,7 +51,7 @@ impl LogSink {
     }
 
     /// Lines lost so far because the channel was full.
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 }

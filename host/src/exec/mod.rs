@@ -8,21 +8,29 @@
 //! back into), `client.rs` (asking the client for the ops); `admission.rs`, `batch.rs`,
 //! `cache.rs` and `worker/` as before.
 
-pub mod admission;
-pub mod batch;
-pub mod cache;
+pub(crate) mod admission;
+pub(crate) mod batch;
+pub(crate) mod cache;
 mod client;
 mod host;
 mod place;
 mod run;
 mod step;
 mod walk;
-pub mod worker;
+pub(crate) mod worker;
 
 /// A [`LogLine`]'s level, for the transports (which do not name `ops`).
-pub use crate::ops::Level;
-pub use client::{AskError, AskFuture, Asker, Client};
-pub use host::{LogLine, LogSink};
-pub use place::{Inline, IsolationPolicy};
-pub use run::{admit_and_start, start, Failure, Options, Outcome, Run, DEFAULT_MAX_ANSWER_BYTES};
+pub(crate) use crate::ops::Level;
+/// The compiled flow a run starts from (built by the catalog).
+pub use crate::plan::Flow;
+/// Host-wide admission limits (`ops.max_concurrency`, `ops.max_queue`).
+pub use admission::Global as Admission;
+pub use client::Client;
+pub(crate) use client::{AskError, AskFuture, Asker};
+pub(crate) use host::LogLine;
+pub use host::LogSink;
+pub(crate) use place::Inline;
+pub use place::IsolationPolicy;
+pub(crate) use run::admit_and_start;
+pub use run::{start, Options, Outcome, Run, DEFAULT_MAX_ANSWER_BYTES};
 pub use walk::FlowLookup;

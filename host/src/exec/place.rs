@@ -17,17 +17,17 @@ use crate::plan::Step;
 /// (`plugins.<name>.isolation`), then the default (`ops.isolation`).
 #[derive(Clone, Debug, Default)]
 pub struct IsolationPolicy {
-    pub default: Isolation,
-    pub plugins: std::collections::HashMap<String, Isolation>,
+    pub(crate) default: Isolation,
+    pub(crate) plugins: std::collections::HashMap<String, Isolation>,
     /// `ops.inline`: whether proven-fast in-process ops may run on the runtime thread.
-    pub inline: Inline,
+    pub(crate) inline: Inline,
 }
 
 /// `ops.inline`: `auto` lets an in-process op that has shown itself fast run on the runtime
 /// thread that asked for it (see `ops::Speed`); `never` keeps every call on the op pool.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Inline {
+pub(crate) enum Inline {
     #[default]
     Auto,
     Never,

@@ -60,11 +60,11 @@ impl Default for Options {
 
 /// The op that failed and why.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Failure {
-    pub op: &'static str,
-    pub message: String,
+pub(crate) struct Failure {
+    pub(crate) op: &'static str,
+    pub(crate) message: String,
     /// The op's worker process died or was killed (`isolation: process`).
-    pub crashed: bool,
+    pub(crate) crashed: bool,
 }
 
 impl std::fmt::Display for Failure {
@@ -91,7 +91,7 @@ pub struct Outcome {
     pub failed_ops: Vec<Value>,
     /// The failure was the host's or the op's machinery, not the op's answer: an op panicked,
     /// its worker crashed, or the run's task died (MCP tasks report these as `failed`).
-    pub crashed: bool,
+    pub(crate) crashed: bool,
 }
 
 impl Outcome {
@@ -209,7 +209,7 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
 /// Waits for the flow's turn (its `limits.max_concurrency` / `max_queue`, then the host-wide
 /// limit) and starts it; refuses at once with [`crate::exec::admission::Busy`] when a line is full.
 /// The run holds its turn until it is dropped.
-pub async fn admit_and_start(
+pub(crate) async fn admit_and_start(
     flow: Arc<Flow>,
     input: Map<String, Value>,
     options: &Options,

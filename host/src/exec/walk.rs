@@ -24,11 +24,13 @@ pub struct FlowLookup(Arc<FindFlow>);
 type FindFlow = dyn Fn(&str) -> Option<Arc<Flow>> + Send + Sync;
 
 impl FlowLookup {
-    pub fn new(find: impl Fn(&str) -> Option<Arc<Flow>> + Send + Sync + 'static) -> FlowLookup {
+    pub(crate) fn new(
+        find: impl Fn(&str) -> Option<Arc<Flow>> + Send + Sync + 'static,
+    ) -> FlowLookup {
         FlowLookup(Arc::new(find))
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<Flow>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Flow>> {
         (self.0)(name)
     }
 }

@@ -17,7 +17,7 @@ use crate::plan::{Flow, FlowRef, Node, Policy, Step, SubStep, POLICY_KEYWORDS};
 /// Compiles a spec against the ops that exist now: parses `flow_content`, binds every op name
 /// (suggesting the closest known one), checks every call's arguments with the op itself, and
 /// builds the input validator.
-pub fn compile(spec: Arc<Spec>, registry: &Registry) -> Result<Flow, Diagnostic> {
+pub(crate) fn compile(spec: Arc<Spec>, registry: &Registry) -> Result<Flow, Diagnostic> {
     let expr = expr::parse(&spec.flow_content)
         .map_err(|err| spec.at_expr(err.pos, format!("flow_content: {}", err.message)))?;
     let root = bind(&spec, &expr, registry)?;
@@ -67,7 +67,7 @@ fn bind(spec: &Spec, expr: &Expr, registry: &Registry) -> Result<Node, Diagnosti
 }
 
 /// The host's own op: runs another served flow inside this one.
-pub const FLOW_OP: &str = "FlowOp";
+pub(crate) const FLOW_OP: &str = "FlowOp";
 
 fn bind_flow_op(spec: &Spec, call: &expr::Call) -> Result<FlowRef, Diagnostic> {
     let error = |message: String| spec.at_expr(call.pos, message);

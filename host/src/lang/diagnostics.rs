@@ -9,20 +9,21 @@ use super::expr::{self, Pos};
 use super::spec::Spec;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
+/// How bad a problem is. Every problem found today stops its flow or file from loading; the
+/// type stays so the JSON and the text say `error` explicitly.
+pub(crate) enum Severity {
     Error,
-    Warning,
 }
 
 /// A problem found in a flow file, with its position.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diagnostic {
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     pub line: usize,
     pub col: usize,
-    pub severity: Severity,
+    pub(crate) severity: Severity,
     /// The flow it concerns, if any.
-    pub flow: Option<String>,
+    pub(crate) flow: Option<String>,
     pub message: String,
 }
 
@@ -30,7 +31,6 @@ impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let severity = match self.severity {
             Severity::Error => "error",
-            Severity::Warning => "warning",
         };
         write!(
             f,
@@ -44,7 +44,7 @@ impl fmt::Display for Diagnostic {
 }
 
 /// `1e300`, not three hundred digits.
-pub fn short_number(value: f64) -> String {
+pub(crate) fn short_number(value: f64) -> String {
     if value.abs() < 1e12 {
         format!("{value}")
     } else {
@@ -53,7 +53,7 @@ pub fn short_number(value: f64) -> String {
 }
 
 /// Renders the source line of `pos` with a caret under the column.
-pub fn caret(source: &str, pos: Pos) -> String {
+pub(crate) fn caret(source: &str, pos: Pos) -> String {
     let line = source.lines().nth(pos.line.saturating_sub(1)).unwrap_or("");
     format!(
         "  {line}\n  {}^",

@@ -6,10 +6,14 @@
 
 mod compile;
 mod diagnostics;
-pub mod expr;
+pub(crate) mod expr;
 mod schema;
 mod spec;
 
-pub use compile::compile;
-pub use diagnostics::{short_number, Diagnostic, Severity};
-pub use spec::{is_flow_file, list_files, parse_file, FileFlows, Spec};
+pub(crate) use compile::compile;
+pub use diagnostics::Diagnostic;
+pub(crate) use diagnostics::{short_number, Severity};
+pub use spec::parse_file;
+pub use spec::FileFlows;
+pub use spec::Spec;
+pub(crate) use spec::{is_flow_file, list_files};

@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 /// Turns FlowLLM's short form (`param: {type, description, required, enum, items}`) into a
 /// JSON Schema object; a value that already is one (has `type: object`, `properties` or
 /// `$schema`) is kept as is.
-pub fn normalize_schema(schema: Value) -> Result<Value, String> {
+pub(crate) fn normalize_schema(schema: Value) -> Result<Value, String> {
     let Value::Object(map) = schema else {
         return Err("must be a mapping of parameter names to {type, description, required}".into());
     };

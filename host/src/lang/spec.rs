@@ -20,38 +20,38 @@ use crate::plan::{Isolation, Limits, TaskSupport, MAX_SECONDS};
 /// One flow as written in a file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Spec {
-    pub name: String,
-    pub file: PathBuf,
+    pub(crate) name: String,
+    pub(crate) file: PathBuf,
     /// 1-based line of the flow's key in the file.
-    pub line: usize,
+    pub(crate) line: usize,
     pub flow_content: String,
-    pub stream: bool,
+    pub(crate) stream: bool,
     pub description: String,
     /// The input schema as a full JSON Schema object (FlowLLM's short form is converted).
-    pub input_schema: Value,
-    pub limits: Limits,
+    pub(crate) input_schema: Value,
+    pub(crate) limits: Limits,
     /// `isolation:` in the YAML: where this flow's ops run (else the plugin's or the default).
-    pub isolation: Option<Isolation>,
+    pub(crate) isolation: Option<Isolation>,
     /// `output_schema:` the JSON Schema (an object schema) the flow's answer follows: MCP's
     /// `outputSchema`, with the answer as `structuredContent`, checked against it.
-    pub output_schema: Option<Value>,
+    pub(crate) output_schema: Option<Value>,
     /// `icon:` MCP icons (`[{src, mimeType?, sizes?}]`) from a URL / data URI, a mapping, or a
     /// list of either.
-    pub icons: Vec<Value>,
+    pub(crate) icons: Vec<Value>,
     /// The flow's own YAML (its name and spec, as written in its file).
-    pub source: String,
+    pub(crate) source: String,
     /// `task:` whether MCP clients that speak the tasks extension get a task for a call.
-    pub task: TaskSupport,
+    pub(crate) task: TaskSupport,
     /// `task_after:` seconds a call may run (or ask the client) before it becomes a task
     /// (default [`DEFAULT_TASK_AFTER`]; 0: at once).
-    pub task_after: Duration,
+    pub(crate) task_after: Duration,
     /// Where `flow_content`'s text starts, to map expression positions to file positions.
     content_origin: Origin,
 }
 
 /// How long a call of a task-capable client runs before it becomes a task, unless the flow
 /// says (`task_after:`): quicker calls answer directly, without a task to poll.
-pub const DEFAULT_TASK_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_TASK_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Origin {
@@ -65,13 +65,13 @@ struct Origin {
 /// the problems, which never stop the other flows of the file.
 #[derive(Debug, Default)]
 pub struct FileFlows {
-    pub specs: Vec<Result<Spec, Diagnostic>>,
+    pub(crate) specs: Vec<Result<Spec, Diagnostic>>,
     /// File-level problems (unreadable, YAML syntax). When present, `specs` is empty.
     pub diagnostics: Vec<Diagnostic>,
 }
 
 /// Whether a path is a flow file (`*.yaml`/`*.yml`, not hidden or an editor's temp file).
-pub fn is_flow_file(path: &Path) -> bool {
+pub(crate) fn is_flow_file(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
     };
@@ -85,7 +85,7 @@ pub fn is_flow_file(path: &Path) -> bool {
 }
 
 /// The flow files of a folder, sorted (symlinks followed).
-pub fn list_files(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn list_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -97,7 +97,7 @@ pub fn list_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-pub fn is_valid_name(name: &str) -> bool {
+pub(crate) fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .chars()
@@ -518,7 +518,7 @@ fn locate_content(text: &str, flow_line: usize) -> Origin {
 
 impl Spec {
     /// Maps a position inside `flow_content` to a position in the file.
-    pub fn file_pos(&self, pos: expr::Pos) -> (usize, usize) {
+    pub(crate) fn file_pos(&self, pos: expr::Pos) -> (usize, usize) {
         let origin = self.content_origin;
         if origin.block {
             (origin.line + pos.line, origin.col + pos.col - 1)

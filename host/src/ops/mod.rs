@@ -1,7 +1,7 @@
 //! The op registry: which ops exist, from which plugin file, and the plugin folders they were
 //! loaded from. Knows nothing of flows or transports; `plugin.rs` below is the FFI.
 
-pub mod plugin;
+pub(crate) mod plugin;
 mod speed;
 
 use std::collections::{BTreeMap, HashSet};
@@ -14,15 +14,17 @@ use serde_json::Value;
 /// The op-sdk types the rest of the host names (only `ops` names op-sdk): a chunk's kind, an
 /// op log line's level.
 pub use op_sdk::{ChunkKind, Level};
-pub use plugin::{Library, LoadError};
-pub use speed::{Call, Probe, Speed, PROBATION as PROBATION_CALLS};
+pub use plugin::Library;
+pub use speed::Speed;
+pub use speed::PROBATION as PROBATION_CALLS;
+pub(crate) use speed::{Call, Probe};
 
 /// One op, bound to the library that provides it.
 #[derive(Debug)]
 pub struct OpHandle {
-    pub name: &'static str,
-    pub description: String,
-    pub args_schema: Option<Value>,
+    pub(crate) name: &'static str,
+    pub(crate) description: String,
+    pub(crate) args_schema: Option<Value>,
     pub library: Arc<Library>,
     /// Where its calls run (inline or on the op pool), learnt from its calls.
     pub speed: Arc<Speed>,
@@ -32,16 +34,16 @@ pub struct OpHandle {
 
 /// An op as a tool an agent can call.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Tool {
-    pub name: String,
-    pub description: String,
-    pub input_schema: Value,
+pub(crate) struct Tool {
+    pub(crate) name: String,
+    pub(crate) description: String,
+    pub(crate) input_schema: Value,
 }
 
 impl OpHandle {
     /// The op as a tool: what it declares, else FlowLLM's defaults (the op name in snake
     /// case without `_op`, the op's description, an object of any arguments).
-    pub fn tool(&self) -> Tool {
+    pub(crate) fn tool(&self) -> Tool {
         let declared = self.tool.as_ref();
         let text = |key: &str| {
             declared
@@ -63,7 +65,7 @@ impl OpHandle {
 }
 
 /// FlowLLM's short name of an op class: `LoadSkillOp` → `load_skill`.
-pub fn short_name(op: &str) -> String {
+pub(crate) fn short_name(op: &str) -> String {
     let mut out = String::new();
     let chars: Vec<char> = op.chars().collect();
     for (i, c) in chars.iter().enumerate() {
@@ -87,8 +89,8 @@ pub fn short_name(op: &str) -> String {
 /// An immutable view of the loaded ops; a plugin change builds a new one.
 #[derive(Debug, Default)]
 pub struct Registry {
-    pub ops: BTreeMap<&'static str, Arc<OpHandle>>,
-    pub libraries: Vec<Arc<Library>>,
+    pub(crate) ops: BTreeMap<&'static str, Arc<OpHandle>>,
+    pub(crate) libraries: Vec<Arc<Library>>,
     /// Plugin files that were refused, and op-name collisions.
     pub errors: Vec<PluginError>,
 }
@@ -96,7 +98,7 @@ pub struct Registry {
 impl Registry {
     /// A hash of the loaded plugin set (names and content hashes, in name order), the same on
     /// every replica that loaded the same libraries.
-    pub fn plugins_hash(&self) -> String {
+    pub(crate) fn plugins_hash(&self) -> String {
         let mut parts: Vec<String> = self
             .libraries
             .iter()
@@ -112,8 +114,8 @@ impl Registry {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginError {
-    pub path: PathBuf,
-    pub message: String,
+    pub(crate) path: PathBuf,
+    pub(crate) message: String,
 }
 
 impl std::fmt::Display for PluginError {
@@ -128,7 +130,7 @@ impl Registry {
     }
 
     /// The ops and the refused plugin files, as `flowhost ops --json` and `GET /ops` show them.
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let ops: Vec<Value> = self
             .ops
             .values()
@@ -178,14 +180,14 @@ impl Registry {
     }
 
     /// The known op name closest to `name`, for "did you mean" hints.
-    pub fn suggest(&self, name: &str) -> Option<&'static str> {
+    pub(crate) fn suggest(&self, name: &str) -> Option<&'static str> {
         crate::util::suggest::closest(name, self.ops.keys().copied())
     }
 }
 
 /// Interns op names so chunks can carry `&'static str` tags without allocating. Names of
 /// reloaded plugins are mostly the same names, so the set stays small.
-pub fn intern(name: &str) -> &'static str {
+pub(crate) fn intern(name: &str) -> &'static str {
     static NAMES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
     let mut guard = NAMES.lock().unwrap_or_else(|p| p.into_inner());
     let names = guard.get_or_insert_with(HashSet::new);
@@ -207,7 +209,7 @@ pub use op_sdk::Host;
 
 /// A log level from its number on the wire (the FFI and the worker protocol): 1 error, 2 warn,
 /// 3 info, anything else debug.
-pub fn level_from_number(level: u8) -> Level {
+pub(crate) fn level_from_number(level: u8) -> Level {
     match level {
         1 => Level::Error,
         2 => Level::Warn,
@@ -233,8 +235,8 @@ struct Slot {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ScanReport {
     pub loaded: Vec<PathBuf>,
-    pub refused: Vec<PathBuf>,
-    pub removed: Vec<PathBuf>,
+    pub(crate) refused: Vec<PathBuf>,
+    pub(crate) removed: Vec<PathBuf>,
 }
 
 impl ScanReport {
@@ -258,7 +260,7 @@ impl Plugins {
         }
     }
 
-    pub fn dirs(&self) -> &[PathBuf] {
+    pub(crate) fn dirs(&self) -> &[PathBuf] {
         &self.dirs
     }
 
@@ -416,7 +418,7 @@ impl Plugins {
 }
 
 /// The default plugin folder: where the running `flowhost` binary sits.
-pub fn default_dir() -> Option<PathBuf> {
+pub(crate) fn default_dir() -> Option<PathBuf> {
     std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf))

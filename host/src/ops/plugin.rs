@@ -21,17 +21,17 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 /// costs the old library's mapped size (see ARCHITECTURE.md).
 pub struct Library {
     /// The file as installed in a plugin folder.
-    pub path: PathBuf,
-    pub hash: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) hash: u64,
     pub plugin_name: String,
     pub plugin_version: String,
     /// The op-sdk version the plugin was built against.
     pub sdk_version: String,
-    pub ops: Vec<OpMeta>,
+    pub(crate) ops: Vec<OpMeta>,
     /// What the host has seen of each op's calls, in `ops` order.
-    pub speeds: Vec<Arc<super::Speed>>,
+    pub(crate) speeds: Vec<Arc<super::Speed>>,
     /// Tool descriptions the ops declare, by op name (op-sdk 0.1.2).
-    pub tools: std::collections::HashMap<String, serde_json::Value>,
+    pub(crate) tools: std::collections::HashMap<String, serde_json::Value>,
     /// What the plugin offers besides ops (op-sdk 0.1.3): `{resources, templates, prompts}`,
     /// each a JSON array (empty for older plugins); listed at load and again at every reload.
     content: std::sync::RwLock<Arc<serde_json::Value>>,
@@ -169,7 +169,7 @@ impl std::fmt::Debug for Library {
 
 /// Why a file was not loaded. `NotLibrary` files are skipped quietly; the others are reported.
 #[derive(Debug)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     Io(String),
     /// Not something dlopen accepts (a text file, another architecture, truncated).
     NotLibrary(String),
@@ -196,12 +196,12 @@ impl std::fmt::Display for LoadError {
 static ABI_DEBUG: AtomicBool = AtomicBool::new(false);
 
 /// Turns abi_stable's full layout report on or off (see [`ABI_DEBUG`]).
-pub fn set_abi_debug(on: bool) {
+pub(crate) fn set_abi_debug(on: bool) {
     ABI_DEBUG.store(on, Ordering::Relaxed);
 }
 
 /// Hashes a library's bytes (to skip reloads of unchanged files).
-pub fn content_hash(bytes: &[u8]) -> u64 {
+pub(crate) fn content_hash(bytes: &[u8]) -> u64 {
     crate::util::stable_hash(bytes)
 }
 
@@ -210,7 +210,7 @@ pub fn content_hash(bytes: &[u8]) -> u64 {
 /// in a fresh private folder (0700, unpredictable name) that is removed as soon as the library
 /// is mapped, so nothing is left behind to prune (only a crash in the middle of a load can
 /// leave one folder in the temp directory).
-pub fn load(path: &Path, bytes: &[u8]) -> Result<Library, LoadError> {
+pub(crate) fn load(path: &Path, bytes: &[u8]) -> Result<Library, LoadError> {
     let hash = content_hash(bytes);
     let shadow_dir = tempfile::Builder::new()
         .prefix("flowhost-plugin-")
@@ -359,7 +359,7 @@ fn first_line(message: &str) -> String {
 
 impl Library {
     /// Builds an op from its arguments without running it.
-    pub fn check(&self, op: &str, args_json: &str) -> Result<(), String> {
+    pub(crate) fn check(&self, op: &str, args_json: &str) -> Result<(), String> {
         let check = self.entries.check;
         check(RStr::from_str(op), RStr::from_str(args_json))
             .into_result()
@@ -422,7 +422,7 @@ impl Library {
 
     /// Lists the plugin's resources and prompts again (a plugin may offer different ones as
     /// time goes on); returns whether anything changed. A failing list keeps the last one.
-    pub fn refresh_content(&self) -> bool {
+    pub(crate) fn refresh_content(&self) -> bool {
         match list_content(self.entries) {
             Ok(content) => {
                 let mut current = self.content.write().unwrap_or_else(|p| p.into_inner());
@@ -441,7 +441,7 @@ impl Library {
 
     /// A content request (`{"method": "read", "uri"}`, `{"method": "prompt", "name",
     /// "arguments"}`) answered by the plugin; plugins built before op-sdk 0.1.3 have none.
-    pub fn content(&self, request: &serde_json::Value) -> Result<serde_json::Value, String> {
+    pub(crate) fn content(&self, request: &serde_json::Value) -> Result<serde_json::Value, String> {
         match self.entries.content {
             Some(serve) => content_call(serve, request),
             None if self.entries.before_content => Err(format!(
@@ -567,7 +567,7 @@ impl HostServices for FfiHost<'_> {
 }
 
 /// Whether a file name looks like a shared library on this platform.
-pub fn is_library_name(path: &Path) -> bool {
+pub(crate) fn is_library_name(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
     };

@@ -30,9 +30,9 @@ use std::time::Duration;
 /// Fast pooled calls in a row that promote an op to inline.
 pub const PROBATION: u32 = 32;
 /// A pooled call at most this long counts towards promotion.
-pub const FAST: Duration = Duration::from_micros(200);
+pub(crate) const FAST: Duration = Duration::from_micros(200);
 /// An inline call longer than this sends the op back to the pool.
-pub const SLOW: Duration = Duration::from_millis(1);
+pub(crate) const SLOW: Duration = Duration::from_millis(1);
 
 const INLINE: u32 = u32::MAX - 1;
 const POOLED: u32 = u32::MAX;
@@ -44,18 +44,18 @@ pub struct Speed(AtomicU32);
 impl Speed {
     /// Whether the next call may run inline.
     #[inline]
-    pub fn inline(&self) -> bool {
+    pub(crate) fn inline(&self) -> bool {
         self.0.load(Ordering::Relaxed) == INLINE
     }
 
     /// Whether pooled calls are still being measured.
     #[inline]
-    pub fn on_probation(&self) -> bool {
+    pub(crate) fn on_probation(&self) -> bool {
         self.0.load(Ordering::Relaxed) < PROBATION
     }
 
     /// Records a call that ran on the pool.
-    pub fn pooled(&self, call: Call) {
+    pub(crate) fn pooled(&self, call: Call) {
         if call.waited {
             self.0.store(POOLED, Ordering::Relaxed);
             return;
@@ -78,7 +78,7 @@ impl Speed {
     }
 
     /// Records a call that ran inline.
-    pub fn inlined(&self, call: Call) {
+    pub(crate) fn inlined(&self, call: Call) {
         if call.waited || call.blocked_longer_than(SLOW) || call.cpu > SLOW {
             self.0.store(POOLED, Ordering::Relaxed);
         }
@@ -96,15 +96,15 @@ impl Speed {
 
 /// What one call did, as [`Speed`] judges it.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Call {
+pub(crate) struct Call {
     /// CPU time the call's thread used.
-    pub cpu: Duration,
+    pub(crate) cpu: Duration,
     /// Wall time of the call.
-    pub wall: Duration,
+    pub(crate) wall: Duration,
     /// The thread made a voluntary context switch (it blocked) during the call.
-    pub switched: bool,
+    pub(crate) switched: bool,
     /// The op waited on a host service.
-    pub waited: bool,
+    pub(crate) waited: bool,
 }
 
 impl Call {
@@ -117,7 +117,7 @@ impl Call {
 }
 
 /// A measurement of the current thread, taken before a call; [`Probe::finish`] after it.
-pub struct Probe(Usage, std::time::Instant);
+pub(crate) struct Probe(Usage, std::time::Instant);
 
 #[derive(Clone, Copy)]
 struct Usage {
@@ -126,11 +126,11 @@ struct Usage {
 }
 
 impl Probe {
-    pub fn start() -> Probe {
+    pub(crate) fn start() -> Probe {
         Probe(Usage::now(), std::time::Instant::now())
     }
 
-    pub fn finish(self, waited: bool) -> Call {
+    pub(crate) fn finish(self, waited: bool) -> Call {
         let now = Usage::now();
         Call {
             cpu: now.cpu.saturating_sub(self.0.cpu),

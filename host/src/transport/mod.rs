@@ -2,5 +2,5 @@
 //! chunks, never plugins. `http/` serves FlowLLM's routes, the OpenAI API, async runs and the
 //! playground; `mcp/` serves MCP over stdio and Streamable HTTP (mounted by `http/`).
 
-pub mod http;
-pub mod mcp;
+pub(crate) mod http;
+pub(crate) mod mcp;

@@ -7,7 +7,7 @@ use std::fs::File;
 
 /// Duplicates fd 1 for the caller and points fd 1 at stderr. Call it before plugins load.
 #[cfg(unix)]
-pub fn take_stdout() -> Result<File, String> {
+pub(crate) fn take_stdout() -> Result<File, String> {
     use std::io::Write;
     use std::os::fd::FromRawFd;
     let _ = std::io::stdout().lock().flush();
@@ -32,6 +32,6 @@ pub fn take_stdout() -> Result<File, String> {
 }
 
 #[cfg(not(unix))]
-pub fn take_stdout() -> Result<File, String> {
+pub(crate) fn take_stdout() -> Result<File, String> {
     Err("a private stdout needs a unix platform".into())
 }

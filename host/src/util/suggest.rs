@@ -5,7 +5,7 @@
 /// similarity of at least 0.8, compared case-insensitively with `-` read as `_`, and also
 /// against the known word without its underscores (`apikey` finds `api_key`). Ties go to the
 /// word that sorts first, so the hint does not depend on the order of `known`.
-pub fn closest<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let lowered = word.to_ascii_lowercase().replace('-', "_");
     known
         .into_iter()

@@ -67,17 +67,17 @@ fn jsonish() -> impl Strategy<Value = String> {
 proptest! {
     #[test]
     fn flow_content_parser(input in "\\PC{0,200}") {
-        timed("expr::parse", &input, || { let _ = flowhost::expr::parse(&input); });
+        timed("expr::parse", &input, || { let _ = flowhost::parse::flow_content(&input); });
     }
 
     #[test]
     fn flow_yaml_loader_on_anything(input in "\\PC{0,300}") {
-        timed("flow::parse_file", &input, || flowhost::lang::parse_file(Path::new("f.yaml"), &input));
+        timed("flow::parse_file", &input, || flowhost::parse::flow_file(Path::new("f.yaml"), &input));
     }
 
     #[test]
     fn flow_yaml_loader_on_flow_shaped_text(input in yamlish()) {
-        let parsed = timed("flow::parse_file", &input, || flowhost::lang::parse_file(Path::new("f.yaml"), &input));
+        let parsed = timed("flow::parse_file", &input, || flowhost::parse::flow_file(Path::new("f.yaml"), &input));
         for diagnostic in &parsed.diagnostics {
             prop_assert!(diagnostic.line >= 1 && diagnostic.col >= 1, "{diagnostic}");
         }
@@ -85,7 +85,7 @@ proptest! {
 
     #[test]
     fn mcp_stdio_framing(input in prop_oneof![jsonish(), "\\PC{0,200}"]) {
-        use flowhost::transport::mcp::{classify_line, Line};
+        use flowhost::parse::{mcp_line as classify_line, McpLine as Line};
         let line = timed("classify_line", &input, || classify_line(input.as_bytes(), 1));
         if let Line::Reply(reply) = line {
             // Every answer to a bad line is itself one valid JSON-RPC error line.
@@ -98,12 +98,12 @@ proptest! {
 
     #[test]
     fn mcp_stdio_framing_on_bytes(input in proptest::collection::vec(any::<u8>(), 0..200)) {
-        let _ = flowhost::transport::mcp::classify_line(&input, 1);
+        let _ = flowhost::parse::mcp_line(&input, 1);
     }
 
     #[test]
     fn http_body_parser(input in prop_oneof![jsonish(), "\\PC{0,200}"]) {
-        use flowhost::transport::http::parse_body;
+        use flowhost::parse::http_body as parse_body;
         let body = axum::body::Bytes::from(input.clone());
         match timed("parse_body", &input, || parse_body(Ok(body), 1 << 20)) {
             Ok(map) => prop_assert!(serde_json::to_string(&map).is_ok()),

@@ -481,7 +481,7 @@ async fn every_route_but_the_public_ones_needs_the_key() {
         "/docs/",
     ];
     let mut checked = 0;
-    for (methods, path) in flowhost::transport::http::ROUTES {
+    for (methods, path) in flowhost::HTTP_ROUTES {
         let concrete = path
             .replace("{flow}", "echo")
             .replace("{name}", "p")

@@ -70,7 +70,8 @@ async fn replaced_library_serves_new_calls_while_old_calls_finish() {
     let plugins = plugin_folder(&[(&fixture("op_fixture"), &so("op_fixture"))]);
     let flows = folder(&[("f.yaml", FIXTURE_FLOWS)]);
     let catalog = catalog(flows.path(), &[plugins.path().to_path_buf()]);
-    let _watching = flowhost::watch::start(catalog.clone(), Duration::from_millis(50)).unwrap();
+    let _watching =
+        flowhost::catalog::watch::start(catalog.clone(), Duration::from_millis(50)).unwrap();
 
     let mut old_run = start(&catalog, "tick", json!({}));
     let mut first = Vec::new();
@@ -167,7 +168,8 @@ fn unchanged_library_is_not_reloaded() {
     // And with the watcher running, the catalog does not publish a new snapshot.
     let flows = folder(&[("f.yaml", FIXTURE_FLOWS)]);
     let catalog = catalog(flows.path(), &[plugins.path().to_path_buf()]);
-    let _watching = flowhost::watch::start(catalog.clone(), Duration::from_millis(50)).unwrap();
+    let _watching =
+        flowhost::catalog::watch::start(catalog.clone(), Duration::from_millis(50)).unwrap();
     let generation = catalog.snapshot().generation;
     std::fs::write(&lib, std::fs::read(&lib).unwrap()).unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -268,7 +270,8 @@ fn flows_follow_their_ops_as_plugins_come_and_go() {
     let plugins = tempfile::tempdir().unwrap();
     let flows = folder(&[("f.yaml", FIXTURE_FLOWS)]);
     let catalog = catalog(flows.path(), &[plugins.path().to_path_buf()]);
-    let _watching = flowhost::watch::start(catalog.clone(), Duration::from_millis(50)).unwrap();
+    let _watching =
+        flowhost::catalog::watch::start(catalog.clone(), Duration::from_millis(50)).unwrap();
     let status = |name: &str| catalog.snapshot().get(name).map(|e| e.status());
     assert_eq!(status("version"), Some("broken"));
     let error = catalog

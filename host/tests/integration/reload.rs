@@ -12,10 +12,10 @@ use crate::util::*;
 
 const LIMIT: Duration = Duration::from_secs(2);
 
-fn watched(flows: &Path) -> (Arc<Catalog>, flowhost::watch::Watching) {
+fn watched(flows: &Path) -> (Arc<Catalog>, flowhost::catalog::watch::Watching) {
     let catalog = catalog_with_basic(flows);
-    let watching =
-        flowhost::watch::start(catalog.clone(), Duration::from_millis(50)).expect("watcher");
+    let watching = flowhost::catalog::watch::start(catalog.clone(), Duration::from_millis(50))
+        .expect("watcher");
     (catalog, watching)
 }
 
@@ -150,7 +150,8 @@ async fn a_run_started_before_an_edit_finishes_on_its_version() {
         "r:\n  flow_content: TickOp(n=5, interval_ms=100, text=\"old\")\n  stream: true\n",
     )]);
     let catalog = catalog_with_basic(flows.path());
-    let _watching = flowhost::watch::start(catalog.clone(), Duration::from_millis(50)).unwrap();
+    let _watching =
+        flowhost::catalog::watch::start(catalog.clone(), Duration::from_millis(50)).unwrap();
     let old = start(&catalog, "r", json!({}));
     std::fs::write(
         flows.path().join("r.yaml"),

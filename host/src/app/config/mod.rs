@@ -16,36 +16,36 @@ use crate::transport::http::Settings as Http;
 
 /// The validated configuration every command runs from.
 #[derive(Clone, Debug)]
-pub struct Config {
-    pub backend: Backend,
-    pub http: Http,
-    pub flow_dirs: Vec<PathBuf>,
-    pub plugin_dirs: Vec<PathBuf>,
-    pub filter: Filter,
+pub(crate) struct Config {
+    pub(crate) backend: Backend,
+    pub(crate) http: Http,
+    pub(crate) flow_dirs: Vec<PathBuf>,
+    pub(crate) plugin_dirs: Vec<PathBuf>,
+    pub(crate) filter: Filter,
     /// The LLMs ops can call (FlowLLM's `llm:` section plus the environment).
-    pub llm: crate::llm::Config,
-    pub watch: bool,
-    pub debounce: Duration,
+    pub(crate) llm: crate::llm::Config,
+    pub(crate) watch: bool,
+    pub(crate) debounce: Duration,
     /// Upper bound of threads running ops at once.
-    pub max_op_threads: usize,
+    pub(crate) max_op_threads: usize,
     /// Runs of all flows at once (`ops.max_concurrency`, or FlowLLM's
     /// `http.limit_concurrency`); `None`: no limit.
-    pub max_concurrency: Option<usize>,
+    pub(crate) max_concurrency: Option<usize>,
     /// Runs that may wait for a turn past `max_concurrency` (`ops.max_queue`).
-    pub max_queue: usize,
+    pub(crate) max_queue: usize,
     /// Where ops run: `ops.isolation` and `plugins.<name>.isolation`.
-    pub isolation: crate::exec::IsolationPolicy,
+    pub(crate) isolation: crate::exec::IsolationPolicy,
     /// Worker processes alive at once (`ops.max_workers`).
-    pub max_workers: usize,
+    pub(crate) max_workers: usize,
     /// `cache.dir`: where `enable_cache=True` calls are also kept as files.
-    pub cache_dir: Option<PathBuf>,
+    pub(crate) cache_dir: Option<PathBuf>,
     /// The config file that was read, if any.
-    pub source: Option<PathBuf>,
+    pub(crate) source: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Backend {
+pub(crate) enum Backend {
     Http,
     /// MCP over stdio (FlowLLM calls this backend `mcp`).
     #[serde(alias = "mcp")]
@@ -54,18 +54,18 @@ pub enum Backend {
 
 /// What the command line adds on top of the file and the overrides.
 #[derive(Clone, Debug, Default)]
-pub struct Flags {
-    pub config: Option<PathBuf>,
-    pub flows: Vec<PathBuf>,
-    pub plugins: Vec<PathBuf>,
+pub(crate) struct Flags {
+    pub(crate) config: Option<PathBuf>,
+    pub(crate) flows: Vec<PathBuf>,
+    pub(crate) plugins: Vec<PathBuf>,
     /// Skip the folder of the flowhost binary (tests, isolated setups).
-    pub no_default_plugins: bool,
-    pub overrides: Vec<String>,
-    pub host: Option<String>,
-    pub port: Option<u16>,
-    pub api_key: Option<String>,
-    pub transport: Option<Backend>,
-    pub no_watch: bool,
+    pub(crate) no_default_plugins: bool,
+    pub(crate) overrides: Vec<String>,
+    pub(crate) host: Option<String>,
+    pub(crate) port: Option<u16>,
+    pub(crate) api_key: Option<String>,
+    pub(crate) transport: Option<Backend>,
+    pub(crate) no_watch: bool,
 }
 
 mod keys;
@@ -75,18 +75,18 @@ mod raw;
 
 use keys::check_keys;
 use llm::llm_config;
-pub use overrides::{apply_override, typed_value};
+pub(crate) use overrides::{apply_override, typed_value};
 use raw::{OneOrMany, Raw};
 
 /// Threads that may run ops at once unless `max_op_threads` says otherwise.
-pub const DEFAULT_MAX_OP_THREADS: usize = 10_000;
+pub(crate) const DEFAULT_MAX_OP_THREADS: usize = 10_000;
 
 /// The file read when `--config` is not given, if it exists.
-pub const DEFAULT_FILE: &str = "flowhost.yaml";
+pub(crate) const DEFAULT_FILE: &str = "flowhost.yaml";
 
 /// Builds the configuration: defaults, then the config file, then `key=value` overrides, then
 /// flags.
-pub fn load(flags: Flags) -> Result<Config, String> {
+pub(crate) fn load(flags: Flags) -> Result<Config, String> {
     let source = match &flags.config {
         Some(path) => Some(path.clone()),
         None => Some(PathBuf::from(DEFAULT_FILE)).filter(|p| p.is_file()),

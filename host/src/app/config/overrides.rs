@@ -17,7 +17,7 @@ pub(super) const TEXT_SETTINGS: &[&str] = &[
 ];
 
 /// Applies one FlowLLM-style `a.b.c=value` override.
-pub fn apply_override(tree: &mut Value, item: &str) -> Result<(), String> {
+pub(crate) fn apply_override(tree: &mut Value, item: &str) -> Result<(), String> {
     let Some((path, raw)) = item.split_once('=') else {
         return Err(format!(
             "override `{item}` is not key=value (for example http.port=9000)"
@@ -63,7 +63,7 @@ pub(super) fn is_text_setting(keys: &[&str]) -> bool {
 }
 
 /// Types a command-line value the FlowLLM way: bool, int, float, JSON, else string.
-pub fn typed_value(raw: &str) -> Value {
+pub(crate) fn typed_value(raw: &str) -> Value {
     match raw {
         "true" | "True" => return Value::Bool(true),
         "false" | "False" => return Value::Bool(false),

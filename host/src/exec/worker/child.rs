@@ -142,9 +142,9 @@ impl Host for WorkerHost {
 
 /// The op's sub-ops, asked of the host (`NamedService` names the host's own services with a
 /// `flowhost.` prefix, which no plugin service has).
-pub const SUB_OPS: &str = "flowhost.sub_ops";
+pub(crate) const SUB_OPS: &str = "flowhost.sub_ops";
 /// Sub-op calls made by the host for the op: `{"calls": "<JSON text>", "forward": bool}`.
-pub const CALL_SUB_OPS: &str = "flowhost.call_sub_ops";
+pub(crate) const CALL_SUB_OPS: &str = "flowhost.call_sub_ops";
 
 /// The call in progress: its cancellation, and where LLM replies go.
 struct Running {
@@ -154,7 +154,7 @@ struct Running {
 }
 
 /// Runs the worker until the host closes its stdin. Returns the process exit code.
-pub fn main(library: &Path, expected_hash: u64, memory_mb: Option<u64>) -> i32 {
+pub(crate) fn main(library: &Path, expected_hash: u64, memory_mb: Option<u64>) -> i32 {
     let stdout = match crate::util::stdio::take_stdout() {
         Ok(file) => file,
         Err(err) => {

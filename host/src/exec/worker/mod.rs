@@ -5,8 +5,8 @@
 //! `protocol`, forwards chunks, logs and LLM calls to the caller's [`Host`], and turns a dead
 //! worker into an error that names the cause. Knows nothing of flows or transports.
 
-pub mod child;
-pub mod protocol;
+pub(crate) mod child;
+pub(crate) mod protocol;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, BufWriter};
@@ -23,7 +23,7 @@ use crate::ops::{level_from_number, Host, OpHandle};
 
 /// How a worker's call ended when it did not end well.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Error {
+pub(crate) enum Error {
     /// The op returned an error (as in process).
     Failed(String),
     /// The worker died or was killed; the message says why.
@@ -31,9 +31,9 @@ pub enum Error {
 }
 
 /// Idle workers exit after this long without a call.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a cancel, how long an op has to stop before its worker is killed.
-pub const CANCEL_GRACE: Duration = Duration::from_millis(500);
+pub(crate) const CANCEL_GRACE: Duration = Duration::from_millis(500);
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Which worker can serve a call: the library file, its content hash (a rebuilt library gets
@@ -267,7 +267,7 @@ fn pool() -> &'static Pool {
 }
 
 /// Bounds the worker processes alive at once (`ops.max_workers`).
-pub fn set_max_workers(max: usize) {
+pub(crate) fn set_max_workers(max: usize) {
     pool().max.store(max.max(1), Ordering::Relaxed);
 }
 
@@ -346,7 +346,7 @@ fn vm_size_kib(pid: u32) -> u64 {
 /// Runs one op call in a worker process. `host` gets the chunks, logs and LLM calls as if the
 /// op ran in process; its cancellation reaches the op (its next `emit` returns false) and an
 /// op that does not stop within [`CANCEL_GRACE`] is killed with its worker.
-pub fn call(
+pub(crate) fn call(
     op: &OpHandle,
     args_json: &str,
     context_json: &str,

@@ -19,11 +19,11 @@
 use std::io::{self, Read, Write};
 
 /// The largest frame accepted: a chunk or a context larger than this is a protocol error.
-pub const MAX_FRAME: usize = 256 * 1024 * 1024;
+pub(crate) const MAX_FRAME: usize = 256 * 1024 * 1024;
 
 /// Everything either side says.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Message {
+pub(crate) enum Message {
     // host → worker
     Call {
         op: String,
@@ -71,7 +71,7 @@ fn put_str(out: &mut Vec<u8>, text: &str) {
 }
 
 /// Appends one frame to `out`.
-pub fn encode(message: &Message, out: &mut Vec<u8>) {
+pub(crate) fn encode(message: &Message, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0, 0, 0, 0, 0]);
     let tag = match message {
@@ -129,7 +129,7 @@ pub fn encode(message: &Message, out: &mut Vec<u8>) {
 }
 
 /// Writes one frame and flushes.
-pub fn send(writer: &mut impl Write, message: &Message) -> io::Result<()> {
+pub(crate) fn send(writer: &mut impl Write, message: &Message) -> io::Result<()> {
     let mut frame = Vec::new();
     encode(message, &mut frame);
     writer.write_all(&frame)?;
@@ -171,7 +171,7 @@ fn short() -> io::Error {
 }
 
 /// Reads one frame; `Ok(None)` at a clean end of stream.
-pub fn read(reader: &mut impl Read) -> io::Result<Option<Message>> {
+pub(crate) fn read(reader: &mut impl Read) -> io::Result<Option<Message>> {
     let mut header = [0u8; 5];
     match reader.read_exact(&mut header) {
         Ok(()) => {}

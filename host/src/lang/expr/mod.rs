@@ -32,45 +32,45 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-pub use program::parse;
+pub(crate) use program::parse;
 
 /// A parsed expression.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Expr {
+pub(crate) enum Expr {
     Call(Call),
     Seq(Vec<Expr>),
     Par(Vec<Expr>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Call {
-    pub name: String,
-    pub args: Map<String, Value>,
+pub(crate) struct Call {
+    pub(crate) name: String,
+    pub(crate) args: Map<String, Value>,
     /// Where the op name starts in the source.
-    pub pos: Pos,
+    pub(crate) pos: Pos,
     /// Sub-ops attached with `<<` (or `name.ops.tool = ...`), in order.
-    pub subs: Vec<Sub>,
+    pub(crate) subs: Vec<Sub>,
 }
 
 /// A sub-op: its name when given (`{"search": SearchOp()}`, `agent.ops.search = ...`), else
 /// the op decides (its tool name).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Sub {
-    pub name: Option<String>,
-    pub call: Call,
+pub(crate) struct Sub {
+    pub(crate) name: Option<String>,
+    pub(crate) call: Call,
 }
 
 /// A 1-based line and column (in characters).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Pos {
-    pub line: usize,
-    pub col: usize,
+pub(crate) struct Pos {
+    pub(crate) line: usize,
+    pub(crate) col: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Error {
-    pub pos: Pos,
-    pub message: String,
+pub(crate) struct Error {
+    pub(crate) pos: Pos,
+    pub(crate) message: String,
 }
 
 impl fmt::Display for Error {

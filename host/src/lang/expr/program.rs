@@ -8,7 +8,7 @@ use super::parser::{Parser, Raw, MAX_DEPTH};
 use super::{Error, Expr, Pos, Sub};
 
 /// Parses a `flow_content` program: statements, then the flow expression.
-pub fn parse(source: &str) -> Result<Expr, Error> {
+pub(crate) fn parse(source: &str) -> Result<Expr, Error> {
     let mut parser = Parser {
         src: source,
         at: 0,

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 /// loads without the key; the OpenAPI document behind it does not, so the page sends the key
 /// it was given (asked for once on a 401, kept in the tab's sessionStorage) with every request,
 /// the document's own included. The Authorize button sets it too.
-pub async fn docs_page(request: Request, next: Next) -> Response {
+pub(crate) async fn docs_page(request: Request, next: Next) -> Response {
     if !matches!(request.uri().path(), "/docs" | "/docs/") {
         return next.run(request).await;
     }

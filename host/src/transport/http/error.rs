@@ -9,11 +9,11 @@ use serde_json::{json, Value};
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub detail: Value,
+    pub(crate) detail: Value,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, detail: impl Into<Value>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, detail: impl Into<Value>) -> ApiError {
         ApiError {
             status,
             detail: detail.into(),

@@ -15,7 +15,7 @@ use super::settings::Settings as Options;
 
 /// The checks' view of the configuration, computed once.
 #[derive(Clone, Debug)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// Lower-cased host names without port; `None` accepts any host.
     hosts: Option<Vec<String>>,
     /// Allowed foreign origins, lower-cased; `None` accepts any origin.
@@ -24,7 +24,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn new(options: &Options) -> Policy {
+    pub(crate) fn new(options: &Options) -> Policy {
         let hosts = options.effective_allowed_hosts();
         let origins = &options.cors_origins;
         Policy {
@@ -46,7 +46,7 @@ impl Policy {
 
     /// Whether `Authorization` carries the key (`Bearer` in any case; compared in constant
     /// time). True when no key is configured.
-    pub fn authorized(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn authorized(&self, headers: &HeaderMap) -> bool {
         let Some(key) = &self.api_key else {
             return true;
         };
@@ -101,7 +101,11 @@ fn forbidden(message: String) -> Response {
 }
 
 /// The `Host`, `Origin` and content-type checks, in that order, on every route.
-pub async fn check_request(State(policy): State<Policy>, request: Request, next: Next) -> Response {
+pub(crate) async fn check_request(
+    State(policy): State<Policy>,
+    request: Request,
+    next: Next,
+) -> Response {
     let headers = request.headers();
     let host = headers
         .get(header::HOST)
@@ -166,7 +170,11 @@ fn content_type_problem(headers: &HeaderMap) -> Option<String> {
 /// The bearer API key on every route but `/health`, `/ready`, the docs page, the playground
 /// page and their assets
 /// (a browser loads those without a header; the data behind them needs the key).
-pub async fn authorize(State(policy): State<Policy>, request: Request, next: Next) -> Response {
+pub(crate) async fn authorize(
+    State(policy): State<Policy>,
+    request: Request,
+    next: Next,
+) -> Response {
     if policy.api_key.is_none()
         || request.method() == Method::OPTIONS
         || is_public(request.uri().path())
@@ -195,7 +203,7 @@ fn is_public(path: &str) -> bool {
 
 /// CORS for the listed origins only; none listed means no CORS headers at all, so browsers
 /// keep other pages from reading answers.
-pub fn cors(options: &Options) -> Option<CorsLayer> {
+pub(crate) fn cors(options: &Options) -> Option<CorsLayer> {
     if options.cors_origins.is_empty() {
         return None;
     }

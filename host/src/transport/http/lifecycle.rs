@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 /// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -35,13 +35,13 @@ pub async fn shutdown_signal() {
 
 /// The listening socket, to quiesce before it is closed.
 #[derive(Clone, Copy, Debug)]
-pub struct Listening {
+pub(crate) struct Listening {
     #[cfg(target_os = "linux")]
     fd: std::os::fd::RawFd,
 }
 
 impl Listening {
-    pub fn of(listener: &tokio::net::TcpListener) -> Listening {
+    pub(crate) fn of(listener: &tokio::net::TcpListener) -> Listening {
         #[cfg(target_os = "linux")]
         {
             use std::os::fd::AsRawFd;
@@ -59,7 +59,7 @@ impl Listening {
     /// Stops new connections from being queued, then waits (up to `limit`) until the server
     /// has accepted every connection already queued. Linux only; elsewhere it returns at once.
     /// The caller must keep the listener open (and accepting) until this returns.
-    pub async fn quiesce(self, limit: Duration) {
+    pub(crate) async fn quiesce(self, limit: Duration) {
         #[cfg(target_os = "linux")]
         {
             if let Err(err) = drop_new_syns(self.fd) {

@@ -5,18 +5,18 @@
 //! `openai`, `openapi`, `lifecycle`; the arrows run from here to them. Knows nothing of
 //! plugins: it looks flows up in the catalog's current snapshot and hands them to the executor.
 
-pub mod docs;
-pub mod error;
-pub mod guard;
-pub mod lifecycle;
-pub mod openai;
-pub mod openapi;
-pub mod playground;
-pub mod request;
-pub mod runs;
-pub mod settings;
-pub mod sse;
-pub mod state;
+pub(crate) mod docs;
+pub(crate) mod error;
+pub(crate) mod guard;
+pub(crate) mod lifecycle;
+pub(crate) mod openai;
+pub(crate) mod openapi;
+pub(crate) mod playground;
+pub(crate) mod request;
+pub(crate) mod runs;
+pub(crate) mod settings;
+pub(crate) mod sse;
+pub(crate) mod state;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -39,11 +39,12 @@ use crate::exec::{self, Run};
 use crate::metrics as m;
 
 pub use self::error::ApiError;
-pub use self::request::{busy_response, live_flow, parse_body, validate};
-pub use self::runs::Retention;
-pub use self::settings::Settings;
-pub use self::sse::{sse_response, EventWriter, FlowLlmEvents};
-pub use self::state::AppState;
+pub use self::request::parse_body;
+pub(crate) use self::request::{busy_response, live_flow, validate};
+pub(crate) use self::runs::Retention;
+pub(crate) use self::settings::Settings;
+pub(crate) use self::sse::{sse_response, FlowLlmEvents};
+pub(crate) use self::state::AppState;
 
 /// Every route [`router`] serves, as `(methods, path)`: the table the guard invariant is tested
 /// against (each route is called without a key; only the public ones may answer) and that the
@@ -75,7 +76,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// The whole HTTP API. Flow routes are not registered one by one: `POST /{flow}` looks the
 /// flow up in the snapshot of the moment, so reloads need no new router.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let swagger = swagger_ui_dist::generate_routes(swagger_ui_dist::ApiDefinition {
         uri_prefix: "/docs",
         api_definition: swagger_ui_dist::OpenApiSource::Uri("/openapi.json"),
@@ -481,7 +482,7 @@ async fn json_answer(run: Run, state: &AppState) -> Response {
 
 /// Serves HTTP until SIGINT/SIGTERM: stop accepting, let streams finish until the shutdown
 /// deadline, then end the rest with an error chunk.
-pub async fn serve(
+pub(crate) async fn serve(
     catalog: Arc<Catalog>,
     options: Options,
     run_options: exec::Options,

@@ -58,7 +58,7 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-pub async fn models(State(state): State<AppState>) -> Json<Value> {
+pub(crate) async fn models(State(state): State<AppState>) -> Json<Value> {
     let snapshot = state.catalog.snapshot();
     let data: Vec<Value> = snapshot
         .live()
@@ -88,7 +88,7 @@ fn content_text(content: &Value) -> String {
     }
 }
 
-pub async fn chat_completions(
+pub(crate) async fn chat_completions(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {

@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 
 use crate::catalog::Snapshot;
 
-pub fn document(snapshot: &Snapshot, api_key: bool) -> Value {
+pub(crate) fn document(snapshot: &Snapshot, api_key: bool) -> Value {
     let mut paths = Map::new();
     for (name, flow) in snapshot.live() {
         let spec = &flow.spec;

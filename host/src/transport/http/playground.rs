@@ -22,11 +22,11 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
 
 /// The paths a browser loads without an API key (the page asks for the key and sends it with
 /// everything else it reads).
-pub fn is_public(path: &str) -> bool {
+pub(crate) fn is_public(path: &str) -> bool {
     matches!(path, "/" | "/playground.js" | "/playground.css")
 }
 
-pub async fn page() -> Response {
+pub(crate) async fn page() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -39,7 +39,7 @@ pub async fn page() -> Response {
         .into_response()
 }
 
-pub async fn script() -> Response {
+pub(crate) async fn script() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
@@ -51,7 +51,7 @@ pub async fn script() -> Response {
         .into_response()
 }
 
-pub async fn style() -> Response {
+pub(crate) async fn style() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/css; charset=utf-8"),
@@ -84,7 +84,7 @@ enum Next {
 
 /// `GET /events`: `event: catalog` with the whole catalog now and after every reload,
 /// keep-alive comments while quiet; ends when the host starts draining.
-pub async fn events(State(state): State<AppState>) -> Response {
+pub(crate) async fn events(State(state): State<AppState>) -> Response {
     let changes = state.catalog.subscribe();
     let first = catalog_event(&state);
     let keepalive = state.options.keepalive.max(Duration::from_millis(100));

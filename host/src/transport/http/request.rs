@@ -15,7 +15,7 @@ use crate::catalog::Snapshot;
 use crate::plan::Flow;
 
 /// A run refused by admission control: 503, `Retry-After`, and the reason naming the flow.
-pub fn busy_response(busy: &crate::exec::admission::Busy) -> Response {
+pub(crate) fn busy_response(busy: &crate::exec::admission::Busy) -> Response {
     let mut response =
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, busy.message.clone()).into_response();
     response
@@ -25,7 +25,7 @@ pub fn busy_response(busy: &crate::exec::admission::Busy) -> Response {
 }
 
 /// Looks a flow up for a request: 404 when unknown, 503 when broken with no good version.
-pub fn live_flow(snapshot: &Snapshot, name: &str) -> Result<Arc<Flow>, ApiError> {
+pub(crate) fn live_flow(snapshot: &Snapshot, name: &str) -> Result<Arc<Flow>, ApiError> {
     let Some(entry) = snapshot.get(name) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -87,7 +87,10 @@ fn kind_of(value: &Value) -> &'static str {
 }
 
 /// Checks the input against the flow's schema: 422 naming each field, FastAPI's shape.
-pub fn validate(flow: &Flow, input: Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn validate(
+    flow: &Flow,
+    input: Map<String, Value>,
+) -> Result<Map<String, Value>, ApiError> {
     flow.check_input(input).map_err(|problems| {
         let detail: Vec<Value> = problems
             .into_iter()

@@ -22,14 +22,14 @@ use crate::exec::Run;
 
 /// `runs:` in the config: how long and how many finished runs are kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Retention {
+pub(crate) struct Retention {
     /// How long a finished run stays readable (`runs.retention`, seconds).
-    pub keep: Duration,
+    pub(crate) keep: Duration,
     /// Runs kept at most, running ones included (`runs.max_runs`).
-    pub max_runs: usize,
+    pub(crate) max_runs: usize,
     /// Chunk bytes kept across all runs (`runs.max_bytes`); a run's own log stops growing at
     /// a quarter of it.
-    pub max_bytes: usize,
+    pub(crate) max_bytes: usize,
 }
 
 impl Default for Retention {
@@ -43,7 +43,7 @@ impl Default for Retention {
 }
 
 /// Whether a request asked to run in the background (RFC 7240 `Prefer: respond-async`).
-pub fn wants_async(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_async(headers: &HeaderMap) -> bool {
     headers
         .get_all("prefer")
         .iter()
@@ -141,7 +141,7 @@ fn rfc3339(at: SystemTime) -> String {
 
 /// The runs of this process.
 #[derive(Default)]
-pub struct Store {
+pub(crate) struct Store {
     inner: Mutex<Inner>,
     retention: Retention,
 }
@@ -156,7 +156,7 @@ struct Inner {
 }
 
 impl Store {
-    pub fn new(retention: Retention) -> Store {
+    pub(crate) fn new(retention: Retention) -> Store {
         Store {
             inner: Mutex::default(),
             retention,
@@ -296,14 +296,14 @@ async fn drive(mut run: Run, record: &Record, share: usize) {
 }
 
 /// `POST /{flow}` with `Prefer: respond-async`: 202, `Location: /runs/{id}`.
-pub fn accept(state: &AppState, flow: &str, run: Run, headers: &HeaderMap) -> Response {
+pub(crate) fn accept(state: &AppState, flow: &str, run: Run, headers: &HeaderMap) -> Response {
     let key = idempotency_key(headers);
     let record = state.runs.start(flow, run, key);
     accepted(&record, false)
 }
 
 /// The run already started under this request's `Idempotency-Key`, if any.
-pub fn existing(state: &AppState, flow: &str, headers: &HeaderMap) -> Option<Response> {
+pub(crate) fn existing(state: &AppState, flow: &str, headers: &HeaderMap) -> Option<Response> {
     let key = idempotency_key(headers)?;
     state.runs.prune();
     let id = state
@@ -350,7 +350,7 @@ fn not_found(id: &str) -> ApiError {
 }
 
 /// `GET /runs/{id}`.
-pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+pub(crate) async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     match state.runs.get(&id) {
         Some(record) => axum::Json(record.to_json()).into_response(),
         None => not_found(&id).into_response(),
@@ -359,7 +359,7 @@ pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Re
 
 /// `DELETE /runs/{id}`: cancels a running run (its ops see it at their next emit); a run that
 /// already ended is left as it is.
-pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     let Some(record) = state.runs.get(&id) else {
         return not_found(&id).into_response();
     };
@@ -384,7 +384,7 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Re
 
 /// `GET /runs/{id}/events`: every chunk from the start as FlowLLM's SSE events, then live
 /// ones until the run ends, then `data:[DONE]`.
-pub async fn events(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+pub(crate) async fn events(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     let Some(record) = state.runs.get(&id) else {
         return not_found(&id).into_response();
     };

@@ -4,40 +4,40 @@
 use std::time::Duration;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Settings {
-    pub host: String,
-    pub port: u16,
+pub(crate) struct Settings {
+    pub(crate) host: String,
+    pub(crate) port: u16,
     /// Largest accepted request body, in bytes.
-    pub body_limit: usize,
+    pub(crate) body_limit: usize,
     /// Browser origins allowed besides the server's own (CORS and the `Origin` check); empty
     /// means none, `*` any.
-    pub cors_origins: Vec<String>,
+    pub(crate) cors_origins: Vec<String>,
     /// `Host` names accepted on every route (any port); empty means the defaults: the
     /// localhost names and the bind address. `*` accepts any host.
-    pub allowed_hosts: Vec<String>,
+    pub(crate) allowed_hosts: Vec<String>,
     /// When set, every route but `/health` needs `Authorization: Bearer <key>`.
-    pub api_key: Option<String>,
+    pub(crate) api_key: Option<String>,
     /// Idle time before an SSE keep-alive comment.
-    pub keepalive: Duration,
+    pub(crate) keepalive: Duration,
     /// How long streams may go on after SIGINT/SIGTERM before they are ended.
-    pub shutdown_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
     /// After SIGTERM, how long the host keeps serving (with `/ready` at 503) before it stops
     /// accepting, so a proxy or the endpoints controller stops sending first.
-    pub drain_delay: Duration,
+    pub(crate) drain_delay: Duration,
     /// Async runs: how long and how many are kept (`runs:` section).
-    pub runs: super::runs::Retention,
+    pub(crate) runs: super::runs::Retention,
     /// Serve `/mcp` without sessions: every request is answered by itself, so any replica
     /// behind a round-robin proxy can answer any request of any client.
-    pub mcp_stateless: bool,
+    pub(crate) mcp_stateless: bool,
     /// The key 2026-07-28 `requestState` values are sealed with (HMAC): replicas behind one
     /// proxy share it so any of them can serve a call's next round. None: a random key per
     /// process.
-    pub mcp_state_key: Option<String>,
+    pub(crate) mcp_state_key: Option<String>,
 }
 
 impl Settings {
     /// The `Host` names accepted when `allowed_hosts` is empty.
-    pub fn effective_allowed_hosts(&self) -> Vec<String> {
+    pub(crate) fn effective_allowed_hosts(&self) -> Vec<String> {
         if !self.allowed_hosts.is_empty() {
             return self.allowed_hosts.clone();
         }

@@ -16,14 +16,14 @@ use crate::exec::Run;
 use crate::metrics as m;
 
 /// How a stream of chunks is written as SSE events.
-pub trait EventWriter: Send + 'static {
+pub(crate) trait EventWriter: Send + 'static {
     fn chunks(&mut self, flow_id: &str, chunks: &[Chunk], out: &mut String);
     /// The closing events (`[DONE]`).
     fn done(&mut self, flow_id: &str, out: &mut String);
 }
 
 /// FlowLLM's wire form: `data:{chunk json}\n\n` per chunk, `data:[DONE]\n\n` at the end.
-pub struct FlowLlmEvents;
+pub(crate) struct FlowLlmEvents;
 
 impl EventWriter for FlowLlmEvents {
     fn chunks(&mut self, flow_id: &str, chunks: &[Chunk], out: &mut String) {
@@ -63,7 +63,7 @@ impl<W> Drop for Streaming<W> {
 
 /// Streams a run as SSE. Every batch of chunks becomes one write; a quiet stream gets
 /// keep-alive comments; a client that goes away drops the body, which cancels the run.
-pub fn sse_response<W: EventWriter>(run: Run, state: &AppState, writer: W) -> Response {
+pub(crate) fn sse_response<W: EventWriter>(run: Run, state: &AppState, writer: W) -> Response {
     metrics::gauge!(m::ACTIVE_STREAMS).increment(1.0);
     let streaming = Streaming {
         run,

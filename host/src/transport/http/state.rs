@@ -14,15 +14,15 @@ use crate::metrics as m;
 
 /// What every handler shares.
 #[derive(Clone)]
-pub struct AppState {
-    pub catalog: Arc<Catalog>,
-    pub options: Arc<Options>,
+pub(crate) struct AppState {
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) options: Arc<Options>,
     /// Fires when the shutdown deadline passes: streams still running are ended.
-    pub hard_stop: CancellationToken,
+    pub(crate) hard_stop: CancellationToken,
     /// What every run starts with (the LLM service).
-    pub run_options: exec::Options,
+    pub(crate) run_options: exec::Options,
     /// False from the moment a drain begins (`GET /ready` answers 503).
-    pub ready: Arc<AtomicBool>,
+    pub(crate) ready: Arc<AtomicBool>,
     pub(crate) policy: Policy,
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Async runs (`Prefer: respond-async`).
@@ -30,7 +30,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(catalog: Arc<Catalog>, options: Options, run_options: exec::Options) -> AppState {
+    pub(crate) fn new(
+        catalog: Arc<Catalog>,
+        options: Options,
+        run_options: exec::Options,
+    ) -> AppState {
         AppState {
             catalog,
             policy: Policy::new(&options),

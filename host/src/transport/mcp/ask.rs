@@ -152,7 +152,7 @@ fn uuid_like() -> String {
 /// an op that asks the same thing again gets its answer at once; a new question becomes an
 /// input request of this round's result. Nothing is kept between rounds on the server: any
 /// replica sharing `http.mcp_state_key` can serve the next round.
-pub struct Exchange {
+pub(crate) struct Exchange {
     pub(crate) answers: Map<String, Value>,
     /// Questions of this round: key → `{method, params}`.
     pub(crate) requests: std::sync::Mutex<Map<String, Value>>,
@@ -270,7 +270,7 @@ static STATE_CODEC: std::sync::OnceLock<rmcp::model::RequestStateCodec> =
 
 /// Sets the key `requestState` is sealed with (`http.mcp_state_key`: replicas behind one proxy
 /// share it). Without one, each process draws a random key at its first use.
-pub fn set_state_key(key: &str) -> Result<(), String> {
+pub(crate) fn set_state_key(key: &str) -> Result<(), String> {
     let codec = rmcp::model::RequestStateCodec::try_new(key.as_bytes().to_vec())
         .map_err(|err| format!("http.mcp_state_key: {err} (use at least 32 bytes)"))?;
     let _ = STATE_CODEC.set(codec);

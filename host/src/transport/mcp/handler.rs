@@ -24,7 +24,7 @@ use crate::exec;
 
 /// The MCP server for one connection (stdio) or one session (HTTP).
 #[derive(Clone)]
-pub struct FlowTools {
+pub(crate) struct FlowTools {
     pub(crate) catalog: Arc<Catalog>,
     pub(crate) run_options: exec::Options,
     /// The lowest op log level the client asked for with `logging/setLevel` (a rank, see
@@ -41,7 +41,7 @@ pub struct FlowTools {
 pub(crate) const LOGS_OFF: u8 = u8::MAX;
 
 impl FlowTools {
-    pub fn new(catalog: Arc<Catalog>, run_options: exec::Options) -> FlowTools {
+    pub(crate) fn new(catalog: Arc<Catalog>, run_options: exec::Options) -> FlowTools {
         FlowTools {
             catalog,
             run_options,
@@ -71,7 +71,7 @@ impl FlowTools {
     }
 
     /// The tools of the current snapshot: one per flow that can run.
-    pub fn tools(&self) -> Vec<Tool> {
+    pub(crate) fn tools(&self) -> Vec<Tool> {
         let snapshot = self.catalog.snapshot();
         snapshot
             .live()

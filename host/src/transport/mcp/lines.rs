@@ -10,7 +10,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 /// What the splitter found.
-pub enum Event<'a> {
+pub(crate) enum Event<'a> {
     /// A whole line (without its newline), numbered from 1.
     Line(u64, &'a [u8]),
     /// Line `number` was `bytes` long, over the limit; it was skipped.
@@ -18,7 +18,7 @@ pub enum Event<'a> {
 }
 
 /// Cuts a byte stream into lines of at most `max_line` bytes.
-pub struct Lines {
+pub(crate) struct Lines {
     buf: Vec<u8>,
     max_line: usize,
     number: u64,
@@ -27,7 +27,7 @@ pub struct Lines {
 }
 
 impl Lines {
-    pub fn new(max_line: usize) -> Lines {
+    pub(crate) fn new(max_line: usize) -> Lines {
         Lines {
             buf: Vec::with_capacity(4096),
             max_line,
@@ -37,7 +37,7 @@ impl Lines {
     }
 
     /// Feeds bytes read; `on` sees every finished line and returns `false` to stop.
-    pub fn feed(&mut self, mut data: &[u8], on: &mut impl FnMut(Event<'_>) -> bool) -> bool {
+    pub(crate) fn feed(&mut self, mut data: &[u8], on: &mut impl FnMut(Event<'_>) -> bool) -> bool {
         while !data.is_empty() {
             let newline = memchr(data);
             let (segment, rest) = match newline {
@@ -90,7 +90,7 @@ impl Lines {
     }
 
     /// End of input: a last line without a newline still counts.
-    pub fn finish(&mut self, on: &mut impl FnMut(Event<'_>) -> bool) {
+    pub(crate) fn finish(&mut self, on: &mut impl FnMut(Event<'_>) -> bool) {
         if let Some(bytes) = self.skipping.take() {
             self.number += 1;
             on(Event::Oversized {
@@ -112,7 +112,7 @@ fn memchr(data: &[u8]) -> Option<usize> {
 /// A non-blocking copy of stdin registered with the runtime's reactor, when stdin is a pipe or
 /// a socket (nobody else reads those ends, so `O_NONBLOCK` bothers no one). `None`: read it
 /// with [`read_blocking`] on a thread.
-pub fn pollable_stdin(max_line: usize) -> Option<AsyncLines> {
+pub(crate) fn pollable_stdin(max_line: usize) -> Option<AsyncLines> {
     let stdin = std::io::stdin();
     let fd = stdin.as_fd();
     // SAFETY: fstat only writes the struct it is given.
@@ -146,7 +146,7 @@ pub fn pollable_stdin(max_line: usize) -> Option<AsyncLines> {
 }
 
 /// Stdin read on the runtime thread.
-pub struct AsyncLines {
+pub(crate) struct AsyncLines {
     fd: tokio::io::unix::AsyncFd<OwnedFd>,
     lines: Lines,
     chunk: Vec<u8>,
@@ -154,7 +154,10 @@ pub struct AsyncLines {
 
 impl AsyncLines {
     /// Waits for input and feeds what one read returns to `on`. `Ok(false)`: end of input.
-    pub async fn read(&mut self, on: &mut impl FnMut(Event<'_>) -> bool) -> std::io::Result<bool> {
+    pub(crate) async fn read(
+        &mut self,
+        on: &mut impl FnMut(Event<'_>) -> bool,
+    ) -> std::io::Result<bool> {
         loop {
             let mut guard = self.fd.readable().await?;
             let chunk = &mut self.chunk;
@@ -185,7 +188,7 @@ impl AsyncLines {
 
 /// Reads stdin to its end with blocking reads (on a thread of its own), line by line; stops
 /// early when `on` says so.
-pub fn read_blocking(
+pub(crate) fn read_blocking(
     max_line: usize,
     mut on: impl FnMut(Event<'_>) -> bool,
 ) -> std::io::Result<()> {

@@ -12,13 +12,13 @@
 mod ask;
 mod call;
 mod handler;
-pub mod lines;
+pub(crate) mod lines;
 mod logging;
 mod service;
 mod stdio;
 mod tasks;
 
-pub use ask::{set_state_key, Exchange};
-pub use handler::FlowTools;
-pub use service::{check_param_headers, http_service};
-pub use stdio::{claim_stdout, classify_line, serve_stdio, Line, MAX_LINE_BYTES};
+pub(crate) use ask::set_state_key;
+pub(crate) use service::{check_param_headers, http_service};
+pub(crate) use stdio::{claim_stdout, serve_stdio, MAX_LINE_BYTES};
+pub use stdio::{classify_line, Line};

@@ -14,7 +14,7 @@ use crate::exec;
 /// mirrored by the client in an `Mcp-Param-Name` header (literal, or `=?base64?...?=`) so
 /// proxies can route on it. A `tools/call` whose header is missing, undecodable or different
 /// from the body is refused (-32020, HTTP 400) before it runs.
-pub async fn check_param_headers(
+pub(crate) async fn check_param_headers(
     axum::extract::State((catalog, limit)): axum::extract::State<(Arc<Catalog>, usize)>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -130,7 +130,7 @@ fn param_header_problem(
 /// `Origin` checks are the HTTP transport's (one `http.allowed_hosts` for every route), so
 /// rmcp's own are off here. `stateless`: no sessions, every request answered by itself (any
 /// replica behind a round-robin proxy can serve any request; see ARCHITECTURE.md).
-pub fn http_service(
+pub(crate) fn http_service(
     catalog: Arc<Catalog>,
     run_options: exec::Options,
     stateless: bool,

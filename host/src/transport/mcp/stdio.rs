@@ -16,7 +16,7 @@ use crate::catalog::Catalog;
 use crate::exec;
 
 /// The largest stdio message accepted (a longer line gets an error and is skipped).
-pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Where protocol lines go: a private duplicate of the real stdout (see [`claim_stdout`]).
 static PROTOCOL_OUT: std::sync::OnceLock<std::sync::Mutex<std::fs::File>> =
@@ -24,14 +24,14 @@ static PROTOCOL_OUT: std::sync::OnceLock<std::sync::Mutex<std::fs::File>> =
 
 /// Keeps stdout for the protocol (see [`crate::util::stdio::take_stdout`]): protocol lines go to a
 /// private duplicate, stray prints to stderr. Call it before plugins are loaded.
-pub fn claim_stdout() -> Result<(), String> {
+pub(crate) fn claim_stdout() -> Result<(), String> {
     let file = crate::util::stdio::take_stdout()?;
     let _ = PROTOCOL_OUT.set(std::sync::Mutex::new(file));
     Ok(())
 }
 
 /// Serves MCP on stdin/stdout until stdin closes. Only protocol lines go to stdout.
-pub async fn serve_stdio(
+pub(crate) async fn serve_stdio(
     catalog: Arc<Catalog>,
     run_options: exec::Options,
     max_line: usize,

@@ -1,16 +1,57 @@
 //! The compiled plan of a flow: what `lang::compile` builds from a flow spec and `exec` runs —
 //! the compiled [`Flow`] (its tree of [`Node`]s, its input and output checks), and the settings
 //! it runs under ([`Limits`], [`Isolation`], [`TaskSupport`], each op call's [`Policy`]). Knows
-//! nothing of how it is built or run; it keeps the [`Spec`] it was compiled from.
+//! nothing of how it is built or run; it keeps the [`Spec`] it was compiled from (a flow as its
+//! file describes it, which `lang` reads).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::lang::Spec;
 use crate::ops::OpHandle;
+
+/// One flow as written in a file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spec {
+    pub(crate) name: String,
+    pub(crate) file: PathBuf,
+    /// 1-based line of the flow's key in the file.
+    pub(crate) line: usize,
+    pub flow_content: String,
+    pub(crate) stream: bool,
+    pub description: String,
+    /// The input schema as a full JSON Schema object (FlowLLM's short form is converted).
+    pub(crate) input_schema: Value,
+    pub(crate) limits: Limits,
+    /// `isolation:` in the YAML: where this flow's ops run (else the plugin's or the default).
+    pub(crate) isolation: Option<Isolation>,
+    /// `output_schema:` the JSON Schema (an object schema) the flow's answer follows: MCP's
+    /// `outputSchema`, with the answer as `structuredContent`, checked against it.
+    pub(crate) output_schema: Option<Value>,
+    /// `icon:` MCP icons (`[{src, mimeType?, sizes?}]`) from a URL / data URI, a mapping, or a
+    /// list of either.
+    pub(crate) icons: Vec<Value>,
+    /// The flow's own YAML (its name and spec, as written in its file).
+    pub(crate) source: String,
+    /// `task:` whether MCP clients that speak the tasks extension get a task for a call.
+    pub(crate) task: TaskSupport,
+    /// `task_after:` seconds a call may run (or ask the client) before it becomes a task
+    /// (default `lang`'s `DEFAULT_TASK_AFTER`; 0: at once).
+    pub(crate) task_after: Duration,
+    /// Where `flow_content`'s text starts, to map expression positions to file positions.
+    pub(crate) content_origin: Origin,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Origin {
+    pub(crate) line: usize,
+    pub(crate) col: usize,
+    /// Block scalar (`|`/`>`): expression lines map to file lines, columns from `col`.
+    pub(crate) block: bool,
+}
 
 /// A compiled, runnable flow.
 #[derive(Debug)]

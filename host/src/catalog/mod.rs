@@ -6,7 +6,7 @@ pub(crate) mod content;
 pub mod watch;
 
 /// A flow as its file describes it (what `Entry::spec` holds).
-pub use crate::lang::Spec;
+pub use crate::plan::Spec;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

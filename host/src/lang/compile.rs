@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 
 use super::diagnostics::Diagnostic;
 use super::expr::{self, Expr};
-use super::spec::Spec;
 use crate::ops::Registry;
+use crate::plan::Spec;
 use crate::plan::{Flow, FlowRef, Node, Policy, Step, SubStep, POLICY_KEYWORDS};
 
 /// Compiles a spec against the ops that exist now: parses `flow_content`, binds every op name

@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use super::expr::{self, Pos};
-use super::spec::Spec;
+use crate::plan::Spec;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 /// How bad a problem is. Every problem found today stops its flow or file from loading; the

@@ -15,5 +15,5 @@ pub use diagnostics::Diagnostic;
 pub(crate) use diagnostics::{short_number, Severity};
 pub use spec::parse_file;
 pub use spec::FileFlows;
-pub use spec::Spec;
+
 pub(crate) use spec::{is_flow_file, list_files};

@@ -1,5 +1,5 @@
-//! The YAML model of flow files: [`Spec`] (the types of its run settings are the plan's), and
-//! reading one file into flow specs plus diagnostics ([`parse_file`]). Knows nothing of ops,
+//! Reading one flow file into flow specs ([`Spec`], defined in the plan, which carries it)
+//! plus diagnostics ([`parse_file`]). Knows nothing of ops,
 //! watching, serving or running.
 //!
 //! Longer than 600 lines with its tests (about 135 of them): the model and its reader stay one
@@ -15,51 +15,11 @@ use serde_json::{json, Value};
 use super::diagnostics::{short_number, Diagnostic, Severity};
 use super::expr;
 use super::schema::normalize_schema;
-use crate::plan::{Isolation, Limits, TaskSupport, MAX_SECONDS};
-
-/// One flow as written in a file.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Spec {
-    pub(crate) name: String,
-    pub(crate) file: PathBuf,
-    /// 1-based line of the flow's key in the file.
-    pub(crate) line: usize,
-    pub flow_content: String,
-    pub(crate) stream: bool,
-    pub description: String,
-    /// The input schema as a full JSON Schema object (FlowLLM's short form is converted).
-    pub(crate) input_schema: Value,
-    pub(crate) limits: Limits,
-    /// `isolation:` in the YAML: where this flow's ops run (else the plugin's or the default).
-    pub(crate) isolation: Option<Isolation>,
-    /// `output_schema:` the JSON Schema (an object schema) the flow's answer follows: MCP's
-    /// `outputSchema`, with the answer as `structuredContent`, checked against it.
-    pub(crate) output_schema: Option<Value>,
-    /// `icon:` MCP icons (`[{src, mimeType?, sizes?}]`) from a URL / data URI, a mapping, or a
-    /// list of either.
-    pub(crate) icons: Vec<Value>,
-    /// The flow's own YAML (its name and spec, as written in its file).
-    pub(crate) source: String,
-    /// `task:` whether MCP clients that speak the tasks extension get a task for a call.
-    pub(crate) task: TaskSupport,
-    /// `task_after:` seconds a call may run (or ask the client) before it becomes a task
-    /// (default [`DEFAULT_TASK_AFTER`]; 0: at once).
-    pub(crate) task_after: Duration,
-    /// Where `flow_content`'s text starts, to map expression positions to file positions.
-    content_origin: Origin,
-}
+use crate::plan::{Isolation, Limits, Origin, Spec, TaskSupport, MAX_SECONDS};
 
 /// How long a call of a task-capable client runs before it becomes a task, unless the flow
 /// says (`task_after:`): quicker calls answer directly, without a task to poll.
 pub(crate) const DEFAULT_TASK_AFTER: Duration = Duration::from_secs(1);
-
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-struct Origin {
-    line: usize,
-    col: usize,
-    /// Block scalar (`|`/`>`): expression lines map to file lines, columns from `col`.
-    block: bool,
-}
 
 /// What reading one file produced: the flows that parsed (each may still fail to compile) and
 /// the problems, which never stop the other flows of the file.

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 
+use crate::sse::read_stream;
+
 const BENCH_FLOWS: &str = "\
 fake_stream_flow:
   flow_content: CountOp()
@@ -96,53 +98,6 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// One SSE stream: (chunks, saw [DONE], time to first chunk, total time, HTTP status).
-pub async fn read_stream(
-    client: &reqwest::Client,
-    url: &str,
-    body: &Value,
-) -> (u64, bool, Duration, Duration, u16) {
-    let started = Instant::now();
-    let response = match client.post(url).json(body).send().await {
-        Ok(r) => r,
-        Err(_) => return (0, false, Duration::ZERO, started.elapsed(), 0),
-    };
-    let status = response.status().as_u16();
-    let mut stream = response.bytes_stream();
-    let mut events = 0u64;
-    let mut first = None;
-    let mut last_byte = 0u8;
-    let mut tail: Vec<u8> = Vec::new();
-    while let Some(Ok(bytes)) = stream.next().await {
-        if first.is_none() && !bytes.is_empty() {
-            first = Some(started.elapsed());
-        }
-        // Events end with a blank line; count "\n\n", also when split across reads.
-        if last_byte == b'\n' && bytes.first() == Some(&b'\n') {
-            events += 1;
-        }
-        events += memchr::memmem::find_iter(&bytes, b"\n\n").count() as u64;
-        last_byte = bytes.last().copied().unwrap_or(last_byte);
-        tail.extend_from_slice(&bytes[bytes.len().saturating_sub(32)..]);
-        if tail.len() > 64 {
-            tail.drain(..tail.len() - 32);
-        }
-    }
-    let done = memchr::memmem::find(&tail, b"[DONE]").is_some();
-    let chunks = if done {
-        events.saturating_sub(1)
-    } else {
-        events
-    };
-    (
-        chunks,
-        done,
-        first.unwrap_or_default(),
-        started.elapsed(),
-        status,
-    )
 }
 
 async fn single(server: &Server, n: u64) -> Value {
@@ -438,13 +393,16 @@ pub async fn run(bin_dir: &Path) -> Value {
         eprintln!("== flowhost in-process: save -> served, MCP stdio");
         report.insert(
             "flowhost_save_to_served".into(),
-            crate::save_to_served(bin_dir),
+            crate::micro::save_to_served(bin_dir),
         );
-        report.insert("flowhost_mcp_stdio".into(), crate::mcp_stdio(bin_dir));
+        report.insert(
+            "flowhost_mcp_stdio".into(),
+            crate::micro::mcp_stdio(bin_dir),
+        );
     }
     if only.is_empty() || only.split(',').any(|o| o == "flowllm") {
         eprintln!("== FlowLLM MCP stdio");
-        if let Some(figures) = crate::flowllm_mcp_stdio(&peers) {
+        if let Some(figures) = crate::micro::flowllm_mcp_stdio(&peers) {
             report.insert("flowllm_mcp_stdio".into(), figures);
         }
     }

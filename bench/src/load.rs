@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::compare::read_stream;
+use crate::sse::read_stream;
 
 pub fn run(args: &[String]) -> Value {
     let (Some(url), Some(workload)) = (args.first(), args.get(1)) else {

@@ -111,6 +111,52 @@ fn http_mounts_mcp_and_nothing_imports_the_router() {
     fail_on(offenders, "transport's sub-parts depend one way");
 }
 
+/// Inside `transport/http/` the files' arrows run one way too (the router over its parts;
+/// `state` over `guard`, `settings` and the runs store; the handlers over `state`): a cycle
+/// between two files there is a hub in the making.
+#[test]
+fn the_http_transport_files_form_no_cycle() {
+    let sources = sources();
+    let modules: BTreeSet<&[String]> = sources
+        .iter()
+        .flat_map(|s| (0..=s.module.len()).map(|n| &s.module[..n]))
+        .collect();
+    let mut table: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for source in &sources {
+        if !source.file.starts_with("transport/http/") {
+            continue;
+        }
+        let from = source.module.join("::");
+        let targets = table.entry(from.clone()).or_default();
+        for (_, path) in &source.references {
+            let Some(n) = (0..=path.len())
+                .rev()
+                .find(|&n| modules.contains(&path[..n]))
+            else {
+                continue;
+            };
+            let to = path[..n].join("::");
+            if to.starts_with("transport::http") && to != from {
+                targets.insert(to);
+            }
+        }
+    }
+    // A module's own submodules (`runs` → `runs::store`) are below it, not a cycle with it.
+    for (from, targets) in table.iter_mut() {
+        targets.retain(|to| !from.starts_with(&format!("{to}::")));
+    }
+    let known: BTreeSet<String> = table.keys().cloned().collect();
+    for targets in table.values_mut() {
+        targets.retain(|to| known.contains(to));
+    }
+    if let Some(cycle) = cycle(&table) {
+        panic!(
+            "files of transport/http import each other: {}",
+            cycle.join(" → ")
+        );
+    }
+}
+
 #[test]
 fn the_parts_table_matches_architecture_md() {
     let text = read(&workspace().join("ARCHITECTURE.md"));

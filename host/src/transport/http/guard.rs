@@ -196,9 +196,13 @@ pub(crate) async fn authorize(
 }
 
 fn is_public(path: &str) -> bool {
-    matches!(path, "/health" | "/ready" | "/docs" | "/docs/")
-        || path.starts_with("/docs/")
-        || super::playground::is_public(path)
+    // Health and readiness (probes carry no key), the API docs, and the playground's page,
+    // script and style: a browser loads those without a key, then the page asks for it and
+    // sends it with everything else it reads.
+    matches!(
+        path,
+        "/health" | "/ready" | "/docs" | "/docs/" | "/" | "/playground.js" | "/playground.css"
+    ) || path.starts_with("/docs/")
 }
 
 /// CORS for the listed origins only; none listed means no CORS headers at all, so browsers

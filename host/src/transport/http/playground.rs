@@ -20,12 +20,6 @@ const STYLE: &str = include_str!("playground/playground.css");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
                    img-src 'self' data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
-/// The paths a browser loads without an API key (the page asks for the key and sends it with
-/// everything else it reads).
-pub(crate) fn is_public(path: &str) -> bool {
-    matches!(path, "/" | "/playground.js" | "/playground.css")
-}
-
 pub(crate) async fn page() -> Response {
     (
         [

@@ -25,7 +25,7 @@ pub(crate) struct Settings {
     /// accepting, so a proxy or the endpoints controller stops sending first.
     pub(crate) drain_delay: Duration,
     /// Async runs: how long and how many are kept (`runs:` section).
-    pub(crate) runs: super::runs::Retention,
+    pub(crate) runs: super::runs::store::Retention,
     /// Serve `/mcp` without sessions: every request is answered by itself, so any replica
     /// behind a round-robin proxy can answer any request of any client.
     pub(crate) mcp_stateless: bool,

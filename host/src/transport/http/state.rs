@@ -26,7 +26,7 @@ pub(crate) struct AppState {
     pub(crate) policy: Policy,
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Async runs (`Prefer: respond-async`).
-    pub(crate) runs: Arc<super::runs::Store>,
+    pub(crate) runs: Arc<super::runs::store::Store>,
 }
 
 impl AppState {
@@ -38,7 +38,7 @@ impl AppState {
         AppState {
             catalog,
             policy: Policy::new(&options),
-            runs: Arc::new(super::runs::Store::new(options.runs.clone())),
+            runs: Arc::new(super::runs::store::Store::new(options.runs.clone())),
             options: Arc::new(options),
             hard_stop: CancellationToken::new(),
             run_options,

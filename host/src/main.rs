@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         .log
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| flowhost::default_log_filter(&cli.command).to_string());
+        .unwrap_or_else(|| flowhost::default_log_filter(&cli).to_string());
     // stdout belongs to the command's output (and to the protocol in stdio mode). Colour only
     // for a person at a terminal: log files and shippers get plain text.
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();

@@ -327,7 +327,9 @@ pub struct Context<'a> {
     host: &'a dyn Host,
 }
 
-/// The host side of a [`Context`]; implemented by the FFI glue (and by test doubles).
+/// The host side of a [`Context`]: implemented by the FFI glue in a plugin, by the flowhost
+/// host itself (its op host, and a worker process's link back to it: one trait on both sides
+/// of the ABI), and by test doubles ([`testing`]).
 #[doc(hidden)]
 pub trait Host {
     fn emit(&self, kind: u8, content: &str, json: bool) -> bool;

@@ -16,7 +16,7 @@ use crate::app::config::{self, Config, Flags};
 #[command(name = "flowhost", version, about = "A plugin host for LLM flows: hot-loaded op plugins, live-reloaded YAML flows, streamed over HTTP/SSE and MCP", long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
     /// Log filter for stderr (error, warn, info, debug, or a RUST_LOG-style filter).
     #[arg(long, global = true, env = "FLOWHOST_LOG")]
     pub log: Option<String>,
@@ -32,7 +32,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Serve the flows over HTTP (SSE and JSON, FlowLLM-compatible; OpenAI-compatible API).
     Serve {
         #[command(flatten)]
@@ -127,14 +127,14 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Transport {
+pub(crate) enum Transport {
     Http,
     Stdio,
 }
 
 /// Options every command shares.
 #[derive(Debug, Args, Clone, Default)]
-pub struct Common {
+pub(crate) struct Common {
     /// Config file (default: ./flowhost.yaml if present).
     #[arg(long, short = 'c')]
     pub(crate) config: Option<PathBuf>,
@@ -166,8 +166,8 @@ impl Common {
 }
 
 /// The log filter a command uses unless told otherwise.
-pub fn default_log_filter(command: &Command) -> &'static str {
-    match command {
+pub fn default_log_filter(cli: &Cli) -> &'static str {
+    match &cli.command {
         // `ops` has no other way to show a refused plugin; the others print flow problems
         // themselves, so repeating them as log lines is noise.
         Command::Ops { .. } => "warn",

@@ -156,13 +156,13 @@ pub(super) fn show_config(config: &Config) -> Result<ExitCode, String> {
         }))).collect::<Map<String, Value>>(),
         "watch": config.watch,
         "debounce_ms": config.debounce.as_millis() as u64,
-        "max_op_threads": config.max_op_threads,
+        "max_op_threads": config.ops.max_op_threads,
         "ops": {
-            "max_concurrency": config.max_concurrency,
-            "max_queue": config.max_queue,
-            "isolation": config.isolation.default,
-            "max_workers": config.max_workers,
-            "inline": config.isolation.inline,
+            "max_concurrency": config.ops.max_concurrency,
+            "max_queue": config.ops.max_queue,
+            "isolation": config.ops.isolation.default,
+            "max_workers": config.ops.max_workers,
+            "inline": config.ops.isolation.inline,
         },
         "cache": {"dir": config.cache_dir},
         "runs": {
@@ -170,7 +170,7 @@ pub(super) fn show_config(config: &Config) -> Result<ExitCode, String> {
             "max_runs": config.http.runs.max_runs,
             "max_bytes": config.http.runs.max_bytes,
         },
-        "plugins": config.isolation.plugins.iter()
+        "plugins": config.ops.isolation.plugins.iter()
             .map(|(name, isolation)| (name.clone(), json!({"isolation": isolation})))
             .collect::<Map<String, Value>>(),
     });

@@ -227,7 +227,7 @@ use op_sdk::{{Args, ChunkKind, Context, Error, Op}};
 use serde_json::{{json, Value}};
 
 /// Answers with the request's `query`, upper-cased, followed by `suffix`.
-pub(crate) struct {op} {{
+pub struct {op} {{
     suffix: String,
 }}
 
@@ -360,5 +360,11 @@ mod tests {
         let lib = std::fs::read_to_string(root.path().join("plugins/op-shout/src/lib.rs")).unwrap();
         assert!(lib.contains("export_plugin!(ShoutOp, WhisperOp)"), "{lib}");
         assert!(root.path().join("flows/whisper.yaml").is_file());
+        // lib.rs re-exports each op (`pub use shout::ShoutOp;`), which only compiles when the
+        // op is `pub`: the plugin's code is not the host's, whose items are `pub(crate)`.
+        let op =
+            std::fs::read_to_string(root.path().join("plugins/op-shout/src/shout.rs")).unwrap();
+        assert!(op.contains("\npub struct ShoutOp {"), "{op}");
+        assert!(lib.contains("pub use shout::ShoutOp;"), "{lib}");
     }
 }

@@ -30,22 +30,25 @@ pub(crate) fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, String
     }
     builder
         .enable_all()
-        .max_blocking_threads(config.max_op_threads)
+        .max_blocking_threads(config.ops.max_op_threads)
         .build()
         .map_err(|err| format!("cannot start the async runtime: {err}"))
 }
 
 /// What every run starts with: the LLM service from the configuration.
 pub(super) fn run_options(config: &Config) -> exec::Options {
-    crate::exec::worker::set_max_workers(config.max_workers);
+    crate::exec::worker::set_max_workers(config.ops.max_workers);
     crate::exec::cache::set_files(config.cache_dir.clone().map(|dir| {
         Box::new(crate::app::cache_files::Folder::new(dir))
             as Box<dyn crate::exec::cache::CacheFiles>
     }));
     exec::Options {
         llm: Some(Arc::new(crate::llm::Service::new(config.llm.clone()))),
-        admission: crate::exec::admission::Global::new(config.max_concurrency, config.max_queue),
-        isolation: Arc::new(config.isolation.clone()),
+        admission: crate::exec::admission::Global::new(
+            config.ops.max_concurrency,
+            config.ops.max_queue,
+        ),
+        isolation: Arc::new(config.ops.isolation.clone()),
         ..exec::Options::default()
     }
 }

@@ -5,8 +5,10 @@
 //! The parts: `run.rs` (options, starting a run, reading it, how it ended), `walk.rs` (the walk
 //! over the plan), `step.rs` (a step's policy: cache, retries, tolerated failures), `place.rs`
 //! (where a call runs: inline, op pool, worker process), `host.rs` (the `ops::Host` an op calls
-//! back into), `client.rs` (asking the client for the ops); `admission.rs`, `batch.rs`,
-//! `cache.rs` and `worker/` as before.
+//! back into), `client.rs` (asking the client for the ops), `admission.rs` (limits on runs at
+//! once and waiting), `batch.rs` (the bounded channel from op threads to the reader),
+//! `cache.rs` (the op answer cache), `settings.rs` (the `ops:` section), `worker/` (ops in
+//! worker processes).
 
 pub(crate) mod admission;
 pub(crate) mod batch;
@@ -15,6 +17,7 @@ mod client;
 mod host;
 mod place;
 mod run;
+mod settings;
 mod step;
 mod walk;
 pub(crate) mod worker;
@@ -33,4 +36,5 @@ pub(crate) use place::Inline;
 pub use place::IsolationPolicy;
 pub(crate) use run::admit_and_start;
 pub use run::{start, Options, Outcome, Run, DEFAULT_MAX_ANSWER_BYTES};
+pub(crate) use settings::Settings;
 pub use walk::FlowLookup;

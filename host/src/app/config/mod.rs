@@ -26,17 +26,8 @@ pub(crate) struct Config {
     pub(crate) llm: crate::llm::Config,
     pub(crate) watch: bool,
     pub(crate) debounce: Duration,
-    /// Upper bound of threads running ops at once.
-    pub(crate) max_op_threads: usize,
-    /// Runs of all flows at once (`ops.max_concurrency`, or FlowLLM's
-    /// `http.limit_concurrency`); `None`: no limit.
-    pub(crate) max_concurrency: Option<usize>,
-    /// Runs that may wait for a turn past `max_concurrency` (`ops.max_queue`).
-    pub(crate) max_queue: usize,
-    /// Where ops run: `ops.isolation` and `plugins.<name>.isolation`.
-    pub(crate) isolation: crate::exec::IsolationPolicy,
-    /// Worker processes alive at once (`ops.max_workers`).
-    pub(crate) max_workers: usize,
+    /// How the executor runs op calls (`ops:`, `plugins.<name>.isolation`, `max_op_threads`).
+    pub(crate) ops: crate::exec::Settings,
     /// `cache.dir`: where `enable_cache=True` calls are also kept as files.
     pub(crate) cache_dir: Option<PathBuf>,
     /// The config file that was read, if any.
@@ -189,19 +180,21 @@ pub(crate) fn load(flags: Flags) -> Result<Config, String> {
         llm: llm_config(&where_, &raw.llm)?,
         watch: raw.watch && !flags.no_watch,
         debounce: Duration::from_millis(raw.debounce_ms),
-        max_op_threads: raw.max_op_threads,
-        max_concurrency,
-        max_queue,
-        isolation: crate::exec::IsolationPolicy {
-            default: raw.ops.isolation,
-            plugins: raw
-                .plugins
-                .into_iter()
-                .filter_map(|(name, p)| Some((name, p.isolation?)))
-                .collect(),
-            inline: raw.ops.inline,
+        ops: crate::exec::Settings {
+            max_op_threads: raw.max_op_threads,
+            max_concurrency,
+            max_queue,
+            isolation: crate::exec::IsolationPolicy {
+                default: raw.ops.isolation,
+                plugins: raw
+                    .plugins
+                    .into_iter()
+                    .filter_map(|(name, p)| Some((name, p.isolation?)))
+                    .collect(),
+                inline: raw.ops.inline,
+            },
+            max_workers: raw.ops.max_workers.unwrap_or(64).max(1),
         },
-        max_workers: raw.ops.max_workers.unwrap_or(64).max(1),
         cache_dir: raw.cache.dir,
         source,
     })
@@ -331,14 +324,23 @@ mod tests {
     #[test]
     fn admission_limits_and_flowllm_limit_concurrency() {
         let config = load_text("ops: {max_concurrency: 8}\n", &[]).unwrap();
-        assert_eq!((config.max_concurrency, config.max_queue), (Some(8), 8));
+        assert_eq!(
+            (config.ops.max_concurrency, config.ops.max_queue),
+            (Some(8), 8)
+        );
         let config = load_text("ops: {max_concurrency: 8, max_queue: 0}\n", &[]).unwrap();
-        assert_eq!((config.max_concurrency, config.max_queue), (Some(8), 0));
+        assert_eq!(
+            (config.ops.max_concurrency, config.ops.max_queue),
+            (Some(8), 0)
+        );
         // uvicorn's limit_concurrency: refuse past it, no line.
         let config = load_text("http: {limit_concurrency: 64}\n", &[]).unwrap();
-        assert_eq!((config.max_concurrency, config.max_queue), (Some(64), 0));
+        assert_eq!(
+            (config.ops.max_concurrency, config.ops.max_queue),
+            (Some(64), 0)
+        );
         let config = load_text("", &[]).unwrap();
-        assert_eq!(config.max_concurrency, None);
+        assert_eq!(config.ops.max_concurrency, None);
         let err = load_text("ops: {max_concurency: 1}\n", &[]).unwrap_err();
         assert!(err.contains("did you mean `ops.max_concurrency`?"), "{err}");
         assert!(load_text("ops: {max_concurrency: 0}\n", &[]).is_err());
@@ -347,9 +349,12 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(config.isolation.default, crate::plan::Isolation::Process);
         assert_eq!(
-            config.isolation.plugins["op-basic"],
+            config.ops.isolation.default,
+            crate::plan::Isolation::Process
+        );
+        assert_eq!(
+            config.ops.isolation.plugins["op-basic"],
             crate::plan::Isolation::InProcess
         );
         let err = load_text("ops: {isolation: sandbox}\n", &[]).unwrap_err();
@@ -359,7 +364,7 @@ mod tests {
             err.contains("did you mean `plugins.op-basic.isolation`?"),
             "{err}"
         );
-        assert_eq!(config.isolation.inline, crate::exec::Inline::Auto);
+        assert_eq!(config.ops.isolation.inline, crate::exec::Inline::Auto);
         let config = load_text("runs: {retention: 60, max_runs: 5}\n", &[]).unwrap();
         assert_eq!(config.http.runs.keep, Duration::from_secs(60));
         assert_eq!(config.http.runs.max_runs, 5);
@@ -367,7 +372,7 @@ mod tests {
         assert!(err.contains("did you mean `runs.retention`?"), "{err}");
         assert!(load_text("runs: {retention: 0}\n", &[]).is_err());
         let config = load_text("ops: {inline: never}\n", &[]).unwrap();
-        assert_eq!(config.isolation.inline, crate::exec::Inline::Never);
+        assert_eq!(config.ops.isolation.inline, crate::exec::Inline::Never);
         let err = load_text("ops: {inline: always}\n", &[]).unwrap_err();
         assert!(err.contains("always") && err.contains("never"), "{err}");
     }

@@ -1,8 +1,9 @@
 //! The HTTP transport (axum): the router and its layers, FlowLLM-compatible `POST /{flow}`
 //! (SSE for stream flows, JSON otherwise), discovery routes, `/health` and `/ready`, metrics,
 //! and serving with the drain on SIGTERM. The pieces it assembles have files of their own:
-//! `guard` (request checks), `state`, `request` (lookup, body, validation), `sse`, `docs`,
-//! `openai`, `openapi`, `lifecycle`; the arrows run from here to them. Knows nothing of
+//! `guard` (request checks), `settings` (the `http` section), `state`, `request` (lookup,
+//! body, validation), `sse`, `runs/` (async runs), `openai`, `openapi`, `docs`, `playground`,
+//! `lifecycle`, `error`; the arrows run from here to them. Knows nothing of
 //! plugins: it looks flows up in the catalog's current snapshot and hands them to the executor.
 
 pub(crate) mod docs;

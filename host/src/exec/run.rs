@@ -2,7 +2,6 @@
 //! first), the [`Run`] a caller reads chunks from under the flow's time and output limits, and
 //! the [`Outcome`] it ends with. The walk over the plan is `walk.rs`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -124,21 +123,20 @@ pub struct Run {
     _permit: Option<crate::exec::admission::Permit>,
 }
 
-static RUN_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A flow id unique across runs and processes: start time, pid and a counter.
+/// A flow id nobody can guess: async runs (`GET /runs/{id}`, `DELETE /runs/{id}`) are looked
+/// up by it, so it carries no time, pid or counter, only 128 bits from a CSPRNG (rand's
+/// thread-local ChaCha12, seeded from the OS), written as 26 characters of Crockford's base32
+/// (lower case, no `i`, `l`, `o`, `u`).
 fn new_flow_id() -> String {
-    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let prefix = PREFIX.get_or_init(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        format!("{:x}{:x}", nanos & 0xffff_ffff_ffff, std::process::id())
-    });
-    format!(
-        "{prefix}-{}",
-        RUN_COUNTER.fetch_add(1, Ordering::Relaxed) + 1
-    )
+    use rand::Rng;
+    const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+    let mut bits: u128 = rand::rng().random();
+    let mut id = [0u8; 26];
+    for slot in id.iter_mut().rev() {
+        *slot = ALPHABET[(bits & 31) as usize];
+        bits >>= 5;
+    }
+    id.iter().map(|&c| char::from(c)).collect()
 }
 
 /// Starts a flow on the current tokio runtime.

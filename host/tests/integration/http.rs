@@ -917,6 +917,47 @@ async fn the_event_stream_follows_flow_file_edits() {
     assert_ne!(second["flows_hash"], first["flows_hash"]);
 }
 
+/// An async run's id is what `GET` / `DELETE /runs/{id}` trust, so it must not be guessable
+/// from another one: 26 characters of base32 (128 random bits), no shared prefix, no counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_run_ids_are_unguessable() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let server = Server::start(flows.path(), &[]);
+    let client = client();
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        let accepted: Value = client
+            .post(server.url("/echo"))
+            .header("prefer", "respond-async")
+            .json(&json!({"query": "x"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(accepted["run_id"].as_str().unwrap().to_string());
+    }
+    let alphabet = "0123456789abcdefghjkmnpqrstvwxyz";
+    for id in &ids {
+        assert_eq!(id.len(), 26, "{id}");
+        assert!(id.chars().all(|c| alphabet.contains(c)), "{id}");
+    }
+    let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "{ids:?}");
+    // Eight ids from one process in a row: with random ids, a common prefix of 6 characters
+    // (28 bits: the first character carries 3) between any two of the 28 pairs is a one in
+    // ~10 million event; an id built from the time, the pid or a counter shares far more.
+    for (i, a) in ids.iter().enumerate() {
+        for b in &ids[i + 1..] {
+            let shared = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+            assert!(shared < 6, "{a} and {b} share a {shared}-character prefix");
+        }
+    }
+    // The old form was `{time:x}{pid:x}-{counter}`: nothing of it remains.
+    assert!(ids.iter().all(|id| !id.contains('-')), "{ids:?}");
+}
+
 /// `Prefer: respond-async`: 202 with `Location`, the run goes on without the connection;
 /// poll it, replay its events from the start, cancel one, get the same run back for the same
 /// `Idempotency-Key`, and see a finished run go after `runs.retention`.

@@ -209,6 +209,14 @@ async fn with_a_key_health_says_little_and_docs_still_load() {
     for path in ["/docs", "/docs/swagger-ui.css"] {
         let response = client.get(server.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path} loads without the key");
+        // Never framed by another site (clickjacking), like the playground.
+        let headers = response.headers();
+        assert_eq!(headers["x-frame-options"], "DENY", "{path}");
+        assert_eq!(
+            headers["content-security-policy"], "frame-ancestors 'none'",
+            "{path}"
+        );
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
     }
     let openapi = client
         .get(server.url("/openapi.json"))

@@ -2,23 +2,37 @@
 //! nothing of the OpenAPI document it shows.
 
 use axum::extract::Request;
-use axum::http::header;
+use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 /// The `/docs` page: Swagger UI on the host's own assets, plus what an API key needs. The page
 /// loads without the key; the OpenAPI document behind it does not, so the page sends the key
 /// it was given (asked for once on a 401, kept in the tab's sessionStorage) with every request,
-/// the document's own included. The Authorize button sets it too.
+/// the document's own included. The Authorize button sets it too. Every `/docs` answer (the
+/// page and swagger-ui's assets) refuses to be framed, as the playground does: a page that
+/// holds the key and sends requests must not be clickjacked from another site.
 pub(crate) async fn docs_page(request: Request, next: Next) -> Response {
-    if !matches!(request.uri().path(), "/docs" | "/docs/") {
-        return next.run(request).await;
-    }
-    (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        DOCS_PAGE,
-    )
-        .into_response()
+    let mut response = if matches!(request.uri().path(), "/docs" | "/docs/") {
+        (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            DOCS_PAGE,
+        )
+            .into_response()
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 const DOCS_PAGE: &str = r##"<!DOCTYPE html>

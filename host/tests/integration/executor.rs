@@ -249,17 +249,31 @@ fn placement(catalog: &flowhost::catalog::Catalog, op: &str) -> &'static str {
     catalog.snapshot().registry.get(op).expect(op).speed.label()
 }
 
+/// Runs `flow` until `op` has served its probation and runs inline. Probation is
+/// `PROBATION_CALLS` fast calls *in a row*: on a loaded 2-core machine (tests run two at once,
+/// in a debug build) one call can use over 200 µs of CPU and start the count again, so the
+/// bound is generous; an op that is never promoted still fails.
+async fn until_inline(catalog: &flowhost::catalog::Catalog, flow: &str, op: &str) {
+    let mut calls = 0;
+    while placement(catalog, op) != "inline" && calls < 20 * flowhost::ops::PROBATION_CALLS {
+        let (chunks, outcome) = run(catalog, flow, json!({})).await;
+        assert!(outcome.success(), "{chunks:?}");
+        calls += 1;
+    }
+    assert!(
+        calls >= flowhost::ops::PROBATION_CALLS,
+        "{op} went inline after {calls} calls"
+    );
+    assert_eq!(placement(catalog, op), "inline", "after {calls} calls");
+}
+
 /// A fast op goes inline after its probation; when an inline call then waits (sleep, a full
 /// buffer), the wait leaves the runtime thread (`block_in_place`), the run completes, and the
 /// op goes back to the pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fast_op_runs_inline_and_a_waiting_inline_call_still_completes() {
     let (_flows, catalog) = setup();
-    for _ in 0..flowhost::ops::PROBATION_CALLS {
-        let (chunks, outcome) = run(&catalog, "one_tick", json!({})).await;
-        assert!(outcome.success(), "{chunks:?}");
-    }
-    assert_eq!(placement(&catalog, "TickOp"), "inline");
+    until_inline(&catalog, "one_tick", "TickOp").await;
     // Another task keeps ticking on the runtime while the inline op sleeps.
     let beat = tokio::spawn(async {
         let mut beats = 0;
@@ -277,10 +291,7 @@ async fn a_fast_op_runs_inline_and_a_waiting_inline_call_still_completes() {
     assert_eq!(placement(&catalog, "TickOp"), "pooled");
 
     // An inline op whose reader is slow: the full buffer is waited for off the runtime thread.
-    for _ in 0..flowhost::ops::PROBATION_CALLS {
-        run(&catalog, "one_count", json!({})).await;
-    }
-    assert_eq!(placement(&catalog, "CountOp"), "inline");
+    until_inline(&catalog, "one_count", "CountOp").await;
     let mut flood = start(&catalog, "flood", json!({}));
     let mut batch = Vec::new();
     let mut received = 0;

@@ -22,6 +22,9 @@ pub(crate) const CACHE_HITS: &str = "flowhost_op_cache_hits_total";
 pub(crate) const CACHE_MISSES: &str = "flowhost_op_cache_misses_total";
 pub(crate) const OP_RETRIES: &str = "flowhost_op_retries_total";
 pub(crate) const OP_FAILURES_TOLERATED: &str = "flowhost_op_failures_tolerated_total";
+pub(crate) const CONNECTIONS: &str = "flowhost_http_connections";
+pub(crate) const CONNECTIONS_REFUSED: &str = "flowhost_http_connections_refused_total";
+pub(crate) const CONNECTIONS_TIMED_OUT: &str = "flowhost_http_connections_timed_out_total";
 /// Always 1; its labels carry the served flow and plugin set hashes.
 pub(crate) const SERVED_INFO: &str = "flowhost_served_info";
 
@@ -58,6 +61,15 @@ pub(crate) fn handle() -> Option<PrometheusHandle> {
 
 fn describe() {
     metrics::describe_counter!(REQUESTS, "HTTP requests by route and status");
+    metrics::describe_gauge!(CONNECTIONS, "Open HTTP connections");
+    metrics::describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections refused at once because http.max_connections were open"
+    );
+    metrics::describe_counter!(
+        CONNECTIONS_TIMED_OUT,
+        "Connections closed by http.header_timeout or http.keepalive_timeout"
+    );
     metrics::describe_gauge!(ACTIVE_STREAMS, "SSE streams being served");
     metrics::describe_counter!(CHUNKS, "chunks streamed to clients");
     metrics::describe_histogram!(FIRST_CHUNK, "time from request to first chunk");

@@ -2,6 +2,7 @@
 //! `flowhost` binary. One test binary (see `util` for the shared fixtures).
 
 mod agents;
+mod attacks;
 mod cli;
 mod executor;
 mod fuzz;

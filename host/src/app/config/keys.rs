@@ -36,6 +36,10 @@ pub(super) const HTTP_KEYS: &[&str] = &[
     "host",
     "port",
     "body_limit",
+    "header_timeout",
+    "body_timeout",
+    "keepalive_timeout",
+    "max_connections",
     "cors_origins",
     "allowed_hosts",
     "api_key",
@@ -47,9 +51,6 @@ pub(super) const HTTP_KEYS: &[&str] = &[
     "timeout_keep_alive",
     "limit_concurrency",
 ];
-
-/// FlowLLM's `http` keys that flowhost accepts and does not use.
-pub(super) const FLOWLLM_HTTP_KEYS: &[&str] = &["timeout_keep_alive"];
 
 /// The keys of one `llm.<name>` entry (the fields of `RawLlm`).
 pub(super) const LLM_KEYS: &[&str] = &[
@@ -106,11 +107,6 @@ pub(super) fn check_keys(where_: &str, tree: &mut Value) -> Result<(), String> {
         for key in http.keys() {
             if !HTTP_KEYS.contains(&key.as_str()) {
                 return Err(unknown_key(where_, &format!("http.{key}"), key, HTTP_KEYS));
-            }
-            if FLOWLLM_HTTP_KEYS.contains(&key.as_str()) {
-                tracing::warn!(
-                    "{where_}: `http.{key}` is a FlowLLM (uvicorn) setting that flowhost ignores"
-                );
             }
         }
     }

@@ -142,6 +142,22 @@ pub(crate) fn load(flags: Flags) -> Result<Config, String> {
             host: flags.host.unwrap_or(raw.http.host),
             port: flags.port.unwrap_or(raw.http.port),
             body_limit: raw.http.body_limit,
+            header_timeout: seconds(&where_, "http.header_timeout", raw.http.header_timeout)?,
+            body_timeout: seconds(&where_, "http.body_timeout", raw.http.body_timeout)?,
+            // FlowLLM's (uvicorn's) name for it counts when ours is not set.
+            keepalive_timeout: match (raw.http.keepalive_timeout, raw.http.timeout_keep_alive) {
+                (Some(value), _) => seconds(&where_, "http.keepalive_timeout", value)?,
+                (None, Some(value)) => seconds(&where_, "http.timeout_keep_alive", value)?,
+                (None, None) => Duration::from_secs(60),
+            },
+            max_connections: match raw.http.max_connections {
+                Some(0) => {
+                    return Err(format!(
+                        "{where_}: http.max_connections must be at least 1 (leave it out for three quarters of the open-file limit)"
+                    ))
+                }
+                other => other,
+            },
             cors_origins: raw.http.cors_origins,
             allowed_hosts: raw.http.allowed_hosts,
             api_key: flags

@@ -76,6 +76,10 @@ pub(super) struct RawHttp {
     pub(super) host: String,
     pub(super) port: u16,
     pub(super) body_limit: usize,
+    pub(super) header_timeout: f64,
+    pub(super) body_timeout: f64,
+    pub(super) keepalive_timeout: Option<f64>,
+    pub(super) max_connections: Option<usize>,
     pub(super) cors_origins: Vec<String>,
     pub(super) allowed_hosts: Vec<String>,
     pub(super) api_key: Option<String>,
@@ -84,8 +88,9 @@ pub(super) struct RawHttp {
     pub(super) drain_delay: f64,
     pub(super) mcp_stateless: bool,
     pub(super) mcp_state_key: Option<String>,
-    /// FlowLLM's uvicorn settings; accepted, not used.
-    pub(super) timeout_keep_alive: Option<Value>,
+    /// FlowLLM's uvicorn keep-alive (`keepalive_timeout` when that is not set).
+    pub(super) timeout_keep_alive: Option<f64>,
+    /// FlowLLM's uvicorn concurrency limit (`ops.max_concurrency` when that is not set).
     pub(super) limit_concurrency: Option<Value>,
 }
 
@@ -127,6 +132,10 @@ impl Default for RawHttp {
             host: "127.0.0.1".into(),
             port: 8002,
             body_limit: 1024 * 1024,
+            header_timeout: 10.0,
+            body_timeout: 30.0,
+            keepalive_timeout: None,
+            max_connections: None,
             cors_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             api_key: None,

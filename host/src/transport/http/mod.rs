@@ -6,6 +6,7 @@
 //! `lifecycle`, `error`; the arrows run from here to them. Knows nothing of
 //! plugins: it looks flows up in the catalog's current snapshot and hands them to the executor.
 
+pub(crate) mod conn;
 pub(crate) mod docs;
 pub(crate) mod error;
 pub(crate) mod guard;
@@ -120,13 +121,10 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .merge(swagger.layer(middleware::from_fn(docs::docs_page)))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(
             state.policy.clone(),
             guard::authorize,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            reject_oversized,
         ))
         .layer(middleware::from_fn(count_requests))
         .layer(middleware::from_fn(no_proxy_buffering))
@@ -145,12 +143,17 @@ pub(crate) fn router(state: AppState) -> Router {
         Some(cors) => router.layer(cors),
         None => router,
     };
-    router.layer(
-        TraceLayer::new_for_http()
-            .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
-            .on_request(())
-            .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
-    )
+    router
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+        .layer(middleware::from_fn_with_state(
+            state.options.connection_limits(),
+            conn::track,
+        ))
 }
 
 /// While draining, every answer closes its connection: a proxy holding idle keep-alive
@@ -190,23 +193,92 @@ async fn no_proxy_buffering(request: Request, next: Next) -> Response {
     response
 }
 
-/// Answers 413 from `Content-Length` alone, before any of the body is read (streamed bodies
-/// without a length are still cut at the limit while reading).
-async fn reject_oversized(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Reads the whole request body before a handler sees it, bounded by `http.body_limit` and
+/// `http.body_timeout` however it arrives (`Content-Length` or chunked, any route, `/mcp`
+/// included): 413 from `Content-Length` alone before any of the body is read, 413 as soon as a
+/// streamed body passes the limit, 408 when the body has not all arrived in time. Runs after
+/// the key check, so nobody without the key makes the host read a body.
+async fn read_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    use futures_util::StreamExt;
     let limit = state.options.body_limit;
+    let too_large = || {
+        let mut response = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than the limit of {limit} bytes (http.body_limit)"),
+        )
+        .into_response();
+        close_after(&mut response);
+        response
+    };
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
-        return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than the limit of {limit} bytes (http.body_limit)"),
-        )
-        .into_response();
+        return too_large();
     }
-    next.run(request).await
+    let streamed = request.headers().contains_key(header::TRANSFER_ENCODING);
+    if declared.unwrap_or(0) == 0 && !streamed {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let mut data = body.into_data_stream();
+    let mut chunks: Vec<axum::body::Bytes> = Vec::new();
+    let mut received = 0usize;
+    let read = async {
+        while let Some(chunk) = data.next().await {
+            let chunk = chunk.map_err(|err| Some(err.to_string()))?;
+            received += chunk.len();
+            if received > limit {
+                return Err(None::<String>);
+            }
+            chunks.push(chunk);
+        }
+        Ok(())
+    };
+    let timeout = state.options.body_timeout;
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(())) => {}
+        Ok(Err(None)) => return too_large(),
+        Ok(Err(Some(err))) => {
+            let mut response = ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {err}"),
+            )
+            .into_response();
+            close_after(&mut response);
+            return response;
+        }
+        Err(_) => {
+            let mut response = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {}s (http.body_timeout); {received} bytes came",
+                    timeout.as_secs_f64()
+                ),
+            )
+            .into_response();
+            close_after(&mut response);
+            return response;
+        }
+    }
+    let body = if chunks.len() == 1 {
+        chunks.pop().unwrap_or_default()
+    } else {
+        chunks.concat().into()
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(body)))
+        .await
+}
+
+/// An answer given before the request's body was all read ends its connection: what is left
+/// of the body would be read as the next request.
+fn close_after(response: &mut Response) {
+    response.headers_mut().insert(
+        header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
 }
 
 async fn count_requests(request: Request, next: Next) -> Response {
@@ -518,11 +590,9 @@ pub(crate) async fn serve(
     let deadline = options.shutdown_timeout;
     let drain = options.drain_delay;
     let listening = self::lifecycle::Listening::of(&listener);
-    // Streams are many small writes: do not let Nagle hold a chunk back for an ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(state))
+    let listener = conn::Listener::new(listener, options.connection_limits());
+    let app = router(state).into_make_service_with_connect_info::<conn::Peer>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             self::lifecycle::shutdown_signal().await;
             ready.store(false, Ordering::Relaxed);

@@ -7,8 +7,18 @@ use std::time::Duration;
 pub(crate) struct Settings {
     pub(crate) host: String,
     pub(crate) port: u16,
-    /// Largest accepted request body, in bytes.
+    /// Largest accepted request body, in bytes, however it arrives.
     pub(crate) body_limit: usize,
+    /// How long a connection may take to send a request's line and headers (from its first
+    /// byte, or from the accept for a new connection).
+    pub(crate) header_timeout: Duration,
+    /// How long a request may take to send its whole body.
+    pub(crate) body_timeout: Duration,
+    /// How long a keep-alive connection may sit idle between requests.
+    pub(crate) keepalive_timeout: Duration,
+    /// Open connections past which new ones get a 503 at once; None: three quarters of the
+    /// open-file limit.
+    pub(crate) max_connections: Option<usize>,
     /// Browser origins allowed besides the server's own (CORS and the `Origin` check); empty
     /// means none, `*` any.
     pub(crate) cors_origins: Vec<String>,
@@ -36,6 +46,17 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
+    /// The connection bounds these settings give.
+    pub(crate) fn connection_limits(&self) -> super::conn::Limits {
+        super::conn::Limits {
+            header_timeout: self.header_timeout,
+            keepalive_timeout: self.keepalive_timeout,
+            max_connections: self
+                .max_connections
+                .unwrap_or_else(super::conn::default_max_connections),
+        }
+    }
+
     /// The `Host` names accepted when `allowed_hosts` is empty.
     pub(crate) fn effective_allowed_hosts(&self) -> Vec<String> {
         if !self.allowed_hosts.is_empty() {

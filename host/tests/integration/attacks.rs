@@ -1,0 +1,237 @@
+//! Held under attack (issue 23), through the real binary with raw sockets where a hostile
+//! client would use them: slow clients, too many connections, bodies that dodge the limit.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::util::*;
+
+const FLOWS: &str = "echo:\n  flow_content: EchoOp()\n  input_schema:\n    query: {type: string}\n\
+long_stream:\n  flow_content: TickOp(n=12, interval_ms=250)\n  stream: true\n";
+
+fn client() -> reqwest::Client {
+    flowhost::llm::tls_init();
+    reqwest::Client::new()
+}
+
+fn address(server: &Server) -> String {
+    server.url.trim_start_matches("http://").to_string()
+}
+
+/// Reads until the server closes the socket (or `limit` passes); returns what it sent.
+async fn read_to_close(socket: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        match tokio::time::timeout(left, socket.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_closed_after_the_timeouts_while_ready_stays_fast() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let server = Server::start(
+        flows.path(),
+        &[
+            "http.header_timeout=1",
+            "http.body_timeout=1.5",
+            "http.keepalive_timeout=2",
+        ],
+    );
+    let address = address(&server);
+    let client = client();
+    // Every slow form, 30 sockets each: nothing, half a request line, half the headers, half
+    // a body, a chunked body that stops, and an idle keep-alive connection.
+    let forms: [&[u8]; 5] = [
+        b"",
+        b"GET /hea",
+        b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Type: appl",
+        b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"query\": ",
+        b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n{\"query\":\r\n",
+    ];
+    let opened = Instant::now();
+    let mut sockets = Vec::new();
+    for (kind, form) in forms.iter().enumerate() {
+        for _ in 0..30 {
+            let mut socket = TcpStream::connect(&address).await.unwrap();
+            socket.write_all(form).await.unwrap();
+            sockets.push((kind, socket));
+        }
+    }
+    let mut idle = Vec::new();
+    for _ in 0..30 {
+        let mut socket = TcpStream::connect(&address).await.unwrap();
+        socket
+            .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = socket.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        idle.push(socket);
+    }
+    // A stream that runs past every timeout is not idle: it must reach its end.
+    let stream = {
+        let client = client.clone();
+        let url = server.url("/long_stream");
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    };
+    // While they are held, the host answers.
+    let response = client.get(server.url("/ready")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let response = client
+        .post(server.url("/echo"))
+        .json(&json!({"query": "still here"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Each is closed: the head forms without an answer, the body forms with a 408.
+    for (kind, mut socket) in sockets {
+        let got = read_to_close(&mut socket, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("slow form {kind} was not closed"));
+        if kind >= 3 {
+            assert!(got.starts_with("HTTP/1.1 408"), "form {kind}: {got}");
+            assert!(got.contains("http.body_timeout"), "form {kind}: {got}");
+        } else {
+            assert_eq!(got, "", "form {kind}");
+        }
+    }
+    for mut socket in idle {
+        let got = read_to_close(&mut socket, Duration::from_secs(20)).await;
+        assert_eq!(
+            got.as_deref(),
+            Some(""),
+            "an idle keep-alive connection stays open"
+        );
+    }
+    assert!(
+        opened.elapsed() >= Duration::from_secs(1),
+        "closed before the timeouts"
+    );
+    let events = stream.await.unwrap();
+    assert_eq!(
+        events.matches("data:").count(),
+        12 + 1,
+        "the long stream was cut: {events}"
+    );
+    assert!(
+        server
+            .metric(&client, "flowhost_http_connections_timed_out_total")
+            .await
+            >= 90.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_connections_a_new_one_gets_503_at_once() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let server = Server::start(flows.path(), &["http.max_connections=20"]);
+    let address = address(&server);
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(TcpStream::connect(&address).await.unwrap());
+    }
+    // Let the host accept them all.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut extra = TcpStream::connect(&address).await.unwrap();
+    let got = read_to_close(&mut extra, Duration::from_secs(10))
+        .await
+        .expect("the extra connection was not closed");
+    assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+    assert!(got.contains("http.max_connections"), "{got}");
+    assert!(got.to_lowercase().contains("retry-after: 1"), "{got}");
+    drop(held);
+    // Freed, the host serves again (and counted the refusal).
+    let client = client();
+    let ok = wait_async(Duration::from_secs(10), || async {
+        client
+            .get(server.url("/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(ok.is_some(), "no answer after the held connections closed");
+    assert!(
+        server
+            .metric(&client, "flowhost_http_connections_refused_total")
+            .await
+            >= 1.0
+    );
+    assert!(server.log().contains("http.max_connections"));
+}
+
+/// One request on a fresh socket; the raw answer.
+async fn raw(address: &str, request: &[u8]) -> String {
+    let mut socket = TcpStream::connect(address).await.expect("connect");
+    socket.write_all(request).await.expect("send");
+    read_to_close(&mut socket, Duration::from_secs(20))
+        .await
+        .expect("no answer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_body_limit_holds_on_every_route_however_the_body_arrives() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let server = Server::start(flows.path(), &["http.body_limit=2000"]);
+    let address = address(&server);
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{{"query":"{}"}}}}}}"#,
+        "x".repeat(5000)
+    );
+    let chunked = |path: &str| {
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .into_bytes();
+        for piece in big.as_bytes().chunks(1000) {
+            request.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            request.extend_from_slice(piece);
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"0\r\n\r\n");
+        request
+    };
+    for path in ["/mcp", "/echo", "/v1/chat/completions"] {
+        let got = raw(&address, &chunked(path)).await;
+        assert!(got.starts_with("HTTP/1.1 413"), "{path}: {got}");
+        assert!(got.contains("http.body_limit"), "{path}: {got}");
+        let declared = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{big}",
+            big.len()
+        );
+        let got = raw(&address, declared.as_bytes()).await;
+        assert!(got.starts_with("HTTP/1.1 413"), "{path}: {got}");
+    }
+    // Under the limit, a chunked body is served whole.
+    let small = r#"{"query": "chunked"}"#;
+    let request = format!(
+        "POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{small}\r\n0\r\n\r\n",
+        small.len()
+    );
+    let got = raw(&address, request.as_bytes()).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let body: Value = serde_json::from_str(got.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["answer"], "chunked");
+}

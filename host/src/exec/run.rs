@@ -23,6 +23,9 @@ pub struct Options {
     pub buffer: usize,
     /// Keep the concatenated answer chunks for [`Outcome::answer`] (non-stream callers).
     pub collect_answer: bool,
+    /// The output cap of a flow that sets no `limits.max_output_bytes`; None: 16 MiB when the
+    /// answer is collected, else no cap.
+    pub max_output_bytes: Option<u64>,
     /// Where op log lines go besides the host's log (MCP forwards them to the client).
     pub logs: Option<LogSink>,
     /// The LLM service ops call through their context.
@@ -47,6 +50,7 @@ impl Default for Options {
         Options {
             buffer: 1024,
             collect_answer: true,
+            max_output_bytes: None,
             logs: None,
             llm: None,
             admission: crate::exec::admission::Global::default(),
@@ -145,9 +149,11 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
     let cancel = CancellationToken::new();
     let flow_name = flow.name;
     let mut limits = flow.spec.limits.clone();
-    if options.collect_answer && limits.max_output_bytes.is_none() {
+    if limits.max_output_bytes.is_none() {
         // A collected answer lives in memory whole: cap it.
-        limits.max_output_bytes = Some(DEFAULT_MAX_ANSWER_BYTES);
+        limits.max_output_bytes = options
+            .max_output_bytes
+            .or(options.collect_answer.then_some(DEFAULT_MAX_ANSWER_BYTES));
     }
     let logs = options.logs.clone();
     let llm = options.llm.clone();

@@ -235,3 +235,96 @@ async fn one_body_limit_holds_on_every_route_however_the_body_arrives() {
     let body: Value = serde_json::from_str(got.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     assert_eq!(body["answer"], "chunked");
 }
+
+/// Starts an async run; its id.
+async fn start_async(client: &reqwest::Client, server: &Server, flow: &str, body: Value) -> String {
+    let response = client
+        .post(server.url(&format!("/{flow}")))
+        .header("prefer", "respond-async")
+        .json(&body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.expect("202 body");
+    body["run_id"].as_str().expect("run_id").to_string()
+}
+
+async fn run_status(client: &reqwest::Client, server: &Server, id: &str) -> Value {
+    client
+        .get(server.url(&format!("/runs/{id}")))
+        .send()
+        .await
+        .expect("GET /runs")
+        .json()
+        .await
+        .expect("status body")
+}
+
+/// Items 3 and 4: what async runs keep is counted as it costs, bounded by `runs.max_bytes`
+/// across runs, and readers of a large run replay it a batch at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_runs_and_their_readers_stay_within_runs_max_bytes() {
+    const MIB: u64 = 1024;
+    let flows = folder(&[(
+        "f.yaml",
+        "count:\n  flow_content: CountOp()\n  stream: true\n",
+    )]);
+    let server = Server::start(flows.path(), &["runs.max_bytes=67108864"]);
+    let client = client();
+    // Warm up (runtime threads, op thread, allocator arenas) with one small run.
+    let id = start_async(&client, &server, "count", json!({"n": 1000})).await;
+    wait_async(Duration::from_secs(20), || async {
+        run_status(&client, &server, &id).await["status"] == "completed"
+    })
+    .await
+    .expect("the warm-up run did not complete");
+    let baseline = server.rss_kib();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(start_async(&client, &server, "count", json!({"n": 1_000_000_000u64})).await);
+    }
+    for id in &ids {
+        let truncated = wait_async(Duration::from_secs(120), || async {
+            run_status(&client, &server, id).await["events_truncated"] == true
+        })
+        .await;
+        assert!(truncated.is_some(), "run {id} never stopped keeping chunks");
+    }
+    let kept = server.rss_kib();
+    // 64 MiB is the bound; allow as much again for what the runs hold in flight.
+    assert!(
+        kept.saturating_sub(baseline) < 128 * MIB,
+        "five runs grew RSS by {} MiB (runs.max_bytes is 64 MiB)",
+        kept.saturating_sub(baseline) / MIB
+    );
+    // Three readers of the largest log that read one batch and stop.
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let mut response = client
+            .get(server.url(&format!("/runs/{}/events", ids[0])))
+            .send()
+            .await
+            .expect("events");
+        assert_eq!(response.status(), 200);
+        let first = response.chunk().await.expect("a first batch");
+        assert!(first.is_some_and(|b| b.starts_with(b"data:")));
+        readers.push(response);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reading = server.rss_kib();
+    assert!(
+        reading.saturating_sub(kept) < 24 * MIB,
+        "three stalled readers grew RSS by {} MiB",
+        reading.saturating_sub(kept) / MIB
+    );
+    drop(readers);
+    for id in &ids {
+        let response = client
+            .delete(server.url(&format!("/runs/{id}")))
+            .send()
+            .await
+            .expect("DELETE");
+        assert_eq!(response.status(), 200);
+    }
+}

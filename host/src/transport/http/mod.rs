@@ -501,7 +501,10 @@ async fn run_flow(
     }
     let stream = flow.spec.stream;
     let options = exec::Options {
-        collect_answer: !stream || background,
+        // An async run's record builds its answer from the chunks it keeps, within
+        // `runs.max_bytes`; the run itself still ends at the collected-answer cap.
+        collect_answer: !stream && !background,
+        max_output_bytes: background.then_some(exec::DEFAULT_MAX_ANSWER_BYTES),
         ..state.run_options.clone()
     };
     let run = match exec::admit_and_start(flow, input, &options).await {

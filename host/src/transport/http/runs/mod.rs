@@ -120,6 +120,10 @@ pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>
     axum::Json(record.to_json()).into_response()
 }
 
+/// Chunks and bytes of one replay write.
+const REPLAY_BATCH: usize = 256;
+const REPLAY_BYTES: usize = 64 * 1024;
+
 /// `GET /runs/{id}/events`: every chunk from the start as FlowLLM's SSE events, then live
 /// ones until the run ends, then `data:[DONE]`.
 pub(crate) async fn events(State(state): State<AppState>, Path(id): Path<String>) -> Response {
@@ -137,19 +141,27 @@ pub(crate) async fn events(State(state): State<AppState>, Path(id): Path<String>
                     return None;
                 }
                 loop {
+                    // At most a batch per write: a reader that does not read holds one batch,
+                    // not a copy of the whole log.
                     let (text, now_sent, ended) = {
                         let progress = record.lock();
                         let mut text = String::new();
-                        for chunk in &progress.chunks[sent.min(progress.chunks.len())..] {
+                        let mut now_sent = sent;
+                        for chunk in progress.chunks.range(sent, REPLAY_BATCH) {
                             text.push_str("data:");
                             chunk.write_json(&record.id, &mut text);
                             text.push_str("\n\n");
+                            now_sent += 1;
+                            if text.len() >= REPLAY_BYTES {
+                                break;
+                            }
                         }
-                        let ended = progress.finished.is_some();
+                        let ended =
+                            progress.finished.is_some() && now_sent == progress.chunks.len();
                         if ended {
                             text.push_str("data:[DONE]\n\n");
                         }
-                        (text, progress.chunks.len(), ended)
+                        (text, now_sent, ended)
                     };
                     if !text.is_empty() {
                         let bytes = Bytes::from(text);

@@ -2,6 +2,7 @@
 //! task that drives a run to its end, retention (`runs:` section) and idempotency keys.
 //! Bounded in count and bytes; runs live in this process's memory.
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,8 +19,9 @@ pub(crate) struct Retention {
     pub(crate) keep: Duration,
     /// Runs kept at most, running ones included (`runs.max_runs`).
     pub(crate) max_runs: usize,
-    /// Chunk bytes kept across all runs (`runs.max_bytes`); a run's own log stops growing at
-    /// a quarter of it.
+    /// Memory the kept chunks may take across all runs (`runs.max_bytes`), counted as they
+    /// really cost (the chunk, its text's allocation, its slot in the log); a run's own log
+    /// stops growing at a quarter of it, and every log stops when the total is reached.
     pub(crate) max_bytes: usize,
 }
 
@@ -52,11 +54,83 @@ impl Status {
     }
 }
 
+/// Chunks a log page holds: a log grows a page at a time, so its memory is known before it
+/// is taken (a doubling `Vec` would take twice what it holds, in one step).
+const PAGE: usize = 1024;
+
+/// A run's kept chunks, in pages of [`PAGE`].
+#[derive(Default)]
+pub(super) struct Log {
+    pages: Vec<Vec<Chunk>>,
+    len: usize,
+}
+
+impl Log {
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The chunks from `from` on, at most `max` of them.
+    pub(super) fn range(&self, from: usize, max: usize) -> impl Iterator<Item = &Chunk> {
+        let end = self.len.min(from.saturating_add(max));
+        (from.min(end)..end).map(move |i| &self.pages[i / PAGE][i % PAGE])
+    }
+
+    /// What keeping `chunk` next costs: the chunk, its text's allocation, and a new page when
+    /// the last one is full.
+    fn cost(&self, chunk: &Chunk) -> usize {
+        let page = if self.len.is_multiple_of(PAGE) {
+            PAGE * std::mem::size_of::<Chunk>() + std::mem::size_of::<Vec<Chunk>>()
+        } else {
+            0
+        };
+        page + allocation(chunk.text.capacity())
+    }
+
+    fn push(&mut self, chunk: Chunk) {
+        if self.len.is_multiple_of(PAGE) {
+            self.pages.push(Vec::with_capacity(PAGE));
+        }
+        if let Some(page) = self.pages.last_mut() {
+            page.push(chunk);
+            self.len += 1;
+        }
+    }
+}
+
+/// What appending `more` bytes to `text` costs, and the capacity it then has (doubling,
+/// done with `reserve_exact` so the cost is the one counted).
+fn growth(text: &String, more: usize) -> (usize, usize) {
+    let needed = text.len() + more;
+    if needed <= text.capacity() {
+        return (0, text.capacity());
+    }
+    let capacity = needed.max(text.capacity() * 2).max(64);
+    (
+        allocation(capacity).saturating_sub(allocation(text.capacity())),
+        capacity,
+    )
+}
+
+/// What the allocator takes for `bytes` of heap: nothing for none, else the size with its
+/// header rounded up to 16, at least 32 (glibc's malloc).
+fn allocation(bytes: usize) -> usize {
+    if bytes == 0 {
+        0
+    } else {
+        ((bytes + 8).div_ceil(16) * 16).max(32)
+    }
+}
+
 pub(super) struct Progress {
     pub(super) status: Status,
-    pub(super) chunks: Vec<Chunk>,
+    pub(super) chunks: Log,
+    /// The kept answer chunks, concatenated (the run's answer unless an op sets one).
+    pub(super) answer_text: String,
+    /// What the kept chunks and `answer_text` cost in memory (see [`Log::cost`]).
     pub(super) bytes: usize,
-    /// Chunks past the run's share of `max_bytes` were not kept.
+    /// The log stopped: keeping the next chunk would have passed the run's share or the total
+    /// of `runs.max_bytes`. What was kept is a prefix of the run.
     pub(super) truncated: bool,
     pub(super) answer: Value,
     pub(super) error: Option<String>,
@@ -125,6 +199,8 @@ pub(super) fn rfc3339(at: SystemTime) -> String {
 pub(crate) struct Store {
     pub(super) inner: Mutex<Inner>,
     pub(super) retention: Retention,
+    /// What every kept log costs, together (bounded by `retention.max_bytes`).
+    kept: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -141,6 +217,7 @@ impl Store {
         Store {
             inner: Mutex::default(),
             retention,
+            kept: AtomicUsize::new(0),
         }
     }
 
@@ -155,6 +232,11 @@ impl Store {
 
     /// Drops runs past their retention, then the oldest finished ones while over the bounds.
     pub(super) fn prune(&self) {
+        self.prune_for(0);
+    }
+
+    /// [`Store::prune`], making room for `need` more bytes of logs as well.
+    fn prune_for(&self, need: usize) {
         let mut inner = self.lock();
         let now = Instant::now();
         let keep = self.retention.keep;
@@ -171,11 +253,14 @@ impl Store {
             .map(|(id, _)| id.clone())
             .collect();
         for id in gone {
-            inner.runs.remove(&id);
+            if let Some(record) = inner.runs.remove(&id) {
+                self.kept.fetch_sub(record.lock().bytes, Ordering::Relaxed);
+            }
         }
         let mut bytes: usize = inner.runs.values().map(|r| r.lock().bytes).sum();
         let mut index = 0;
-        while (inner.runs.len() > self.retention.max_runs || bytes > self.retention.max_bytes)
+        while (inner.runs.len() > self.retention.max_runs
+            || bytes.saturating_add(need) > self.retention.max_bytes)
             && index < inner.order.len()
         {
             let id = inner.order[index].clone();
@@ -183,7 +268,9 @@ impl Store {
             match finished {
                 Some(true) => {
                     if let Some(record) = inner.runs.remove(&id) {
-                        bytes -= record.lock().bytes;
+                        let freed = record.lock().bytes;
+                        bytes -= freed;
+                        self.kept.fetch_sub(freed, Ordering::Relaxed);
                     }
                     inner.order.remove(index);
                 }
@@ -214,7 +301,8 @@ impl Store {
             cancel_requested: std::sync::atomic::AtomicBool::new(false),
             progress: Mutex::new(Progress {
                 status: Status::Running,
-                chunks: Vec::new(),
+                chunks: Log::default(),
+                answer_text: String::new(),
                 bytes: 0,
                 truncated: false,
                 answer: Value::Null,
@@ -235,28 +323,72 @@ impl Store {
             }
         }
         self.prune();
-        let share = (self.retention.max_bytes / 4).max(1);
         let driven = record.clone();
-        tokio::spawn(async move { drive(run, &driven, share).await });
+        let store = self.clone();
+        tokio::spawn(async move { drive(run, &driven, &store).await });
         record
+    }
+
+    /// Takes `cost` bytes of the total for a log, if they are left.
+    fn reserve(&self, cost: usize) -> bool {
+        let max = self.retention.max_bytes;
+        self.kept
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |kept| {
+                kept.checked_add(cost).filter(|total| *total <= max)
+            })
+            .is_ok()
     }
 }
 
-/// Reads a run to its end into its record.
-pub(super) async fn drive(mut run: Run, record: &Record, share: usize) {
+/// Reads a run to its end into its record, keeping chunks while its share and the total of
+/// `runs.max_bytes` allow.
+pub(super) async fn drive(mut run: Run, record: &Record, store: &Store) {
+    let share = (store.retention.max_bytes / 4).max(1);
     let mut batch = Vec::new();
     while run.next_batch(&mut batch).await {
-        {
+        // Oldest last, so each kept chunk is popped off the end.
+        batch.reverse();
+        let mut pruned = false;
+        let mut need = 0;
+        loop {
             let mut progress = record.lock();
-            for chunk in batch.drain(..) {
-                if progress.bytes + chunk.text.len() > share {
+            while !progress.truncated {
+                let Some(next) = batch.last() else { break };
+                let grow = next.kind == crate::chunk::ChunkKind::Answer;
+                let answer_cost = if grow {
+                    growth(&progress.answer_text, next.text.len())
+                } else {
+                    (0, progress.answer_text.capacity())
+                };
+                let cost = progress.chunks.cost(next) + answer_cost.0;
+                if progress.bytes + cost > share {
                     progress.truncated = true;
-                    continue;
+                } else if store.reserve(cost) {
+                    need = 0;
+                    progress.bytes += cost;
+                    if let Some(chunk) = batch.pop() {
+                        if grow {
+                            let room = answer_cost.1 - progress.answer_text.len();
+                            progress.answer_text.reserve_exact(room);
+                            progress.answer_text.push_str(&chunk.text);
+                        }
+                        progress.chunks.push(chunk);
+                    }
+                } else {
+                    need = cost;
+                    break;
                 }
-                progress.bytes += chunk.text.len();
-                progress.chunks.push(chunk);
             }
+            if progress.truncated || batch.is_empty() || pruned {
+                progress.truncated |= !batch.is_empty();
+                break;
+            }
+            // The total is spent: finished runs past their bounds may free some.
+            drop(progress);
+            store.prune_for(need);
+            pruned = true;
         }
+        batch.clear();
         record.bump();
     }
     let outcome = run.finish().await;
@@ -273,7 +405,13 @@ pub(super) async fn drive(mut run: Run, record: &Record, share: usize) {
         if outcome.error.is_some() {
             metrics::counter!(crate::metrics::FLOW_ERRORS).increment(1);
         }
-        progress.answer = outcome.answer;
+        // An op's own answer wins; else the answer chunks the record kept.
+        progress.answer = match outcome.answer {
+            Value::String(text) if text.is_empty() => {
+                Value::String(std::mem::take(&mut progress.answer_text))
+            }
+            answer => answer,
+        };
         progress.error = outcome.error;
         progress.failed_ops = outcome.failed_ops;
         progress.finished = Some((SystemTime::now(), Instant::now()));

@@ -146,6 +146,7 @@ pub(super) fn show_config(config: &Config) -> Result<ExitCode, String> {
             "shutdown_timeout": config.http.shutdown_timeout.as_secs_f64(),
             "drain_delay": config.http.drain_delay.as_secs_f64(),
             "mcp_stateless": config.http.mcp_stateless,
+            "mcp_max_sessions": config.http.mcp_max_sessions,
             "mcp_state_key": config.http.mcp_state_key.as_ref().map_or("(random per process)", |_| "(set)"),
         },
         "flows_dir": config.flow_dirs,

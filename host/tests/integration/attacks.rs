@@ -328,3 +328,205 @@ async fn async_runs_and_their_readers_stay_within_runs_max_bytes() {
         assert_eq!(response.status(), 200);
     }
 }
+
+/// Opens an MCP session over HTTP (initialize, then `notifications/initialized`); its id.
+async fn mcp_open(client: &reqwest::Client, server: &Server) -> reqwest::Response {
+    client
+        .post(server.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "attacks", "version": "1"}}}),
+        )
+        .send()
+        .await
+        .expect("initialize")
+}
+
+async fn mcp_session(client: &reqwest::Client, server: &Server) -> String {
+    let response = mcp_open(client, server).await;
+    assert_eq!(response.status(), 200);
+    let session = response.headers()["mcp-session-id"]
+        .to_str()
+        .expect("session id")
+        .to_string();
+    response.text().await.expect("initialize result");
+    let response = mcp_post(
+        client,
+        server,
+        &session,
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(response.status(), 202);
+    session
+}
+
+async fn mcp_post(
+    client: &reqwest::Client,
+    server: &Server,
+    session: &str,
+    message: Value,
+) -> reqwest::Response {
+    client
+        .post(server.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", session)
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&message)
+        .send()
+        .await
+        .expect("POST /mcp")
+}
+
+/// A request's answer in a session (the JSON-RPC message in the SSE body).
+async fn mcp_call(
+    client: &reqwest::Client,
+    server: &Server,
+    session: &str,
+    id: u64,
+    method: &str,
+    params: Value,
+) -> Value {
+    let response = mcp_post(
+        client,
+        server,
+        session,
+        json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
+    )
+    .await;
+    let text = response.text().await.expect("answer");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|m| m["id"] == id)
+        .unwrap_or_else(|| panic!("no answer to {method}: {text}"))
+}
+
+async fn mcp_close(client: &reqwest::Client, server: &Server, session: &str) {
+    let response = client
+        .delete(server.url("/mcp"))
+        .header("mcp-session-id", session)
+        .send()
+        .await
+        .expect("DELETE /mcp");
+    assert!(response.status().is_success(), "{}", response.status());
+}
+
+/// Item 5: a session's subscriptions are bounded in number and URI length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_subscriptions_are_bounded_per_session() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let server = Server::start(flows.path(), &[]);
+    let client = client();
+    let session = mcp_session(&client, &server).await;
+    let long = format!("flow://{}", "x".repeat(100_000));
+    let answer = mcp_call(
+        &client,
+        &server,
+        &session,
+        2,
+        "resources/subscribe",
+        json!({"uri": long}),
+    )
+    .await;
+    assert_eq!(answer["error"]["code"], -32602, "{answer}");
+    assert!(answer["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("at most 2048"));
+    for i in 0..100 {
+        let uri = format!("flow://many/{i}");
+        let answer = mcp_call(
+            &client,
+            &server,
+            &session,
+            10 + i,
+            "resources/subscribe",
+            json!({"uri": uri}),
+        )
+        .await;
+        assert!(answer.get("error").is_none(), "{answer}");
+    }
+    let answer = mcp_call(
+        &client,
+        &server,
+        &session,
+        500,
+        "resources/subscribe",
+        json!({"uri": "flow://one/more"}),
+    )
+    .await;
+    assert_eq!(answer["error"]["code"], -32602, "{answer}");
+    assert!(answer["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unsubscribe"));
+    // Room again after an unsubscribe.
+    mcp_call(
+        &client,
+        &server,
+        &session,
+        501,
+        "resources/unsubscribe",
+        json!({"uri": "flow://many/0"}),
+    )
+    .await;
+    let answer = mcp_call(
+        &client,
+        &server,
+        &session,
+        502,
+        "resources/subscribe",
+        json!({"uri": "flow://one/more"}),
+    )
+    .await;
+    assert!(answer.get("error").is_none(), "{answer}");
+    mcp_close(&client, &server, &session).await;
+}
+
+/// Item 6: an ended session leaves nothing behind, and live sessions are capped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_mcp_sessions_free_their_memory_and_live_ones_are_capped() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let server = Server::start(flows.path(), &["http.mcp_max_sessions=5"]);
+    let client = client();
+    let cycle = |n: usize| {
+        let (client, server) = (&client, &server);
+        async move {
+            for _ in 0..n {
+                let session = mcp_session(client, server).await;
+                mcp_close(client, server, &session).await;
+            }
+        }
+    };
+    cycle(300).await;
+    let warm = server.rss_kib();
+    cycle(1500).await;
+    let after = server.rss_kib();
+    assert!(
+        after.saturating_sub(warm) < 4 * 1024,
+        "1,500 initialize → DELETE cycles grew RSS by {} KiB",
+        after.saturating_sub(warm)
+    );
+    // Five live sessions is the cap: the sixth is refused until one ends.
+    let mut live = Vec::new();
+    for _ in 0..5 {
+        live.push(mcp_session(&client, &server).await);
+    }
+    let refused = mcp_open(&client, &server).await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("http.mcp_max_sessions"));
+    // The live ones go on.
+    let answer = mcp_call(&client, &server, &live[0], 7, "tools/list", json!({})).await;
+    assert!(answer["result"]["tools"].is_array(), "{answer}");
+    mcp_close(&client, &server, &live.pop().unwrap()).await;
+    let session = mcp_session(&client, &server).await;
+    mcp_close(&client, &server, &session).await;
+}

@@ -47,6 +47,7 @@ pub(super) const HTTP_KEYS: &[&str] = &[
     "shutdown_timeout",
     "drain_delay",
     "mcp_stateless",
+    "mcp_max_sessions",
     "mcp_state_key",
     "timeout_keep_alive",
     "limit_concurrency",

@@ -172,6 +172,14 @@ pub(crate) fn load(flags: Flags) -> Result<Config, String> {
                 seconds(&where_, "http.drain_delay", raw.http.drain_delay)?
             },
             mcp_stateless: raw.http.mcp_stateless,
+            mcp_max_sessions: match raw.http.mcp_max_sessions {
+                0 => {
+                    return Err(format!(
+                        "{where_}: http.mcp_max_sessions must be at least 1"
+                    ))
+                }
+                n => n,
+            },
             mcp_state_key: match raw.http.mcp_state_key.filter(|key| !key.is_empty()) {
                 Some(key) if key.len() < 32 => {
                     return Err(format!(

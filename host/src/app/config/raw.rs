@@ -87,6 +87,7 @@ pub(super) struct RawHttp {
     pub(super) shutdown_timeout: f64,
     pub(super) drain_delay: f64,
     pub(super) mcp_stateless: bool,
+    pub(super) mcp_max_sessions: usize,
     pub(super) mcp_state_key: Option<String>,
     /// FlowLLM's uvicorn keep-alive (`keepalive_timeout` when that is not set).
     pub(super) timeout_keep_alive: Option<f64>,
@@ -143,6 +144,7 @@ impl Default for RawHttp {
             shutdown_timeout: 10.0,
             drain_delay: 0.0,
             mcp_stateless: false,
+            mcp_max_sessions: 1024,
             mcp_state_key: None,
             timeout_keep_alive: None,
             limit_concurrency: None,

@@ -254,6 +254,7 @@ mod tests {
             shutdown_timeout: std::time::Duration::from_secs(1),
             drain_delay: std::time::Duration::ZERO,
             mcp_stateless: false,
+            mcp_max_sessions: 1,
             mcp_state_key: None,
             runs: Default::default(),
         })

@@ -84,6 +84,7 @@ pub(crate) fn router(state: AppState) -> Router {
         api_definition: swagger_ui_dist::OpenApiSource::Uri("/openapi.json"),
         title: Some("flowhost API"),
     });
+    let mcp_sessions = super::mcp::sessions();
     let router = Router::new()
         .route("/", get(playground::page))
         .route("/playground.js", get(playground::script))
@@ -109,6 +110,10 @@ pub(crate) fn router(state: AppState) -> Router {
             "/mcp",
             tower::ServiceBuilder::new()
                 .layer(middleware::from_fn_with_state(
+                    (mcp_sessions.clone(), state.options.mcp_max_sessions),
+                    super::mcp::cap_sessions,
+                ))
+                .layer(middleware::from_fn_with_state(
                     (state.catalog.clone(), state.options.body_limit),
                     super::mcp::check_param_headers,
                 ))
@@ -117,6 +122,7 @@ pub(crate) fn router(state: AppState) -> Router {
                     state.run_options.clone(),
                     state.options.mcp_stateless,
                     state.hard_stop.clone(),
+                    mcp_sessions,
                 )),
         )
         .merge(swagger.layer(middleware::from_fn(docs::docs_page)))

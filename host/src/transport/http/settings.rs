@@ -39,6 +39,8 @@ pub(crate) struct Settings {
     /// Serve `/mcp` without sessions: every request is answered by itself, so any replica
     /// behind a round-robin proxy can answer any request of any client.
     pub(crate) mcp_stateless: bool,
+    /// Live `/mcp` sessions past which a new one is refused (503).
+    pub(crate) mcp_max_sessions: usize,
     /// The key 2026-07-28 `requestState` values are sealed with (HMAC): replicas behind one
     /// proxy share it so any of them can serve a call's next round. None: a random key per
     /// process.

@@ -35,14 +35,25 @@ pub(crate) struct FlowTools {
     subscriptions: Arc<std::sync::Mutex<std::collections::BTreeMap<String, Option<String>>>>,
     /// Calls that became tasks (shared by every session of this server).
     pub(crate) tasks: Arc<rmcp::task_manager::TaskManager>,
+    /// Cancelled when the last clone of this session's handler is dropped (the session
+    /// ended): what was spawned for the session ends with it.
+    ended: tokio_util::sync::CancellationToken,
+    _ending: Arc<tokio_util::sync::DropGuard>,
 }
+
+/// Subscriptions one session may hold, and the longest URI it may subscribe to.
+pub(crate) const MAX_SUBSCRIPTIONS: usize = 100;
+pub(crate) const MAX_URI_BYTES: usize = 2048;
 
 /// No `logging/setLevel` yet: op logs stay in the host's log.
 pub(crate) const LOGS_OFF: u8 = u8::MAX;
 
 impl FlowTools {
     pub(crate) fn new(catalog: Arc<Catalog>, run_options: exec::Options) -> FlowTools {
+        let ended = tokio_util::sync::CancellationToken::new();
         FlowTools {
+            _ending: Arc::new(ended.clone().drop_guard()),
+            ended,
             catalog,
             run_options,
             log_level: Arc::new(std::sync::atomic::AtomicU8::new(LOGS_OFF)),
@@ -302,12 +313,27 @@ impl ServerHandler for FlowTools {
         request: SubscribeRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
+        if request.uri.len() > MAX_URI_BYTES {
+            return Err(ErrorData::invalid_params(
+                format!(
+                    "the URI is {} bytes; resources/subscribe takes URIs of at most {MAX_URI_BYTES}",
+                    request.uri.len()
+                ),
+                None,
+            ));
+        }
         let fingerprint =
             crate::catalog::content::fingerprint(&self.catalog.snapshot(), &request.uri);
-        self.subscriptions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(request.uri, fingerprint);
+        let mut subscriptions = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        if subscriptions.len() >= MAX_SUBSCRIPTIONS && !subscriptions.contains_key(&request.uri) {
+            return Err(ErrorData::invalid_params(
+                format!(
+                    "this session already holds {MAX_SUBSCRIPTIONS} subscriptions, the most one may; resources/unsubscribe some first"
+                ),
+                None,
+            ));
+        }
+        subscriptions.insert(request.uri, fingerprint);
         Ok(())
     }
 
@@ -396,9 +422,14 @@ impl ServerHandler for FlowTools {
         let peer = context.peer.clone();
         let catalog = self.catalog.clone();
         let subscriptions = self.subscriptions.clone();
+        let ended = self.ended.clone();
         tokio::spawn(async move {
             let mut announced = Announced::of(&catalog.snapshot());
-            while changes.changed().await.is_ok() {
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { break },
+                    _ = ended.cancelled() => break,
+                }
                 let snapshot = catalog.snapshot();
                 let now = Announced::of(&snapshot);
                 let mut sent = peer.notify_tool_list_changed().await;

@@ -135,12 +135,13 @@ pub(crate) fn http_service(
     run_options: exec::Options,
     stateless: bool,
     shutdown: tokio_util::sync::CancellationToken,
+    sessions: Sessions,
 ) -> rmcp::transport::streamable_http_server::StreamableHttpService<
     FlowTools,
     rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
 > {
     use rmcp::transport::streamable_http_server::{
-        session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
+        StreamableHttpServerConfig, StreamableHttpService,
     };
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(!stateless)
@@ -157,7 +158,52 @@ pub(crate) fn http_service(
             }
             .with_tasks(tasks.clone()))
         },
-        Arc::new(LocalSessionManager::default()),
+        sessions,
         config,
     )
+}
+
+/// The live sessions of `/mcp` (shared by the service and [`cap_sessions`]).
+pub(crate) type Sessions =
+    Arc<rmcp::transport::streamable_http_server::session::local::LocalSessionManager>;
+
+pub(crate) fn sessions() -> Sessions {
+    Arc::default()
+}
+
+/// Past `http.mcp_max_sessions` live sessions, a request that would open another (a POST
+/// without `Mcp-Session-Id`) gets 503 with `Retry-After` and a JSON-RPC error; the sessions
+/// that exist go on. A session ends with DELETE or after rmcp's 5 minutes without a request.
+pub(crate) async fn cap_sessions(
+    axum::extract::State((sessions, max)): axum::extract::State<(Sessions, usize)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let opens = request.method() == axum::http::Method::POST
+        && !request.headers().contains_key("mcp-session-id");
+    if opens {
+        let live = sessions.sessions.read().await.len();
+        if live >= max {
+            tracing::warn!(
+                "MCP session refused: {live} are live (http.mcp_max_sessions); clients should DELETE the sessions they end"
+            );
+            let body = json!({
+                "jsonrpc": "2.0",
+                "id": null,
+                "error": {"code": -32000, "message": format!("the server holds {live} MCP sessions, the most it keeps (http.mcp_max_sessions); retry later, or end unused sessions with DELETE")},
+            });
+            let mut response = (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(body),
+            )
+                .into_response();
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+            return response;
+        }
+    }
+    next.run(request).await
 }

@@ -156,7 +156,10 @@ impl Service {
             .unwrap_or("default");
         let (model, base_url, api_key) = self.model(name)?;
         let body = request_body(model, request)?;
-        let url = format!("{}/chat/completions", base_url.trim_end_matches('/'));
+        let target = chat_url(base_url);
+        // Messages (to the log and to clients) show the URL without its credentials.
+        let secrets = Secrets::new(api_key, &target);
+        let url = secrets.shown.clone();
         let deadline = tokio::time::Instant::now() + model.timeouts.total;
         let mut attempt = 0u32;
         loop {
@@ -166,23 +169,23 @@ impl Service {
                     "LLM request to {url} did not finish within {}s (total timeout)",
                     model.timeouts.total.as_secs_f64()
                 ))),
-                outcome = self.attempt(&url, api_key, &body, model, &mut on_chunk) => outcome,
+                outcome = self.attempt(&target, &url, api_key, &body, model, &mut on_chunk) => outcome,
             };
             match outcome {
                 Attempt::Done(result) => return Ok(result),
                 Attempt::Stopped => return Err(Error::Cancelled),
-                Attempt::Fatal(message) => return Err(Error::Failed(scrub(&message, api_key))),
+                Attempt::Fatal(message) => return Err(Error::Failed(secrets.scrub(&message))),
                 Attempt::Retry { message, after } => {
                     if attempt >= model.max_retries {
-                        return Err(Error::Failed(scrub(
-                            &format!("{message} (gave up after {} attempts)", attempt + 1),
-                            api_key,
-                        )));
+                        return Err(Error::Failed(secrets.scrub(&format!(
+                            "{message} (gave up after {} attempts)",
+                            attempt + 1
+                        ))));
                     }
                     let wait = after.unwrap_or_else(|| backoff(attempt));
                     tracing::warn!(
                         "LLM request failed before the first token: {}; retrying in {:.2}s",
-                        scrub(&message, api_key),
+                        secrets.scrub(&message),
                         wait.as_secs_f64()
                     );
                     attempt += 1;
@@ -195,8 +198,10 @@ impl Service {
         }
     }
 
+    /// One request to `target`; its messages name the URL as `url` (without credentials).
     async fn attempt(
         &self,
+        target: &str,
         url: &str,
         api_key: &str,
         body: &Value,
@@ -205,7 +210,7 @@ impl Service {
     ) -> Attempt {
         let response = self
             .client
-            .post(url)
+            .post(target)
             .bearer_auth(api_key)
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .json(body)
@@ -498,11 +503,73 @@ fn excerpt(text: &str) -> String {
 }
 
 /// Never let the API key reach a log line or an error chunk.
-fn scrub(message: &str, api_key: &str) -> String {
-    if api_key.len() >= 4 {
-        message.replace(api_key, "***")
-    } else {
-        message.to_string()
+fn chat_url(base_url: &str) -> String {
+    match reqwest::Url::parse(base_url) {
+        // `https://host/v1?api-version=x` → `https://host/v1/chat/completions?api-version=x`
+        Ok(mut parsed) if parsed.query().is_some() => {
+            let path = format!("{}/chat/completions", parsed.path().trim_end_matches('/'));
+            parsed.set_path(&path);
+            parsed.to_string()
+        }
+        _ => format!("{}/chat/completions", base_url.trim_end_matches('/')),
+    }
+}
+
+/// What no message may repeat: the API key, and the credentials a `base_url` can carry (its
+/// query values, as in `?api-key=…`, and a `user:password@`).
+struct Secrets {
+    values: Vec<String>,
+    url: String,
+    /// The URL with those replaced by `***`.
+    shown: String,
+}
+
+impl Secrets {
+    fn new(api_key: &str, url: &str) -> Secrets {
+        let mut values = vec![api_key.to_string()];
+        let shown = match reqwest::Url::parse(url) {
+            Ok(mut parsed) => {
+                if let Some(password) = parsed.password() {
+                    values.push(password.to_string());
+                    let _ = parsed.set_password(Some("***"));
+                }
+                if parsed.query().is_some() {
+                    let pairs: Vec<(String, String)> = parsed
+                        .query_pairs()
+                        .map(|(k, v)| {
+                            values.push(v.into_owned());
+                            (k.into_owned(), "***".to_string())
+                        })
+                        .collect();
+                    if let Some(raw) = parsed.query() {
+                        values.push(raw.to_string());
+                    }
+                    parsed.query_pairs_mut().clear().extend_pairs(pairs);
+                }
+                parsed.to_string()
+            }
+            Err(_) => url.split('?').next().unwrap_or_default().to_string(),
+        };
+        values.retain(|v| v.len() >= 4);
+        // Longest first, so a value inside another is not left half replaced.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        Secrets {
+            values,
+            url: url.to_string(),
+            shown,
+        }
+    }
+
+    fn scrub(&self, message: &str) -> String {
+        let mut message = if self.url.is_empty() {
+            message.to_string()
+        } else {
+            message.replace(&self.url, &self.shown)
+        };
+        for value in &self.values {
+            message = message.replace(value.as_str(), "***");
+        }
+        message
     }
 }
 
@@ -588,9 +655,29 @@ mod tests {
 
     #[test]
     fn secrets_and_sizes() {
+        let plain = Secrets::new("sk-secret-1", "http://h/v1/chat/completions");
+        assert_eq!(plain.scrub("key sk-secret-1 leaked"), "key *** leaked");
+        // A credential in the base URL's query or userinfo is never repeated.
+        let url = chat_url("https://u:hunter22@llm.example/v1?api-key=abcd1234&api-version=2024");
         assert_eq!(
-            scrub("key sk-secret-1 leaked", "sk-secret-1"),
-            "key *** leaked"
+            url,
+            "https://u:hunter22@llm.example/v1/chat/completions?api-key=abcd1234&api-version=2024"
+        );
+        let secrets = Secrets::new("", &url);
+        assert_eq!(
+            secrets.shown,
+            "https://u:***@llm.example/v1/chat/completions?api-key=***&api-version=***"
+        );
+        let said = secrets.scrub(&format!(
+            "error sending request for url ({url}): connection refused; key abcd1234"
+        ));
+        assert!(
+            !said.contains("abcd1234") && !said.contains("hunter22"),
+            "{said}"
+        );
+        assert!(
+            said.contains("llm.example/v1/chat/completions?api-key=***"),
+            "{said}"
         );
         assert_eq!(excerpt(&"x ".repeat(400)).chars().count(), 301);
         assert!(

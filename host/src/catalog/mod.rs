@@ -3,6 +3,7 @@
 //! Knows nothing of transports or of how changes are noticed (`watch` calls [`Catalog::reload`]).
 
 pub(crate) mod content;
+mod refs;
 pub mod watch;
 
 /// A flow as its file describes it (what `Entry::spec` holds).
@@ -173,6 +174,8 @@ struct State {
     plugins: Plugins,
     /// Per flow name, the newest spec that compiled.
     last_good: HashMap<String, Arc<Spec>>,
+    /// Folders and entries named like flow files that cannot be read (line 0 diagnostics).
+    path_problems: Vec<Diagnostic>,
     registry: Arc<Registry>,
     filter: Filter,
 }
@@ -202,6 +205,7 @@ impl Catalog {
                 files: BTreeMap::new(),
                 plugins,
                 last_good: HashMap::new(),
+                path_problems: Vec::new(),
                 registry: Arc::new(Registry::default()),
                 filter,
             }),
@@ -296,8 +300,36 @@ impl State {
     fn scan_flows(&mut self) -> bool {
         let mut seen = Vec::new();
         let mut changed = false;
+        let mut problems = Vec::new();
         for dir in &self.flow_dirs {
-            for path in lang::list_files(dir) {
+            let files = match lang::list_files(dir) {
+                Ok((files, found)) => {
+                    problems.extend(found);
+                    files
+                }
+                Err(message) => {
+                    // An unreadable folder keeps what was last read from it, as a broken
+                    // file keeps its last good version.
+                    let kept: Vec<PathBuf> = self
+                        .files
+                        .keys()
+                        .filter(|p| p.starts_with(dir))
+                        .cloned()
+                        .collect();
+                    let note = if kept.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; the flows of the {} file(s) last read from it stay live",
+                            kept.len()
+                        )
+                    };
+                    problems.push(lang::path_problem(dir, format!("{message}{note}")));
+                    seen.extend(kept);
+                    continue;
+                }
+            };
+            for path in files {
                 seen.push(path.clone());
                 let text = match std::fs::read(&path) {
                     Ok(bytes) => String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string()),
@@ -347,6 +379,10 @@ impl State {
         }
         let before = self.files.len();
         self.files.retain(|path, _| seen.contains(path));
+        if problems != self.path_problems {
+            self.path_problems = problems;
+            changed = true;
+        }
         changed || before != self.files.len()
     }
 
@@ -357,6 +393,9 @@ impl State {
             ..Snapshot::default()
         };
         let mut owner: HashMap<String, PathBuf> = HashMap::new();
+        snapshot
+            .diagnostics
+            .extend(self.path_problems.iter().cloned());
         for (path, file) in &self.files {
             let file_broken = !file.parsed.diagnostics.is_empty();
             for diag in &file.parsed.diagnostics {
@@ -408,7 +447,7 @@ impl State {
         }
         // Flows whose file vanished or no longer defines them are gone, good version and all.
         self.last_good.retain(|name, _| owner.contains_key(name));
-        check_flow_refs(&mut snapshot);
+        refs::check_flow_refs(&mut snapshot);
         let param_headers = snapshot.live().any(|(_, flow)| {
             flow.spec.input_schema["properties"]
                 .as_object()
@@ -417,92 +456,6 @@ impl State {
         snapshot.mcp_param_headers = param_headers;
         snapshot
     }
-}
-
-/// `FlowOp` references: a flow that runs a flow that does not exist, or that runs itself
-/// through others, cannot run; it is marked broken with the chain.
-fn check_flow_refs(snapshot: &mut Snapshot) {
-    let mut broken: Vec<(String, Diagnostic)> = Vec::new();
-    for (name, entry) in &snapshot.flows {
-        let Some(flow) = &entry.flow else {
-            continue;
-        };
-        let mut refs = Vec::new();
-        flow.root.flow_refs(&mut refs);
-        for target in refs {
-            let diagnostic = |message: String| Diagnostic {
-                file: flow.spec.file.clone(),
-                line: target.line,
-                col: target.col,
-                severity: crate::lang::Severity::Error,
-                flow: Some(name.clone()),
-                message,
-            };
-            if !snapshot.flows.contains_key(&target.name) {
-                let known: Vec<&str> = snapshot.flows.keys().map(String::as_str).collect();
-                let hint = crate::util::suggest::closest(&target.name, known.iter().copied())
-                    .map(|k| format!(" (did you mean `{k}`?)"))
-                    .unwrap_or_default();
-                broken.push((
-                    name.clone(),
-                    diagnostic(format!(
-                        "flow `{name}`: FlowOp(flow=\"{}\"): no flow `{}` is defined{hint}",
-                        target.name, target.name
-                    )),
-                ));
-                break;
-            }
-            if let Some(chain) = cycle_from(snapshot, name, &target.name) {
-                broken.push((
-                    name.clone(),
-                    diagnostic(format!(
-                        "flow `{name}`: FlowOp makes a cycle: {} (a flow cannot run itself)",
-                        chain.join(" → ")
-                    )),
-                ));
-                break;
-            }
-        }
-    }
-    for (name, diagnostic) in broken {
-        if let Some(entry) = snapshot.flows.get_mut(&name) {
-            entry.flow = None;
-            entry.error = Some(diagnostic.clone());
-        }
-        snapshot.diagnostics.push(diagnostic);
-    }
-}
-
-/// The chain `start → next → ... → start` when following `FlowOp`s from `next` comes back.
-fn cycle_from(snapshot: &Snapshot, start: &str, next: &str) -> Option<Vec<String>> {
-    let mut path = vec![start.to_string()];
-    let mut seen = std::collections::HashSet::new();
-    fn walk(
-        snapshot: &Snapshot,
-        start: &str,
-        at: &str,
-        path: &mut Vec<String>,
-        seen: &mut std::collections::HashSet<String>,
-    ) -> bool {
-        path.push(at.to_string());
-        if at == start {
-            return true;
-        }
-        if seen.insert(at.to_string()) {
-            if let Some(flow) = snapshot.flows.get(at).and_then(|e| e.flow.as_ref()) {
-                let mut refs = Vec::new();
-                flow.root.flow_refs(&mut refs);
-                for target in refs {
-                    if walk(snapshot, start, &target.name, path, seen) {
-                        return true;
-                    }
-                }
-            }
-        }
-        path.pop();
-        false
-    }
-    walk(snapshot, start, next, &mut path, &mut seen).then_some(path)
 }
 
 /// Compiles one flow, falling back to its last good spec when the new one fails.
@@ -574,5 +527,40 @@ impl Pending {
             flow: self.flow,
             error: self.error,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A flows folder that cannot be read any more keeps the flows last read from it, and
+    /// says why (a broken file keeps its last good version the same way).
+    #[test]
+    fn an_unreadable_folder_keeps_its_last_flows() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("flows");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("a.yaml"), "good:\n  flow_content: EchoOp()\n").unwrap();
+        let catalog = Catalog::load(vec![dir.clone()], Vec::new(), Filter::default());
+        assert!(catalog.snapshot().get("good").is_some());
+        std::fs::rename(&dir, root.path().join("gone")).unwrap();
+        catalog.reload(true, false);
+        let snapshot = catalog.snapshot();
+        assert!(
+            snapshot.get("good").is_some(),
+            "the last flows were dropped"
+        );
+        let said = snapshot
+            .diagnostics
+            .iter()
+            .map(ToString::to_string)
+            .find(|d| d.contains("does not exist"))
+            .expect("no diagnostic for the folder");
+        assert!(
+            said.contains("1 file(s) last read from it stay live"),
+            "{said}"
+        );
+        assert!(said.starts_with(&dir.display().to_string()), "{said}");
     }
 }

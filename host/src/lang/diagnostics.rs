@@ -32,6 +32,10 @@ impl fmt::Display for Diagnostic {
         let severity = match self.severity {
             Severity::Error => "error",
         };
+        if self.line == 0 {
+            // About a path, not a place in a file (a folder, a FIFO, a dangling symlink).
+            return write!(f, "{}: {severity}: {}", self.file.display(), self.message);
+        }
         write!(
             f,
             "{}:{}:{}: {severity}: {}",

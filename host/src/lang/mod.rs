@@ -16,4 +16,4 @@ pub(crate) use diagnostics::{short_number, Severity};
 pub use spec::parse_file;
 pub use spec::FileFlows;
 
-pub(crate) use spec::{is_flow_file, list_files};
+pub(crate) use spec::{is_flow_file, list_files, path_problem};

@@ -44,17 +44,81 @@ pub(crate) fn is_flow_file(path: &Path) -> bool {
         )
 }
 
-/// The flow files of a folder, sorted (symlinks followed).
-pub(crate) fn list_files(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| is_flow_file(p) && p.is_file())
-        .collect();
+/// The flow files of a folder, sorted (symlinks followed), and a diagnostic (line 0: about
+/// the path) for each entry named like a flow file that cannot be read as one: a dangling
+/// symlink, a symlink loop, a folder, a FIFO or other special file (never opened: a FIFO
+/// would block the reader). Err: the folder itself cannot be read.
+pub(crate) fn list_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<Diagnostic>), String> {
+    let entries = std::fs::read_dir(dir).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => {
+            "the flows folder does not exist (check --flows or flows_dir)".to_string()
+        }
+        std::io::ErrorKind::NotADirectory => {
+            "the flows path is not a folder (check --flows or flows_dir)".to_string()
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            format!("the flows folder cannot be read: {err} (check its permissions)")
+        }
+        _ => format!("the flows folder cannot be read: {err}"),
+    })?;
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(err) => {
+                problems.push(path_problem(
+                    dir,
+                    format!("a folder entry cannot be read: {err}"),
+                ));
+                continue;
+            }
+        };
+        let path = entry.path();
+        if !is_flow_file(&path) {
+            continue;
+        }
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => files.push(path),
+            Ok(meta) if meta.is_dir() => problems.push(path_problem(
+                &path,
+                "a folder named like a flow file; flows are read from files (rename it)".into(),
+            )),
+            Ok(_) => problems.push(path_problem(
+                &path,
+                "not a regular file (a FIFO, socket or device); flows are read from regular files only".into(),
+            )),
+            Err(err) => {
+                let message = match std::fs::read_link(&path) {
+                    Ok(target) if err.raw_os_error() == Some(libc::ELOOP) => format!(
+                        "a symlink loop (→ {}); point it at a flow file",
+                        target.display()
+                    ),
+                    Ok(target) if err.kind() == std::io::ErrorKind::NotFound => format!(
+                        "a dangling symlink: {} does not exist",
+                        target.display()
+                    ),
+                    _ => format!("cannot be read: {err}"),
+                };
+                problems.push(path_problem(&path, message));
+            }
+        }
+    }
     files.sort();
-    files
+    problems.sort_by(|a, b| a.file.cmp(&b.file));
+    Ok((files, problems))
+}
+
+/// A diagnostic about a path as a whole.
+pub(crate) fn path_problem(path: &Path, message: String) -> Diagnostic {
+    Diagnostic {
+        file: path.to_path_buf(),
+        line: 0,
+        col: 0,
+        severity: Severity::Error,
+        flow: None,
+        message,
+    }
 }
 
 pub(crate) fn is_valid_name(name: &str) -> bool {

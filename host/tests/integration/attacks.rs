@@ -530,3 +530,66 @@ async fn ended_mcp_sessions_free_their_memory_and_live_ones_are_capped() {
     let session = mcp_session(&client, &server).await;
     mcp_close(&client, &server, &session).await;
 }
+
+/// Item 8: entries named like flow files that cannot be read as one, and a folder that does
+/// not exist, are diagnostics naming the path, in `check` and in `/flows`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_flow_folders_are_reported_path_by_path() {
+    let flows = folder(&[("a.yaml", "good:\n  flow_content: EchoOp()\n")]);
+    let dir = flows.path();
+    std::os::unix::fs::symlink("loop2.yaml", dir.join("loop1.yaml")).unwrap();
+    std::os::unix::fs::symlink("loop1.yaml", dir.join("loop2.yaml")).unwrap();
+    std::os::unix::fs::symlink("nowhere.yaml", dir.join("dangling.yaml")).unwrap();
+    let fifo = std::ffi::CString::new(dir.join("x.yaml").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    std::fs::create_dir(dir.join("z.yaml")).unwrap();
+    let expected = [
+        ("dangling.yaml", "dangling symlink"),
+        ("loop1.yaml", "symlink loop"),
+        ("x.yaml", "not a regular file"),
+        ("z.yaml", "a folder named like a flow file"),
+    ];
+    let (code, out, err) = flowhost(&["check", "--flows", dir.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    let err = out + &err;
+    for (name, what) in expected {
+        let line = err
+            .lines()
+            .find(|l| l.contains(&format!("/{name}: error:")))
+            .unwrap_or_else(|| panic!("{name} not reported: {err}"));
+        assert!(line.contains(what), "{line}");
+    }
+    let (code, out, err) = flowhost(&["check", "--flows", "/no/such/flows/folder"]);
+    assert_eq!(code, 1, "{err}");
+    let err = out + &err;
+    assert!(
+        err.contains("/no/such/flows/folder: error: the flows folder does not exist"),
+        "{err}"
+    );
+    // Served: the good flow runs, and /flows lists each problem.
+    let server = Server::start(dir, &[]);
+    let client = client();
+    let listing: Value = client
+        .get(server.url("/flows"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let errors = listing["errors"].to_string();
+    for (name, _) in expected {
+        assert!(
+            errors.contains(name),
+            "{name} missing from /flows errors: {errors}"
+        );
+    }
+    let response = client
+        .post(server.url("/good"))
+        .json(&json!({"query": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}

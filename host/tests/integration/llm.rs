@@ -657,3 +657,47 @@ async fn an_isolated_chat_op_streams_through_the_host() {
         .unwrap();
     assert_eq!(answer["answer"], "Hello", "{answer}");
 }
+
+/// A credential in the base URL (`?api-key=…`, as Azure-style gateways take it, or a
+/// `user:password@`) is never repeated in what the client sees, nor in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_in_the_base_url_is_never_repeated() {
+    let upstream = Upstream::start(vec![vec![
+        Status(401, ""),
+        Raw(r#"{"error":{"message":"bad key"}}"#),
+    ]])
+    .await;
+    let base = format!(
+        "{}?api-key=query-secret-42",
+        upstream
+            .url
+            .replace("http://", "http://user:pass-secret-43@")
+    );
+    let flows = folder(&[(
+        "chat.yaml",
+        "demo:\n  flow_content: GenSystemPromptOp() >> StreamChatOp()\n",
+    )]);
+    let server = Server::start_with_env(
+        flows.path(),
+        &[],
+        &[
+            ("FLOW_LLM_BASE_URL", base.as_str()),
+            ("FLOW_LLM_API_KEY", SECRET),
+        ],
+    );
+    flowhost::llm::tls_init();
+    let response = reqwest::Client::new()
+        .post(server.url("/demo"))
+        .json(&json!({"query": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("401"), "{text}");
+    assert!(text.contains("api-key=***"), "{text}");
+    for secret in ["query-secret-42", "pass-secret-43", SECRET] {
+        assert!(!text.contains(secret), "{secret} in the answer: {text}");
+        assert!(!server.log().contains(secret), "{secret} in the log");
+    }
+}

@@ -10,6 +10,7 @@ pub(crate) mod conn;
 pub(crate) mod docs;
 pub(crate) mod error;
 pub(crate) mod guard;
+pub(crate) mod layers;
 pub(crate) mod lifecycle;
 pub(crate) mod openai;
 pub(crate) mod openapi;
@@ -20,15 +21,15 @@ pub(crate) mod settings;
 pub(crate) mod sse;
 pub(crate) mod state;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -127,16 +128,19 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .merge(swagger.layer(middleware::from_fn(docs::docs_page)))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), read_body))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            layers::read_body,
+        ))
         .layer(middleware::from_fn_with_state(
             state.policy.clone(),
             guard::authorize,
         ))
-        .layer(middleware::from_fn(count_requests))
-        .layer(middleware::from_fn(no_proxy_buffering))
+        .layer(middleware::from_fn(layers::count_requests))
+        .layer(middleware::from_fn(layers::no_proxy_buffering))
         .layer(middleware::from_fn_with_state(
             state.ready.clone(),
-            close_while_draining,
+            layers::close_while_draining,
         ))
         .layer(DefaultBodyLimit::max(state.options.body_limit))
         .layer(middleware::from_fn_with_state(
@@ -160,142 +164,6 @@ pub(crate) fn router(state: AppState) -> Router {
             state.options.connection_limits(),
             conn::track,
         ))
-}
-
-/// While draining, every answer closes its connection: a proxy holding idle keep-alive
-/// connections to this replica would otherwise send a request on one just as shutdown closes
-/// it (nginx does not retry a POST it has sent). New connections are still accepted until the
-/// drain delay ends, then refused, which a proxy does retry elsewhere.
-async fn close_while_draining(
-    State(ready): State<Arc<AtomicBool>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let mut response = next.run(request).await;
-    if !ready.load(Ordering::Relaxed) {
-        response.headers_mut().insert(
-            header::CONNECTION,
-            axum::http::HeaderValue::from_static("close"),
-        );
-    }
-    response
-}
-
-/// Every event stream (FlowLLM SSE, OpenAI stream, MCP) tells nginx not to buffer it, so a
-/// proxy with its default `proxy_buffering on` still streams chunk by chunk.
-async fn no_proxy_buffering(request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
-    let is_stream = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    if is_stream {
-        response.headers_mut().insert(
-            "x-accel-buffering",
-            axum::http::HeaderValue::from_static("no"),
-        );
-    }
-    response
-}
-
-/// Reads the whole request body before a handler sees it, bounded by `http.body_limit` and
-/// `http.body_timeout` however it arrives (`Content-Length` or chunked, any route, `/mcp`
-/// included): 413 from `Content-Length` alone before any of the body is read, 413 as soon as a
-/// streamed body passes the limit, 408 when the body has not all arrived in time. Runs after
-/// the key check, so nobody without the key makes the host read a body.
-async fn read_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    use futures_util::StreamExt;
-    let limit = state.options.body_limit;
-    let too_large = || {
-        let mut response = ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than the limit of {limit} bytes (http.body_limit)"),
-        )
-        .into_response();
-        close_after(&mut response);
-        response
-    };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return too_large();
-    }
-    let streamed = request.headers().contains_key(header::TRANSFER_ENCODING);
-    if declared.unwrap_or(0) == 0 && !streamed {
-        return next.run(request).await;
-    }
-    let (parts, body) = request.into_parts();
-    let mut data = body.into_data_stream();
-    let mut chunks: Vec<axum::body::Bytes> = Vec::new();
-    let mut received = 0usize;
-    let read = async {
-        while let Some(chunk) = data.next().await {
-            let chunk = chunk.map_err(|err| Some(err.to_string()))?;
-            received += chunk.len();
-            if received > limit {
-                return Err(None::<String>);
-            }
-            chunks.push(chunk);
-        }
-        Ok(())
-    };
-    let timeout = state.options.body_timeout;
-    match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(())) => {}
-        Ok(Err(None)) => return too_large(),
-        Ok(Err(Some(err))) => {
-            let mut response = ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the request body: {err}"),
-            )
-            .into_response();
-            close_after(&mut response);
-            return response;
-        }
-        Err(_) => {
-            let mut response = ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body did not arrive within {}s (http.body_timeout); {received} bytes came",
-                    timeout.as_secs_f64()
-                ),
-            )
-            .into_response();
-            close_after(&mut response);
-            return response;
-        }
-    }
-    let body = if chunks.len() == 1 {
-        chunks.pop().unwrap_or_default()
-    } else {
-        chunks.concat().into()
-    };
-    next.run(Request::from_parts(parts, axum::body::Body::from(body)))
-        .await
-}
-
-/// An answer given before the request's body was all read ends its connection: what is left
-/// of the body would be read as the next request.
-fn close_after(response: &mut Response) {
-    response.headers_mut().insert(
-        header::CONNECTION,
-        axum::http::HeaderValue::from_static("close"),
-    );
-}
-
-async fn count_requests(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let response = next.run(request).await;
-    metrics::counter!(m::REQUESTS, "route" => route, "status" => response.status().as_u16().to_string())
-        .increment(1);
-    response
 }
 
 async fn not_found(request: Request) -> ApiError {

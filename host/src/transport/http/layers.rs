@@ -1,0 +1,155 @@
+//! The layers every request passes besides the guard: the body read whole under its limits,
+//! request counting, `Connection: close` while draining, and no proxy buffering for event
+//! streams. Knows nothing of routes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::state::AppState;
+use crate::metrics as m;
+
+/// While draining, every answer closes its connection: a proxy holding idle keep-alive
+/// connections to this replica would otherwise send a request on one just as shutdown closes
+/// it (nginx does not retry a POST it has sent). New connections are still accepted until the
+/// drain delay ends, then refused, which a proxy does retry elsewhere.
+pub(crate) async fn close_while_draining(
+    State(ready): State<Arc<AtomicBool>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    if !ready.load(Ordering::Relaxed) {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
+/// Every event stream (FlowLLM SSE, OpenAI stream, MCP) tells nginx not to buffer it, so a
+/// proxy with its default `proxy_buffering on` still streams chunk by chunk.
+pub(crate) async fn no_proxy_buffering(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let is_stream = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if is_stream {
+        response.headers_mut().insert(
+            "x-accel-buffering",
+            axum::http::HeaderValue::from_static("no"),
+        );
+    }
+    response
+}
+
+/// Reads the whole request body before a handler sees it, bounded by `http.body_limit` and
+/// `http.body_timeout` however it arrives (`Content-Length` or chunked, any route, `/mcp`
+/// included): 413 from `Content-Length` alone before any of the body is read, 413 as soon as a
+/// streamed body passes the limit, 408 when the body has not all arrived in time. Runs after
+/// the key check, so nobody without the key makes the host read a body.
+pub(crate) async fn read_body(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use futures_util::StreamExt;
+    let limit = state.options.body_limit;
+    let too_large = || {
+        let mut response = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than the limit of {limit} bytes (http.body_limit)"),
+        )
+        .into_response();
+        close_after(&mut response);
+        response
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return too_large();
+    }
+    let streamed = request.headers().contains_key(header::TRANSFER_ENCODING);
+    if declared.unwrap_or(0) == 0 && !streamed {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let mut data = body.into_data_stream();
+    let mut chunks: Vec<axum::body::Bytes> = Vec::new();
+    let mut received = 0usize;
+    let read = async {
+        while let Some(chunk) = data.next().await {
+            let chunk = chunk.map_err(|err| Some(err.to_string()))?;
+            received += chunk.len();
+            if received > limit {
+                return Err(None::<String>);
+            }
+            chunks.push(chunk);
+        }
+        Ok(())
+    };
+    let timeout = state.options.body_timeout;
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(())) => {}
+        Ok(Err(None)) => return too_large(),
+        Ok(Err(Some(err))) => {
+            let mut response = ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {err}"),
+            )
+            .into_response();
+            close_after(&mut response);
+            return response;
+        }
+        Err(_) => {
+            let mut response = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {}s (http.body_timeout); {received} bytes came",
+                    timeout.as_secs_f64()
+                ),
+            )
+            .into_response();
+            close_after(&mut response);
+            return response;
+        }
+    }
+    let body = if chunks.len() == 1 {
+        chunks.pop().unwrap_or_default()
+    } else {
+        chunks.concat().into()
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(body)))
+        .await
+}
+
+/// An answer given before the request's body was all read ends its connection: what is left
+/// of the body would be read as the next request.
+fn close_after(response: &mut Response) {
+    response.headers_mut().insert(
+        header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+}
+
+pub(crate) async fn count_requests(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    metrics::counter!(m::REQUESTS, "route" => route, "status" => response.status().as_u16().to_string())
+        .increment(1);
+    response
+}

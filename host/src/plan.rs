@@ -296,6 +296,23 @@ impl Default for Policy {
 
 /// The keywords [`Policy`] takes out of an op call's arguments (the compiler takes them in
 /// this order).
+/// Names a flow cannot take: `POST /{flow}` would meet the HTTP route of the same name
+/// first. (A test in `transport/http` keeps this list equal to the routes' first segments.)
+pub(crate) const RESERVED_FLOW_NAMES: [&str; 12] = [
+    "docs",
+    "events",
+    "flows",
+    "health",
+    "mcp",
+    "metrics",
+    "ops",
+    "prompts",
+    "ready",
+    "resources",
+    "runs",
+    "v1",
+];
+
 pub(crate) const POLICY_KEYWORDS: [&str; 5] = [
     "max_retries",
     "raise_exception",

@@ -180,6 +180,7 @@ pub(super) fn show_config(config: &Config) -> Result<ExitCode, String> {
         "runs": {
             "retention": config.http.runs.keep.as_secs_f64(),
             "max_runs": config.http.runs.max_runs,
+            "max_running": config.http.runs.max_running,
             "max_bytes": config.http.runs.max_bytes,
         },
         "plugins": config.ops.isolation.plugins.iter()

@@ -262,6 +262,13 @@ fn parse_spec(
             format!("flow name `{name}` may only use letters, digits, `_` and `-` (it becomes a URL path and a tool name)"),
         ));
     }
+    if crate::plan::RESERVED_FLOW_NAMES.contains(&name) {
+        return Err((
+            line,
+            1,
+            format!("flow name `{name}` is taken by the host's own `/{name}` route, so POST /{name} could never reach it; rename the flow"),
+        ));
+    }
     let source = spec_source(text, line);
     let raw: RawSpec = serde_yaml::from_value(value).map_err(|err| {
         let message = with_suggestion(&err.to_string());

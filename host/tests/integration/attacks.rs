@@ -593,3 +593,77 @@ async fn hostile_flow_folders_are_reported_path_by_path() {
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+/// Item 9: a flow named like a route is a diagnostic, not a flow nobody can reach.
+#[test]
+fn a_flow_named_like_a_route_is_refused() {
+    let flows = folder(&[(
+        "f.yaml",
+        "health:\n  flow_content: EchoOp()\nfine:\n  flow_content: EchoOp()\n",
+    )]);
+    let (code, out, err) = flowhost(&["check", "--flows", flows.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        out.contains("flow name `health` is taken by the host's own `/health` route"),
+        "{out}"
+    );
+}
+
+/// Item 9: async runs have a bound of their own (`runs.max_running`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_runs_past_runs_max_running_are_refused_with_retry_after() {
+    let flows = folder(&[(
+        "f.yaml",
+        "slow:\n  flow_content: TickOp(n=100, interval_ms=100)\n  stream: true\n",
+    )]);
+    let server = Server::start(flows.path(), &["runs.max_running=3"]);
+    let client = client();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(start_async(&client, &server, "slow", json!({})).await);
+    }
+    let refused = client
+        .post(server.url("/slow"))
+        .header("prefer", "respond-async")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("runs.max_running"),
+        "{body}"
+    );
+    // A run that is not async is not counted against it.
+    let direct = client
+        .post(server.url("/slow"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 200);
+    drop(direct);
+    // One ends: room for another.
+    let ended = client
+        .delete(server.url(&format!("/runs/{}", ids[0])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), 200);
+    let room = wait_async(Duration::from_secs(10), || async {
+        client
+            .post(server.url("/slow"))
+            .header("prefer", "respond-async")
+            .json(&json!({}))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 202)
+    })
+    .await;
+    assert!(room.is_some(), "no room after a run ended");
+}

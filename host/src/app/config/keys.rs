@@ -119,7 +119,7 @@ pub(super) fn check_keys(where_: &str, tree: &mut Value) -> Result<(), String> {
         }
     }
     if let Some(Value::Object(runs)) = map.get("runs") {
-        const RUNS_KEYS: &[&str] = &["retention", "max_runs", "max_bytes"];
+        const RUNS_KEYS: &[&str] = &["retention", "max_runs", "max_bytes", "max_running"];
         for key in runs.keys() {
             if !RUNS_KEYS.contains(&key.as_str()) {
                 return Err(unknown_key(where_, &format!("runs.{key}"), key, RUNS_KEYS));

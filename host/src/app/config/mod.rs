@@ -192,6 +192,7 @@ pub(crate) fn load(flags: Flags) -> Result<Config, String> {
             runs: crate::transport::http::Retention {
                 keep: seconds(&where_, "runs.retention", raw.runs.retention)?,
                 max_runs: raw.runs.max_runs.max(1),
+                max_running: raw.runs.max_running.max(1),
                 max_bytes: raw.runs.max_bytes.max(1),
             },
         },

@@ -44,6 +44,7 @@ pub(super) struct RawOps {
 pub(super) struct RawRuns {
     pub(super) retention: f64,
     pub(super) max_runs: usize,
+    pub(super) max_running: usize,
     pub(super) max_bytes: usize,
 }
 
@@ -53,6 +54,7 @@ impl Default for RawRuns {
         RawRuns {
             retention: defaults.keep.as_secs_f64(),
             max_runs: defaults.max_runs,
+            max_running: defaults.max_running,
             max_bytes: defaults.max_bytes,
         }
     }

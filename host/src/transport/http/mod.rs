@@ -368,9 +368,14 @@ async fn run_flow(
     let input = parse_body(body, state.options.body_limit)?;
     let input = validate(&flow, input)?;
     let background = runs::wants_async(&headers);
+    let mut running = None;
     if background {
         if let Some(existing) = runs::existing(&state, &name, &headers) {
             return Ok(existing);
+        }
+        match runs::place(&state) {
+            Ok(place) => running = Some(place),
+            Err(refused) => return Ok(refused),
         }
     }
     let stream = flow.spec.stream;
@@ -385,8 +390,8 @@ async fn run_flow(
         Ok(run) => run,
         Err(busy) => return Ok(busy_response(&busy)),
     };
-    if background {
-        return Ok(runs::accept(&state, &name, run, &headers));
+    if let Some(running) = running {
+        return Ok(runs::accept(&state, &name, run, &headers, running));
     }
     if stream {
         Ok(sse_response(run, &state, FlowLlmEvents))
@@ -521,4 +526,27 @@ fn count_reloads(catalog: &Catalog) {
             metrics::counter!(m::RELOADS).increment(1);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    /// A flow named like a route's first segment is refused by the flow language: the list
+    /// it refuses is exactly the routes'.
+    #[test]
+    fn reserved_flow_names_are_the_routes() {
+        let mut segments: Vec<&str> = super::ROUTES
+            .iter()
+            .filter_map(|(_, path)| path.trim_start_matches('/').split('/').next())
+            .filter(|s| {
+                !s.is_empty()
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            })
+            .collect();
+        segments.sort_unstable();
+        segments.dedup();
+        let mut reserved = crate::plan::RESERVED_FLOW_NAMES.to_vec();
+        reserved.sort_unstable();
+        assert_eq!(segments, reserved);
+    }
 }

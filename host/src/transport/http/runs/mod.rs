@@ -34,10 +34,33 @@ pub(crate) fn wants_async(headers: &HeaderMap) -> bool {
 }
 
 /// `POST /{flow}` with `Prefer: respond-async`: 202, `Location: /runs/{id}`.
-pub(crate) fn accept(state: &AppState, flow: &str, run: Run, headers: &HeaderMap) -> Response {
+pub(crate) fn accept(
+    state: &AppState,
+    flow: &str,
+    run: Run,
+    headers: &HeaderMap,
+    running: store::Running,
+) -> Response {
     let key = idempotency_key(headers);
-    let record = state.runs.start(flow, run, key);
+    let record = state.runs.start(flow, run, key, running);
     accepted(&record, false)
+}
+
+/// A place among `runs.max_running` for an async run about to start, or 503 + Retry-After.
+pub(crate) fn place(state: &AppState) -> Result<store::Running, Response> {
+    state.runs.try_running().ok_or_else(|| {
+        metrics::counter!(crate::metrics::RUNS_REJECTED, "flow" => "(async)").increment(1);
+        let max = state.options.runs.max_running;
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{max} async runs are running, the most this host runs at once (runs.max_running); retry shortly, or raise it"),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+    })
 }
 
 /// The run already started under this request's `Idempotency-Key`, if any.

@@ -19,6 +19,9 @@ pub(crate) struct Retention {
     pub(crate) keep: Duration,
     /// Runs kept at most, running ones included (`runs.max_runs`).
     pub(crate) max_runs: usize,
+    /// Runs running at once (`runs.max_running`): each holds op threads; past it a new
+    /// async run is refused with 503 + Retry-After.
+    pub(crate) max_running: usize,
     /// Memory the kept chunks may take across all runs (`runs.max_bytes`), counted as they
     /// really cost (the chunk, its text's allocation, its slot in the log); a run's own log
     /// stops growing at a quarter of it, and every log stops when the total is reached.
@@ -30,6 +33,7 @@ impl Default for Retention {
         Retention {
             keep: Duration::from_secs(3600),
             max_runs: 1000,
+            max_running: 256,
             max_bytes: 64 << 20,
         }
     }
@@ -195,13 +199,17 @@ pub(super) fn rfc3339(at: SystemTime) -> String {
 }
 
 /// The runs of this process.
-#[derive(Default)]
 pub(crate) struct Store {
     pub(super) inner: Mutex<Inner>,
     pub(super) retention: Retention,
     /// What every kept log costs, together (bounded by `retention.max_bytes`).
     kept: AtomicUsize,
+    /// One permit per running run (`retention.max_running`).
+    running: Arc<tokio::sync::Semaphore>,
 }
+
+/// A running run's place among `runs.max_running`.
+pub(crate) struct Running(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
 #[derive(Default)]
 pub(super) struct Inner {
@@ -216,6 +224,7 @@ impl Store {
     pub(crate) fn new(retention: Retention) -> Store {
         Store {
             inner: Mutex::default(),
+            running: Arc::new(tokio::sync::Semaphore::new(retention.max_running.max(1))),
             retention,
             kept: AtomicUsize::new(0),
         }
@@ -291,6 +300,7 @@ impl Store {
         flow: &str,
         run: Run,
         key: Option<String>,
+        running: Running,
     ) -> Arc<Record> {
         let (changed, _) = tokio::sync::watch::channel(0);
         let record = Arc::new(Record {
@@ -325,8 +335,16 @@ impl Store {
         self.prune();
         let driven = record.clone();
         let store = self.clone();
-        tokio::spawn(async move { drive(run, &driven, &store).await });
+        tokio::spawn(async move {
+            drive(run, &driven, &store).await;
+            drop(running);
+        });
         record
+    }
+
+    /// A place for one more running run, if `runs.max_running` leaves one.
+    pub(crate) fn try_running(&self) -> Option<Running> {
+        self.running.clone().try_acquire_owned().ok().map(Running)
     }
 
     /// Takes `cost` bytes of the total for a log, if they are left.

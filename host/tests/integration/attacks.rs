@@ -667,3 +667,120 @@ async fn async_runs_past_runs_max_running_are_refused_with_retry_after() {
     .await;
     assert!(room.is_some(), "no room after a run ended");
 }
+
+/// The probes that held when issue 23's 49 attacks were run, kept so they go on holding:
+/// auth bypass forms, path tricks, request smuggling, deep nesting, URI schemes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_that_held_stay_held() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let server = Server::start(flows.path(), &["--api-key", "k3y-0123456789"]);
+    let address = address(&server);
+    let client = client();
+    // Auth: every form but `Authorization: Bearer <key>` is refused.
+    let body = json!({"query": "x"});
+    for (name, value) in [
+        ("authorization", "Bearer k3y-0123456789x"),
+        ("authorization", "Bearer k3y-012345678"),
+        ("authorization", "Basic azN5LTAxMjM0NTY3ODk6"),
+        ("authorization", "k3y-0123456789"),
+        ("authorization", "Bearer"),
+        ("x-api-key", "k3y-0123456789"),
+    ] {
+        let response = client
+            .post(server.url("/echo"))
+            .header(name, value)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{name}: {value}");
+    }
+    for query in [
+        "?api_key=k3y-0123456789",
+        "?key=k3y-0123456789",
+        "?token=k3y-0123456789",
+    ] {
+        let response = client
+            .post(server.url(&format!("/echo{query}")))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{query}");
+    }
+    // Path tricks reach no route without the key (and none outside the API with it).
+    for path in [
+        "/health/../echo",
+        "/%2e%2e/echo",
+        "//echo",
+        "/docs/../echo",
+        "/docs/..%2fecho",
+        "/playground.js/../flows",
+        "/runs/..%2f..%2fetc%2fpasswd",
+    ] {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        );
+        let got = raw(&address, request.as_bytes()).await;
+        let status: u16 = got[9..12].parse().unwrap();
+        assert!(
+            matches!(status, 400 | 401 | 404 | 405),
+            "{path}: {}",
+            got.lines().next().unwrap_or_default()
+        );
+    }
+    // Smuggling: both Content-Length and chunked, or two lengths, never yield a second
+    // request run by the host.
+    let key = "Authorization: Bearer k3y-0123456789\r\n";
+    for request in [
+        format!("POST /echo HTTP/1.1\r\nHost: localhost\r\n{key}Content-Type: application/json\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nPOST /echo HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+        format!("POST /echo HTTP/1.1\r\nHost: localhost\r\n{key}Content-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{{}}"),
+        format!("POST /echo HTTP/1.1\r\nHost: localhost\r\n{key}Content-Type: application/json\r\nTransfer-Encoding: chunked, identity\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"),
+    ] {
+        let got = raw(&address, request.as_bytes()).await;
+        assert!(
+            got.matches("HTTP/1.1 200").count() <= 1,
+            "a smuggled request was served: {got}"
+        );
+    }
+    // Deep nesting is refused, not a stack overflow.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let response = client
+        .post(server.url("/echo"))
+        .bearer_auth("k3y-0123456789")
+        .header("content-type", "application/json")
+        .body(format!("{{\"query\": {deep}}}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_client_error(), "{}", response.status());
+    // URI schemes: a resource read never opens a file or a URL.
+    for uri in [
+        "file:///etc/passwd",
+        "http://169.254.169.254/",
+        "flow://../../etc/passwd",
+    ] {
+        let response = client
+            .get(server.url(&format!(
+                "/resources/read?uri={}",
+                uri.replace(':', "%3A").replace('/', "%2F")
+            )))
+            .bearer_auth("k3y-0123456789")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert!(status.is_client_error(), "{uri}: {status} {text}");
+        assert!(!text.contains("root:"), "{uri}: {text}");
+    }
+    // Still serving.
+    let response = client
+        .post(server.url("/echo"))
+        .bearer_auth("k3y-0123456789")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}

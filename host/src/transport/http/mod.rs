@@ -375,7 +375,7 @@ async fn run_flow(
         }
         match runs::place(&state) {
             Ok(place) => running = Some(place),
-            Err(refused) => return Ok(refused),
+            Err(refused) => return Ok(*refused),
         }
     }
     let stream = flow.spec.stream;

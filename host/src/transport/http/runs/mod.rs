@@ -47,7 +47,7 @@ pub(crate) fn accept(
 }
 
 /// A place among `runs.max_running` for an async run about to start, or 503 + Retry-After.
-pub(crate) fn place(state: &AppState) -> Result<store::Running, Response> {
+pub(crate) fn place(state: &AppState) -> Result<store::Running, Box<Response>> {
     state.runs.try_running().ok_or_else(|| {
         metrics::counter!(crate::metrics::RUNS_REJECTED, "flow" => "(async)").increment(1);
         let max = state.options.runs.max_running;
@@ -59,7 +59,7 @@ pub(crate) fn place(state: &AppState) -> Result<store::Running, Response> {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        response
+        Box::new(response)
     })
 }
 

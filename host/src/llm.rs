@@ -503,6 +503,11 @@ fn excerpt(text: &str) -> String {
 }
 
 /// Never let the API key reach a log line or an error chunk.
+/// A URL as it may be shown (in `flowhost config`, in messages): credentials as `***`.
+pub(crate) fn shown_url(url: &str) -> String {
+    Secrets::new("", url).shown
+}
+
 fn chat_url(base_url: &str) -> String {
     match reqwest::Url::parse(base_url) {
         // `https://host/v1?api-version=x` → `https://host/v1/chat/completions?api-version=x`

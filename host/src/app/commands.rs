@@ -154,9 +154,10 @@ pub(super) fn show_config(config: &Config) -> Result<ExitCode, String> {
         "enabled_flows": config.filter.enabled,
         "disabled_flows": config.filter.disabled,
         "llm": config.llm.models.iter().map(|(name, model)| (name.clone(), json!({
+            "backend": "openai_compatible",
             "model_name": model.model_name,
             "params": model.params,
-            "base_url": model.base_url,
+            "base_url": model.base_url.as_deref().map(crate::llm::shown_url),
             "api_key": model.api_key.as_ref().map(|_| "(set)"),
             "max_retries": model.max_retries,
             "timeouts_s": {

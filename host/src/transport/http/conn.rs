@@ -14,7 +14,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -60,7 +61,7 @@ impl Listener {
 /// What a request knows of its connection (as `ConnectInfo<Peer>`).
 #[derive(Clone, Debug)]
 pub(crate) struct Peer {
-    state: Arc<Mutex<Phase>>,
+    state: Arc<State>,
 }
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Listener>> for Peer {
@@ -69,19 +70,83 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, List
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Phase {
-    /// Nothing of a request has arrived since `since`; closed after `limit` (the setting
-    /// named `key`).
-    Waiting {
-        since: Instant,
-        limit: Duration,
-        key: &'static str,
-    },
-    /// Part of a request head arrived at `since`.
-    Head { since: Instant },
-    /// This many requests are routed and not yet answered to the end.
-    Busy(usize),
+/// A connection's phase, in one atomic word (read on every read that would wait, written on
+/// every request): the low 16 bits count requests in flight (busy when not 0), bit 16 says
+/// whether bytes of a request head arrived, bit 17 whether a request was ever routed, and the
+/// high bits hold when the phase began, in milliseconds since the connection was accepted.
+#[derive(Debug)]
+struct State {
+    word: AtomicU64,
+    accepted: Instant,
+}
+
+const BUSY: u64 = 0xffff;
+const HEAD: u64 = 1 << 16;
+const SERVED: u64 = 1 << 17;
+const SINCE_SHIFT: u32 = 18;
+
+impl State {
+    fn new() -> State {
+        State {
+            word: AtomicU64::new(0),
+            accepted: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.accepted.elapsed().as_millis() as u64
+    }
+
+    /// Bytes arrived: a waiting connection starts reading a head.
+    fn bytes_arrived(&self) {
+        let word = self.word.load(Ordering::Relaxed);
+        if word & (BUSY | HEAD) == 0 {
+            let head = (word & SERVED) | HEAD | (self.now_ms() << SINCE_SHIFT);
+            let _ = self
+                .word
+                .compare_exchange(word, head, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// A request was routed.
+    fn begin(&self) {
+        let _ = self
+            .word
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
+                let busy = (word & BUSY).saturating_add(1).min(BUSY);
+                Some((word & !(BUSY | HEAD)) | SERVED | busy)
+            });
+    }
+
+    /// A response was written to its end (or dropped).
+    fn end(&self) {
+        let now = self.now_ms();
+        let _ = self
+            .word
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
+                let busy = (word & BUSY).saturating_sub(1);
+                Some(if busy == 0 {
+                    SERVED | (now << SINCE_SHIFT)
+                } else {
+                    (word & !BUSY) | busy
+                })
+            });
+    }
+
+    /// The deadline of the phase and the setting that sets it; none while busy.
+    fn deadline(&self, limits: &Limits) -> Option<(Instant, &'static str)> {
+        let word = self.word.load(Ordering::Relaxed);
+        if word & BUSY != 0 {
+            return None;
+        }
+        let since = self.accepted + Duration::from_millis(word >> SINCE_SHIFT);
+        if word & HEAD != 0 || word & SERVED == 0 {
+            // Reading a head, or a new connection that has sent nothing yet.
+            Some((since + limits.header_timeout, HEADER_TIMEOUT))
+        } else {
+            Some((since + limits.keepalive_timeout, "http.keepalive_timeout"))
+        }
+    }
 }
 
 impl axum::serve::Listener for Listener {
@@ -107,11 +172,7 @@ impl axum::serve::Listener for Listener {
                 continue;
             };
             metrics::gauge!(m::CONNECTIONS).increment(1.0);
-            let state = Arc::new(Mutex::new(Phase::Waiting {
-                since: Instant::now(),
-                limit: self.limits.header_timeout,
-                key: HEADER_TIMEOUT,
-            }));
+            let state = Arc::new(State::new());
             let io = Guarded {
                 tcp,
                 state: state.clone(),
@@ -127,7 +188,7 @@ impl axum::serve::Listener for Listener {
     fn local_addr(&self) -> io::Result<Peer> {
         self.inner.local_addr()?;
         Ok(Peer {
-            state: Arc::new(Mutex::new(Phase::Busy(0))),
+            state: Arc::new(State::new()),
         })
     }
 }
@@ -152,9 +213,11 @@ fn refuse(tcp: TcpStream, max: usize) {
 /// A TCP stream whose reads time out by the connection's phase.
 pub(crate) struct Guarded {
     tcp: TcpStream,
-    state: Arc<Mutex<Phase>>,
+    state: Arc<State>,
     limits: Limits,
-    /// The instant `sleep` is armed for, if armed.
+    /// The instant `sleep` is armed for, if armed. It is armed lazily: a deadline later than
+    /// the armed one waits for the sleep to fire and is armed then (so a keep-alive
+    /// connection serving a request a millisecond does not touch the timer per request).
     deadline: Option<Instant>,
     sleep: Pin<Box<Sleep>>,
     _permit: OwnedSemaphorePermit,
@@ -163,26 +226,6 @@ pub(crate) struct Guarded {
 impl Drop for Guarded {
     fn drop(&mut self) {
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
-    }
-}
-
-impl Guarded {
-    /// The deadline of the current phase, moving `Waiting` to `Head` when bytes arrived.
-    fn deadline(&self, got_bytes: bool) -> Option<(Instant, &'static str)> {
-        let mut phase = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if got_bytes {
-            if let Phase::Waiting { .. } = *phase {
-                *phase = Phase::Head {
-                    since: Instant::now(),
-                };
-            }
-            return None;
-        }
-        match *phase {
-            Phase::Waiting { since, limit, key } => Some((since + limit, key)),
-            Phase::Head { since } => Some((since + self.limits.header_timeout, HEADER_TIMEOUT)),
-            Phase::Busy(_) => None,
-        }
     }
 }
 
@@ -197,31 +240,33 @@ impl AsyncRead for Guarded {
         match Pin::new(&mut this.tcp).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    this.deadline(true);
+                    this.state.bytes_arrived();
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-            Poll::Pending => {
-                let Some((deadline, key)) = this.deadline(false) else {
+            Poll::Pending => loop {
+                let Some((deadline, key)) = this.state.deadline(&this.limits) else {
                     return Poll::Pending;
                 };
-                if this.deadline != Some(deadline) {
+                if this.deadline.is_none_or(|armed| armed > deadline) {
                     this.sleep.as_mut().reset(deadline);
                     this.deadline = Some(deadline);
                 }
-                match this.sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        metrics::counter!(m::CONNECTIONS_TIMED_OUT, "timeout" => key).increment(1);
-                        tracing::debug!("connection closed: nothing complete within {key}");
-                        Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("nothing complete within {key}"),
-                        )))
-                    }
-                    Poll::Pending => Poll::Pending,
+                if this.sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
-            }
+                // The armed instant passed: the phase's own deadline may be later.
+                this.deadline = None;
+                if Instant::now() >= deadline {
+                    metrics::counter!(m::CONNECTIONS_TIMED_OUT, "timeout" => key).increment(1);
+                    tracing::debug!("connection closed: nothing complete within {key}");
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("nothing complete within {key}"),
+                    )));
+                }
+            },
         }
     }
 }
@@ -258,25 +303,12 @@ impl AsyncWrite for Guarded {
 
 /// Marks the connection busy from routing until the response body is dropped (sent or
 /// abandoned); then its keep-alive clock starts.
-pub(crate) async fn track(
-    axum::extract::State(limits): axum::extract::State<Limits>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub(crate) async fn track(request: Request, next: Next) -> Response {
     let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<Peer>>().cloned() else {
         return next.run(request).await;
     };
-    {
-        let mut phase = peer.state.lock().unwrap_or_else(|e| e.into_inner());
-        *phase = match *phase {
-            Phase::Busy(n) => Phase::Busy(n + 1),
-            _ => Phase::Busy(1),
-        };
-    }
-    let done = Done {
-        state: peer.state,
-        keepalive: limits.keepalive_timeout,
-    };
+    peer.state.begin();
+    let done = Done(peer.state);
     let response = next.run(request).await;
     response.map(|body| {
         Body::new(Tracked {
@@ -287,22 +319,11 @@ pub(crate) async fn track(
 }
 
 /// Ends a request's busy mark when dropped.
-struct Done {
-    state: Arc<Mutex<Phase>>,
-    keepalive: Duration,
-}
+struct Done(Arc<State>);
 
 impl Drop for Done {
     fn drop(&mut self) {
-        let mut phase = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        *phase = match *phase {
-            Phase::Busy(n) if n > 1 => Phase::Busy(n - 1),
-            _ => Phase::Waiting {
-                since: Instant::now(),
-                limit: self.keepalive,
-                key: "http.keepalive_timeout",
-            },
-        };
+        self.0.end();
     }
 }
 

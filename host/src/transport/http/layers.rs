@@ -88,19 +88,46 @@ pub(crate) async fn read_body(
     let mut data = body.into_data_stream();
     let mut chunks: Vec<axum::body::Bytes> = Vec::new();
     let mut received = 0usize;
-    let read = async {
-        while let Some(chunk) = data.next().await {
-            let chunk = chunk.map_err(|err| Some(err.to_string()))?;
-            received += chunk.len();
-            if received > limit {
-                return Err(None::<String>);
+    // A small body usually came with the head: take what is there without arming a timer.
+    let mut outcome = None;
+    while let Some(next) = futures_util::FutureExt::now_or_never(data.next()) {
+        match next {
+            None => {
+                outcome = Some(Ok(()));
+                break;
             }
-            chunks.push(chunk);
+            Some(Ok(chunk)) => {
+                received += chunk.len();
+                if received > limit {
+                    return too_large();
+                }
+                chunks.push(chunk);
+            }
+            Some(Err(err)) => {
+                outcome = Some(Err(Some(err.to_string())));
+                break;
+            }
         }
-        Ok(())
-    };
+    }
     let timeout = state.options.body_timeout;
-    match tokio::time::timeout(timeout, read).await {
+    let outcome = match outcome {
+        Some(outcome) => Ok(outcome),
+        None => {
+            let read = async {
+                while let Some(chunk) = data.next().await {
+                    let chunk = chunk.map_err(|err| Some(err.to_string()))?;
+                    received += chunk.len();
+                    if received > limit {
+                        return Err(None::<String>);
+                    }
+                    chunks.push(chunk);
+                }
+                Ok(())
+            };
+            tokio::time::timeout(timeout, read).await
+        }
+    };
+    match outcome {
         Ok(Ok(())) => {}
         Ok(Err(None)) => return too_large(),
         Ok(Err(Some(err))) => {

@@ -160,10 +160,7 @@ pub(crate) fn router(state: AppState) -> Router {
                 .on_request(())
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
         )
-        .layer(middleware::from_fn_with_state(
-            state.options.connection_limits(),
-            conn::track,
-        ))
+        .layer(middleware::from_fn(conn::track))
 }
 
 async fn not_found(request: Request) -> ApiError {

@@ -96,8 +96,13 @@ async fn slow_clients_are_closed_after_the_timeouts_while_ready_stays_fast() {
         })
     };
     // While they are held, the host answers.
+    let asked = Instant::now();
     let response = client.get(server.url("/ready")).send().await.unwrap();
     assert_eq!(response.status(), 200);
+    eprintln!(
+        "figure: /ready with 180 slow sockets held answered in {:.1} ms",
+        asked.elapsed().as_secs_f64() * 1e3
+    );
     let response = client
         .post(server.url("/echo"))
         .json(&json!({"query": "still here"}))
@@ -292,6 +297,10 @@ async fn async_runs_and_their_readers_stay_within_runs_max_bytes() {
         assert!(truncated.is_some(), "run {id} never stopped keeping chunks");
     }
     let kept = server.rss_kib();
+    eprintln!(
+        "figure: five async runs of n=1e9 grew RSS by {} MiB (runs.max_bytes 64 MiB)",
+        kept.saturating_sub(baseline) / MIB
+    );
     // 64 MiB is the bound; allow as much again for what the runs hold in flight.
     assert!(
         kept.saturating_sub(baseline) < 128 * MIB,
@@ -313,6 +322,10 @@ async fn async_runs_and_their_readers_stay_within_runs_max_bytes() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let reading = server.rss_kib();
+    eprintln!(
+        "figure: three stalled readers of one run grew RSS by {} KiB",
+        reading.saturating_sub(kept)
+    );
     assert!(
         reading.saturating_sub(kept) < 24 * MIB,
         "three stalled readers grew RSS by {} MiB",
@@ -505,6 +518,10 @@ async fn ended_mcp_sessions_free_their_memory_and_live_ones_are_capped() {
     let warm = server.rss_kib();
     cycle(1500).await;
     let after = server.rss_kib();
+    eprintln!(
+        "figure: 1,500 MCP initialize → DELETE cycles grew RSS by {} KiB",
+        after.saturating_sub(warm)
+    );
     assert!(
         after.saturating_sub(warm) < 4 * 1024,
         "1,500 initialize → DELETE cycles grew RSS by {} KiB",

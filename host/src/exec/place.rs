@@ -1,7 +1,7 @@
 //! Where a call runs: the isolation policy (in process or in a worker process), and one call
 //! of an op inline on the runtime thread, on the op pool, or in a worker.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
@@ -60,6 +60,33 @@ pub(super) struct Report {
     pub(super) recorded: Option<Vec<Chunk>>,
 }
 
+/// Inline calls running now, in this process.
+static INLINE_NOW: AtomicUsize = AtomicUsize::new(0);
+
+/// A place for one inline call. Inline calls may hold all runtime workers but one at once
+/// (one, on a runtime of one worker): a proven-fast op that turns slow on one input holds its
+/// worker for the whole call, and if every worker held one, nothing else would run: no other
+/// request, no `/ready`. Past the bound a call goes to the op pool, as before promotion.
+struct InlineSlot;
+
+impl InlineSlot {
+    fn take(runtime: &tokio::runtime::Handle) -> Option<InlineSlot> {
+        let max = runtime.metrics().num_workers().saturating_sub(1).max(1);
+        INLINE_NOW
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |now| {
+                (now < max).then_some(now + 1)
+            })
+            .ok()
+            .map(|_| InlineSlot)
+    }
+}
+
+impl Drop for InlineSlot {
+    fn drop(&mut self) {
+        INLINE_NOW.fetch_sub(1, Ordering::Release);
+    }
+}
+
 /// One call of a step's op: inline, on the op pool, or in a worker process.
 pub(super) async fn call_once(
     step: &Step,
@@ -81,11 +108,16 @@ pub(super) async fn call_once(
     let op = &step.op;
     let isolated = env.isolation.isolated(&op.library.plugin_name);
     let running = crate::metrics::ops_running();
-    let joined = if !isolated
+    let slot = if !isolated
         && env.isolation.policy.inline == Inline::Auto
         && op.speed.inline()
         && host.runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
     {
+        InlineSlot::take(&host.runtime)
+    } else {
+        None
+    };
+    let joined = if let Some(slot) = slot {
         // A proven-fast op runs right here (see `ops::Speed`); its waits leave the runtime
         // through `block_in_place`.
         let host = OpHost {
@@ -100,6 +132,7 @@ pub(super) async fn call_once(
             .map_err(crate::exec::worker::Error::Failed);
         op.speed
             .inlined(probe.finish(host.waited.load(Ordering::Relaxed)));
+        drop(slot);
         running.decrement(1.0);
         Ok((result, host.report()))
     } else {

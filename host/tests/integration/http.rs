@@ -1102,3 +1102,94 @@ async fn async_runs_start_poll_replay_cancel_and_expire() {
         "{detail}"
     );
 }
+
+/// Issue 21: an op promoted to run inline that turns slow on one input must not stall the
+/// host. `BurnOp` is fast (`ms` = 0) until promoted, then 2 × (runtime workers) calls each
+/// burn 2 s of CPU at once while another client calls `EchoOp` every 5 ms and asks `/ready`.
+/// Before the inline bound, those calls waited out the burn (3 s for 3 s calls); now at most
+/// all workers but one run inline. Figures live in the benchmark (`flowhost-bench stall`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_inline_call_never_stalls_the_host() {
+    let flows = folder(&[(
+        "f.yaml",
+        "burn:\n  flow_content: BurnOp()\necho:\n  flow_content: EchoOp()\n",
+    )]);
+    let server = Server::start(flows.path(), &[]);
+    let client = client();
+    let placement = || async {
+        let ops: Value = client
+            .get(server.url("/ops"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ops["ops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|op| op["name"] == "BurnOp")
+            .map(|op| op["runs"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    let mut calls = 0;
+    while placement().await != "inline" {
+        assert!(calls < 2000, "BurnOp was never promoted to inline");
+        let response = client
+            .post(server.url("/burn"))
+            .json(&json!({"ms": 0}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        calls += 1;
+    }
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let burns: Vec<_> = (0..2 * workers)
+        .map(|_| {
+            let (client, url) = (client.clone(), server.url("/burn"));
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .json(&json!({"ms": 2000}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let (mut worst_echo, mut worst_ready) = (Duration::ZERO, Duration::ZERO);
+    while started.elapsed() < Duration::from_millis(1500) {
+        let asked = Instant::now();
+        let response = client
+            .post(server.url("/echo"))
+            .json(&json!({"query": "still here"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        worst_echo = worst_echo.max(asked.elapsed());
+        let asked = Instant::now();
+        let response = client.get(server.url("/ready")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        worst_ready = worst_ready.max(asked.elapsed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for burn in burns {
+        assert_eq!(burn.await.unwrap(), 200);
+    }
+    eprintln!("figure: worst echo {worst_echo:?}, worst /ready {worst_ready:?} during {} slow inline-promoted calls", 2 * workers);
+    // A stall would be the whole 2 s burn; a debug build on a loaded machine is allowed much.
+    assert!(
+        worst_echo < Duration::from_millis(1000),
+        "echo waited {worst_echo:?}"
+    );
+    assert!(
+        worst_ready < Duration::from_millis(1000),
+        "/ready waited {worst_ready:?}"
+    );
+}

@@ -30,9 +30,9 @@ slow:
   stream: true
 ";
 
-struct Server {
+pub(crate) struct Server {
     name: &'static str,
-    url: String,
+    pub(crate) url: String,
     child: Child,
     start_to_ready: Duration,
 }
@@ -44,7 +44,7 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -71,7 +71,12 @@ async fn wait_ready(url: &str, child: &mut Child, limit: Duration) -> Duration {
     }
 }
 
-async fn start(name: &'static str, mut command: Command, port: u16, limit: Duration) -> Server {
+pub(crate) async fn start(
+    name: &'static str,
+    mut command: Command,
+    port: u16,
+    limit: Duration,
+) -> Server {
     let url = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
     let mut child = command

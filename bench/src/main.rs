@@ -13,6 +13,7 @@ mod floor;
 mod load;
 mod micro;
 mod sse;
+mod stall;
 
 use micro::{
     emit_across_boundary, exec_throughput, llm_overhead, mcp_stdio, plugin_load, save_to_served,
@@ -113,6 +114,12 @@ fn main() {
     }
     if wanted("mcp") {
         report.insert("mcp_stdio".into(), mcp_stdio(&bin_dir));
+    }
+    if wanted("stall") {
+        report.insert(
+            "inline_stall".into(),
+            runtime.block_on(stall::run(&bin_dir)),
+        );
     }
     if wanted("llm") {
         report.insert(

@@ -101,4 +101,34 @@ fn describe() {
         RUNS_REJECTED,
         "runs refused because their flow or the host was busy"
     );
+    // Every family is there from the start, at zero, with its HELP and TYPE: a dashboard or
+    // an alert on a counter that has not moved yet shows 0, not "no data". (Families whose
+    // every sample has labels appear with their first event.)
+    for counter in [
+        CONNECTIONS_REFUSED,
+        CHUNKS,
+        FLOW_ERRORS,
+        CANCELLATIONS,
+        RELOADS,
+        LOGS_DROPPED,
+        WORKER_CRASHES,
+        CACHE_HITS,
+        CACHE_MISSES,
+        OP_RETRIES,
+        OP_FAILURES_TOLERATED,
+    ] {
+        metrics::counter!(counter).absolute(0);
+    }
+    for timeout in ["http.header_timeout", "http.keepalive_timeout"] {
+        metrics::counter!(CONNECTIONS_TIMED_OUT, "timeout" => timeout).absolute(0);
+    }
+    for gauge in [
+        CONNECTIONS,
+        ACTIVE_STREAMS,
+        OPS_RUNNING,
+        WORKERS,
+        RUNS_QUEUED,
+    ] {
+        metrics::gauge!(gauge).set(0.0);
+    }
 }

@@ -1193,3 +1193,158 @@ async fn a_slow_inline_call_never_stalls_the_host() {
         "/ready waited {worst_ready:?}"
     );
 }
+
+/// Issue 22, item 7: an `Idempotency-Key` reused with another body is refused (422), as
+/// payment APIs do; with the same body it returns the first run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_reused_with_another_body_is_refused() {
+    let flows = folder(&[(
+        "f.yaml",
+        "echo:\n  flow_content: EchoOp()\n  input_schema:\n    query: {type: string}\n",
+    )]);
+    let server = Server::start(flows.path(), &[]);
+    let client = client();
+    let post = |query: &'static str| {
+        client
+            .post(server.url("/echo"))
+            .header("prefer", "respond-async")
+            .header("idempotency-key", "order-7")
+            .json(&json!({"query": query}))
+            .send()
+    };
+    let first = post("one").await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let again = post("one").await.unwrap();
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["run_id"], first["run_id"]);
+    let other = post("two").await.unwrap();
+    assert_eq!(other.status(), 422);
+    let body: Value = other.json().await.unwrap();
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("order-7") && detail.contains("different body"),
+        "{detail}"
+    );
+}
+
+/// Issue 22, item 8: GET on a flow URL says how to call it (a browser lands on the
+/// playground); an unknown path is 404; every such answer has the JSON `detail`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_on_a_flow_url_says_how_to_call_it() {
+    let flows = folder(&[("f.yaml", "echo:\n  flow_content: EchoOp()\n")]);
+    let server = Server::start(flows.path(), &[]);
+    flowhost::llm::tls_init();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = client.get(server.url("/echo")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("POST a JSON body to /echo"),
+        "{body}"
+    );
+    let response = client
+        .get(server.url("/echo"))
+        .header("accept", "text/html,application/xhtml+xml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/#echo");
+    let response = client
+        .get(server.url("/no_such_path"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no flow named `no_such_path`"),
+        "{body}"
+    );
+    let response = client.put(server.url("/echo")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("PUT is not served"),
+        "{body}"
+    );
+}
+
+/// Issue 22, item 5: every family is in /metrics from the start (HELP, TYPE, 0); a DELETE
+/// of a running async run is a cancellation; a failed OpenAI call is a flow error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_there_from_the_start_and_count_every_route() {
+    let flows = folder(&[(
+        "f.yaml",
+        "slow:\n  flow_content: TickOp(n=50, interval_ms=100)\n  stream: true\nfails:\n  flow_content: FailOp(message=\"no\")\n",
+    )]);
+    let server = Server::start(flows.path(), &[]);
+    let client = client();
+    let text = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for family in [
+        "flowhost_flow_errors_total",
+        "flowhost_cancellations_total",
+        "flowhost_chunks_total",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} counter")),
+            "{family}: {text}"
+        );
+        assert!(text.contains(&format!("\n{family} 0")), "{family}: {text}");
+    }
+    let started: Value = client
+        .post(server.url("/slow"))
+        .header("prefer", "respond-async")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = started["run_id"].as_str().unwrap();
+    let response = client
+        .delete(server.url(&format!("/runs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        server.metric(&client, "flowhost_cancellations_total").await,
+        1.0
+    );
+    let response = client
+        .post(server.url("/v1/chat/completions"))
+        .json(&json!({"model": "fails", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(
+        server.metric(&client, "flowhost_flow_errors_total").await,
+        1.0
+    );
+}

@@ -72,7 +72,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/chat/completions"),
     ("GET DELETE", "/runs/{id}"),
     ("GET", "/runs/{id}/events"),
-    ("POST", "/{flow}"),
+    ("GET POST", "/{flow}"),
     ("GET POST DELETE", "/mcp"),
     ("GET", "/docs/"),
 ];
@@ -105,7 +105,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/runs/{id}", get(runs::status).delete(runs::cancel))
         .route("/runs/{id}/events", get(runs::events))
-        .route("/{flow}", post(run_flow))
+        .route("/{flow}", post(run_flow).get(flow_page))
         .with_state(state.clone())
         .nest_service(
             "/mcp",
@@ -128,6 +128,7 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .merge(swagger.layer(middleware::from_fn(docs::docs_page)))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             layers::read_body,
@@ -161,6 +162,50 @@ pub(crate) fn router(state: AppState) -> Router {
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
         )
         .layer(middleware::from_fn(conn::track))
+}
+
+/// `GET /{flow}`: flows are POSTed. A browser lands on the playground with the flow selected;
+/// anything else gets 405 saying how to call it (404 when there is no such flow).
+async fn flow_page(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if state.catalog.snapshot().get(&name).is_none() {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no route GET /{name} and no flow named `{name}` (GET /flows lists the flows)"),
+        )
+        .into_response();
+    }
+    let browser = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    if browser {
+        let to = format!("/#{name}");
+        return (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response();
+    }
+    let mut response = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("POST a JSON body to /{name} to run the flow (GET /flows describes it; the playground at / runs it in a browser)"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, axum::http::HeaderValue::from_static("POST"));
+    response
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} is not served on {}; see /docs for each route's methods",
+            request.method(),
+            request.uri().path()
+        ),
+    )
 }
 
 async fn not_found(request: Request) -> ApiError {
@@ -366,8 +411,13 @@ async fn run_flow(
     let input = validate(&flow, input)?;
     let background = runs::wants_async(&headers);
     let mut running = None;
+    let fingerprint = if background {
+        crate::util::stable_hash(serde_json::to_string(&input).unwrap_or_default().as_bytes())
+    } else {
+        0
+    };
     if background {
-        if let Some(existing) = runs::existing(&state, &name, &headers) {
+        if let Some(existing) = runs::existing(&state, &name, &headers, fingerprint) {
             return Ok(existing);
         }
         match runs::place(&state) {
@@ -388,7 +438,14 @@ async fn run_flow(
         Err(busy) => return Ok(busy_response(&busy)),
     };
     if let Some(running) = running {
-        return Ok(runs::accept(&state, &name, run, &headers, running));
+        return Ok(runs::accept(
+            &state,
+            &name,
+            run,
+            &headers,
+            fingerprint,
+            running,
+        ));
     }
     if stream {
         Ok(sse_response(run, &state, FlowLlmEvents))

@@ -208,6 +208,7 @@ pub(crate) async fn chat_completions(
     }
     let (chunks, outcome) = run.collect().await;
     if let Some(message) = outcome.error {
+        metrics::counter!(crate::metrics::FLOW_ERRORS).increment(1);
         return error(StatusCode::INTERNAL_SERVER_ERROR, message, "flow_error");
     }
     let mut reasoning = String::new();

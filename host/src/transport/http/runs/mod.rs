@@ -39,9 +39,10 @@ pub(crate) fn accept(
     flow: &str,
     run: Run,
     headers: &HeaderMap,
+    input: u64,
     running: store::Running,
 ) -> Response {
-    let key = idempotency_key(headers);
+    let key = idempotency_key(headers).map(|key| (key, input));
     let record = state.runs.start(flow, run, key, running);
     accepted(&record, false)
 }
@@ -63,16 +64,31 @@ pub(crate) fn place(state: &AppState) -> Result<store::Running, Box<Response>> {
     })
 }
 
-/// The run already started under this request's `Idempotency-Key`, if any.
-pub(crate) fn existing(state: &AppState, flow: &str, headers: &HeaderMap) -> Option<Response> {
+/// The run already started under this request's `Idempotency-Key`, if any; 422 when the key
+/// was used with another input (`input` is a hash of this request's), as payment APIs answer.
+pub(crate) fn existing(
+    state: &AppState,
+    flow: &str,
+    headers: &HeaderMap,
+    input: u64,
+) -> Option<Response> {
     let key = idempotency_key(headers)?;
     state.runs.prune();
-    let id = state
+    let (id, first) = state
         .runs
         .lock()
         .keys
-        .get(&(flow.to_string(), key))
+        .get(&(flow.to_string(), key.clone()))
         .cloned()?;
+    if first != input {
+        return Some(
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("Idempotency-Key `{key}` was used for run {id} with a different body; send the same body to get that run, or a new key for a new run"),
+            )
+            .into_response(),
+        );
+    }
     let record = state.runs.get(&id)?;
     Some(accepted(&record, true))
 }
@@ -124,10 +140,12 @@ pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>
     let Some(record) = state.runs.get(&id) else {
         return not_found(&id).into_response();
     };
-    if record.lock().finished.is_none() {
-        record
+    if record.lock().finished.is_none()
+        && !record
             .cancel_requested
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        metrics::counter!(crate::metrics::CANCELLATIONS).increment(1);
         record.cancel.cancel();
     }
     // Give the driver a moment to record the end, so the answer usually says `cancelled`.

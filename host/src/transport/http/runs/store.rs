@@ -216,8 +216,8 @@ pub(super) struct Inner {
     pub(super) runs: HashMap<String, Arc<Record>>,
     /// Ids in the order they started (oldest first), for eviction.
     pub(super) order: VecDeque<String>,
-    /// (flow, Idempotency-Key) → run id.
-    pub(super) keys: HashMap<(String, String), String>,
+    /// (flow, Idempotency-Key) → run id and a hash of the input it was started with.
+    pub(super) keys: HashMap<(String, String), (String, u64)>,
 }
 
 impl Store {
@@ -291,7 +291,7 @@ impl Store {
         }
         let Inner { runs, order, keys } = &mut *inner;
         order.retain(|id| runs.contains_key(id));
-        keys.retain(|_, id| runs.contains_key(id));
+        keys.retain(|_, (id, _)| runs.contains_key(id));
     }
 
     /// Starts keeping `run`, driven to its end by a task of its own.
@@ -299,7 +299,7 @@ impl Store {
         self: &Arc<Self>,
         flow: &str,
         run: Run,
-        key: Option<String>,
+        key: Option<(String, u64)>,
         running: Running,
     ) -> Arc<Record> {
         let (changed, _) = tokio::sync::watch::channel(0);
@@ -326,10 +326,10 @@ impl Store {
             let mut inner = self.lock();
             inner.runs.insert(record.id.clone(), record.clone());
             inner.order.push_back(record.id.clone());
-            if let Some(key) = key {
+            if let Some((key, input)) = key {
                 inner
                     .keys
-                    .insert((flow.to_string(), key), record.id.clone());
+                    .insert((flow.to_string(), key), (record.id.clone(), input));
             }
         }
         self.prune();

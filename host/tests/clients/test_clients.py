@@ -108,6 +108,39 @@ def test_openai_sdk_sees_flow_errors(server):
     assert "GET /v1/models" in str(err.value)
 
 
+def test_openai_sdk_gets_the_flows_input_checks_and_its_own_habits(server):
+    """Issue 22, item 9: the OpenAI route checks what POST /{flow} checks, types the sampling
+    parameters, gives a usage object (not null) with include_usage, and serves models.retrieve."""
+    from openai import BadRequestError, NotFoundError, OpenAI
+
+    client = OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+    assert client.models.retrieve("echo_flow").id == "echo_flow"
+    with pytest.raises(NotFoundError):
+        client.models.retrieve("no_such_flow")
+    # echo_flow requires `query`: a conversation without a user message has none.
+    with pytest.raises(BadRequestError) as err:
+        client.chat.completions.create(
+            model="echo_flow", messages=[{"role": "system", "content": "be brief"}]
+        )
+    assert "query" in str(err.value)
+    with pytest.raises(BadRequestError) as err:
+        client.chat.completions.create(
+            model="echo_flow",
+            messages=[{"role": "user", "content": "x"}],
+            temperature="hot",
+        )
+    assert "`temperature` must be a number" in str(err.value)
+    stream = client.chat.completions.create(
+        model="echo_stream_flow",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 0
+
+
 def chromium():
     for name in ("chromium", "chromium-browser", "google-chrome"):
         path = shutil.which(name)

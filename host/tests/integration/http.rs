@@ -1348,3 +1348,51 @@ async fn metrics_are_there_from_the_start_and_count_every_route() {
         1.0
     );
 }
+
+/// Issue 22, item 9 (the parts an SDK would not send): a `messages` that is not an array is
+/// named as such; a flow's other inputs come as extra fields and are checked like POST's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_route_checks_its_body_like_post_does() {
+    let flows = folder(&[(
+        "f.yaml",
+        "greet:\n  flow_content: EchoOp()\n  input_schema:\n    query: {type: string, required: true}\n    lang: {type: string, required: true}\n",
+    )]);
+    let server = Server::start(flows.path(), &[]);
+    let client = client();
+    let call = |body: Value| {
+        client
+            .post(server.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+    };
+    let response = call(json!({"model": "greet", "messages": "hi"}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("must be an array"),
+        "{body}"
+    );
+    let messages = json!([{"role": "user", "content": "hi"}]);
+    let response = call(json!({"model": "greet", "messages": messages}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("lang"),
+        "{body}"
+    );
+    let response = call(json!({"model": "greet", "messages": messages, "lang": "fr"}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = call(json!({"model": "greet", "messages": messages, "lang": "fr", "seed": 1.5}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}

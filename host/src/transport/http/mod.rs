@@ -69,6 +69,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/openapi.json"),
     ("GET", "/metrics"),
     ("GET", "/v1/models"),
+    ("GET", "/v1/models/{id}"),
     ("POST", "/v1/chat/completions"),
     ("GET DELETE", "/runs/{id}"),
     ("GET", "/runs/{id}/events"),
@@ -102,6 +103,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics))
         .route("/v1/models", get(openai::models))
+        .route("/v1/models/{id}", get(openai::model))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/runs/{id}", get(runs::status).delete(runs::cancel))
         .route("/runs/{id}/events", get(runs::events))

@@ -30,6 +30,23 @@ const LLM_PARAMS: &[&str] = &[
     "frequency_penalty",
 ];
 
+/// OpenAI's own request fields: never taken as a flow's input.
+const OPENAI_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "n",
+    "user",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "llm_params",
+];
+
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 fn error(status: StatusCode, message: impl Into<String>, code: &str) -> Response {
     let kind = if status.is_server_error() {
@@ -52,10 +69,76 @@ fn from_api_error(err: ApiError, code: &str) -> Response {
     error(err.status, message, code)
 }
 
+/// The usage of a flow whose ops reported none (no LLM call): zero tokens, not `null`.
+fn no_usage() -> Value {
+    json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// `GET /v1/models/{id}` (the SDKs' `models.retrieve`): a flow that can run, as a model.
+pub(crate) async fn model(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let snapshot = state.catalog.snapshot();
+    let found = snapshot.live().find(|(name, _)| **name == id);
+    let answer = match found {
+        Some((name, flow)) => Json(json!({
+            "id": name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "flowhost",
+            "description": flow.spec.description,
+        }))
+        .into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("the model `{id}` does not exist: models are flow names (GET /v1/models lists them)"),
+            "model_not_found",
+        ),
+    };
+    answer
+}
+
+/// What is wrong with a sampling parameter's value, if anything (OpenAI's types).
+fn param_problem(key: &str, value: &Value) -> Option<&'static str> {
+    if value.is_null() {
+        return None;
+    }
+    let ok = match key {
+        "temperature" | "top_p" | "presence_penalty" | "frequency_penalty" => value.is_number(),
+        "max_tokens" | "max_completion_tokens" => value.as_u64().is_some(),
+        "seed" => value.is_i64() || value.is_u64(),
+        "stop" => {
+            value.is_string()
+                || value
+                    .as_array()
+                    .is_some_and(|stops| stops.iter().all(Value::is_string))
+        }
+        _ => true,
+    };
+    (!ok).then_some(match key {
+        "temperature" | "top_p" | "presence_penalty" | "frequency_penalty" => "a number",
+        "max_tokens" | "max_completion_tokens" => "a non-negative integer",
+        "seed" => "an integer",
+        _ => "a string or an array of strings",
+    })
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 pub(crate) async fn models(State(state): State<AppState>) -> Json<Value> {
@@ -107,13 +190,36 @@ pub(crate) async fn chat_completions(
             "missing_model",
         );
     };
-    let Some(Value::Array(messages)) = request.remove("messages") else {
+    let messages = match request.remove("messages") {
+        Some(Value::Array(messages)) => messages,
+        None | Some(Value::Null) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "`messages` is required: an array of {role, content}",
+                "missing_messages",
+            )
+        }
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "`messages` must be an array of {{role, content}}, found {}",
+                    json_kind(&other)
+                ),
+                "invalid_messages",
+            )
+        }
+    };
+    if let Some((key, problem)) = LLM_PARAMS
+        .iter()
+        .find_map(|key| param_problem(key, request.get(*key)?).map(|p| (*key, p)))
+    {
         return error(
             StatusCode::BAD_REQUEST,
-            "`messages` is required: an array of {role, content}",
-            "missing_messages",
+            format!("`{key}` must be {problem}"),
+            "invalid_parameter",
         );
-    };
+    }
     let stream = request
         .get("stream")
         .and_then(Value::as_bool)
@@ -135,8 +241,7 @@ pub(crate) async fn chat_completions(
         .rev()
         .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
         .and_then(|m| m.get("content"))
-        .map(content_text)
-        .unwrap_or_default();
+        .map(content_text);
     if let Some(n) = request.get("n").filter(|n| !n.is_null()) {
         if n.as_u64() != Some(1) {
             return error(
@@ -159,11 +264,25 @@ pub(crate) async fn chat_completions(
             params.insert(key.to_string(), value);
         }
     }
+    // The flow's other inputs may come as extra fields of the request (the OpenAI SDKs'
+    // `extra_body`); OpenAI's own fields are not the flow's input.
     let mut input = Map::new();
+    if let Some(properties) = flow.spec.input_schema["properties"].as_object() {
+        for name in properties.keys() {
+            if !OPENAI_FIELDS.contains(&name.as_str()) {
+                if let Some(value) = request.remove(name) {
+                    input.insert(name.clone(), value);
+                }
+            }
+        }
+    }
     if !params.is_empty() {
         input.insert("llm_params".into(), Value::Object(params));
     }
-    input.insert("query".into(), Value::String(query));
+    // No user message: no `query`, so a flow that requires one says so (as POST /{flow} does).
+    if let Some(query) = query {
+        input.insert("query".into(), Value::String(query));
+    }
     input.insert("messages".into(), Value::Array(messages));
     let input = match validate(&flow, input) {
         Ok(input) => input,
@@ -213,7 +332,7 @@ pub(crate) async fn chat_completions(
     }
     let mut reasoning = String::new();
     let mut tool_calls = Vec::new();
-    let mut usage = Value::Null;
+    let mut usage = no_usage();
     for chunk in &chunks {
         match chunk.kind {
             ChunkKind::Think => reasoning.push_str(&chunk.text),
@@ -363,7 +482,7 @@ impl EventWriter for OpenAiEvents {
                 out,
             );
             if self.include_usage {
-                let usage = self.usage.take().unwrap_or(Value::Null);
+                let usage = self.usage.take().unwrap_or_else(no_usage);
                 self.event(json!([]), Some(&usage), out);
             }
         }

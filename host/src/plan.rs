@@ -45,6 +45,29 @@ pub struct Spec {
     pub(crate) content_origin: Origin,
 }
 
+impl Spec {
+    /// The spec of a flow whose own spec does not parse: its name and place, nothing to run.
+    pub(crate) fn unparsed(name: &str, file: &std::path::Path, line: usize) -> Spec {
+        Spec {
+            name: name.to_string(),
+            file: file.to_path_buf(),
+            line,
+            flow_content: String::new(),
+            stream: false,
+            description: String::new(),
+            input_schema: serde_json::json!({"type": "object"}),
+            limits: Limits::default(),
+            isolation: None,
+            output_schema: None,
+            icons: Vec::new(),
+            source: String::new(),
+            task: TaskSupport::default(),
+            task_after: Duration::ZERO,
+            content_origin: Origin::default(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct Origin {
     pub(crate) line: usize,

@@ -440,7 +440,7 @@ impl State {
                 if let Some(error) = &entry.error {
                     snapshot.diagnostics.push(error.clone());
                 }
-                if let Some(entry) = entry.into_entry() {
+                if let Some(entry) = entry.into_entry(&name) {
                     snapshot.flows.insert(name, entry);
                 }
             }
@@ -520,10 +520,18 @@ struct Pending {
 }
 
 impl Pending {
-    /// A flow whose spec never parsed has no entry; its diagnostic is reported on its own.
-    fn into_entry(self) -> Option<Entry> {
+    /// A flow whose spec never parsed is still listed, broken, with a spec that only names
+    /// it: every flow its file names is listed, and says why wherever it is asked for.
+    fn into_entry(self, name: &str) -> Option<Entry> {
+        let spec = match (self.spec, &self.error) {
+            (Some(spec), _) => spec,
+            (None, Some(error)) if !name.is_empty() => {
+                Arc::new(Spec::unparsed(name, &error.file, error.line))
+            }
+            (None, _) => return None,
+        };
         Some(Entry {
-            spec: self.spec?,
+            spec,
             flow: self.flow,
             error: self.error,
         })

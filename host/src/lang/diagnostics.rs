@@ -65,6 +65,63 @@ pub(crate) fn caret(source: &str, pos: Pos) -> String {
     )
 }
 
+/// A YAML syntax error as a diagnostic's message: the file and line, the parser's words, the
+/// line with a caret, and a hint for the known traps (a tab; an unquoted flow expression with
+/// `<<`, `{...}` or `[...]`).
+pub(super) fn yaml_error(
+    path: &std::path::Path,
+    text: &str,
+    line: usize,
+    col: usize,
+    message: &str,
+) -> String {
+    // The error's line, and the one before (YAML often fails a line after the cause).
+    let source: String = text
+        .lines()
+        .skip(line.saturating_sub(2))
+        .take(if line > 1 { 2 } else { 1 })
+        .collect();
+    let hint = if source.contains('\t') {
+        "\n  hint: YAML does not allow tabs for indentation; indent with spaces"
+    } else if source.contains("<<") || source.contains('{') || source.contains('[') {
+        "\n  hint: a flow expression with `<<`, `{...}` or `[...]` must be quoted (\"...\") or written as a block (`flow_content: |` and the expression on the next lines)"
+    } else {
+        ""
+    };
+    format!(
+        "{} does not parse (line {line}): {message}\n{}{hint}",
+        path.display(),
+        caret(text, super::expr::Pos { line, col })
+    )
+}
+
+/// The flow names a file that does not parse seems to define: its top-level keys, or the keys
+/// under a FlowLLM config's `flow:`.
+pub(super) fn flow_names(text: &str) -> Vec<String> {
+    let key = |line: &str| -> Option<String> {
+        let (name, _) = line.split_once(':')?;
+        super::spec::is_valid_name(name).then(|| name.to_string())
+    };
+    let wrapped = text.lines().any(|l| l.trim_end() == "flow:");
+    let mut names = Vec::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if !line.starts_with([' ', '\t']) {
+            inside = line.trim_end() == "flow:";
+            if !wrapped {
+                names.extend(key(line));
+            }
+        } else if wrapped && inside {
+            let indent = line.len() - line.trim_start_matches(' ').len();
+            if indent == 2 {
+                names.extend(key(&line[2..]));
+            }
+        }
+    }
+    names.dedup();
+    names
+}
+
 impl Spec {
     /// An error at a place in `flow_content`: `flow `name`: message`, then the source line
     /// with a caret.

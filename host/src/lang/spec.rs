@@ -192,8 +192,19 @@ pub fn parse_file(path: &Path, text: &str) -> FileFlows {
                 .next()
                 .unwrap_or(&message)
                 .to_string();
-            out.diagnostics
-                .push(file_error(line, col, format!("invalid YAML: {message}")));
+            let message = super::diagnostics::yaml_error(path, text, line, col, &message);
+            // Every flow the file names is listed, broken with this reason, so asking for one
+            // says why instead of "no flow named".
+            let names = super::diagnostics::flow_names(text);
+            if names.is_empty() {
+                out.diagnostics.push(file_error(line, col, message.clone()));
+            }
+            for name in names {
+                out.specs.push(Err(Diagnostic {
+                    flow: Some(name),
+                    ..file_error(line, col, message.clone())
+                }));
+            }
             return out;
         }
     };
@@ -599,7 +610,7 @@ mod tests {
         };
         check(
             "a:\n  flow_content: [\n",
-            "f.yaml:3:1: error: invalid YAML: did not find expected node content",
+            "f.yaml:3:1: error: f.yaml does not parse (line 3): did not find expected node content\n  \n  ^\n  hint: a flow expression with `<<`, `{...}` or `[...]` must be quoted (\"...\") or written as a block (`flow_content: |` and the expression on the next lines)",
         );
         check(
             "ok:\n  flow_content: EchoOp()\nbad:\n  flow_content: EchoOp()\n  strem: true\n",

@@ -179,3 +179,65 @@ fn help_and_version() {
         format!("flowhost {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// Issue 22, items 2 and 3: no flow vanishes. A field mistake, a bad schema or a YAML syntax
+/// error (with a caret and a hint) leaves every flow the file names listed as broken, and
+/// asking for one says why, in `flows`, `run` and over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_flow_is_listed_and_says_why_wherever_it_is_asked_for() {
+    let flows = folder(&[
+        (
+            "fields.yaml",
+            "typo:\n  flow_content: EchoOp()\n  flow_contnet: EchoOp()\nbad_schema:\n  flow_content: EchoOp()\n  input_schema:\n    q: {type: strin}\n",
+        ),
+        (
+            "basic.yaml",
+            "echo_flow:\n  flow_content: EchoOp()\n  description: \"x\"\n\tstream: true\nsecond:\n  flow_content: EchoOp()\n",
+        ),
+    ]);
+    let dir = flows.path().to_str().unwrap();
+    let (code, out, err) = flowhost(&["flows", "--flows", dir, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let status = |name: &str| {
+        listed["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not listed: {out}"))["status"]
+            .clone()
+    };
+    for name in ["typo", "bad_schema", "echo_flow", "second"] {
+        assert_eq!(status(name), "broken", "{name}");
+    }
+    let (code, out, err) = flowhost(&["run", "echo_flow", "--flows", dir, "query=hi"]);
+    assert_ne!(code, 0);
+    let said = out + &err;
+    assert!(
+        said.contains("basic.yaml does not parse (line 4)"),
+        "{said}"
+    );
+    assert!(said.contains("hint: YAML does not allow tabs"), "{said}");
+    assert!(!said.contains("no flow named"), "{said}");
+    let (_, out, err) = flowhost(&["run", "typo", "--flows", dir]);
+    let said = out + &err;
+    assert!(said.contains("did you mean `flow_content`?"), "{said}");
+    let server = Server::start(flows.path(), &[]);
+    flowhost::llm::tls_init();
+    let response = reqwest::Client::new()
+        .post(server.url("/bad_schema"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid JSON Schema"),
+        "{body}"
+    );
+}

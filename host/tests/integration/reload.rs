@@ -108,7 +108,11 @@ fn a_broken_save_keeps_the_last_good_version() {
     let snapshot = catalog.snapshot();
     let error = snapshot.errors().next().unwrap().to_string();
     assert!(
-        error.starts_with(&format!("{}:3:1: error: invalid YAML", file.display())),
+        error.starts_with(&format!(
+            "{}:3:1: error: {} does not parse (line 3)",
+            file.display(),
+            file.display()
+        )),
         "{error}"
     );
     assert!(error.contains("last good version"), "{error}");

@@ -87,7 +87,7 @@ pub(crate) enum Command {
         /// The request body as a JSON object.
         #[arg(long, short)]
         input: Option<String>,
-        /// Input fields as key=value (typed: true/false, numbers, JSON, else text).
+        /// Input fields as key=value (a `string` field of the flow's schema keeps the text; others are typed: true/false, numbers, JSON, else text).
         #[arg(value_name = "KEY=VALUE")]
         fields: Vec<String>,
         #[command(flatten)]

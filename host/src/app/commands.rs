@@ -213,10 +213,13 @@ pub(super) fn new_op(request: crate::app::scaffold::Request) -> Result<ExitCode,
     Ok(ExitCode::SUCCESS)
 }
 
-/// Builds the request body from `--input` and `key=value` fields (fields win).
+/// Builds the request body from `--input` and `key=value` fields (fields win). The flow's
+/// input schema decides a field's type: a `string` property keeps `007` or `true` as text;
+/// other fields are typed as FlowLLM types them (true/false, numbers, JSON, else text).
 pub(crate) fn input_object(
     input: Option<&str>,
     fields: &[String],
+    schema: &Value,
 ) -> Result<Map<String, Value>, String> {
     let mut object = match input {
         None => Map::new(),
@@ -234,7 +237,17 @@ pub(crate) fn input_object(
                 "input field `{field}` is not key=value (for example query=hello)"
             ));
         };
-        object.insert(key.to_string(), config::typed_value(value));
+        let declared = &schema["properties"][key]["type"];
+        let text = declared == "string"
+            || declared
+                .as_array()
+                .is_some_and(|types| types.iter().all(|t| t == "string" || t == "null"));
+        let value = if text {
+            Value::String(value.to_string())
+        } else {
+            config::typed_value(value)
+        };
+        object.insert(key.to_string(), value);
     }
     Ok(object)
 }
@@ -245,7 +258,6 @@ pub(super) fn run_flow(
     input: Option<&str>,
     fields: &[String],
 ) -> Result<ExitCode, String> {
-    let input = input_object(input, fields)?;
     let catalog = Arc::new(load_catalog(config));
     let snapshot = catalog.snapshot();
     let Some(entry) = snapshot.get(name) else {
@@ -267,6 +279,7 @@ pub(super) fn run_flow(
             .map_or("unknown error".to_string(), |d| d.to_string());
         return Err(format!("flow `{name}` is broken: {reason}"));
     };
+    let input = input_object(input, fields, &flow.spec.input_schema)?;
     let input = flow.check_input(input).map_err(|problems| {
         let lines: Vec<String> = problems
             .iter()

@@ -65,6 +65,14 @@ pub(super) fn run_options_with_flows(
 }
 
 pub(super) fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
+    // A flows folder that is not there at start is a mistake (a wrong --flows, the wrong
+    // working folder), not an empty host. (One that goes away later keeps its last flows.)
+    if let Some(missing) = config.flow_dirs.iter().find(|dir| !dir.is_dir()) {
+        return Err(format!(
+            "the flows folder {} does not exist (check --flows or flows_dir, or create it)",
+            missing.display()
+        ));
+    }
     if let Some(key) = &config.http.mcp_state_key {
         crate::transport::mcp::set_state_key(key)?;
     }

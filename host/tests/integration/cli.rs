@@ -77,11 +77,14 @@ fn run_writes_json_lines_then_a_summary() {
 
 #[test]
 fn invalid_input_names_the_field() {
-    let flows = folder(&[("f.yaml", "echo:\n  flow_content: EchoOp()\n  input_schema:\n    query: {type: string, required: true}\n")]);
+    let flows = folder(&[("f.yaml", "echo:\n  flow_content: EchoOp()\n  input_schema:\n    query: {type: string, required: true}\n    n: {type: integer}\n")]);
     let dir = flows.path().to_str().unwrap();
-    let (code, _, err) = flowhost(&["run", "echo", "--flows", dir, "query=5"]);
+    let (code, _, err) = flowhost(&["run", "echo", "--flows", dir, "query=5", "n=five"]);
     assert_eq!(code, 2);
-    assert!(err.contains("query: 5 is not of type \"string\""), "{err}");
+    assert!(
+        err.contains("n: \"five\" is not of type \"integer\""),
+        "{err}"
+    );
     let (_, _, err) = flowhost(&["run", "echo", "--flows", dir]);
     assert!(
         err.contains("query: \"query\" is a required property"),
@@ -239,5 +242,30 @@ async fn a_broken_flow_is_listed_and_says_why_wherever_it_is_asked_for() {
             .unwrap()
             .contains("not a valid JSON Schema"),
         "{body}"
+    );
+}
+
+/// Issue 22, items 1 and 6: `run` types `key=value` by the flow's schema (a string field keeps
+/// `007` and `true` as text); a flows folder that does not exist stops `check` and `serve`.
+#[test]
+fn run_types_fields_by_the_schema_and_a_missing_folder_is_an_error() {
+    let flows = folder(&[(
+        "f.yaml",
+        "echo:\n  flow_content: EchoOp()\n  input_schema:\n    query: {type: string, required: true}\n",
+    )]);
+    let dir = flows.path().to_str().unwrap();
+    for value in ["007", "true", "1e3"] {
+        let (code, out, err) =
+            flowhost(&["run", "echo", "--flows", dir, &format!("query={value}")]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(&format!("\"answer\":\"{value}\"")), "{out}");
+    }
+    let (code, out, err) = flowhost(&["check", "--flows", "/no/such/folder"]);
+    assert_eq!(code, 1, "{out}{err}");
+    let (code, _, err) = flowhost(&["serve", "--flows", "/no/such/folder", "--port", "0"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("the flows folder /no/such/folder does not exist"),
+        "{err}"
     );
 }

@@ -23,7 +23,7 @@ mod plan;
 mod transport;
 mod util;
 
-pub use app::cli::{default_log_filter, run, Cli, LogFormat};
+pub use app::cli::{check_log_filter, default_log_filter, run, Cli, LogFormat};
 pub use transport::http::ROUTES as HTTP_ROUTES;
 
 /// The parsers of outside input, for the fuzz tests: `flow_content`, a flow file, an HTTP

@@ -13,6 +13,10 @@ fn main() -> ExitCode {
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| flowhost::default_log_filter(&cli).to_string());
+    if let Err(problem) = flowhost::check_log_filter(&filter) {
+        eprintln!("flowhost: {problem}");
+        return ExitCode::from(2);
+    }
     // stdout belongs to the command's output (and to the protocol in stdio mode). Colour only
     // for a person at a terminal: log files and shippers get plain text.
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();

@@ -72,6 +72,7 @@ pub(crate) enum Command {
     Flows {
         #[command(flatten)]
         common: Common,
+        /// Print JSON (`{"flows": [...], "errors": [...]}`) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -166,6 +167,25 @@ impl Common {
 }
 
 /// The log filter a command uses unless told otherwise.
+/// Refuses a log filter that would silently log nothing: each directive is a level
+/// (`trace`, `debug`, `info`, `warn`, `error`, `off`) or `target=level`. (`tracing`'s own
+/// parser takes `verbose` as a target name and shows only that target.)
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = directive
+            .rsplit_once('=')
+            .map_or(directive, |(_, level)| level);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "log filter `{filter}`: `{level}` is not a level; use one of {} (or target=level, e.g. info,flowhost=debug)",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn default_log_filter(cli: &Cli) -> &'static str {
     match &cli.command {
         // `ops` has no other way to show a refused plugin; the others print flow problems

@@ -121,6 +121,27 @@ pub(crate) fn path_problem(path: &Path, message: String) -> Diagnostic {
     }
 }
 
+/// A boolean as FlowLLM's PyYAML (YAML 1.1) reads one: `true`/`false`, and also `yes`/`no`
+/// and `on`/`off` in any case, which YAML 1.2 reads as text.
+fn yaml11_bool<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        Bool(bool),
+        Text(String),
+    }
+    match Flag::deserialize(deserializer)? {
+        Flag::Bool(flag) => Ok(flag),
+        Flag::Text(text) => match text.to_ascii_lowercase().as_str() {
+            "yes" | "on" | "true" | "y" => Ok(true),
+            "no" | "off" | "false" | "n" => Ok(false),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected true or false (or yes/no, on/off), found `{text}`"
+            ))),
+        },
+    }
+}
+
 pub(crate) fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -132,7 +153,7 @@ pub(crate) fn is_valid_name(name: &str) -> bool {
 #[serde(deny_unknown_fields)]
 struct RawSpec {
     flow_content: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "yaml11_bool")]
     stream: bool,
     #[serde(default)]
     description: Option<String>,

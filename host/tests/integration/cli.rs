@@ -269,3 +269,34 @@ fn run_types_fields_by_the_schema_and_a_missing_folder_is_an_error() {
         "{err}"
     );
 }
+
+/// Issue 22 (friction): FlowLLM writes `stream: yes` (PyYAML's boolean); an unknown log level
+/// is refused with the valid ones instead of silencing every log line.
+#[test]
+fn yes_is_a_boolean_and_an_unknown_log_level_is_refused() {
+    let flows = folder(&[(
+        "f.yaml",
+        "s:\n  flow_content: EchoOp()\n  stream: yes\nj:\n  flow_content: EchoOp()\n  stream: Off\n",
+    )]);
+    let dir = flows.path().to_str().unwrap();
+    let (code, out, err) = flowhost(&["flows", "--flows", dir, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let stream = |name: &str| {
+        listed["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap()["stream"]
+            .clone()
+    };
+    assert_eq!(stream("s"), true);
+    assert_eq!(stream("j"), false);
+    let (code, _, err) = flowhost(&["flows", "--flows", dir, "--log", "verbose"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("`verbose` is not a level; use one of trace, debug, info, warn, error, off"),
+        "{err}"
+    );
+}

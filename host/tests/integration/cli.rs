@@ -300,3 +300,38 @@ fn yes_is_a_boolean_and_an_unknown_log_level_is_refused() {
         "{err}"
     );
 }
+
+/// Issue 22, item 4: `flowhost config` prints every effective key it was given, secrets
+/// redacted (the API key, credentials in an LLM `base_url`).
+#[test]
+fn config_prints_every_effective_key_with_secrets_redacted() {
+    let flows = folder(&[("f.yaml", "echo:\n  flow_content: EchoOp()\n")]);
+    let dir = flows.path().to_str().unwrap();
+    let (code, out, err) = flowhost(&[
+        "config",
+        "--flows",
+        dir,
+        "http.body_limit=100",
+        "http.drain_delay=2",
+        "http.header_timeout=5",
+        "http.api_key=k3y-secret",
+        "llm.default.base_url=https://llm.example/v1?api-key=query-secret",
+        "runs.max_running=7",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["http"]["body_limit"], 100);
+    assert_eq!(shown["http"]["drain_delay"], 2.0);
+    assert_eq!(shown["http"]["header_timeout"], 5.0);
+    assert_eq!(shown["http"]["keepalive_timeout"], 60.0);
+    assert_eq!(shown["runs"]["max_running"], 7);
+    assert!(shown["http"]["max_connections"].as_u64().unwrap() >= 64);
+    assert!(
+        !out.contains("k3y-secret") && !out.contains("query-secret"),
+        "{out}"
+    );
+    assert_eq!(
+        shown["llm"]["default"]["base_url"],
+        "https://llm.example/v1?api-key=***"
+    );
+}

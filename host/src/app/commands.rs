@@ -64,6 +64,9 @@ pub(super) fn ops(config: &Config, as_json: bool) -> Result<ExitCode, String> {
 }
 
 fn display_dirs(dirs: &[PathBuf]) -> String {
+    if dirs.is_empty() {
+        return "no plugin folder (--no-default-plugins and no --plugins)".to_string();
+    }
     dirs.iter()
         .map(|d| d.display().to_string())
         .collect::<Vec<_>>()

@@ -282,12 +282,21 @@ impl Catalog {
                 tracing::warn!("{diag}");
             }
         }
+        let status = |wanted: &str| {
+            snapshot
+                .flows
+                .values()
+                .filter(|entry| entry.status() == wanted)
+                .count()
+        };
         tracing::info!(
             generation,
             flows = snapshot.flows.len(),
-            live = snapshot.live().count(),
+            live = status("live"),
+            stale = status("stale"),
+            broken = status("broken"),
             ops = snapshot.registry.ops.len(),
-            ms = started.elapsed().as_secs_f64() * 1e3,
+            ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0,
             "catalog reloaded"
         );
         self.current.store(Arc::new(snapshot));

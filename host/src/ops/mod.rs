@@ -332,7 +332,7 @@ impl Plugins {
                     name = %library.plugin_name,
                     version = %library.plugin_version,
                     ops = library.ops.len(),
-                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0,
                     "plugin loaded"
                 );
                 self.slots.insert(

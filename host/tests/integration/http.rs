@@ -756,6 +756,12 @@ async fn a_busy_flow_queues_then_refuses() {
         .unwrap();
     assert_eq!(third.status(), 503);
     assert_eq!(third.headers()["retry-after"], "1");
+    // An expected 503 is a warning in the log, not an error.
+    let logged = wait_for(Duration::from_secs(5), || {
+        server.log().contains("answered 503 (busy or draining)")
+    });
+    assert!(logged.is_some(), "{}", server.log());
+    assert!(!server.log().contains("ERROR"), "{}", server.log());
     let body: Value = third.json().await.unwrap();
     let detail = body["detail"].as_str().unwrap();
     assert!(

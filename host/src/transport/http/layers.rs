@@ -1,6 +1,6 @@
 //! The layers every request passes besides the guard: the body read whole under its limits,
-//! request counting, `Connection: close` while draining, and no proxy buffering for event
-//! streams. Knows nothing of routes.
+//! request counting, `Connection: close` while draining, no proxy buffering for event
+//! streams, and how a failed request is logged. Knows nothing of routes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -179,4 +179,22 @@ pub(crate) async fn count_requests(request: Request, next: Next) -> Response {
     metrics::counter!(m::REQUESTS, "route" => route, "status" => response.status().as_u16().to_string())
         .increment(1);
     response
+}
+
+/// A 5xx answer in the log: a 503 is the host saying "not now" on purpose (draining,
+/// admission, connection caps; the response says so) and is a warning; others are errors.
+pub(crate) fn log_failure(
+    failure: tower_http::classify::ServerErrorsFailureClass,
+    latency: std::time::Duration,
+    _span: &tracing::Span,
+) {
+    let ms = (latency.as_secs_f64() * 1e4).round() / 10.0;
+    match failure {
+        tower_http::classify::ServerErrorsFailureClass::StatusCode(code)
+            if code == StatusCode::SERVICE_UNAVAILABLE =>
+        {
+            tracing::warn!(latency_ms = ms, "answered 503 (busy or draining)")
+        }
+        failure => tracing::error!(latency_ms = ms, "request failed: {failure}"),
+    }
 }

@@ -162,7 +162,7 @@ pub(crate) fn router(state: AppState) -> Router {
                 .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
                 .on_request(())
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
-                .on_failure(log_failure),
+                .on_failure(layers::log_failure),
         )
         .layer(middleware::from_fn(conn::track))
 }
@@ -209,24 +209,6 @@ async fn method_not_allowed(request: Request) -> ApiError {
             request.uri().path()
         ),
     )
-}
-
-/// A 5xx answer in the log: a 503 is the host saying "not now" on purpose (draining,
-/// admission, connection caps; the response says so) and is a warning; others are errors.
-fn log_failure(
-    failure: tower_http::classify::ServerErrorsFailureClass,
-    latency: Duration,
-    _span: &tracing::Span,
-) {
-    let ms = (latency.as_secs_f64() * 1e4).round() / 10.0;
-    match failure {
-        tower_http::classify::ServerErrorsFailureClass::StatusCode(code)
-            if code == StatusCode::SERVICE_UNAVAILABLE =>
-        {
-            tracing::warn!(latency_ms = ms, "answered 503 (busy or draining)")
-        }
-        failure => tracing::error!(latency_ms = ms, "request failed: {failure}"),
-    }
 }
 
 async fn not_found(request: Request) -> ApiError {

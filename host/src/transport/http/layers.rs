@@ -64,13 +64,10 @@ pub(crate) async fn read_body(
     use futures_util::StreamExt;
     let limit = state.options.body_limit;
     let too_large = || {
-        let mut response = ApiError::new(
+        closing(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body is larger than the limit of {limit} bytes (http.body_limit)"),
-        )
-        .into_response();
-        close_after(&mut response);
-        response
+        ))
     };
     let declared = request
         .headers()
@@ -131,25 +128,19 @@ pub(crate) async fn read_body(
         Ok(Ok(())) => {}
         Ok(Err(None)) => return too_large(),
         Ok(Err(Some(err))) => {
-            let mut response = ApiError::new(
+            return closing(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("cannot read the request body: {err}"),
-            )
-            .into_response();
-            close_after(&mut response);
-            return response;
+            ))
         }
         Err(_) => {
-            let mut response = ApiError::new(
+            return closing(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
                     "the request body did not arrive within {}s (http.body_timeout); {received} bytes came",
                     timeout.as_secs_f64()
                 ),
-            )
-            .into_response();
-            close_after(&mut response);
-            return response;
+            ))
         }
     }
     let body = if chunks.len() == 1 {
@@ -163,11 +154,13 @@ pub(crate) async fn read_body(
 
 /// An answer given before the request's body was all read ends its connection: what is left
 /// of the body would be read as the next request.
-fn close_after(response: &mut Response) {
+fn closing(error: ApiError) -> Response {
+    let mut response = error.into_response();
     response.headers_mut().insert(
         header::CONNECTION,
         axum::http::HeaderValue::from_static("close"),
     );
+    response
 }
 
 pub(crate) async fn count_requests(request: Request, next: Next) -> Response {

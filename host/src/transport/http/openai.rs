@@ -85,24 +85,25 @@ pub(crate) async fn model(
     State(state): State<AppState>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
-    let snapshot = state.catalog.snapshot();
-    let found = snapshot.live().find(|(name, _)| **name == id);
-    let answer = match found {
-        Some((name, flow)) => Json(json!({
-            "id": name,
-            "object": "model",
-            "created": 0,
-            "owned_by": "flowhost",
-            "description": flow.spec.description,
-        }))
-        .into_response(),
+    match state.catalog.snapshot().get(&id).and_then(|e| e.flow.clone()) {
+        Some(flow) => Json(model_json(&id, &flow)).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
             format!("the model `{id}` does not exist: models are flow names (GET /v1/models lists them)"),
             "model_not_found",
         ),
-    };
-    answer
+    }
+}
+
+/// A flow as an OpenAI model object.
+fn model_json(name: &str, flow: &crate::plan::Flow) -> Value {
+    json!({
+        "id": name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "flowhost",
+        "description": flow.spec.description,
+    })
 }
 
 /// What is wrong with a sampling parameter's value, if anything (OpenAI's types).
@@ -130,30 +131,11 @@ fn param_problem(key: &str, value: &Value) -> Option<&'static str> {
     })
 }
 
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 pub(crate) async fn models(State(state): State<AppState>) -> Json<Value> {
     let snapshot = state.catalog.snapshot();
     let data: Vec<Value> = snapshot
         .live()
-        .map(|(name, flow)| {
-            json!({
-                "id": name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "flowhost",
-                "description": flow.spec.description,
-            })
-        })
+        .map(|(name, flow)| model_json(name, flow))
         .collect();
     Json(json!({"object": "list", "data": data}))
 }
@@ -204,7 +186,7 @@ pub(crate) async fn chat_completions(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "`messages` must be an array of {{role, content}}, found {}",
-                    json_kind(&other)
+                    super::request::kind_of(&other)
                 ),
                 "invalid_messages",
             )

@@ -449,6 +449,7 @@ impl State {
                 if let Some(error) = &entry.error {
                     snapshot.diagnostics.push(error.clone());
                 }
+                snapshot.diagnostics.extend(entry.warnings.iter().cloned());
                 if let Some(entry) = entry.into_entry(&name) {
                     snapshot.flows.insert(name, entry);
                 }
@@ -480,11 +481,13 @@ fn compile_entry(
                 let spec = Arc::new(spec.clone());
                 match lang::compile(spec.clone(), registry) {
                     Ok(flow) => {
+                        let warnings = lang::warnings(&spec, registry);
                         last_good.insert(name.to_string(), spec);
                         return Pending {
                             spec: Some(flow.spec.clone()),
                             flow: Some(Arc::new(flow)),
                             error: None,
+                            warnings,
                         };
                     }
                     Err(diag) => (Some(spec), diag),
@@ -504,6 +507,7 @@ fn compile_entry(
                         spec: Some(good),
                         flow: Some(Arc::new(flow)),
                         error: Some(error),
+                        warnings: Vec::new(),
                     };
                 }
             }
@@ -512,6 +516,7 @@ fn compile_entry(
             spec: new_spec,
             flow: None,
             error: Some(error),
+            warnings: Vec::new(),
         }
     }
 }
@@ -526,6 +531,7 @@ struct Pending {
     spec: Option<Arc<Spec>>,
     flow: Option<Arc<Flow>>,
     error: Option<Diagnostic>,
+    warnings: Vec<Diagnostic>,
 }
 
 impl Pending {

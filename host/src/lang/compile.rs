@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::diagnostics::Diagnostic;
+use super::diagnostics::{Diagnostic, Severity};
 use super::expr::{self, Expr};
 use crate::ops::Registry;
 use crate::plan::Spec;
@@ -99,18 +99,31 @@ fn bind_flow_op(spec: &Spec, call: &expr::Call) -> Result<FlowRef, Diagnostic> {
 fn bind_call(spec: &Spec, call: &expr::Call, registry: &Registry) -> Result<Step, Diagnostic> {
     let error = |message: String| spec.at_expr(call.pos, message);
     let Some(op) = registry.get(&call.name) else {
-        let hint = match registry.suggest(&call.name) {
-            Some(known) => format!("; did you mean `{known}`?"),
-            None if registry.ops.is_empty() => {
+        let unbuilt = crate::ops::unbuilt_source(&call.name);
+        let hint = match (unbuilt, registry.suggest(&call.name)) {
+            (Some(source), _) => format!(
+                ": {} defines it, but it is not built yet: `cargo build --workspace` (a running host loads it live)",
+                source.display()
+            ),
+            (None, Some(known)) => format!("; did you mean `{known}`?"),
+            (None, None) if registry.ops.is_empty() => {
                 "; no plugins are loaded (build them with `cargo build --workspace`, or pass --plugins DIR)".to_string()
             }
-            None => "; `flowhost ops` lists the known ops".to_string(),
+            (None, None) => "; `flowhost ops` lists the known ops".to_string(),
         };
         return Err(error(format!("unknown op `{}`{hint}", call.name)));
     };
     let mut args = call.args.clone();
     let policy =
         take_policy(&mut args).map_err(|message| error(format!("{}: {message}", call.name)))?;
+    if let Some((key, hint)) = unknown_args(&op.args_schema, &args).first() {
+        if forbids_extra(&op.args_schema) {
+            return Err(error(format!(
+                "{}: unknown argument `{key}`{hint}",
+                call.name
+            )));
+        }
+    }
     let args_json = Value::Object(args).to_string();
     op.library
         .check(op.name, &args_json)
@@ -157,6 +170,79 @@ fn bind_call(spec: &Spec, call: &expr::Call, registry: &Registry) -> Result<Step
         policy,
         subs: subs.into(),
     })
+}
+
+/// Arguments a call passes that its op's `args_schema` does not name (FlowLLM's per-op keywords
+/// excepted), each with a "did you mean" hint. None when the op publishes no properties.
+fn unknown_args(schema: &Option<Value>, args: &Map<String, Value>) -> Vec<(String, String)> {
+    let Some(known) = schema
+        .as_ref()
+        .and_then(|s| s.get("properties"))
+        .and_then(Value::as_object)
+    else {
+        return Vec::new();
+    };
+    args.keys()
+        .filter(|key| !known.contains_key(*key) && !POLICY_KEYWORDS.contains(&key.as_str()))
+        .map(|key| {
+            let hint = match crate::util::suggest::closest(key, known.keys().map(String::as_str)) {
+                Some(near) => format!(" (did you mean `{near}`?)"),
+                None if known.is_empty() => " (the op takes no arguments)".to_string(),
+                None => {
+                    let names: Vec<String> = known.keys().map(|k| format!("`{k}`")).collect();
+                    format!(" (the op takes {})", names.join(", "))
+                }
+            };
+            (key.clone(), hint)
+        })
+        .collect()
+}
+
+fn forbids_extra(schema: &Option<Value>) -> bool {
+    schema
+        .as_ref()
+        .and_then(|s| s.get("additionalProperties"))
+        .is_some_and(|extra| extra == &Value::Bool(false))
+}
+
+/// Warnings about a flow that compiles: an argument its op's `args_schema` does not name
+/// (the op ignores it; most likely a typo), with the closest name it does.
+pub(crate) fn warnings(spec: &Spec, registry: &Registry) -> Vec<Diagnostic> {
+    fn walk(spec: &Spec, expr: &Expr, registry: &Registry, out: &mut Vec<Diagnostic>) {
+        match expr {
+            Expr::Call(call) => call_warnings(spec, call, registry, out),
+            Expr::Seq(items) | Expr::Par(items) => {
+                for item in items {
+                    walk(spec, item, registry, out);
+                }
+            }
+        }
+    }
+    fn call_warnings(
+        spec: &Spec,
+        call: &expr::Call,
+        registry: &Registry,
+        out: &mut Vec<Diagnostic>,
+    ) {
+        if let Some(op) = registry.get(&call.name) {
+            for (key, hint) in unknown_args(&op.args_schema, &call.args) {
+                let mut diag = spec.at_expr(
+                    call.pos,
+                    format!("{}: argument `{key}` is not one the op knows{hint}; it is passed on, and most likely ignored", call.name),
+                );
+                diag.severity = Severity::Warning;
+                out.push(diag);
+            }
+        }
+        for sub in &call.subs {
+            call_warnings(spec, &sub.call, registry, out);
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(expr) = expr::parse(&spec.flow_content) {
+        walk(spec, &expr, registry, &mut out);
+    }
+    out
 }
 
 /// Takes FlowLLM's per-op keywords (`max_retries`, `raise_exception`, `enable_cache`,

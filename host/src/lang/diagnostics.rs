@@ -9,10 +9,11 @@ use super::expr::{self, Pos};
 use crate::plan::Spec;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-/// How bad a problem is. Every problem found today stops its flow or file from loading; the
-/// type stays so the JSON and the text say `error` explicitly.
+/// How bad a problem is: an error stops its flow or file from loading; a warning (an argument
+/// the op's schema does not name) is reported and the flow loads.
 pub(crate) enum Severity {
     Error,
+    Warning,
 }
 
 /// A problem found in a flow file, with its position.
@@ -31,6 +32,7 @@ impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let severity = match self.severity {
             Severity::Error => "error",
+            Severity::Warning => "warning",
         };
         if self.line == 0 {
             // About a path, not a place in a file (a folder, a FIFO, a dangling symlink).

@@ -424,6 +424,60 @@ pub(crate) fn default_dir() -> Option<PathBuf> {
         .and_then(|exe| exe.parent().map(Path::to_path_buf))
 }
 
+/// The source file of a plugin crate in this workspace (`plugins/*/src/**.rs`, the workspace
+/// found above the running binary or the current folder) that defines `struct {op}`: an op
+/// written (by `flowhost new-op`, say) but in no loaded library, so not built yet.
+pub(crate) fn unbuilt_source(op: &str) -> Option<PathBuf> {
+    fn search(dir: &Path, needle: &str, depth: usize) -> Option<PathBuf> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .map(|entry| entry.path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            if path.is_dir() && depth > 0 {
+                if let Some(found) = search(&path, needle, depth - 1) {
+                    return Some(found);
+                }
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let defines = text.match_indices(needle).any(|(at, _)| {
+                    !text[at + needle.len()..]
+                        .starts_with(|c: char| c.is_alphanumeric() || c == '_')
+                });
+                if defines {
+                    return Some(path);
+                }
+            }
+        }
+        None
+    }
+    let needle = format!("struct {op}");
+    let starts = [std::env::current_dir().ok(), default_dir()];
+    let roots = starts.iter().flatten().filter_map(|start| {
+        start.ancestors().find(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|t| t.contains("[workspace]"))
+        })
+    });
+    let (root, found) = roots.into_iter().find_map(|root| {
+        let mut crates: Vec<PathBuf> = std::fs::read_dir(root.join("plugins"))
+            .ok()?
+            .flatten()
+            .map(|e| e.path().join("src"))
+            .collect();
+        crates.sort();
+        let found = crates.iter().find_map(|src| search(src, &needle, 4))?;
+        Some((root, found))
+    })?;
+    Some(
+        found
+            .strip_prefix(root)
+            .map(Path::to_path_buf)
+            .unwrap_or(found),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -335,3 +335,51 @@ fn config_prints_every_effective_key_with_secrets_redacted() {
         "https://llm.example/v1?api-key=***"
     );
 }
+
+#[test]
+fn check_warns_of_an_argument_the_op_does_not_know_and_names_an_unbuilt_op() {
+    let flows = folder(&[(
+        "f.yaml",
+        "count:\n  flow_content: CountOp(nn=3)\nprompt:\n  flow_content: GenSystemPromptOp(templat=\"x\")\n",
+    )]);
+    let dir = flows.path().to_str().unwrap();
+    let (code, out, err) = flowhost(&["check", "--flows", dir]);
+    // CountOp's schema allows more properties: a warning, and the flow stays live.
+    assert!(
+        out.contains(&format!("{dir}/f.yaml:2:17: warning: flow `count`: CountOp: argument `nn` is not one the op knows (did you mean `n`?)")),
+        "{out}"
+    );
+    // GenSystemPromptOp's forbids them: an error.
+    assert!(
+        out.contains(&format!("{dir}/f.yaml:4:17: error: flow `prompt`: GenSystemPromptOp: unknown argument `templat` (did you mean `template`?)")),
+        "{out}"
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("1 flow(s) live, 1 broken, 1 error(s)"),
+        "{err}"
+    );
+
+    // An op a plugin crate of the workspace defines but no built library has yet.
+    let workspace = folder(&[
+        ("Cargo.toml", "[workspace]\nmembers = []\n"),
+        ("plugins/op-shout/src/lib.rs", "mod shout;\n"),
+        (
+            "plugins/op-shout/src/shout.rs",
+            "pub struct ShoutOpTwo;\npub struct ShoutOp;\n",
+        ),
+        ("flows/s.yaml", "shout:\n  flow_content: ShoutOp()\n"),
+    ]);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_flowhost"))
+        .arg("check")
+        .current_dir(workspace.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        out.contains("unknown op `ShoutOp`: plugins/op-shout/src/shout.rs defines it, but it is not built yet: `cargo build --workspace`"),
+        "{out}"
+    );
+}

@@ -60,11 +60,13 @@ pub fn fixture(name: &str) -> PathBuf {
     lib
 }
 
-/// A temp folder with `files` (name, content) in it.
+/// A temp folder with `files` (name, content; a name may hold folders) in it.
 pub fn folder(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     for (name, content) in files {
-        std::fs::write(dir.path().join(name), content).expect("write file");
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).expect("make folders");
+        std::fs::write(path, content).expect("write file");
     }
     dir
 }

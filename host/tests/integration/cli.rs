@@ -163,7 +163,34 @@ fn config_overrides_are_typed_and_layered() {
     let (code, _, err) = flowhost(&["config", "-c", config.to_str().unwrap(), "http.port=lots"]);
     assert_eq!(code, 2);
     assert!(
-        err.contains("c.yaml") && err.contains("invalid type"),
+        err.contains("c.yaml: http.port: expected a port number (0 to 65535; 0 picks a free one), got \"lots\""),
+        "{err}"
+    );
+    let (code, _, err) = flowhost(&["config", "http.max_connections=many"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("http.max_connections: expected a whole number, got \"many\""),
+        "{err}"
+    );
+
+    // Sizes and durations take units.
+    let (code, out, err) = flowhost(&[
+        "config",
+        "http.body_limit=64KiB",
+        "http.header_timeout=500ms",
+        "runs.retention=2h",
+        "runs.max_bytes=1MB",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let value: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(value["http"]["body_limit"], 65536);
+    assert_eq!(value["http"]["header_timeout"], 0.5);
+    assert_eq!(value["runs"]["retention"], 7200.0);
+    assert_eq!(value["runs"]["max_bytes"], 1_000_000);
+    let (code, _, err) = flowhost(&["config", "http.body_timeout=soon"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("http.body_timeout: expected a duration in seconds (10, 2.5, \"10s\", \"500ms\", \"2m\"), got \"soon\""),
         "{err}"
     );
 }

@@ -3,7 +3,8 @@
 //! parts own (`transport::http::Settings`, `llm::Config`, `catalog::Filter`,
 //! `exec::IsolationPolicy`, ...). No clap type gets past this module; only `app/` reads the
 //! environment and the config file. `raw` is serde's view, `keys` the unknown-key check,
-//! `llm` the `llm:` section, `overrides` the `key=value` items.
+//! `llm` the `llm:` section, `overrides` the `key=value` items, `units` durations and sizes
+//! written with units (`10s`, `1MiB`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -63,6 +64,7 @@ mod keys;
 mod llm;
 mod overrides;
 mod raw;
+mod units;
 
 use keys::check_keys;
 use llm::llm_config;
@@ -93,7 +95,15 @@ pub(crate) fn load(flags: Flags) -> Result<Config, String> {
         .as_ref()
         .map_or("configuration".to_string(), |p| p.display().to_string());
     check_keys(&where_, &mut tree)?;
-    let raw: Raw = serde_json::from_value(tree).map_err(|err| format!("{where_}: {err}"))?;
+    let raw: Raw = serde_path_to_error::deserialize(tree).map_err(|err| {
+        let key = err.path().to_string();
+        let message = units::reword(&err.inner().to_string());
+        if key == "." {
+            format!("{where_}: {message}")
+        } else {
+            format!("{where_}: {key}: {message}")
+        }
+    })?;
     let mut flow_dirs = match raw.flows_dir {
         OneOrMany::One(dir) => vec![dir],
         OneOrMany::Many(dirs) => dirs,
@@ -140,14 +150,14 @@ pub(crate) fn load(flags: Flags) -> Result<Config, String> {
         backend: flags.transport.unwrap_or(raw.backend),
         http: Http {
             host: flags.host.unwrap_or(raw.http.host),
-            port: flags.port.unwrap_or(raw.http.port),
-            body_limit: raw.http.body_limit,
-            header_timeout: seconds(&where_, "http.header_timeout", raw.http.header_timeout)?,
-            body_timeout: seconds(&where_, "http.body_timeout", raw.http.body_timeout)?,
+            port: flags.port.unwrap_or(raw.http.port.0),
+            body_limit: raw.http.body_limit.0,
+            header_timeout: seconds(&where_, "http.header_timeout", raw.http.header_timeout.0)?,
+            body_timeout: seconds(&where_, "http.body_timeout", raw.http.body_timeout.0)?,
             // FlowLLM's (uvicorn's) name for it counts when ours is not set.
             keepalive_timeout: match (raw.http.keepalive_timeout, raw.http.timeout_keep_alive) {
-                (Some(value), _) => seconds(&where_, "http.keepalive_timeout", value)?,
-                (None, Some(value)) => seconds(&where_, "http.timeout_keep_alive", value)?,
+                (Some(value), _) => seconds(&where_, "http.keepalive_timeout", value.0)?,
+                (None, Some(value)) => seconds(&where_, "http.timeout_keep_alive", value.0)?,
                 (None, None) => Duration::from_secs(60),
             },
             max_connections: match raw.http.max_connections {
@@ -164,12 +174,12 @@ pub(crate) fn load(flags: Flags) -> Result<Config, String> {
                 .api_key
                 .or(raw.http.api_key)
                 .filter(|key| !key.is_empty()),
-            keepalive: seconds(&where_, "http.keepalive_secs", raw.http.keepalive_secs)?,
-            shutdown_timeout: seconds(&where_, "http.shutdown_timeout", raw.http.shutdown_timeout)?,
-            drain_delay: if raw.http.drain_delay == 0.0 {
+            keepalive: seconds(&where_, "http.keepalive_secs", raw.http.keepalive_secs.0)?,
+            shutdown_timeout: seconds(&where_, "http.shutdown_timeout", raw.http.shutdown_timeout.0)?,
+            drain_delay: if raw.http.drain_delay.0 == 0.0 {
                 Duration::ZERO
             } else {
-                seconds(&where_, "http.drain_delay", raw.http.drain_delay)?
+                seconds(&where_, "http.drain_delay", raw.http.drain_delay.0)?
             },
             mcp_stateless: raw.http.mcp_stateless,
             mcp_max_sessions: match raw.http.mcp_max_sessions {
@@ -190,10 +200,10 @@ pub(crate) fn load(flags: Flags) -> Result<Config, String> {
                 other => other,
             },
             runs: crate::transport::http::Retention {
-                keep: seconds(&where_, "runs.retention", raw.runs.retention)?,
+                keep: seconds(&where_, "runs.retention", raw.runs.retention.0)?,
                 max_runs: raw.runs.max_runs.max(1),
                 max_running: raw.runs.max_running.max(1),
-                max_bytes: raw.runs.max_bytes.max(1),
+                max_bytes: raw.runs.max_bytes.0.max(1),
             },
         },
         flow_dirs,
@@ -447,7 +457,7 @@ mod tests {
         })
         .unwrap_err();
         assert!(
-            err.contains("c.yaml") && err.contains("invalid type"),
+            err.contains("c.yaml: http.port: expected a port number"),
             "{err}"
         );
     }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::units::{Bytes, Port, Seconds};
 use super::{Backend, DEFAULT_MAX_OP_THREADS};
 
 #[derive(Debug, Deserialize)]
@@ -42,20 +43,20 @@ pub(super) struct RawOps {
 #[derive(Debug, Deserialize)]
 #[serde(default)]
 pub(super) struct RawRuns {
-    pub(super) retention: f64,
+    pub(super) retention: Seconds,
     pub(super) max_runs: usize,
     pub(super) max_running: usize,
-    pub(super) max_bytes: usize,
+    pub(super) max_bytes: Bytes,
 }
 
 impl Default for RawRuns {
     fn default() -> RawRuns {
         let defaults = crate::transport::http::Retention::default();
         RawRuns {
-            retention: defaults.keep.as_secs_f64(),
+            retention: Seconds(defaults.keep.as_secs_f64()),
             max_runs: defaults.max_runs,
             max_running: defaults.max_running,
-            max_bytes: defaults.max_bytes,
+            max_bytes: Bytes(defaults.max_bytes),
         }
     }
 }
@@ -76,23 +77,23 @@ pub(super) struct RawPlugin {
 #[serde(default)]
 pub(super) struct RawHttp {
     pub(super) host: String,
-    pub(super) port: u16,
-    pub(super) body_limit: usize,
-    pub(super) header_timeout: f64,
-    pub(super) body_timeout: f64,
-    pub(super) keepalive_timeout: Option<f64>,
+    pub(super) port: Port,
+    pub(super) body_limit: Bytes,
+    pub(super) header_timeout: Seconds,
+    pub(super) body_timeout: Seconds,
+    pub(super) keepalive_timeout: Option<Seconds>,
     pub(super) max_connections: Option<usize>,
     pub(super) cors_origins: Vec<String>,
     pub(super) allowed_hosts: Vec<String>,
     pub(super) api_key: Option<String>,
-    pub(super) keepalive_secs: f64,
-    pub(super) shutdown_timeout: f64,
-    pub(super) drain_delay: f64,
+    pub(super) keepalive_secs: Seconds,
+    pub(super) shutdown_timeout: Seconds,
+    pub(super) drain_delay: Seconds,
     pub(super) mcp_stateless: bool,
     pub(super) mcp_max_sessions: usize,
     pub(super) mcp_state_key: Option<String>,
     /// FlowLLM's uvicorn keep-alive (`keepalive_timeout` when that is not set).
-    pub(super) timeout_keep_alive: Option<f64>,
+    pub(super) timeout_keep_alive: Option<Seconds>,
     /// FlowLLM's uvicorn concurrency limit (`ops.max_concurrency` when that is not set).
     pub(super) limit_concurrency: Option<Value>,
 }
@@ -133,18 +134,18 @@ impl Default for RawHttp {
     fn default() -> RawHttp {
         RawHttp {
             host: "127.0.0.1".into(),
-            port: 8002,
-            body_limit: 1024 * 1024,
-            header_timeout: 10.0,
-            body_timeout: 30.0,
+            port: Port(8002),
+            body_limit: Bytes(1024 * 1024),
+            header_timeout: Seconds(10.0),
+            body_timeout: Seconds(30.0),
             keepalive_timeout: None,
             max_connections: None,
             cors_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             api_key: None,
-            keepalive_secs: 15.0,
-            shutdown_timeout: 10.0,
-            drain_delay: 0.0,
+            keepalive_secs: Seconds(15.0),
+            shutdown_timeout: Seconds(10.0),
+            drain_delay: Seconds(0.0),
             mcp_stateless: false,
             mcp_max_sessions: 1024,
             mcp_state_key: None,

@@ -16,6 +16,9 @@ pub struct Chunk {
     /// An `error` chunk of an op whose failure the flow tolerates (`raise_exception=False`):
     /// the wire metadata says `"raise_exception": false` and the run goes on.
     pub tolerated: bool,
+    /// On an op's `error` chunk: how many times the op was called (`max_retries`); the wire
+    /// metadata says `"attempts": n`. 0 elsewhere (not written).
+    pub attempts: u8,
 }
 
 impl Chunk {
@@ -26,6 +29,7 @@ impl Chunk {
             op,
             text: text.into(),
             tolerated: false,
+            attempts: 0,
         }
     }
 
@@ -60,6 +64,9 @@ impl Chunk {
         push_json_str(out, self.op);
         if self.tolerated {
             out.push_str(",\"raise_exception\":false");
+        }
+        if self.attempts > 0 {
+            let _ = write!(out, ",\"attempts\":{}", self.attempts);
         }
         out.push_str("}}");
     }
@@ -105,6 +112,7 @@ mod tests {
                 op: "X",
                 text: r#"{"id":"1","name":"f","arguments":"{}"}"#.into(),
                 tolerated: false,
+                attempts: 0,
             },
             Chunk {
                 kind: ChunkKind::Usage,
@@ -112,6 +120,7 @@ mod tests {
                 op: "X",
                 text: "not json".into(),
                 tolerated: true,
+                attempts: 3,
             },
         ];
         for chunk in cases {
@@ -124,6 +133,7 @@ mod tests {
             assert_eq!(value["done"], false);
             if chunk.tolerated {
                 assert_eq!(value["metadata"]["raise_exception"], false);
+                assert_eq!(value["metadata"]["attempts"], 3);
             }
         }
     }

@@ -129,6 +129,7 @@ fn from_file(value: &Value) -> Option<(Cached, Duration)> {
             op: crate::ops::intern(chunk["op"].as_str()?),
             text: chunk["text"].as_str()?.to_string(),
             tolerated: false,
+            attempts: 0,
         });
     }
     let writes = value["writes"].as_object()?.clone();

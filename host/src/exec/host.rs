@@ -129,6 +129,7 @@ impl crate::ops::Host for OpHost {
             op: self.op,
             text: content.to_owned(),
             tolerated: false,
+            attempts: 0,
         };
         self.emitted.fetch_add(1, Ordering::Relaxed);
         self.record(&chunk);

@@ -168,6 +168,7 @@ pub(super) async fn call_once(
         op: op_name,
         message,
         crashed,
+        attempts: 1,
     };
     let (result, report) = match joined {
         Ok(done) => done,

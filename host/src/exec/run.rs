@@ -68,15 +68,22 @@ pub(crate) struct Failure {
     pub(crate) message: String,
     /// The op's worker process died or was killed (`isolation: process`).
     pub(crate) crashed: bool,
+    /// How many times the op was called (`max_retries`); 0 when no op call failed (a flow's
+    /// own failure).
+    pub(crate) attempts: u32,
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.crashed {
-            write!(f, "op {} crashed: {}", self.op, self.message)
+            write!(f, "op {} crashed: {}", self.op, self.message)?;
         } else {
-            write!(f, "{} failed: {}", self.op, self.message)
+            write!(f, "{} failed: {}", self.op, self.message)?;
         }
+        if self.attempts > 1 {
+            write!(f, " (called {} times, max_retries)", self.attempts)?;
+        }
+        Ok(())
     }
 }
 
@@ -184,8 +191,10 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
             };
             let result = run_node(&flow.root, context, &env).await;
             if let Err(failure) = &result {
-                env.tx
-                    .push_final(Chunk::error(failure.op, failure.to_string()));
+                env.tx.push_final(Chunk {
+                    attempts: failure.attempts.min(255) as u8,
+                    ..Chunk::error(failure.op, failure.to_string())
+                });
             }
             result
         })

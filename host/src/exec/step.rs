@@ -24,6 +24,7 @@ pub(super) async fn run_step(
         op: name,
         message: format!("context is not serialisable: {err}"),
         crashed: false,
+        attempts: 0,
     })?;
     let policy = &step.policy;
     let cache_key = policy.cache_ttl.map(|_| {
@@ -46,7 +47,7 @@ pub(super) async fn run_step(
     let mut attempt = 1;
     loop {
         let (result, report) = call_once(step, &context_json, env, cache_key.is_some()).await;
-        let failure = match result {
+        let mut failure = match result {
             Ok(writes) => {
                 if let (Some(key), Some(ttl), Some(chunks)) =
                     (cache_key, policy.cache_ttl, report.recorded)
@@ -61,6 +62,7 @@ pub(super) async fn run_step(
             }
             Err(failure) => failure,
         };
+        failure.attempts = attempt;
         if env.cancel.is_cancelled() {
             return Err(failure);
         }
@@ -90,6 +92,7 @@ pub(super) async fn run_step(
         if env.collect.as_ref().is_none_or(|c| c.forward) {
             env.tx.push_final(Chunk {
                 tolerated: true,
+                attempts: attempt.min(255) as u8,
                 ..Chunk::error(name, message)
             });
         }

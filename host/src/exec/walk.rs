@@ -91,6 +91,7 @@ pub(super) fn run_node<'a>(
                     op: "FlowOp",
                     message,
                     crashed: false,
+                    attempts: 0,
                 };
                 let Some(flow) = env
                     .flows
@@ -157,6 +158,7 @@ pub(super) fn run_node<'a>(
                                 op: "flow",
                                 message: format!("a parallel branch crashed: {join}"),
                                 crashed: false,
+                                attempts: 0,
                             });
                             continue;
                         }

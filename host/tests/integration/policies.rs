@@ -62,15 +62,22 @@ async fn max_retries_calls_again_only_while_nothing_was_emitted() {
         .unwrap()
         .contains("call 1 of key emitted fails"));
 
-    let (_, outcome) = run(&catalog, "retries_run_out", json!({})).await;
+    let (chunks, outcome) = run(&catalog, "retries_run_out", json!({})).await;
     assert!(
         outcome
             .error
             .as_deref()
             .unwrap_or("")
-            .contains("call 2 of key out fails"),
+            .contains("call 2 of key out fails (called 2 times, max_retries)"),
         "{outcome:?}"
     );
+    // The error chunk says how many calls were made.
+    let error = chunks.last().expect("the error chunk");
+    let mut wire = String::new();
+    error.write_json("f", &mut wire);
+    let wire: serde_json::Value = serde_json::from_str(&wire).unwrap();
+    assert_eq!(wire["chunk_type"], "error");
+    assert_eq!(wire["metadata"]["attempts"], 2, "{wire}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use flowhost::{Cli, LogFormat};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,9 +26,16 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .with_target(false);
+    // rmcp warns of every request it answered with an error as a Rust `Debug` dump of that
+    // error; the client has the error, and a log line should be words.
+    let no_dumps = tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.target().starts_with("rmcp")
+            && *meta.level() == tracing::Level::WARN
+            && meta.fields().field("error").is_some())
+    });
     match cli.log_format {
-        LogFormat::Text => logs.with_ansi(colour).init(),
-        LogFormat::Json => logs.json().with_ansi(false).init(),
+        LogFormat::Text => logs.with_ansi(colour).finish().with(no_dumps).init(),
+        LogFormat::Json => logs.json().with_ansi(false).finish().with(no_dumps).init(),
     }
     flowhost::run(cli)
 }

@@ -12,11 +12,6 @@ use crate::util::*;
 const FLOWS: &str = "echo:\n  flow_content: EchoOp()\n  input_schema:\n    query: {type: string}\n\
 long_stream:\n  flow_content: TickOp(n=12, interval_ms=250)\n  stream: true\n";
 
-fn client() -> reqwest::Client {
-    flowhost::llm::tls_init();
-    reqwest::Client::new()
-}
-
 fn address(server: &Server) -> String {
     server.url.trim_start_matches("http://").to_string()
 }

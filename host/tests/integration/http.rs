@@ -36,11 +36,6 @@ broken:
   flow_content: NoSuchOp()
 "#;
 
-fn client() -> reqwest::Client {
-    flowhost::llm::tls_init();
-    reqwest::Client::builder().build().expect("client")
-}
-
 /// The SSE events of a response body (`data:` payloads).
 fn events(body: &str) -> Vec<String> {
     body.split("\n\n")

@@ -63,11 +63,6 @@ fn plugins() -> tempfile::TempDir {
     plugin_folder(&[(&fixture("op_crash"), &so("op_crash"))])
 }
 
-fn client() -> reqwest::Client {
-    flowhost::llm::tls_init();
-    reqwest::Client::new()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashing_ops_end_their_worker_not_the_host_http() {
     let flows = folder(&[("f.yaml", FLOWS)]);

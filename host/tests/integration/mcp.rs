@@ -262,16 +262,19 @@ struct Raw {
     child: tokio::process::Child,
     stdin: tokio::process::ChildStdin,
     stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    /// Where the server's stderr (its log) goes.
+    log: tempfile::NamedTempFile,
 }
 
 impl Raw {
     fn spawn(flows: &std::path::Path) -> Raw {
+        let log = tempfile::NamedTempFile::new().expect("log file");
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowhost"))
             .args(["serve", "--transport", "stdio", "--flows"])
             .arg(flows)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(log.reopen().expect("log file")))
             .kill_on_drop(true)
             .spawn()
             .expect("raw stdio");
@@ -281,6 +284,7 @@ impl Raw {
             child,
             stdin,
             stdout,
+            log,
         }
     }
 
@@ -331,6 +335,21 @@ async fn garbage_and_huge_lines_get_errors_and_reading_goes_on() {
         .await;
     assert_eq!(raw.recv().await["error"]["code"], -32600);
 
+    raw.send(r#"{"jsonrpc":"2.0","id":45,"method":"no/such"}"#)
+        .await;
+    let reply = raw.recv().await;
+    assert_eq!(reply["error"]["code"], -32601, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("method not found: no/such"),
+        "{reply}"
+    );
+    raw.send(r#"{"jsonrpc":"2.0","id":46,"method":"tools/call","params":{"name":"nope"}}"#)
+        .await;
+    assert_eq!(raw.recv().await["error"]["code"], -32602);
+
     // 17 MiB on one line: over the 16 MiB limit.
     let huge = format!(
         r#"{{"jsonrpc":"2.0","id":43,"method":"tools/call","params":{{"name":"echo","arguments":{{"query":"{}"}}}}}}"#,
@@ -359,6 +378,76 @@ async fn garbage_and_huge_lines_get_errors_and_reading_goes_on() {
         .expect("exit on EOF")
         .unwrap();
     assert!(status.success());
+    // The log says what happened in words, never as Rust `Debug` dumps.
+    let log = std::fs::read_to_string(raw.log.path()).unwrap();
+    assert!(
+        log.contains("MCP session ended: the client closed stdin"),
+        "{log}"
+    );
+    for dump in ["ErrorData {", "Ok(", "Some(", "ErrorCode("] {
+        assert!(!log.contains(dump), "{dump} in the log:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_a_malformed_body_and_an_unknown_method_get_json_rpc_errors() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let server = Server::start(flows.path(), &[]);
+    let http = client();
+    let post = |body: &'static str, session: Option<String>| {
+        let mut request = http
+            .post(server.url("/mcp"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body);
+        if let Some(id) = session {
+            request = request.header("mcp-session-id", id);
+        }
+        request.send()
+    };
+    for (body, code) in [
+        ("garbage", -32700),
+        ("[1", -32700),
+        (r#"{"hello": 1}"#, -32600),
+    ] {
+        let response = post(body, None).await.unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let reply: Value = response.json().await.unwrap();
+        assert_eq!(reply["jsonrpc"], "2.0");
+        assert_eq!(reply["id"], Value::Null);
+        assert_eq!(reply["error"]["code"], code, "{body}: {reply}");
+    }
+    let response = post(
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#,
+        None,
+    )
+    .await
+    .unwrap();
+    let session = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    post(
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        Some(session.clone()),
+    )
+    .await
+    .unwrap();
+    let text = post(
+        r#"{"jsonrpc":"2.0","id":2,"method":"no/such"}"#,
+        Some(session),
+    )
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        text.contains(r#""code":-32601,"message":"method not found: no/such"#),
+        "{text}"
+    );
+    let log = server.log();
+    assert!(!log.contains("ErrorData {"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

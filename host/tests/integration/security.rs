@@ -8,11 +8,6 @@ use crate::util::*;
 const FLOWS: &str =
     "echo:\n  flow_content: EchoOp()\n  input_schema:\n    query: {type: string, required: true}\n";
 
-fn client() -> reqwest::Client {
-    flowhost::llm::tls_init();
-    reqwest::Client::new()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_page_cannot_run_flows_or_read_answers() {
     let flows = folder(&[("f.yaml", FLOWS)]);

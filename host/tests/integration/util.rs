@@ -150,6 +150,12 @@ where
     None
 }
 
+/// An HTTP client (rustls with the host's crypto provider).
+pub fn client() -> reqwest::Client {
+    flowhost::llm::tls_init();
+    reqwest::Client::new()
+}
+
 /// Runs the flowhost binary; returns (exit code, stdout, stderr).
 pub fn flowhost(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_flowhost"))

@@ -118,7 +118,7 @@ pub(crate) fn router(state: AppState) -> Router {
                 ))
                 .layer(middleware::from_fn_with_state(
                     (state.catalog.clone(), state.options.body_limit),
-                    super::mcp::check_param_headers,
+                    super::mcp::check_requests,
                 ))
                 .service(super::mcp::http_service(
                     state.catalog.clone(),

@@ -184,6 +184,23 @@ impl ServerHandler for FlowTools {
         )
     }
 
+    /// A method the server does not know: -32601 naming it (rmcp's default says only the
+    /// method's name).
+    async fn on_custom_request(
+        &self,
+        request: rmcp::model::CustomRequest,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CustomResult, ErrorData> {
+        Err(ErrorData::new(
+            ErrorCode::METHOD_NOT_FOUND,
+            format!(
+                "method not found: {} (this server speaks MCP: initialize, tools/*, resources/*, prompts/*, tasks/*, logging/setLevel, completion/complete, ping)",
+                request.method
+            ),
+            None,
+        ))
+    }
+
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,

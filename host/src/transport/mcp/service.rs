@@ -10,29 +10,27 @@ use super::handler::FlowTools;
 use crate::catalog::Catalog;
 use crate::exec;
 
+/// Checks a POST to `/mcp` before rmcp reads it, and words rmcp's refusal of a body it
+/// cannot read as JSON-RPC.
+///
 /// SEP-2243 custom headers (2026-07-28): a flow's input property with `x-mcp-header: Name` is
 /// mirrored by the client in an `Mcp-Param-Name` header (literal, or `=?base64?...?=`) so
 /// proxies can route on it. A `tools/call` whose header is missing, undecodable or different
 /// from the body is refused (-32020, HTTP 400) before it runs.
-pub(crate) async fn check_param_headers(
+///
+/// A body that is not JSON, or JSON that is not a JSON-RPC message, is answered 400 with a
+/// JSON-RPC error (-32700 parse error, -32600 invalid request), as over stdio; rmcp itself
+/// answers 415 and a line of text.
+pub(crate) async fn check_requests(
     axum::extract::State((catalog, limit)): axum::extract::State<(Arc<Catalog>, usize)>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    // The headers are a 2026-07-28 feature (older clients never send them), and only tools
-    // with an `x-mcp-header` property have any: everything else passes unread.
-    let modern = request
-        .headers()
-        .get("mcp-protocol-version")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(is_2026);
-    if request.method() != axum::http::Method::POST
-        || !modern
-        || !catalog.snapshot().mcp_param_headers
-    {
+    if request.method() != axum::http::Method::POST {
         return next.run(request).await;
     }
+    // The body middleware has read it whole already (under the same limit).
     let (parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => bytes,
@@ -44,19 +42,67 @@ pub(crate) async fn check_param_headers(
                 .into_response()
         }
     };
-    if let Some((id, problem)) = param_header_problem(&catalog, &parts.headers, &bytes) {
-        let body = json!({
-            "jsonrpc": "2.0",
-            "id": id,
-            "error": {"code": -32020, "message": problem},
-        });
-        return (axum::http::StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    // The headers are a 2026-07-28 feature (older clients never send them), and only tools
+    // with an `x-mcp-header` property have any: everything else passes unchecked.
+    let modern = parts
+        .headers
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_2026);
+    if modern && catalog.snapshot().mcp_param_headers {
+        if let Some((id, problem)) = param_header_problem(&catalog, &parts.headers, &bytes) {
+            return json_rpc_error(axum::http::StatusCode::BAD_REQUEST, id, -32020, problem);
+        }
     }
-    next.run(axum::extract::Request::from_parts(
-        parts,
-        axum::body::Body::from(bytes),
-    ))
-    .await
+    let json_body = parts
+        .headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    let response = next
+        .run(axum::extract::Request::from_parts(
+            parts,
+            axum::body::Body::from(bytes.clone()),
+        ))
+        .await;
+    if response.status() != axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE || !json_body {
+        return response;
+    }
+    let detail = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let detail = String::from_utf8_lossy(&detail);
+    let detail = detail
+        .strip_prefix("fail to deserialize request body ")
+        .unwrap_or(&detail);
+    let (code, message) = match serde_json::from_slice::<Value>(&bytes) {
+        Err(err) => (-32700, format!("parse error: the body is not JSON ({err})")),
+        Ok(_) => (
+            -32600,
+            format!("invalid request: the body is JSON but not a JSON-RPC 2.0 message ({detail})"),
+        ),
+    };
+    json_rpc_error(
+        axum::http::StatusCode::BAD_REQUEST,
+        Value::Null,
+        code,
+        message,
+    )
+}
+
+fn json_rpc_error(
+    status: axum::http::StatusCode,
+    id: Value,
+    code: i64,
+    message: String,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
+    (status, axum::Json(body)).into_response()
 }
 
 /// What is wrong with a `tools/call`'s `Mcp-Param-*` headers, with the request id.

@@ -94,8 +94,15 @@ pub(crate) async fn serve_stdio(
         .serve((StdoutSink::default(), incoming))
         .await
         .map_err(|err| format!("MCP session failed to start: {err}"))?;
-    let reason = running.waiting().await;
-    tracing::info!("MCP session ended: {reason:?}");
+    let reason = match running.waiting().await {
+        Ok(rmcp::service::QuitReason::Closed) => "the client closed stdin".to_string(),
+        Ok(rmcp::service::QuitReason::Cancelled) => "the server is shutting down".to_string(),
+        Ok(rmcp::service::QuitReason::JoinError(err)) | Err(err) => {
+            format!("an internal error ({err})")
+        }
+        Ok(_) => "the session's task ended".to_string(),
+    };
+    tracing::info!("MCP session ended: {reason}");
     Ok(())
 }
 

@@ -65,7 +65,7 @@ pub fn folder(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     for (name, content) in files {
         let path = dir.path().join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).expect("make folders");
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("make folders");
         std::fs::write(path, content).expect("write file");
     }
     dir

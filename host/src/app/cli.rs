@@ -46,7 +46,8 @@ pub(crate) enum Command {
         /// `http` (default) or `stdio` (MCP: JSON-RPC lines on stdin/stdout).
         #[arg(long, value_enum)]
         transport: Option<Transport>,
-        /// Require `Authorization: Bearer KEY` on every route but /health.
+        /// Require `Authorization: Bearer KEY` on every route but /health, /ready, the /docs
+        /// page and the playground page (/, /playground.js, /playground.css).
         #[arg(long, env = "FLOWHOST_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
         /// Do not watch flow and plugin folders for changes.
@@ -56,7 +57,8 @@ pub(crate) enum Command {
         /// whose sources change; the rebuilt library goes live as any plugin change does.
         #[arg(long, conflicts_with = "no_watch")]
         dev: bool,
-        /// FlowLLM-style config overrides such as http.port=9000.
+        /// FlowLLM-style config overrides such as http.port=9000 (applied after --set: for the
+        /// same key, this wins).
         #[arg(value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
@@ -95,7 +97,9 @@ pub(crate) enum Command {
         common: Common,
     },
     /// Create an op: a plugin crate in the workspace (or a new op in an existing one), with a
-    /// unit test, and a sample flow using it. Never overwrites.
+    /// unit test, and a sample flow using it. Writes only new files, except two it edits: the
+    /// workspace Cargo.toml (a new crate joins `members`) and an existing crate's lib.rs
+    /// (the new op's module and registration).
     NewOp {
         /// The op's name: CamelCase ending in `Op` (ShoutOp).
         op: String,
@@ -148,7 +152,8 @@ pub(crate) struct Common {
     /// Do not load plugins from the folder of the flowhost binary.
     #[arg(long)]
     pub(crate) no_default_plugins: bool,
-    /// A config override key=value (repeatable), as FlowLLM's command line takes them.
+    /// A config override key=value (repeatable), as FlowLLM's command line takes them;
+    /// positional KEY=VALUE items are applied after these (for the same key they win).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub(crate) set: Vec<String>,
 }

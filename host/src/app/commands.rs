@@ -198,12 +198,17 @@ pub(super) fn show_config(config: &Config) -> Result<ExitCode, String> {
 pub(super) fn new_op(request: crate::app::scaffold::Request) -> Result<ExitCode, String> {
     let cwd = std::env::current_dir().map_err(|e| format!("no current folder: {e}"))?;
     let written = crate::app::scaffold::new_op(&request, &cwd)?;
-    for path in &written {
-        print(&format!("wrote {}", path.display()))?;
+    for (path, change) in &written {
+        let verb = match change {
+            crate::app::scaffold::Change::Created => "created",
+            crate::app::scaffold::Change::Edited => "edited ",
+        };
+        print(&format!("{verb} {}", path.display()))?;
     }
     let plugin = request.plugin.clone().unwrap_or_else(|| {
         written
             .iter()
+            .map(|(p, _)| p)
             .find(|p| {
                 p.ends_with("Cargo.toml") && p.parent().is_some_and(|d| d.join("src").exists())
             })

@@ -1,6 +1,7 @@
 //! `flowhost new-op`: writes a new op into a plugin crate (creating the crate, a workspace
 //! member that builds as is, when it does not exist yet) with a unit test, and a sample flow
-//! that uses it. Refuses to overwrite anything. Knows nothing of loading or running ops.
+//! that uses it. Never overwrites a file it creates; edits two (the workspace `Cargo.toml`'s
+//! `members`, an existing crate's `lib.rs`). Knows nothing of loading or running ops.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,13 @@ pub(crate) struct Request {
     pub(crate) dir: PathBuf,
     /// The flow folder the sample flow goes to (`flows`).
     pub(crate) flows: PathBuf,
+}
+
+/// What `new-op` did to a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Change {
+    Created,
+    Edited,
 }
 
 /// `ShoutOp` → `shout`, `HTTPFetchOp` → `http_fetch`.
@@ -66,8 +74,8 @@ fn workspace_root(start: &Path) -> Result<PathBuf, String> {
     ))
 }
 
-/// Creates the op; returns the files written.
-pub(crate) fn new_op(request: &Request, cwd: &Path) -> Result<Vec<PathBuf>, String> {
+/// Creates the op; returns the files written, and which of them existed and were edited.
+pub(crate) fn new_op(request: &Request, cwd: &Path) -> Result<Vec<(PathBuf, Change)>, String> {
     check_name(&request.op)?;
     let op = &request.op;
     let module = snake(op);
@@ -115,28 +123,28 @@ pub(crate) fn new_op(request: &Request, cwd: &Path) -> Result<Vec<PathBuf>, Stri
             )
         })?;
         write(&op_file, &op_source(op))?;
-        written.push(op_file);
+        written.push((op_file, Change::Created));
         write(&lib, &text)?;
-        written.push(lib);
+        written.push((lib, Change::Edited));
     } else {
         let sdk_path = relative(&crate_dir, &sdk);
         write(&crate_dir.join("Cargo.toml"), &manifest(&plugin, &sdk_path))?;
-        written.push(crate_dir.join("Cargo.toml"));
+        written.push((crate_dir.join("Cargo.toml"), Change::Created));
         write(&op_file, &op_source(op))?;
-        written.push(op_file);
+        written.push((op_file, Change::Created));
         write(
             &lib,
             &format!(
                 "//! The {plugin} plugin: its ops, exported to flowhost.\n\nmod {module};\n\npub use {module}::{op};\n\nop_sdk::export_plugin!({op});\n"
             ),
         )?;
-        written.push(lib);
-        if let Some(line) = add_member(&root, &request.dir, &plugin)? {
-            written.push(line);
+        written.push((lib, Change::Created));
+        if let Some(manifest) = add_member(&root, &request.dir, &plugin)? {
+            written.push((manifest, Change::Edited));
         }
     }
     write(&flow_file, &flow_source(&module, op))?;
-    written.push(flow_file);
+    written.push((flow_file, Change::Created));
     Ok(written)
 }
 
@@ -343,7 +351,10 @@ mod tests {
         let written = new_op(&request, root.path()).unwrap();
         assert!(written
             .iter()
-            .any(|p| p.ends_with("plugins/op-shout/Cargo.toml")));
+            .any(|(p, c)| p.ends_with("plugins/op-shout/Cargo.toml") && *c == Change::Created));
+        assert!(written
+            .iter()
+            .any(|(p, c)| *p == root.path().join("Cargo.toml") && *c == Change::Edited));
         let manifest = std::fs::read_to_string(root.path().join("Cargo.toml")).unwrap();
         assert!(manifest.contains("\"plugins/op-shout\""), "{manifest}");
         let cargo =

@@ -178,6 +178,7 @@ pub(super) fn show_config(config: &Config) -> Result<ExitCode, String> {
             "max_queue": config.ops.max_queue,
             "isolation": config.ops.isolation.default,
             "max_workers": config.ops.max_workers,
+            "worker_idle_timeout": config.ops.worker_idle_timeout.as_secs_f64(),
             "inline": config.ops.isolation.inline,
         },
         "cache": {"dir": config.cache_dir},

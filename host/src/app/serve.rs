@@ -38,6 +38,7 @@ pub(crate) fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, String
 /// What every run starts with: the LLM service from the configuration.
 pub(super) fn run_options(config: &Config) -> exec::Options {
     crate::exec::worker::set_max_workers(config.ops.max_workers);
+    crate::exec::worker::set_idle_timeout(config.ops.worker_idle_timeout);
     crate::exec::cache::set_files(config.cache_dir.clone().map(|dir| {
         Box::new(crate::app::cache_files::Folder::new(dir))
             as Box<dyn crate::exec::cache::CacheFiles>

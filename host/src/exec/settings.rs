@@ -17,4 +17,7 @@ pub(crate) struct Settings {
     pub(crate) isolation: IsolationPolicy,
     /// Worker processes alive at once (`ops.max_workers`).
     pub(crate) max_workers: usize,
+    /// How long an idle worker process waits for another call before it exits
+    /// (`ops.worker_idle_timeout`).
+    pub(crate) worker_idle_timeout: std::time::Duration,
 }

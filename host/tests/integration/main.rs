@@ -14,6 +14,7 @@ mod plugins;
 mod policies;
 mod reload;
 mod security;
+mod settings;
 mod surface;
 mod tidy;
 mod util;

@@ -28,6 +28,7 @@ pub(super) const OPS_KEYS: &[&str] = &[
     "max_queue",
     "isolation",
     "max_workers",
+    "worker_idle_timeout",
     "inline",
 ];
 

@@ -229,6 +229,11 @@ pub(crate) fn load(flags: Flags) -> Result<Config, String> {
                 inline: raw.ops.inline,
             },
             max_workers: raw.ops.max_workers.unwrap_or(64).max(1),
+            worker_idle_timeout: seconds(
+                &where_,
+                "ops.worker_idle_timeout",
+                raw.ops.worker_idle_timeout.0,
+            )?,
         },
         cache_dir: raw.cache.dir,
         source,

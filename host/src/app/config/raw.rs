@@ -30,14 +30,28 @@ pub(super) struct Raw {
     pub(super) flow: Value,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(default)]
 pub(super) struct RawOps {
     pub(super) max_concurrency: Option<usize>,
     pub(super) max_queue: Option<usize>,
     pub(super) isolation: crate::plan::Isolation,
     pub(super) max_workers: Option<usize>,
+    pub(super) worker_idle_timeout: Seconds,
     pub(super) inline: crate::exec::Inline,
+}
+
+impl Default for RawOps {
+    fn default() -> RawOps {
+        RawOps {
+            max_concurrency: None,
+            max_queue: None,
+            isolation: Default::default(),
+            max_workers: None,
+            worker_idle_timeout: Seconds(crate::exec::worker::IDLE_TIMEOUT.as_secs_f64()),
+            inline: Default::default(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, BufWriter};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,9 @@ pub(crate) enum Error {
 
 /// Idle workers exit after this long without a call.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `ops.worker_idle_timeout` in milliseconds ([`IDLE_TIMEOUT`] until set).
+static IDLE_MS: AtomicU64 = AtomicU64::new(IDLE_TIMEOUT.as_millis() as u64);
 /// After a cancel, how long an op has to stop before its worker is killed.
 pub(crate) const CANCEL_GRACE: Duration = Duration::from_millis(500);
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -139,7 +142,7 @@ impl Worker {
             Ok(Some(Message::Ready)) => {
                 worker.vm_ready_kib = vm_size_kib(pid);
                 worker.vm_peak_kib = worker.vm_ready_kib;
-                live().fetch_add(1, Ordering::Relaxed);
+                // Its place in `live()` was taken by `Pool::take` before it started.
                 metrics::gauge!(m::WORKERS).increment(1.0);
                 Ok(worker)
             }
@@ -271,11 +274,17 @@ pub(crate) fn set_max_workers(max: usize) {
     pool().max.store(max.max(1), Ordering::Relaxed);
 }
 
+/// How long an idle worker stays for another call (`ops.worker_idle_timeout`).
+pub(crate) fn set_idle_timeout(idle: Duration) {
+    IDLE_MS.store(idle.as_millis().max(1) as u64, Ordering::Relaxed);
+}
+
 impl Pool {
     fn reap_idle(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let before = idle.len();
-        idle.retain(|w| w.idle_since.elapsed() < IDLE_TIMEOUT);
+        let keep = Duration::from_millis(IDLE_MS.load(Ordering::Relaxed));
+        idle.retain(|w| w.idle_since.elapsed() < keep);
         let gone = before - idle.len();
         if gone > 0 {
             live().fetch_sub(gone, Ordering::Relaxed);
@@ -310,8 +319,16 @@ impl Pool {
                         continue;
                     }
                 }
+                // Taken before the process starts (under the lock), so that calls starting at
+                // once cannot all pass the bound.
+                live().fetch_add(1, Ordering::Relaxed);
             }
-            return Worker::spawn(key);
+            let spawned = Worker::spawn(key);
+            if spawned.is_err() {
+                live().fetch_sub(1, Ordering::Relaxed);
+                self.returned.notify_one();
+            }
+            return spawned;
         }
     }
 

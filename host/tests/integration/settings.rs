@@ -38,10 +38,10 @@ async fn start_async(client: &reqwest::Client, server: &Server, query: &str) -> 
         .json(&json!({ "query": query }))
         .send()
         .await
-        .unwrap()
+        .expect("POST")
         .json()
         .await
-        .unwrap();
+        .expect("JSON");
     accepted["run_id"].as_str().expect("a run id").to_string()
 }
 
@@ -148,12 +148,12 @@ async fn ops_max_concurrency_bounds_the_runs_of_every_flow() {
 
 /// The SSE `data:` events of one run, each with when it arrived.
 async fn timed_events(client: reqwest::Client, url: String) -> Vec<(Instant, String)> {
-    let response = client.post(url).json(&json!({})).send().await.unwrap();
+    let response = client.post(url).json(&json!({})).send().await.expect("POST");
     assert_eq!(response.status(), 200);
     let mut stream = response.bytes_stream();
     let mut events = Vec::new();
     while let Some(part) = stream.next().await {
-        let text = String::from_utf8_lossy(&part.unwrap()).into_owned();
+        let text = String::from_utf8_lossy(&part.expect("a body part")).into_owned();
         for line in text.lines().filter(|l| l.starts_with("data:")) {
             events.push((Instant::now(), line.to_string()));
         }

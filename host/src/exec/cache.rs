@@ -277,11 +277,14 @@ mod tests {
         assert_ne!(key, Key::of(2, "EchoOp", "{}", r#"{"query":"a"}"#));
         assert_ne!(key, Key::of(1, "EchoOp", r#"{"x":1}"#, r#"{"query":"a"}"#));
         assert_ne!(key, Key::of(1, "EchoOp", "{}", r#"{"query":"b"}"#));
-        assert!(cache.insert(key, cached("a"), Duration::from_millis(50)));
+        assert!(cache.insert(key, cached("a"), Duration::from_secs(600)));
         assert_eq!(cache.get(key).unwrap().chunks[0].text, "a");
-        std::thread::sleep(Duration::from_millis(80));
-        assert!(cache.get(key).is_none());
-        assert!(cache.is_empty());
+        let short = Key::of(1, "EchoOp", "{}", r#"{"query":"short"}"#);
+        assert!(cache.insert(short, cached("s"), Duration::from_millis(1)));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(cache.get(short).is_none());
+        assert_eq!(cache.get(key).unwrap().chunks[0].text, "a");
+        assert!(!cache.is_empty());
     }
 
     #[test]

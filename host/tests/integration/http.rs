@@ -542,7 +542,7 @@ async fn api_key_guards_everything_but_health() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_streams_end_cleanly() {
     let flows = folder(&[("f.yaml", FLOWS)]);
-    let mut server = Server::start(flows.path(), &["http.shutdown_timeout=0.5"]);
+    let mut server = Server::start(flows.path(), &["http.shutdown_timeout=4"]);
     let client = client();
     let response = client
         .post(server.url("/ticks"))
@@ -557,6 +557,24 @@ async fn sigterm_lets_streams_end_cleanly() {
         .status()
         .unwrap();
     assert!(status.success());
+    // Shutdown began: the host still runs (the stream has its 4 s) but takes no new
+    // connection.
+    let began = wait_for(Duration::from_secs(10), || {
+        server.log().contains("shutting down: no new connections")
+    });
+    assert!(began.is_some(), "{}", server.log());
+    assert!(server.child.try_wait().unwrap().is_none(), "exited already");
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let refused = fresh.get(server.url("/health")).send().await;
+    assert!(
+        refused.is_err(),
+        "a new connection was served during shutdown: {refused:?}"
+    );
+    assert!(server.child.try_wait().unwrap().is_none(), "exited already");
     let mut rest = String::new();
     while let Some(bytes) = stream.next().await {
         rest.push_str(&String::from_utf8_lossy(&bytes.unwrap()));
@@ -565,8 +583,6 @@ async fn sigterm_lets_streams_end_cleanly() {
     assert!(rest.ends_with("data:[DONE]\n\n"));
     let exit = server.child.wait().unwrap();
     assert!(exit.success(), "exit {exit:?}: {}", server.log());
-    // New connections are refused once shutdown began.
-    assert!(client.get(server.url("/health")).send().await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -597,7 +613,7 @@ async fn docs_page_and_its_assets_are_served_locally() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_before_it_stops_accepting() {
     let flows = folder(&[("f.yaml", FLOWS)]);
-    let mut server = Server::start(flows.path(), &["http.drain_delay=1.5"]);
+    let mut server = Server::start(flows.path(), &["http.drain_delay=3"]);
     let client = client();
     let ready = client.get(server.url("/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
@@ -630,9 +646,21 @@ async fn sigterm_drains_before_it_stops_accepting() {
         .status()
         .unwrap();
     assert!(status.success());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let ready = client.get(server.url("/ready")).send().await.unwrap();
-    assert_eq!(ready.status(), 503, "draining");
+    let draining = wait_async(Duration::from_secs(10), || async {
+        client
+            .get(server.url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 503
+    })
+    .await;
+    assert!(
+        draining.is_some(),
+        "/ready did not turn 503: {}",
+        server.log()
+    );
     let echo = client
         .post(server.url("/echo"))
         .json(&json!({"query": "still served"}))
@@ -656,7 +684,7 @@ async fn sigterm_drains_before_it_stops_accepting() {
     let exit = server.child.wait().unwrap();
     assert!(exit.success(), "{}", server.log());
     assert!(
-        term.elapsed() >= Duration::from_millis(1400),
+        term.elapsed() >= Duration::from_millis(2900),
         "{:?}",
         term.elapsed()
     );
@@ -793,12 +821,14 @@ async fn a_busy_flow_queues_then_refuses() {
 
 /// Waiting ops do not starve other flows: with 600 slow streams open (each op holds a thread
 /// while it waits for its next tick; 512 threads used to be the cap), an unrelated JSON call
-/// still answers at once. The full-size figures (5,000 streams) are in BENCHMARKS.md.
+/// is answered while they are all still running (a starved call would wait for one to end,
+/// minutes later). How fast it answers is a benchmark's figure (`flowhost-bench load URL
+/// starvation`; 5,000 streams in BENCHMARKS.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_streams_do_not_starve_other_flows() {
     let flows = folder(&[(
         "f.yaml",
-        "slow:\n  flow_content: TickOp(n=30, interval_ms=1000)\n  stream: true\necho:\n  flow_content: EchoOp()\n",
+        "slow:\n  flow_content: TickOp(n=300, interval_ms=1000)\n  stream: true\necho:\n  flow_content: EchoOp()\n",
     )]);
     let server = Server::start(flows.path(), &[]);
     flowhost::llm::tls_init();
@@ -829,22 +859,21 @@ async fn slow_streams_do_not_starve_other_flows() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(server.metric(&client, "flowhost_ops_running").await >= 600.0);
-    let mut slowest = Duration::ZERO;
     for i in 0..10 {
-        let at = Instant::now();
-        let response = client
-            .post(server.url("/echo"))
-            .json(&json!({"query": format!("probe {i}")}))
-            .send()
-            .await
-            .unwrap();
+        let response = tokio::time::timeout(
+            Duration::from_secs(30),
+            client
+                .post(server.url("/echo"))
+                .json(&json!({"query": format!("probe {i}")}))
+                .send(),
+        )
+        .await
+        .expect("an unrelated call waited for the streams")
+        .unwrap();
         assert_eq!(response.status(), 200);
-        slowest = slowest.max(at.elapsed());
     }
-    assert!(
-        slowest < Duration::from_secs(1),
-        "an unrelated call waited {slowest:?}"
-    );
+    // Answered while every stream still ran (each lasts five minutes).
+    assert!(server.metric(&client, "flowhost_ops_running").await >= 600.0);
     for stream in streams {
         stream.abort();
     }
@@ -1153,7 +1182,7 @@ async fn a_slow_inline_call_never_stalls_the_host() {
             tokio::spawn(async move {
                 client
                     .post(url)
-                    .json(&json!({"ms": 2000}))
+                    .json(&json!({"ms": 10_000}))
                     .send()
                     .await
                     .unwrap()
@@ -1161,10 +1190,14 @@ async fn a_slow_inline_call_never_stalls_the_host() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let started = Instant::now();
+    // Every burn has started (each holds a thread, inline or not, for 10 s of CPU).
+    let burning = wait_async(Duration::from_secs(30), || async {
+        server.metric(&client, "flowhost_ops_running").await >= (2 * workers) as f64
+    })
+    .await;
+    assert!(burning.is_some(), "the burns did not start");
     let (mut worst_echo, mut worst_ready) = (Duration::ZERO, Duration::ZERO);
-    while started.elapsed() < Duration::from_millis(1500) {
+    for _ in 0..20 {
         let asked = Instant::now();
         let response = client
             .post(server.url("/echo"))
@@ -1180,19 +1213,16 @@ async fn a_slow_inline_call_never_stalls_the_host() {
         worst_ready = worst_ready.max(asked.elapsed());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // Every answer came while all the burns still ran: a stalled host answers only once
+    // they end. (The latency figures are `flowhost-bench stall`'s, in a release build.)
+    assert!(
+        burns.iter().all(|burn| !burn.is_finished()),
+        "a burn ended before the probes were answered"
+    );
+    eprintln!("worst echo {worst_echo:?}, worst /ready {worst_ready:?} during {} slow inline-promoted calls (debug build)", 2 * workers);
     for burn in burns {
         assert_eq!(burn.await.unwrap(), 200);
     }
-    eprintln!("figure: worst echo {worst_echo:?}, worst /ready {worst_ready:?} during {} slow inline-promoted calls", 2 * workers);
-    // A stall would be the whole 2 s burn; a debug build on a loaded machine is allowed much.
-    assert!(
-        worst_echo < Duration::from_millis(1000),
-        "echo waited {worst_echo:?}"
-    );
-    assert!(
-        worst_ready < Duration::from_millis(1000),
-        "/ready waited {worst_ready:?}"
-    );
 }
 
 /// Issue 22, item 7: an `Idempotency-Key` reused with another body is refused (422), as

@@ -185,12 +185,24 @@ fn service(upstream: &Upstream, timeouts: Timeouts, max_retries: u32) -> Service
     Service::new(config)
 }
 
-fn fast() -> Timeouts {
+/// Timeouts no healthy exchange reaches on a loaded machine: for tests about what the service
+/// sends and retries, not about timing.
+fn patient() -> Timeouts {
     Timeouts {
-        connect: Duration::from_secs(2),
-        first_token: Duration::from_millis(300),
-        idle: Duration::from_millis(300),
-        total: Duration::from_secs(20),
+        connect: Duration::from_secs(10),
+        first_token: Duration::from_secs(30),
+        idle: Duration::from_secs(30),
+        total: Duration::from_secs(60),
+    }
+}
+
+/// For the timeout tests: short enough to wait for, long enough for a loaded debug build to
+/// answer a healthy request within.
+fn short() -> Timeouts {
+    Timeouts {
+        first_token: Duration::from_secs(2),
+        idle: Duration::from_secs(2),
+        ..patient()
     }
 }
 
@@ -234,7 +246,7 @@ async fn streams_and_sends_what_the_op_asked_for() {
         Raw("data: [DONE]\n\n"),
     ]])
     .await;
-    let (chunks, result) = chat(&service(&upstream, fast(), 0)).await;
+    let (chunks, result) = chat(&service(&upstream, patient(), 0)).await;
     let result = result.unwrap();
     assert_eq!(result["answer"], "Hello");
     assert_eq!(result["think"], "thinking");
@@ -263,7 +275,7 @@ async fn an_error_mid_stream_is_reported_without_retry() {
         Raw("data: {\"error\":{\"message\":\"model overloaded\"}}\n\n"),
     ]])
     .await;
-    let (chunks, result) = chat(&service(&upstream, fast(), 3)).await;
+    let (chunks, result) = chat(&service(&upstream, patient(), 3)).await;
     let Err(Error::Failed(message)) = result else {
         panic!("{result:?}")
     };
@@ -287,7 +299,7 @@ async fn a_429_waits_for_retry_after_then_succeeds_once() {
     ])
     .await;
     let started = Instant::now();
-    let (chunks, result) = chat(&service(&upstream, fast(), 2)).await;
+    let (chunks, result) = chat(&service(&upstream, patient(), 2)).await;
     assert!(result.is_ok(), "{result:?}");
     assert!(
         started.elapsed() >= Duration::from_millis(950),
@@ -306,7 +318,7 @@ async fn a_500_is_retried_with_backoff() {
         OK.to_vec(),
     ])
     .await;
-    let (chunks, result) = chat(&service(&upstream, fast(), 3)).await;
+    let (chunks, result) = chat(&service(&upstream, patient(), 3)).await;
     assert!(result.is_ok(), "{result:?}");
     assert_eq!(answer(&chunks), "Hello");
     assert_eq!(upstream.requests.load(Ordering::SeqCst), 3);
@@ -317,7 +329,7 @@ async fn a_500_is_retried_with_backoff() {
         Raw(r#"{"error":"internal", "key": "sk-test-secret-123"}"#),
     ]])
     .await;
-    let (_, result) = chat(&service(&upstream, fast(), 1)).await;
+    let (_, result) = chat(&service(&upstream, patient(), 1)).await;
     let Err(Error::Failed(message)) = result else {
         panic!("{result:?}")
     };
@@ -337,7 +349,7 @@ async fn client_errors_are_not_retried() {
         Raw(r#"{"error":{"message":"bad key"}}"#),
     ]])
     .await;
-    let (_, result) = chat(&service(&upstream, fast(), 3)).await;
+    let (_, result) = chat(&service(&upstream, patient(), 3)).await;
     let Err(Error::Failed(message)) = result else {
         panic!("{result:?}")
     };
@@ -352,14 +364,14 @@ async fn client_errors_are_not_retried() {
 async fn a_hang_before_the_first_token_times_out_and_is_retried() {
     let upstream = Upstream::start(vec![vec![Status(200, ""), Hang], OK.to_vec()]).await;
     let started = Instant::now();
-    let (chunks, result) = chat(&service(&upstream, fast(), 1)).await;
+    let (chunks, result) = chat(&service(&upstream, short(), 1)).await;
     assert!(result.is_ok(), "{result:?}");
     assert_eq!(answer(&chunks), "Hello");
-    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(started.elapsed() >= Duration::from_secs(2));
     assert_eq!(upstream.requests.load(Ordering::SeqCst), 2);
 
     let upstream = Upstream::start(vec![vec![Status(200, ""), Hang]]).await;
-    let (_, result) = chat(&service(&upstream, fast(), 0)).await;
+    let (_, result) = chat(&service(&upstream, short(), 0)).await;
     let Err(Error::Failed(message)) = result else {
         panic!("{result:?}")
     };
@@ -368,24 +380,12 @@ async fn a_hang_before_the_first_token_times_out_and_is_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_mid_stream_hits_the_idle_timeout_without_retry() {
-    let upstream = Upstream::start(vec![vec![
-        Status(200, ""),
-        Token("one "),
-        Sleep(2000),
-        Token("two"),
-    ]])
-    .await;
-    let started = Instant::now();
-    let (chunks, result) = chat(&service(&upstream, fast(), 3)).await;
+    let upstream = Upstream::start(vec![vec![Status(200, ""), Token("one "), Hang]]).await;
+    let (chunks, result) = chat(&service(&upstream, short(), 3)).await;
     let Err(Error::Failed(message)) = result else {
         panic!("{result:?}")
     };
     assert!(message.contains("idle timeout"), "{message}");
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        started.elapsed()
-    );
     assert_eq!(answer(&chunks), "one ");
     assert_eq!(upstream.requests.load(Ordering::SeqCst), 1);
 }
@@ -402,7 +402,7 @@ async fn malformed_sse_lines_are_skipped() {
         Raw("data: [DONE]\n\n"),
     ]])
     .await;
-    let (chunks, result) = chat(&service(&upstream, fast(), 0)).await;
+    let (chunks, result) = chat(&service(&upstream, patient(), 0)).await;
     assert_eq!(result.unwrap()["answer"], "ab");
     assert_eq!(answer(&chunks), "ab");
 }
@@ -418,7 +418,7 @@ async fn a_consumer_that_stops_closes_the_upstream_connection() {
         Token("never"),
     ]])
     .await;
-    let service = service(&upstream, fast(), 0);
+    let service = service(&upstream, patient(), 0);
     let cancel = CancellationToken::new();
     let request = json!({"messages": [{"role": "user", "content": "hi"}]});
     let mut seen = 0;
@@ -432,7 +432,7 @@ async fn a_consumer_that_stops_closes_the_upstream_connection() {
     let started = Instant::now();
     while upstream.disconnects.lock().unwrap().is_empty() {
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            started.elapsed() < Duration::from_secs(30),
             "upstream connection left open"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -491,7 +491,7 @@ async fn an_http_client_disconnect_reaches_the_upstream() {
             break;
         }
         assert!(
-            dropped.elapsed() < Duration::from_secs(3),
+            dropped.elapsed() < Duration::from_secs(30),
             "upstream still open: {}",
             server.log()
         );

@@ -148,7 +148,12 @@ async fn ops_max_concurrency_bounds_the_runs_of_every_flow() {
 
 /// The SSE `data:` events of one run, each with when it arrived.
 async fn timed_events(client: reqwest::Client, url: String) -> Vec<(Instant, String)> {
-    let response = client.post(url).json(&json!({})).send().await.expect("POST");
+    let response = client
+        .post(url)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("POST");
     assert_eq!(response.status(), 200);
     let mut stream = response.bytes_stream();
     let mut events = Vec::new();

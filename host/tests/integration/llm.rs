@@ -1,6 +1,7 @@
 //! The LLM service against a scripted upstream: an SSE replay server that dribbles scripted
-//! bytes with delays and records requests and disconnects. Plus one real local model run
-//! end to end (scripts/llm-e2e) outside these tests.
+//! bytes with delays and records requests and disconnects. A real local model is driven end
+//! to end by host/tests/clients/test_llm_e2e.py (run by scripts/client-tests, which starts
+//! scripts/local-llm), outside these tests.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -254,7 +254,11 @@ pub fn parse_file(path: &Path, text: &str) -> FileFlows {
             out.diagnostics.push(file_error(
                 wrapper_line.max(1),
                 1,
-                format!("flow names must be strings, found {key:?}"),
+                format!(
+                    "flow names must be text, found `{}`: quote it (\"{}\": ...) or name the flow in words",
+                    serde_yaml::to_string(&key).unwrap_or_default().trim(),
+                    serde_yaml::to_string(&key).unwrap_or_default().trim()
+                ),
             ));
             continue;
         };

@@ -10,8 +10,15 @@
 //!   call starts the count again, and a call that waited on a host service (sleep, an LLM
 //!   call, a full chunk buffer) sends the op to the pool for good;
 //! - inline: the host services it may still call wait through `block_in_place` (the runtime
-//!   hands its other tasks to another thread); a call that waited, blocked its thread for
-//!   more than [`SLOW`] or used more than that of CPU sends the op to the pool for good.
+//!   hands its other tasks to another thread); a call that waited or used more than [`HEAVY`]
+//!   of CPU sends the op to the pool for good, and so do [`STRIKES`] calls in a row that
+//!   blocked their thread or used CPU for more than [`SLOW`]. (One is not enough: on a
+//!   loaded machine a call that waits a microsecond for a contended lock, the allocator's or
+//!   the chunk buffer's, can then wait a millisecond for the CPU, and glibc's allocator now
+//!   and then spends a millisecond consolidating or returning memory inside a call; one such
+//!   call sent an op that is always fast (EchoOp) to the pool for good within seconds of load.
+//!   An op that blocks or computes by itself does so on every call.) Whatever an op does,
+//!   inline calls never hold all runtime workers (`exec/place.rs`).
 //!
 //! A call is measured by its thread's CPU clock and voluntary context switches
 //! (`getrusage(RUSAGE_THREAD)`), not by wall time: on a loaded machine a 5 µs call can take a
@@ -21,8 +28,8 @@
 //!
 //! "For good" means for this load of the library: a rebuilt plugin starts on probation. The
 //! worst case is an op that was fast [`PROBATION`] times and then blocks without asking the
-//! host (its own sleep or I/O): it holds a runtime thread once, on each thread it is running
-//! on at that moment, and never again. `ops.inline: never` turns this off.
+//! host (its own sleep or I/O): it holds a runtime thread [`STRIKES`] times, and never again.
+//! `ops.inline: never` turns this off.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -33,8 +40,13 @@ pub const PROBATION: u32 = 32;
 pub(crate) const FAST: Duration = Duration::from_micros(200);
 /// An inline call longer than this sends the op back to the pool.
 pub(crate) const SLOW: Duration = Duration::from_millis(1);
+/// Inline calls in a row that blocked their thread, or used CPU, past [`SLOW`] before the op
+/// goes to the pool.
+pub(crate) const STRIKES: u32 = 3;
+/// An inline call that used this much CPU sends the op to the pool at once.
+pub(crate) const HEAVY: Duration = Duration::from_millis(10);
 
-const INLINE: u32 = u32::MAX - 1;
+const INLINE: u32 = u32::MAX - 1 - STRIKES;
 const POOLED: u32 = u32::MAX;
 
 /// One op's placement state (per loaded library); lock-free, shared by all its calls.
@@ -45,7 +57,8 @@ impl Speed {
     /// Whether the next call may run inline.
     #[inline]
     pub(crate) fn inline(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == INLINE
+        let state = self.0.load(Ordering::Relaxed);
+        (INLINE..POOLED).contains(&state)
     }
 
     /// Whether pooled calls are still being measured.
@@ -79,16 +92,35 @@ impl Speed {
 
     /// Records a call that ran inline.
     pub(crate) fn inlined(&self, call: Call) {
-        if call.waited || call.blocked_longer_than(SLOW) || call.cpu > SLOW {
+        if call.waited || call.cpu > HEAVY {
             self.0.store(POOLED, Ordering::Relaxed);
+            return;
+        }
+        let seen = self.0.load(Ordering::Relaxed);
+        if !(INLINE..POOLED).contains(&seen) {
+            return;
+        }
+        // INLINE + k: the last k calls blocked; the STRIKES-th goes to the pool.
+        let next = if !call.blocked_longer_than(SLOW) && call.cpu <= SLOW {
+            INLINE
+        } else if seen + 1 == INLINE + STRIKES {
+            POOLED
+        } else {
+            seen + 1
+        };
+        if next != seen {
+            // A lost race only miscounts one call.
+            let _ = self
+                .0
+                .compare_exchange(seen, next, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
     /// `inline`, `pooled` or `probation`, for `flowhost ops --json` and tests.
     pub fn label(&self) -> &'static str {
         match self.0.load(Ordering::Relaxed) {
-            INLINE => "inline",
             POOLED => "pooled",
+            state if state >= INLINE => "inline",
             _ => "probation",
         }
     }
@@ -210,10 +242,14 @@ mod tests {
         assert!(!speed.inline());
         speed.pooled(quick());
         assert!(speed.inline());
-        // Still inline after a fast inline call; a slow one ends it for good.
+        // Still inline after a fast inline call, and after a call of a millisecond or two (an
+        // allocator hiccup); a heavy one ends it for good.
         speed.inlined(quick());
         assert!(speed.inline());
         speed.inlined(cpu(SLOW * 2));
+        speed.inlined(quick());
+        assert!(speed.inline());
+        speed.inlined(cpu(HEAVY * 2));
         assert_eq!(speed.label(), "pooled");
         for _ in 0..PROBATION * 2 {
             speed.pooled(quick());
@@ -268,8 +304,21 @@ mod tests {
         speed.inlined(lock_wait);
         speed.inlined(preempted);
         assert!(speed.inline());
-        speed.inlined(blocked);
+        // A blocked call now and then (a lock wait, then the CPU taken) is forgiven...
+        for _ in 0..3 {
+            for _ in 0..STRIKES - 1 {
+                speed.inlined(blocked);
+                assert_eq!(speed.label(), "inline");
+            }
+            speed.inlined(quick());
+        }
+        // ...STRIKES in a row are an op that blocks by itself.
+        for _ in 0..STRIKES {
+            assert!(speed.inline());
+            speed.inlined(blocked);
+        }
         assert_eq!(speed.label(), "pooled");
+        assert!(!speed.inline());
     }
 
     #[test]

@@ -12,9 +12,22 @@ use crate::catalog::Catalog;
 use crate::exec;
 use crate::metrics as m;
 
-/// What every handler shares.
+/// What every handler shares: one pointer, so the per-request clones axum makes (one per
+/// layer and handler that takes `State`) cost one atomic increment, not a copy of every field
+/// (they were 8% of a non-stream request's CPU).
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+pub(crate) struct Shared {
     pub(crate) catalog: Arc<Catalog>,
     pub(crate) options: Arc<Options>,
     /// Fires when the shutdown deadline passes: streams still running are ended.
@@ -35,7 +48,7 @@ impl AppState {
         options: Options,
         run_options: exec::Options,
     ) -> AppState {
-        AppState {
+        AppState(Arc::new(Shared {
             catalog,
             policy: Policy::new(&options),
             runs: Arc::new(super::runs::store::Store::new(options.runs.clone())),
@@ -44,6 +57,6 @@ impl AppState {
             run_options,
             ready: Arc::new(AtomicBool::new(true)),
             metrics: m::handle(),
-        }
+        }))
     }
 }

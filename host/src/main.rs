@@ -15,9 +15,9 @@ use tracing_subscriber::util::SubscriberInitExt;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc's defaults commit its arena eagerly and keep freed pages for a second: 8 MiB more
-/// idle RSS than glibc. These two keep the idle host as small as before. Set before `main`
-/// (from `.init_array`), ahead of the allocations that create the first arena; the
-/// `MIMALLOC_*` environment variables still override them.
+/// idle RSS than glibc. These two keep the idle host as small as before. Set as defaults
+/// before `main` (from `.init_array`), ahead of the allocations that create the first arena;
+/// mimalloc's own `MIMALLOC_*` environment variables still override them.
 #[cfg(target_os = "linux")]
 #[used]
 #[link_section = ".init_array"]
@@ -27,14 +27,10 @@ static ALLOCATOR_OPTIONS: extern "C" fn() = {
         // mimalloc v3's `mi_option_e` (include/mimalloc.h); the crate names only some.
         const ARENA_EAGER_COMMIT: mi::mi_option_t = 4;
         const PURGE_DELAY: mi::mi_option_t = 15;
-        // SAFETY: plain setters of mimalloc's option table, called once before any thread.
+        // SAFETY: plain setters of mimalloc's option defaults, called once before any thread.
         unsafe {
-            if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
-                mi::mi_option_set(ARENA_EAGER_COMMIT, 0);
-            }
-            if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-                mi::mi_option_set(PURGE_DELAY, 0);
-            }
+            mi::mi_option_set_default(ARENA_EAGER_COMMIT, 0);
+            mi::mi_option_set_default(PURGE_DELAY, 0);
         }
     }
     set
@@ -58,11 +54,13 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .with_target(false);
-    // rmcp warns of every request it answered with an error as a Rust `Debug` dump of that
-    // error; the client has the error, and a log line should be words.
+    // rmcp warns of every request it answered with an error ("response error", fields `id`
+    // and `error`) as a Rust `Debug` dump of that error; the client has the error, and a log
+    // line should be words. Its other warnings stay.
     let no_dumps = tracing_subscriber::filter::filter_fn(|meta| {
-        !(meta.target().starts_with("rmcp")
+        !(meta.target().starts_with("rmcp::service")
             && *meta.level() == tracing::Level::WARN
+            && meta.fields().field("id").is_some()
             && meta.fields().field("error").is_some())
     });
     match cli.log_format {

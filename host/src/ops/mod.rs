@@ -436,11 +436,18 @@ pub(crate) fn unbuilt_source(op: &str) -> Option<PathBuf> {
             .collect();
         entries.sort();
         for path in entries {
-            if path.is_dir() && depth > 0 {
+            // Not through symlinks; regular files of a source's size only (never a FIFO).
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() && depth > 0 {
                 if let Some(found) = search(&path, needle, depth - 1) {
                     return Some(found);
                 }
-            } else if path.extension().is_some_and(|e| e == "rs") {
+            } else if meta.is_file()
+                && meta.len() < 4 << 20
+                && path.extension().is_some_and(|e| e == "rs")
+            {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
                 let defines = text.match_indices(needle).any(|(at, _)| {
                     !text[at + needle.len()..]

@@ -10,8 +10,9 @@
 //!   call starts the count again, and a call that waited on a host service (sleep, an LLM
 //!   call, a full chunk buffer) sends the op to the pool for good;
 //! - inline: the host services it may still call wait through `block_in_place` (the runtime
-//!   hands its other tasks to another thread); a call that waited or used more than [`HEAVY`]
-//!   of CPU sends the op to the pool for good, and so do [`STRIKES`] calls in a row that
+//!   hands its other tasks to another thread); a call that waited, or used more than [`HEAVY`]
+//!   of CPU or blocked its thread that long, sends the op to the pool for good, and so do
+//!   [`STRIKES`] calls in a row that
 //!   blocked their thread or used CPU for more than [`SLOW`]. (One is not enough: on a
 //!   loaded machine a call that waits a microsecond for a contended lock, the allocator's or
 //!   the chunk buffer's, can then wait a millisecond for the CPU, and glibc's allocator now
@@ -43,7 +44,8 @@ pub(crate) const SLOW: Duration = Duration::from_millis(1);
 /// Inline calls in a row that blocked their thread, or used CPU, past [`SLOW`] before the op
 /// goes to the pool.
 pub(crate) const STRIKES: u32 = 3;
-/// An inline call that used this much CPU sends the op to the pool at once.
+/// An inline call that used this much CPU, or blocked its thread this long, sends the op to
+/// the pool at once.
 pub(crate) const HEAVY: Duration = Duration::from_millis(10);
 
 const INLINE: u32 = u32::MAX - 1 - STRIKES;
@@ -92,7 +94,7 @@ impl Speed {
 
     /// Records a call that ran inline.
     pub(crate) fn inlined(&self, call: Call) {
-        if call.waited || call.cpu > HEAVY {
+        if call.waited || call.cpu > HEAVY || call.blocked_longer_than(HEAVY) {
             self.0.store(POOLED, Ordering::Relaxed);
             return;
         }

@@ -92,6 +92,9 @@ fn vim_style_save_is_one_clean_reload() {
     let generation = snapshot.generation;
     std::fs::write(dir.join(".v.yaml.swp"), "swap 3").unwrap();
     std::fs::write(dir.join(".v.yaml.swp"), "swap 4").unwrap();
+    // Past the 50 ms debounce, so the churn is a batch of its own: a reload for it would
+    // make the edit the second new snapshot.
+    std::thread::sleep(Duration::from_millis(300));
     std::fs::write(dir.join("v.yaml"), flow_file("v", "newer")).unwrap();
     wait_for(LIMIT, || {
         served_text(&catalog, "v").is_some_and(|t| t.contains("newer"))

@@ -54,44 +54,40 @@ pub(crate) async fn check_requests(
             return json_rpc_error(axum::http::StatusCode::BAD_REQUEST, id, -32020, problem);
         }
     }
-    let json_body = parts
-        .headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
     let response = next
         .run(axum::extract::Request::from_parts(
             parts,
             axum::body::Body::from(bytes.clone()),
         ))
         .await;
-    if response.status() != axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE || !json_body {
+    if response.status() != axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE {
         return response;
     }
-    let detail = axum::body::to_bytes(response.into_body(), 64 * 1024)
+    // rmcp answers 415 both to another Content-Type (a real 415, kept) and to a body it could
+    // not read as JSON-RPC (reworded).
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
         .await
         .unwrap_or_default();
-    let detail = String::from_utf8_lossy(&detail);
-    let detail = detail
-        .strip_prefix("fail to deserialize request body ")
-        .unwrap_or(&detail);
-    let (code, message) = match serde_json::from_slice::<Value>(&bytes) {
-        Err(err) => (-32700, format!("parse error: the body is not JSON ({err})")),
-        Ok(_) => (
+    let Some(detail) = std::str::from_utf8(&text)
+        .ok()
+        .and_then(|t| t.strip_prefix("fail to deserialize request body "))
+    else {
+        return axum::response::Response::from_parts(parts, axum::body::Body::from(text));
+    };
+    let (id, code, message) = match serde_json::from_slice::<Value>(&bytes) {
+        Err(err) => (
+            Value::Null,
+            -32700,
+            format!("parse error: the body is not JSON ({err})"),
+        ),
+        Ok(value) => (
+            value.get("id").cloned().unwrap_or(Value::Null),
             -32600,
             format!("invalid request: the body is JSON but not a JSON-RPC 2.0 message ({detail})"),
         ),
     };
-    json_rpc_error(
-        axum::http::StatusCode::BAD_REQUEST,
-        Value::Null,
-        code,
-        message,
-    )
+    json_rpc_error(axum::http::StatusCode::BAD_REQUEST, id, code, message)
 }
 
 fn json_rpc_error(

@@ -12,8 +12,8 @@
 //! - inline: the host services it may still call wait through `block_in_place` (the runtime
 //!   hands its other tasks to another thread); a call that waited, or used more than [`HEAVY`]
 //!   of CPU or blocked its thread that long, sends the op to the pool for good, and so do
-//!   [`STRIKES`] calls in a row that
-//!   blocked their thread or used CPU for more than [`SLOW`]. (One is not enough: on a
+//!   [`STRIKES`] calls in a row that blocked their thread or used CPU for more than [`SLOW`].
+//!   (One is not enough: on a
 //!   loaded machine a call that waits a microsecond for a contended lock, the allocator's or
 //!   the chunk buffer's, can then wait a millisecond for the CPU, and glibc's allocator now
 //!   and then spends a millisecond consolidating or returning memory inside a call; one such

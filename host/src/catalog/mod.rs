@@ -480,8 +480,7 @@ fn compile_entry(
             Ok(spec) => {
                 let spec = Arc::new(spec.clone());
                 match lang::compile(spec.clone(), registry) {
-                    Ok(flow) => {
-                        let warnings = lang::warnings(&spec, registry);
+                    Ok((flow, warnings)) => {
                         last_good.insert(name.to_string(), spec);
                         return Pending {
                             spec: Some(flow.spec.clone()),
@@ -498,7 +497,7 @@ fn compile_entry(
         let (new_spec, mut error) = attempt;
         if let Some(good) = last_good.get(name).cloned() {
             if new_spec.as_deref() != Some(&*good) {
-                if let Ok(flow) = lang::compile(good.clone(), registry) {
+                if let Ok((flow, _)) = lang::compile(good.clone(), registry) {
                     add_note(
                         &mut error.message,
                         "the last good version of this flow stays live",

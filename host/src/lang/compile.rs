@@ -16,11 +16,16 @@ use crate::plan::{Flow, FlowRef, Node, Policy, Step, SubStep, POLICY_KEYWORDS};
 
 /// Compiles a spec against the ops that exist now: parses `flow_content`, binds every op name
 /// (suggesting the closest known one), checks every call's arguments with the op itself, and
-/// builds the input validator.
-pub(crate) fn compile(spec: Arc<Spec>, registry: &Registry) -> Result<Flow, Diagnostic> {
+/// builds the input validator. Also returns its warnings: an argument an op's `args_schema`
+/// does not name (the op ignores it; most likely a typo), with the closest name it does.
+pub(crate) fn compile(
+    spec: Arc<Spec>,
+    registry: &Registry,
+) -> Result<(Flow, Vec<Diagnostic>), Diagnostic> {
     let expr = expr::parse(&spec.flow_content)
         .map_err(|err| spec.at_expr(err.pos, format!("flow_content: {}", err.message)))?;
-    let root = bind(&spec, &expr, registry)?;
+    let mut warnings = Vec::new();
+    let root = bind(&spec, &expr, registry, &mut warnings)?;
     let validator = jsonschema::validator_for(&spec.input_schema).map_err(|err| {
         spec.diagnostic(
             (spec.line, 1),
@@ -38,29 +43,35 @@ pub(crate) fn compile(spec: Arc<Spec>, registry: &Registry) -> Result<Flow, Diag
             },
         )?)),
     };
-    Ok(Flow {
+    let flow = Flow {
         name: crate::ops::intern(&spec.name),
         spec,
         root,
         validator: Arc::new(validator),
         output_validator,
-    })
+    };
+    Ok((flow, warnings))
 }
 
-fn bind(spec: &Spec, expr: &Expr, registry: &Registry) -> Result<Node, Diagnostic> {
+fn bind(
+    spec: &Spec,
+    expr: &Expr,
+    registry: &Registry,
+    warnings: &mut Vec<Diagnostic>,
+) -> Result<Node, Diagnostic> {
     match expr {
         Expr::Call(call) if call.name == FLOW_OP => bind_flow_op(spec, call).map(Node::Flow),
-        Expr::Call(call) => bind_call(spec, call, registry).map(Node::Call),
+        Expr::Call(call) => bind_call(spec, call, registry, warnings).map(Node::Call),
         Expr::Seq(items) => Ok(Node::Seq(
             items
                 .iter()
-                .map(|item| bind(spec, item, registry).map(Arc::new))
+                .map(|item| bind(spec, item, registry, warnings).map(Arc::new))
                 .collect::<Result<_, _>>()?,
         )),
         Expr::Par(items) => Ok(Node::Par(
             items
                 .iter()
-                .map(|item| bind(spec, item, registry).map(Arc::new))
+                .map(|item| bind(spec, item, registry, warnings).map(Arc::new))
                 .collect::<Result<_, _>>()?,
         )),
     }
@@ -96,7 +107,12 @@ fn bind_flow_op(spec: &Spec, call: &expr::Call) -> Result<FlowRef, Diagnostic> {
     })
 }
 
-fn bind_call(spec: &Spec, call: &expr::Call, registry: &Registry) -> Result<Step, Diagnostic> {
+fn bind_call(
+    spec: &Spec,
+    call: &expr::Call,
+    registry: &Registry,
+    warnings: &mut Vec<Diagnostic>,
+) -> Result<Step, Diagnostic> {
     let error = |message: String| spec.at_expr(call.pos, message);
     let Some(op) = registry.get(&call.name) else {
         let unbuilt = crate::ops::unbuilt_source(&call.name);
@@ -116,13 +132,22 @@ fn bind_call(spec: &Spec, call: &expr::Call, registry: &Registry) -> Result<Step
     let mut args = call.args.clone();
     let policy =
         take_policy(&mut args).map_err(|message| error(format!("{}: {message}", call.name)))?;
-    if let Some((key, hint)) = unknown_args(&op.args_schema, &args).first() {
+    let unknown = unknown_args(&op.args_schema, &args);
+    if let Some((key, hint)) = unknown.first() {
         if forbids_extra(&op.args_schema) {
             return Err(error(format!(
                 "{}: unknown argument `{key}`{hint}",
                 call.name
             )));
         }
+    }
+    for (key, hint) in unknown {
+        let mut warning = error(format!(
+            "{}: argument `{key}` is not one the op knows{hint}; it is passed on, and most likely ignored",
+            call.name
+        ));
+        warning.severity = Severity::Warning;
+        warnings.push(warning);
     }
     let args_json = Value::Object(args).to_string();
     op.library
@@ -140,7 +165,7 @@ fn bind_call(spec: &Spec, call: &expr::Call, registry: &Registry) -> Result<Step
             };
             (Node::Flow(flow), tool)
         } else {
-            let step = bind_call(spec, &sub.call, registry)?;
+            let step = bind_call(spec, &sub.call, registry, warnings)?;
             let mut tool = step.op.tool();
             if let Some(name) = step.policy.name {
                 tool.name = name.to_string();
@@ -203,46 +228,6 @@ fn forbids_extra(schema: &Option<Value>) -> bool {
         .as_ref()
         .and_then(|s| s.get("additionalProperties"))
         .is_some_and(|extra| extra == &Value::Bool(false))
-}
-
-/// Warnings about a flow that compiles: an argument its op's `args_schema` does not name
-/// (the op ignores it; most likely a typo), with the closest name it does.
-pub(crate) fn warnings(spec: &Spec, registry: &Registry) -> Vec<Diagnostic> {
-    fn walk(spec: &Spec, expr: &Expr, registry: &Registry, out: &mut Vec<Diagnostic>) {
-        match expr {
-            Expr::Call(call) => call_warnings(spec, call, registry, out),
-            Expr::Seq(items) | Expr::Par(items) => {
-                for item in items {
-                    walk(spec, item, registry, out);
-                }
-            }
-        }
-    }
-    fn call_warnings(
-        spec: &Spec,
-        call: &expr::Call,
-        registry: &Registry,
-        out: &mut Vec<Diagnostic>,
-    ) {
-        if let Some(op) = registry.get(&call.name) {
-            for (key, hint) in unknown_args(&op.args_schema, &call.args) {
-                let mut diag = spec.at_expr(
-                    call.pos,
-                    format!("{}: argument `{key}` is not one the op knows{hint}; it is passed on, and most likely ignored", call.name),
-                );
-                diag.severity = Severity::Warning;
-                out.push(diag);
-            }
-        }
-        for sub in &call.subs {
-            call_warnings(spec, &sub.call, registry, out);
-        }
-    }
-    let mut out = Vec::new();
-    if let Ok(expr) = expr::parse(&spec.flow_content) {
-        walk(spec, &expr, registry, &mut out);
-    }
-    out
 }
 
 /// Takes FlowLLM's per-op keywords (`max_retries`, `raise_exception`, `enable_cache`,

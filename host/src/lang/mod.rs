@@ -10,7 +10,7 @@ pub(crate) mod expr;
 mod schema;
 mod spec;
 
-pub(crate) use compile::{compile, warnings};
+pub(crate) use compile::compile;
 pub use diagnostics::Diagnostic;
 pub(crate) use diagnostics::{short_number, Severity};
 pub use spec::parse_file;

@@ -19,6 +19,9 @@ pub struct Chunk {
     /// On an op's `error` chunk: how many times the op was called (`max_retries`); the wire
     /// metadata says `"attempts": n`. 0 elsewhere (not written).
     pub attempts: u8,
+    /// The first chunk of a durable run resumed after its host stopped (the wire metadata
+    /// says `"resumed": true`; `op` is the op the run goes on from).
+    pub resumed: bool,
 }
 
 impl Chunk {
@@ -30,6 +33,7 @@ impl Chunk {
             text: text.into(),
             tolerated: false,
             attempts: 0,
+            resumed: false,
         }
     }
 
@@ -68,8 +72,29 @@ impl Chunk {
         if self.attempts > 0 {
             let _ = write!(out, ",\"attempts\":{}", self.attempts);
         }
+        if self.resumed {
+            out.push_str(",\"resumed\":true");
+        }
         out.push_str("}}");
     }
+}
+
+/// A chunk's kind by its wire name (`answer`, `think`, `tool`, `usage`, `error`).
+pub(crate) fn kind_named(name: &str) -> Option<ChunkKind> {
+    [
+        ChunkKind::Answer,
+        ChunkKind::Think,
+        ChunkKind::Tool,
+        ChunkKind::Usage,
+        ChunkKind::Error,
+    ]
+    .into_iter()
+    .find(|kind| kind.as_str() == name)
+}
+
+/// The name `op` goes by in chunks (interned: chunks name ops by `&'static str`).
+pub(crate) fn op_named(op: &str) -> &'static str {
+    crate::ops::intern(op)
 }
 
 /// Appends `s` as a JSON string literal.
@@ -113,6 +138,7 @@ mod tests {
                 text: r#"{"id":"1","name":"f","arguments":"{}"}"#.into(),
                 tolerated: false,
                 attempts: 0,
+                resumed: false,
             },
             Chunk {
                 kind: ChunkKind::Usage,
@@ -121,6 +147,7 @@ mod tests {
                 text: "not json".into(),
                 tolerated: true,
                 attempts: 3,
+                resumed: true,
             },
         ];
         for chunk in cases {
@@ -134,6 +161,7 @@ mod tests {
             if chunk.tolerated {
                 assert_eq!(value["metadata"]["raise_exception"], false);
                 assert_eq!(value["metadata"]["attempts"], 3);
+                assert_eq!(value["metadata"]["resumed"], true);
             }
         }
     }

@@ -20,6 +20,7 @@ pub mod llm;
 mod metrics;
 pub mod ops;
 mod plan;
+mod store;
 mod transport;
 mod util;
 

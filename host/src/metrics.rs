@@ -18,6 +18,7 @@ pub(crate) const RUNS_QUEUED: &str = "flowhost_runs_queued";
 pub(crate) const WORKERS: &str = "flowhost_workers";
 pub(crate) const WORKER_CRASHES: &str = "flowhost_worker_crashes_total";
 pub(crate) const RUNS_REJECTED: &str = "flowhost_runs_rejected_total";
+pub(crate) const RUNS_RESUMED: &str = "flowhost_runs_resumed_total";
 pub(crate) const CACHE_HITS: &str = "flowhost_op_cache_hits_total";
 pub(crate) const CACHE_MISSES: &str = "flowhost_op_cache_misses_total";
 pub(crate) const OP_RETRIES: &str = "flowhost_op_retries_total";
@@ -96,6 +97,10 @@ fn describe() {
         OP_FAILURES_TOLERATED,
         "op failures recorded while the flow went on (raise_exception=False)"
     );
+    metrics::describe_counter!(
+        RUNS_RESUMED,
+        "async runs taken over and resumed after the host running them stopped (store.path)"
+    );
     metrics::describe_gauge!(RUNS_QUEUED, "runs waiting for a turn (admission control)");
     metrics::describe_counter!(
         RUNS_REJECTED,
@@ -116,6 +121,7 @@ fn describe() {
         CACHE_MISSES,
         OP_RETRIES,
         OP_FAILURES_TOLERATED,
+        RUNS_RESUMED,
     ] {
         metrics::counter!(counter).absolute(0);
     }

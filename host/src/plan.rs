@@ -41,6 +41,8 @@ pub struct Spec {
     /// `task_after:` seconds a call may run (or ask the client) before it becomes a task
     /// (default `lang`'s `DEFAULT_TASK_AFTER`; 0: at once).
     pub(crate) task_after: Duration,
+    /// `on_crash:` what an async run of this flow does when the host running it dies.
+    pub(crate) on_crash: OnCrash,
     /// Where `flow_content`'s text starts, to map expression positions to file positions.
     pub(crate) content_origin: Origin,
 }
@@ -63,6 +65,7 @@ impl Spec {
             source: String::new(),
             task: TaskSupport::default(),
             task_after: Duration::ZERO,
+            on_crash: OnCrash::Resume,
             content_origin: Origin::default(),
         }
     }
@@ -175,6 +178,18 @@ pub(crate) enum TaskSupport {
     Optional,
     Required,
     Forbidden,
+}
+
+/// `on_crash:` what a durable async run does when the host running it dies (kill -9, OOM, a
+/// lost node): `resume` (the default) runs it on from the op that was running, with the ops
+/// that completed restored from the store, not run again; `fail` ends it `failed` with
+/// `interrupted: host stopped` (for flows whose ops must not run twice).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum OnCrash {
+    #[default]
+    Resume,
+    Fail,
 }
 
 /// Where ops run: on a thread of the host, or in a worker process that a crash cannot take

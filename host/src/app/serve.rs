@@ -114,7 +114,10 @@ pub(super) fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
         match config.backend {
             config::Backend::Http => {
                 let options = run_options_with_flows(config, &catalog);
-                crate::transport::http::serve(catalog, config.http.clone(), options).await
+                let durable = crate::store::open(&config.store)?.map(|backend| {
+                    crate::transport::http::Durable::new(backend, config.store.clone())
+                });
+                crate::transport::http::serve(catalog, config.http.clone(), options, durable).await
             }
             config::Backend::Stdio => {
                 let snapshot = catalog.snapshot();

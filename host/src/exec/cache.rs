@@ -130,6 +130,7 @@ fn from_file(value: &Value) -> Option<(Cached, Duration)> {
             text: chunk["text"].as_str()?.to_string(),
             tolerated: false,
             attempts: 0,
+            resumed: false,
         });
     }
     let writes = value["writes"].as_object()?.clone();

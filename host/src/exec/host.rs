@@ -130,6 +130,7 @@ impl crate::ops::Host for OpHost {
             text: content.to_owned(),
             tolerated: false,
             attempts: 0,
+            resumed: false,
         };
         self.emitted.fetch_add(1, Ordering::Relaxed);
         self.record(&chunk);
@@ -331,7 +332,7 @@ impl OpHost {
             }),
             ..self.env.clone()
         };
-        let writes = run_node(&sub.node, Arc::new(arguments), &env)
+        let writes = run_node(&sub.node, super::journal::ROOT, Arc::new(arguments), &env)
             .await
             .map_err(|failure| failure.to_string())?;
         let answer = match writes.get("answer") {

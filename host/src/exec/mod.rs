@@ -7,7 +7,7 @@
 //! (where a call runs: inline, op pool, worker process), `host.rs` (the `ops::Host` an op calls
 //! back into), `client.rs` (asking the client for the ops), `admission.rs` (limits on runs at
 //! once and waiting), `batch.rs` (the bounded channel from op threads to the reader),
-//! `cache.rs` (the op answer cache), `settings.rs` (the `ops:` section), `worker/` (ops in
+//! `cache.rs` (the op answer cache), `journal.rs` (a durable run's completed calls), `settings.rs` (the `ops:` section), `worker/` (ops in
 //! worker processes).
 
 pub(crate) mod admission;
@@ -15,6 +15,7 @@ pub(crate) mod batch;
 pub(crate) mod cache;
 mod client;
 mod host;
+mod journal;
 mod place;
 mod run;
 mod settings;
@@ -32,6 +33,7 @@ pub use client::Client;
 pub(crate) use client::{AskError, AskFuture, Asker};
 pub(crate) use host::LogLine;
 pub use host::LogSink;
+pub use journal::{Checkpoint, Journal, CHECKPOINT_OP};
 pub(crate) use place::Inline;
 pub use place::IsolationPolicy;
 pub(crate) use run::admit_and_start;

@@ -39,6 +39,9 @@ pub struct Options {
     /// The client that can be asked things for the ops (`ctx.sample`, `ctx.elicit`): an MCP
     /// client; none over HTTP.
     pub client: Option<Client>,
+    /// A durable run's journal (`exec::Journal`): completed calls are skipped, and each call
+    /// that completes is followed by a checkpoint chunk for the run's keeper.
+    pub journal: Option<Arc<super::journal::Journal>>,
 }
 
 /// The answer a non-stream caller collects is capped at this many bytes unless the flow sets
@@ -57,6 +60,7 @@ impl Default for Options {
             isolation: Arc::default(),
             flows: None,
             client: None,
+            journal: None,
         }
     }
 }
@@ -166,6 +170,7 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
     let llm = options.llm.clone();
     let flows = options.flows.clone();
     let client = options.client.clone();
+    let journal = options.journal.clone();
     let isolation = Placement {
         policy: options.isolation.clone(),
         flow: flow.spec.isolation,
@@ -188,8 +193,9 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
                 flows,
                 client,
                 depth: 0,
+                journal,
             };
-            let result = run_node(&flow.root, context, &env).await;
+            let result = run_node(&flow.root, super::journal::ROOT, context, &env).await;
             if let Err(failure) = &result {
                 env.tx.push_final(Chunk {
                     attempts: failure.attempts.min(255) as u8,

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::batch;
 use super::client::Client;
 use super::host::LogSink;
+use super::journal::{self, Journal};
 use super::place::Placement;
 use super::run::Failure;
 use super::step::run_step;
@@ -68,6 +69,9 @@ pub(super) struct Env {
     pub(super) client: Option<Client>,
     /// `FlowOp`s this node runs inside.
     pub(super) depth: u32,
+    /// A durable run's journal: calls that completed before (skipped), and a checkpoint
+    /// chunk after each call that completes now.
+    pub(super) journal: Option<Arc<Journal>>,
 }
 
 /// Where a sub-op call's answer text is gathered.
@@ -77,15 +81,34 @@ pub(super) struct Collect {
     pub(super) forward: bool,
 }
 
-/// Runs a node on `context`; returns what it wrote, in write order.
+/// Runs a node on `context`; returns what it wrote, in write order. `id` is the node's place
+/// in the walk ([`journal::child`]), which a durable run's checkpoints name.
 pub(super) fn run_node<'a>(
     node: &'a Node,
+    id: u64,
     context: Arc<Map<String, Value>>,
     env: &'a Env,
 ) -> NodeFuture<'a> {
     Box::pin(async move {
         match node {
-            Node::Call(step) => run_step(step, &context, env).await,
+            Node::Call(step) => match env.journal.as_ref().filter(|_| env.collect.is_none()) {
+                None => run_step(step, &context, env).await,
+                Some(journal) => {
+                    if let Some(writes) = journal.done(id) {
+                        return Ok(writes.clone());
+                    }
+                    let writes = run_step(step, &context, env).await?;
+                    if !env.cancel.is_cancelled() {
+                        let checkpoint = journal::Checkpoint {
+                            node: id,
+                            op: step.name().to_string(),
+                            writes: writes.clone(),
+                        };
+                        env.tx.push_final(checkpoint.to_chunk());
+                    }
+                    Ok(writes)
+                }
+            },
             Node::Flow(target) => {
                 let failure = |message: String| Failure {
                     op: "FlowOp",
@@ -113,16 +136,17 @@ pub(super) fn run_node<'a>(
                     depth: env.depth + 1,
                     ..env.clone()
                 };
-                run_node(&flow.root, context, &inner).await
+                run_node(&flow.root, journal::child(id, 0), context, &inner).await
             }
             Node::Seq(items) => {
                 let mut context = context;
                 let mut writes = Map::new();
-                for item in items {
+                for (index, item) in items.iter().enumerate() {
                     if env.cancel.is_cancelled() {
                         break;
                     }
-                    let step_writes = run_node(item, context.clone(), env).await?;
+                    let item_id = journal::child(id, index);
+                    let step_writes = run_node(item, item_id, context.clone(), env).await?;
                     if !step_writes.is_empty() {
                         let shared = Arc::make_mut(&mut context);
                         for (key, value) in &step_writes {
@@ -143,9 +167,13 @@ pub(super) fn run_node<'a>(
                         cancel: group.clone(),
                         ..env.clone()
                     };
-                    set.spawn(
-                        async move { (index, run_node(&branch, context, &branch_env).await) },
-                    );
+                    let branch_id = journal::child(id, index);
+                    set.spawn(async move {
+                        (
+                            index,
+                            run_node(&branch, branch_id, context, &branch_env).await,
+                        )
+                    });
                 }
                 let mut results: Vec<Option<Map<String, Value>>> = vec![None; branches.len()];
                 let mut first_failure = None;

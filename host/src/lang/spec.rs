@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::diagnostics::{short_number, Diagnostic, Severity};
 use super::expr;
 use super::schema::normalize_schema;
-use crate::plan::{Isolation, Limits, Origin, Spec, TaskSupport, MAX_SECONDS};
+use crate::plan::{Isolation, Limits, OnCrash, Origin, Spec, TaskSupport, MAX_SECONDS};
 
 /// How long a call of a task-capable client runs before it becomes a task, unless the flow
 /// says (`task_after:`): quicker calls answer directly, without a task to poll.
@@ -149,28 +149,22 @@ pub(crate) fn is_valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// A flow's keys as written (serde reads a missing `Option` field as None).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSpec {
     flow_content: String,
     #[serde(default, deserialize_with = "yaml11_bool")]
     stream: bool,
-    #[serde(default)]
     description: Option<String>,
-    #[serde(default)]
     input_schema: Option<Value>,
-    #[serde(default)]
     limits: Option<RawLimits>,
-    #[serde(default)]
     isolation: Option<Isolation>,
-    #[serde(default)]
     output_schema: Option<Value>,
-    #[serde(default)]
     icon: Option<Value>,
-    #[serde(default)]
     task: Option<String>,
-    #[serde(default)]
     task_after: Option<f64>,
+    on_crash: Option<OnCrash>,
     /// FlowLLM's own flag; flows here are always run the same way.
     #[serde(default, rename = "use_async")]
     _use_async: Option<bool>,
@@ -437,6 +431,7 @@ fn parse_spec(
         source,
         task,
         task_after,
+        on_crash: raw.on_crash.unwrap_or_default(),
         content_origin,
     })
 }
@@ -639,7 +634,7 @@ mod tests {
         );
         check(
             "ok:\n  flow_content: EchoOp()\nbad:\n  flow_content: EchoOp()\n  strem: true\n",
-            "f.yaml:5:1: error: flow `bad`: unknown field `strem`, expected one of `flow_content`, `stream`, `description`, `input_schema`, `limits`, `isolation`, `output_schema`, `icon`, `task`, `task_after`, `use_async` (did you mean `stream`?)",
+            "f.yaml:5:1: error: flow `bad`: unknown field `strem`, expected one of `flow_content`, `stream`, `description`, `input_schema`, `limits`, `isolation`, `output_schema`, `icon`, `task`, `task_after`, `on_crash`, `use_async` (did you mean `stream`?)",
         );
         check("bad name:\n  flow_content: EchoOp()\n", "f.yaml:1:1: error: flow name `bad name` may only use letters, digits, `_` and `-` (it becomes a URL path and a tool name)");
         check(

@@ -38,8 +38,9 @@ broken:
 
 /// The SSE events of a response body (`data:` payloads).
 fn events(body: &str) -> Vec<String> {
+    // Line by line, as SSE is read (an async run's events carry an `id:` line too).
     body.split("\n\n")
-        .filter_map(|event| event.strip_prefix("data:"))
+        .filter_map(|event| event.lines().find_map(|line| line.strip_prefix("data:")))
         .map(|data| data.trim_start().to_string())
         .collect()
 }

@@ -4,6 +4,7 @@
 mod agents;
 mod attacks;
 mod cli;
+mod durable;
 mod executor;
 mod fuzz;
 mod http;

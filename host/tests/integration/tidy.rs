@@ -13,14 +13,15 @@ const PARTS: &[(&str, &[&str])] = &[
     ("util",      &[]),
     ("chunk",     &["ops"]),
     ("metrics",   &[]),
+    ("store",     &[]),
     ("ops",       &["util"]),
     ("llm",       &["chunk"]),
     ("plan",      &["ops"]),
     ("lang",      &["plan", "ops", "util"]),
     ("exec",      &["plan", "ops", "llm", "chunk", "metrics", "util"]),
     ("catalog",   &["lang", "plan", "ops", "exec", "util"]),
-    ("transport", &["catalog", "exec", "plan", "chunk", "metrics", "util"]),
-    ("app",       &["transport", "catalog", "exec", "lang", "plan", "llm", "ops", "util"]),
+    ("transport", &["catalog", "exec", "plan", "chunk", "metrics", "store", "util"]),
+    ("app",       &["transport", "catalog", "exec", "lang", "plan", "llm", "ops", "store", "util"]),
 ];
 
 /// What code names, whether a file (a path under host/src) may name it, and why.

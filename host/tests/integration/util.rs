@@ -176,6 +176,9 @@ pub struct Server {
     pub child: std::process::Child,
     pub url: String,
     pub stderr: Arc<std::sync::Mutex<String>>,
+    /// The process's working folder (where the default run store, `.flowhost/`, goes): its
+    /// own, so tests never share a store unless they name one (`store.path=...`).
+    pub home: tempfile::TempDir,
 }
 
 impl Server {
@@ -186,7 +189,10 @@ impl Server {
 
     pub fn start_with_env(flows: &Path, args: &[&str], envs: &[(&str, &str)]) -> Server {
         use std::io::BufRead;
+        let home = tempfile::tempdir().expect("a working folder");
+        let flows = std::path::absolute(flows).expect("an absolute flows path");
         let mut child = Command::new(env!("CARGO_BIN_EXE_flowhost"))
+            .current_dir(home.path())
             .args(["serve", "--port", "0", "--flows"])
             .arg(flows)
             .args(args)
@@ -234,6 +240,7 @@ impl Server {
             child,
             url,
             stderr: log,
+            home,
         }
     }
 

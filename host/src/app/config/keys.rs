@@ -19,6 +19,7 @@ pub(super) const KEYS: &[&str] = &[
     "plugins",
     "cache",
     "runs",
+    "store",
     "flow",
 ];
 
@@ -124,6 +125,19 @@ pub(super) fn check_keys(where_: &str, tree: &mut Value) -> Result<(), String> {
         for key in runs.keys() {
             if !RUNS_KEYS.contains(&key.as_str()) {
                 return Err(unknown_key(where_, &format!("runs.{key}"), key, RUNS_KEYS));
+            }
+        }
+    }
+    if let Some(Value::Object(store)) = map.get("store") {
+        const STORE_KEYS: &[&str] = &["path", "lease", "max_resumes"];
+        for key in store.keys() {
+            if !STORE_KEYS.contains(&key.as_str()) {
+                return Err(unknown_key(
+                    where_,
+                    &format!("store.{key}"),
+                    key,
+                    STORE_KEYS,
+                ));
             }
         }
     }

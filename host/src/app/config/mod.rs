@@ -31,6 +31,8 @@ pub(crate) struct Config {
     pub(crate) ops: crate::exec::Settings,
     /// `cache.dir`: where `enable_cache=True` calls are also kept as files.
     pub(crate) cache_dir: Option<PathBuf>,
+    /// `store:` where async runs are kept (HTTP; MCP over stdio keeps its tasks in memory).
+    pub(crate) store: crate::store::Settings,
     /// The config file that was read, if any.
     pub(crate) source: Option<PathBuf>,
 }
@@ -236,6 +238,27 @@ pub(crate) fn load(flags: Flags) -> Result<Config, String> {
             )?,
         },
         cache_dir: raw.cache.dir,
+        store: crate::store::Settings {
+            path: match raw.store.path {
+                Some(path) if path.as_os_str() == ":memory:" => None,
+                Some(path) if path.as_os_str().is_empty() => {
+                    return Err(format!(
+                        "{where_}: store.path is empty: name a file, or `:memory:` to keep runs in memory"
+                    ))
+                }
+                Some(path) => Some(path),
+                None => Some(crate::store::DEFAULT_PATH.into()),
+            },
+            lease: match seconds(&where_, "store.lease", raw.store.lease.0)? {
+                lease if lease < Duration::from_millis(300) => {
+                    return Err(format!(
+                        "{where_}: store.lease must be at least 0.3 s (its owner renews it at a third of it)"
+                    ))
+                }
+                lease => lease,
+            },
+            max_resumes: raw.store.max_resumes,
+        },
         source,
     })
 }

@@ -26,6 +26,7 @@ pub(super) struct Raw {
     pub(super) plugins: std::collections::BTreeMap<String, RawPlugin>,
     pub(super) cache: RawCache,
     pub(super) runs: RawRuns,
+    pub(super) store: RawStore,
     /// Allowed so a FlowLLM config can be read; flows are served from the flows folder.
     pub(super) flow: Value,
 }
@@ -71,6 +72,25 @@ impl Default for RawRuns {
             max_runs: defaults.max_runs,
             max_running: defaults.max_running,
             max_bytes: Bytes(defaults.max_bytes),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub(super) struct RawStore {
+    pub(super) path: Option<PathBuf>,
+    pub(super) lease: Seconds,
+    pub(super) max_resumes: u32,
+}
+
+impl Default for RawStore {
+    fn default() -> RawStore {
+        let defaults = crate::store::Settings::default();
+        RawStore {
+            path: None,
+            lease: Seconds(defaults.lease.as_secs_f64()),
+            max_resumes: defaults.max_resumes,
         }
     }
 }
@@ -139,6 +159,7 @@ impl Default for Raw {
             plugins: Default::default(),
             cache: RawCache::default(),
             runs: RawRuns::default(),
+            store: RawStore::default(),
             flow: Value::Null,
         }
     }

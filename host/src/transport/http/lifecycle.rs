@@ -1,5 +1,6 @@
-//! How the HTTP server stops: the shutdown signal, and closing the listening socket without
-//! resetting connections a proxy already sent a request on. Knows nothing of routes or flows.
+//! How the HTTP server starts and stops: the warning when it listens unguarded, the shutdown signal,
+//! and closing the listening socket without resetting connections a proxy already sent a request
+//! on. Knows nothing of routes or flows.
 //!
 //! Closing a listening socket resets every connection still in its accept queue: a proxy that
 //! had sent a POST on one gets a reset and (rightly) does not resend it. So at the end of the
@@ -128,4 +129,24 @@ fn queued(fd: std::os::fd::RawFd) -> bool {
     // SAFETY: one valid pollfd, no timeout.
     let ready = unsafe { libc::poll(&mut poll, 1, 0) };
     ready > 0 && poll.revents & libc::POLLIN != 0
+}
+
+/// A host reachable from other machines should say so when nothing guards it.
+pub(super) fn warn_if_exposed(options: &super::settings::Settings, bound: std::net::IpAddr) {
+    if bound.is_loopback() {
+        return;
+    }
+    if options.api_key.is_none() {
+        tracing::warn!(
+            "listening on {bound}, reachable from other machines, without an API key: anyone \
+             who can reach this port can run every flow; set --api-key (or http.api_key)"
+        );
+    }
+    if options.allowed_hosts.is_empty() {
+        tracing::warn!(
+            "requests are accepted only for the Host names {}; add the names clients use \
+             (a Service, an Ingress, this machine's name) to http.allowed_hosts",
+            options.effective_allowed_hosts().join(", ")
+        );
+    }
 }

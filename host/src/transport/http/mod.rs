@@ -44,6 +44,7 @@ use crate::metrics as m;
 pub use self::error::ApiError;
 pub use self::request::parse_body;
 pub(crate) use self::request::{busy_response, live_flow, validate};
+pub(crate) use self::runs::Durable;
 pub(crate) use self::runs::Retention;
 pub(crate) use self::settings::Settings;
 pub(crate) use self::sse::{sse_response, FlowLlmEvents};
@@ -414,13 +415,13 @@ async fn run_flow(
     let input = validate(&flow, input)?;
     let background = runs::wants_async(&headers);
     let mut running = None;
-    let fingerprint = if background {
-        crate::util::stable_hash(serde_json::to_string(&input).unwrap_or_default().as_bytes())
+    let (input_json, fingerprint) = if background {
+        runs::fingerprint(&input)
     } else {
-        0
+        Default::default()
     };
     if background {
-        if let Some(existing) = runs::existing(&state, &name, &headers, fingerprint) {
+        if let Some(existing) = runs::existing(&state, &name, &headers, fingerprint).await {
             return Ok(existing);
         }
         match runs::place(&state) {
@@ -434,6 +435,9 @@ async fn run_flow(
         // `runs.max_bytes`; the run itself still ends at the collected-answer cap.
         collect_answer: !stream && !background,
         max_output_bytes: background.then_some(exec::DEFAULT_MAX_ANSWER_BYTES),
+        // A durable async run marks each completed call, to be resumed from it.
+        journal: (background && state.runs.durable.is_some())
+            .then(|| Arc::new(exec::Journal::default())),
         ..state.run_options.clone()
     };
     let run = match exec::admit_and_start(flow, input, &options).await {
@@ -446,9 +450,10 @@ async fn run_flow(
             &name,
             run,
             &headers,
-            fingerprint,
+            (input_json, fingerprint),
             running,
-        ));
+        )
+        .await);
     }
     if stream {
         Ok(sse_response(run, &state, FlowLlmEvents))
@@ -498,6 +503,7 @@ pub(crate) async fn serve(
     catalog: Arc<Catalog>,
     options: Options,
     run_options: exec::Options,
+    durable: Option<runs::Durable>,
 ) -> Result<(), String> {
     let address = format!("{}:{}", options.host, options.port);
     let listener = tokio::net::TcpListener::bind(&address)
@@ -521,8 +527,9 @@ pub(crate) async fn serve(
         snapshot.op_count(),
     );
     drop(snapshot);
-    warn_if_exposed(&options, local.ip());
-    let state = AppState::new(catalog.clone(), options.clone(), run_options);
+    self::lifecycle::warn_if_exposed(&options, local.ip());
+    let state = AppState::new(catalog.clone(), options.clone(), run_options, durable);
+    runs::start_keeper(&state);
     count_reloads(&catalog);
     let hard_stop = state.hard_stop.clone();
     let ready = state.ready.clone();
@@ -530,8 +537,9 @@ pub(crate) async fn serve(
     let drain = options.drain_delay;
     let listening = self::lifecycle::Listening::of(&listener);
     let listener = conn::Listener::new(listener, options.connection_limits());
+    let runs = state.runs.clone();
     let app = router(state).into_make_service_with_connect_info::<conn::Peer>();
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             self::lifecycle::shutdown_signal().await;
             ready.store(false, Ordering::Relaxed);
@@ -553,27 +561,9 @@ pub(crate) async fn serve(
             });
         })
         .await
-        .map_err(|err| format!("server error: {err}"))
-}
-
-/// A host reachable from other machines should say so when nothing guards it.
-fn warn_if_exposed(options: &Options, bound: std::net::IpAddr) {
-    if bound.is_loopback() {
-        return;
-    }
-    if options.api_key.is_none() {
-        tracing::warn!(
-            "listening on {bound}, reachable from other machines, without an API key: anyone \
-             who can reach this port can run every flow; set --api-key (or http.api_key)"
-        );
-    }
-    if options.allowed_hosts.is_empty() {
-        tracing::warn!(
-            "requests are accepted only for the Host names {}; add the names clients use \
-             (a Service, an Ingress, this machine's name) to http.allowed_hosts",
-            options.effective_allowed_hosts().join(", ")
-        );
-    }
+        .map_err(|err| format!("server error: {err}"));
+    runs.give_up().await;
+    served
 }
 
 fn count_reloads(catalog: &Catalog) {

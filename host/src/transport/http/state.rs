@@ -47,11 +47,15 @@ impl AppState {
         catalog: Arc<Catalog>,
         options: Options,
         run_options: exec::Options,
+        durable: Option<super::runs::kept::Durable>,
     ) -> AppState {
         AppState(Arc::new(Shared {
             catalog,
             policy: Policy::new(&options),
-            runs: Arc::new(super::runs::store::Store::new(options.runs.clone())),
+            runs: Arc::new(super::runs::store::Store::new(
+                options.runs.clone(),
+                durable,
+            )),
             options: Arc::new(options),
             hard_stop: CancellationToken::new(),
             run_options,

@@ -1,14 +1,22 @@
 //! Async runs over HTTP: `POST /{flow}` with `Prefer: respond-async` answers 202 at once and
 //! the run goes on without the connection; `GET /runs/{id}` polls it, `GET /runs/{id}/events`
 //! replays its chunks from the start and follows it live, `DELETE /runs/{id}` cancels it.
-//! Runs live in this process's memory, bounded in count and bytes and kept `runs.retention`
-//! after they end; an `Idempotency-Key` header returns the run already started with that key.
-
+//! Runs are bounded in count and bytes and kept `runs.retention` after they end; an
+//! `Idempotency-Key` header returns the run already started with that key. With a durable
+//! store (`store.path`, the default) they outlive the process: any host sharing the store
+//! answers for them, and a run whose host died is resumed (`durable.rs`).
 //!
-//! `store.rs` keeps the runs; this file is the HTTP side: the `Prefer` header, 202 with
+//! `store.rs` keeps the runs this process drives; `durable.rs` reads the ones only the store
+//! has and keeps the leases; `kept.rs` is what both know of the durable store; this file is the HTTP side: the `Prefer` header, 202 with
 //! `Location`, and the `/runs/{id}` routes.
 
+mod durable;
+pub(super) mod kept;
 pub(super) mod store;
+
+pub(crate) use self::durable::start_keeper;
+use self::durable::Found;
+pub(crate) use self::kept::Durable;
 
 use std::time::Duration;
 
@@ -33,18 +41,74 @@ pub(crate) fn wants_async(headers: &HeaderMap) -> bool {
         .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
 }
 
-/// `POST /{flow}` with `Prefer: respond-async`: 202, `Location: /runs/{id}`.
-pub(crate) fn accept(
+/// An async run's input as kept (JSON text) and its hash (what an `Idempotency-Key` is
+/// checked against).
+pub(crate) fn fingerprint(input: &serde_json::Map<String, serde_json::Value>) -> (String, u64) {
+    let text = serde_json::to_string(input).unwrap_or_default();
+    let hash = crate::util::stable_hash(text.as_bytes());
+    (text, hash)
+}
+
+/// `POST /{flow}` with `Prefer: respond-async`: 202, `Location: /runs/{id}`. `input_json` is
+/// the run's input (kept, to resume it from) and `input` its hash.
+pub(crate) async fn accept(
     state: &AppState,
     flow: &str,
     run: Run,
     headers: &HeaderMap,
-    input: u64,
+    (input_json, input): (String, u64),
     running: store::Running,
 ) -> Response {
     let key = idempotency_key(headers).map(|key| (key, input));
+    if let Some(durable) = &state.runs.durable {
+        let new = crate::store::NewRun {
+            id: run.flow_id.clone(),
+            flow: flow.to_string(),
+            input: input_json,
+            created_ms: crate::store::now_ms(),
+            key: key.clone(),
+            owner: durable.owner.clone(),
+            lease_until_ms: durable.lease_until(),
+        };
+        match durable.call(move |b| b.create(&new)).await {
+            // The store's bounds (`runs:`) hold for every host that shares it.
+            Ok(crate::store::Created::New) => durable.prune(state.runs.retention.bounds()).await,
+            Ok(crate::store::Created::Existing { id, input: first }) => {
+                // Another request (here or on another host) took the key first; this run
+                // goes (dropping it cancels it).
+                drop(run);
+                return replay(state, headers, &id, first != input).await;
+            }
+            Err(err) => {
+                tracing::error!("{err}");
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot keep the run: {err}; retry shortly"),
+                )
+                .into_response();
+            }
+        }
+    }
     let record = state.runs.start(flow, run, key, running);
-    accepted(&record, false)
+    accepted(&record.to_json(), &record.id, false)
+}
+
+/// The answer to a request whose `Idempotency-Key` names run `id`: that run (replayed), or
+/// 422 when the key came with another body.
+async fn replay(state: &AppState, headers: &HeaderMap, id: &str, differs: bool) -> Response {
+    let key = idempotency_key(headers).unwrap_or_default();
+    if differs {
+        return ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("Idempotency-Key `{key}` was used for run {id} with a different body; send the same body to get that run, or a new key for a new run"),
+        )
+        .into_response();
+    }
+    match durable::find(state, id).await {
+        Some(Found::Here(record)) => accepted(&record.to_json(), &record.id, true),
+        Some(Found::Kept(row)) => accepted(&durable::row_json(&row), &row.id, true),
+        None => not_found(id).into_response(),
+    }
 }
 
 /// A place among `runs.max_running` for an async run about to start, or 503 + Retry-After.
@@ -66,7 +130,7 @@ pub(crate) fn place(state: &AppState) -> Result<store::Running, Box<Response>> {
 
 /// The run already started under this request's `Idempotency-Key`, if any; 422 when the key
 /// was used with another input (`input` is a hash of this request's), as payment APIs answer.
-pub(crate) fn existing(
+pub(crate) async fn existing(
     state: &AppState,
     flow: &str,
     headers: &HeaderMap,
@@ -74,23 +138,27 @@ pub(crate) fn existing(
 ) -> Option<Response> {
     let key = idempotency_key(headers)?;
     state.runs.prune();
-    let (id, first) = state
+    let here = state
         .runs
         .lock()
         .keys
         .get(&(flow.to_string(), key.clone()))
-        .cloned()?;
-    if first != input {
-        return Some(
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("Idempotency-Key `{key}` was used for run {id} with a different body; send the same body to get that run, or a new key for a new run"),
-            )
-            .into_response(),
-        );
-    }
-    let record = state.runs.get(&id)?;
-    Some(accepted(&record, true))
+        .cloned();
+    let (id, first) = match (here, &state.runs.durable) {
+        (Some(found), _) => found,
+        (None, Some(durable)) => {
+            let flow = flow.to_string();
+            match durable.call(move |b| b.key(&flow, &key)).await {
+                Ok(found) => found?,
+                Err(err) => {
+                    tracing::error!("{err}");
+                    return None;
+                }
+            }
+        }
+        (None, None) => return None,
+    };
+    Some(replay(state, headers, &id, first != input).await)
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Option<String> {
@@ -102,9 +170,9 @@ fn idempotency_key(headers: &HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
-fn accepted(record: &Record, replayed: bool) -> Response {
-    let location = format!("/runs/{}", record.id);
-    let mut response = (StatusCode::ACCEPTED, axum::Json(record.to_json())).into_response();
+fn accepted(body: &serde_json::Value, id: &str, replayed: bool) -> Response {
+    let location = format!("/runs/{id}");
+    let mut response = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&location) {
         headers.insert(header::LOCATION, value);
@@ -122,24 +190,21 @@ fn accepted(record: &Record, replayed: bool) -> Response {
 fn not_found(id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        format!("no run `{id}`: it never started here, or it ended more than runs.retention ago (runs live in the memory of the replica that started them)"),
+        format!("no run `{id}`: it never started, or it ended more than runs.retention ago (with store.path=:memory:, runs live only in the memory of the host that started them)"),
     )
 }
 
 /// `GET /runs/{id}`.
 pub(crate) async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match state.runs.get(&id) {
-        Some(record) => axum::Json(record.to_json()).into_response(),
+    match durable::find(&state, &id).await {
+        Some(Found::Here(record)) => axum::Json(record.to_json()).into_response(),
+        Some(Found::Kept(row)) => axum::Json(durable::row_json(&row)).into_response(),
         None => not_found(&id).into_response(),
     }
 }
 
-/// `DELETE /runs/{id}`: cancels a running run (its ops see it at their next emit); a run that
-/// already ended is left as it is.
-pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let Some(record) = state.runs.get(&id) else {
-        return not_found(&id).into_response();
-    };
+/// Cancels a run this process drives (its ops see it at their next emit).
+fn cancel_here(record: &Record) {
     if record.lock().finished.is_none()
         && !record
             .cancel_requested
@@ -148,6 +213,17 @@ pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>
         metrics::counter!(crate::metrics::CANCELLATIONS).increment(1);
         record.cancel.cancel();
     }
+}
+
+/// `DELETE /runs/{id}`: cancels a running run (its ops see it at their next emit); a run that
+/// already ended is left as it is.
+pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let record = match durable::find(&state, &id).await {
+        Some(Found::Here(record)) => record,
+        Some(Found::Kept(row)) => return cancel_elsewhere(&state, *row).await,
+        None => return not_found(&id).into_response(),
+    };
+    cancel_here(&record);
     // Give the driver a moment to record the end, so the answer usually says `cancelled`.
     let mut changed = record.changed.subscribe();
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
@@ -161,20 +237,74 @@ pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>
     axum::Json(record.to_json()).into_response()
 }
 
+/// `DELETE /runs/{id}` of a run another process drives: the cancel is left in the store for
+/// its owner (whose keeper reads it within 100 ms); the answer waits up to 2 s for the end.
+async fn cancel_elsewhere(state: &AppState, row: crate::store::RunRow) -> Response {
+    let Some(durable) = &state.runs.durable else {
+        return not_found(&row.id).into_response();
+    };
+    let mut row = row;
+    if row.status == "running" {
+        let id = row.id.clone();
+        if let Err(err) = durable.call(move |b| b.cancel(&id)).await {
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err).into_response();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while row.status == "running" && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let id = row.id.clone();
+            match durable.call(move |b| b.run(&id)).await {
+                Ok(Some(fresh)) => row = fresh,
+                _ => break,
+            }
+        }
+    }
+    axum::Json(durable::row_json(&row)).into_response()
+}
+
+/// Appends one chunk as an SSE event with its id (its place in the run's log). The id comes
+/// after the data (SSE fields are read in any order): a reader that takes each event's first
+/// line as its `data:` (FlowLLM's examples do) still does.
+fn write_event(out: &mut String, run_id: &str, seq: usize, chunk: &crate::chunk::Chunk) {
+    use std::fmt::Write as _;
+    out.push_str("data:");
+    chunk.write_json(run_id, out);
+    let _ = write!(out, "\nid:{seq}\n\n");
+}
+
+/// Where a reconnecting client left off: the event after its `Last-Event-ID`.
+fn resume_from(headers: &HeaderMap) -> usize {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(0, |last| last.saturating_add(1))
+}
+
 /// Chunks and bytes of one replay write.
 const REPLAY_BATCH: usize = 256;
 const REPLAY_BYTES: usize = 64 * 1024;
 
-/// `GET /runs/{id}/events`: every chunk from the start as FlowLLM's SSE events, then live
-/// ones until the run ends, then `data:[DONE]`.
-pub(crate) async fn events(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let Some(record) = state.runs.get(&id) else {
-        return not_found(&id).into_response();
+/// `GET /runs/{id}/events`: every chunk from the start (or after `Last-Event-ID`) as
+/// FlowLLM's SSE events, each with its `id:`, then live ones until the run ends, then
+/// `data:[DONE]`.
+pub(crate) async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let from = resume_from(&headers);
+    let record = match durable::find(&state, &id).await {
+        Some(Found::Here(record)) => record,
+        Some(Found::Kept(row)) => {
+            return event_stream(Body::from_stream(durable::kept_events(&state, *row, from)))
+        }
+        None => return not_found(&id).into_response(),
     };
     let changed = record.changed.subscribe();
     let hard_stop = state.hard_stop.clone();
     let stream = futures_util::stream::unfold(
-        (record, changed, 0usize, false),
+        (record, changed, from, false),
         move |(record, mut changed, sent, done)| {
             let hard_stop = hard_stop.clone();
             async move {
@@ -189,16 +319,14 @@ pub(crate) async fn events(State(state): State<AppState>, Path(id): Path<String>
                         let mut text = String::new();
                         let mut now_sent = sent;
                         for chunk in progress.chunks.range(sent, REPLAY_BATCH) {
-                            text.push_str("data:");
-                            chunk.write_json(&record.id, &mut text);
-                            text.push_str("\n\n");
+                            write_event(&mut text, &record.id, now_sent, chunk);
                             now_sent += 1;
                             if text.len() >= REPLAY_BYTES {
                                 break;
                             }
                         }
                         let ended =
-                            progress.finished.is_some() && now_sent == progress.chunks.len();
+                            progress.finished.is_some() && now_sent >= progress.chunks.len();
                         if ended {
                             text.push_str("data:[DONE]\n\n");
                         }
@@ -219,7 +347,11 @@ pub(crate) async fn events(State(state): State<AppState>, Path(id): Path<String>
             }
         },
     );
-    let mut response = Body::from_stream(stream).into_response();
+    event_stream(Body::from_stream(stream))
+}
+
+fn event_stream(body: Body) -> Response {
+    let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -1,6 +1,8 @@
-//! The store of async runs: each run's record (status, chunks so far, who waits on it), the
-//! task that drives a run to its end, retention (`runs:` section) and idempotency keys.
-//! Bounded in count and bytes; runs live in this process's memory.
+//! The runs this process drives: each run's record (status, chunks so far, who waits on it),
+//! the task that drives a run to its end, retention (`runs:` section) and idempotency keys.
+//! Bounded in count and bytes. With a durable store (`store.path`, [`Durable`]) every kept
+//! chunk, checkpoint and ending is also written there before readers are woken, so the run
+//! outlives this process; without one, runs live in this process's memory only.
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::kept::{event_of, Durable};
 use crate::chunk::Chunk;
 use crate::exec::Run;
 
@@ -26,6 +29,17 @@ pub(crate) struct Retention {
     /// really cost (the chunk, its text's allocation, its slot in the log); a run's own log
     /// stops growing at a quarter of it, and every log stops when the total is reached.
     pub(crate) max_bytes: usize,
+}
+
+impl Retention {
+    /// The bounds as the durable store applies them.
+    pub(crate) fn bounds(&self) -> crate::store::Bounds {
+        crate::store::Bounds {
+            keep_ms: self.keep.as_millis() as i64,
+            max_runs: self.max_runs,
+            max_bytes: self.max_bytes as u64,
+        }
+    }
 }
 
 impl Default for Retention {
@@ -152,6 +166,19 @@ pub(super) struct Record {
     pub(super) progress: Mutex<Progress>,
     /// Bumped on every change; event streams wait on it.
     pub(super) changed: tokio::sync::watch::Sender<u64>,
+    /// Times the run was resumed after its host stopped.
+    pub(super) resumes: u32,
+}
+
+/// What a run brings along when this process takes it over.
+pub(super) struct Restored {
+    pub(super) created: SystemTime,
+    /// Its chunks so far.
+    pub(super) kept: Vec<Chunk>,
+    /// The answer chunks among the first `answer_cut` count toward its answer (those after
+    /// came from the op that was running, which runs again).
+    pub(super) answer_cut: usize,
+    pub(super) resumes: u32,
 }
 
 impl Record {
@@ -177,6 +204,9 @@ impl Record {
         if progress.truncated {
             value["events_truncated"] = json!(true);
         }
+        if self.resumes > 0 {
+            value["resumes"] = json!(self.resumes);
+        }
         if let Some((at, _)) = progress.finished {
             value["finished_at"] = json!(rfc3339(at));
             value["answer"] = progress.answer.clone();
@@ -201,6 +231,8 @@ pub(super) fn rfc3339(at: SystemTime) -> String {
 /// The runs of this process.
 pub(crate) struct Store {
     pub(super) inner: Mutex<Inner>,
+    /// Where runs are also kept, when they outlive the process.
+    pub(crate) durable: Option<Durable>,
     pub(super) retention: Retention,
     /// What every kept log costs, together (bounded by `retention.max_bytes`).
     kept: AtomicUsize,
@@ -221,9 +253,10 @@ pub(super) struct Inner {
 }
 
 impl Store {
-    pub(crate) fn new(retention: Retention) -> Store {
+    pub(crate) fn new(retention: Retention, durable: Option<Durable>) -> Store {
         Store {
             inner: Mutex::default(),
+            durable,
             running: Arc::new(tokio::sync::Semaphore::new(retention.max_running.max(1))),
             retention,
             kept: AtomicUsize::new(0),
@@ -302,25 +335,61 @@ impl Store {
         key: Option<(String, u64)>,
         running: Running,
     ) -> Arc<Record> {
+        let fresh = Restored {
+            created: SystemTime::now(),
+            kept: Vec::new(),
+            answer_cut: 0,
+            resumes: 0,
+        };
+        self.adopt(flow, run, key, running, fresh)
+    }
+
+    /// [`Store::start`] for a run that may have kept chunks before (a resumed one).
+    pub(super) fn adopt(
+        self: &Arc<Self>,
+        flow: &str,
+        run: Run,
+        key: Option<(String, u64)>,
+        running: Running,
+        restored: Restored,
+    ) -> Arc<Record> {
+        let Restored {
+            created,
+            kept,
+            answer_cut,
+            resumes,
+        } = restored;
         let (changed, _) = tokio::sync::watch::channel(0);
+        let mut progress = Progress {
+            status: Status::Running,
+            chunks: Log::default(),
+            answer_text: String::new(),
+            bytes: 0,
+            truncated: false,
+            answer: Value::Null,
+            error: None,
+            failed_ops: Vec::new(),
+            finished: None,
+        };
+        for (index, chunk) in kept.into_iter().enumerate() {
+            let cost = progress.chunks.cost(&chunk);
+            if index < answer_cut && chunk.kind == crate::chunk::ChunkKind::Answer {
+                progress.answer_text.push_str(&chunk.text);
+            }
+            if self.reserve(cost) {
+                progress.bytes += cost;
+            }
+            progress.chunks.push(chunk);
+        }
         let record = Arc::new(Record {
             id: run.flow_id.clone(),
             flow: flow.to_string(),
-            created: SystemTime::now(),
+            created,
             cancel: run.cancel_token(),
             cancel_requested: std::sync::atomic::AtomicBool::new(false),
-            progress: Mutex::new(Progress {
-                status: Status::Running,
-                chunks: Log::default(),
-                answer_text: String::new(),
-                bytes: 0,
-                truncated: false,
-                answer: Value::Null,
-                error: None,
-                failed_ops: Vec::new(),
-                finished: None,
-            }),
+            progress: Mutex::new(progress),
             changed,
+            resumes,
         });
         {
             let mut inner = self.lock();
@@ -340,6 +409,14 @@ impl Store {
             drop(running);
         });
         record
+    }
+
+    /// This process is stopping: its running runs are left for another host (or this one,
+    /// restarted) to resume at once.
+    pub(crate) async fn give_up(&self) {
+        if let Some(durable) = &self.durable {
+            durable.give_up().await;
+        }
     }
 
     /// A place for one more running run, if `runs.max_running` leaves one.
@@ -363,7 +440,23 @@ impl Store {
 pub(super) async fn drive(mut run: Run, record: &Record, store: &Store) {
     let share = (store.retention.max_bytes / 4).max(1);
     let mut batch = Vec::new();
+    // Chunks written to the durable store so far; checkpoints waiting to be.
+    let mut persisted = record.lock().chunks.len();
+    let mut checkpoints = Vec::new();
     while run.next_batch(&mut batch).await {
+        if store.durable.is_some() {
+            // A checkpoint is kept with the number of chunks before it, not as a chunk.
+            let mut seq = record.lock().chunks.len();
+            batch.retain(|chunk| {
+                if chunk.op == crate::exec::CHECKPOINT_OP {
+                    checkpoints.push((seq as u64, chunk.text.clone()));
+                    false
+                } else {
+                    seq += 1;
+                    true
+                }
+            });
+        }
         // Oldest last, so each kept chunk is popped off the end.
         batch.reverse();
         let mut pruned = false;
@@ -407,6 +500,9 @@ pub(super) async fn drive(mut run: Run, record: &Record, store: &Store) {
             pruned = true;
         }
         batch.clear();
+        if let Some(durable) = &store.durable {
+            persist(durable, record, &mut persisted, &mut checkpoints).await;
+        }
         record.bump();
     }
     let outcome = run.finish().await;
@@ -434,7 +530,58 @@ pub(super) async fn drive(mut run: Run, record: &Record, store: &Store) {
         progress.failed_ops = outcome.failed_ops;
         progress.finished = Some((SystemTime::now(), Instant::now()));
     }
+    if let Some(durable) = &store.durable {
+        persist(durable, record, &mut persisted, &mut checkpoints).await;
+        let end = {
+            let progress = record.lock();
+            crate::store::End {
+                status: progress.status.as_str(),
+                answer: progress.answer.to_string(),
+                error: progress.error.clone(),
+                failed_ops: Value::Array(progress.failed_ops.clone()).to_string(),
+                finished_ms: crate::store::now_ms(),
+            }
+        };
+        let id = record.id.clone();
+        if let Err(err) = durable.call(move |b| b.finish(&id, &end)).await {
+            tracing::error!(run = record.id, "{err}");
+        }
+    }
     record.bump();
+}
+
+/// Writes the chunks the record kept since `persisted`, and the checkpoints taken, to the
+/// durable store (readers are woken after it, so what they read is kept).
+async fn persist(
+    durable: &Durable,
+    record: &Record,
+    persisted: &mut usize,
+    checkpoints: &mut Vec<crate::store::Kept>,
+) {
+    let (first, events, bytes, truncated) = {
+        let progress = record.lock();
+        let events: Vec<_> = progress
+            .chunks
+            .range(*persisted, usize::MAX)
+            .map(event_of)
+            .collect();
+        (*persisted, events, progress.bytes, progress.truncated)
+    };
+    if events.is_empty() && checkpoints.is_empty() {
+        return;
+    }
+    *persisted += events.len();
+    let id = record.id.clone();
+    let taken = std::mem::take(checkpoints);
+    let result = durable
+        .call(move |b| b.append(&id, first as u64, &events, &taken, bytes as u64, truncated))
+        .await;
+    if let Err(err) = result {
+        tracing::error!(
+            run = record.id,
+            "{err}; the run goes on, but may not survive a restart"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,179 @@
+//! Where async runs outlive the process that started them: each run's record, its event log,
+//! the checkpoints of its completed op calls, its idempotency key, and who runs it (an owner
+//! with a lease). [`Backend`] is the small interface the runs code keeps them through;
+//! `sqlite.rs` is the embedded default (one file, shared safely by every host on the machine
+//! that opens it). `store.path=:memory:` opens none: runs then live in the memory of the
+//! process that started them (`transport/http/runs/store.rs`), as before.
+//!
+//! Calls block (a file, a lock): callers run them off the async runtime's threads.
+
+mod sqlite;
+
+pub(crate) use sqlite::Sqlite;
+
+/// A run being started.
+#[derive(Debug, Clone)]
+pub(crate) struct NewRun {
+    pub(crate) id: String,
+    pub(crate) flow: String,
+    /// The run's input, as JSON text (what a resumed run starts from again).
+    pub(crate) input: String,
+    pub(crate) created_ms: i64,
+    /// `Idempotency-Key` and a hash of the input it came with.
+    pub(crate) key: Option<(String, u64)>,
+    pub(crate) owner: String,
+    pub(crate) lease_until_ms: i64,
+}
+
+/// What starting a run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Created {
+    New,
+    /// The key was taken already, by this run with this input hash.
+    Existing {
+        id: String,
+        input: u64,
+    },
+}
+
+/// One kept chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Event {
+    pub(crate) kind: String,
+    pub(crate) json: bool,
+    pub(crate) op: String,
+    pub(crate) text: String,
+    pub(crate) tolerated: bool,
+    pub(crate) attempts: u8,
+    /// The first chunk after a resume (its metadata says `"resumed": true`).
+    pub(crate) resumed: bool,
+}
+
+/// A run as kept.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RunRow {
+    pub(crate) id: String,
+    pub(crate) flow: String,
+    pub(crate) input: String,
+    pub(crate) created_ms: i64,
+    /// `running`, `completed`, `failed`, `cancelled`.
+    pub(crate) status: String,
+    pub(crate) owner: String,
+    pub(crate) lease_until_ms: i64,
+    pub(crate) cancel_requested: bool,
+    pub(crate) resumes: u32,
+    pub(crate) chunks: u64,
+    pub(crate) bytes: u64,
+    pub(crate) truncated: bool,
+    /// JSON text, once finished.
+    pub(crate) answer: Option<String>,
+    pub(crate) error: Option<String>,
+    /// JSON text (an array), once finished.
+    pub(crate) failed_ops: Option<String>,
+    pub(crate) finished_ms: Option<i64>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub(crate) struct End {
+    pub(crate) status: &'static str,
+    pub(crate) answer: String,
+    pub(crate) error: Option<String>,
+    pub(crate) failed_ops: String,
+    pub(crate) finished_ms: i64,
+}
+
+/// A checkpoint as kept: the event count when it was taken and its JSON text
+/// (`exec::Checkpoint::text`).
+pub(crate) type Kept = (u64, String);
+
+/// The bounds of `runs:` as the store applies them to finished runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    pub(crate) keep_ms: i64,
+    pub(crate) max_runs: usize,
+    pub(crate) max_bytes: u64,
+}
+
+pub(crate) type Result<T> = std::result::Result<T, String>;
+
+/// Runs kept outside a process's memory.
+pub(crate) trait Backend: Send + Sync {
+    /// What it is, for the log (`SQLite file .flowhost/runs.db`).
+    fn describe(&self) -> String;
+    /// Keeps a new run, and its key unless the key is taken (then nothing is kept).
+    fn create(&self, run: &NewRun) -> Result<Created>;
+    /// The run started under `key` for `flow`, and its input hash.
+    fn key(&self, flow: &str, key: &str) -> Result<Option<(String, u64)>>;
+    /// Appends events (the first is event number `first`) and checkpoints, and sets the
+    /// run's totals, in one transaction.
+    fn append(
+        &self,
+        id: &str,
+        first: u64,
+        events: &[Event],
+        checkpoints: &[Kept],
+        bytes: u64,
+        truncated: bool,
+    ) -> Result<()>;
+    /// Records how the run ended.
+    fn finish(&self, id: &str, end: &End) -> Result<()>;
+    fn run(&self, id: &str) -> Result<Option<RunRow>>;
+    /// Events `from` on, at most `max`.
+    fn events(&self, id: &str, from: u64, max: usize) -> Result<Vec<Event>>;
+    fn checkpoints(&self, id: &str) -> Result<Vec<Kept>>;
+    /// Asks whoever runs `id` to cancel it; false when it is not running.
+    fn cancel(&self, id: &str) -> Result<bool>;
+    /// `owner`'s running runs that someone asked to cancel.
+    fn cancelled(&self, owner: &str) -> Result<Vec<String>>;
+    /// Extends the lease on every run `owner` runs.
+    fn renew(&self, owner: &str, until_ms: i64) -> Result<()>;
+    /// Running runs not owned by `owner` (their owners may be dead).
+    fn others_running(&self, owner: &str) -> Result<Vec<RunRow>>;
+    /// Takes `id` over from `from` (who still owns it and whose lease it saw); false when
+    /// someone else did first.
+    fn claim(&self, id: &str, from: &str, owner: &str, until_ms: i64) -> Result<bool>;
+    /// Forgets finished runs past `bounds`; how many went.
+    fn prune(&self, bounds: Bounds, now_ms: i64) -> Result<usize>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// `store:` in the config: where async runs are kept.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Settings {
+    /// `store.path`: the SQLite file (default `.flowhost/runs.db` in the working folder);
+    /// None for `:memory:`.
+    pub(crate) path: Option<std::path::PathBuf>,
+    /// `store.lease`: how long a run's owner may go silent before another host takes the run
+    /// over (its owner renews the lease at a third of it).
+    pub(crate) lease: std::time::Duration,
+    /// `store.max_resumes`: a run resumed more times than this fails.
+    pub(crate) max_resumes: u32,
+}
+
+/// Where the embedded store is kept unless `store.path` says otherwise.
+pub(crate) const DEFAULT_PATH: &str = ".flowhost/runs.db";
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            path: Some(DEFAULT_PATH.into()),
+            lease: std::time::Duration::from_secs(10),
+            max_resumes: 3,
+        }
+    }
+}
+
+/// Opens the store `settings` name; None when runs are kept in memory.
+pub(crate) fn open(settings: &Settings) -> Result<Option<std::sync::Arc<dyn Backend>>> {
+    match &settings.path {
+        None => Ok(None),
+        Some(path) => Ok(Some(std::sync::Arc::new(Sqlite::open(path)?))),
+    }
+}

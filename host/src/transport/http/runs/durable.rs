@@ -1,0 +1,339 @@
+//! Runs that outlive this process (`store.path`): reading a run another process keeps (a
+//! restart, another host sharing the store), and the keeper: the task that renews this
+//! process's leases, passes on cancels asked of its runs elsewhere, forgets runs past their
+//! bounds, and resumes the runs whose owner died.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Bytes;
+use serde_json::{json, Map, Value};
+
+use super::kept::{chunk_of, event_of, owner_is_dead, Durable};
+use super::store::{rfc3339, Record, Restored};
+use super::REPLAY_BATCH;
+use crate::chunk::{Chunk, ChunkKind};
+use crate::exec;
+use crate::plan::OnCrash;
+use crate::store::RunRow;
+use crate::transport::http::state::AppState;
+
+/// A run as found: one this process drives, or one only the store has.
+pub(super) enum Found {
+    Here(Arc<Record>),
+    Kept(Box<RunRow>),
+}
+
+/// Looks in this process, then in the durable store.
+pub(super) async fn find(state: &AppState, id: &str) -> Option<Found> {
+    if let Some(record) = state.runs.get(id) {
+        return Some(Found::Here(record));
+    }
+    let durable = state.runs.durable.as_ref()?;
+    let owned = id.to_string();
+    match durable.call(move |b| b.run(&owned)).await {
+        Ok(row) => row.map(|row| Found::Kept(Box::new(row))),
+        Err(err) => {
+            tracing::error!("{err}");
+            None
+        }
+    }
+}
+
+/// A kept run as `GET /runs/{id}` shows it (the same fields as a run driven here).
+pub(super) fn row_json(row: &RunRow) -> Value {
+    let at = |ms: i64| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64));
+    let mut value = json!({
+        "run_id": row.id,
+        "flow": row.flow,
+        "status": row.status,
+        "created_at": at(row.created_ms),
+        "status_url": format!("/runs/{}", row.id),
+        "events_url": format!("/runs/{}/events", row.id),
+        "chunks": row.chunks,
+    });
+    if row.truncated {
+        value["events_truncated"] = json!(true);
+    }
+    if row.resumes > 0 {
+        value["resumes"] = json!(row.resumes);
+    }
+    if let Some(finished) = row.finished_ms {
+        value["finished_at"] = json!(at(finished));
+        value["answer"] = row
+            .answer
+            .as_deref()
+            .and_then(|a| serde_json::from_str(a).ok())
+            .unwrap_or(Value::Null);
+        value["success"] = json!(row.status == "completed");
+        let mut metadata = json!({"flow_id": row.id});
+        if let Some(error) = &row.error {
+            metadata["error"] = json!(error);
+        }
+        let failed: Option<Value> = row
+            .failed_ops
+            .as_deref()
+            .and_then(|f| serde_json::from_str(f).ok());
+        if let Some(Value::Array(failed)) =
+            failed.filter(|f| f.as_array().is_some_and(|a| !a.is_empty()))
+        {
+            metadata["failed_ops"] = Value::Array(failed);
+        }
+        value["metadata"] = metadata;
+    }
+    value
+}
+
+/// How often a kept run another process drives is read again for new events.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The events of a run only the store has, from `from` on, followed while its owner runs it:
+/// each write is one batch of SSE events with their `id:`, then `data:[DONE]`.
+pub(super) fn kept_events(
+    state: &AppState,
+    row: RunRow,
+    from: usize,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> {
+    let durable = state.runs.durable.as_ref().map(|d| d.backend.clone());
+    let hard_stop = state.hard_stop.clone();
+    futures_util::stream::unfold((row, from, false), move |(mut row, sent, done)| {
+        let durable = durable.clone();
+        let hard_stop = hard_stop.clone();
+        async move {
+            if done {
+                return None;
+            }
+            let backend = durable?;
+            loop {
+                let id = row.id.clone();
+                let b = backend.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    let events = b.events(&id, sent as u64, REPLAY_BATCH)?;
+                    let row = if events.is_empty() { b.run(&id)? } else { None };
+                    Ok::<_, String>((events, row))
+                })
+                .await
+                .ok()?;
+                let (events, fresh) = match read {
+                    Ok(read) => read,
+                    Err(err) => {
+                        tracing::error!("{err}");
+                        return None;
+                    }
+                };
+                if !events.is_empty() {
+                    let mut text = String::new();
+                    let mut now_sent = sent;
+                    for event in events {
+                        super::write_event(&mut text, &row.id, now_sent, &chunk_of(event));
+                        now_sent += 1;
+                    }
+                    return Some((Ok(Bytes::from(text)), (row, now_sent, false)));
+                }
+                match fresh {
+                    None => return None,
+                    Some(fresh) => row = fresh,
+                }
+                if row.status != "running" && sent as u64 >= row.chunks {
+                    return Some((
+                        Ok(Bytes::from_static(b"data:[DONE]\n\n")),
+                        (row, sent, true),
+                    ));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(POLL) => {}
+                    _ = hard_stop.cancelled() => return None,
+                }
+            }
+        }
+    })
+}
+
+/// Starts the keeper of this process's durable runs (nothing without a durable store).
+pub(crate) fn start_keeper(state: &AppState) {
+    if state.runs.durable.is_none() {
+        return;
+    }
+    if let Some(durable) = &state.runs.durable {
+        tracing::info!(
+            "async runs are kept in the {} (store.path); they outlive this process",
+            durable.backend.describe()
+        );
+    }
+    let state = state.clone();
+    tokio::spawn(async move {
+        let Some(durable) = state.runs.durable.as_ref() else {
+            return;
+        };
+        let renew_every = durable.settings.lease / 3;
+        let mut last_renew = tokio::time::Instant::now();
+        let mut last_scan: Option<tokio::time::Instant> = None;
+        loop {
+            // Cancels asked elsewhere of runs driven here.
+            let owner = durable.owner.clone();
+            match durable.call(move |b| b.cancelled(&owner)).await {
+                Ok(ids) => {
+                    for id in ids {
+                        if let Some(record) = state.runs.get(&id) {
+                            super::cancel_here(&record);
+                        }
+                    }
+                }
+                Err(err) => tracing::warn!("{err}"),
+            }
+            if last_renew.elapsed() >= renew_every {
+                last_renew = tokio::time::Instant::now();
+                let (owner, until) = (durable.owner.clone(), durable.lease_until());
+                if let Err(err) = durable.call(move |b| b.renew(&owner, until)).await {
+                    tracing::warn!("{err}");
+                }
+            }
+            if last_scan.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                last_scan = Some(tokio::time::Instant::now());
+                durable.prune(state.runs.retention.bounds()).await;
+                resume_orphans(&state, durable).await;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    });
+}
+
+/// Takes over and resumes the runs whose owner died or whose lease ran out, for the flows
+/// this host serves.
+async fn resume_orphans(state: &AppState, durable: &Durable) {
+    let owner = durable.owner.clone();
+    let rows = match durable.call(move |b| b.others_running(&owner)).await {
+        Ok(rows) => rows,
+        Err(err) => {
+            tracing::warn!("{err}");
+            return;
+        }
+    };
+    let now = crate::store::now_ms();
+    for row in rows {
+        if row.lease_until_ms > now && !owner_is_dead(&row.owner) {
+            continue;
+        }
+        let Some(flow) = state
+            .catalog
+            .snapshot()
+            .get(&row.flow)
+            .and_then(|entry| entry.flow.clone())
+        else {
+            continue; // Not a flow served here: a host that serves it takes it.
+        };
+        if let Err(err) = resume(state, durable, row, flow).await {
+            tracing::error!("{err}");
+        }
+    }
+}
+
+/// Resumes one run: claims it, restores its kept chunks and completed calls, and drives it on
+/// from the op that was running (or fails it: `on_crash: fail`, `store.max_resumes`).
+async fn resume(
+    state: &AppState,
+    durable: &Durable,
+    row: RunRow,
+    flow: Arc<exec::Flow>,
+) -> Result<(), String> {
+    let Some(running) = state.runs.try_running() else {
+        return Ok(()); // Full: the next scan tries again.
+    };
+    let (id, from, owner, until) = (
+        row.id.clone(),
+        row.owner.clone(),
+        durable.owner.clone(),
+        durable.lease_until(),
+    );
+    if !durable
+        .call(move |b| b.claim(&id, &from, &owner, until))
+        .await?
+    {
+        return Ok(()); // Another host took it first.
+    }
+    let id = row.id.clone();
+    let (kept, checkpoints) = durable
+        .call(move |b| Ok((b.events(&id, 0, usize::MAX)?, b.checkpoints(&id)?)))
+        .await?;
+    let kept: Vec<Chunk> = kept.into_iter().map(chunk_of).collect();
+    let checkpoints: Vec<(u64, exec::Checkpoint)> = checkpoints
+        .into_iter()
+        .filter_map(|(seq, text)| Some((seq, exec::Checkpoint::parse(&text)?)))
+        .collect();
+    let cut = checkpoints.iter().map(|(seq, _)| *seq).max().unwrap_or(0) as usize;
+    let journal = exec::Journal::new(checkpoints.into_iter().map(|(_, c)| c));
+    let next = journal.next_op(&flow).unwrap_or_else(|| "the flow".into());
+    let input: Map<String, Value> = serde_json::from_str(&row.input).unwrap_or_default();
+    let failing = match flow.spec.on_crash {
+        OnCrash::Fail => Some("interrupted: host stopped (the flow says on_crash: fail)".to_string()),
+        OnCrash::Resume if row.resumes >= durable.settings.max_resumes => Some(format!(
+            "interrupted: host stopped, and the run was resumed {} times already (store.max_resumes)",
+            row.resumes
+        )),
+        OnCrash::Resume => None,
+    };
+    if let Some(message) = failing {
+        // Ends it as it stands: the error, then the ending, in the store.
+        let answer: String = kept
+            .iter()
+            .take(cut)
+            .filter(|c| c.kind == ChunkKind::Answer)
+            .map(|c| c.text.as_str())
+            .collect();
+        let error = Chunk::error(crate::chunk::op_named(&next), message.clone());
+        let event = event_of(&error);
+        let end = crate::store::End {
+            status: "failed",
+            answer: Value::String(answer).to_string(),
+            error: Some(message.clone()),
+            failed_ops: "[]".into(),
+            finished_ms: crate::store::now_ms(),
+        };
+        let (id, seq, bytes, truncated) =
+            (row.id.clone(), kept.len() as u64, row.bytes, row.truncated);
+        durable
+            .call(move |b| {
+                b.append(&id, seq, &[event], &[], bytes, truncated)?;
+                b.finish(&id, &end)
+            })
+            .await?;
+        tracing::warn!(run = row.id, flow = row.flow, "{message}");
+        drop(running);
+        return Ok(());
+    }
+    tracing::info!(
+        run = row.id,
+        flow = row.flow,
+        "resuming a run whose host stopped (from {next}; {} chunks kept, {cut} before the op that was running)",
+        kept.len()
+    );
+    metrics::counter!(crate::metrics::RUNS_RESUMED).increment(1);
+    let mut kept = kept;
+    kept.push(Chunk {
+        resumed: true,
+        ..Chunk::text(
+            ChunkKind::Think,
+            crate::chunk::op_named(&next),
+            format!(
+                "resumed: the host running this run stopped; it goes on from {next}, whose output after event {cut} is replaced by what follows"
+            ),
+        )
+    });
+    let options = exec::Options {
+        collect_answer: false,
+        max_output_bytes: Some(exec::DEFAULT_MAX_ANSWER_BYTES),
+        journal: Some(Arc::new(journal)),
+        ..state.run_options.clone()
+    };
+    let created = SystemTime::UNIX_EPOCH + Duration::from_millis(row.created_ms.max(0) as u64);
+    let mut run = exec::start(flow, input, &options);
+    run.flow_id = row.id.clone();
+    let restored = Restored {
+        created,
+        kept,
+        answer_cut: cut,
+        resumes: row.resumes + 1,
+    };
+    state.runs.adopt(&row.flow, run, None, running, restored);
+    Ok(())
+}

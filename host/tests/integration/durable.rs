@@ -1,0 +1,289 @@
+//! Durable async runs (`store.path`): a run survives `kill -9` of its host and is resumed
+//! from the op that was running; hosts that share a store answer for each other's runs;
+//! `Last-Event-ID`; `on_crash: fail`; where the store is (and is not) created.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::util::{client, folder, Server};
+
+/// Three ops in a row: `a` is done fast, `b` ticks for about 6 s, `c` is done fast.
+const TICKS: &str = "ticks:\n  flow_content: TickOp(n=2, interval_ms=10, text=\"a\") >> TickOp(n=30, interval_ms=200, text=\"b\") >> TickOp(n=2, interval_ms=10, text=\"c\")\n";
+
+fn uninterrupted_answer() -> String {
+    let mut answer = String::from("a 0\na 1\n");
+    for i in 0..30 {
+        answer.push_str(&format!("b {i}\n"));
+    }
+    answer.push_str("c 0\nc 1\n");
+    answer
+}
+
+/// The SSE events of a body: (id, data) pairs.
+fn events(body: &str) -> Vec<(Option<u64>, String)> {
+    body.split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .map(|block| {
+            let mut id = None;
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(rest) = line.strip_prefix("data:") {
+                    data.push_str(rest);
+                } else if let Some(rest) = line.strip_prefix("id:") {
+                    id = rest.trim().parse().ok();
+                }
+            }
+            (id, data)
+        })
+        .collect()
+}
+
+async fn post_async(server: &Server, flow: &str, key: Option<&str>) -> reqwest::Response {
+    let mut request = client()
+        .post(server.url(&format!("/{flow}")))
+        .header("prefer", "respond-async")
+        .json(&json!({}));
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    request.send().await.expect("POST async")
+}
+
+async fn run_id(server: &Server, flow: &str) -> String {
+    let accepted: Value = post_async(server, flow, None)
+        .await
+        .json()
+        .await
+        .expect("a JSON answer");
+    accepted["run_id"].as_str().expect("a run id").to_string()
+}
+
+async fn status(server: &Server, id: &str) -> Value {
+    client()
+        .get(server.url(&format!("/runs/{id}")))
+        .send()
+        .await
+        .expect("GET /runs/{id}")
+        .json()
+        .await
+        .expect("a JSON answer")
+}
+
+/// Reads a run's live events until `seen` holds for what arrived so far.
+async fn follow_until(server: &Server, id: &str, seen: impl Fn(&str) -> bool) -> String {
+    let response = client()
+        .get(server.url(&format!("/runs/{id}/events")))
+        .send()
+        .await
+        .expect("GET /runs/{id}/events");
+    let mut stream = response.bytes_stream();
+    let mut text = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(Ok(bytes)) = stream.next().await {
+            text.push_str(&String::from_utf8_lossy(&bytes));
+            if seen(&text) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "not seen within 60 s: {text}");
+    text
+}
+
+async fn wait_status(server: &Server, id: &str, want: &str) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..600 {
+        last = status(server, id).await;
+        if last["status"] == want {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("run {id} never became {want}: {last}");
+}
+
+fn store_arg(dir: &Path) -> String {
+    format!("store.path={}", dir.join("runs.db").display())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_survives_kill_9_and_completed_ops_are_not_run_again() {
+    let flows = folder(&[("t.yaml", TICKS)]);
+    let store = tempfile::tempdir().unwrap();
+    let mut first = Server::start(flows.path(), &[&store_arg(store.path())]);
+    let id = run_id(&first, "ticks").await;
+    // `a` completed and `b` is under way when the host dies.
+    follow_until(&first, &id, |text| text.contains("b 2\\n")).await;
+    first.child.kill().unwrap(); // SIGKILL
+    first.child.wait().unwrap();
+
+    let second = Server::start(flows.path(), &[&store_arg(store.path())]);
+    let done = wait_status(&second, &id, "completed").await;
+    assert_eq!(done["answer"], uninterrupted_answer(), "{done}");
+    assert_eq!(done["resumes"], 1, "{done}");
+    assert!(second.log().contains("resuming a run whose host stopped"));
+    let body = client()
+        .get(second.url(&format!("/runs/{id}/events")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let all = events(&body);
+    assert_eq!(all.last().map(|(_, d)| d.as_str()), Some("[DONE]"));
+    let chunks: Vec<(u64, Value)> = all
+        .iter()
+        .filter(|(_, d)| d != "[DONE]")
+        .map(|(id, d)| {
+            (
+                id.expect("every event has an id"),
+                serde_json::from_str(d).unwrap(),
+            )
+        })
+        .collect();
+    // Ids are the events' places, 0, 1, 2, ...
+    assert!(chunks
+        .iter()
+        .enumerate()
+        .all(|(i, (id, _))| *id == i as u64));
+    let texts: Vec<&str> = chunks
+        .iter()
+        .map(|(_, c)| c["chunk"].as_str().unwrap_or_default())
+        .collect();
+    // The op that completed before the crash ran once; the one running ran again.
+    assert_eq!(
+        texts.iter().filter(|t| **t == "a 0\n").count(),
+        1,
+        "{texts:?}"
+    );
+    assert_eq!(
+        texts.iter().filter(|t| **t == "c 0\n").count(),
+        1,
+        "{texts:?}"
+    );
+    assert!(
+        texts.iter().filter(|t| **t == "b 0\n").count() == 2,
+        "{texts:?}"
+    );
+    let marker = chunks
+        .iter()
+        .map(|(_, c)| c)
+        .find(|c| c["metadata"]["resumed"] == true)
+        .expect("a chunk says where the run resumed");
+    assert_eq!(marker["metadata"]["op"], "TickOp");
+    assert_eq!(marker["chunk_type"], "think");
+
+    // A reader that reconnects with Last-Event-ID gets only what it missed.
+    let body = client()
+        .get(second.url(&format!("/runs/{id}/events")))
+        .header("last-event-id", "30")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rest = events(&body);
+    assert_eq!(rest[0].0, Some(31), "{body}");
+    assert_eq!(rest.len(), chunks.len() - 31 + 1, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_sharing_a_store_answer_for_each_others_runs() {
+    let flows = folder(&[("t.yaml", TICKS)]);
+    let store = tempfile::tempdir().unwrap();
+    let mut a = Server::start(flows.path(), &[&store_arg(store.path())]);
+    let b = Server::start(flows.path(), &[&store_arg(store.path())]);
+
+    // Started on A, read on B: its status, and its events live while A runs it.
+    let id = run_id(&a, "ticks").await;
+    let on_b = status(&b, &id).await;
+    assert_eq!(on_b["status"], "running", "{on_b}");
+    let live = follow_until(&b, &id, |text| text.contains("b 3\\n")).await;
+    assert!(live.contains("a 0\\n"), "{live}");
+    assert_eq!(status(&b, &id).await["status"], "running");
+
+    // Cancelled on B, stopped on A.
+    let cancelled: Value = client()
+        .delete(b.url(&format!("/runs/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    assert_eq!(status(&a, &id).await["status"], "cancelled");
+
+    // The same Idempotency-Key sent to both at once starts one run.
+    let (on_a, on_b) = tokio::join!(
+        post_async(&a, "ticks", Some("order-17")),
+        post_async(&b, "ticks", Some("order-17")),
+    );
+    let replayed = [&on_a, &on_b]
+        .iter()
+        .filter(|r| r.headers().contains_key("idempotent-replayed"))
+        .count();
+    assert_eq!(replayed, 1, "exactly one answer is the replay");
+    let (on_a, on_b): (Value, Value) = (on_a.json().await.unwrap(), on_b.json().await.unwrap());
+    assert_eq!(on_a["run_id"], on_b["run_id"]);
+    let id = on_a["run_id"].as_str().unwrap().to_string();
+
+    // A dies; whichever host ran it, B ends up running it to the end.
+    follow_until(&b, &id, |text| text.contains("b 1\\n")).await;
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let done = wait_status(&b, &id, "completed").await;
+    assert_eq!(done["answer"], uninterrupted_answer(), "{done}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_crash_fail_ends_the_run_instead() {
+    let flows = folder(&[(
+        "t.yaml",
+        &format!(
+            "{TICKS}careful:\n  flow_content: TickOp(n=30, interval_ms=200)\n  on_crash: fail\n"
+        ),
+    )]);
+    let store = tempfile::tempdir().unwrap();
+    let mut first = Server::start(flows.path(), &[&store_arg(store.path())]);
+    let id = run_id(&first, "careful").await;
+    follow_until(&first, &id, |text| text.contains("tick 1\\n")).await;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let second = Server::start(flows.path(), &[&store_arg(store.path())]);
+    let failed = wait_status(&second, &id, "failed").await;
+    let error = failed["metadata"]["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("interrupted: host stopped"), "{failed}");
+    assert!(!second.log().contains("resuming a run"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_is_made_where_it_should_be_and_nowhere_else() {
+    let flows = folder(&[("t.yaml", "echo:\n  flow_content: EchoOp()\n")]);
+    // HTTP, no settings: `.flowhost/runs.db` in the working folder, and a run outlives the
+    // process.
+    let server = Server::start(flows.path(), &[]);
+    assert!(server.home.path().join(".flowhost/runs.db").is_file());
+    drop(server);
+    let memory = Server::start(flows.path(), &["store.path=:memory:"]);
+    assert!(!memory.home.path().join(".flowhost").exists());
+    // MCP over stdio never writes into the folder of the tool that started it.
+    let home = tempfile::tempdir().unwrap();
+    // (stdin is closed before `initialize`: the session ends at once, and says so.)
+    std::process::Command::new(env!("CARGO_BIN_EXE_flowhost"))
+        .current_dir(home.path())
+        .args(["serve", "--transport", "stdio", "--flows"])
+        .arg(flows.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!home.path().join(".flowhost").exists());
+}

@@ -2,14 +2,17 @@
 //! the checkpoints of its completed op calls, its idempotency key, and who runs it (an owner
 //! with a lease). [`Backend`] is the small interface the runs code keeps them through;
 //! `sqlite.rs` is the embedded default (one file, shared safely by every host on the machine
-//! that opens it). `store.path=:memory:` opens none: runs then live in the memory of the
+//! that opens it); `redis.rs` the shared one (`store.url`, replicas on several machines).
+//! `store.path=:memory:` opens none: runs then live in the memory of the
 //! process that started them (`transport/http/runs/store.rs`), as before.
 //!
 //! Calls block (a file, a lock): callers run them off the async runtime's threads.
 
+mod redis;
 mod sqlite;
 
-pub(crate) use sqlite::Sqlite;
+pub(crate) use self::redis::Redis;
+pub(crate) use self::sqlite::Sqlite;
 
 /// A run being started.
 #[derive(Debug, Clone)]
@@ -135,6 +138,12 @@ pub(crate) trait Backend: Send + Sync {
     fn claim(&self, id: &str, from: &str, owner: &str, until_ms: i64) -> Result<bool>;
     /// Forgets finished runs past `bounds`; how many went.
     fn prune(&self, bounds: Bounds, now_ms: i64) -> Result<usize>;
+    /// Waits (at most `at_most`) for event `from` of run `id` to be kept; the caller reads
+    /// again either way. A store that cannot be told when it is sleeps a tenth of a second.
+    fn wait(&self, _id: &str, _from: u64, at_most: std::time::Duration) -> Result<()> {
+        std::thread::sleep(at_most.min(std::time::Duration::from_millis(100)));
+        Ok(())
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -147,6 +156,8 @@ pub(crate) fn now_ms() -> i64 {
 /// `store:` in the config: where async runs are kept.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Settings {
+    /// `store.url`: a shared store (`redis://HOST:PORT/DB`); when set, `path` is not used.
+    pub(crate) url: Option<String>,
     /// `store.path`: the SQLite file (default `.flowhost/runs.db` in the working folder);
     /// None for `:memory:`.
     pub(crate) path: Option<std::path::PathBuf>,
@@ -163,6 +174,7 @@ pub(crate) const DEFAULT_PATH: &str = ".flowhost/runs.db";
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
+            url: None,
             path: Some(DEFAULT_PATH.into()),
             lease: std::time::Duration::from_secs(10),
             max_resumes: 3,
@@ -172,6 +184,9 @@ impl Default for Settings {
 
 /// Opens the store `settings` name; None when runs are kept in memory.
 pub(crate) fn open(settings: &Settings) -> Result<Option<std::sync::Arc<dyn Backend>>> {
+    if let Some(url) = &settings.url {
+        return Ok(Some(std::sync::Arc::new(Redis::open(url)?)));
+    }
     match &settings.path {
         None => Ok(None),
         Some(path) => Ok(Some(std::sync::Arc::new(Sqlite::open(path)?))),

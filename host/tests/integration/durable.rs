@@ -194,51 +194,145 @@ async fn a_run_survives_kill_9_and_completed_ops_are_not_run_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hosts_sharing_a_store_answer_for_each_others_runs() {
+async fn hosts_sharing_a_store_file_answer_for_each_others_runs() {
     let flows = folder(&[("t.yaml", TICKS)]);
     let store = tempfile::tempdir().unwrap();
-    let mut a = Server::start(flows.path(), &[&store_arg(store.path())]);
-    let b = Server::start(flows.path(), &[&store_arg(store.path())]);
+    let arg = store_arg(store.path());
+    let mut a = Server::start(flows.path(), &[&arg]);
+    let b = Server::start(flows.path(), &[&arg]);
+    let c = Server::start(flows.path(), &[&arg]);
+    any_host_answers(&mut a, &b, &c).await;
+}
 
-    // Started on A, read on B: its status, and its events live while A runs it.
-    let id = run_id(&a, "ticks").await;
-    let on_b = status(&b, &id).await;
+/// A real `redis-server` on a free port, stopped when dropped.
+struct RedisServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl RedisServer {
+    /// None (the test is skipped) when redis-server is not installed, except under CI
+    /// (`scripts/redis` installs it), where that fails.
+    fn start() -> Option<RedisServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let spawned = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(err) if std::env::var_os("CI").is_none() => {
+                eprintln!(
+                    "skipped: redis-server cannot start ({err}); `bash scripts/redis` installs it"
+                );
+                return None;
+            }
+            Err(err) => panic!("redis-server cannot start: {err} (bash scripts/redis installs it)"),
+        };
+        let server = RedisServer {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+        };
+        let up = crate::util::wait_for(Duration::from_secs(10), || {
+            use std::io::{Read, Write};
+            let Ok(mut socket) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                return false;
+            };
+            let mut answer = [0u8; 7];
+            socket.write_all(b"PING\r\n").is_ok()
+                && socket.read_exact(&mut answer).is_ok()
+                && &answer == b"+PONG\r\n"
+        });
+        assert!(up.is_some(), "redis-server did not answer PING");
+        Some(server)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_sharing_a_redis_answer_for_each_others_runs() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let flows = folder(&[("t.yaml", TICKS)]);
+    let arg = format!("store.url={}", redis.url);
+    let mut a = Server::start(flows.path(), &[&arg]);
+    let b = Server::start(flows.path(), &[&arg]);
+    let c = Server::start(flows.path(), &[&arg]);
+    assert!(a
+        .log()
+        .contains("async runs are kept in the Redis at redis://127.0.0.1:"));
+    any_host_answers(&mut a, &b, &c).await;
+    // A resumed run answers with Last-Event-ID on any host.
+    let id = run_id(&b, "ticks").await;
+    follow_until(&c, &id, |text| text.contains("b 1\\n")).await;
+    drop(b);
+    let done = wait_status(&c, &id, "completed").await;
+    assert_eq!(done["answer"], uninterrupted_answer(), "{done}");
+    let body = client()
+        .get(c.url(&format!("/runs/{id}/events")))
+        .header("last-event-id", "9")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(events(&body)[0].0, Some(10), "{body}");
+}
+
+/// What hosts sharing a store do for each other's runs: A runs it, B and C answer for it.
+async fn any_host_answers(a: &mut Server, b: &Server, c: &Server) {
+    // Started on A, read on B: its status, and its events live on C while A runs it.
+    let id = run_id(a, "ticks").await;
+    let on_b = status(b, &id).await;
     assert_eq!(on_b["status"], "running", "{on_b}");
-    let live = follow_until(&b, &id, |text| text.contains("b 3\\n")).await;
+    let live = follow_until(c, &id, |text| text.contains("b 3\\n")).await;
     assert!(live.contains("a 0\\n"), "{live}");
-    assert_eq!(status(&b, &id).await["status"], "running");
+    assert_eq!(status(b, &id).await["status"], "running");
 
     // Cancelled on B, stopped on A.
     let cancelled: Value = client()
         .delete(b.url(&format!("/runs/{id}")))
         .send()
         .await
-        .unwrap()
+        .expect("DELETE")
         .json()
         .await
-        .unwrap();
+        .expect("a JSON answer");
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
-    assert_eq!(status(&a, &id).await["status"], "cancelled");
+    assert_eq!(status(a, &id).await["status"], "cancelled");
 
-    // The same Idempotency-Key sent to both at once starts one run.
+    // The same Idempotency-Key sent to two hosts at once starts one run.
     let (on_a, on_b) = tokio::join!(
-        post_async(&a, "ticks", Some("order-17")),
-        post_async(&b, "ticks", Some("order-17")),
+        post_async(a, "ticks", Some("order-17")),
+        post_async(b, "ticks", Some("order-17")),
     );
     let replayed = [&on_a, &on_b]
         .iter()
         .filter(|r| r.headers().contains_key("idempotent-replayed"))
         .count();
     assert_eq!(replayed, 1, "exactly one answer is the replay");
-    let (on_a, on_b): (Value, Value) = (on_a.json().await.unwrap(), on_b.json().await.unwrap());
+    let on_a: Value = on_a.json().await.expect("a JSON answer");
+    let on_b: Value = on_b.json().await.expect("a JSON answer");
     assert_eq!(on_a["run_id"], on_b["run_id"]);
-    let id = on_a["run_id"].as_str().unwrap().to_string();
+    let id = on_a["run_id"].as_str().expect("a run id").to_string();
 
-    // A dies; whichever host ran it, B ends up running it to the end.
-    follow_until(&b, &id, |text| text.contains("b 1\\n")).await;
-    a.child.kill().unwrap();
-    a.child.wait().unwrap();
-    let done = wait_status(&b, &id, "completed").await;
+    // A dies; whichever host ran it, the run ends on another, as if A had not died.
+    follow_until(c, &id, |text| text.contains("b 1\\n")).await;
+    a.child.kill().expect("kill -9");
+    a.child.wait().expect("wait");
+    let done = wait_status(c, &id, "completed").await;
     assert_eq!(done["answer"], uninterrupted_answer(), "{done}");
 }
 

@@ -129,7 +129,7 @@ pub(super) fn check_keys(where_: &str, tree: &mut Value) -> Result<(), String> {
         }
     }
     if let Some(Value::Object(store)) = map.get("store") {
-        const STORE_KEYS: &[&str] = &["path", "lease", "max_resumes"];
+        const STORE_KEYS: &[&str] = &["url", "path", "lease", "max_resumes"];
         for key in store.keys() {
             if !STORE_KEYS.contains(&key.as_str()) {
                 return Err(unknown_key(

@@ -239,6 +239,15 @@ pub(crate) fn load(flags: Flags) -> Result<Config, String> {
         },
         cache_dir: raw.cache.dir,
         store: crate::store::Settings {
+            url: match raw.store.url.filter(|url| !url.trim().is_empty()) {
+                Some(url) if !url.starts_with("redis://") => {
+                    return Err(format!(
+                        "{where_}: store.url must be a Redis URL (redis://HOST:PORT/DB), found `{}`",
+                        url.split('@').next_back().unwrap_or_default()
+                    ))
+                }
+                other => other,
+            },
             path: match raw.store.path {
                 Some(path) if path.as_os_str() == ":memory:" => None,
                 Some(path) if path.as_os_str().is_empty() => {

@@ -79,6 +79,7 @@ impl Default for RawRuns {
 #[derive(Debug, Deserialize)]
 #[serde(default)]
 pub(super) struct RawStore {
+    pub(super) url: Option<String>,
     pub(super) path: Option<PathBuf>,
     pub(super) lease: Seconds,
     pub(super) max_resumes: u32,
@@ -88,6 +89,7 @@ impl Default for RawStore {
     fn default() -> RawStore {
         let defaults = crate::store::Settings::default();
         RawStore {
+            url: None,
             path: None,
             lease: Seconds(defaults.lease.as_secs_f64()),
             max_resumes: defaults.max_resumes,

@@ -140,8 +140,18 @@ pub(super) fn kept_events(
                         (row, sent, true),
                     ));
                 }
+                // Until the next event is kept (Redis tells; SQLite is read again).
+                let (b, id) = (backend.clone(), row.id.clone());
+                let wait = tokio::task::spawn_blocking(move || {
+                    b.wait(&id, sent as u64, Duration::from_millis(500))
+                });
                 tokio::select! {
-                    _ = tokio::time::sleep(POLL) => {}
+                    waited = wait => {
+                        if let Ok(Err(err)) = waited {
+                            tracing::warn!("{err}");
+                            tokio::time::sleep(POLL).await;
+                        }
+                    }
                     _ = hard_stop.cancelled() => return None,
                 }
             }

@@ -1,0 +1,509 @@
+//! The shared store: one Redis (`store.url=redis://HOST:PORT/DB`) for replicas on several
+//! machines. A run is a hash, its events a Redis stream whose entry ids are the events'
+//! places (`seq+1`-0, so `XRANGE` reads from any place and `XREAD BLOCK` follows it live), its
+//! checkpoints a list, an idempotency key a string set with `NX`; the running runs are a set
+//! and every run is in a sorted set by creation time, which pruning walks. Compare-and-set
+//! steps (cancel, take over) are Lua scripts, so they are atomic.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::{Commands as _, Connection};
+
+use super::{Backend, Bounds, Created, End, Event, Kept, NewRun, Result, RunRow};
+
+const PREFIX: &str = "flowhost:";
+const TOLERATED: i64 = 1;
+const RESUMED: i64 = 2;
+
+fn run_key(id: &str) -> String {
+    format!("{PREFIX}run:{id}")
+}
+fn events_key(id: &str) -> String {
+    format!("{PREFIX}events:{id}")
+}
+fn checkpoints_key(id: &str) -> String {
+    format!("{PREFIX}checkpoints:{id}")
+}
+fn idempotency_key(flow: &str, key: &str) -> String {
+    format!("{PREFIX}key:{}:{flow}:{key}", flow.len())
+}
+const RUNNING: &str = "flowhost:running";
+const ALL: &str = "flowhost:runs";
+
+/// The Redis store.
+pub(crate) struct Redis {
+    url: String,
+    client: redis::Client,
+    /// Calls share one connection; readers that block (`XREAD BLOCK`) take their own.
+    connection: Mutex<Option<Connection>>,
+    blocking: Mutex<Vec<Connection>>,
+}
+
+impl Redis {
+    /// Connects to `url` (and checks that the server answers).
+    pub(crate) fn open(url: &str) -> Result<Redis> {
+        let shown = redact(url);
+        let client = redis::Client::open(url)
+            .map_err(|err| format!("store.url {shown} is not a Redis URL: {err}"))?;
+        let store = Redis {
+            url: shown,
+            client,
+            connection: Mutex::new(None),
+            blocking: Mutex::new(Vec::new()),
+        };
+        store.with("connecting", |con| redis::cmd("PING").query::<String>(con))?;
+        Ok(store)
+    }
+
+    fn connect(&self) -> redis::RedisResult<Connection> {
+        let con = self
+            .client
+            .get_connection_with_timeout(Duration::from_secs(5))?;
+        con.set_read_timeout(Some(Duration::from_secs(10)))?;
+        con.set_write_timeout(Some(Duration::from_secs(10)))?;
+        Ok(con)
+    }
+
+    /// Runs `call` on the shared connection, connecting (again) when needed; a call that
+    /// failed for a dropped connection is made once more on a new one.
+    fn with<T>(
+        &self,
+        what: &str,
+        mut call: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T> {
+        let mut slot = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = None;
+        for _ in 0..2 {
+            if slot.is_none() {
+                match self.connect() {
+                    Ok(con) => *slot = Some(con),
+                    Err(err) => {
+                        last = Some(err);
+                        continue;
+                    }
+                }
+            }
+            let Some(con) = slot.as_mut() else { continue };
+            match call(con) {
+                Ok(value) => return Ok(value),
+                Err(err) => {
+                    let retry = err.is_io_error() || err.is_connection_dropped();
+                    *slot = None;
+                    if !retry {
+                        return Err(format!("run store {}: {what}: {err}", self.url));
+                    }
+                    last = Some(err);
+                }
+            }
+        }
+        Err(format!(
+            "run store {}: {what}: {}",
+            self.url,
+            last.map_or_else(|| "no connection".to_string(), |e| e.to_string())
+        ))
+    }
+}
+
+/// The URL without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn row_of(id: &str, fields: &HashMap<String, String>) -> Option<RunRow> {
+    let text = |name: &str| fields.get(name).cloned();
+    let int = |name: &str| {
+        fields
+            .get(name)
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    Some(RunRow {
+        id: id.to_string(),
+        flow: text("flow")?,
+        input: text("input").unwrap_or_default(),
+        created_ms: int("created_ms"),
+        status: text("status")?,
+        owner: text("owner").unwrap_or_default(),
+        lease_until_ms: int("lease_ms"),
+        cancel_requested: int("cancel") != 0,
+        resumes: int("resumes").max(0) as u32,
+        chunks: int("chunks").max(0) as u64,
+        bytes: int("bytes").max(0) as u64,
+        truncated: int("truncated") != 0,
+        answer: text("answer"),
+        error: text("error"),
+        failed_ops: text("failed_ops"),
+        finished_ms: fields.get("finished_ms").and_then(|v| v.parse().ok()),
+    })
+}
+
+fn event_of(fields: &[String]) -> Event {
+    let mut map = HashMap::new();
+    for pair in fields.chunks(2) {
+        if let [name, value] = pair {
+            map.insert(name.as_str(), value.as_str());
+        }
+    }
+    let flags: i64 = map.get("f").and_then(|v| v.parse().ok()).unwrap_or(0);
+    Event {
+        kind: map.get("k").copied().unwrap_or("think").to_string(),
+        json: map.get("j") == Some(&"1"),
+        op: map.get("o").copied().unwrap_or_default().to_string(),
+        text: map.get("t").copied().unwrap_or_default().to_string(),
+        tolerated: flags & TOLERATED != 0,
+        resumed: flags & RESUMED != 0,
+        attempts: map.get("a").and_then(|v| v.parse::<u8>().ok()).unwrap_or(0),
+    }
+}
+
+type Entries = Vec<(String, Vec<String>)>;
+
+const CANCEL: &str = "if redis.call('HGET', KEYS[1], 'status') == 'running' then redis.call('HSET', KEYS[1], 'cancel', '1') return 1 end return 0";
+const CLAIM: &str = "if redis.call('HGET', KEYS[1], 'status') == 'running' and redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'lease_ms', ARGV[3]) redis.call('HINCRBY', KEYS[1], 'resumes', 1) return 1 end return 0";
+const RENEW: &str = "for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do local k = ARGV[3] .. id if redis.call('HGET', k, 'owner') == ARGV[1] then redis.call('HSET', k, 'lease_ms', ARGV[2]) end end return 0";
+
+impl Backend for Redis {
+    fn describe(&self) -> String {
+        format!("Redis at {}", self.url)
+    }
+
+    fn create(&self, run: &NewRun) -> Result<Created> {
+        let key = run.key.as_ref().map(|(k, _)| idempotency_key(&run.flow, k));
+        self.with("starting a run", |con| {
+            if let (Some(name), Some((_, input))) = (&key, &run.key) {
+                // The key first, with NX: of two hosts sending it at once, one sets it.
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(name)
+                    .arg(format!("{}\t{input}", run.id))
+                    .arg("NX")
+                    .query(con)?;
+                if set.is_none() {
+                    let taken: Option<String> = con.get(name)?;
+                    if let Some((id, input)) = taken.as_deref().and_then(|t| t.split_once('\t')) {
+                        return Ok(Created::Existing {
+                            id: id.to_string(),
+                            input: input.parse().unwrap_or(0),
+                        });
+                    }
+                }
+            }
+            redis::pipe()
+                .atomic()
+                .hset_multiple(
+                    run_key(&run.id),
+                    &[
+                        ("flow", run.flow.clone()),
+                        ("input", run.input.clone()),
+                        ("created_ms", run.created_ms.to_string()),
+                        ("status", "running".into()),
+                        ("owner", run.owner.clone()),
+                        ("lease_ms", run.lease_until_ms.to_string()),
+                        ("key", key.clone().unwrap_or_default()),
+                    ],
+                )
+                .ignore()
+                .sadd(RUNNING, &run.id)
+                .ignore()
+                .zadd(ALL, &run.id, run.created_ms)
+                .ignore()
+                .query::<()>(con)?;
+            Ok(Created::New)
+        })
+    }
+
+    fn key(&self, flow: &str, key: &str) -> Result<Option<(String, u64)>> {
+        let name = idempotency_key(flow, key);
+        let taken: Option<String> =
+            self.with("reading an idempotency key", |con| con.get(&name))?;
+        Ok(taken.as_deref().and_then(|t| {
+            let (id, input) = t.split_once('\t')?;
+            Some((id.to_string(), input.parse().ok()?))
+        }))
+    }
+
+    fn append(
+        &self,
+        id: &str,
+        first: u64,
+        events: &[Event],
+        checkpoints: &[Kept],
+        bytes: u64,
+        truncated: bool,
+    ) -> Result<()> {
+        self.with("keeping a run's events", |con| {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for (i, event) in events.iter().enumerate() {
+                let flags = if event.tolerated { TOLERATED } else { 0 }
+                    | if event.resumed { RESUMED } else { 0 };
+                pipe.cmd("XADD")
+                    .arg(events_key(id))
+                    .arg(format!("{}-0", first + i as u64 + 1))
+                    .arg("k")
+                    .arg(&event.kind)
+                    .arg("j")
+                    .arg(if event.json { "1" } else { "0" })
+                    .arg("o")
+                    .arg(&event.op)
+                    .arg("t")
+                    .arg(&event.text)
+                    .arg("f")
+                    .arg(flags)
+                    .arg("a")
+                    .arg(event.attempts)
+                    .ignore();
+            }
+            for (seq, body) in checkpoints {
+                pipe.rpush(checkpoints_key(id), format!("{seq}\t{body}"))
+                    .ignore();
+            }
+            pipe.hset_multiple(
+                run_key(id),
+                &[
+                    ("chunks", (first + events.len() as u64).to_string()),
+                    ("bytes", bytes.to_string()),
+                    ("truncated", u8::from(truncated).to_string()),
+                ],
+            )
+            .ignore();
+            pipe.query::<()>(con)
+        })
+    }
+
+    fn finish(&self, id: &str, end: &End) -> Result<()> {
+        self.with("recording a run's end", |con| {
+            let mut fields = vec![
+                ("status", end.status.to_string()),
+                ("answer", end.answer.clone()),
+                ("failed_ops", end.failed_ops.clone()),
+                ("finished_ms", end.finished_ms.to_string()),
+            ];
+            if let Some(error) = &end.error {
+                fields.push(("error", error.clone()));
+            }
+            redis::pipe()
+                .atomic()
+                .hset_multiple(run_key(id), &fields)
+                .ignore()
+                .srem(RUNNING, id)
+                .ignore()
+                .query::<()>(con)
+        })
+    }
+
+    fn run(&self, id: &str) -> Result<Option<RunRow>> {
+        let fields: HashMap<String, String> =
+            self.with("reading a run", |con| con.hgetall(run_key(id)))?;
+        Ok(row_of(id, &fields))
+    }
+
+    fn events(&self, id: &str, from: u64, max: usize) -> Result<Vec<Event>> {
+        let entries: Entries = self.with("reading a run's events", |con| {
+            redis::cmd("XRANGE")
+                .arg(events_key(id))
+                .arg(format!("{}-0", from + 1))
+                .arg("+")
+                .arg("COUNT")
+                .arg(max.min(1 << 30))
+                .query(con)
+        })?;
+        Ok(entries.iter().map(|(_, fields)| event_of(fields)).collect())
+    }
+
+    fn wait(&self, id: &str, from: u64, at_most: Duration) -> Result<()> {
+        let pooled = self
+            .blocking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        let mut con = match pooled {
+            Some(con) => con,
+            None => self
+                .connect()
+                .map_err(|err| format!("run store {}: following a run: {err}", self.url))?,
+        };
+        // Entries after `from`'s id-1: the next event to read has id from+1.
+        let read: redis::RedisResult<redis::Value> = redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(at_most.as_millis().max(1) as u64)
+            .arg("STREAMS")
+            .arg(events_key(id))
+            .arg(format!("{from}-0"))
+            .query(&mut con);
+        match read {
+            Ok(_) => {
+                self.blocking
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(con);
+                Ok(())
+            }
+            Err(err) => Err(format!("run store {}: following a run: {err}", self.url)),
+        }
+    }
+
+    fn checkpoints(&self, id: &str) -> Result<Vec<Kept>> {
+        let items: Vec<String> = self.with("reading a run's checkpoints", |con| {
+            con.lrange(checkpoints_key(id), 0, -1)
+        })?;
+        Ok(items
+            .into_iter()
+            .filter_map(|item| {
+                let (seq, body) = item.split_once('\t')?;
+                Some((seq.parse().ok()?, body.to_string()))
+            })
+            .collect())
+    }
+
+    fn cancel(&self, id: &str) -> Result<bool> {
+        let script = redis::Script::new(CANCEL);
+        let done: i64 = self.with("asking for a cancel", |con| {
+            script.key(run_key(id)).invoke(con)
+        })?;
+        Ok(done == 1)
+    }
+
+    fn cancelled(&self, owner: &str) -> Result<Vec<String>> {
+        Ok(self
+            .others_or_mine(owner, true)?
+            .into_iter()
+            .filter(|row| row.cancel_requested)
+            .map(|row| row.id)
+            .collect())
+    }
+
+    fn renew(&self, owner: &str, until_ms: i64) -> Result<()> {
+        let script = redis::Script::new(RENEW);
+        self.with("renewing leases", |con| {
+            script
+                .key(RUNNING)
+                .arg(owner)
+                .arg(until_ms)
+                .arg(format!("{PREFIX}run:"))
+                .invoke::<i64>(con)
+        })
+        .map(drop)
+    }
+
+    fn others_running(&self, owner: &str) -> Result<Vec<RunRow>> {
+        self.others_or_mine(owner, false)
+    }
+
+    fn claim(&self, id: &str, from: &str, owner: &str, until_ms: i64) -> Result<bool> {
+        let script = redis::Script::new(CLAIM);
+        let done: i64 = self.with("taking a run over", |con| {
+            script
+                .key(run_key(id))
+                .arg(from)
+                .arg(owner)
+                .arg(until_ms)
+                .invoke(con)
+        })?;
+        Ok(done == 1)
+    }
+
+    fn prune(&self, bounds: Bounds, now_ms: i64) -> Result<usize> {
+        let ids: Vec<String> = self.with("forgetting old runs", |con| con.zrange(ALL, 0, -1))?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let rows: Vec<HashMap<String, String>> = self.with("forgetting old runs", |con| {
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.hgetall(run_key(id));
+            }
+            pipe.query(con)
+        })?;
+        // Oldest first, as `ids` are.
+        let rows: Vec<Option<RunRow>> = ids
+            .iter()
+            .zip(&rows)
+            .map(|(id, fields)| row_of(id, fields))
+            .collect();
+        let mut gone: Vec<(&str, String)> = Vec::new();
+        let mut count = rows.iter().flatten().count();
+        let mut bytes: u64 = rows.iter().flatten().map(|r| r.bytes).sum();
+        for (id, row) in ids.iter().zip(&rows) {
+            let Some(row) = row else {
+                gone.push((id, String::new())); // The hash expired or was deleted.
+                continue;
+            };
+            let finished = row.status != "running";
+            let expired = row
+                .finished_ms
+                .is_some_and(|at| at < now_ms.saturating_sub(bounds.keep_ms));
+            if finished && (expired || count > bounds.max_runs || bytes > bounds.max_bytes) {
+                count -= 1;
+                bytes = bytes.saturating_sub(row.bytes);
+                let key: Option<String> =
+                    self.with("forgetting old runs", |con| con.hget(run_key(id), "key"))?;
+                gone.push((id, key.unwrap_or_default()));
+            }
+        }
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        self.with("forgetting old runs", |con| {
+            let mut pipe = redis::pipe();
+            for (id, key) in &gone {
+                pipe.del(run_key(id))
+                    .ignore()
+                    .del(events_key(id))
+                    .ignore()
+                    .del(checkpoints_key(id))
+                    .ignore()
+                    .zrem(ALL, *id)
+                    .ignore()
+                    .srem(RUNNING, *id)
+                    .ignore();
+                if !key.is_empty() {
+                    pipe.del(key).ignore();
+                }
+            }
+            pipe.query::<()>(con)
+        })?;
+        Ok(gone.len())
+    }
+}
+
+impl Redis {
+    /// The running runs: `owner`'s (`mine`) or everyone else's.
+    fn others_or_mine(&self, owner: &str, mine: bool) -> Result<Vec<RunRow>> {
+        let ids: Vec<String> = self.with("reading running runs", |con| con.smembers(RUNNING))?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<HashMap<String, String>> = self.with("reading running runs", |con| {
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.hgetall(run_key(id));
+            }
+            pipe.query(con)
+        })?;
+        Ok(ids
+            .iter()
+            .zip(&rows)
+            .filter_map(|(id, fields)| row_of(id, fields))
+            .filter(|row| row.status == "running" && (row.owner == owner) == mine)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            super::redact("redis://user:secret@db:6379/0"),
+            "redis://…@db:6379/0"
+        );
+        assert_eq!(super::redact("redis://db:6379/0"), "redis://db:6379/0");
+    }
+}

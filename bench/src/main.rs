@@ -12,6 +12,7 @@ mod compare;
 mod floor;
 mod load;
 mod micro;
+mod runs;
 mod sse;
 mod stall;
 
@@ -120,6 +121,9 @@ fn main() {
             "inline_stall".into(),
             runtime.block_on(stall::run(&bin_dir)),
         );
+    }
+    if wanted("runs") {
+        report.insert("async_runs".into(), runtime.block_on(runs::run(&bin_dir)));
     }
     if wanted("llm") {
         report.insert(

@@ -161,6 +161,9 @@ pub(crate) struct Settings {
     /// `store.path`: the SQLite file (default `.flowhost/runs.db` in the working folder);
     /// None for `:memory:`.
     pub(crate) path: Option<std::path::PathBuf>,
+    /// `path` is the default (no `store.path` given): a folder where it cannot be made keeps
+    /// runs in memory with a warning instead of stopping the host.
+    pub(crate) path_is_default: bool,
     /// `store.lease`: how long a run's owner may go silent before another host takes the run
     /// over (its owner renews the lease at a third of it).
     pub(crate) lease: std::time::Duration,
@@ -176,6 +179,7 @@ impl Default for Settings {
         Settings {
             url: None,
             path: Some(DEFAULT_PATH.into()),
+            path_is_default: true,
             lease: std::time::Duration::from_secs(10),
             max_resumes: 3,
         }
@@ -189,6 +193,15 @@ pub(crate) fn open(settings: &Settings) -> Result<Option<std::sync::Arc<dyn Back
     }
     match &settings.path {
         None => Ok(None),
-        Some(path) => Ok(Some(std::sync::Arc::new(Sqlite::open(path)?))),
+        Some(path) => match Sqlite::open(path) {
+            Ok(store) => Ok(Some(std::sync::Arc::new(store))),
+            Err(err) if settings.path_is_default => {
+                tracing::warn!(
+                    "{err}; async runs are kept in memory only (set store.path to a writable file, or store.url)"
+                );
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        },
     }
 }

@@ -347,13 +347,22 @@ async fn on_crash_fail_ends_the_run_instead() {
     let store = tempfile::tempdir().unwrap();
     let mut first = Server::start(flows.path(), &[&store_arg(store.path())]);
     let id = run_id(&first, "careful").await;
+    let other = run_id(&first, "ticks").await;
     follow_until(&first, &id, |text| text.contains("tick 1\\n")).await;
     first.child.kill().unwrap();
     first.child.wait().unwrap();
-    let second = Server::start(flows.path(), &[&store_arg(store.path())]);
+    // store.max_resumes=0: a run that would resume fails instead.
+    let second = Server::start(
+        flows.path(),
+        &[&store_arg(store.path()), "store.max_resumes=0"],
+    );
     let failed = wait_status(&second, &id, "failed").await;
     let error = failed["metadata"]["error"].as_str().unwrap_or_default();
     assert!(error.starts_with("interrupted: host stopped"), "{failed}");
+    assert!(error.contains("on_crash: fail"), "{failed}");
+    let failed = wait_status(&second, &other, "failed").await;
+    let error = failed["metadata"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("store.max_resumes"), "{failed}");
     assert!(!second.log().contains("resuming a run"));
 }
 

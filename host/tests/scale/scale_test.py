@@ -11,9 +11,13 @@ Checks (each prints one line; the last line counts them):
    flight on it fail (one per load worker).
 4. A ConfigMap-style atomic update of the shared folder: all 3 replicas serve the new version
    and report the same flows_hash (how long it took is a figure, not a check).
-5. The official MCP Python SDK client (2025 handshake era and 2026-07-28) and the official MCP
+5. Async runs in one Redis (`store.url`), through nginx round robin with no affinity: every
+   replica answers GET/DELETE /runs/{id} and its events; one Idempotency-Key sent six times at
+   once starts one run; a long async run started before the rolling restart (check 2) ends
+   `completed` with the answer of an uninterrupted run.
+6. The official MCP Python SDK client (2025 handshake era and 2026-07-28) and the official MCP
    conformance suite through nginx round robin.
-6. The Kubernetes manifests validate offline against the Kubernetes schema.
+7. The Kubernetes manifests validate offline against the Kubernetes schema.
 
 Figures (through nginx vs direct, 3 replicas vs 1) go to target/scale/figures.json.
 Loopback only, on free ports; every load is bounded in count and time. Scenarios of the
@@ -73,6 +77,8 @@ slow:
 ticks:
   flow_content: TickOp(n=10, interval_ms=50)
   stream: true
+long:
+  flow_content: TickOp(n=60, interval_ms=200)
 """
 FLOWS_V2 = FLOWS_V1.replace('"echo v1"', '"echo v2"')
 
@@ -136,7 +142,8 @@ class ConfigMapMount:
 
 
 class Replica:
-    def __init__(self, port, flow_dirs, plugin_dirs, log_dir):
+    def __init__(self, port, flow_dirs, plugin_dirs, log_dir, store_url):
+        self.store_url = store_url
         self.port = port
         self.flow_dirs = flow_dirs
         self.plugin_dirs = plugin_dirs
@@ -160,7 +167,7 @@ class Replica:
             args += ["--plugins", str(d)]
         # drain_delay longer than nginx's upstream keepalive_timeout (deploy/nginx/flowhost.conf).
         args += ["http.drain_delay=2", "http.shutdown_timeout=10", "http.mcp_stateless=true",
-                 f"http.mcp_state_key={STATE_KEY}"]
+                 f"http.mcp_state_key={STATE_KEY}", f"store.url={self.store_url}"]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=self.log, env={**os.environ, "NO_COLOR": "1"})
         started = time.monotonic()
@@ -305,6 +312,91 @@ def check_configmap_update(mount, replicas, figures):
     figures["configmap_update_ms"] = elapsed * 1e3
 
 
+def request(method, url, body=None, headers=None, timeout=10):
+    """(status, headers, JSON body) of one request; HTTP errors are answers too."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={
+        "content-type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.status, dict(response.headers), json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.loads(err.read() or b"null")
+
+
+def start_async(flow, key=None):
+    headers = {"prefer": "respond-async"}
+    if key:
+        headers["idempotency-key"] = key
+    return request("POST", f"{NGINX}/{flow}", {}, headers)
+
+
+class RedisServer:
+    def __init__(self):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(7) == b"+PONG\r\n":
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not answer PING")
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+def check_async_runs():
+    status, headers, run = start_async("ticks")
+    run_id = run["run_id"]
+    # Round robin sends each of these to the next replica.
+    answers = [request("GET", f"{NGINX}/runs/{run_id}")[0] for _ in range(6)]
+    with urllib.request.urlopen(f"{NGINX}/runs/{run_id}/events", timeout=30) as response:
+        events = response.read().decode()
+    done = request("GET", f"{NGINX}/runs/{run_id}")[2]
+    ok = (status == 202 and answers == [200] * 6 and events.count("\nid:") == 10
+          and events.rstrip().endswith("data:[DONE]") and done["status"] == "completed")
+    check("async runs in Redis: every replica answers /runs/{id} and its events (no affinity)",
+          ok, f"POST {status}; GETs {answers}; {events.count(chr(10) + 'id:')} events; {done.get('status')}")
+
+    status, _, run = start_async("long")
+    time.sleep(0.5)
+    cancel = [request("DELETE", f"{NGINX}/runs/{run['run_id']}")[2]["status"]]
+    cancel += [request("GET", f"{NGINX}/runs/{run['run_id']}")[2]["status"] for _ in range(3)]
+    check("a DELETE on any replica cancels the run where it runs", cancel == ["cancelled"] * 4,
+          f"{cancel}")
+
+    from concurrent.futures import ThreadPoolExecutor
+    key = secrets.token_hex(8)
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: start_async("ticks", key), range(6)))
+    ids = {a[2]["run_id"] for a in answers}
+    fresh = sum(1 for a in answers if "idempotent-replayed" not in {k.lower() for k in a[1]})
+    check("one Idempotency-Key sent to the replicas six times at once starts one run",
+          len(ids) == 1 and fresh == 1 and all(a[0] == 202 for a in answers),
+          f"{len(ids)} run id(s), {fresh} started, statuses {[a[0] for a in answers]}")
+
+
+def check_async_run_outlived_the_restart(run_id):
+    expected = "".join(f"tick {i}\n" for i in range(60))
+    run = {}
+    for _ in range(600):
+        run = request("GET", f"{NGINX}/runs/{run_id}")[2]
+        if run.get("status") != "running":
+            break
+        time.sleep(0.1)
+    check("a long async run outlives the rolling restart of every replica", run.get("status") == "completed"
+          and run.get("answer") == expected, f"{run.get('status')}, resumed {run.get('resumes', 0)} time(s), "
+          f"answer {'as uninterrupted' if run.get('answer') == expected else repr(run.get('answer'))[:80]}")
+
+
 async def mcp_rounds(calls=6):
     """2026-07-28 input-required rounds: each retry may land on another replica, which can
     open the request state because the replicas share http.mcp_state_key."""
@@ -428,7 +520,8 @@ def main():
     conformance_plugins.mkdir()
     shutil.copy(ROOT / "target" / "fixtures" / "debug" / "libop_conformance.so", conformance_plugins)
     flow_dirs = [mount_root, ROOT / "host" / "tests" / "fixtures" / "conformance-flows"]
-    replicas = [Replica(p, flow_dirs, [conformance_plugins], OUT) for p in PORTS]
+    redis = RedisServer()
+    replicas = [Replica(p, flow_dirs, [conformance_plugins], OUT, redis.url) for p in PORTS]
     nginx = None
     figures = {"profile": PROFILE}
     try:
@@ -436,7 +529,10 @@ def main():
             replica.start()
         nginx = Nginx(work, PORTS)
         check_streams(figures)
+        check_async_runs()
+        long_run = start_async("long")[2]["run_id"]
         check_rolling_restart(replicas, nginx, figures)
+        check_async_run_outlived_the_restart(long_run)
         check_kill(replicas, figures)
         check_configmap_update(mount, replicas, figures)
         check_mcp(OUT)
@@ -450,6 +546,8 @@ def main():
             if replica.proc and replica.proc.poll() is None:
                 replica.proc.kill()
                 replica.proc.wait()
+        redis.proc.kill()
+        redis.proc.wait()
         shutil.rmtree(work, ignore_errors=True)
     check_manifests()
     (OUT / "figures.json").write_text(json.dumps(figures, indent=2))

@@ -239,6 +239,7 @@ pub(crate) fn load(flags: Flags) -> Result<Config, String> {
         },
         cache_dir: raw.cache.dir,
         store: crate::store::Settings {
+            path_is_default: raw.store.path.is_none(),
             url: match raw.store.url.filter(|url| !url.trim().is_empty()) {
                 Some(url) if !url.starts_with("redis://") => {
                     return Err(format!(

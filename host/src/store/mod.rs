@@ -86,6 +86,17 @@ pub(crate) struct End {
     pub(crate) finished_ms: i64,
 }
 
+/// An MCP task as kept: its state (rmcp's `DetailedTask` as JSON), who runs it, when it was
+/// last written and when it is forgotten.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TaskRow {
+    pub(crate) id: String,
+    pub(crate) owner: String,
+    pub(crate) state: String,
+    pub(crate) updated_ms: i64,
+    pub(crate) expires_ms: i64,
+}
+
 /// A checkpoint as kept: the event count when it was taken and its JSON text
 /// (`exec::Checkpoint::text`).
 pub(crate) type Kept = (u64, String);
@@ -138,6 +149,14 @@ pub(crate) trait Backend: Send + Sync {
     fn claim(&self, id: &str, from: &str, owner: &str, until_ms: i64) -> Result<bool>;
     /// Forgets finished runs past `bounds`; how many went.
     fn prune(&self, bounds: Bounds, now_ms: i64) -> Result<usize>;
+    /// Keeps an MCP task's state (rmcp's task as JSON) as the host running it sees it.
+    fn put_task(&self, task: &TaskRow) -> Result<()>;
+    fn task(&self, id: &str) -> Result<Option<TaskRow>>;
+    /// Leaves a request (`cancel`, or input responses as JSON) for the host running task `id`;
+    /// false when no host keeps it.
+    fn ask_task(&self, id: &str, request: &str) -> Result<bool>;
+    /// Takes the requests left for task `id`, oldest first.
+    fn task_requests(&self, id: &str) -> Result<Vec<String>>;
     /// Waits (at most `at_most`) for event `from` of run `id` to be kept; the caller reads
     /// again either way. A store that cannot be told when it is sleeps a tenth of a second.
     fn wait(&self, _id: &str, _from: u64, at_most: std::time::Duration) -> Result<()> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use redis::{Commands as _, Connection};
 
-use super::{Backend, Bounds, Created, End, Event, Kept, NewRun, Result, RunRow};
+use super::{Backend, Bounds, Created, End, Event, Kept, NewRun, Result, RunRow, TaskRow};
 
 const PREFIX: &str = "flowhost:";
 const TOLERATED: i64 = 1;
@@ -25,6 +25,12 @@ fn events_key(id: &str) -> String {
 }
 fn checkpoints_key(id: &str) -> String {
     format!("{PREFIX}checkpoints:{id}")
+}
+fn task_key(id: &str) -> String {
+    format!("{PREFIX}task:{id}")
+}
+fn task_requests_key(id: &str) -> String {
+    format!("{PREFIX}task-requests:{id}")
 }
 fn idempotency_key(flow: &str, key: &str) -> String {
     format!("{PREFIX}key:{}:{flow}:{key}", flow.len())
@@ -315,6 +321,68 @@ impl Backend for Redis {
                 .query(con)
         })?;
         Ok(entries.iter().map(|(_, fields)| event_of(fields)).collect())
+    }
+
+    fn put_task(&self, task: &TaskRow) -> Result<()> {
+        let ttl = (task.expires_ms - task.updated_ms).max(1000);
+        self.with("keeping an MCP task", |con| {
+            redis::pipe()
+                .atomic()
+                .hset_multiple(
+                    task_key(&task.id),
+                    &[
+                        ("owner", task.owner.clone()),
+                        ("state", task.state.clone()),
+                        ("updated_ms", task.updated_ms.to_string()),
+                        ("expires_ms", task.expires_ms.to_string()),
+                    ],
+                )
+                .ignore()
+                .pexpire(task_key(&task.id), ttl)
+                .ignore()
+                .query::<()>(con)
+        })
+    }
+
+    fn task(&self, id: &str) -> Result<Option<TaskRow>> {
+        let fields: HashMap<String, String> =
+            self.with("reading an MCP task", |con| con.hgetall(task_key(id)))?;
+        let int = |name: &str| fields.get(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok(fields.get("state").map(|state| TaskRow {
+            id: id.to_string(),
+            owner: fields.get("owner").cloned().unwrap_or_default(),
+            state: state.clone(),
+            updated_ms: int("updated_ms"),
+            expires_ms: int("expires_ms"),
+        }))
+    }
+
+    fn ask_task(&self, id: &str, request: &str) -> Result<bool> {
+        if self.task(id)?.is_none() {
+            return Ok(false);
+        }
+        self.with("asking an MCP task", |con| {
+            redis::pipe()
+                .rpush(task_requests_key(id), request)
+                .ignore()
+                .pexpire(task_requests_key(id), 3_600_000)
+                .ignore()
+                .query::<()>(con)
+        })?;
+        Ok(true)
+    }
+
+    fn task_requests(&self, id: &str) -> Result<Vec<String>> {
+        let (requests, ()): (Vec<String>, ()) =
+            self.with("reading an MCP task's requests", |con| {
+                redis::pipe()
+                    .atomic()
+                    .lrange(task_requests_key(id), 0, -1)
+                    .del(task_requests_key(id))
+                    .ignore()
+                    .query(con)
+            })?;
+        Ok(requests)
     }
 
     fn wait(&self, id: &str, from: u64, at_most: Duration) -> Result<()> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Backend, Bounds, Created, End, Event, Kept, NewRun, Result, RunRow};
+use super::{Backend, Bounds, Created, End, Event, Kept, NewRun, Result, RunRow, TaskRow};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
@@ -58,6 +58,18 @@ CREATE TABLE IF NOT EXISTS keys (
     PRIMARY KEY (flow, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS keys_by_run ON keys (run);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS task_requests (
+    task TEXT NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+    request TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS task_requests_by_task ON task_requests (task);
 ";
 
 const TOLERATED: i64 = 1;
@@ -386,10 +398,74 @@ impl Backend for Sqlite {
             .map_err(self.err("taking a run over"))
     }
 
+    fn put_task(&self, task: &TaskRow) -> Result<()> {
+        self.writer()
+            .execute(
+                "INSERT INTO tasks (id, owner, state, updated_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (id) DO UPDATE SET owner = ?2, state = ?3, updated_ms = ?4, expires_ms = ?5",
+                params![task.id, task.owner, task.state, task.updated_ms, task.expires_ms],
+            )
+            .map(drop)
+            .map_err(self.err("keeping an MCP task"))
+    }
+
+    fn task(&self, id: &str) -> Result<Option<TaskRow>> {
+        self.reader()
+            .query_row(
+                "SELECT id, owner, state, updated_ms, expires_ms FROM tasks WHERE id = ?1",
+                params![id],
+                |row| {
+                    Ok(TaskRow {
+                        id: row.get(0)?,
+                        owner: row.get(1)?,
+                        state: row.get(2)?,
+                        updated_ms: row.get(3)?,
+                        expires_ms: row.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(self.err("reading an MCP task"))
+    }
+
+    fn ask_task(&self, id: &str, request: &str) -> Result<bool> {
+        self.writer()
+            .execute(
+                "INSERT INTO task_requests (task, request) SELECT id, ?2 FROM tasks WHERE id = ?1",
+                params![id, request],
+            )
+            .map(|n| n > 0)
+            .map_err(self.err("asking an MCP task"))
+    }
+
+    fn task_requests(&self, id: &str) -> Result<Vec<String>> {
+        let mut connection = self.writer();
+        let err = self.err("reading an MCP task's requests");
+        let tx = connection.transaction().map_err(&err)?;
+        let requests = {
+            let mut select = tx
+                .prepare_cached("SELECT request FROM task_requests WHERE task = ?1 ORDER BY rowid")
+                .map_err(&err)?;
+            let rows = select
+                .query_map(params![id], |row| row.get(0))
+                .map_err(&err)?;
+            rows.collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(&err)?
+        };
+        if !requests.is_empty() {
+            tx.execute("DELETE FROM task_requests WHERE task = ?1", params![id])
+                .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)?;
+        Ok(requests)
+    }
+
     fn prune(&self, bounds: Bounds, now_ms: i64) -> Result<usize> {
         let mut connection = self.writer();
         let err = self.err("forgetting old runs");
         let tx = connection.transaction().map_err(&err)?;
+        tx.execute("DELETE FROM tasks WHERE expires_ms < ?1", params![now_ms])
+            .map_err(&err)?;
         let mut gone = tx
             .execute(
                 "DELETE FROM runs WHERE status != 'running' AND finished_ms < ?1",

@@ -390,3 +390,100 @@ async fn the_store_is_made_where_it_should_be_and_nowhere_else() {
         .unwrap();
     assert!(!home.path().join(".flowhost").exists());
 }
+
+/// One 2026-07-28 request to a stateless `/mcp` (a client that speaks tasks); its answer.
+async fn mcp(server: &Server, id: u64, method: &str, name: &str, params: Value) -> Value {
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {"extensions": {"io.modelcontextprotocol/tasks": {}}},
+    });
+    let mut params = params;
+    params["_meta"] = meta;
+    let text = client()
+        .post(server.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method)
+        .header("mcp-name", name)
+        .json(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+        .send()
+        .await
+        .expect("POST /mcp")
+        .text()
+        .await
+        .expect("an answer");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|m| m["id"] == id)
+        .unwrap_or_else(|| panic!("no answer to {method}: {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_tasks_answer_from_any_host_sharing_the_store() {
+    let flows = folder(&[(
+        "t.yaml",
+        "slow:\n  flow_content: TickOp(n=50, interval_ms=200)\n  task_after: 0.1\nshort:\n  flow_content: TickOp(n=3, interval_ms=100)\n  task_after: 0.1\n",
+    )]);
+    let store = tempfile::tempdir().unwrap();
+    let arg = store_arg(store.path());
+    let a = Server::start(flows.path(), &[&arg, "http.mcp_stateless=true"]);
+    let b = Server::start(flows.path(), &[&arg, "http.mcp_stateless=true"]);
+
+    // A task made on A runs to its end; B follows it and gets its result.
+    let created = mcp(
+        &a,
+        1,
+        "tools/call",
+        "short",
+        json!({"name": "short", "arguments": {}}),
+    )
+    .await;
+    assert_eq!(created["result"]["resultType"], "task", "{created}");
+    let task = created["result"]["taskId"].as_str().unwrap().to_string();
+    let mut last = Value::Null;
+    for id in 10..200 {
+        last = mcp(&b, id, "tasks/get", &task, json!({"taskId": task})).await;
+        if last["result"]["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["result"]["status"], "completed", "{last}");
+    assert_eq!(
+        last["result"]["result"]["content"][0]["text"], "tick 0\ntick 1\ntick 2\n",
+        "{last}"
+    );
+
+    // A task made on A is cancelled from B.
+    let created = mcp(
+        &a,
+        2,
+        "tools/call",
+        "slow",
+        json!({"name": "slow", "arguments": {}}),
+    )
+    .await;
+    let task = created["result"]["taskId"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = mcp(&b, 3, "tasks/get", &task, json!({"taskId": task})).await;
+    assert_eq!(seen["result"]["status"], "working", "{seen}");
+    let cancelled = mcp(&b, 4, "tasks/cancel", &task, json!({"taskId": task})).await;
+    assert!(cancelled.get("error").is_none(), "{cancelled}");
+    for id in 20..100 {
+        last = mcp(&b, id, "tasks/get", &task, json!({"taskId": task})).await;
+        if last["result"]["status"] == "cancelled" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["result"]["status"], "cancelled", "{last}");
+    assert_eq!(
+        mcp(&a, 5, "tasks/get", &task, json!({"taskId": task})).await["result"]["status"],
+        "cancelled"
+    );
+    // A task no host has is still an unknown task.
+    let unknown = mcp(&b, 6, "tasks/get", "nope", json!({"taskId": "nope"})).await;
+    assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
+}

@@ -127,6 +127,7 @@ pub(crate) fn router(state: AppState) -> Router {
                     state.options.mcp_stateless,
                     state.hard_stop.clone(),
                     mcp_sessions,
+                    state.runs.durable.as_ref().map(|d| d.shared_tasks()),
                 )),
         )
         .merge(swagger.layer(middleware::from_fn(docs::docs_page)))

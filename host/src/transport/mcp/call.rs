@@ -149,6 +149,10 @@ impl FlowTools {
                     },
                 );
                 tracing::info!(tool = name, %flow_id, task = %task.task_id, "tools/call became a task");
+                if let Some(shared) = &self.shared_tasks {
+                    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+                    shared.mirror(self.tasks.clone(), task.task_id.clone(), ttl_ms);
+                }
                 return Ok(CallToolResponse::Task(rmcp::model::CreateTaskResult::new(
                     task,
                 )));

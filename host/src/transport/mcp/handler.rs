@@ -35,6 +35,8 @@ pub(crate) struct FlowTools {
     subscriptions: Arc<std::sync::Mutex<std::collections::BTreeMap<String, Option<String>>>>,
     /// Calls that became tasks (shared by every session of this server).
     pub(crate) tasks: Arc<rmcp::task_manager::TaskManager>,
+    /// The tasks of every host sharing the run store (HTTP with a durable store).
+    pub(crate) shared_tasks: Option<Arc<super::tasks::SharedTasks>>,
     /// Cancelled when the last clone of this session's handler is dropped (the session
     /// ended): what was spawned for the session ends with it.
     ended: tokio_util::sync::CancellationToken,
@@ -59,13 +61,19 @@ impl FlowTools {
             log_level: Arc::new(std::sync::atomic::AtomicU8::new(LOGS_OFF)),
             subscriptions: Arc::default(),
             tasks: Arc::default(),
+            shared_tasks: None,
         }
     }
 
     /// Shares one task store between the sessions of a server (tasks outlive the request that
     /// made them, and stateless requests each get a fresh handler).
-    pub(crate) fn with_tasks(mut self, tasks: Arc<rmcp::task_manager::TaskManager>) -> FlowTools {
+    pub(crate) fn with_tasks(
+        mut self,
+        tasks: Arc<rmcp::task_manager::TaskManager>,
+        shared: Option<Arc<super::tasks::SharedTasks>>,
+    ) -> FlowTools {
         self.tasks = tasks;
+        self.shared_tasks = shared;
         self
     }
 
@@ -245,9 +253,13 @@ impl ServerHandler for FlowTools {
         request: rmcp::model::GetTaskParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::GetTaskResult, ErrorData> {
-        self.tasks
-            .get_task(&request.task_id)
-            .map(rmcp::model::GetTaskResult::new)
+        match (self.tasks.get_task(&request.task_id), &self.shared_tasks) {
+            (Err(unknown), Some(shared)) => match shared.get(&request.task_id).await? {
+                Some(task) => Ok(rmcp::model::GetTaskResult::new(task)),
+                None => Err(unknown),
+            },
+            (found, _) => found.map(rmcp::model::GetTaskResult::new),
+        }
     }
 
     async fn update_task(
@@ -255,8 +267,17 @@ impl ServerHandler for FlowTools {
         request: rmcp::model::UpdateTaskParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.tasks
-            .update_task(&request.task_id, request.input_responses)
+        let inputs = request.input_responses;
+        match &self.shared_tasks {
+            Some(shared) if self.tasks.get_task(&request.task_id).is_err() => {
+                let text = serde_json::to_string(&inputs).unwrap_or_default();
+                match shared.ask(&request.task_id, text).await? {
+                    true => Ok(()),
+                    false => self.tasks.update_task(&request.task_id, inputs),
+                }
+            }
+            _ => self.tasks.update_task(&request.task_id, inputs),
+        }
     }
 
     async fn cancel_task(
@@ -264,7 +285,15 @@ impl ServerHandler for FlowTools {
         request: rmcp::model::CancelTaskParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.tasks.cancel_task(&request.task_id)
+        match (self.tasks.cancel_task(&request.task_id), &self.shared_tasks) {
+            (Err(unknown), Some(shared)) => {
+                match shared.ask(&request.task_id, "cancel".into()).await? {
+                    true => Ok(()),
+                    false => Err(unknown),
+                }
+            }
+            (done, _) => done,
+        }
     }
 
     async fn list_resources(

@@ -178,6 +178,7 @@ pub(crate) fn http_service(
     stateless: bool,
     shutdown: tokio_util::sync::CancellationToken,
     sessions: Sessions,
+    shared_tasks: Option<Arc<super::tasks::SharedTasks>>,
 ) -> rmcp::transport::streamable_http_server::StreamableHttpService<
     FlowTools,
     rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
@@ -198,7 +199,7 @@ pub(crate) fn http_service(
             } else {
                 FlowTools::new(catalog.clone(), run_options.clone())
             }
-            .with_tasks(tasks.clone()))
+            .with_tasks(tasks.clone(), shared_tasks.clone()))
         },
         sessions,
         config,

@@ -1,6 +1,7 @@
 //! MCP tasks (the 2026-07-28 extension, rmcp's `TaskManager`): the rest of a `tools/call`
 //! that became a task, its TTL and polling interval, and the slot through which an op's
-//! questions go to `tasks/update` once the call is a task.
+//! questions go to `tasks/update` once the call is a task; `SharedTasks`, the tasks of every
+//! host that shares the run store.
 
 use std::sync::Arc;
 
@@ -102,5 +103,137 @@ impl TaskSlot {
             }
             set.await;
         }
+    }
+}
+
+/// MCP tasks shared through the durable run store (HTTP with `store.path` / `store.url`): the
+/// host running a task writes its state there as it changes, and answers the cancels and input
+/// responses other hosts leave for it; a host that does not have a task reads it from there.
+/// So `tasks/get`, `tasks/update` and `tasks/cancel` answer from any replica.
+pub(crate) struct SharedTasks {
+    store: Arc<dyn crate::store::Backend>,
+    owner: String,
+}
+
+/// How often the host running a task writes its state, and reads what others asked of it.
+const MIRROR_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+/// A task still running whose host has not written it for this long is reported failed.
+const SILENT_FOR_MS: i64 = 10_000;
+
+impl SharedTasks {
+    pub(crate) fn new(store: Arc<dyn crate::store::Backend>, owner: String) -> SharedTasks {
+        SharedTasks { store, owner }
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&dyn crate::store::Backend) -> crate::store::Result<T> + Send + 'static,
+    ) -> Result<T, ErrorData> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || call(&*store))
+            .await
+            .unwrap_or_else(|err| Err(format!("run store call failed: {err}")))
+            .map_err(|err| ErrorData::internal_error(err, None))
+    }
+
+    /// Writes task `id` of `tasks` to the store until it ends (and a last time after), and
+    /// passes on what other hosts asked of it.
+    pub(crate) fn mirror(
+        self: &Arc<Self>,
+        tasks: Arc<rmcp::task_manager::TaskManager>,
+        id: String,
+        ttl_ms: u64,
+    ) {
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let mut last = String::new();
+            let mut written = tokio::time::Instant::now();
+            loop {
+                let Ok(detailed) = tasks.get_task(&id) else {
+                    return; // Expired here: it expires in the store too.
+                };
+                let done = matches!(
+                    detailed.task.status,
+                    rmcp::model::TaskStatus::Completed
+                        | rmcp::model::TaskStatus::Failed
+                        | rmcp::model::TaskStatus::Cancelled
+                );
+                let state = serde_json::to_string(&detailed).unwrap_or_default();
+                // Written on every change, and every 2 s (other hosts see it is alive).
+                if state != last || written.elapsed() >= std::time::Duration::from_secs(2) {
+                    let now = crate::store::now_ms();
+                    let row = crate::store::TaskRow {
+                        id: id.clone(),
+                        owner: shared.owner.clone(),
+                        state: state.clone(),
+                        updated_ms: now,
+                        expires_ms: now + ttl_ms as i64,
+                    };
+                    if let Err(err) = shared.call(move |s| s.put_task(&row)).await {
+                        tracing::warn!(task = id, "{}", err.message);
+                    }
+                    last = state;
+                    written = tokio::time::Instant::now();
+                }
+                if done {
+                    return;
+                }
+                let task_id = id.clone();
+                let asked = shared
+                    .call(move |s| s.task_requests(&task_id))
+                    .await
+                    .unwrap_or_default();
+                for request in asked {
+                    let outcome = if request == "cancel" {
+                        tasks.cancel_task(&id)
+                    } else {
+                        let inputs: serde_json::Map<String, serde_json::Value> =
+                            serde_json::from_str(&request).unwrap_or_default();
+                        tasks.update_task(&id, inputs)
+                    };
+                    if let Err(err) = outcome {
+                        tracing::warn!(task = id, "{}", err.message);
+                    }
+                }
+                tokio::time::sleep(MIRROR_EVERY).await;
+            }
+        });
+    }
+
+    /// `tasks/get` of a task another host runs (or ran).
+    pub(crate) async fn get(
+        &self,
+        id: &str,
+    ) -> Result<Option<rmcp::model::DetailedTask>, ErrorData> {
+        let task_id = id.to_string();
+        let Some(row) = self.call(move |s| s.task(&task_id)).await? else {
+            return Ok(None);
+        };
+        let mut state: serde_json::Value = serde_json::from_str(&row.state).map_err(|err| {
+            ErrorData::internal_error(format!("a kept task does not read: {err}"), None)
+        })?;
+        let running = matches!(state["status"].as_str(), Some("working" | "input_required"));
+        if running && crate::store::now_ms() - row.updated_ms > SILENT_FOR_MS {
+            // Its host stopped writing it: it is gone (MCP tasks do not resume).
+            if let Some(object) = state.as_object_mut() {
+                object.remove("inputRequests");
+                object.remove("result");
+                object.insert("status".into(), json!("failed"));
+                object.insert(
+                    "error".into(),
+                    json!({"code": -32603, "message": "the host running this task stopped; call the tool again"}),
+                );
+            }
+        }
+        serde_json::from_value(state).map(Some).map_err(|err| {
+            ErrorData::internal_error(format!("a kept task does not read: {err}"), None)
+        })
+    }
+
+    /// `tasks/cancel` or `tasks/update` (`request` is `cancel` or the input responses as
+    /// JSON) of a task another host runs; false when no host keeps it.
+    pub(crate) async fn ask(&self, id: &str, request: String) -> Result<bool, ErrorData> {
+        let task_id = id.to_string();
+        self.call(move |s| s.ask_task(&task_id, &request)).await
     }
 }

@@ -38,6 +38,14 @@ impl Durable {
             .unwrap_or_else(|err| Err(format!("run store call failed: {err}")))
     }
 
+    /// MCP tasks shared through this store (`/mcp` answers for every host's tasks).
+    pub(crate) fn shared_tasks(&self) -> Arc<crate::transport::mcp::SharedTasks> {
+        Arc::new(crate::transport::mcp::SharedTasks::new(
+            self.backend.clone(),
+            self.owner.clone(),
+        ))
+    }
+
     pub(crate) fn lease_until(&self) -> i64 {
         crate::store::now_ms() + self.settings.lease.as_millis() as i64
     }

@@ -115,8 +115,9 @@ pub(crate) type Result<T> = std::result::Result<T, String>;
 pub(crate) trait Backend: Send + Sync {
     /// What it is, for the log (`SQLite file .flowhost/runs.db`).
     fn describe(&self) -> String;
-    /// Keeps a new run, and its key unless the key is taken (then nothing is kept).
-    fn create(&self, run: &NewRun) -> Result<Created>;
+    /// Keeps a new run, and its key unless the key is taken (then nothing is kept); then
+    /// forgets the finished runs past `bounds` (they hold for every host sharing the store).
+    fn create(&self, run: &NewRun, bounds: Bounds) -> Result<Created>;
     /// The run started under `key` for `flow`, and its input hash.
     fn key(&self, flow: &str, key: &str) -> Result<Option<(String, u64)>>;
     /// Appends events (the first is event number `first`) and checkpoints, and sets the

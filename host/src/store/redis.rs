@@ -180,48 +180,15 @@ impl Backend for Redis {
         format!("Redis at {}", self.url)
     }
 
-    fn create(&self, run: &NewRun) -> Result<Created> {
-        let key = run.key.as_ref().map(|(k, _)| idempotency_key(&run.flow, k));
-        self.with("starting a run", |con| {
-            if let (Some(name), Some((_, input))) = (&key, &run.key) {
-                // The key first, with NX: of two hosts sending it at once, one sets it.
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(name)
-                    .arg(format!("{}\t{input}", run.id))
-                    .arg("NX")
-                    .query(con)?;
-                if set.is_none() {
-                    let taken: Option<String> = con.get(name)?;
-                    if let Some((id, input)) = taken.as_deref().and_then(|t| t.split_once('\t')) {
-                        return Ok(Created::Existing {
-                            id: id.to_string(),
-                            input: input.parse().unwrap_or(0),
-                        });
-                    }
-                }
-            }
-            redis::pipe()
-                .atomic()
-                .hset_multiple(
-                    run_key(&run.id),
-                    &[
-                        ("flow", run.flow.clone()),
-                        ("input", run.input.clone()),
-                        ("created_ms", run.created_ms.to_string()),
-                        ("status", "running".into()),
-                        ("owner", run.owner.clone()),
-                        ("lease_ms", run.lease_until_ms.to_string()),
-                        ("key", key.clone().unwrap_or_default()),
-                    ],
-                )
-                .ignore()
-                .sadd(RUNNING, &run.id)
-                .ignore()
-                .zadd(ALL, &run.id, run.created_ms)
-                .ignore()
-                .query::<()>(con)?;
-            Ok(Created::New)
-        })
+    fn create(&self, run: &NewRun, bounds: Bounds) -> Result<Created> {
+        let created = self.start(run)?;
+        // Past `max_runs`, at once; retention and bytes are the keeper's (every second): a
+        // walk over every run on each start would cost more than the run.
+        let count: usize = self.with("counting runs", |con| con.zcard(ALL))?;
+        if created == Created::New && count > bounds.max_runs {
+            self.prune(bounds, run.created_ms)?;
+        }
+        Ok(created)
     }
 
     fn key(&self, flow: &str, key: &str) -> Result<Option<(String, u64)>> {
@@ -439,11 +406,30 @@ impl Backend for Redis {
     }
 
     fn cancelled(&self, owner: &str) -> Result<Vec<String>> {
-        Ok(self
-            .others_or_mine(owner, true)?
+        // Ten times a second on every replica: only the fields it needs.
+        let ids: Vec<String> = self.with("reading cancel requests", |con| con.smembers(RUNNING))?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(Option<String>, Option<String>, Option<String>)> =
+            self.with("reading cancel requests", |con| {
+                let mut pipe = redis::pipe();
+                for id in &ids {
+                    pipe.cmd("HMGET")
+                        .arg(run_key(id))
+                        .arg(&["owner", "cancel", "status"]);
+                }
+                pipe.query(con)
+            })?;
+        Ok(ids
             .into_iter()
-            .filter(|row| row.cancel_requested)
-            .map(|row| row.id)
+            .zip(rows)
+            .filter(|(_, (who, cancel, status))| {
+                who.as_deref() == Some(owner)
+                    && cancel.as_deref() == Some("1")
+                    && status.as_deref() == Some("running")
+            })
+            .map(|(id, _)| id)
             .collect())
     }
 
@@ -461,7 +447,7 @@ impl Backend for Redis {
     }
 
     fn others_running(&self, owner: &str) -> Result<Vec<RunRow>> {
-        self.others_or_mine(owner, false)
+        self.others(owner)
     }
 
     fn claim(&self, id: &str, from: &str, owner: &str, until_ms: i64) -> Result<bool> {
@@ -482,37 +468,42 @@ impl Backend for Redis {
         if ids.is_empty() {
             return Ok(0);
         }
-        let rows: Vec<HashMap<String, String>> = self.with("forgetting old runs", |con| {
+        type Fields = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<Fields> = self.with("forgetting old runs", |con| {
             let mut pipe = redis::pipe();
             for id in &ids {
-                pipe.hgetall(run_key(id));
+                pipe.cmd("HMGET")
+                    .arg(run_key(id))
+                    .arg(&["status", "finished_ms", "bytes", "key"]);
             }
             pipe.query(con)
         })?;
         // Oldest first, as `ids` are.
-        let rows: Vec<Option<RunRow>> = ids
-            .iter()
-            .zip(&rows)
-            .map(|(id, fields)| row_of(id, fields))
-            .collect();
         let mut gone: Vec<(&str, String)> = Vec::new();
-        let mut count = rows.iter().flatten().count();
-        let mut bytes: u64 = rows.iter().flatten().map(|r| r.bytes).sum();
-        for (id, row) in ids.iter().zip(&rows) {
-            let Some(row) = row else {
-                gone.push((id, String::new())); // The hash expired or was deleted.
+        let mut count = rows.iter().filter(|r| r.0.is_some()).count();
+        let parse = |v: &Option<String>| v.as_deref().and_then(|v| v.parse::<i64>().ok());
+        let mut bytes: u64 = rows
+            .iter()
+            .map(|r| parse(&r.2).unwrap_or(0).max(0) as u64)
+            .sum();
+        for (id, (status, finished, size, key)) in ids.iter().zip(&rows) {
+            let Some(status) = status else {
+                gone.push((id, String::new())); // The hash was deleted.
                 continue;
             };
-            let finished = row.status != "running";
-            let expired = row
-                .finished_ms
-                .is_some_and(|at| at < now_ms.saturating_sub(bounds.keep_ms));
-            if finished && (expired || count > bounds.max_runs || bytes > bounds.max_bytes) {
+            let expired =
+                parse(finished).is_some_and(|at| at < now_ms.saturating_sub(bounds.keep_ms));
+            if status != "running"
+                && (expired || count > bounds.max_runs || bytes > bounds.max_bytes)
+            {
                 count -= 1;
-                bytes = bytes.saturating_sub(row.bytes);
-                let key: Option<String> =
-                    self.with("forgetting old runs", |con| con.hget(run_key(id), "key"))?;
-                gone.push((id, key.unwrap_or_default()));
+                bytes = bytes.saturating_sub(parse(size).unwrap_or(0).max(0) as u64);
+                gone.push((id, key.clone().unwrap_or_default()));
             }
         }
         if gone.is_empty() {
@@ -542,8 +533,53 @@ impl Backend for Redis {
 }
 
 impl Redis {
-    /// The running runs: `owner`'s (`mine`) or everyone else's.
-    fn others_or_mine(&self, owner: &str, mine: bool) -> Result<Vec<RunRow>> {
+    /// Keeps a new run (see [`Backend::create`]).
+    fn start(&self, run: &NewRun) -> Result<Created> {
+        let key = run.key.as_ref().map(|(k, _)| idempotency_key(&run.flow, k));
+        self.with("starting a run", |con| {
+            if let (Some(name), Some((_, input))) = (&key, &run.key) {
+                // The key first, with NX: of two hosts sending it at once, one sets it.
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(name)
+                    .arg(format!("{}\t{input}", run.id))
+                    .arg("NX")
+                    .query(con)?;
+                if set.is_none() {
+                    let taken: Option<String> = con.get(name)?;
+                    if let Some((id, input)) = taken.as_deref().and_then(|t| t.split_once('\t')) {
+                        return Ok(Created::Existing {
+                            id: id.to_string(),
+                            input: input.parse().unwrap_or(0),
+                        });
+                    }
+                }
+            }
+            redis::pipe()
+                .atomic()
+                .hset_multiple(
+                    run_key(&run.id),
+                    &[
+                        ("flow", run.flow.clone()),
+                        ("input", run.input.clone()),
+                        ("created_ms", run.created_ms.to_string()),
+                        ("status", "running".into()),
+                        ("owner", run.owner.clone()),
+                        ("lease_ms", run.lease_until_ms.to_string()),
+                        ("key", key.clone().unwrap_or_default()),
+                    ],
+                )
+                .ignore()
+                .sadd(RUNNING, &run.id)
+                .ignore()
+                .zadd(ALL, &run.id, run.created_ms)
+                .ignore()
+                .query::<()>(con)?;
+            Ok(Created::New)
+        })
+    }
+
+    /// The running runs not `owner`'s.
+    fn others(&self, owner: &str) -> Result<Vec<RunRow>> {
         let ids: Vec<String> = self.with("reading running runs", |con| con.smembers(RUNNING))?;
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -559,7 +595,7 @@ impl Redis {
             .iter()
             .zip(&rows)
             .filter_map(|(id, fields)| row_of(id, fields))
-            .filter(|row| row.status == "running" && (row.owner == owner) == mine)
+            .filter(|row| row.status == "running" && row.owner != owner)
             .collect())
     }
 }

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, owner);
 CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_ms);
+CREATE INDEX IF NOT EXISTS runs_by_finished ON runs (finished_ms);
 CREATE TABLE IF NOT EXISTS events (
     run TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
     seq INTEGER NOT NULL,
@@ -175,7 +176,7 @@ impl Backend for Sqlite {
         format!("SQLite file {}", self.path.display())
     }
 
-    fn create(&self, run: &NewRun) -> Result<Created> {
+    fn create(&self, run: &NewRun, bounds: Bounds) -> Result<Created> {
         let mut connection = self.writer();
         let err = self.err("starting a run");
         // Immediate: the key is read and written under one write lock, so two hosts sending
@@ -211,6 +212,8 @@ impl Backend for Sqlite {
             )
             .map_err(&err)?;
         }
+        // The bounds hold for every host sharing the file: kept in the same commit.
+        prune_in(&tx, bounds, run.created_ms).map_err(&err)?;
         tx.commit().map_err(&err)?;
         Ok(Created::New)
     }
@@ -466,52 +469,7 @@ impl Backend for Sqlite {
         let tx = connection.transaction().map_err(&err)?;
         tx.execute("DELETE FROM tasks WHERE expires_ms < ?1", params![now_ms])
             .map_err(&err)?;
-        let mut gone = tx
-            .execute(
-                "DELETE FROM runs WHERE status != 'running' AND finished_ms < ?1",
-                params![now_ms.saturating_sub(bounds.keep_ms)],
-            )
-            .map_err(&err)?;
-        let count: i64 = tx
-            .query_row("SELECT COUNT(*) FROM runs", [], |row| row.get(0))
-            .map_err(&err)?;
-        let over = (count.max(0) as usize).saturating_sub(bounds.max_runs);
-        if over > 0 {
-            gone += tx
-                .execute(
-                    "DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE status != 'running' ORDER BY created_ms LIMIT ?1)",
-                    params![over as i64],
-                )
-                .map_err(&err)?;
-        }
-        let bytes: i64 = tx
-            .query_row("SELECT COALESCE(SUM(bytes), 0) FROM runs", [], |row| {
-                row.get(0)
-            })
-            .map_err(&err)?;
-        let mut excess = (bytes.max(0) as u64).saturating_sub(bounds.max_bytes);
-        if excess > 0 {
-            let oldest: Vec<(String, i64)> = {
-                let mut select = tx
-                    .prepare(
-                        "SELECT id, bytes FROM runs WHERE status != 'running' ORDER BY created_ms",
-                    )
-                    .map_err(&err)?;
-                let rows = select
-                    .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-                    .map_err(&err)?;
-                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(&err)?
-            };
-            for (id, size) in oldest {
-                if excess == 0 {
-                    break;
-                }
-                gone += tx
-                    .execute("DELETE FROM runs WHERE id = ?1", params![id])
-                    .map_err(&err)?;
-                excess = excess.saturating_sub(size.max(0) as u64);
-            }
-        }
+        let gone = prune_in(&tx, bounds, now_ms).map_err(&err)?;
         tx.commit().map_err(&err)?;
         if gone > 0 {
             connection
@@ -520,6 +478,48 @@ impl Backend for Sqlite {
         }
         Ok(gone)
     }
+}
+
+/// Deletes the finished runs past `bounds` (with their events, checkpoints and keys), in
+/// `tx`; how many went.
+fn prune_in(
+    tx: &rusqlite::Transaction<'_>,
+    bounds: Bounds,
+    now_ms: i64,
+) -> rusqlite::Result<usize> {
+    let mut gone = tx.execute(
+        "DELETE FROM runs WHERE status != 'running' AND finished_ms < ?1",
+        params![now_ms.saturating_sub(bounds.keep_ms)],
+    )?;
+    let count: i64 = tx.query_row("SELECT COUNT(*) FROM runs", [], |row| row.get(0))?;
+    let over = (count.max(0) as usize).saturating_sub(bounds.max_runs);
+    if over > 0 {
+        gone += tx.execute(
+            "DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE status != 'running' ORDER BY created_ms LIMIT ?1)",
+            params![over as i64],
+        )?;
+    }
+    let bytes: i64 = tx.query_row("SELECT COALESCE(SUM(bytes), 0) FROM runs", [], |row| {
+        row.get(0)
+    })?;
+    let mut excess = (bytes.max(0) as u64).saturating_sub(bounds.max_bytes);
+    if excess > 0 {
+        let oldest: Vec<(String, i64)> = {
+            let mut select = tx.prepare(
+                "SELECT id, bytes FROM runs WHERE status != 'running' ORDER BY created_ms",
+            )?;
+            let rows = select.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        for (id, size) in oldest {
+            if excess == 0 {
+                break;
+            }
+            gone += tx.execute("DELETE FROM runs WHERE id = ?1", params![id])?;
+            excess = excess.saturating_sub(size.max(0) as u64);
+        }
+    }
+    Ok(gone)
 }
 
 #[cfg(test)]
@@ -537,6 +537,12 @@ mod tests {
             resumed: false,
         }
     }
+
+    const BOUNDS: Bounds = Bounds {
+        keep_ms: 1000,
+        max_runs: 10,
+        max_bytes: 1 << 20,
+    };
 
     fn new_run(id: &str, key: Option<(&str, u64)>) -> NewRun {
         NewRun {
@@ -556,11 +562,15 @@ mod tests {
         let path = dir.path().join("nested/runs.db");
         let store = Sqlite::open(&path).unwrap();
         assert_eq!(
-            store.create(&new_run("r1", Some(("k", 7)))).unwrap(),
+            store
+                .create(&new_run("r1", Some(("k", 7))), BOUNDS)
+                .unwrap(),
             Created::New
         );
         assert_eq!(
-            store.create(&new_run("r2", Some(("k", 8)))).unwrap(),
+            store
+                .create(&new_run("r2", Some(("k", 8))), BOUNDS)
+                .unwrap(),
             Created::Existing {
                 id: "r1".into(),
                 input: 7

@@ -70,9 +70,9 @@ pub(crate) async fn accept(
             owner: durable.owner.clone(),
             lease_until_ms: durable.lease_until(),
         };
-        match durable.call(move |b| b.create(&new)).await {
-            // The store's bounds (`runs:`) hold for every host that shares it.
-            Ok(crate::store::Created::New) => durable.prune(state.runs.retention.bounds()).await,
+        let bounds = state.runs.retention.bounds();
+        match durable.call(move |b| b.create(&new, bounds)).await {
+            Ok(crate::store::Created::New) => {}
             Ok(crate::store::Created::Existing { id, input: first }) => {
                 // Another request (here or on another host) took the key first; this run
                 // goes (dropping it cancels it).

@@ -1,6 +1,8 @@
-//! `cache.dir`: the op answer cache's entries as files, one JSON file per call in one folder,
-//! so answers outlive a restart and are shared by processes that share the folder. What is
-//! kept, and for how long, is the executor's cache's (`exec::cache`); this is only the files.
+//! Where the op answer cache's entries are also kept, outside this process's memory:
+//! `cache.dir` (one JSON file per call in one folder) or, without it, the run store of an HTTP
+//! host (`store.path` / `store.url`), so answers outlive a restart and are shared by the
+//! processes that share the folder or the store. What is kept, and for how long, is the
+//! executor's cache's (`exec::cache`); this is only where.
 
 use std::path::PathBuf;
 
@@ -42,6 +44,35 @@ impl crate::exec::cache::CacheFiles for Folder {
 
     fn remove(&self, name: &str) {
         let _ = std::fs::remove_file(self.path(name));
+    }
+}
+
+/// The run store as the op cache's files.
+pub(crate) struct Stored(pub(crate) std::sync::Arc<dyn crate::store::Backend>);
+
+impl crate::exec::cache::CacheFiles for Stored {
+    fn load(&self, name: &str) -> Option<Vec<u8>> {
+        self.0.cache_get(name).unwrap_or_else(|err| {
+            tracing::warn!("{err}");
+            None
+        })
+    }
+
+    fn save(&self, name: &str, text: &str) {
+        // The entry says when it expires; the store forgets it then.
+        let expires = serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v["expires_ms"].as_i64())
+            .unwrap_or(0);
+        if let Err(err) = self.0.cache_put(name, text, expires) {
+            tracing::warn!("{err}");
+        }
+    }
+
+    fn remove(&self, name: &str) {
+        if let Err(err) = self.0.cache_remove(name) {
+            tracing::warn!("{err}");
+        }
     }
 }
 

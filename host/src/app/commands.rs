@@ -188,6 +188,12 @@ pub(super) fn show_config(config: &Config) -> Result<ExitCode, String> {
             "max_running": config.http.runs.max_running,
             "max_bytes": config.http.runs.max_bytes,
         },
+        "store": {
+            "url": config.store.url.as_deref().map(crate::store::shown_url),
+            "path": config.store.path.as_ref().map_or_else(|| ":memory:".to_string(), |p| p.display().to_string()),
+            "lease": config.store.lease.as_secs_f64(),
+            "max_resumes": config.store.max_resumes,
+        },
         "plugins": config.ops.isolation.plugins.iter()
             .map(|(name, isolation)| (name.clone(), json!({"isolation": isolation})))
             .collect::<Map<String, Value>>(),
@@ -297,7 +303,7 @@ pub(super) fn run_flow(
         format!("invalid input for flow `{name}`:\n{}", lines.join("\n"))
     })?;
     let runtime = runtime(config)?;
-    let options = run_options_with_flows(config, &catalog);
+    let options = run_options_with_flows(config, &catalog, None);
     let outcome = runtime.block_on(stream_to_stdout(flow, input, options))?;
     let mut summary = json!({
         "flow_id": outcome.flow_id,

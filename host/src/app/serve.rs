@@ -35,14 +35,20 @@ pub(crate) fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, String
         .map_err(|err| format!("cannot start the async runtime: {err}"))
 }
 
-/// What every run starts with: the LLM service from the configuration.
-pub(super) fn run_options(config: &Config) -> exec::Options {
+/// What every run starts with: the LLM service from the configuration. The op cache's entries
+/// are also kept in `cache.dir`, else in `store` (an HTTP host's run store), if either is set.
+pub(super) fn run_options(
+    config: &Config,
+    store: Option<&Arc<dyn crate::store::Backend>>,
+) -> exec::Options {
     crate::exec::worker::set_max_workers(config.ops.max_workers);
     crate::exec::worker::set_idle_timeout(config.ops.worker_idle_timeout);
-    crate::exec::cache::set_files(config.cache_dir.clone().map(|dir| {
-        Box::new(crate::app::cache_files::Folder::new(dir))
-            as Box<dyn crate::exec::cache::CacheFiles>
-    }));
+    let files: Option<Box<dyn crate::exec::cache::CacheFiles>> = match (&config.cache_dir, store) {
+        (Some(dir), _) => Some(Box::new(crate::app::cache_files::Folder::new(dir.clone()))),
+        (None, Some(store)) => Some(Box::new(crate::app::cache_files::Stored(store.clone()))),
+        (None, None) => None,
+    };
+    crate::exec::cache::set_files(files);
     exec::Options {
         llm: Some(Arc::new(crate::llm::Service::new(config.llm.clone()))),
         admission: crate::exec::admission::Global::new(
@@ -58,10 +64,11 @@ pub(super) fn run_options(config: &Config) -> exec::Options {
 pub(super) fn run_options_with_flows(
     config: &Config,
     catalog: &Arc<crate::catalog::Catalog>,
+    store: Option<&Arc<dyn crate::store::Backend>>,
 ) -> exec::Options {
     exec::Options {
         flows: Some(catalog.lookup()),
-        ..run_options(config)
+        ..run_options(config, store)
     }
 }
 
@@ -113,8 +120,9 @@ pub(super) fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
         let _dev = dev.map(crate::app::dev::start).transpose()?;
         match config.backend {
             config::Backend::Http => {
-                let options = run_options_with_flows(config, &catalog);
-                let durable = crate::store::open(&config.store)?.map(|backend| {
+                let store = crate::store::open(&config.store)?;
+                let options = run_options_with_flows(config, &catalog, store.as_ref());
+                let durable = store.map(|backend| {
                     crate::transport::http::Durable::new(backend, config.store.clone())
                 });
                 crate::transport::http::serve(catalog, config.http.clone(), options, durable).await
@@ -128,7 +136,7 @@ pub(super) fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
                 );
                 drop(snapshot);
                 let max_line = crate::transport::mcp::MAX_LINE_BYTES;
-                let options = run_options_with_flows(config, &catalog);
+                let options = run_options_with_flows(config, &catalog, None);
                 crate::transport::mcp::serve_stdio(catalog, options, max_line).await
             }
         }

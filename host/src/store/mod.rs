@@ -1,6 +1,6 @@
 //! Where async runs outlive the process that started them: each run's record, its event log,
 //! the checkpoints of its completed op calls, its idempotency key, and who runs it (an owner
-//! with a lease). [`Backend`] is the small interface the runs code keeps them through;
+//! with a lease); MCP tasks as their host sees them; the op cache's entries. [`Backend`] is the small interface the runs code keeps them through;
 //! `sqlite.rs` is the embedded default (one file, shared safely by every host on the machine
 //! that opens it); `redis.rs` the shared one (`store.url`, replicas on several machines).
 //! `store.path=:memory:` opens none: runs then live in the memory of the
@@ -158,12 +158,21 @@ pub(crate) trait Backend: Send + Sync {
     fn ask_task(&self, id: &str, request: &str) -> Result<bool>;
     /// Takes the requests left for task `id`, oldest first.
     fn task_requests(&self, id: &str) -> Result<Vec<String>>;
+    /// The op cache (`enable_cache`): an entry by name, kept until `expires_ms`.
+    fn cache_get(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    fn cache_put(&self, name: &str, text: &str, expires_ms: i64) -> Result<()>;
+    fn cache_remove(&self, name: &str) -> Result<()>;
     /// Waits (at most `at_most`) for event `from` of run `id` to be kept; the caller reads
     /// again either way. A store that cannot be told when it is sleeps a tenth of a second.
     fn wait(&self, _id: &str, _from: u64, at_most: std::time::Duration) -> Result<()> {
         std::thread::sleep(at_most.min(std::time::Duration::from_millis(100)));
         Ok(())
     }
+}
+
+/// A store URL as shown (logs, `flowhost config`): without its password.
+pub(crate) fn shown_url(url: &str) -> String {
+    self::redis::redact(url)
 }
 
 /// Milliseconds since the Unix epoch.
@@ -190,6 +199,9 @@ pub(crate) struct Settings {
     /// `store.max_resumes`: a run resumed more times than this fails.
     pub(crate) max_resumes: u32,
 }
+
+/// Op cache entries the store keeps at most (the newest go last).
+pub(crate) const MAX_CACHE_ENTRIES: usize = 4096;
 
 /// Where the embedded store is kept unless `store.path` says otherwise.
 pub(crate) const DEFAULT_PATH: &str = ".flowhost/runs.db";

@@ -32,6 +32,9 @@ fn task_key(id: &str) -> String {
 fn task_requests_key(id: &str) -> String {
     format!("{PREFIX}task-requests:{id}")
 }
+fn cache_key(name: &str) -> String {
+    format!("{PREFIX}cache:{name}")
+}
 fn idempotency_key(flow: &str, key: &str) -> String {
     format!("{PREFIX}key:{}:{flow}:{key}", flow.len())
 }
@@ -113,7 +116,7 @@ impl Redis {
 }
 
 /// The URL without its password.
-fn redact(url: &str) -> String {
+pub(super) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://…@{}", &url[..scheme], &url[at + 1..])
@@ -350,6 +353,24 @@ impl Backend for Redis {
                     .query(con)
             })?;
         Ok(requests)
+    }
+
+    fn cache_get(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.with("reading the op cache", |con| con.get(cache_key(name)))
+    }
+
+    fn cache_put(&self, name: &str, text: &str, expires_ms: i64) -> Result<()> {
+        // Redis forgets it when it expires (entries are bounded by time here, not count).
+        let left = (expires_ms - super::now_ms()).max(1) as u64;
+        self.with("keeping an op cache entry", |con| {
+            con.pset_ex(cache_key(name), text, left)
+        })
+    }
+
+    fn cache_remove(&self, name: &str) -> Result<()> {
+        self.with("forgetting an op cache entry", |con| {
+            con.del(cache_key(name))
+        })
     }
 
     fn wait(&self, id: &str, from: u64, at_most: Duration) -> Result<()> {

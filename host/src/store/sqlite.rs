@@ -71,6 +71,12 @@ CREATE TABLE IF NOT EXISTS task_requests (
     request TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS task_requests_by_task ON task_requests (task);
+CREATE TABLE IF NOT EXISTS cache (
+    name TEXT PRIMARY KEY,
+    text TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cache_by_expiry ON cache (expires_ms);
 ";
 
 const TOLERATED: i64 = 1;
@@ -463,12 +469,48 @@ impl Backend for Sqlite {
         Ok(requests)
     }
 
+    fn cache_get(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.reader()
+            .query_row(
+                "SELECT text FROM cache WHERE name = ?1 AND expires_ms > ?2",
+                params![name, super::now_ms()],
+                |row| row.get::<_, String>(0),
+            )
+            .optional()
+            .map(|text| text.map(String::into_bytes))
+            .map_err(self.err("reading the op cache"))
+    }
+
+    fn cache_put(&self, name: &str, text: &str, expires_ms: i64) -> Result<()> {
+        self.writer()
+            .execute(
+                "INSERT OR REPLACE INTO cache (name, text, expires_ms) VALUES (?1, ?2, ?3)",
+                params![name, text, expires_ms],
+            )
+            .map(drop)
+            .map_err(self.err("keeping an op cache entry"))
+    }
+
+    fn cache_remove(&self, name: &str) -> Result<()> {
+        self.writer()
+            .execute("DELETE FROM cache WHERE name = ?1", params![name])
+            .map(drop)
+            .map_err(self.err("forgetting an op cache entry"))
+    }
+
     fn prune(&self, bounds: Bounds, now_ms: i64) -> Result<usize> {
         let mut connection = self.writer();
         let err = self.err("forgetting old runs");
         let tx = connection.transaction().map_err(&err)?;
         tx.execute("DELETE FROM tasks WHERE expires_ms < ?1", params![now_ms])
             .map_err(&err)?;
+        tx.execute("DELETE FROM cache WHERE expires_ms < ?1", params![now_ms])
+            .map_err(&err)?;
+        tx.execute(
+            "DELETE FROM cache WHERE name IN (SELECT name FROM cache ORDER BY expires_ms DESC LIMIT -1 OFFSET ?1)",
+            params![super::MAX_CACHE_ENTRIES as i64],
+        )
+        .map_err(&err)?;
         let gone = prune_in(&tx, bounds, now_ms).map_err(&err)?;
         tx.commit().map_err(&err)?;
         if gone > 0 {

@@ -487,3 +487,44 @@ async fn mcp_tasks_answer_from_any_host_sharing_the_store() {
     let unknown = mcp(&b, 6, "tasks/get", "nope", json!({"taskId": "nope"})).await;
     assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_op_cache_is_kept_in_the_store_across_a_restart() {
+    let flows = folder(&[(
+        "t.yaml",
+        "cached:\n  flow_content: TickOp(n=2, interval_ms=10, enable_cache=True)\n",
+    )]);
+    let store = tempfile::tempdir().unwrap();
+    let arg = store_arg(store.path());
+    let call = |server: &Server| {
+        client()
+            .post(server.url("/cached"))
+            .json(&json!({"query": "same"}))
+            .send()
+    };
+    let first = Server::start(flows.path(), &[&arg]);
+    assert_eq!(call(&first).await.unwrap().status(), 200);
+    assert_eq!(
+        first
+            .metric(&client(), "flowhost_op_cache_misses_total")
+            .await,
+        1.0
+    );
+    drop(first);
+    // A new process: its memory is empty, the store has the answer.
+    let second = Server::start(flows.path(), &[&arg]);
+    let answer: Value = call(&second).await.unwrap().json().await.unwrap();
+    assert_eq!(answer["answer"], "tick 0\ntick 1\n", "{answer}");
+    assert_eq!(
+        second
+            .metric(&client(), "flowhost_op_cache_hits_total")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        second
+            .metric(&client(), "flowhost_op_cache_misses_total")
+            .await,
+        0.0
+    );
+}

@@ -4,6 +4,9 @@
 //! checkpoints a list, an idempotency key a string set with `NX`; the running runs are a set
 //! and every run is in a sorted set by creation time, which pruning walks. Compare-and-set
 //! steps (cancel, take over) are Lua scripts, so they are atomic.
+//!
+//! Long because it is one implementation of the store's interface (runs, events, tasks, the
+//! op cache), each method a short sequence of Redis commands over the one connection helper.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

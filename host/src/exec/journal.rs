@@ -30,10 +30,10 @@ pub(crate) fn child(parent: u64, index: usize) -> u64 {
     hash
 }
 
-/// The calls of a run that completed (node id → what the call wrote).
+/// The calls of a run that completed (node id → the call's name and what it wrote).
 #[derive(Debug, Default)]
 pub struct Journal {
-    done: HashMap<u64, Map<String, Value>>,
+    done: HashMap<u64, (String, Map<String, Value>)>,
 }
 
 /// A completed call, as its checkpoint chunk carries it.
@@ -48,12 +48,20 @@ impl Journal {
     /// A journal with these calls completed.
     pub fn new(done: impl IntoIterator<Item = Checkpoint>) -> Journal {
         Journal {
-            done: done.into_iter().map(|c| (c.node, c.writes)).collect(),
+            done: done
+                .into_iter()
+                .map(|c| (c.node, (c.op, c.writes)))
+                .collect(),
         }
     }
 
-    pub(crate) fn done(&self, node: u64) -> Option<&Map<String, Value>> {
-        self.done.get(&node)
+    /// What call `op` at `node` wrote, if it completed. A call by another name at that place
+    /// (the flow was edited since) did not: it runs.
+    pub(crate) fn done(&self, node: u64, op: &str) -> Option<&Map<String, Value>> {
+        self.done
+            .get(&node)
+            .filter(|(name, _)| name == op)
+            .map(|(_, writes)| writes)
     }
 
     /// The op a resumed run calls first (the one that was running when its host died): the
@@ -61,7 +69,10 @@ impl Journal {
     pub fn next_op(&self, flow: &Flow) -> Option<String> {
         fn first(node: &Node, id: u64, journal: &Journal) -> Option<String> {
             match node {
-                Node::Call(step) => journal.done(id).is_none().then(|| step.name().to_string()),
+                Node::Call(step) => journal
+                    .done(id, step.name())
+                    .is_none()
+                    .then(|| step.name().to_string()),
                 Node::Flow(target) => Some(format!("FlowOp(flow={})", target.name)),
                 Node::Seq(items) | Node::Par(items) => items
                     .iter()

@@ -94,7 +94,7 @@ pub(super) fn run_node<'a>(
             Node::Call(step) => match env.journal.as_ref().filter(|_| env.collect.is_none()) {
                 None => run_step(step, &context, env).await,
                 Some(journal) => {
-                    if let Some(writes) = journal.done(id) {
+                    if let Some(writes) = journal.done(id, step.name()) {
                         return Ok(writes.clone());
                     }
                     let writes = run_step(step, &context, env).await?;

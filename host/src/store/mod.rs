@@ -42,6 +42,9 @@ pub(crate) enum Created {
 /// One kept chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Event {
+    /// Its place in the run's log (0, 1, 2, ...); set by reads, ignored by writes (which
+    /// number events from `first`).
+    pub(crate) seq: u64,
     pub(crate) kind: String,
     pub(crate) json: bool,
     pub(crate) op: String,
@@ -121,18 +124,21 @@ pub(crate) trait Backend: Send + Sync {
     /// The run started under `key` for `flow`, and its input hash.
     fn key(&self, flow: &str, key: &str) -> Result<Option<(String, u64)>>;
     /// Appends events (the first is event number `first`) and checkpoints, and sets the
-    /// run's totals, in one transaction.
+    /// run's totals, in one transaction, if `owner` still owns the run; false when it does
+    /// not (another host took it over: the caller stops driving it).
+    #[allow(clippy::too_many_arguments)]
     fn append(
         &self,
         id: &str,
+        owner: &str,
         first: u64,
         events: &[Event],
         checkpoints: &[Kept],
         bytes: u64,
         truncated: bool,
-    ) -> Result<()>;
-    /// Records how the run ended.
-    fn finish(&self, id: &str, end: &End) -> Result<()>;
+    ) -> Result<bool>;
+    /// Records how the run ended, if `owner` still owns it (else false).
+    fn finish(&self, id: &str, owner: &str, end: &End) -> Result<bool>;
     fn run(&self, id: &str) -> Result<Option<RunRow>>;
     /// Events `from` on, at most `max`.
     fn events(&self, id: &str, from: u64, max: usize) -> Result<Vec<Event>>;
@@ -141,13 +147,22 @@ pub(crate) trait Backend: Send + Sync {
     fn cancel(&self, id: &str) -> Result<bool>;
     /// `owner`'s running runs that someone asked to cancel.
     fn cancelled(&self, owner: &str) -> Result<Vec<String>>;
-    /// Extends the lease on every run `owner` runs.
-    fn renew(&self, owner: &str, until_ms: i64) -> Result<()>;
-    /// Running runs not owned by `owner` (their owners may be dead).
-    fn others_running(&self, owner: &str) -> Result<Vec<RunRow>>;
-    /// Takes `id` over from `from` (who still owns it and whose lease it saw); false when
-    /// someone else did first.
-    fn claim(&self, id: &str, from: &str, owner: &str, until_ms: i64) -> Result<bool>;
+    /// Extends the lease on the runs `ids` that `owner` runs.
+    fn renew(&self, owner: &str, ids: &[String], until_ms: i64) -> Result<()>;
+    /// Ends `owner`'s lease on every run it owns (it is stopping) or on `id` alone.
+    fn release(&self, owner: &str, id: Option<&str>) -> Result<()>;
+    /// Every running run (whoever owns it).
+    fn running(&self) -> Result<Vec<RunRow>>;
+    /// Takes `id` over from `from`, if it still owns it with the lease `lease_ms` that was
+    /// seen (so a renewal in between wins); false when someone else did first.
+    fn claim(
+        &self,
+        id: &str,
+        from: &str,
+        lease_ms: i64,
+        owner: &str,
+        until_ms: i64,
+    ) -> Result<bool>;
     /// Forgets finished runs past `bounds`; how many went.
     fn prune(&self, bounds: Bounds, now_ms: i64) -> Result<usize>;
     /// Keeps an MCP task's state (rmcp's task as JSON) as the host running it sees it.

@@ -165,6 +165,7 @@ fn event_of(fields: &[String]) -> Event {
     }
     let flags: i64 = map.get("f").and_then(|v| v.parse().ok()).unwrap_or(0);
     Event {
+        seq: 0,
         kind: map.get("k").copied().unwrap_or("think").to_string(),
         json: map.get("j") == Some(&"1"),
         op: map.get("o").copied().unwrap_or_default().to_string(),
@@ -178,8 +179,15 @@ fn event_of(fields: &[String]) -> Event {
 type Entries = Vec<(String, Vec<String>)>;
 
 const CANCEL: &str = "if redis.call('HGET', KEYS[1], 'status') == 'running' then redis.call('HSET', KEYS[1], 'cancel', '1') return 1 end return 0";
-const CLAIM: &str = "if redis.call('HGET', KEYS[1], 'status') == 'running' and redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'lease_ms', ARGV[3]) redis.call('HINCRBY', KEYS[1], 'resumes', 1) return 1 end return 0";
-const RENEW: &str = "for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do local k = ARGV[3] .. id if redis.call('HGET', k, 'owner') == ARGV[1] then redis.call('HSET', k, 'lease_ms', ARGV[2]) end end return 0";
+const CLAIM: &str = "if redis.call('HGET', KEYS[1], 'status') == 'running' and redis.call('HGET', KEYS[1], 'owner') == ARGV[1] and redis.call('HGET', KEYS[1], 'lease_ms') == ARGV[4] then redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'lease_ms', ARGV[3]) redis.call('HINCRBY', KEYS[1], 'resumes', 1) return 1 end return 0";
+/// ARGV: owner, until, the run key prefix, then the ids.
+const RENEW: &str = "for i = 4, #ARGV do local k = ARGV[3] .. ARGV[i] if redis.call('HGET', k, 'owner') == ARGV[1] and redis.call('HGET', k, 'status') == 'running' then redis.call('HSET', k, 'lease_ms', ARGV[2]) end end return 0";
+/// KEYS: the run; ARGV: owner, then field/value pairs. Only the owner ends a run.
+const FINISH: &str = "if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end redis.call('HSET', KEYS[1], unpack(ARGV, 2)) redis.call('SREM', KEYS[2], ARGV[#ARGV]) return 1";
+/// KEYS: the idempotency key, the run, the running set, every run; ARGV: the key's value,
+/// the run id, its creation time, then the run's field/value pairs. The key and the run are
+/// made together; a key taken by another run answers that run (ours, on a retry, is new).
+const CREATE: &str = "local taken = redis.call('GET', KEYS[1]) if taken and taken ~= ARGV[1] then return taken end redis.call('SET', KEYS[1], ARGV[1]) redis.call('HSET', KEYS[2], unpack(ARGV, 4)) redis.call('SADD', KEYS[3], ARGV[2]) redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2]) return false";
 
 impl Backend for Redis {
     fn describe(&self) -> String {
@@ -210,71 +218,84 @@ impl Backend for Redis {
     fn append(
         &self,
         id: &str,
+        owner: &str,
         first: u64,
         events: &[Event],
         checkpoints: &[Kept],
         bytes: u64,
         truncated: bool,
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        let key = run_key(id);
         self.with("keeping a run's events", |con| {
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            for (i, event) in events.iter().enumerate() {
-                let flags = if event.tolerated { TOLERATED } else { 0 }
-                    | if event.resumed { RESUMED } else { 0 };
-                pipe.cmd("XADD")
-                    .arg(events_key(id))
-                    .arg(format!("{}-0", first + i as u64 + 1))
-                    .arg("k")
-                    .arg(&event.kind)
-                    .arg("j")
-                    .arg(if event.json { "1" } else { "0" })
-                    .arg("o")
-                    .arg(&event.op)
-                    .arg("t")
-                    .arg(&event.text)
-                    .arg("f")
-                    .arg(flags)
-                    .arg("a")
-                    .arg(event.attempts)
-                    .ignore();
-            }
-            for (seq, body) in checkpoints {
-                pipe.rpush(checkpoints_key(id), format!("{seq}\t{body}"))
-                    .ignore();
-            }
-            pipe.hset_multiple(
-                run_key(id),
-                &[
-                    ("chunks", (first + events.len() as u64).to_string()),
-                    ("bytes", bytes.to_string()),
-                    ("truncated", u8::from(truncated).to_string()),
-                ],
-            )
-            .ignore();
-            pipe.query::<()>(con)
+            // Fenced: WATCH the run, check its owner, write in MULTI (retried if it changed).
+            redis::transaction(con, &[&key], |con, pipe| {
+                let holder: Option<String> = con.hget(&key, "owner")?;
+                if holder.as_deref() != Some(owner) {
+                    redis::cmd("UNWATCH").query::<()>(con)?;
+                    return Ok(Some(false));
+                }
+                for (i, event) in events.iter().enumerate() {
+                    let flags = if event.tolerated { TOLERATED } else { 0 }
+                        | if event.resumed { RESUMED } else { 0 };
+                    pipe.cmd("XADD")
+                        .arg(events_key(id))
+                        .arg(format!("{}-0", first + i as u64 + 1))
+                        .arg("k")
+                        .arg(&event.kind)
+                        .arg("j")
+                        .arg(if event.json { "1" } else { "0" })
+                        .arg("o")
+                        .arg(&event.op)
+                        .arg("t")
+                        .arg(&event.text)
+                        .arg("f")
+                        .arg(flags)
+                        .arg("a")
+                        .arg(event.attempts)
+                        .ignore();
+                }
+                for (seq, body) in checkpoints {
+                    pipe.rpush(checkpoints_key(id), format!("{seq}\t{body}"))
+                        .ignore();
+                }
+                pipe.hset_multiple(
+                    &key,
+                    &[
+                        ("chunks", (first + events.len() as u64).to_string()),
+                        ("bytes", bytes.to_string()),
+                        ("truncated", u8::from(truncated).to_string()),
+                    ],
+                )
+                .ignore()
+                .hget(&key, "owner");
+                let done: Option<(String,)> = pipe.query(con)?;
+                Ok(done.map(|_| true))
+            })
         })
     }
 
-    fn finish(&self, id: &str, end: &End) -> Result<()> {
-        self.with("recording a run's end", |con| {
-            let mut fields = vec![
-                ("status", end.status.to_string()),
-                ("answer", end.answer.clone()),
-                ("failed_ops", end.failed_ops.clone()),
-                ("finished_ms", end.finished_ms.to_string()),
-            ];
-            if let Some(error) = &end.error {
-                fields.push(("error", error.clone()));
+    fn finish(&self, id: &str, owner: &str, end: &End) -> Result<bool> {
+        let script = redis::Script::new(FINISH);
+        let mut fields = vec![
+            ("status", end.status.to_string()),
+            ("answer", end.answer.clone()),
+            ("failed_ops", end.failed_ops.clone()),
+            ("finished_ms", end.finished_ms.to_string()),
+        ];
+        if let Some(error) = &end.error {
+            fields.push(("error", error.clone()));
+        }
+        let done: i64 = self.with("recording a run's end", |con| {
+            let mut call = script.key(run_key(id));
+            call.key(RUNNING).arg(owner);
+            for (name, value) in &fields {
+                call.arg(*name).arg(value);
             }
-            redis::pipe()
-                .atomic()
-                .hset_multiple(run_key(id), &fields)
-                .ignore()
-                .srem(RUNNING, id)
-                .ignore()
-                .query::<()>(con)
-        })
+            // Last, the pair (`id`, the id): HSET keeps it, SREM reads the id from the end.
+            call.arg("id").arg(id);
+            call.invoke(con)
+        })?;
+        Ok(done == 1)
     }
 
     fn run(&self, id: &str) -> Result<Option<RunRow>> {
@@ -293,7 +314,17 @@ impl Backend for Redis {
                 .arg(max.min(1 << 30))
                 .query(con)
         })?;
-        Ok(entries.iter().map(|(_, fields)| event_of(fields)).collect())
+        Ok(entries
+            .iter()
+            .map(|(entry, fields)| Event {
+                seq: entry
+                    .split('-')
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .map_or(0, |n| n.saturating_sub(1)),
+                ..event_of(fields)
+            })
+            .collect())
     }
 
     fn put_task(&self, task: &TaskRow) -> Result<()> {
@@ -346,15 +377,14 @@ impl Backend for Redis {
     }
 
     fn task_requests(&self, id: &str) -> Result<Vec<String>> {
-        let (requests, ()): (Vec<String>, ()) =
-            self.with("reading an MCP task's requests", |con| {
-                redis::pipe()
-                    .atomic()
-                    .lrange(task_requests_key(id), 0, -1)
-                    .del(task_requests_key(id))
-                    .ignore()
-                    .query(con)
-            })?;
+        let (requests,): (Vec<String>,) = self.with("reading an MCP task's requests", |con| {
+            redis::pipe()
+                .atomic()
+                .lrange(task_requests_key(id), 0, -1)
+                .del(task_requests_key(id))
+                .ignore()
+                .query(con)
+        })?;
         Ok(requests)
     }
 
@@ -457,24 +487,58 @@ impl Backend for Redis {
             .collect())
     }
 
-    fn renew(&self, owner: &str, until_ms: i64) -> Result<()> {
+    fn renew(&self, owner: &str, ids: &[String], until_ms: i64) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         let script = redis::Script::new(RENEW);
         self.with("renewing leases", |con| {
-            script
-                .key(RUNNING)
-                .arg(owner)
-                .arg(until_ms)
-                .arg(format!("{PREFIX}run:"))
-                .invoke::<i64>(con)
+            let mut call = script.arg(owner);
+            call.arg(until_ms).arg(format!("{PREFIX}run:"));
+            for id in ids {
+                call.arg(id);
+            }
+            call.invoke::<i64>(con)
         })
         .map(drop)
     }
 
-    fn others_running(&self, owner: &str) -> Result<Vec<RunRow>> {
-        self.others(owner)
+    fn release(&self, owner: &str, id: Option<&str>) -> Result<()> {
+        let ids = match id {
+            Some(id) => vec![id.to_string()],
+            None => self.with("giving up leases", |con| con.smembers(RUNNING))?,
+        };
+        self.renew(owner, &ids, 0)
     }
 
-    fn claim(&self, id: &str, from: &str, owner: &str, until_ms: i64) -> Result<bool> {
+    fn running(&self) -> Result<Vec<RunRow>> {
+        let ids: Vec<String> = self.with("reading running runs", |con| con.smembers(RUNNING))?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<HashMap<String, String>> = self.with("reading running runs", |con| {
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.hgetall(run_key(id));
+            }
+            pipe.query(con)
+        })?;
+        Ok(ids
+            .iter()
+            .zip(&rows)
+            .filter_map(|(id, fields)| row_of(id, fields))
+            .filter(|row| row.status == "running")
+            .collect())
+    }
+
+    fn claim(
+        &self,
+        id: &str,
+        from: &str,
+        lease_ms: i64,
+        owner: &str,
+        until_ms: i64,
+    ) -> Result<bool> {
         let script = redis::Script::new(CLAIM);
         let done: i64 = self.with("taking a run over", |con| {
             script
@@ -482,6 +546,7 @@ impl Backend for Redis {
                 .arg(from)
                 .arg(owner)
                 .arg(until_ms)
+                .arg(lease_ms)
                 .invoke(con)
         })?;
         Ok(done == 1)
@@ -559,68 +624,56 @@ impl Backend for Redis {
 impl Redis {
     /// Keeps a new run (see [`Backend::create`]).
     fn start(&self, run: &NewRun) -> Result<Created> {
-        let key = run.key.as_ref().map(|(k, _)| idempotency_key(&run.flow, k));
-        self.with("starting a run", |con| {
-            if let (Some(name), Some((_, input))) = (&key, &run.key) {
-                // The key first, with NX: of two hosts sending it at once, one sets it.
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(name)
-                    .arg(format!("{}\t{input}", run.id))
-                    .arg("NX")
-                    .query(con)?;
-                if set.is_none() {
-                    let taken: Option<String> = con.get(name)?;
-                    if let Some((id, input)) = taken.as_deref().and_then(|t| t.split_once('\t')) {
-                        return Ok(Created::Existing {
-                            id: id.to_string(),
-                            input: input.parse().unwrap_or(0),
-                        });
-                    }
-                }
+        let fields = [
+            ("flow", run.flow.clone()),
+            ("input", run.input.clone()),
+            ("created_ms", run.created_ms.to_string()),
+            ("status", "running".into()),
+            ("owner", run.owner.clone()),
+            ("lease_ms", run.lease_until_ms.to_string()),
+            (
+                "key",
+                run.key
+                    .as_ref()
+                    .map(|(k, _)| idempotency_key(&run.flow, k))
+                    .unwrap_or_default(),
+            ),
+        ];
+        let Some((key, input)) = &run.key else {
+            self.with("starting a run", |con| {
+                redis::pipe()
+                    .atomic()
+                    .hset_multiple(run_key(&run.id), &fields)
+                    .ignore()
+                    .sadd(RUNNING, &run.id)
+                    .ignore()
+                    .zadd(ALL, &run.id, run.created_ms)
+                    .ignore()
+                    .query::<()>(con)
+            })?;
+            return Ok(Created::New);
+        };
+        let script = redis::Script::new(CREATE);
+        let taken: Option<String> = self.with("starting a run", |con| {
+            let mut call = script.key(idempotency_key(&run.flow, key));
+            call.key(run_key(&run.id))
+                .key(RUNNING)
+                .key(ALL)
+                .arg(format!("{}\t{input}", run.id))
+                .arg(&run.id)
+                .arg(run.created_ms);
+            for (name, value) in &fields {
+                call.arg(*name).arg(value);
             }
-            redis::pipe()
-                .atomic()
-                .hset_multiple(
-                    run_key(&run.id),
-                    &[
-                        ("flow", run.flow.clone()),
-                        ("input", run.input.clone()),
-                        ("created_ms", run.created_ms.to_string()),
-                        ("status", "running".into()),
-                        ("owner", run.owner.clone()),
-                        ("lease_ms", run.lease_until_ms.to_string()),
-                        ("key", key.clone().unwrap_or_default()),
-                    ],
-                )
-                .ignore()
-                .sadd(RUNNING, &run.id)
-                .ignore()
-                .zadd(ALL, &run.id, run.created_ms)
-                .ignore()
-                .query::<()>(con)?;
-            Ok(Created::New)
-        })
-    }
-
-    /// The running runs not `owner`'s.
-    fn others(&self, owner: &str) -> Result<Vec<RunRow>> {
-        let ids: Vec<String> = self.with("reading running runs", |con| con.smembers(RUNNING))?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows: Vec<HashMap<String, String>> = self.with("reading running runs", |con| {
-            let mut pipe = redis::pipe();
-            for id in &ids {
-                pipe.hgetall(run_key(id));
-            }
-            pipe.query(con)
+            call.invoke(con)
         })?;
-        Ok(ids
-            .iter()
-            .zip(&rows)
-            .filter_map(|(id, fields)| row_of(id, fields))
-            .filter(|row| row.status == "running" && row.owner != owner)
-            .collect())
+        Ok(match taken.as_deref().and_then(|t| t.split_once('\t')) {
+            Some((id, input)) => Created::Existing {
+                id: id.to_string(),
+                input: input.parse().unwrap_or(0),
+            },
+            None => Created::New,
+        })
     }
 }
 

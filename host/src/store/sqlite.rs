@@ -238,15 +238,22 @@ impl Backend for Sqlite {
     fn append(
         &self,
         id: &str,
+        owner: &str,
         first: u64,
         events: &[Event],
         checkpoints: &[Kept],
         bytes: u64,
         truncated: bool,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut connection = self.writer();
         let err = self.err("keeping a run's events");
-        let tx = connection.transaction().map_err(&err)?;
+        let tx = connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        // Fenced: a host that lost the run (another took it over) writes nothing more.
+        if !owns(&tx, id, owner).map_err(&err)? {
+            return Ok(false);
+        }
         {
             let mut insert = tx
                 .prepare_cached(
@@ -288,16 +295,17 @@ impl Backend for Sqlite {
             ],
         )
         .map_err(&err)?;
-        tx.commit().map_err(&err)
+        tx.commit().map_err(&err)?;
+        Ok(true)
     }
 
-    fn finish(&self, id: &str, end: &End) -> Result<()> {
+    fn finish(&self, id: &str, owner: &str, end: &End) -> Result<bool> {
         self.writer()
             .execute(
-                "UPDATE runs SET status = ?2, answer = ?3, error = ?4, failed_ops = ?5, finished_ms = ?6 WHERE id = ?1",
-                params![id, end.status, end.answer, end.error, end.failed_ops, end.finished_ms],
+                "UPDATE runs SET status = ?2, answer = ?3, error = ?4, failed_ops = ?5, finished_ms = ?6 WHERE id = ?1 AND owner = ?7",
+                params![id, end.status, end.answer, end.error, end.failed_ops, end.finished_ms, owner],
             )
-            .map(drop)
+            .map(|n| n > 0)
             .map_err(self.err("recording a run's end"))
     }
 
@@ -317,13 +325,14 @@ impl Backend for Sqlite {
         let err = self.err("reading a run's events");
         let mut select = connection
             .prepare_cached(
-                "SELECT kind, json, op, text, flags, attempts FROM events WHERE run = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
+                "SELECT kind, json, op, text, flags, attempts, seq FROM events WHERE run = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
             )
             .map_err(&err)?;
         let rows = select
             .query_map(params![id, from as i64, max as i64], |row| {
                 let flags: i64 = row.get(4)?;
                 Ok(Event {
+                    seq: row.get::<_, i64>(6)?.max(0) as u64,
                     kind: row.get(0)?,
                     json: row.get(1)?,
                     op: row.get(2)?,
@@ -375,33 +384,62 @@ impl Backend for Sqlite {
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(&err)
     }
 
-    fn renew(&self, owner: &str, until_ms: i64) -> Result<()> {
-        self.writer()
-            .execute(
-                "UPDATE runs SET lease_ms = ?2 WHERE status = 'running' AND owner = ?1",
-                params![owner, until_ms],
-            )
-            .map(drop)
-            .map_err(self.err("renewing leases"))
+    fn renew(&self, owner: &str, ids: &[String], until_ms: i64) -> Result<()> {
+        let mut connection = self.writer();
+        let err = self.err("renewing leases");
+        let tx = connection.transaction().map_err(&err)?;
+        {
+            let mut update = tx
+                .prepare_cached(
+                    "UPDATE runs SET lease_ms = ?3 WHERE id = ?1 AND owner = ?2 AND status = 'running'",
+                )
+                .map_err(&err)?;
+            for id in ids {
+                update.execute(params![id, owner, until_ms]).map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)
     }
 
-    fn others_running(&self, owner: &str) -> Result<Vec<RunRow>> {
+    fn release(&self, owner: &str, id: Option<&str>) -> Result<()> {
+        let connection = self.writer();
+        let done = match id {
+            Some(id) => connection.execute(
+                "UPDATE runs SET lease_ms = 0 WHERE id = ?1 AND owner = ?2 AND status = 'running'",
+                params![id, owner],
+            ),
+            None => connection.execute(
+                "UPDATE runs SET lease_ms = 0 WHERE owner = ?1 AND status = 'running'",
+                params![owner],
+            ),
+        };
+        done.map(drop).map_err(self.err("giving up leases"))
+    }
+
+    fn running(&self) -> Result<Vec<RunRow>> {
         let connection = self.reader();
         let err = self.err("reading running runs");
         let mut select = connection
             .prepare_cached(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running' AND owner != ?1"
+                "SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running'"
             ))
             .map_err(&err)?;
-        let rows = select.query_map(params![owner], row_to_run).map_err(&err)?;
+        let rows = select.query_map([], row_to_run).map_err(&err)?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(&err)
     }
 
-    fn claim(&self, id: &str, from: &str, owner: &str, until_ms: i64) -> Result<bool> {
+    fn claim(
+        &self,
+        id: &str,
+        from: &str,
+        lease_ms: i64,
+        owner: &str,
+        until_ms: i64,
+    ) -> Result<bool> {
         self.writer()
             .execute(
-                "UPDATE runs SET owner = ?3, lease_ms = ?4, resumes = resumes + 1 WHERE id = ?1 AND owner = ?2 AND status = 'running'",
-                params![id, from, owner, until_ms],
+                "UPDATE runs SET owner = ?4, lease_ms = ?5, resumes = resumes + 1 WHERE id = ?1 AND owner = ?2 AND lease_ms = ?3 AND status = 'running'",
+                params![id, from, lease_ms, owner, until_ms],
             )
             .map(|n| n > 0)
             .map_err(self.err("taking a run over"))
@@ -450,7 +488,9 @@ impl Backend for Sqlite {
     fn task_requests(&self, id: &str) -> Result<Vec<String>> {
         let mut connection = self.writer();
         let err = self.err("reading an MCP task's requests");
-        let tx = connection.transaction().map_err(&err)?;
+        let tx = connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(&err)?;
         let requests = {
             let mut select = tx
                 .prepare_cached("SELECT request FROM task_requests WHERE task = ?1 ORDER BY rowid")
@@ -522,6 +562,17 @@ impl Backend for Sqlite {
     }
 }
 
+/// Whether `owner` owns run `id`.
+fn owns(tx: &rusqlite::Transaction<'_>, id: &str, owner: &str) -> rusqlite::Result<bool> {
+    tx.query_row(
+        "SELECT owner = ?2 FROM runs WHERE id = ?1",
+        params![id, owner],
+        |row| row.get::<_, bool>(0),
+    )
+    .optional()
+    .map(|owns| owns.unwrap_or(false))
+}
+
 /// Deletes the finished runs past `bounds` (with their events, checkpoints and keys), in
 /// `tx`; how many went.
 fn prune_in(
@@ -570,6 +621,7 @@ mod tests {
 
     fn event(text: &str) -> Event {
         Event {
+            seq: 0,
             kind: "answer".into(),
             json: false,
             op: "EchoOp".into(),
@@ -622,6 +674,7 @@ mod tests {
         store
             .append(
                 "r1",
+                "a",
                 0,
                 &[event("a"), event("b")],
                 &[(2, "{}".into())],
@@ -630,7 +683,7 @@ mod tests {
             )
             .unwrap();
         store
-            .append("r1", 2, &[event("c")], &[], 30, false)
+            .append("r1", "a", 2, &[event("c")], &[], 30, false)
             .unwrap();
         let texts: Vec<String> = store
             .events("r1", 1, 10)
@@ -639,6 +692,7 @@ mod tests {
             .map(|e| e.text)
             .collect();
         assert_eq!(texts, ["b", "c"]);
+        assert_eq!(store.events("r1", 1, 10).unwrap()[1].seq, 2);
         assert_eq!(
             store.checkpoints("r1").unwrap(),
             vec![(2, "{}".to_string())]
@@ -648,10 +702,17 @@ mod tests {
         assert_eq!(other.run("r1").unwrap().unwrap().chunks, 3);
         assert!(other.cancel("r1").unwrap());
         assert_eq!(store.cancelled("a").unwrap(), ["r1"]);
-        assert_eq!(other.others_running("b").unwrap().len(), 1);
-        assert!(other.claim("r1", "a", "b", 20_000).unwrap());
-        assert!(!store.claim("r1", "a", "c", 20_000).unwrap());
+        assert_eq!(other.running().unwrap().len(), 1);
+        // A claim with a lease other than the one held loses (the owner renewed).
+        assert!(!other.claim("r1", "a", 5, "b", 20_000).unwrap());
+        assert!(other.claim("r1", "a", 10_000, "b", 20_000).unwrap());
+        assert!(!store.claim("r1", "a", 10_000, "c", 20_000).unwrap());
         assert_eq!(store.run("r1").unwrap().unwrap().resumes, 1);
+        // The host that lost the run writes nothing more.
+        assert!(!store
+            .append("r1", "a", 3, &[event("late")], &[], 40, false)
+            .unwrap());
+        assert_eq!(store.events("r1", 3, 10).unwrap(), []);
         let end = End {
             status: "completed",
             answer: "\"abc\"".into(),
@@ -659,7 +720,8 @@ mod tests {
             failed_ops: "[]".into(),
             finished_ms: 100,
         };
-        store.finish("r1", &end).unwrap();
+        assert!(!store.finish("r1", "a", &end).unwrap());
+        assert!(other.finish("r1", "b", &end).unwrap());
         let bounds = Bounds {
             keep_ms: 1000,
             max_runs: 10,

@@ -422,14 +422,26 @@ async fn mcp(server: &Server, id: u64, method: &str, name: &str, params: Value) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_tasks_answer_from_any_host_sharing_the_store() {
+    let store = tempfile::tempdir().unwrap();
+    mcp_tasks_across_hosts(&store_arg(store.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_tasks_answer_from_any_host_sharing_a_redis() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    mcp_tasks_across_hosts(&format!("store.url={}", redis.url)).await;
+}
+
+/// Two hosts with the store `arg`: a task made on one is followed and cancelled on the other.
+async fn mcp_tasks_across_hosts(arg: &str) {
     let flows = folder(&[(
         "t.yaml",
         "slow:\n  flow_content: TickOp(n=50, interval_ms=200)\n  task_after: 0.1\nshort:\n  flow_content: TickOp(n=3, interval_ms=100)\n  task_after: 0.1\n",
     )]);
-    let store = tempfile::tempdir().unwrap();
-    let arg = store_arg(store.path());
-    let a = Server::start(flows.path(), &[&arg, "http.mcp_stateless=true"]);
-    let b = Server::start(flows.path(), &[&arg, "http.mcp_stateless=true"]);
+    let a = Server::start(flows.path(), &[arg, "http.mcp_stateless=true"]);
+    let b = Server::start(flows.path(), &[arg, "http.mcp_stateless=true"]);
 
     // A task made on A runs to its end; B follows it and gets its result.
     let created = mcp(
@@ -441,7 +453,10 @@ async fn mcp_tasks_answer_from_any_host_sharing_the_store() {
     )
     .await;
     assert_eq!(created["result"]["resultType"], "task", "{created}");
-    let task = created["result"]["taskId"].as_str().unwrap().to_string();
+    let task = created["result"]["taskId"]
+        .as_str()
+        .expect("taskId")
+        .to_string();
     let mut last = Value::Null;
     for id in 10..200 {
         last = mcp(&b, id, "tasks/get", &task, json!({"taskId": task})).await;
@@ -465,7 +480,10 @@ async fn mcp_tasks_answer_from_any_host_sharing_the_store() {
         json!({"name": "slow", "arguments": {}}),
     )
     .await;
-    let task = created["result"]["taskId"].as_str().unwrap().to_string();
+    let task = created["result"]["taskId"]
+        .as_str()
+        .expect("taskId")
+        .to_string();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let seen = mcp(&b, 3, "tasks/get", &task, json!({"taskId": task})).await;
     assert_eq!(seen["result"]["status"], "working", "{seen}");

@@ -196,7 +196,7 @@ fn unchanged_library_is_not_reloaded() {
         .clone();
     std::fs::write(&lib, std::fs::read(&lib).unwrap()).unwrap();
     // A marker after it: the watcher sees events in order, so once the marker is served the
-    // rewrite was looked at too. One new snapshot (the marker's), the library not reloaded.
+    // rewrite was looked at too. The library is not reloaded.
     std::fs::write(
         flows.path().join("marker.yaml"),
         "marker:\n  flow_content: VersionOp()\n",
@@ -207,7 +207,9 @@ fn unchanged_library_is_not_reloaded() {
     })
     .expect("the marker was served");
     let snapshot = catalog.snapshot();
-    assert_eq!(snapshot.generation, generation + 1);
+    // At least the marker's snapshot (a loaded machine may see its create and its write in
+    // two debounce windows); what matters is that the library was not loaded again.
+    assert!(snapshot.generation > generation);
     let still = snapshot.registry.get("VersionOp").unwrap().library.clone();
     assert!(Arc::ptr_eq(&loaded, &still), "the library was loaded again");
 }

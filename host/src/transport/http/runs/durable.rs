@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime};
 use axum::body::Bytes;
 use serde_json::{json, Map, Value};
 
+use super::drive::Restored;
 use super::kept::{chunk_of, event_of, owner_is_dead, Durable};
-use super::store::{rfc3339, Record, Restored};
+use super::store::{rfc3339, Record};
 use super::REPLAY_BATCH;
 use crate::chunk::{Chunk, ChunkKind};
 use crate::exec;
@@ -31,8 +32,13 @@ pub(super) async fn find(state: &AppState, id: &str) -> Option<Found> {
     }
     let durable = state.runs.durable.as_ref()?;
     let owned = id.to_string();
+    // Past its retention it is gone, whether or not the keeper has deleted it yet.
+    let keep = state.runs.retention.keep.as_millis() as i64;
+    let now = crate::store::now_ms();
     match durable.call(move |b| b.run(&owned)).await {
-        Ok(row) => row.map(|row| Found::Kept(Box::new(row))),
+        Ok(row) => row
+            .filter(|row| row.finished_ms.is_none_or(|at| now - at < keep))
+            .map(|row| Found::Kept(Box::new(row))),
         Err(err) => {
             tracing::error!("{err}");
             None
@@ -125,8 +131,10 @@ pub(super) fn kept_events(
                     let mut text = String::new();
                     let mut now_sent = sent;
                     for event in events {
-                        super::write_event(&mut text, &row.id, now_sent, &chunk_of(event));
-                        now_sent += 1;
+                        // Numbered by their place in the store (the id a reader resumes from).
+                        let seq = event.seq as usize;
+                        super::write_event(&mut text, &row.id, seq, &chunk_of(event));
+                        now_sent = seq + 1;
                     }
                     return Some((Ok(Bytes::from(text)), (row, now_sent, false)));
                 }
@@ -178,7 +186,11 @@ pub(crate) fn start_keeper(state: &AppState) {
         let renew_every = durable.settings.lease / 3;
         let mut last_renew = tokio::time::Instant::now();
         let mut last_scan: Option<tokio::time::Instant> = None;
+        let mut undriven = std::collections::HashSet::new();
         loop {
+            if state.runs.stopping() {
+                return; // Its leases are given up: renewing them now would keep them.
+            }
             // Cancels asked elsewhere of runs driven here.
             let owner = durable.owner.clone();
             match durable.call(move |b| b.cancelled(&owner)).await {
@@ -194,14 +206,15 @@ pub(crate) fn start_keeper(state: &AppState) {
             if last_renew.elapsed() >= renew_every {
                 last_renew = tokio::time::Instant::now();
                 let (owner, until) = (durable.owner.clone(), durable.lease_until());
-                if let Err(err) = durable.call(move |b| b.renew(&owner, until)).await {
+                let ids = state.runs.driven();
+                if let Err(err) = durable.call(move |b| b.renew(&owner, &ids, until)).await {
                     tracing::warn!("{err}");
                 }
             }
             if last_scan.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
                 last_scan = Some(tokio::time::Instant::now());
                 durable.prune(state.runs.retention.bounds()).await;
-                resume_orphans(&state, durable).await;
+                resume_orphans(&state, durable, &mut undriven).await;
             }
             tokio::time::sleep(POLL).await;
         }
@@ -209,10 +222,14 @@ pub(crate) fn start_keeper(state: &AppState) {
 }
 
 /// Takes over and resumes the runs whose owner died or whose lease ran out, for the flows
-/// this host serves.
-async fn resume_orphans(state: &AppState, durable: &Durable) {
-    let owner = durable.owner.clone();
-    let rows = match durable.call(move |b| b.others_running(&owner)).await {
+/// this host serves; and this host's own runs that nothing here drives (a start that never got
+/// going, a resume that failed half-way), once seen twice in a row (`undriven`).
+async fn resume_orphans(
+    state: &AppState,
+    durable: &Durable,
+    undriven: &mut std::collections::HashSet<String>,
+) {
+    let rows = match durable.call(|b| b.running()).await {
         Ok(rows) => rows,
         Err(err) => {
             tracing::warn!("{err}");
@@ -220,8 +237,16 @@ async fn resume_orphans(state: &AppState, durable: &Durable) {
         }
     };
     let now = crate::store::now_ms();
+    let mut still = std::collections::HashSet::new();
     for row in rows {
-        if row.lease_until_ms > now && !owner_is_dead(&row.owner) {
+        if row.owner == durable.owner {
+            if state.runs.drives(&row.id) || !undriven.contains(&row.id) {
+                if !state.runs.drives(&row.id) {
+                    still.insert(row.id.clone());
+                }
+                continue;
+            }
+        } else if row.lease_until_ms > now && !owner_is_dead(&row.owner) {
             continue;
         }
         let Some(flow) = state
@@ -232,79 +257,114 @@ async fn resume_orphans(state: &AppState, durable: &Durable) {
         else {
             continue; // Not a flow served here: a host that serves it takes it.
         };
-        if let Err(err) = resume(state, durable, row, flow).await {
-            tracing::error!("{err}");
+        let Some(running) = state.runs.try_running() else {
+            return; // Full: the next scan tries again.
+        };
+        let (id, from, lease, owner, until) = (
+            row.id.clone(),
+            row.owner.clone(),
+            row.lease_until_ms,
+            durable.owner.clone(),
+            durable.lease_until(),
+        );
+        match durable
+            .call(move |b| b.claim(&id, &from, lease, &owner, until))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => continue, // Another host took it first, or its owner renewed.
+            Err(err) => {
+                tracing::warn!("{err}");
+                continue;
+            }
+        }
+        let id = row.id.clone();
+        if let Err(err) = resume(state, durable, row, flow, running).await {
+            // Claimed but not driven: let it go at once, for the next scan (here or elsewhere).
+            tracing::error!(run = id, "{err}; the run is left for another try");
+            let owner = durable.owner.clone();
+            let _ = durable.call(move |b| b.release(&owner, Some(&id))).await;
         }
     }
+    *undriven = still;
 }
 
-/// Resumes one run: claims it, restores its kept chunks and completed calls, and drives it on
-/// from the op that was running (or fails it: `on_crash: fail`, `store.max_resumes`).
+/// Resumes one run this host just claimed: restores its kept chunks and completed calls, and
+/// drives it on from the op that was running (or ends it: a cancel asked while its host was
+/// gone, `on_crash: fail`, `store.max_resumes`).
 async fn resume(
     state: &AppState,
     durable: &Durable,
     row: RunRow,
     flow: Arc<exec::Flow>,
+    running: super::store::Running,
 ) -> Result<(), String> {
-    let Some(running) = state.runs.try_running() else {
-        return Ok(()); // Full: the next scan tries again.
-    };
-    let (id, from, owner, until) = (
-        row.id.clone(),
-        row.owner.clone(),
-        durable.owner.clone(),
-        durable.lease_until(),
-    );
-    if !durable
-        .call(move |b| b.claim(&id, &from, &owner, until))
-        .await?
-    {
-        return Ok(()); // Another host took it first.
-    }
     let id = row.id.clone();
-    let (kept, checkpoints) = durable
+    let (events, checkpoints) = durable
         .call(move |b| Ok((b.events(&id, 0, usize::MAX)?, b.checkpoints(&id)?)))
         .await?;
-    let kept: Vec<Chunk> = kept.into_iter().map(chunk_of).collect();
+    // The log by place: a place the store lost (it should not) keeps its number.
+    let mut kept: Vec<Chunk> = Vec::with_capacity(events.len());
+    for event in events {
+        while (kept.len() as u64) < event.seq {
+            kept.push(Chunk::text(
+                ChunkKind::Think,
+                "flowhost",
+                "(an event the store lost)",
+            ));
+        }
+        kept.push(chunk_of(event));
+    }
     let checkpoints: Vec<(u64, exec::Checkpoint)> = checkpoints
         .into_iter()
         .filter_map(|(seq, text)| Some((seq, exec::Checkpoint::parse(&text)?)))
         .collect();
-    let cut = checkpoints.iter().map(|(seq, _)| *seq).max().unwrap_or(0) as usize;
+    let cut = (checkpoints.iter().map(|(seq, _)| *seq).max().unwrap_or(0) as usize).min(kept.len());
     let journal = exec::Journal::new(checkpoints.into_iter().map(|(_, c)| c));
     let next = journal.next_op(&flow).unwrap_or_else(|| "the flow".into());
     let input: Map<String, Value> = serde_json::from_str(&row.input).unwrap_or_default();
-    let failing = match flow.spec.on_crash {
-        OnCrash::Fail => Some("interrupted: host stopped (the flow says on_crash: fail)".to_string()),
-        OnCrash::Resume if row.resumes >= durable.settings.max_resumes => Some(format!(
-            "interrupted: host stopped, and the run was resumed {} times already (store.max_resumes)",
-            row.resumes
-        )),
-        OnCrash::Resume => None,
+    let ending = if row.cancel_requested {
+        Some((
+            "cancelled",
+            "cancelled while the host running it was gone".to_string(),
+        ))
+    } else {
+        match flow.spec.on_crash {
+            OnCrash::Fail => Some(("failed", "interrupted: host stopped (the flow says on_crash: fail)".to_string())),
+            OnCrash::Resume if row.resumes >= durable.settings.max_resumes => Some(("failed", format!(
+                "interrupted: host stopped, and the run was resumed {} times already (store.max_resumes)",
+                row.resumes
+            ))),
+            OnCrash::Resume => None,
+        }
     };
-    if let Some(message) = failing {
+    if let Some((status, message)) = ending {
         // Ends it as it stands: the error, then the ending, in the store.
-        let answer: String = kept
+        let answer: String = kept[..cut]
             .iter()
-            .take(cut)
             .filter(|c| c.kind == ChunkKind::Answer)
             .map(|c| c.text.as_str())
             .collect();
         let error = Chunk::error(crate::chunk::op_named(&next), message.clone());
         let event = event_of(&error);
         let end = crate::store::End {
-            status: "failed",
+            status,
             answer: Value::String(answer).to_string(),
             error: Some(message.clone()),
             failed_ops: "[]".into(),
             finished_ms: crate::store::now_ms(),
         };
-        let (id, seq, bytes, truncated) =
-            (row.id.clone(), kept.len() as u64, row.bytes, row.truncated);
+        let (id, owner, seq, bytes, truncated) = (
+            row.id.clone(),
+            durable.owner.clone(),
+            kept.len() as u64,
+            row.bytes,
+            row.truncated,
+        );
         durable
             .call(move |b| {
-                b.append(&id, seq, &[event], &[], bytes, truncated)?;
-                b.finish(&id, &end)
+                b.append(&id, &owner, seq, &[event], &[], bytes, truncated)?;
+                b.finish(&id, &owner, &end)
             })
             .await?;
         tracing::warn!(run = row.id, flow = row.flow, "{message}");
@@ -318,7 +378,7 @@ async fn resume(
         kept.len()
     );
     metrics::counter!(crate::metrics::RUNS_RESUMED).increment(1);
-    let mut kept = kept;
+    let stored = kept.len();
     kept.push(Chunk {
         resumed: true,
         ..Chunk::text(
@@ -341,6 +401,7 @@ async fn resume(
     let restored = Restored {
         created,
         kept,
+        stored,
         answer_cut: cut,
         resumes: row.resumes + 1,
     };

@@ -54,7 +54,7 @@ impl Durable {
     /// restarted, resumes them without waiting for their lease to run out.
     pub(crate) async fn give_up(&self) {
         let owner = self.owner.clone();
-        if let Err(err) = self.call(move |b| b.renew(&owner, 0)).await {
+        if let Err(err) = self.call(move |b| b.release(&owner, None)).await {
             tracing::warn!("{err}");
         }
     }
@@ -74,6 +74,7 @@ impl Durable {
 /// A chunk as the store keeps it.
 pub(super) fn event_of(chunk: &Chunk) -> crate::store::Event {
     crate::store::Event {
+        seq: 0,
         kind: chunk.kind.as_str().to_string(),
         json: chunk.json,
         op: chunk.op.to_string(),
@@ -100,7 +101,25 @@ pub(super) fn chunk_of(event: crate::store::Event) -> Chunk {
 /// This process as an owner of runs: `host/pid/nonce`.
 pub(super) fn owner_name() -> String {
     let nonce: u32 = fastrand::u32(..);
-    format!("{}/{}/{nonce:08x}", hostname(), std::process::id())
+    format!(
+        "{}/{}/{}/{nonce:08x}",
+        hostname(),
+        pid_namespace(),
+        std::process::id()
+    )
+}
+
+/// This process's pid namespace (its inode; `0` when it cannot be read): containers that share
+/// a host name (`hostNetwork`, `--network host`) are told apart by it.
+fn pid_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .and_then(|link| {
+            let text = link.to_string_lossy().into_owned();
+            let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+            (!digits.is_empty()).then_some(digits)
+        })
+        .unwrap_or_else(|| "0".into())
 }
 
 fn hostname() -> String {
@@ -115,15 +134,17 @@ fn hostname() -> String {
     }
 }
 
-/// Whether `owner` is a process of this machine that is gone (its runs need not wait for their
-/// lease to run out): this very pid with another nonce (a restart that got the same pid, as a
-/// container's pid 1 does), or a pid that no longer exists.
+/// Whether `owner` is a process of this machine, in this pid namespace, that is gone (its
+/// runs need not wait for their lease to run out): this very pid with another nonce (a
+/// restart that got the same pid), or a pid that no longer exists. Anything else (another
+/// machine, another container) waits for the lease.
 pub(super) fn owner_is_dead(owner: &str) -> bool {
     let mut parts = owner.split('/');
-    let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
+    let (Some(host), Some(namespace), Some(pid)) = (parts.next(), parts.next(), parts.next())
+    else {
         return false;
     };
-    if host != hostname() {
+    if host != hostname() || namespace != pid_namespace() || namespace == "0" {
         return false;
     }
     let Ok(pid) = pid.parse::<i32>() else {

@@ -7,9 +7,11 @@
 //! answers for them, and a run whose host died is resumed (`durable.rs`).
 //!
 //! `store.rs` keeps the runs this process drives; `durable.rs` reads the ones only the store
-//! has and keeps the leases; `kept.rs` is what both know of the durable store; this file is the HTTP side: the `Prefer` header, 202 with
+//! has and keeps the leases; `drive.rs` starts and drives a run (and writes it to the
+//! durable store); `kept.rs` is what both know of the durable store; this file is the HTTP side: the `Prefer` header, 202 with
 //! `Location`, and the `/runs/{id}` routes.
 
+mod drive;
 mod durable;
 pub(super) mod kept;
 pub(super) mod store;
@@ -60,37 +62,53 @@ pub(crate) async fn accept(
     running: store::Running,
 ) -> Response {
     let key = idempotency_key(headers).map(|key| (key, input));
-    if let Some(durable) = &state.runs.durable {
-        let new = crate::store::NewRun {
-            id: run.flow_id.clone(),
-            flow: flow.to_string(),
-            input: input_json,
-            created_ms: crate::store::now_ms(),
-            key: key.clone(),
-            owner: durable.owner.clone(),
-            lease_until_ms: durable.lease_until(),
-        };
-        let bounds = state.runs.retention.bounds();
-        match durable.call(move |b| b.create(&new, bounds)).await {
-            Ok(crate::store::Created::New) => {}
-            Ok(crate::store::Created::Existing { id, input: first }) => {
-                // Another request (here or on another host) took the key first; this run
-                // goes (dropping it cancels it).
-                drop(run);
-                return replay(state, headers, &id, first != input).await;
-            }
-            Err(err) => {
-                tracing::error!("{err}");
-                return ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("cannot keep the run: {err}; retry shortly"),
-                )
-                .into_response();
-            }
+    let Some(durable) = &state.runs.durable else {
+        let record = state.runs.start(flow, run, key, running);
+        return accepted(&record.to_json(), &record.id, false);
+    };
+    let new = crate::store::NewRun {
+        id: run.flow_id.clone(),
+        flow: flow.to_string(),
+        input: input_json,
+        created_ms: crate::store::now_ms(),
+        key: key.clone(),
+        owner: durable.owner.clone(),
+        lease_until_ms: durable.lease_until(),
+    };
+    // Kept and started in a task of its own: a client that goes away while the row is being
+    // written must not leave a kept run that nothing drives.
+    let (runs, flow_name, bounds) = (
+        state.runs.clone(),
+        flow.to_string(),
+        state.runs.retention.bounds(),
+    );
+    let backend = durable.backend.clone();
+    let started = tokio::spawn(async move {
+        let created = tokio::task::spawn_blocking(move || backend.create(&new, bounds))
+            .await
+            .unwrap_or_else(|err| Err(format!("run store call failed: {err}")));
+        match created {
+            Ok(crate::store::Created::New) => Ok(Ok(runs.start(&flow_name, run, key, running))),
+            // Another request (here or on another host) took the key first; this run goes
+            // (dropping it cancels it).
+            Ok(crate::store::Created::Existing { id, input: first }) => Ok(Err((id, first))),
+            Err(err) => Err(err),
+        }
+    })
+    .await
+    .unwrap_or_else(|err| Err(format!("starting the run failed: {err}")));
+    match started {
+        Ok(Ok(record)) => accepted(&record.to_json(), &record.id, false),
+        Ok(Err((id, first))) => replay(state, headers, &id, first != input).await,
+        Err(err) => {
+            tracing::error!("{err}");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot keep the run: {err}; retry shortly"),
+            )
+            .into_response()
         }
     }
-    let record = state.runs.start(flow, run, key, running);
-    accepted(&record.to_json(), &record.id, false)
 }
 
 /// The answer to a request whose `Idempotency-Key` names run `id`: that run (replayed), or
@@ -318,15 +336,22 @@ pub(crate) async fn events(
                         let progress = record.lock();
                         let mut text = String::new();
                         let mut now_sent = sent;
-                        for chunk in progress.chunks.range(sent, REPLAY_BATCH) {
+                        // What the durable store has, when there is one.
+                        let visible = progress
+                            .chunks
+                            .len()
+                            .min(record.visible.load(std::sync::atomic::Ordering::Relaxed));
+                        let batch = REPLAY_BATCH.min(visible.saturating_sub(sent));
+                        for chunk in progress.chunks.range(sent, batch) {
                             write_event(&mut text, &record.id, now_sent, chunk);
                             now_sent += 1;
                             if text.len() >= REPLAY_BYTES {
                                 break;
                             }
                         }
-                        let ended =
-                            progress.finished.is_some() && now_sent >= progress.chunks.len();
+                        let ended = progress.finished.is_some()
+                            && now_sent >= progress.chunks.len()
+                            && visible >= progress.chunks.len();
                         if ended {
                             text.push_str("data:[DONE]\n\n");
                         }

@@ -1,8 +1,8 @@
 //! The runs this process drives: each run's record (status, chunks so far, who waits on it),
-//! the task that drives a run to its end, retention (`runs:` section) and idempotency keys.
-//! Bounded in count and bytes. With a durable store (`store.path`, [`Durable`]) every kept
-//! chunk, checkpoint and ending is also written there before readers are woken, so the run
-//! outlives this process; without one, runs live in this process's memory only.
+//! retention (`runs:` section) and idempotency keys. Bounded in count and bytes. With a
+//! durable store (`store.path`, [`Durable`]) the driver (`drive.rs`) also writes every kept
+//! chunk, checkpoint and ending there, so the run outlives this process; without one, runs
+//! live in this process's memory only.
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,9 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::kept::{event_of, Durable};
+use super::kept::Durable;
 use crate::chunk::Chunk;
-use crate::exec::Run;
 
 /// `runs:` in the config: how long and how many finished runs are kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,7 +95,7 @@ impl Log {
 
     /// What keeping `chunk` next costs: the chunk, its text's allocation, and a new page when
     /// the last one is full.
-    fn cost(&self, chunk: &Chunk) -> usize {
+    pub(super) fn cost(&self, chunk: &Chunk) -> usize {
         let page = if self.len.is_multiple_of(PAGE) {
             PAGE * std::mem::size_of::<Chunk>() + std::mem::size_of::<Vec<Chunk>>()
         } else {
@@ -105,7 +104,7 @@ impl Log {
         page + allocation(chunk.text.capacity())
     }
 
-    fn push(&mut self, chunk: Chunk) {
+    pub(super) fn push(&mut self, chunk: Chunk) {
         if self.len.is_multiple_of(PAGE) {
             self.pages.push(Vec::with_capacity(PAGE));
         }
@@ -116,23 +115,9 @@ impl Log {
     }
 }
 
-/// What appending `more` bytes to `text` costs, and the capacity it then has (doubling,
-/// done with `reserve_exact` so the cost is the one counted).
-fn growth(text: &String, more: usize) -> (usize, usize) {
-    let needed = text.len() + more;
-    if needed <= text.capacity() {
-        return (0, text.capacity());
-    }
-    let capacity = needed.max(text.capacity() * 2).max(64);
-    (
-        allocation(capacity).saturating_sub(allocation(text.capacity())),
-        capacity,
-    )
-}
-
 /// What the allocator takes for `bytes` of heap: nothing for none, else the size with its
 /// header rounded up to 16, at least 32 (glibc's malloc).
-fn allocation(bytes: usize) -> usize {
+pub(super) fn allocation(bytes: usize) -> usize {
     if bytes == 0 {
         0
     } else {
@@ -168,17 +153,9 @@ pub(super) struct Record {
     pub(super) changed: tokio::sync::watch::Sender<u64>,
     /// Times the run was resumed after its host stopped.
     pub(super) resumes: u32,
-}
-
-/// What a run brings along when this process takes it over.
-pub(super) struct Restored {
-    pub(super) created: SystemTime,
-    /// Its chunks so far.
-    pub(super) kept: Vec<Chunk>,
-    /// The answer chunks among the first `answer_cut` count toward its answer (those after
-    /// came from the op that was running, which runs again).
-    pub(super) answer_cut: usize,
-    pub(super) resumes: u32,
+    /// How many of its chunks readers may see: with a durable store, those written to it (so
+    /// what a reader saw is kept); without one, all (`usize::MAX`).
+    pub(super) visible: AtomicUsize,
 }
 
 impl Record {
@@ -238,6 +215,8 @@ pub(crate) struct Store {
     kept: AtomicUsize,
     /// One permit per running run (`retention.max_running`).
     running: Arc<tokio::sync::Semaphore>,
+    /// Set when the process stops ([`Store::give_up`]).
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// A running run's place among `runs.max_running`.
@@ -260,6 +239,7 @@ impl Store {
             running: Arc::new(tokio::sync::Semaphore::new(retention.max_running.max(1))),
             retention,
             kept: AtomicUsize::new(0),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -278,7 +258,7 @@ impl Store {
     }
 
     /// [`Store::prune`], making room for `need` more bytes of logs as well.
-    fn prune_for(&self, need: usize) {
+    pub(super) fn prune_for(&self, need: usize) {
         let mut inner = self.lock();
         let now = Instant::now();
         let keep = self.retention.keep;
@@ -327,93 +307,34 @@ impl Store {
         keys.retain(|_, (id, _)| runs.contains_key(id));
     }
 
-    /// Starts keeping `run`, driven to its end by a task of its own.
-    pub(super) fn start(
-        self: &Arc<Self>,
-        flow: &str,
-        run: Run,
-        key: Option<(String, u64)>,
-        running: Running,
-    ) -> Arc<Record> {
-        let fresh = Restored {
-            created: SystemTime::now(),
-            kept: Vec::new(),
-            answer_cut: 0,
-            resumes: 0,
-        };
-        self.adopt(flow, run, key, running, fresh)
+    /// Whether this process drives run `id` (it is here and has not ended).
+    pub(super) fn drives(&self, id: &str) -> bool {
+        self.lock()
+            .runs
+            .get(id)
+            .is_some_and(|r| r.lock().finished.is_none())
     }
 
-    /// [`Store::start`] for a run that may have kept chunks before (a resumed one).
-    pub(super) fn adopt(
-        self: &Arc<Self>,
-        flow: &str,
-        run: Run,
-        key: Option<(String, u64)>,
-        running: Running,
-        restored: Restored,
-    ) -> Arc<Record> {
-        let Restored {
-            created,
-            kept,
-            answer_cut,
-            resumes,
-        } = restored;
-        let (changed, _) = tokio::sync::watch::channel(0);
-        let mut progress = Progress {
-            status: Status::Running,
-            chunks: Log::default(),
-            answer_text: String::new(),
-            bytes: 0,
-            truncated: false,
-            answer: Value::Null,
-            error: None,
-            failed_ops: Vec::new(),
-            finished: None,
-        };
-        for (index, chunk) in kept.into_iter().enumerate() {
-            let cost = progress.chunks.cost(&chunk);
-            if index < answer_cut && chunk.kind == crate::chunk::ChunkKind::Answer {
-                progress.answer_text.push_str(&chunk.text);
-            }
-            if self.reserve(cost) {
-                progress.bytes += cost;
-            }
-            progress.chunks.push(chunk);
-        }
-        let record = Arc::new(Record {
-            id: run.flow_id.clone(),
-            flow: flow.to_string(),
-            created,
-            cancel: run.cancel_token(),
-            cancel_requested: std::sync::atomic::AtomicBool::new(false),
-            progress: Mutex::new(progress),
-            changed,
-            resumes,
-        });
-        {
-            let mut inner = self.lock();
-            inner.runs.insert(record.id.clone(), record.clone());
-            inner.order.push_back(record.id.clone());
-            if let Some((key, input)) = key {
-                inner
-                    .keys
-                    .insert((flow.to_string(), key), (record.id.clone(), input));
-            }
-        }
-        self.prune();
-        let driven = record.clone();
-        let store = self.clone();
-        tokio::spawn(async move {
-            drive(run, &driven, &store).await;
-            drop(running);
-        });
-        record
+    /// The runs this process drives.
+    pub(super) fn driven(&self) -> Vec<String> {
+        self.lock()
+            .runs
+            .iter()
+            .filter(|(_, r)| r.lock().finished.is_none())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// This process is stopping: its drivers write nothing more (their runs are resumed
+    /// elsewhere or after a restart).
+    pub(super) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     /// This process is stopping: its running runs are left for another host (or this one,
     /// restarted) to resume at once.
     pub(crate) async fn give_up(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
         if let Some(durable) = &self.durable {
             durable.give_up().await;
         }
@@ -425,162 +346,13 @@ impl Store {
     }
 
     /// Takes `cost` bytes of the total for a log, if they are left.
-    fn reserve(&self, cost: usize) -> bool {
+    pub(super) fn reserve(&self, cost: usize) -> bool {
         let max = self.retention.max_bytes;
         self.kept
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |kept| {
                 kept.checked_add(cost).filter(|total| *total <= max)
             })
             .is_ok()
-    }
-}
-
-/// Reads a run to its end into its record, keeping chunks while its share and the total of
-/// `runs.max_bytes` allow.
-pub(super) async fn drive(mut run: Run, record: &Record, store: &Store) {
-    let share = (store.retention.max_bytes / 4).max(1);
-    let mut batch = Vec::new();
-    // Chunks written to the durable store so far; checkpoints waiting to be.
-    let mut persisted = record.lock().chunks.len();
-    let mut checkpoints = Vec::new();
-    while run.next_batch(&mut batch).await {
-        if store.durable.is_some() {
-            // A checkpoint is kept with the number of chunks before it, not as a chunk.
-            let mut seq = record.lock().chunks.len();
-            batch.retain(|chunk| {
-                if chunk.op == crate::exec::CHECKPOINT_OP {
-                    checkpoints.push((seq as u64, chunk.text.clone()));
-                    false
-                } else {
-                    seq += 1;
-                    true
-                }
-            });
-        }
-        // Oldest last, so each kept chunk is popped off the end.
-        batch.reverse();
-        let mut pruned = false;
-        let mut need = 0;
-        loop {
-            let mut progress = record.lock();
-            while !progress.truncated {
-                let Some(next) = batch.last() else { break };
-                let grow = next.kind == crate::chunk::ChunkKind::Answer;
-                let answer_cost = if grow {
-                    growth(&progress.answer_text, next.text.len())
-                } else {
-                    (0, progress.answer_text.capacity())
-                };
-                let cost = progress.chunks.cost(next) + answer_cost.0;
-                if progress.bytes + cost > share {
-                    progress.truncated = true;
-                } else if store.reserve(cost) {
-                    need = 0;
-                    progress.bytes += cost;
-                    if let Some(chunk) = batch.pop() {
-                        if grow {
-                            let room = answer_cost.1 - progress.answer_text.len();
-                            progress.answer_text.reserve_exact(room);
-                            progress.answer_text.push_str(&chunk.text);
-                        }
-                        progress.chunks.push(chunk);
-                    }
-                } else {
-                    need = cost;
-                    break;
-                }
-            }
-            if progress.truncated || batch.is_empty() || pruned {
-                progress.truncated |= !batch.is_empty();
-                break;
-            }
-            // The total is spent: finished runs past their bounds may free some.
-            drop(progress);
-            store.prune_for(need);
-            pruned = true;
-        }
-        batch.clear();
-        if let Some(durable) = &store.durable {
-            persist(durable, record, &mut persisted, &mut checkpoints).await;
-        }
-        record.bump();
-    }
-    let outcome = run.finish().await;
-    let cancelled = record
-        .cancel_requested
-        .load(std::sync::atomic::Ordering::Relaxed);
-    {
-        let mut progress = record.lock();
-        progress.status = match (&outcome.error, cancelled) {
-            (_, true) => Status::Cancelled,
-            (None, false) => Status::Completed,
-            (Some(_), false) => Status::Failed,
-        };
-        if outcome.error.is_some() {
-            metrics::counter!(crate::metrics::FLOW_ERRORS).increment(1);
-        }
-        // An op's own answer wins; else the answer chunks the record kept.
-        progress.answer = match outcome.answer {
-            Value::String(text) if text.is_empty() => {
-                Value::String(std::mem::take(&mut progress.answer_text))
-            }
-            answer => answer,
-        };
-        progress.error = outcome.error;
-        progress.failed_ops = outcome.failed_ops;
-        progress.finished = Some((SystemTime::now(), Instant::now()));
-    }
-    if let Some(durable) = &store.durable {
-        persist(durable, record, &mut persisted, &mut checkpoints).await;
-        let end = {
-            let progress = record.lock();
-            crate::store::End {
-                status: progress.status.as_str(),
-                answer: progress.answer.to_string(),
-                error: progress.error.clone(),
-                failed_ops: Value::Array(progress.failed_ops.clone()).to_string(),
-                finished_ms: crate::store::now_ms(),
-            }
-        };
-        let id = record.id.clone();
-        if let Err(err) = durable.call(move |b| b.finish(&id, &end)).await {
-            tracing::error!(run = record.id, "{err}");
-        }
-    }
-    record.bump();
-}
-
-/// Writes the chunks the record kept since `persisted`, and the checkpoints taken, to the
-/// durable store (readers are woken after it, so what they read is kept).
-async fn persist(
-    durable: &Durable,
-    record: &Record,
-    persisted: &mut usize,
-    checkpoints: &mut Vec<crate::store::Kept>,
-) {
-    let (first, events, bytes, truncated) = {
-        let progress = record.lock();
-        let events: Vec<_> = progress
-            .chunks
-            .range(*persisted, usize::MAX)
-            .map(event_of)
-            .collect();
-        (*persisted, events, progress.bytes, progress.truncated)
-    };
-    if events.is_empty() && checkpoints.is_empty() {
-        return;
-    }
-    *persisted += events.len();
-    let id = record.id.clone();
-    let taken = std::mem::take(checkpoints);
-    let result = durable
-        .call(move |b| b.append(&id, first as u64, &events, &taken, bytes as u64, truncated))
-        .await;
-    if let Err(err) = result {
-        tracing::error!(
-            run = record.id,
-            "{err}; the run goes on, but may not survive a restart"
-        );
     }
 }
 

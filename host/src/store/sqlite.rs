@@ -3,6 +3,9 @@
 //! another's transaction rather than failing); a write is in the WAL before the call returns,
 //! so a `kill -9` loses nothing written. Finished runs past `runs:` bounds are deleted with
 //! their events, and freed pages are given back to the file system, so the file stays bounded.
+//!
+//! Long because it is one implementation of the store's interface (runs, events, tasks, the
+//! op cache) plus its schema, each method one short transaction.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

@@ -214,6 +214,47 @@ async fn resume(bin_dir: &Path, flows: &Path) -> Value {
     json!({"restart_to_resumed_ms": times})
 }
 
+/// A `DELETE` on host B of a run host A drives: from the request to the answer that says
+/// `cancelled` (B waits for A to have stopped the op and recorded the end).
+async fn cancel_across(bin_dir: &Path, flows: &Path) -> Value {
+    let dir = tempfile::tempdir().expect("temp folder");
+    let settings = vec![format!(
+        "store.path={}",
+        dir.path().join("runs.db").display()
+    )];
+    let a = host(bin_dir, flows, &settings).await;
+    let b = host(bin_dir, flows, &settings).await;
+    let client = reqwest::Client::new();
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let accepted: Value = client
+            .post(format!("{}/long", a.url))
+            .header("prefer", "respond-async")
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .expect("POST async")
+            .json()
+            .await
+            .expect("202 body");
+        let id = accepted["run_id"].as_str().expect("run id").to_string();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        let answer: Value = client
+            .delete(format!("{}/runs/{id}", b.url))
+            .send()
+            .await
+            .expect("DELETE")
+            .json()
+            .await
+            .expect("run json");
+        assert_eq!(answer["status"], "cancelled", "{answer}");
+        times.push(ms(started.elapsed()));
+    }
+    json!({"delete_on_b_to_cancelled_ms": times})
+}
+
 struct Redis(Child, String);
 
 impl Drop for Redis {
@@ -273,6 +314,11 @@ pub async fn run(bin_dir: &Path) -> Value {
     }
     eprintln!("   the SQLite file over 5,000 runs");
     rows.insert("sqlite_disk".into(), disk(bin_dir, flows.path()).await);
+    eprintln!("   a cancel on another host");
+    rows.insert(
+        "sqlite_cancel_across_hosts".into(),
+        cancel_across(bin_dir, flows.path()).await,
+    );
     eprintln!("   resume after kill -9");
     rows.insert("sqlite_resume".into(), resume(bin_dir, flows.path()).await);
     Value::Object(rows)

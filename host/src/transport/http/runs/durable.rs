@@ -92,6 +92,9 @@ pub(super) fn row_json(row: &RunRow) -> Value {
 
 /// How often a kept run another process drives is read again for new events.
 const POLL: Duration = Duration::from_millis(100);
+/// How often the keeper looks for cancels asked of this host's runs elsewhere (a `DELETE` on
+/// another replica stops the op here within about this).
+const CANCEL_POLL: Duration = Duration::from_millis(50);
 
 /// The events of a run only the store has, from `from` on, followed while its owner runs it:
 /// each write is one batch of SSE events with their `id:`, then `data:[DONE]`.
@@ -216,7 +219,7 @@ pub(crate) fn start_keeper(state: &AppState) {
                 durable.prune(state.runs.retention.bounds()).await;
                 resume_orphans(&state, durable, &mut undriven).await;
             }
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(CANCEL_POLL).await;
         }
     });
 }

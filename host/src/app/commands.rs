@@ -304,7 +304,12 @@ pub(super) fn run_flow(
     })?;
     let runtime = runtime(config)?;
     let options = run_options_with_flows(config, &catalog, None);
-    let outcome = runtime.block_on(stream_to_stdout(flow, input, options))?;
+    let outcome = runtime.block_on(async {
+        let outcome = stream_to_stdout(flow, input, options).await;
+        // What the run cached is written before the process ends.
+        crate::exec::cache::flush(std::time::Duration::from_secs(10)).await;
+        outcome
+    })?;
     let mut summary = json!({
         "flow_id": outcome.flow_id,
         "answer": outcome.answer,

@@ -120,7 +120,11 @@ pub(super) fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
         let _dev = dev.map(crate::app::dev::start).transpose()?;
         match config.backend {
             config::Backend::Http => {
-                let store = crate::store::open(&config.store)?;
+                // Opening may wait on another process's lock or a Redis server: off the runtime.
+                let settings = config.store.clone();
+                let store = tokio::task::spawn_blocking(move || crate::store::open(&settings))
+                    .await
+                    .map_err(|err| format!("opening the run store failed: {err}"))??;
                 let options = run_options_with_flows(config, &catalog, store.as_ref());
                 let durable = store.map(|backend| {
                     crate::transport::http::Durable::new(backend, config.store.clone())

@@ -170,7 +170,25 @@ pub(crate) fn store(key: Key, cached: Cached, ttl: Duration) {
         return;
     }
     if let Some((files, name, value)) = file {
-        tokio::task::spawn_blocking(move || files.save(&name, &value.to_string()));
+        SAVING.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        tokio::task::spawn_blocking(move || {
+            files.save(&name, &value.to_string());
+            SAVING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        });
+    }
+}
+
+/// Entries being written to the cache's files.
+static SAVING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Waits (at most `limit`) for the entries being written to the cache's files: a one-shot
+/// process (`flowhost run`) calls it before it exits, so what it cached is kept.
+pub(crate) async fn flush(limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while SAVING.load(std::sync::atomic::Ordering::Acquire) > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -1,9 +1,10 @@
 //! The shared store: one Redis (`store.url=redis://HOST:PORT/DB`) for replicas on several
 //! machines. A run is a hash, its events a Redis stream whose entry ids are the events'
 //! places (`seq+1`-0, so `XRANGE` reads from any place and `XREAD BLOCK` follows it live), its
-//! checkpoints a list, an idempotency key a string set with `NX`; the running runs are a set
-//! and every run is in a sorted set by creation time, which pruning walks. Compare-and-set
-//! steps (cancel, take over) are Lua scripts, so they are atomic.
+//! checkpoints a list, an idempotency key a string made with the run in one Lua script; the
+//! running runs are a set and every run is in a sorted set by creation time, which pruning
+//! walks. Compare-and-set steps (start, cancel, take over, end) are Lua scripts and appends
+//! are under `WATCH`, so they are atomic and fenced.
 //!
 //! Long because it is one implementation of the store's interface (runs, events, tasks, the
 //! op cache), each method a short sequence of Redis commands over the one connection helper.
@@ -229,10 +230,18 @@ impl Backend for Redis {
         self.with("keeping a run's events", |con| {
             // Fenced: WATCH the run, check its owner, write in MULTI (retried if it changed).
             redis::transaction(con, &[&key], |con, pipe| {
-                let holder: Option<String> = con.hget(&key, "owner")?;
+                let (holder, chunks): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg(&["owner", "chunks"])
+                    .query(con)?;
                 if holder.as_deref() != Some(owner) {
                     redis::cmd("UNWATCH").query::<()>(con)?;
                     return Ok(Some(false));
+                }
+                // A batch already kept (its reply was lost, and `with` tries again): done.
+                if !events.is_empty() && chunks.unwrap_or(0) >= first + events.len() as u64 {
+                    redis::cmd("UNWATCH").query::<()>(con)?;
+                    return Ok(Some(true));
                 }
                 for (i, event) in events.iter().enumerate() {
                     let flags = if event.tolerated { TOLERATED } else { 0 }

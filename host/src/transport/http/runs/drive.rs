@@ -21,9 +21,9 @@ pub(super) struct Restored {
     pub(super) kept: Vec<Chunk>,
     /// How many of `kept` the durable store has (the rest are new: a resumed run's marker).
     pub(super) stored: usize,
-    /// The answer chunks among the first `answer_cut` count toward its answer (those after
-    /// came from the op that was running, which runs again).
-    pub(super) answer_cut: usize,
+    /// The answer so far: the answer text of the calls that completed (not of the ones a
+    /// crash interrupted, which run again).
+    pub(super) answer: String,
     pub(super) resumes: u32,
 }
 
@@ -40,7 +40,7 @@ impl Store {
             created: SystemTime::now(),
             kept: Vec::new(),
             stored: 0,
-            answer_cut: 0,
+            answer: String::new(),
             resumes: 0,
         };
         self.adopt(flow, run, key, running, fresh)
@@ -59,7 +59,7 @@ impl Store {
             created,
             kept,
             stored,
-            answer_cut,
+            answer,
             resumes,
         } = restored;
         let (changed, _) = tokio::sync::watch::channel(0);
@@ -74,11 +74,9 @@ impl Store {
             failed_ops: Vec::new(),
             finished: None,
         };
-        for (index, chunk) in kept.into_iter().enumerate() {
+        progress.answer_text = answer;
+        for chunk in kept {
             let cost = progress.chunks.cost(&chunk);
-            if index < answer_cut && chunk.kind == crate::chunk::ChunkKind::Answer {
-                progress.answer_text.push_str(&chunk.text);
-            }
             if self.reserve(cost) {
                 progress.bytes += cost;
             }
@@ -98,10 +96,14 @@ impl Store {
             } else {
                 usize::MAX
             }),
+            driving: std::sync::atomic::AtomicBool::new(true),
+            let_go: std::sync::atomic::AtomicBool::new(false),
         });
         {
             let mut inner = self.lock();
-            inner.runs.insert(record.id.clone(), record.clone());
+            if let Some(old) = inner.runs.insert(record.id.clone(), record.clone()) {
+                self.release_bytes(old.lock().bytes);
+            }
             inner.order.push_back(record.id.clone());
             if let Some((key, input)) = key {
                 inner
@@ -237,34 +239,74 @@ pub(super) async fn drive(mut run: Run, record: &Record, store: &Store, persiste
         progress.finished = Some((SystemTime::now(), Instant::now()));
     }
     if let Some(durable) = &store.durable {
-        if !keep_going(
-            persist(durable, record, &mut persisted, &mut checkpoints).await,
-            record,
-            store,
-        ) {
-            return;
-        }
-        let end = {
-            let progress = record.lock();
-            crate::store::End {
-                status: progress.status.as_str(),
-                answer: progress.answer.to_string(),
-                error: progress.error.clone(),
-                failed_ops: Value::Array(progress.failed_ops.clone()).to_string(),
-                finished_ms: crate::store::now_ms(),
+        // The end is stored before the run counts as ended here; tried again (a store may be
+        // busy for a while), given up when another host took the run over or this process stops.
+        let mut tries = 0u32;
+        loop {
+            if store.stopping() {
+                return;
             }
-        };
-        let (id, owner) = (record.id.clone(), durable.owner.clone());
-        match durable.call(move |b| b.finish(&id, &owner, &end)).await {
-            Ok(true) => {}
-            Ok(false) => {
-                keep_going(Persisted::Lost, record, store);
+            let written = match persist(durable, record, &mut persisted, &mut checkpoints).await {
+                Persisted::Lost => Err(true),
+                Persisted::Failed => Err(false),
+                Persisted::Done => {
+                    let end = {
+                        let progress = record.lock();
+                        crate::store::End {
+                            status: progress.status.as_str(),
+                            answer: progress.answer.to_string(),
+                            error: progress.error.clone(),
+                            failed_ops: Value::Array(progress.failed_ops.clone()).to_string(),
+                            finished_ms: crate::store::now_ms(),
+                        }
+                    };
+                    let (id, owner) = (record.id.clone(), durable.owner.clone());
+                    match durable.call(move |b| b.finish(&id, &owner, &end)).await {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err(true),
+                        Err(err) => {
+                            tracing::error!(run = record.id, "{err}");
+                            Err(false)
+                        }
+                    }
+                }
+            };
+            match written {
+                Ok(()) => break,
+                Err(true) => {
+                    let_go(record, store, "another host took this run over");
+                    return;
+                }
+                Err(false) if tries >= 5 => {
+                    let_go(
+                        record,
+                        store,
+                        "the run store keeps failing to record its end",
+                    );
+                    return;
+                }
+                Err(false) => {
+                    tries += 1;
+                    let wait = std::time::Duration::from_millis(200 << tries.min(4));
+                    tokio::time::sleep(wait).await;
+                }
             }
-            Err(err) => tracing::error!(run = record.id, "{err}"),
         }
-        // The run ended: readers here get the end even if the store missed a batch.
         record.visible.store(usize::MAX, Ordering::Relaxed);
     }
+    record.driving.store(false, Ordering::Relaxed);
+    record.bump();
+}
+
+/// This process stops driving `record` (`why`): its ops are cancelled, it is forgotten here,
+/// and readers here end without `[DONE]` (they read it again, from the store, with
+/// `Last-Event-ID`).
+fn let_go(record: &Record, store: &Store, why: &str) {
+    tracing::warn!(run = record.id, "{why}: it stops here");
+    record.cancel.cancel();
+    store.forget(&record.id);
+    record.let_go.store(true, Ordering::Relaxed);
+    record.driving.store(false, Ordering::Relaxed);
     record.bump();
 }
 
@@ -277,8 +319,8 @@ enum Persisted {
     Failed,
 }
 
-/// Whether the driver goes on after `persisted`: not when another host took the run over
-/// (this one forgets it, and readers here read the store) or when this process is stopping.
+/// Whether the driver goes on after `persisted`: not when another host took the run over or
+/// when this process is stopping.
 fn keep_going(persisted: Persisted, record: &Record, store: &Store) -> bool {
     if store.stopping() {
         return false;
@@ -286,16 +328,11 @@ fn keep_going(persisted: Persisted, record: &Record, store: &Store) -> bool {
     match persisted {
         Persisted::Done | Persisted::Failed => true,
         Persisted::Lost => {
-            tracing::warn!(
-                run = record.id,
-                "another host took this run over (this one's lease ran out): it stops here"
+            let_go(
+                record,
+                store,
+                "another host took this run over (this host's lease ran out)",
             );
-            record.cancel.cancel();
-            store.lock().runs.remove(&record.id);
-            // Readers here end; they reconnect (with Last-Event-ID) to the store's copy.
-            record.lock().finished = Some((SystemTime::now(), Instant::now()));
-            record.visible.store(usize::MAX, Ordering::Relaxed);
-            record.bump();
             false
         }
     }

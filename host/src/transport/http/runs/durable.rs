@@ -191,8 +191,11 @@ pub(crate) fn start_keeper(state: &AppState) {
         let mut last_scan: Option<tokio::time::Instant> = None;
         let mut undriven = std::collections::HashSet::new();
         loop {
+            // One round at a time, and none once the process is stopping (its leases are
+            // given up: renewing or taking runs now would keep them).
+            let round = state.runs.keeper.lock().await;
             if state.runs.stopping() {
-                return; // Its leases are given up: renewing them now would keep them.
+                return;
             }
             // Cancels asked elsewhere of runs driven here.
             let owner = durable.owner.clone();
@@ -219,6 +222,7 @@ pub(crate) fn start_keeper(state: &AppState) {
                 durable.prune(state.runs.retention.bounds()).await;
                 resume_orphans(&state, durable, &mut undriven).await;
             }
+            drop(round);
             tokio::time::sleep(CANCEL_POLL).await;
         }
     });
@@ -242,6 +246,9 @@ async fn resume_orphans(
     let now = crate::store::now_ms();
     let mut still = std::collections::HashSet::new();
     for row in rows {
+        if state.runs.stopping() {
+            return;
+        }
         if row.owner == durable.owner {
             if state.runs.drives(&row.id) || !undriven.contains(&row.id) {
                 if !state.runs.drives(&row.id) {
@@ -323,6 +330,7 @@ async fn resume(
         .filter_map(|(seq, text)| Some((seq, exec::Checkpoint::parse(&text)?)))
         .collect();
     let cut = (checkpoints.iter().map(|(seq, _)| *seq).max().unwrap_or(0) as usize).min(kept.len());
+    let answer = completed_answer(&kept, checkpoints.iter().map(|(seq, _)| *seq as usize));
     let journal = exec::Journal::new(checkpoints.into_iter().map(|(_, c)| c));
     let next = journal.next_op(&flow).unwrap_or_else(|| "the flow".into());
     let input: Map<String, Value> = serde_json::from_str(&row.input).unwrap_or_default();
@@ -343,11 +351,6 @@ async fn resume(
     };
     if let Some((status, message)) = ending {
         // Ends it as it stands: the error, then the ending, in the store.
-        let answer: String = kept[..cut]
-            .iter()
-            .filter(|c| c.kind == ChunkKind::Answer)
-            .map(|c| c.text.as_str())
-            .collect();
         let error = Chunk::error(crate::chunk::op_named(&next), message.clone());
         let event = event_of(&error);
         let end = crate::store::End {
@@ -405,9 +408,59 @@ async fn resume(
         created,
         kept,
         stored,
-        answer_cut: cut,
+        answer,
         resumes: row.resumes + 1,
     };
     state.runs.adopt(&row.flow, run, None, running, restored);
     Ok(())
+}
+
+/// The answer text of the calls that completed: answer chunks count once the checkpoint after
+/// them is kept; what an interrupted call emitted (before a `resumed` marker, or at the end of
+/// the log) does not, since that call runs again.
+fn completed_answer(kept: &[Chunk], checkpoints: impl Iterator<Item = usize>) -> String {
+    let marks: std::collections::BTreeSet<usize> = checkpoints.collect();
+    let (mut done, mut pending) = (String::new(), String::new());
+    for (seq, chunk) in kept.iter().enumerate() {
+        if marks.contains(&seq) {
+            done.push_str(&std::mem::take(&mut pending));
+        }
+        if chunk.resumed {
+            pending.clear();
+        } else if chunk.kind == ChunkKind::Answer {
+            pending.push_str(&chunk.text);
+        }
+    }
+    if marks.contains(&kept.len()) {
+        done.push_str(&pending);
+    }
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_calls_output_is_not_in_the_answer_after_one_resume_or_two() {
+        let answer = |text: &str| Chunk::text(ChunkKind::Answer, "T", text);
+        let marker = Chunk {
+            resumed: true,
+            ..Chunk::text(ChunkKind::Think, "T", "resumed")
+        };
+        // a (done at 1) | b partial | marker | b again (done at 5) | c partial | marker | c
+        let kept = vec![
+            answer("a"),
+            answer("b1"),
+            marker.clone(),
+            answer("b1"),
+            answer("b2"),
+            answer("c1"),
+            marker,
+            answer("c1"),
+        ];
+        assert_eq!(completed_answer(&kept[..2], [1].into_iter()), "a");
+        assert_eq!(completed_answer(&kept, [1, 5].into_iter()), "ab1b2");
+        assert_eq!(completed_answer(&kept, [1, 5, 8].into_iter()), "ab1b2c1");
+    }
 }

@@ -1,5 +1,5 @@
 //! What a process that keeps its runs in a durable store needs to know of it: the store and
-//! this process's name as an owner of runs (`host/pid/nonce`), whether another owner is dead,
+//! this process's name as an owner of runs (`host/pid-namespace/pid/nonce`), whether another owner is dead,
 //! and chunks as the store keeps them. Shared by the runs this process drives (`store.rs`)
 //! and the ones it reads or takes over (`durable.rs`).
 
@@ -10,7 +10,7 @@ use crate::chunk::Chunk;
 /// The durable store behind the runs of this process, and who this process is in it.
 pub(crate) struct Durable {
     pub(crate) backend: Arc<dyn crate::store::Backend>,
-    /// `host/pid/nonce`: the owner of the runs this process drives.
+    /// `host/pid-namespace/pid/nonce`: the owner of the runs this process drives.
     pub(crate) owner: String,
     pub(crate) settings: crate::store::Settings,
 }
@@ -98,7 +98,7 @@ pub(super) fn chunk_of(event: crate::store::Event) -> Chunk {
     }
 }
 
-/// This process as an owner of runs: `host/pid/nonce`.
+/// This process as an owner of runs: `host/pid-namespace/pid/nonce`.
 pub(super) fn owner_name() -> String {
     let nonce: u32 = fastrand::u32(..);
     format!(

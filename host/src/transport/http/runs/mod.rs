@@ -256,7 +256,7 @@ pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>
 }
 
 /// `DELETE /runs/{id}` of a run another process drives: the cancel is left in the store for
-/// its owner (whose keeper reads it within 100 ms); the answer waits up to 2 s for the end.
+/// its owner (whose keeper reads it within 50 ms); the answer waits up to 2 s for the end.
 async fn cancel_elsewhere(state: &AppState, row: crate::store::RunRow) -> Response {
     let Some(durable) = &state.runs.durable else {
         return not_found(&row.id).into_response();
@@ -352,10 +352,13 @@ pub(crate) async fn events(
                         let ended = progress.finished.is_some()
                             && now_sent >= progress.chunks.len()
                             && visible >= progress.chunks.len();
-                        if ended {
+                        // Let go here: what was sent is kept; the rest is read from the store.
+                        let let_go = now_sent >= visible.min(progress.chunks.len())
+                            && record.let_go.load(std::sync::atomic::Ordering::Relaxed);
+                        if ended && !record.let_go.load(std::sync::atomic::Ordering::Relaxed) {
                             text.push_str("data:[DONE]\n\n");
                         }
-                        (text, now_sent, ended)
+                        (text, now_sent, ended || let_go)
                     };
                     if !text.is_empty() {
                         let bytes = Bytes::from(text);
@@ -363,6 +366,9 @@ pub(crate) async fn events(
                             Ok::<_, std::convert::Infallible>(bytes),
                             (record, changed, now_sent, ended),
                         ));
+                    }
+                    if ended {
+                        return None;
                     }
                     tokio::select! {
                         result = changed.changed() => if result.is_err() { return None; },

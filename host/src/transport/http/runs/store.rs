@@ -156,6 +156,11 @@ pub(super) struct Record {
     /// How many of its chunks readers may see: with a durable store, those written to it (so
     /// what a reader saw is kept); without one, all (`usize::MAX`).
     pub(super) visible: AtomicUsize,
+    /// This process drives it: true until its end is stored (or it is let go).
+    pub(super) driving: std::sync::atomic::AtomicBool,
+    /// This process let it go (another host took it over, or the store kept failing): readers
+    /// here end without `[DONE]` and read it again from the store.
+    pub(super) let_go: std::sync::atomic::AtomicBool,
 }
 
 impl Record {
@@ -217,6 +222,8 @@ pub(crate) struct Store {
     running: Arc<tokio::sync::Semaphore>,
     /// Set when the process stops ([`Store::give_up`]).
     stopping: std::sync::atomic::AtomicBool,
+    /// Held by the keeper for each of its rounds (`durable.rs`), so that stopping waits for one.
+    pub(super) keeper: tokio::sync::Mutex<()>,
 }
 
 /// A running run's place among `runs.max_running`.
@@ -240,6 +247,7 @@ impl Store {
             retention,
             kept: AtomicUsize::new(0),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            keeper: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -312,7 +320,7 @@ impl Store {
         self.lock()
             .runs
             .get(id)
-            .is_some_and(|r| r.lock().finished.is_none())
+            .is_some_and(|r| r.driving.load(Ordering::Relaxed))
     }
 
     /// The runs this process drives.
@@ -320,9 +328,22 @@ impl Store {
         self.lock()
             .runs
             .iter()
-            .filter(|(_, r)| r.lock().finished.is_none())
+            .filter(|(_, r)| r.driving.load(Ordering::Relaxed))
             .map(|(id, _)| id.clone())
             .collect()
+    }
+
+    /// Forgets run `id` here (its bytes go back to `runs.max_bytes`).
+    pub(super) fn forget(&self, id: &str) {
+        let gone = self.lock().runs.remove(id);
+        if let Some(record) = gone {
+            self.release_bytes(record.lock().bytes);
+        }
+    }
+
+    /// `bytes` of kept logs are no longer kept.
+    pub(super) fn release_bytes(&self, bytes: usize) {
+        self.kept.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     /// This process is stopping: its drivers write nothing more (their runs are resumed
@@ -335,6 +356,8 @@ impl Store {
     /// restarted) to resume at once.
     pub(crate) async fn give_up(&self) {
         self.stopping.store(true, Ordering::Relaxed);
+        // The keeper's round under way ends first (it may be renewing or taking a run).
+        let _round = self.keeper.lock().await;
         if let Some(durable) = &self.durable {
             durable.give_up().await;
         }

@@ -44,6 +44,24 @@ impl Drop for Server {
     }
 }
 
+/// `flowhost serve` of the build beside this binary on `port`, serving `flows`, without the
+/// watcher, logging errors only (add settings with `.arg`).
+pub(crate) fn serve_command(bin_dir: &Path, port: u16, flows: &Path) -> Command {
+    let mut command = Command::new(bin_dir.join("flowhost"));
+    command
+        .args([
+            "serve",
+            "--port",
+            &port.to_string(),
+            "--no-watch",
+            "--log",
+            "error",
+            "--flows",
+        ])
+        .arg(flows);
+    command
+}
+
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -320,18 +338,8 @@ pub async fn run(bin_dir: &Path) -> Value {
                 c
             }
             "flowhost" => {
-                let mut c = Command::new(bin_dir.join("flowhost"));
-                c.args([
-                    "serve",
-                    "--port",
-                    &port.to_string(),
-                    "--no-watch",
-                    "--log",
-                    "error",
-                    "--flows",
-                ])
-                .arg(flows.path())
-                .arg(format!("max_op_threads={}", slow + 1024));
+                let mut c = serve_command(bin_dir, port, flows.path());
+                c.arg(format!("max_op_threads={}", slow + 1024));
                 c
             }
             _ => {

@@ -10,25 +10,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::compare::{free_port, start, Server};
+use crate::compare::{free_port, serve_command, start, Server};
 
 const FLOWS: &str = "hundred:\n  flow_content: CountOp(n=100)\nlong:\n  flow_content: TickOp(n=100000, interval_ms=10)\n";
 
 async fn host(bin_dir: &Path, flows: &Path, settings: &[String]) -> Server {
     let port = free_port();
-    let mut command = Command::new(bin_dir.join("flowhost"));
-    command
-        .args([
-            "serve",
-            "--port",
-            &port.to_string(),
-            "--no-watch",
-            "--log",
-            "error",
-            "--flows",
-        ])
-        .arg(flows)
-        .args(settings);
+    let mut command = serve_command(bin_dir, port, flows);
+    command.args(settings);
     start("flowhost", command, port, Duration::from_secs(60)).await
 }
 
@@ -158,17 +147,7 @@ async fn resume(bin_dir: &Path, flows: &Path) -> Value {
     for _ in 0..5 {
         let port = free_port();
         let spawn = |port: u16| -> Child {
-            Command::new(bin_dir.join("flowhost"))
-                .args([
-                    "serve",
-                    "--port",
-                    &port.to_string(),
-                    "--no-watch",
-                    "--log",
-                    "error",
-                    "--flows",
-                ])
-                .arg(flows)
+            serve_command(bin_dir, port, flows)
                 .args(&settings)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -5,12 +5,11 @@
 //! echo calls waited out the burn (3,007 ms).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::compare::{free_port, start};
+use crate::compare::{free_port, serve_command, start};
 
 const FLOWS: &str = "burn:\n  flow_content: BurnOp()\necho:\n  flow_content: EchoOp()\n";
 
@@ -19,18 +18,7 @@ pub async fn run(bin_dir: &Path) -> Value {
     let flows = tempfile::tempdir().expect("temp folder");
     std::fs::write(flows.path().join("f.yaml"), FLOWS).expect("write flows");
     let port = free_port();
-    let mut command = Command::new(bin_dir.join("flowhost"));
-    command
-        .args([
-            "serve",
-            "--port",
-            &port.to_string(),
-            "--no-watch",
-            "--log",
-            "error",
-            "--flows",
-        ])
-        .arg(flows.path());
+    let command = serve_command(bin_dir, port, flows.path());
     let server = start("flowhost", command, port, Duration::from_secs(60)).await;
     let client = reqwest::Client::new();
     let url = |path: &str| format!("{}{path}", server.url);

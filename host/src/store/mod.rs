@@ -185,6 +185,18 @@ pub(crate) trait Backend: Send + Sync {
     }
 }
 
+/// Runs `call` on `store` off the async runtime's threads (the calls block: a file lock, a
+/// round trip); the one way the async parts call a store.
+pub(crate) async fn call<T: Send + 'static>(
+    store: &std::sync::Arc<dyn Backend>,
+    call: impl FnOnce(&dyn Backend) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || call(&*store))
+        .await
+        .unwrap_or_else(|err| Err(format!("run store call failed: {err}")))
+}
+
 /// A store URL as shown (logs, `flowhost config`): without its password.
 pub(crate) fn shown_url(url: &str) -> String {
     self::redis::redact(url)

@@ -72,6 +72,21 @@ async fn status(server: &Server, id: &str) -> Value {
         .expect("a JSON answer")
 }
 
+/// The whole event stream of run `id` (after `Last-Event-ID` `last`, when given).
+async fn events_body(server: &Server, id: &str, last: Option<&str>) -> String {
+    let mut request = client().get(server.url(&format!("/runs/{id}/events")));
+    if let Some(last) = last {
+        request = request.header("last-event-id", last);
+    }
+    request
+        .send()
+        .await
+        .expect("GET /runs/{id}/events")
+        .text()
+        .await
+        .expect("the events")
+}
+
 /// Reads a run's live events until `seen` holds for what arrived so far.
 async fn follow_until(server: &Server, id: &str, seen: impl Fn(&str) -> bool) -> String {
     let response = client()
@@ -126,14 +141,7 @@ async fn a_run_survives_kill_9_and_completed_ops_are_not_run_again() {
     assert_eq!(done["answer"], uninterrupted_answer(), "{done}");
     assert_eq!(done["resumes"], 1, "{done}");
     assert!(second.log().contains("resuming a run whose host stopped"));
-    let body = client()
-        .get(second.url(&format!("/runs/{id}/events")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = events_body(&second, &id, None).await;
     let all = events(&body);
     assert_eq!(all.last().map(|(_, d)| d.as_str()), Some("[DONE]"));
     let chunks: Vec<(u64, Value)> = all
@@ -179,15 +187,7 @@ async fn a_run_survives_kill_9_and_completed_ops_are_not_run_again() {
     assert_eq!(marker["chunk_type"], "think");
 
     // A reader that reconnects with Last-Event-ID gets only what it missed.
-    let body = client()
-        .get(second.url(&format!("/runs/{id}/events")))
-        .header("last-event-id", "30")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = events_body(&second, &id, Some("30")).await;
     let rest = events(&body);
     assert_eq!(rest[0].0, Some(31), "{body}");
     assert_eq!(rest.len(), chunks.len() - 31 + 1, "{body}");
@@ -279,15 +279,7 @@ async fn three_hosts_sharing_a_redis_answer_for_each_others_runs() {
     drop(b);
     let done = wait_status(&c, &id, "completed").await;
     assert_eq!(done["answer"], uninterrupted_answer(), "{done}");
-    let body = client()
-        .get(c.url(&format!("/runs/{id}/events")))
-        .header("last-event-id", "9")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = events_body(&c, &id, Some("9")).await;
     assert_eq!(events(&body)[0].0, Some(10), "{body}");
 }
 

@@ -129,10 +129,8 @@ impl SharedTasks {
         &self,
         call: impl FnOnce(&dyn crate::store::Backend) -> crate::store::Result<T> + Send + 'static,
     ) -> Result<T, ErrorData> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || call(&*store))
+        crate::store::call(&self.store, call)
             .await
-            .unwrap_or_else(|err| Err(format!("run store call failed: {err}")))
             .map_err(|err| ErrorData::internal_error(err, None))
     }
 

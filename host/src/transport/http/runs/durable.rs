@@ -115,14 +115,12 @@ pub(super) fn kept_events(
             let backend = durable?;
             loop {
                 let id = row.id.clone();
-                let b = backend.clone();
-                let read = tokio::task::spawn_blocking(move || {
+                let read = crate::store::call(&backend, move |b| {
                     let events = b.events(&id, sent as u64, REPLAY_BATCH)?;
                     let row = if events.is_empty() { b.run(&id)? } else { None };
-                    Ok::<_, String>((events, row))
+                    Ok((events, row))
                 })
-                .await
-                .ok()?;
+                .await;
                 let (events, fresh) = match read {
                     Ok(read) => read,
                     Err(err) => {
@@ -152,13 +150,13 @@ pub(super) fn kept_events(
                     ));
                 }
                 // Until the next event is kept (Redis tells; SQLite is read again).
-                let (b, id) = (backend.clone(), row.id.clone());
-                let wait = tokio::task::spawn_blocking(move || {
+                let id = row.id.clone();
+                let wait = crate::store::call(&backend, move |b| {
                     b.wait(&id, sent as u64, Duration::from_millis(500))
                 });
                 tokio::select! {
                     waited = wait => {
-                        if let Ok(Err(err)) = waited {
+                        if let Err(err) = waited {
                             tracing::warn!("{err}");
                             tokio::time::sleep(POLL).await;
                         }

@@ -32,10 +32,7 @@ impl Durable {
         &self,
         call: impl FnOnce(&dyn crate::store::Backend) -> crate::store::Result<T> + Send + 'static,
     ) -> crate::store::Result<T> {
-        let backend = self.backend.clone();
-        tokio::task::spawn_blocking(move || call(&*backend))
-            .await
-            .unwrap_or_else(|err| Err(format!("run store call failed: {err}")))
+        crate::store::call(&self.backend, call).await
     }
 
     /// MCP tasks shared through this store (`/mcp` answers for every host's tasks).

@@ -84,9 +84,7 @@ pub(crate) async fn accept(
     );
     let backend = durable.backend.clone();
     let started = tokio::spawn(async move {
-        let created = tokio::task::spawn_blocking(move || backend.create(&new, bounds))
-            .await
-            .unwrap_or_else(|err| Err(format!("run store call failed: {err}")));
+        let created = crate::store::call(&backend, move |b| b.create(&new, bounds)).await;
         match created {
             Ok(crate::store::Created::New) => Ok(Ok(runs.start(&flow_name, run, key, running))),
             // Another request (here or on another host) took the key first; this run goes

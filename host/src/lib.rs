@@ -12,6 +12,7 @@
 #![deny(unreachable_pub)]
 
 mod app;
+mod auth;
 pub mod catalog;
 pub mod chunk;
 pub mod exec;
@@ -34,6 +35,22 @@ pub mod parse {
     pub use crate::lang::{Diagnostic, FileFlows};
     pub use crate::transport::http::{parse_body as http_body, ApiError};
     pub use crate::transport::mcp::{classify_line as mcp_line, Line as McpLine};
+
+    /// Reads a bearer token's header and claims without checking them (None: not a JWT).
+    pub fn jwt(token: &str) -> Option<String> {
+        crate::auth::jwt::parse_unverified(token)
+    }
+
+    /// Whether a flow name passes glob patterns (`auth.keys[].flows`); Err for a bad one.
+    pub fn flow_grant(patterns: &[String], flow: &str) -> Result<bool, String> {
+        crate::auth::Grant::new(patterns).map(|grant| grant.allows(flow))
+    }
+
+    /// Checks an audit trail's hash chain through `files` (oldest first): the number of lines,
+    /// or where it breaks.
+    pub fn audit_chain(files: &[std::path::PathBuf]) -> Result<u64, String> {
+        crate::auth::audit::verify(files).map(|v| v.lines)
+    }
 
     /// Parses a `flow_content` expression; the error as a user reads it.
     pub fn flow_content(source: &str) -> Result<(), String> {

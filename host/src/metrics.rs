@@ -19,6 +19,11 @@ pub(crate) const WORKERS: &str = "flowhost_workers";
 pub(crate) const WORKER_CRASHES: &str = "flowhost_worker_crashes_total";
 pub(crate) const RUNS_REJECTED: &str = "flowhost_runs_rejected_total";
 pub(crate) const RUNS_RESUMED: &str = "flowhost_runs_resumed_total";
+/// Flow calls by caller (`subject`: a configured key's name, `default`, `jwt`, `anonymous`,
+/// `local`) and outcome (`ok`, `error`, `cancelled`, `denied`, `rate_limited`).
+pub(crate) const CALLS: &str = "flowhost_calls_total";
+/// Requests refused for a missing or bad credential (`reason`: `missing`, `invalid`).
+pub(crate) const AUTH_FAILURES: &str = "flowhost_auth_failures_total";
 pub(crate) const CACHE_HITS: &str = "flowhost_op_cache_hits_total";
 pub(crate) const CACHE_MISSES: &str = "flowhost_op_cache_misses_total";
 pub(crate) const OP_RETRIES: &str = "flowhost_op_retries_total";
@@ -101,6 +106,14 @@ fn describe() {
         RUNS_RESUMED,
         "async runs taken over and resumed after the host running them stopped (store.path)"
     );
+    metrics::describe_counter!(
+        CALLS,
+        "flow calls by caller (auth.keys name, default, jwt, anonymous, local) and outcome"
+    );
+    metrics::describe_counter!(
+        AUTH_FAILURES,
+        "requests refused with 401: no credential, or one that does not verify"
+    );
     metrics::describe_gauge!(RUNS_QUEUED, "runs waiting for a turn (admission control)");
     metrics::describe_counter!(
         RUNS_REJECTED,
@@ -124,6 +137,9 @@ fn describe() {
         RUNS_RESUMED,
     ] {
         metrics::counter!(counter).absolute(0);
+    }
+    for reason in ["missing", "invalid"] {
+        metrics::counter!(AUTH_FAILURES, "reason" => reason).absolute(0);
     }
     for timeout in ["http.header_timeout", "http.keepalive_timeout"] {
         metrics::counter!(CONNECTIONS_TIMED_OUT, "timeout" => timeout).absolute(0);

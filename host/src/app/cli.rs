@@ -121,6 +121,17 @@ pub(crate) enum Command {
         hash: String,
         memory_mb: String,
     },
+    /// Keys and tokens: `flowhost auth hash-key` prints what `auth.keys.NAME.key_sha256`
+    /// holds for a key read from stdin.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+    /// The audit trail: `flowhost audit verify FILE...` checks its hash chain.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Print the effective configuration as JSON.
     Config {
         #[command(flatten)]
@@ -128,6 +139,24 @@ pub(crate) enum Command {
         /// FlowLLM-style overrides such as http.port=9000.
         #[arg(value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuthCommand {
+    /// Read a key from stdin (one line) and print its SHA-256, for `auth.keys.NAME.key_sha256`
+    /// (the key itself never goes in the config).
+    HashKey,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check an audit file's hash chain; name the first line where it breaks. Give rotated
+    /// files first, oldest first (audit.jsonl.1 audit.jsonl.2 audit.jsonl), to check the chain
+    /// across them; a file alone is checked from its first line.
+    Verify {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -201,7 +230,10 @@ pub fn default_log_filter(cli: &Cli) -> &'static str {
         Command::Serve { .. } => "info,rmcp=warn",
         // Warnings (settings flowhost ignores, refused plugins) must be seen at the default
         // level; flow problems are printed by the commands themselves.
-        Command::Worker { .. } | Command::NewOp { .. } => "warn",
+        Command::Worker { .. }
+        | Command::NewOp { .. }
+        | Command::Auth { .. }
+        | Command::Audit { .. } => "warn",
         Command::Flows { .. }
         | Command::Check { .. }
         | Command::Run { .. }
@@ -269,6 +301,12 @@ pub fn run(cli: Cli) -> ExitCode {
             let code = crate::exec::worker::child::main(&library, hash, memory_mb);
             return ExitCode::from(code.clamp(0, 255) as u8);
         }
+        Command::Auth {
+            command: AuthCommand::HashKey,
+        } => super::commands::hash_key(),
+        Command::Audit {
+            command: AuditCommand::Verify { files },
+        } => super::commands::verify_audit(&files),
         Command::Config { common, overrides } => {
             let mut flags = common.flags();
             flags.overrides.extend(overrides);

@@ -77,7 +77,9 @@ pub(super) fn flows(config: &Config, as_json: bool) -> Result<ExitCode, String> 
     let catalog = load_catalog(config);
     let snapshot = catalog.snapshot();
     if as_json {
-        print(&serde_json::to_string_pretty(&snapshot.flows_json()).unwrap_or_default())?;
+        print(
+            &serde_json::to_string_pretty(&snapshot.flows_json(|_| true, true)).unwrap_or_default(),
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     if snapshot.flows.is_empty() {
@@ -194,12 +196,76 @@ pub(super) fn show_config(config: &Config) -> Result<ExitCode, String> {
             "lease": config.store.lease.as_secs_f64(),
             "max_resumes": config.store.max_resumes,
         },
+        "auth": {
+            "keys": config.auth.keys.iter()
+                .map(|key| (key.name.clone(), json!({
+                    "flows": key.flows,
+                    "rate": key.rate.map(|r| r.to_string()),
+                })))
+                .collect::<Map<String, Value>>(),
+            "jwt": config.auth.jwt.as_ref().map(|jwt| json!({
+                "issuer": jwt.issuer,
+                "audience": jwt.audience,
+                "jwks_url": jwt.jwks_url,
+                "algorithms": jwt.algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>(),
+                "leeway": jwt.leeway.as_secs_f64(),
+                "flows": jwt.flows,
+                "scope_prefix": jwt.scope_prefix,
+                "rate": jwt.rate.map(|r| r.to_string()),
+            })),
+        },
+        "audit": {
+            "path": config.auth.audit.path.as_ref().map(|p| p.display().to_string()),
+            "inputs": config.auth.audit.inputs,
+            "max_bytes": config.auth.audit.max_bytes,
+        },
         "plugins": config.ops.isolation.plugins.iter()
             .map(|(name, isolation)| (name.clone(), json!({"isolation": isolation})))
             .collect::<Map<String, Value>>(),
     });
     print(&serde_json::to_string_pretty(&value).unwrap_or_default())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `flowhost auth hash-key`: the SHA-256 of the key on stdin (its first line, trimmed).
+pub(super) fn hash_key() -> Result<ExitCode, String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|err| format!("cannot read the key from stdin: {err}"))?;
+    let key = line.trim();
+    if key.is_empty() {
+        return Err(
+            "no key on stdin: pipe one in, e.g. `openssl rand -hex 32 | tee key.txt | flowhost auth hash-key`"
+                .into(),
+        );
+    }
+    print(&crate::auth::hash_key(key))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `flowhost audit verify FILE...`: 0 when the chain holds (with the count and the last
+/// line's hash), 1 naming the first line where it breaks.
+pub(super) fn verify_audit(files: &[PathBuf]) -> Result<ExitCode, String> {
+    match crate::auth::audit::verify(files) {
+        Ok(verified) => {
+            print(&format!(
+                "ok: {} line(s), chain intact{}; last line's SHA-256 {}",
+                verified.lines,
+                if verified.from_start {
+                    " from the first line of the trail"
+                } else {
+                    " (the first file starts after a rotation: give the files before it to check where it joins)"
+                },
+                verified.last
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(problem) => {
+            eprintln!("flowhost audit verify: {problem}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 pub(super) fn new_op(request: crate::app::scaffold::Request) -> Result<ExitCode, String> {

@@ -126,10 +126,13 @@ pub(super) fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
                     .await
                     .map_err(|err| format!("opening the run store failed: {err}"))??;
                 let options = run_options_with_flows(config, &catalog, store.as_ref());
+                let auth =
+                    Arc::new(crate::auth::Auth::new(config.auth.clone(), store.clone()).await?);
                 let durable = store.map(|backend| {
                     crate::transport::http::Durable::new(backend, config.store.clone())
                 });
-                crate::transport::http::serve(catalog, config.http.clone(), options, durable).await
+                crate::transport::http::serve(catalog, config.http.clone(), options, durable, auth)
+                    .await
             }
             config::Backend::Stdio => {
                 let snapshot = catalog.snapshot();
@@ -141,7 +144,14 @@ pub(super) fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
                 drop(snapshot);
                 let max_line = crate::transport::mcp::MAX_LINE_BYTES;
                 let options = run_options_with_flows(config, &catalog, None);
-                crate::transport::mcp::serve_stdio(catalog, options, max_line).await
+                // The agent tool that started the host is its one caller (`local`); only the
+                // audit trail applies.
+                let audit = crate::auth::Settings {
+                    audit: config.auth.audit.clone(),
+                    ..Default::default()
+                };
+                let auth = Arc::new(crate::auth::Auth::new(audit, None).await?);
+                crate::transport::mcp::serve_stdio(catalog, options, max_line, auth).await
             }
         }
     })?;

@@ -48,11 +48,16 @@ impl std::fmt::Display for ContentError {
 /// plugin that offers it under `_meta.plugin` (flows under `flowhost`). Resources and prompts
 /// are ordered by URI / name, so lists are the same on every replica; when two plugins offer
 /// the same URI or prompt name, the plugin whose name sorts first serves it.
-pub(crate) fn list(snapshot: &Snapshot) -> Value {
+/// The flow a `flow://NAME` URI names.
+pub(crate) fn flow_of_uri(uri: &str) -> Option<&str> {
+    uri.strip_prefix(FLOW_SCHEME)
+}
+
+pub(crate) fn list(snapshot: &Snapshot, visible: impl Fn(&str) -> bool) -> Value {
     let mut resources: Vec<Value> = Vec::new();
     let mut templates: Vec<Value> = Vec::new();
     let mut prompts: Vec<Value> = Vec::new();
-    for (name, entry) in &snapshot.flows {
+    for (name, entry) in snapshot.flows.iter().filter(|(name, _)| visible(name)) {
         let mut item = json!({
             "uri": format!("{FLOW_SCHEME}{name}"),
             "name": name,

@@ -66,10 +66,17 @@ impl Snapshot {
 
     /// Every flow with its status, and every error, as `flowhost flows --json` and `GET /flows`
     /// show them.
-    pub(crate) fn flows_json(&self) -> serde_json::Value {
+    /// The flows `visible` lets through; the files' errors only when `errors` (a caller
+    /// that may not see every flow must not read the names in them).
+    pub(crate) fn flows_json(
+        &self,
+        visible: impl Fn(&str) -> bool,
+        errors: bool,
+    ) -> serde_json::Value {
         let flows: Vec<serde_json::Value> = self
             .flows
             .iter()
+            .filter(|(name, _)| visible(name))
             .map(|(name, entry)| {
                 serde_json::json!({
                     "name": name,
@@ -83,7 +90,10 @@ impl Snapshot {
                 })
             })
             .collect();
-        let errors: Vec<String> = self.errors().map(|d| d.to_string()).collect();
+        let errors: Vec<String> = match errors {
+            true => self.errors().map(|d| d.to_string()).collect(),
+            false => Vec::new(),
+        };
         serde_json::json!({"generation": self.generation, "flows": flows, "errors": errors})
     }
 

@@ -106,6 +106,8 @@ pub struct Outcome {
     /// The failure was the host's or the op's machinery, not the op's answer: an op panicked,
     /// its worker crashed, or the run's task died (MCP tasks report these as `failed`).
     pub(crate) crashed: bool,
+    /// Chunks the run sent, in all.
+    pub chunks: usize,
 }
 
 impl Outcome {
@@ -127,6 +129,8 @@ pub struct Run {
     started: TokioInstant,
     last_chunk: Option<TokioInstant>,
     output_bytes: u64,
+    /// Chunks received so far.
+    chunks: usize,
     answer: String,
     collect_answer: bool,
     /// Set when the consumer side ended the run (timeout, output limit).
@@ -216,6 +220,7 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
         started: TokioInstant::now(),
         last_chunk: None,
         output_bytes: 0,
+        chunks: 0,
         answer: String::new(),
         collect_answer: options.collect_answer,
         stopped: None,
@@ -259,6 +264,7 @@ impl Run {
         match received {
             Ok(true) => {
                 self.last_chunk = Some(TokioInstant::now());
+                self.chunks += out.len();
                 for chunk in out.iter() {
                     self.output_bytes += chunk.text.len() as u64;
                     if self.collect_answer && chunk.kind == ChunkKind::Answer {
@@ -377,6 +383,7 @@ impl Run {
             error,
             failed_ops,
             crashed,
+            chunks: self.chunks,
         }
     }
 

@@ -26,6 +26,8 @@ pub(crate) struct NewRun {
     pub(crate) key: Option<(String, u64)>,
     pub(crate) owner: String,
     pub(crate) lease_until_ms: i64,
+    /// Who started it (`auth`'s subject): only they may read or cancel it.
+    pub(crate) subject: String,
 }
 
 /// What starting a run did.
@@ -77,6 +79,8 @@ pub(crate) struct RunRow {
     /// JSON text (an array), once finished.
     pub(crate) failed_ops: Option<String>,
     pub(crate) finished_ms: Option<i64>,
+    /// Who started it; empty for runs kept before runs had subjects.
+    pub(crate) subject: String,
 }
 
 /// How a run ended.
@@ -177,6 +181,24 @@ pub(crate) trait Backend: Send + Sync {
     fn cache_get(&self, name: &str) -> Result<Option<Vec<u8>>>;
     fn cache_put(&self, name: &str, text: &str, expires_ms: i64) -> Result<()>;
     fn cache_remove(&self, name: &str) -> Result<()>;
+    /// Whether [`Backend::take_token`] shares rate-limit buckets between processes.
+    fn shares_buckets(&self) -> bool {
+        false
+    }
+    /// Takes one token from bucket `key` (holding `capacity`, refilled at `per_second`):
+    /// zero when there was one, else how long until the next. Only stores that share buckets
+    /// across processes implement it.
+    fn take_token(
+        &self,
+        key: &str,
+        _capacity: f64,
+        _per_second: f64,
+    ) -> Result<std::time::Duration> {
+        Err(format!(
+            "{} does not keep rate-limit buckets (`{key}`)",
+            self.describe()
+        ))
+    }
     /// Waits (at most `at_most`) for event `from` of run `id` to be kept; the caller reads
     /// again either way. A store that cannot be told when it is sleeps a tenth of a second.
     fn wait(&self, _id: &str, _from: u64, at_most: std::time::Duration) -> Result<()> {

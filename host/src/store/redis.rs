@@ -39,6 +39,9 @@ fn task_requests_key(id: &str) -> String {
 fn cache_key(name: &str) -> String {
     format!("{PREFIX}cache:{name}")
 }
+fn bucket_key(subject: &str) -> String {
+    format!("{PREFIX}bucket:{subject}")
+}
 fn idempotency_key(flow: &str, key: &str) -> String {
     format!("{PREFIX}key:{}:{flow}:{key}", flow.len())
 }
@@ -154,6 +157,7 @@ fn row_of(id: &str, fields: &HashMap<String, String>) -> Option<RunRow> {
         error: text("error"),
         failed_ops: text("failed_ops"),
         finished_ms: fields.get("finished_ms").and_then(|v| v.parse().ok()),
+        subject: text("subject").unwrap_or_default(),
     })
 }
 
@@ -415,6 +419,22 @@ impl Backend for Redis {
         })
     }
 
+    fn shares_buckets(&self) -> bool {
+        true
+    }
+
+    fn take_token(&self, key: &str, capacity: f64, per_second: f64) -> Result<Duration> {
+        let script = redis::Script::new(TAKE_TOKEN);
+        let wait_us: i64 = self.with("taking a rate-limit token", |con| {
+            script
+                .key(bucket_key(key))
+                .arg(capacity)
+                .arg(per_second)
+                .invoke(con)
+        })?;
+        Ok(Duration::from_micros(wait_us.max(0) as u64))
+    }
+
     fn wait(&self, id: &str, from: u64, at_most: Duration) -> Result<()> {
         let pooled = self
             .blocking
@@ -640,6 +660,7 @@ impl Redis {
             ("status", "running".into()),
             ("owner", run.owner.clone()),
             ("lease_ms", run.lease_until_ms.to_string()),
+            ("subject", run.subject.clone()),
             (
                 "key",
                 run.key
@@ -685,6 +706,29 @@ impl Redis {
         })
     }
 }
+
+/// A token bucket kept by Redis (its clock, so replicas' clocks do not matter): refill since
+/// the last take, take one if there is one; returns 0 or the microseconds until the next. The
+/// bucket expires once it would be full again.
+const TAKE_TOKEN: &str = r"
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2]) / 1000000
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local kept = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(kept[1]) or capacity
+local at = tonumber(kept[2]) or now
+tokens = math.min(capacity, tokens + math.max(0, now - at) * rate)
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = math.ceil((1 - tokens) / rate)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / rate / 1000) + 1000)
+return wait
+";
 
 #[cfg(test)]
 mod tests {

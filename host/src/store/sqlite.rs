@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS runs (
     answer TEXT,
     error TEXT,
     failed_ops TEXT,
-    finished_ms INTEGER
+    finished_ms INTEGER,
+    subject TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, owner);
 CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_ms);
@@ -125,6 +126,13 @@ impl Sqlite {
             ));
         }
         write.execute_batch(SCHEMA).map_err(fail)?;
+        // A file from before runs had owners (subjects) gets the column.
+        let has_subject = write.prepare("SELECT subject FROM runs LIMIT 0").is_ok();
+        if !has_subject {
+            write
+                .execute_batch("ALTER TABLE runs ADD COLUMN subject TEXT NOT NULL DEFAULT ''")
+                .map_err(fail)?;
+        }
         let read = connect(path).map_err(fail)?;
         Ok(Sqlite {
             path: path.to_path_buf(),
@@ -175,10 +183,11 @@ fn row_to_run(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         error: row.get(13)?,
         failed_ops: row.get(14)?,
         finished_ms: row.get(15)?,
+        subject: row.get(16)?,
     })
 }
 
-const RUN_COLUMNS: &str = "id, flow, input, created_ms, status, owner, lease_ms, cancel, resumes, chunks, bytes, truncated, answer, error, failed_ops, finished_ms";
+const RUN_COLUMNS: &str = "id, flow, input, created_ms, status, owner, lease_ms, cancel, resumes, chunks, bytes, truncated, answer, error, failed_ops, finished_ms, subject";
 
 impl Backend for Sqlite {
     fn describe(&self) -> String {
@@ -210,8 +219,8 @@ impl Backend for Sqlite {
             }
         }
         tx.execute(
-            "INSERT INTO runs (id, flow, input, created_ms, status, owner, lease_ms) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6)",
-            params![run.id, run.flow, run.input, run.created_ms, run.owner, run.lease_until_ms],
+            "INSERT INTO runs (id, flow, input, created_ms, status, owner, lease_ms, subject) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)",
+            params![run.id, run.flow, run.input, run.created_ms, run.owner, run.lease_until_ms, run.subject],
         )
         .map_err(&err)?;
         if let Some((key, input)) = &run.key {
@@ -649,6 +658,7 @@ mod tests {
             created_ms: 1,
             key: key.map(|(k, h)| (k.to_string(), h)),
             owner: "a".into(),
+            subject: "alice".into(),
             lease_until_ms: 10_000,
         }
     }

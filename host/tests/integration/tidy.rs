@@ -14,14 +14,15 @@ const PARTS: &[(&str, &[&str])] = &[
     ("chunk",     &["ops"]),
     ("metrics",   &[]),
     ("store",     &[]),
+    ("auth",      &["store", "metrics"]),
     ("ops",       &["util"]),
     ("llm",       &["chunk"]),
     ("plan",      &["ops"]),
     ("lang",      &["plan", "ops", "util"]),
     ("exec",      &["plan", "ops", "llm", "chunk", "metrics", "util"]),
     ("catalog",   &["lang", "plan", "ops", "exec", "util"]),
-    ("transport", &["catalog", "exec", "plan", "chunk", "metrics", "store", "util"]),
-    ("app",       &["transport", "catalog", "exec", "lang", "plan", "llm", "ops", "store", "util"]),
+    ("transport", &["auth", "catalog", "exec", "plan", "chunk", "metrics", "store", "util"]),
+    ("app",       &["transport", "auth", "catalog", "exec", "lang", "plan", "llm", "ops", "store", "util"]),
 ];
 
 /// What code names, whether a file (a path under host/src) may name it, and why.
@@ -37,8 +38,8 @@ const REACH: &[Reach] = &[
         "only the plugin loader touches FFI; the rest uses ops::Host"),
     (&["op_sdk"], |f| under(f, &["ops/"]),
         "op-sdk reaches the host through ops/: name what ops re-exports or wraps"),
-    (&["reqwest", "eventsource_stream"], |f| under(f, &["llm.rs", "llm/"]),
-        "HTTP to model providers belongs to llm"),
+    (&["reqwest", "eventsource_stream"], |f| under(f, &["llm.rs", "llm/", "auth/jwt.rs"]),
+        "HTTP to model providers belongs to llm (and the JWKS fetch to auth/jwt.rs)"),
     (&["notify", "notify_debouncer_full"], |f| under(f, &["catalog/watch.rs", "app/dev.rs"]),
         "the file watchers are catalog/watch.rs and app/dev.rs"),
     (&["std::env::var", "env::var(", "var_os(", "env::vars"], |f| under(f, &["app/", "main.rs"]),

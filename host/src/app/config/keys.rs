@@ -20,6 +20,8 @@ pub(super) const KEYS: &[&str] = &[
     "cache",
     "runs",
     "store",
+    "auth",
+    "audit",
     "flow",
 ];
 

@@ -33,6 +33,8 @@ pub(crate) struct Config {
     pub(crate) cache_dir: Option<PathBuf>,
     /// `store:` where async runs are kept (HTTP; MCP over stdio keeps its tasks in memory).
     pub(crate) store: crate::store::Settings,
+    /// `auth:` (named keys, bearer tokens) with `http.api_key`, and `audit:`.
+    pub(crate) auth: crate::auth::Settings,
     /// The config file that was read, if any.
     pub(crate) source: Option<PathBuf>,
 }
@@ -62,6 +64,7 @@ pub(crate) struct Flags {
     pub(crate) no_watch: bool,
 }
 
+mod auth;
 mod keys;
 mod llm;
 mod overrides;
@@ -106,6 +109,12 @@ pub(crate) fn load(flags: Flags) -> Result<Config, String> {
             format!("{where_}: {key}: {message}")
         }
     })?;
+    let api_key = flags
+        .api_key
+        .clone()
+        .or(raw.http.api_key.clone())
+        .filter(|key| !key.is_empty());
+    let auth = auth::auth_settings(&where_, raw.auth.clone(), raw.audit.clone(), api_key)?;
     let mut flow_dirs = match raw.flows_dir {
         OneOrMany::One(dir) => vec![dir],
         OneOrMany::Many(dirs) => dirs,
@@ -269,6 +278,7 @@ pub(crate) fn load(flags: Flags) -> Result<Config, String> {
             },
             max_resumes: raw.store.max_resumes,
         },
+        auth,
         source,
     })
 }

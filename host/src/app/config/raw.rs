@@ -27,6 +27,9 @@ pub(super) struct Raw {
     pub(super) cache: RawCache,
     pub(super) runs: RawRuns,
     pub(super) store: RawStore,
+    /// `auth:` and `audit:`, read by `config/auth.rs`.
+    pub(super) auth: Value,
+    pub(super) audit: Value,
     /// Allowed so a FlowLLM config can be read; flows are served from the flows folder.
     pub(super) flow: Value,
 }
@@ -162,6 +165,8 @@ impl Default for Raw {
             cache: RawCache::default(),
             runs: RawRuns::default(),
             store: RawStore::default(),
+            auth: Value::Null,
+            audit: Value::Null,
             flow: Value::Null,
         }
     }

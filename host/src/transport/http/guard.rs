@@ -1,30 +1,32 @@
 //! What a request must pass before any route sees it: the `Host` check (DNS rebinding), the
 //! `Origin` check (other web pages), JSON-only POST bodies (a browser's "simple" request needs
-//! no preflight, so `text/plain` must not run a flow), the bearer API key, and CORS for the
-//! origins the configuration lists. Knows nothing of flows.
+//! no preflight, so `text/plain` must not run a flow), the bearer credential (a key or a token:
+//! the `Caller` it speaks for goes into the request's extensions, 401 when it speaks for
+//! nobody), and CORS for the origins the configuration lists. Knows nothing of flows.
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use subtle::ConstantTimeEq;
+use std::sync::Arc;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use super::error::ApiError;
 use super::settings::Settings as Options;
+use crate::auth::{Auth, Caller, Denied};
 
 /// The checks' view of the configuration, computed once.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Policy {
     /// Lower-cased host names without port; `None` accepts any host.
     hosts: Option<Vec<String>>,
     /// Allowed foreign origins, lower-cased; `None` accepts any origin.
     origins: Option<Vec<String>>,
-    api_key: Option<String>,
+    pub(crate) auth: Arc<Auth>,
 }
 
 impl Policy {
-    pub(crate) fn new(options: &Options) -> Policy {
+    pub(crate) fn new(options: &Options, auth: Arc<Auth>) -> Policy {
         let hosts = options.effective_allowed_hosts();
         let origins = &options.cors_origins;
         Policy {
@@ -40,23 +42,8 @@ impl Policy {
                     .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
                     .collect()
             }),
-            api_key: options.api_key.clone(),
+            auth,
         }
-    }
-
-    /// Whether `Authorization` carries the key (`Bearer` in any case; compared in constant
-    /// time). True when no key is configured.
-    pub(crate) fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(key) = &self.api_key else {
-            return true;
-        };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim());
-        given.is_some_and(|given| bool::from(given.as_bytes().ct_eq(key.as_bytes())))
     }
 
     fn host_allowed(&self, host: &str) -> bool {
@@ -167,42 +154,100 @@ fn content_type_problem(headers: &HeaderMap) -> Option<String> {
     ))
 }
 
-/// The bearer API key on every route but `/health`, `/ready`, the docs page, the playground
-/// page and their assets
-/// (a browser loads those without a header; the data behind them needs the key).
+/// `Authorization: Bearer <credential>` (the scheme in any case).
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+}
+
+/// Who the request speaks for, put in its extensions for every route (and `/mcp`) to read;
+/// 401 without a credential that speaks for someone, on every route but `/health`, `/ready`,
+/// the docs page, the playground page and their assets and the protected-resource metadata (a
+/// browser or a probe loads those without a header; the data behind them needs a credential).
 pub(crate) async fn authorize(
     State(policy): State<Policy>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    if policy.api_key.is_none()
-        || request.method() == Method::OPTIONS
-        || is_public(request.uri().path())
-    {
-        return next.run(request).await;
+    let public = request.method() == Method::OPTIONS || is_public(request.uri().path());
+    let identified = policy.auth.identify(bearer(request.headers())).await;
+    let denied = match identified {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            return next.run(request).await;
+        }
+        Err(_) if public => return next.run(request).await,
+        Err(denied) => denied,
+    };
+    let base = base_url(request.headers());
+    let message = match &denied {
+        Denied::Missing if policy.auth.jwt().is_some() => {
+            "missing credential: send `Authorization: Bearer <token>` (an OAuth access token for this server, or an API key)".to_string()
+        }
+        Denied::Missing => "missing API key: send `Authorization: Bearer <key>`".to_string(),
+        Denied::Invalid(reason) => format!("the credential was refused: {reason}"),
+    };
+    // OpenAI's error shape on its routes (the SDKs read `error.message`), FlowLLM's elsewhere.
+    let mut response = if request.uri().path().starts_with("/v1/") {
+        let body = serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}});
+        (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+    } else {
+        ApiError::new(StatusCode::UNAUTHORIZED, message).into_response()
+    };
+    let mut challenge = String::from("Bearer");
+    if policy.auth.jwt().is_some() {
+        challenge.push_str(&format!(" resource_metadata=\"{base}{METADATA_PATH}\""));
     }
-    if policy.authorized(request.headers()) {
-        return next.run(request).await;
+    if let Denied::Invalid(reason) = &denied {
+        let reason = reason.replace(['"', '\\'], "'");
+        challenge.push_str(&format!(
+            "{} error=\"invalid_token\", error_description=\"{reason}\"",
+            if challenge.len() > 6 { "," } else { "" }
+        ));
     }
-    let mut response = ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "missing or wrong API key: send `Authorization: Bearer <key>`",
-    )
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
     response
 }
+
+/// Where the RFC 9728 protected-resource metadata is served (and `.../mcp` for `/mcp`).
+pub(crate) const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
+/// The URL the client reached this server at: `X-Forwarded-Proto` (a proxy's TLS) or http,
+/// and the `Host` the checks above accepted.
+pub(crate) fn base_url(headers: &HeaderMap) -> String {
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| *v == "https" || *v == "http")
+        .unwrap_or("http");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}")
+}
+
+/// The caller a handler serves: the one `authorize` found.
+pub(crate) type Who = axum::Extension<Arc<Caller>>;
 
 fn is_public(path: &str) -> bool {
     // Health and readiness (probes carry no key), the API docs, and the playground's page,
     // script and style: a browser loads those without a key, then the page asks for it and
-    // sends it with everything else it reads.
+    // sends it with everything else it reads. The protected-resource metadata is how a
+    // client learns where to get a token.
     matches!(
         path,
         "/health" | "/ready" | "/docs" | "/docs/" | "/" | "/playground.js" | "/playground.css"
     ) || path.starts_with("/docs/")
+        || path.starts_with(METADATA_PATH)
 }
 
 /// CORS for the listed origins only; none listed means no CORS headers at all, so browsers
@@ -239,25 +284,28 @@ mod tests {
     use super::*;
 
     fn policy(hosts: &[&str], origins: &[&str], bind: &str) -> Policy {
-        Policy::new(&Options {
-            host: bind.into(),
-            port: 8002,
-            body_limit: 1,
-            header_timeout: std::time::Duration::from_secs(1),
-            body_timeout: std::time::Duration::from_secs(1),
-            keepalive_timeout: std::time::Duration::from_secs(1),
-            max_connections: None,
-            cors_origins: origins.iter().map(|s| s.to_string()).collect(),
-            allowed_hosts: hosts.iter().map(|s| s.to_string()).collect(),
-            api_key: Some("k3y".into()),
-            keepalive: std::time::Duration::from_secs(1),
-            shutdown_timeout: std::time::Duration::from_secs(1),
-            drain_delay: std::time::Duration::ZERO,
-            mcp_stateless: false,
-            mcp_max_sessions: 1,
-            mcp_state_key: None,
-            runs: Default::default(),
-        })
+        Policy::new(
+            &Options {
+                host: bind.into(),
+                port: 8002,
+                body_limit: 1,
+                header_timeout: std::time::Duration::from_secs(1),
+                body_timeout: std::time::Duration::from_secs(1),
+                keepalive_timeout: std::time::Duration::from_secs(1),
+                max_connections: None,
+                cors_origins: origins.iter().map(|s| s.to_string()).collect(),
+                allowed_hosts: hosts.iter().map(|s| s.to_string()).collect(),
+                api_key: Some("k3y".into()),
+                keepalive: std::time::Duration::from_secs(1),
+                shutdown_timeout: std::time::Duration::from_secs(1),
+                drain_delay: std::time::Duration::ZERO,
+                mcp_stateless: false,
+                mcp_max_sessions: 1,
+                mcp_state_key: None,
+                runs: Default::default(),
+            },
+            Arc::new(Auth::open()),
+        )
     }
 
     #[test]
@@ -302,18 +350,16 @@ mod tests {
 
     #[test]
     fn bearer_in_any_case() {
-        let p = policy(&[], &[], "127.0.0.1");
-        for (value, ok) in [
-            ("Bearer k3y", true),
-            ("bearer k3y", true),
-            ("BEARER  k3y", true),
-            ("Bearer k3", false),
-            ("Basic k3y", false),
-            ("k3y", false),
+        for (value, found) in [
+            ("Bearer k3y", Some("k3y")),
+            ("bearer k3y", Some("k3y")),
+            ("BEARER  k3y", Some("k3y")),
+            ("Basic k3y", None),
+            ("k3y", None),
         ] {
             let mut headers = HeaderMap::new();
             headers.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
-            assert_eq!(p.authorized(&headers), ok, "{value}");
+            assert_eq!(bearer(&headers), found, "{value}");
         }
     }
 

@@ -32,18 +32,20 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::{json, Map, Value};
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 
+use self::guard::Who;
 use self::settings::Settings as Options;
+use crate::auth::{Call, Outcome};
 use crate::catalog::Catalog;
 use crate::exec::{self, Run};
 use crate::metrics as m;
 
 pub use self::error::ApiError;
 pub use self::request::parse_body;
-pub(crate) use self::request::{busy_response, live_flow, validate};
+pub(crate) use self::request::{busy_response, validate};
 pub(crate) use self::runs::Durable;
 pub(crate) use self::runs::Retention;
 pub(crate) use self::settings::Settings;
@@ -74,6 +76,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/chat/completions"),
     ("GET DELETE", "/runs/{id}"),
     ("GET", "/runs/{id}/events"),
+    ("GET", "/.well-known/oauth-protected-resource"),
+    ("GET", "/.well-known/oauth-protected-resource/{*resource}"),
     ("GET POST", "/{flow}"),
     ("GET POST DELETE", "/mcp"),
     ("GET", "/docs/"),
@@ -108,6 +112,14 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/runs/{id}", get(runs::status).delete(runs::cancel))
         .route("/runs/{id}/events", get(runs::events))
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(protected_resource),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/{*resource}",
+            get(protected_resource),
+        )
         .route("/{flow}", post(run_flow).get(flow_page))
         .with_state(state.clone())
         .nest_service(
@@ -128,6 +140,7 @@ pub(crate) fn router(state: AppState) -> Router {
                     state.hard_stop.clone(),
                     mcp_sessions,
                     state.runs.durable.as_ref().map(|d| d.shared_tasks()),
+                    state.auth.clone(),
                 )),
         )
         .merge(swagger.layer(middleware::from_fn(docs::docs_page)))
@@ -173,9 +186,13 @@ pub(crate) fn router(state: AppState) -> Router {
 /// anything else gets 405 saying how to call it (404 when there is no such flow).
 async fn flow_page(
     State(state): State<AppState>,
+    Extension(caller): Who,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    if !caller.grant.is_all() && !caller.may_call(&name) {
+        return ApiError::new(StatusCode::FORBIDDEN, request::not_yours(&name)).into_response();
+    }
     if state.catalog.snapshot().get(&name).is_none() {
         return ApiError::new(
             StatusCode::NOT_FOUND,
@@ -226,8 +243,9 @@ async fn not_found(request: Request) -> ApiError {
 
 /// Liveness. Without the key (when one is set) it says only that the host is up: no paths,
 /// versions or flow names for whoever can reach the port.
-async fn health(State(state): State<AppState>, headers: HeaderMap) -> Json<Value> {
-    if !state.policy.authorized(&headers) {
+async fn health(State(state): State<AppState>, caller: Option<Who>) -> Json<Value> {
+    // Only a caller that may see every flow sees the counts, hashes and plugins.
+    if !caller.is_some_and(|Extension(c)| c.grant.is_all()) {
         return Json(json!({"status": "healthy"}));
     }
     let snapshot = state.catalog.snapshot();
@@ -260,19 +278,49 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn list_flows(State(state): State<AppState>) -> Json<Value> {
-    Json(state.catalog.snapshot().flows_json())
+async fn list_flows(State(state): State<AppState>, Extension(caller): Who) -> Json<Value> {
+    Json(
+        state
+            .catalog
+            .snapshot()
+            .flows_json(|name| caller.may_call(name), caller.grant.is_all()),
+    )
+}
+
+/// `GET /.well-known/oauth-protected-resource[/mcp]`: RFC 9728's metadata (when `auth.jwt` is
+/// set): where to get a token for this server, and the scopes it knows.
+async fn protected_resource(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
+    let suffix = request
+        .uri()
+        .path()
+        .strip_prefix(guard::METADATA_PATH)
+        .unwrap_or_default();
+    let resource = format!("{}{suffix}", guard::base_url(&headers));
+    match state.auth.resource_metadata(&resource) {
+        Some(document) => Json(document).into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this server takes no OAuth tokens (auth.jwt is not set)",
+        )
+        .into_response(),
+    }
 }
 
 /// `GET /resources`: what `resources/list` and `resources/templates/list` give an MCP client.
-async fn list_resources(State(state): State<AppState>) -> Json<Value> {
-    let listed = crate::catalog::content::list(&state.catalog.snapshot());
+async fn list_resources(State(state): State<AppState>, Extension(caller): Who) -> Json<Value> {
+    let listed =
+        crate::catalog::content::list(&state.catalog.snapshot(), |name| caller.may_call(name));
     Json(json!({"resources": listed["resources"], "resourceTemplates": listed["templates"]}))
 }
 
 /// `GET /prompts`: what `prompts/list` gives an MCP client.
-async fn list_prompts(State(state): State<AppState>) -> Json<Value> {
-    let listed = crate::catalog::content::list(&state.catalog.snapshot());
+async fn list_prompts(State(state): State<AppState>, Extension(caller): Who) -> Json<Value> {
+    let listed =
+        crate::catalog::content::list(&state.catalog.snapshot(), |name| caller.may_call(name));
     Json(json!({"prompts": listed["prompts"]}))
 }
 
@@ -284,6 +332,7 @@ struct ReadQuery {
 /// `GET /resources/read?uri=...`: MCP's `resources/read` result.
 async fn read_resource(
     State(state): State<AppState>,
+    Extension(caller): Who,
     axum::extract::Query(query): axum::extract::Query<ReadQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let Some(uri) = query.uri.filter(|u| !u.is_empty()) else {
@@ -292,6 +341,14 @@ async fn read_resource(
             "GET /resources/read needs ?uri=... (a URI from GET /resources, e.g. flow://echo_flow)",
         ));
     };
+    if let Some(flow) = crate::catalog::content::flow_of_uri(&uri) {
+        if !caller.grant.is_all() && !caller.may_call(flow) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                request::not_yours(flow),
+            ));
+        }
+    }
     let snapshot = state.catalog.snapshot();
     let contents = content_call(move || crate::catalog::content::read(&snapshot, &uri)).await?;
     Ok(Json(json!({"contents": contents})))
@@ -379,10 +436,11 @@ async fn list_ops(State(state): State<AppState>) -> Json<Value> {
     Json(state.catalog.snapshot().ops_json())
 }
 
-async fn openapi_json(State(state): State<AppState>) -> Json<Value> {
+async fn openapi_json(State(state): State<AppState>, Extension(caller): Who) -> Json<Value> {
     Json(openapi::document(
         &state.catalog.snapshot(),
-        state.options.api_key.is_some(),
+        state.auth.required(),
+        &caller,
     ))
 }
 
@@ -406,15 +464,23 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 async fn run_flow(
     State(state): State<AppState>,
+    Extension(caller): Who,
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let snapshot = state.catalog.snapshot();
-    let flow = live_flow(&snapshot, &name)?;
+    let flow = request::callable_flow(&state, &snapshot, &name, &caller, "http")?;
+    drop(snapshot);
     let input = parse_body(body, state.options.body_limit)?;
     let input = validate(&flow, input)?;
     let background = runs::wants_async(&headers);
+    let transport = if background { "async" } else { "http" };
+    let mut call =
+        match request::start_call(&state, &caller, transport, &name, &headers, &input).await {
+            Ok(call) => call,
+            Err(limited) => return Ok(limited.response()),
+        };
     let mut running = None;
     let (input_json, fingerprint) = if background {
         runs::fingerprint(&input)
@@ -422,7 +488,9 @@ async fn run_flow(
         Default::default()
     };
     if background {
-        if let Some(existing) = runs::existing(&state, &name, &headers, fingerprint).await {
+        if let Some(existing) = runs::existing(&state, &caller, &name, &headers, fingerprint).await
+        {
+            call.end(Outcome::Ok);
             return Ok(existing);
         }
         match runs::place(&state) {
@@ -443,27 +511,32 @@ async fn run_flow(
     };
     let run = match exec::admit_and_start(flow, input, &options).await {
         Ok(run) => run,
-        Err(busy) => return Ok(busy_response(&busy)),
+        Err(busy) => {
+            call.end(Outcome::Error);
+            return Ok(busy_response(&busy));
+        }
     };
+    call.run_id(&run.flow_id);
     if let Some(running) = running {
         return Ok(runs::accept(
             &state,
+            &caller,
             &name,
             run,
             &headers,
             (input_json, fingerprint),
-            running,
+            (running, call),
         )
         .await);
     }
     if stream {
-        Ok(sse_response(run, &state, FlowLlmEvents))
+        Ok(sse_response(run, &state, FlowLlmEvents, Some(call)))
     } else {
-        Ok(json_answer(run, &state).await)
+        Ok(json_answer(run, &state, call).await)
     }
 }
 
-async fn json_answer(run: Run, state: &AppState) -> Response {
+async fn json_answer(run: Run, state: &AppState, mut call: Call) -> Response {
     let flow_id = run.flow_id.clone();
     let outcome = tokio::select! {
         outcome = run.finish() => outcome,
@@ -471,6 +544,12 @@ async fn json_answer(run: Run, state: &AppState) -> Response {
             return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down").into_response();
         }
     };
+    call.add_chunks(outcome.chunks);
+    call.end(if outcome.error.is_some() {
+        Outcome::Error
+    } else {
+        Outcome::Ok
+    });
     let mut metadata = json!({"flow_id": flow_id});
     if !outcome.failed_ops.is_empty() {
         metadata["failed_ops"] = serde_json::Value::Array(outcome.failed_ops.clone());
@@ -505,6 +584,7 @@ pub(crate) async fn serve(
     options: Options,
     run_options: exec::Options,
     durable: Option<runs::Durable>,
+    auth: Arc<crate::auth::Auth>,
 ) -> Result<(), String> {
     let address = format!("{}:{}", options.host, options.port);
     let listener = tokio::net::TcpListener::bind(&address)
@@ -529,7 +609,7 @@ pub(crate) async fn serve(
     );
     drop(snapshot);
     self::lifecycle::warn_if_exposed(&options, local.ip());
-    let state = AppState::new(catalog.clone(), options.clone(), run_options, durable);
+    let state = AppState::new(catalog.clone(), options.clone(), run_options, durable, auth);
     runs::start_keeper(&state);
     count_reloads(&catalog);
     let hard_stop = state.hard_stop.clone();

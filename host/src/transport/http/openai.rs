@@ -12,9 +12,11 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::request::{live_flow, parse_body, validate};
+use super::guard::Who;
+use super::request::{callable_flow, not_yours, parse_body, start_call, validate};
 use super::sse::{sse_response, EventWriter};
 use super::state::AppState;
+use crate::auth::Outcome;
 use crate::chunk::{Chunk, ChunkKind};
 use crate::exec;
 
@@ -83,8 +85,12 @@ fn unix_now() -> u64 {
 /// `GET /v1/models/{id}` (the SDKs' `models.retrieve`): a flow that can run, as a model.
 pub(crate) async fn model(
     State(state): State<AppState>,
+    axum::Extension(caller): Who,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
+    if !caller.grant.is_all() && !caller.may_call(&id) {
+        return error(StatusCode::FORBIDDEN, not_yours(&id), "permission_denied");
+    }
     match state.catalog.snapshot().get(&id).and_then(|e| e.flow.clone()) {
         Some(flow) => Json(model_json(&id, &flow)).into_response(),
         None => error(
@@ -131,10 +137,14 @@ fn param_problem(key: &str, value: &Value) -> Option<&'static str> {
     })
 }
 
-pub(crate) async fn models(State(state): State<AppState>) -> Json<Value> {
+pub(crate) async fn models(
+    State(state): State<AppState>,
+    axum::Extension(caller): Who,
+) -> Json<Value> {
     let snapshot = state.catalog.snapshot();
     let data: Vec<Value> = snapshot
         .live()
+        .filter(|(name, _)| caller.may_call(name))
         .map(|(name, flow)| model_json(name, flow))
         .collect();
     Json(json!({"object": "list", "data": data}))
@@ -155,6 +165,8 @@ fn content_text(content: &Value) -> String {
 
 pub(crate) async fn chat_completions(
     State(state): State<AppState>,
+    axum::Extension(caller): Who,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut request = match parse_body(body, state.options.body_limit) {
@@ -207,8 +219,11 @@ pub(crate) async fn chat_completions(
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let snapshot = state.catalog.snapshot();
-    let flow = match live_flow(&snapshot, &model) {
+    let flow = match callable_flow(&state, &snapshot, &model, &caller, "openai") {
         Ok(flow) => flow,
+        Err(err) if err.status == StatusCode::FORBIDDEN => {
+            return from_api_error(err, "permission_denied")
+        }
         Err(err) if err.status == StatusCode::NOT_FOUND => {
             return error(
                 StatusCode::NOT_FOUND,
@@ -275,6 +290,21 @@ pub(crate) async fn chat_completions(
             )
         }
     };
+    drop(snapshot);
+    let mut call = match start_call(&state, &caller, "openai", &model, &headers, &input).await {
+        Ok(call) => call,
+        Err(limited) => {
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                limited.message,
+                "rate_limit_exceeded",
+            );
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, limited.retry_after.into());
+            return response;
+        }
+    };
     let options = exec::Options {
         collect_answer: !stream,
         ..state.run_options.clone()
@@ -282,6 +312,7 @@ pub(crate) async fn chat_completions(
     let run = match exec::admit_and_start(flow, input, &options).await {
         Ok(run) => run,
         Err(busy) => {
+            call.end(Outcome::Error);
             let mut response = error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 busy.message.clone(),
@@ -293,6 +324,7 @@ pub(crate) async fn chat_completions(
             return response;
         }
     };
+    call.run_id(&run.flow_id);
     let id = format!("chatcmpl-{}", run.flow_id);
     if stream {
         let writer = OpenAiEvents {
@@ -305,9 +337,15 @@ pub(crate) async fn chat_completions(
             include_usage,
             failed: false,
         };
-        return sse_response(run, &state, writer);
+        return sse_response(run, &state, writer, Some(call));
     }
     let (chunks, outcome) = run.collect().await;
+    call.add_chunks(chunks.len());
+    call.end(if outcome.error.is_some() {
+        Outcome::Error
+    } else {
+        Outcome::Ok
+    });
     if let Some(message) = outcome.error {
         metrics::counter!(crate::metrics::FLOW_ERRORS).increment(1);
         return error(StatusCode::INTERNAL_SERVER_ERROR, message, "flow_error");

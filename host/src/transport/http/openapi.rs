@@ -6,9 +6,9 @@ use serde_json::{json, Map, Value};
 
 use crate::catalog::Snapshot;
 
-pub(crate) fn document(snapshot: &Snapshot, api_key: bool) -> Value {
+pub(crate) fn document(snapshot: &Snapshot, api_key: bool, caller: &crate::auth::Caller) -> Value {
     let mut paths = Map::new();
-    for (name, flow) in snapshot.live() {
+    for (name, flow) in snapshot.live().filter(|(name, _)| caller.may_call(name)) {
         let spec = &flow.spec;
         let ok = if spec.stream {
             json!({
@@ -136,7 +136,7 @@ pub(crate) fn document(snapshot: &Snapshot, api_key: bool) -> Value {
                 "type": "object",
                 "required": ["model", "messages"],
                 "properties": {
-                    "model": {"type": "string", "enum": snapshot.live().map(|(n, _)| n.clone()).collect::<Vec<_>>()},
+                    "model": {"type": "string", "enum": snapshot.live().filter(|(n, _)| caller.may_call(n)).map(|(n, _)| n.clone()).collect::<Vec<_>>()},
                     "messages": {"type": "array", "items": {"type": "object"}},
                     "stream": {"type": "boolean"}
                 }

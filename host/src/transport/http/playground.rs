@@ -11,6 +11,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use super::state::AppState;
+use crate::auth::Caller;
 
 const PAGE: &str = include_str!("playground/index.html");
 const SCRIPT: &str = include_str!("playground/playground.js");
@@ -58,13 +59,13 @@ pub(crate) async fn style() -> Response {
 }
 
 /// The catalog as one event: flows (as `GET /flows`), ops (as `GET /ops`) and the hashes.
-fn catalog_event(state: &AppState) -> Bytes {
+fn catalog_event(state: &AppState, caller: &Caller) -> Bytes {
     let snapshot = state.catalog.snapshot();
     let data = serde_json::json!({
         "generation": snapshot.generation,
         "flows_hash": snapshot.flows_hash(),
         "plugins_hash": snapshot.plugins_hash(),
-        "flows": snapshot.flows_json(),
+        "flows": snapshot.flows_json(|name| caller.may_call(name), caller.grant.is_all()),
         "ops": snapshot.ops_json(),
     });
     Bytes::from(format!("event: catalog\ndata: {data}\n\n"))
@@ -78,45 +79,51 @@ enum Next {
 
 /// `GET /events`: `event: catalog` with the whole catalog now and after every reload,
 /// keep-alive comments while quiet; ends when the host starts draining.
-pub(crate) async fn events(State(state): State<AppState>) -> Response {
+pub(crate) async fn events(
+    State(state): State<AppState>,
+    axum::Extension(caller): super::guard::Who,
+) -> Response {
     let changes = state.catalog.subscribe();
-    let first = catalog_event(&state);
+    let first = catalog_event(&state, &caller);
     let keepalive = state.options.keepalive.max(Duration::from_millis(100));
     let stream = futures_util::stream::unfold(
         (state, changes, Some(first)),
-        move |(state, mut changes, first)| async move {
-            if let Some(first) = first {
-                return Some((
-                    Ok::<_, std::convert::Infallible>(first),
-                    (state, changes, None),
-                ));
-            }
-            // Wake at least every second to notice a drain.
-            let tick = keepalive.min(Duration::from_secs(1));
-            let mut quiet = Duration::ZERO;
-            let next = loop {
-                if !state.ready.load(Ordering::Relaxed) {
-                    break Next::End;
+        move |(state, mut changes, first)| {
+            let caller = caller.clone();
+            async move {
+                if let Some(first) = first {
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(first),
+                        (state, changes, None),
+                    ));
                 }
-                tokio::select! {
-                    changed = changes.changed() => {
-                        break if changed.is_ok() { Next::Catalog } else { Next::End };
+                // Wake at least every second to notice a drain.
+                let tick = keepalive.min(Duration::from_secs(1));
+                let mut quiet = Duration::ZERO;
+                let next = loop {
+                    if !state.ready.load(Ordering::Relaxed) {
+                        break Next::End;
                     }
-                    _ = state.hard_stop.cancelled() => break Next::End,
-                    _ = tokio::time::sleep(tick) => {
-                        quiet += tick;
-                        if quiet >= keepalive {
-                            break Next::KeepAlive;
+                    tokio::select! {
+                        changed = changes.changed() => {
+                            break if changed.is_ok() { Next::Catalog } else { Next::End };
+                        }
+                        _ = state.hard_stop.cancelled() => break Next::End,
+                        _ = tokio::time::sleep(tick) => {
+                            quiet += tick;
+                            if quiet >= keepalive {
+                                break Next::KeepAlive;
+                            }
                         }
                     }
-                }
-            };
-            let bytes = match next {
-                Next::Catalog => catalog_event(&state),
-                Next::KeepAlive => Bytes::from_static(b": keep-alive\n\n"),
-                Next::End => return None,
-            };
-            Some((Ok(bytes), (state, changes, None)))
+                };
+                let bytes = match next {
+                    Next::Catalog => catalog_event(&state, &caller),
+                    Next::KeepAlive => Bytes::from_static(b": keep-alive\n\n"),
+                    Next::End => return None,
+                };
+                Some((Ok(bytes), (state, changes, None)))
+            }
         },
     );
     let mut response = Body::from_stream(stream).into_response();

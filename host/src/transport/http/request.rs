@@ -11,8 +11,88 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
+use super::state::AppState;
+use crate::auth::{Call, Caller, Outcome};
 use crate::catalog::Snapshot;
 use crate::plan::Flow;
+
+/// A flow a caller may not call, or one that does not exist, to a caller that may not see
+/// every flow: the same words either way, so that a refusal says nothing of which flows exist.
+pub(crate) fn not_yours(name: &str) -> String {
+    format!("no flow `{name}` that this caller may call (GET /flows lists the flows it may)")
+}
+
+/// Looks a flow up for `caller`: 403 ([`not_yours`], counted and audited as `denied`) when it
+/// may not call it, else as [`live_flow`].
+pub(crate) fn callable_flow(
+    state: &AppState,
+    snapshot: &Snapshot,
+    name: &str,
+    caller: &Arc<Caller>,
+    transport: &'static str,
+) -> Result<Arc<Flow>, ApiError> {
+    if !caller.grant.is_all() && !(caller.may_call(name) && snapshot.get(name).is_some()) {
+        state
+            .auth
+            .call(caller, transport, name, None, None)
+            .end(Outcome::Denied);
+        return Err(ApiError::new(StatusCode::FORBIDDEN, not_yours(name)));
+    }
+    live_flow(snapshot, name)
+}
+
+/// A call past its caller's rate limit.
+pub(crate) struct Limited {
+    pub(crate) message: String,
+    pub(crate) retry_after: u64,
+}
+
+impl Limited {
+    /// 429 with `Retry-After` and FlowLLM's `{"detail": ...}`.
+    pub(crate) fn response(&self) -> Response {
+        let mut response =
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, self.message.clone()).into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, self.retry_after.into());
+        response
+    }
+}
+
+/// Takes one call from the caller's rate limit and starts its record (counted and audited
+/// when it ends); a call past the limit is recorded as `rate_limited`.
+pub(crate) async fn start_call(
+    state: &AppState,
+    caller: &Arc<Caller>,
+    transport: &'static str,
+    flow: &str,
+    headers: &axum::http::HeaderMap,
+    input: &Map<String, Value>,
+) -> Result<Call, Limited> {
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let audited_input = state
+        .auth
+        .audits_inputs()
+        .then(|| Value::Object(input.clone()));
+    let call = state
+        .auth
+        .call(caller, transport, flow, traceparent, audited_input.as_ref());
+    match state.auth.admit(caller).await {
+        Ok(()) => Ok(call),
+        Err(wait) => {
+            call.end(Outcome::RateLimited);
+            let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+            Err(Limited {
+                message: format!(
+                    "rate limit reached: `{}` may make {} calls; retry in {retry_after} s",
+                    caller.subject,
+                    caller.rate.map(|r| r.to_string()).unwrap_or_default()
+                ),
+                retry_after,
+            })
+        }
+    }
+}
 
 /// A run refused by admission control: 503, `Retry-After`, and the reason naming the flow.
 pub(crate) fn busy_response(busy: &crate::exec::admission::Busy) -> Response {

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
 
 use super::state::AppState;
+use crate::auth::Outcome;
 use crate::chunk::Chunk;
 use crate::exec::Run;
 use crate::metrics as m;
@@ -48,6 +49,9 @@ struct Streaming<W> {
     started: Instant,
     first_seen: bool,
     finished: bool,
+    /// The call's record (audit, per-caller counts): ended with the stream.
+    call: Option<crate::auth::Call>,
+    errored: bool,
 }
 
 impl<W> Drop for Streaming<W> {
@@ -63,7 +67,12 @@ impl<W> Drop for Streaming<W> {
 
 /// Streams a run as SSE. Every batch of chunks becomes one write; a quiet stream gets
 /// keep-alive comments; a client that goes away drops the body, which cancels the run.
-pub(crate) fn sse_response<W: EventWriter>(run: Run, state: &AppState, writer: W) -> Response {
+pub(crate) fn sse_response<W: EventWriter>(
+    run: Run,
+    state: &AppState,
+    writer: W,
+    call: Option<crate::auth::Call>,
+) -> Response {
     metrics::gauge!(m::ACTIVE_STREAMS).increment(1.0);
     let streaming = Streaming {
         run,
@@ -74,6 +83,8 @@ pub(crate) fn sse_response<W: EventWriter>(run: Run, state: &AppState, writer: W
         started: Instant::now(),
         first_seen: false,
         finished: false,
+        call,
+        errored: false,
     };
     let body = futures_util::stream::unfold(streaming, |mut s| async move {
         if s.finished {
@@ -91,12 +102,19 @@ pub(crate) fn sse_response<W: EventWriter>(run: Run, state: &AppState, writer: W
                     metrics::counter!(m::CHUNKS).increment(s.batch.len() as u64);
                     if s.batch.iter().any(|c| c.kind == crate::chunk::ChunkKind::Error) {
                         metrics::counter!(m::FLOW_ERRORS).increment(1);
+                        s.errored = true;
+                    }
+                    if let Some(call) = &mut s.call {
+                        call.add_chunks(s.batch.len());
                     }
                     s.writer.chunks(&flow_id, &s.batch, &mut out);
                     s.batch.clear();
                 } else {
                     s.writer.done(&flow_id, &mut out);
                     s.finished = true;
+                    if let Some(call) = s.call.take() {
+                        call.end(if s.errored { Outcome::Error } else { Outcome::Ok });
+                    }
                 }
             }
             _ = tokio::time::sleep(s.keepalive) => {
@@ -107,6 +125,9 @@ pub(crate) fn sse_response<W: EventWriter>(run: Run, state: &AppState, writer: W
                 s.writer.chunks(&flow_id, std::slice::from_ref(&chunk), &mut out);
                 s.writer.done(&flow_id, &mut out);
                 s.finished = true;
+                if let Some(call) = s.call.take() {
+                    call.end(Outcome::Error);
+                }
             }
         }
         Some((Ok::<_, Infallible>(Bytes::from(out)), s))

@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Async runs (`Prefer: respond-async`).
     pub(crate) runs: Arc<super::runs::store::Store>,
+    /// Who may call what, rate limits, the audit trail.
+    pub(crate) auth: Arc<crate::auth::Auth>,
 }
 
 impl AppState {
@@ -48,10 +50,12 @@ impl AppState {
         options: Options,
         run_options: exec::Options,
         durable: Option<super::runs::kept::Durable>,
+        auth: Arc<crate::auth::Auth>,
     ) -> AppState {
         AppState(Arc::new(Shared {
             catalog,
-            policy: Policy::new(&options),
+            policy: Policy::new(&options, auth.clone()),
+            auth,
             runs: Arc::new(super::runs::store::Store::new(
                 options.runs.clone(),
                 durable,

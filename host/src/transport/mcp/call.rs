@@ -16,6 +16,7 @@ use super::ask::{ClientAsker, Exchange};
 use super::handler::{FlowTools, LOGS_OFF};
 use super::logging::{self, forward_log, op_level_rank};
 use super::tasks::{finish_as_task, TaskSlot, TASK_KEPT, TASK_POLL_MS, TASK_TTL_WITHOUT_LIMIT};
+use crate::auth::{Call, Caller, Outcome};
 use crate::chunk::ChunkKind;
 use crate::exec;
 use crate::plan::TaskSupport;
@@ -24,14 +25,68 @@ use crate::plan::TaskSupport;
 const LOG_LINES_PER_CALL: usize = 1024;
 
 impl FlowTools {
-    /// Runs one flow for `tools/call`. Failures the model should read are tool results with
-    /// `isError`; only an unknown tool is a protocol error.
-    pub(crate) async fn call(
+    /// `tools/call` by `caller`: a tool it may not call is a tool error (the same words for
+    /// one that does not exist, to a caller that may not see every tool); past its rate limit,
+    /// a tool error naming the limit; else the call, counted and audited.
+    pub(crate) async fn call_as(
         &self,
+        caller: &Arc<Caller>,
         name: &str,
         arguments: Map<String, Value>,
         context: &RequestContext<RoleServer>,
         exchange: Option<Arc<Exchange>>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let auth = &self.access.auth;
+        let parts = context.extensions.get::<axum::http::request::Parts>();
+        let transport = if parts.is_some() { "mcp" } else { "mcp-stdio" };
+        if !caller.grant.is_all()
+            && !(caller.may_call(name) && self.catalog.snapshot().get(name).is_some())
+        {
+            auth.call(caller, transport, name, None, None)
+                .end(Outcome::Denied);
+            return Ok(response(failure(format!(
+                "no tool `{name}` that this caller may call (tools/list names the tools it may)"
+            ))));
+        }
+        let traceparent = parts
+            .and_then(|p| p.headers.get("traceparent"))
+            .and_then(|v| v.to_str().ok());
+        let input = auth
+            .audits_inputs()
+            .then(|| Value::Object(arguments.clone()));
+        let mut record = auth.call(caller, transport, name, traceparent, input.as_ref());
+        if let Err(wait) = auth.admit(caller).await {
+            record.end(Outcome::RateLimited);
+            return Ok(response(failure(format!(
+                "rate limit reached: `{}` may make {} calls; try again in {} s",
+                caller.subject,
+                caller.rate.map(|r| r.to_string()).unwrap_or_default(),
+                wait.as_secs_f64().ceil().max(1.0)
+            ))));
+        }
+        let answered = self
+            .call(caller, name, arguments, context, exchange, &mut record)
+            .await;
+        record.end(match &answered {
+            Ok(CallToolResponse::Complete(result)) if result.is_error == Some(true) => {
+                Outcome::Error
+            }
+            Ok(_) => Outcome::Ok,
+            Err(_) => Outcome::Error,
+        });
+        answered
+    }
+
+    /// Runs one flow for `tools/call`. Failures the model should read are tool results with
+    /// `isError`; only an unknown tool is a protocol error.
+    async fn call(
+        &self,
+        caller: &Arc<Caller>,
+        name: &str,
+        arguments: Map<String, Value>,
+        context: &RequestContext<RoleServer>,
+        exchange: Option<Arc<Exchange>>,
+        record: &mut Call,
     ) -> Result<CallToolResponse, ErrorData> {
         let snapshot = self.catalog.snapshot();
         let Some(entry) = snapshot.get(name) else {
@@ -120,6 +175,7 @@ impl FlowTools {
             Err(busy) => return Ok(response(failure(busy.message))),
         };
         let flow_id = run.flow_id.clone();
+        record.run_id(&flow_id);
         let mut batch = Vec::new();
         let mut gathered = Gathered::default();
         let mut sent = 0u64;
@@ -149,9 +205,15 @@ impl FlowTools {
                     },
                 );
                 tracing::info!(tool = name, %flow_id, task = %task.task_id, "tools/call became a task");
+                self.access.own(&task.task_id, caller, &self.tasks);
                 if let Some(shared) = &self.shared_tasks {
                     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-                    shared.mirror(self.tasks.clone(), task.task_id.clone(), ttl_ms);
+                    shared.mirror(
+                        self.tasks.clone(),
+                        task.task_id.clone(),
+                        ttl_ms,
+                        caller.subject.clone(),
+                    );
                 }
                 return Ok(CallToolResponse::Task(rmcp::model::CreateTaskResult::new(
                     task,
@@ -197,6 +259,7 @@ impl FlowTools {
             if !more {
                 break;
             }
+            record.add_chunks(batch.len());
             for chunk in batch.drain(..) {
                 gathered.take(&chunk);
                 let Some(token) = &progress else { continue };

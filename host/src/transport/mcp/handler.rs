@@ -19,8 +19,71 @@ use serde_json::{json, Map, Value};
 
 use super::ask::{speaks_2026, Exchange};
 use super::logging;
+use crate::auth::{Auth, Caller, Grant};
 use crate::catalog::Catalog;
 use crate::exec;
+
+/// Who calls, and what is recorded of their calls: the caller of an HTTP request is the one the
+/// HTTP guard found (in the request's parts); over stdio it is `local`, the agent tool that
+/// started the host.
+#[derive(Clone)]
+pub(crate) struct Access {
+    pub(crate) auth: Arc<Auth>,
+    /// Whoever a request without HTTP parts speaks for (stdio: `local`).
+    default: Arc<Caller>,
+    /// Which subject made each task (shared by every session, as the tasks are).
+    owners: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<str>>>>,
+}
+
+impl Access {
+    /// Stdio: the one client that started the host may call every flow.
+    pub(crate) fn local(auth: Arc<Auth>) -> Access {
+        Access {
+            auth,
+            default: Caller::local(),
+            owners: Arc::default(),
+        }
+    }
+
+    /// Streamable HTTP: a request the guard let through carries its caller; anything else
+    /// (which the guard never lets through) may see nothing.
+    pub(crate) fn http(auth: Arc<Auth>) -> Access {
+        Access {
+            auth,
+            default: Arc::new(Caller {
+                subject: "nobody".into(),
+                label: "nobody".into(),
+                grant: Arc::new(Grant::none()),
+                rate: None,
+            }),
+            owners: Arc::default(),
+        }
+    }
+
+    pub(crate) fn caller<T>(&self, context: &RequestContext<T>) -> Arc<Caller>
+    where
+        T: rmcp::service::ServiceRole,
+    {
+        match context.extensions.get::<axum::http::request::Parts>() {
+            Some(parts) => parts
+                .extensions
+                .get::<Arc<Caller>>()
+                .cloned()
+                .unwrap_or_else(|| Access::http(self.auth.clone()).default),
+            None => self.default.clone(),
+        }
+    }
+
+    /// Records that `caller` made task `id` (forgetting tasks rmcp no longer keeps, now and
+    /// then).
+    pub(crate) fn own(&self, id: &str, caller: &Caller, tasks: &rmcp::task_manager::TaskManager) {
+        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        if owners.len() >= 10_000 {
+            owners.retain(|id, _| tasks.get_task(id).is_ok());
+        }
+        owners.insert(id.to_string(), caller.subject.clone());
+    }
+}
 
 /// The MCP server for one connection (stdio) or one session (HTTP).
 #[derive(Clone)]
@@ -37,6 +100,7 @@ pub(crate) struct FlowTools {
     pub(crate) tasks: Arc<rmcp::task_manager::TaskManager>,
     /// The tasks of every host sharing the run store (HTTP with a durable store).
     pub(crate) shared_tasks: Option<Arc<super::tasks::SharedTasks>>,
+    pub(crate) access: Access,
     /// Cancelled when the last clone of this session's handler is dropped (the session
     /// ended): what was spawned for the session ends with it.
     ended: tokio_util::sync::CancellationToken,
@@ -51,6 +115,20 @@ pub(crate) const MAX_URI_BYTES: usize = 2048;
 pub(crate) const LOGS_OFF: u8 = u8::MAX;
 
 impl FlowTools {
+    /// Whether `caller` may see task `id`: a task this host keeps only by whoever made it; one
+    /// it does not keep is the shared store's to check (or unknown).
+    fn may_touch(&self, id: &str, caller: &Caller) -> bool {
+        if self.tasks.get_task(id).is_err() {
+            return true;
+        }
+        self.access
+            .owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .is_some_and(|subject| *subject == caller.subject)
+    }
+
     pub(crate) fn new(catalog: Arc<Catalog>, run_options: exec::Options) -> FlowTools {
         let ended = tokio_util::sync::CancellationToken::new();
         FlowTools {
@@ -62,7 +140,14 @@ impl FlowTools {
             subscriptions: Arc::default(),
             tasks: Arc::default(),
             shared_tasks: None,
+            access: Access::local(Arc::new(Auth::open())),
         }
+    }
+
+    /// Who may call what, and the audit trail.
+    pub(crate) fn with_access(mut self, access: Access) -> FlowTools {
+        self.access = access;
+        self
     }
 
     /// Shares one task store between the sessions of a server (tasks outlive the request that
@@ -89,11 +174,12 @@ impl FlowTools {
         tools
     }
 
-    /// The tools of the current snapshot: one per flow that can run.
-    pub(crate) fn tools(&self) -> Vec<Tool> {
+    /// The tools of the current snapshot `caller` may call: one per flow that can run.
+    pub(crate) fn tools(&self, caller: &Caller) -> Vec<Tool> {
         let snapshot = self.catalog.snapshot();
         snapshot
             .live()
+            .filter(|(name, _)| caller.may_call(name))
             .map(|(name, flow)| {
                 let schema = match &flow.spec.input_schema {
                     Value::Object(map) => map.clone(),
@@ -124,6 +210,12 @@ impl FlowTools {
             })
             .collect()
     }
+}
+
+/// What `tasks/*` answer for a task that is another caller's: rmcp's words for one that is
+/// not there.
+fn unknown_task(id: &str) -> ErrorData {
+    ErrorData::invalid_params(format!("unknown task: {id}"), None)
 }
 
 /// A content request failed: unknown names are "resource not found" / invalid params.
@@ -157,7 +249,7 @@ struct Announced {
 
 impl Announced {
     fn of(snapshot: &crate::catalog::Snapshot) -> Announced {
-        let listed = crate::catalog::content::list(snapshot);
+        let listed = crate::catalog::content::list(snapshot, |_| true);
         Announced {
             resources: format!("{}{}", listed["resources"], listed["templates"]),
             prompts: listed["prompts"].to_string(),
@@ -212,9 +304,10 @@ impl ServerHandler for FlowTools {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(self.tools()))
+        let caller = self.access.caller(&context);
+        Ok(ListToolsResult::with_all_items(self.tools(&caller)))
     }
 
     async fn call_tool(
@@ -231,7 +324,8 @@ impl ServerHandler for FlowTools {
         } else {
             None
         };
-        self.call(&request.name, arguments, &context, exchange)
+        let caller = self.access.caller(&context);
+        self.call_as(&caller, &request.name, arguments, &context, exchange)
             .await
     }
 
@@ -251,13 +345,19 @@ impl ServerHandler for FlowTools {
     async fn get_task(
         &self,
         request: rmcp::model::GetTaskParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::GetTaskResult, ErrorData> {
+        let caller = self.access.caller(&context);
+        if !self.may_touch(&request.task_id, &caller) {
+            return Err(unknown_task(&request.task_id));
+        }
         match (self.tasks.get_task(&request.task_id), &self.shared_tasks) {
-            (Err(unknown), Some(shared)) => match shared.get(&request.task_id).await? {
-                Some(task) => Ok(rmcp::model::GetTaskResult::new(task)),
-                None => Err(unknown),
-            },
+            (Err(unknown), Some(shared)) => {
+                match shared.get(&request.task_id, &caller.subject).await? {
+                    Some(task) => Ok(rmcp::model::GetTaskResult::new(task)),
+                    None => Err(unknown),
+                }
+            }
             (found, _) => found.map(rmcp::model::GetTaskResult::new),
         }
     }
@@ -265,13 +365,17 @@ impl ServerHandler for FlowTools {
     async fn update_task(
         &self,
         request: rmcp::model::UpdateTaskParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
+        let caller = self.access.caller(&context);
+        if !self.may_touch(&request.task_id, &caller) {
+            return Err(unknown_task(&request.task_id));
+        }
         let inputs = request.input_responses;
         match &self.shared_tasks {
             Some(shared) if self.tasks.get_task(&request.task_id).is_err() => {
                 let text = serde_json::to_string(&inputs).unwrap_or_default();
-                match shared.ask(&request.task_id, text).await? {
+                match shared.ask(&request.task_id, &caller.subject, text).await? {
                     true => Ok(()),
                     false => self.tasks.update_task(&request.task_id, inputs),
                 }
@@ -283,11 +387,18 @@ impl ServerHandler for FlowTools {
     async fn cancel_task(
         &self,
         request: rmcp::model::CancelTaskParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
+        let caller = self.access.caller(&context);
+        if !self.may_touch(&request.task_id, &caller) {
+            return Err(unknown_task(&request.task_id));
+        }
         match (self.tasks.cancel_task(&request.task_id), &self.shared_tasks) {
             (Err(unknown), Some(shared)) => {
-                match shared.ask(&request.task_id, "cancel".into()).await? {
+                match shared
+                    .ask(&request.task_id, &caller.subject, "cancel".into())
+                    .await?
+                {
                     true => Ok(()),
                     false => Err(unknown),
                 }
@@ -299,9 +410,11 @@ impl ServerHandler for FlowTools {
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let listed = crate::catalog::content::list(&self.catalog.snapshot());
+        let caller = self.access.caller(&context);
+        let listed =
+            crate::catalog::content::list(&self.catalog.snapshot(), |name| caller.may_call(name));
         serde_json::from_value(json!({"resources": listed["resources"], "resultType": "complete"}))
             .map_err(|err| {
                 ErrorData::internal_error(
@@ -316,7 +429,7 @@ impl ServerHandler for FlowTools {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        let listed = crate::catalog::content::list(&self.catalog.snapshot());
+        let listed = crate::catalog::content::list(&self.catalog.snapshot(), |_| false);
         serde_json::from_value(
             json!({"resourceTemplates": listed["templates"], "resultType": "complete"}),
         )
@@ -328,8 +441,18 @@ impl ServerHandler for FlowTools {
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
+        let caller = self.access.caller(&context);
+        if let Some(flow) = crate::catalog::content::flow_of_uri(&request.uri) {
+            if !caller.grant.is_all() && !caller.may_call(flow) {
+                return Err(ErrorData::new(
+                    ErrorCode::RESOURCE_NOT_FOUND,
+                    format!("no resource `{}` this caller may read", request.uri),
+                    Some(json!({"uri": request.uri})),
+                ));
+            }
+        }
         let snapshot = self.catalog.snapshot();
         let uri = request.uri.clone();
         let contents = blocking(move || crate::catalog::content::read(&snapshot, &uri))
@@ -400,7 +523,7 @@ impl ServerHandler for FlowTools {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        let listed = crate::catalog::content::list(&self.catalog.snapshot());
+        let listed = crate::catalog::content::list(&self.catalog.snapshot(), |_| false);
         serde_json::from_value(json!({"prompts": listed["prompts"], "resultType": "complete"}))
             .map_err(|err| {
                 ErrorData::internal_error(

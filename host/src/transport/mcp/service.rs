@@ -179,6 +179,7 @@ pub(crate) fn http_service(
     shutdown: tokio_util::sync::CancellationToken,
     sessions: Sessions,
     shared_tasks: Option<Arc<super::tasks::SharedTasks>>,
+    auth: Arc<crate::auth::Auth>,
 ) -> rmcp::transport::streamable_http_server::StreamableHttpService<
     FlowTools,
     rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
@@ -192,6 +193,7 @@ pub(crate) fn http_service(
         .disable_allowed_hosts()
         .disable_allowed_origins();
     let tasks: Arc<rmcp::task_manager::TaskManager> = Arc::default();
+    let access = super::handler::Access::http(auth);
     StreamableHttpService::new(
         move || {
             Ok(if stateless {
@@ -199,7 +201,8 @@ pub(crate) fn http_service(
             } else {
                 FlowTools::new(catalog.clone(), run_options.clone())
             }
-            .with_tasks(tasks.clone(), shared_tasks.clone()))
+            .with_tasks(tasks.clone(), shared_tasks.clone())
+            .with_access(access.clone()))
         },
         sessions,
         config,

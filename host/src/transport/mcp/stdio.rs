@@ -35,6 +35,7 @@ pub(crate) async fn serve_stdio(
     catalog: Arc<Catalog>,
     run_options: exec::Options,
     max_line: usize,
+    auth: Arc<crate::auth::Auth>,
 ) -> Result<(), String> {
     let incoming = match super::lines::pollable_stdin(max_line) {
         // A pipe: read by the server's own task as it asks for the next message (no thread
@@ -91,6 +92,7 @@ pub(crate) async fn serve_stdio(
         }
     };
     let running = FlowTools::new(catalog, run_options)
+        .with_access(super::handler::Access::local(auth))
         .serve((StdoutSink::default(), incoming))
         .await
         .map_err(|err| format!("MCP session failed to start: {err}"))?;

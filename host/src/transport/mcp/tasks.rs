@@ -119,6 +119,10 @@ pub(crate) struct SharedTasks {
 const MIRROR_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 /// A task still running whose host has not written it for this long is reported failed.
 const SILENT_FOR_MS: i64 = 10_000;
+/// The field of a kept task's state that names who made it.
+const SUBJECT: &str = "_flowhost_subject";
+/// Where [`SharedTasks::state`] hands on when the task was last written.
+const UPDATED: &str = "_flowhost_updated_ms";
 
 impl SharedTasks {
     pub(crate) fn new(store: Arc<dyn crate::store::Backend>, owner: String) -> SharedTasks {
@@ -141,6 +145,7 @@ impl SharedTasks {
         tasks: Arc<rmcp::task_manager::TaskManager>,
         id: String,
         ttl_ms: u64,
+        subject: Arc<str>,
     ) {
         let shared = self.clone();
         tokio::spawn(async move {
@@ -156,7 +161,12 @@ impl SharedTasks {
                         | rmcp::model::TaskStatus::Failed
                         | rmcp::model::TaskStatus::Cancelled
                 );
-                let state = serde_json::to_string(&detailed).unwrap_or_default();
+                // Who made it goes along: only they may read or cancel it elsewhere.
+                let mut state = serde_json::to_value(&detailed).unwrap_or_default();
+                if let Some(object) = state.as_object_mut() {
+                    object.insert(SUBJECT.into(), json!(&*subject));
+                }
+                let state = state.to_string();
                 // Written on every change, and every 2 s (other hosts see it is alive).
                 if state != last || written.elapsed() >= std::time::Duration::from_secs(2) {
                     let now = crate::store::now_ms();
@@ -202,16 +212,20 @@ impl SharedTasks {
     pub(crate) async fn get(
         &self,
         id: &str,
+        subject: &str,
     ) -> Result<Option<rmcp::model::DetailedTask>, ErrorData> {
-        let task_id = id.to_string();
-        let Some(row) = self.call(move |s| s.task(&task_id)).await? else {
+        let Some(mut state) = self.state(id, subject).await? else {
             return Ok(None);
         };
-        let mut state: serde_json::Value = serde_json::from_str(&row.state).map_err(|err| {
-            ErrorData::internal_error(format!("a kept task does not read: {err}"), None)
-        })?;
+        let row_updated = state
+            .get(UPDATED)
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or_default();
+        if let Some(object) = state.as_object_mut() {
+            object.remove(UPDATED);
+        }
         let running = matches!(state["status"].as_str(), Some("working" | "input_required"));
-        if running && crate::store::now_ms() - row.updated_ms > SILENT_FOR_MS {
+        if running && crate::store::now_ms() - row_updated > SILENT_FOR_MS {
             // Its host stopped writing it: it is gone (MCP tasks do not resume).
             if let Some(object) = state.as_object_mut() {
                 object.remove("inputRequests");
@@ -230,8 +244,42 @@ impl SharedTasks {
 
     /// `tasks/cancel` or `tasks/update` (`request` is `cancel` or the input responses as
     /// JSON) of a task another host runs; false when no host keeps it.
-    pub(crate) async fn ask(&self, id: &str, request: String) -> Result<bool, ErrorData> {
+    pub(crate) async fn ask(
+        &self,
+        id: &str,
+        subject: &str,
+        request: String,
+    ) -> Result<bool, ErrorData> {
+        if self.state(id, subject).await?.is_none() {
+            return Ok(false);
+        }
         let task_id = id.to_string();
         self.call(move |s| s.ask_task(&task_id, &request)).await
+    }
+
+    /// A kept task's state, if `subject` made it (the subject taken out, the time it was
+    /// written put in as [`UPDATED`]).
+    async fn state(&self, id: &str, subject: &str) -> Result<Option<serde_json::Value>, ErrorData> {
+        let task_id = id.to_string();
+        let Some(row) = self.call(move |s| s.task(&task_id)).await? else {
+            return Ok(None);
+        };
+        let mut state: serde_json::Value = serde_json::from_str(&row.state).map_err(|err| {
+            ErrorData::internal_error(format!("a kept task does not read: {err}"), None)
+        })?;
+        let Some(object) = state.as_object_mut() else {
+            return Ok(None);
+        };
+        let made_by = object.remove(SUBJECT);
+        if made_by
+            .as_ref()
+            .and_then(|s| s.as_str())
+            .unwrap_or("anonymous")
+            != subject
+        {
+            return Ok(None);
+        }
+        object.insert(UPDATED.into(), json!(row.updated_ms));
+        Ok(Some(state))
     }
 }

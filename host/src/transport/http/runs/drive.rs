@@ -25,6 +25,8 @@ pub(super) struct Restored {
     /// crash interrupted, which run again).
     pub(super) answer: String,
     pub(super) resumes: u32,
+    /// Who started it (only they may read or cancel it).
+    pub(super) subject: std::sync::Arc<str>,
 }
 
 impl Store {
@@ -35,15 +37,17 @@ impl Store {
         run: Run,
         key: Option<(String, u64)>,
         running: Running,
+        (subject, call): (Arc<str>, crate::auth::Call),
     ) -> Arc<Record> {
         let fresh = Restored {
+            subject,
             created: SystemTime::now(),
             kept: Vec::new(),
             stored: 0,
             answer: String::new(),
             resumes: 0,
         };
-        self.adopt(flow, run, key, running, fresh)
+        self.adopt(flow, run, key, running, fresh, Some(call))
     }
 
     /// [`Store::start`] for a run that may have kept chunks before (a resumed one).
@@ -54,8 +58,10 @@ impl Store {
         key: Option<(String, u64)>,
         running: Running,
         restored: Restored,
+        call: Option<crate::auth::Call>,
     ) -> Arc<Record> {
         let Restored {
+            subject,
             created,
             kept,
             stored,
@@ -85,6 +91,7 @@ impl Store {
         let record = Arc::new(Record {
             id: run.flow_id.clone(),
             flow: flow.to_string(),
+            subject,
             created,
             cancel: run.cancel_token(),
             cancel_requested: std::sync::atomic::AtomicBool::new(false),
@@ -117,6 +124,16 @@ impl Store {
         tokio::spawn(async move {
             drive(run, &driven, &store, stored).await;
             drop(running);
+            // The audit line of the call that started it, with how it ended.
+            if let Some(mut call) = call {
+                let progress = driven.lock();
+                call.add_chunks(progress.chunks.len());
+                call.end(match progress.status {
+                    Status::Completed => crate::auth::Outcome::Ok,
+                    Status::Cancelled => crate::auth::Outcome::Cancelled,
+                    _ => crate::auth::Outcome::Error,
+                });
+            }
         });
         record
     }

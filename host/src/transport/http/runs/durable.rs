@@ -26,9 +26,10 @@ pub(super) enum Found {
 }
 
 /// Looks in this process, then in the durable store.
-pub(super) async fn find(state: &AppState, id: &str) -> Option<Found> {
+pub(super) async fn find(state: &AppState, id: &str, subject: &str) -> Option<Found> {
     if let Some(record) = state.runs.get(id) {
-        return Some(Found::Here(record));
+        // Another subject's run is not there, for this caller.
+        return (&*record.subject == subject).then_some(Found::Here(record));
     }
     let durable = state.runs.durable.as_ref()?;
     let owned = id.to_string();
@@ -38,6 +39,7 @@ pub(super) async fn find(state: &AppState, id: &str) -> Option<Found> {
     match durable.call(move |b| b.run(&owned)).await {
         Ok(row) => row
             .filter(|row| row.finished_ms.is_none_or(|at| now - at < keep))
+            .filter(|row| subject_of(row) == subject)
             .map(|row| Found::Kept(Box::new(row))),
         Err(err) => {
             tracing::error!("{err}");
@@ -408,8 +410,11 @@ async fn resume(
         stored,
         answer,
         resumes: row.resumes + 1,
+        subject: subject_of(&row).into(),
     };
-    state.runs.adopt(&row.flow, run, None, running, restored);
+    state
+        .runs
+        .adopt(&row.flow, run, None, running, restored, None);
     Ok(())
 }
 
@@ -433,6 +438,16 @@ fn completed_answer(kept: &[Chunk], checkpoints: impl Iterator<Item = usize>) ->
         done.push_str(&pending);
     }
     done
+}
+
+/// Who started a kept run (runs kept before runs had subjects: `anonymous`, the subject of
+/// a host without auth).
+pub(super) fn subject_of(row: &crate::store::RunRow) -> &str {
+    if row.subject.is_empty() {
+        "anonymous"
+    } else {
+        &row.subject
+    }
 }
 
 #[cfg(test)]

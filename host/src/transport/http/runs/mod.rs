@@ -30,7 +30,9 @@ use axum::response::{IntoResponse, Response};
 use self::store::Record;
 pub(crate) use self::store::Retention;
 use super::error::ApiError;
+use super::guard::Who;
 use super::state::AppState;
+use crate::auth::Caller;
 use crate::exec::Run;
 
 /// Whether a request asked to run in the background (RFC 7240 `Prefer: respond-async`).
@@ -55,15 +57,17 @@ pub(crate) fn fingerprint(input: &serde_json::Map<String, serde_json::Value>) ->
 /// the run's input (kept, to resume it from) and `input` its hash.
 pub(crate) async fn accept(
     state: &AppState,
+    caller: &Caller,
     flow: &str,
     run: Run,
     headers: &HeaderMap,
     (input_json, input): (String, u64),
-    running: store::Running,
+    (running, call): (store::Running, crate::auth::Call),
 ) -> Response {
-    let key = idempotency_key(headers).map(|key| (key, input));
+    let key = idempotency_key(caller, headers).map(|key| (key, input));
+    let subject = caller.subject.clone();
     let Some(durable) = &state.runs.durable else {
-        let record = state.runs.start(flow, run, key, running);
+        let record = state.runs.start(flow, run, key, running, (subject, call));
         return accepted(&record.to_json(), &record.id, false);
     };
     let new = crate::store::NewRun {
@@ -74,6 +78,7 @@ pub(crate) async fn accept(
         key: key.clone(),
         owner: durable.owner.clone(),
         lease_until_ms: durable.lease_until(),
+        subject: subject.to_string(),
     };
     // Kept and started in a task of its own: a client that goes away while the row is being
     // written must not leave a kept run that nothing drives.
@@ -86,7 +91,13 @@ pub(crate) async fn accept(
     let started = tokio::spawn(async move {
         let created = crate::store::call(&backend, move |b| b.create(&new, bounds)).await;
         match created {
-            Ok(crate::store::Created::New) => Ok(Ok(runs.start(&flow_name, run, key, running))),
+            Ok(crate::store::Created::New) => Ok(Ok(runs.start(
+                &flow_name,
+                run,
+                key,
+                running,
+                (subject, call),
+            ))),
             // Another request (here or on another host) took the key first; this run goes
             // (dropping it cancels it).
             Ok(crate::store::Created::Existing { id, input: first }) => Ok(Err((id, first))),
@@ -97,7 +108,7 @@ pub(crate) async fn accept(
     .unwrap_or_else(|err| Err(format!("starting the run failed: {err}")));
     match started {
         Ok(Ok(record)) => accepted(&record.to_json(), &record.id, false),
-        Ok(Err((id, first))) => replay(state, headers, &id, first != input).await,
+        Ok(Err((id, first))) => replay(state, caller, headers, &id, first != input).await,
         Err(err) => {
             tracing::error!("{err}");
             ApiError::new(
@@ -111,8 +122,14 @@ pub(crate) async fn accept(
 
 /// The answer to a request whose `Idempotency-Key` names run `id`: that run (replayed), or
 /// 422 when the key came with another body.
-async fn replay(state: &AppState, headers: &HeaderMap, id: &str, differs: bool) -> Response {
-    let key = idempotency_key(headers).unwrap_or_default();
+async fn replay(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    id: &str,
+    differs: bool,
+) -> Response {
+    let key = given_key(headers).unwrap_or_default();
     if differs {
         return ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -120,7 +137,7 @@ async fn replay(state: &AppState, headers: &HeaderMap, id: &str, differs: bool) 
         )
         .into_response();
     }
-    match durable::find(state, id).await {
+    match durable::find(state, id, &caller.subject).await {
         Some(Found::Here(record)) => accepted(&record.to_json(), &record.id, true),
         Some(Found::Kept(row)) => accepted(&durable::row_json(&row), &row.id, true),
         None => not_found(id).into_response(),
@@ -148,11 +165,12 @@ pub(crate) fn place(state: &AppState) -> Result<store::Running, Box<Response>> {
 /// was used with another input (`input` is a hash of this request's), as payment APIs answer.
 pub(crate) async fn existing(
     state: &AppState,
+    caller: &Caller,
     flow: &str,
     headers: &HeaderMap,
     input: u64,
 ) -> Option<Response> {
-    let key = idempotency_key(headers)?;
+    let key = idempotency_key(caller, headers)?;
     state.runs.prune();
     let here = state
         .runs
@@ -174,16 +192,22 @@ pub(crate) async fn existing(
         }
         (None, None) => return None,
     };
-    Some(replay(state, headers, &id, first != input).await)
+    Some(replay(state, caller, headers, &id, first != input).await)
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Option<String> {
+/// The request's `Idempotency-Key`, as sent.
+fn given_key(headers: &HeaderMap) -> Option<String> {
     headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|k| !k.is_empty() && k.len() <= 255)
         .map(str::to_string)
+}
+
+/// The key as kept: per subject (two callers' equal keys name two runs).
+fn idempotency_key(caller: &Caller, headers: &HeaderMap) -> Option<String> {
+    given_key(headers).map(|key| format!("{}\u{1f}{key}", caller.subject))
 }
 
 fn accepted(body: &serde_json::Value, id: &str, replayed: bool) -> Response {
@@ -211,8 +235,12 @@ fn not_found(id: &str) -> ApiError {
 }
 
 /// `GET /runs/{id}`.
-pub(crate) async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match durable::find(&state, &id).await {
+pub(crate) async fn status(
+    State(state): State<AppState>,
+    axum::Extension(caller): Who,
+    Path(id): Path<String>,
+) -> Response {
+    match durable::find(&state, &id, &caller.subject).await {
         Some(Found::Here(record)) => axum::Json(record.to_json()).into_response(),
         Some(Found::Kept(row)) => axum::Json(durable::row_json(&row)).into_response(),
         None => not_found(&id).into_response(),
@@ -233,8 +261,12 @@ fn cancel_here(record: &Record) {
 
 /// `DELETE /runs/{id}`: cancels a running run (its ops see it at their next emit); a run that
 /// already ended is left as it is.
-pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let record = match durable::find(&state, &id).await {
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    axum::Extension(caller): Who,
+    Path(id): Path<String>,
+) -> Response {
+    let record = match durable::find(&state, &id, &caller.subject).await {
         Some(Found::Here(record)) => record,
         Some(Found::Kept(row)) => return cancel_elsewhere(&state, *row).await,
         None => return not_found(&id).into_response(),
@@ -306,11 +338,12 @@ const REPLAY_BYTES: usize = 64 * 1024;
 /// `data:[DONE]`.
 pub(crate) async fn events(
     State(state): State<AppState>,
+    axum::Extension(caller): Who,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
     let from = resume_from(&headers);
-    let record = match durable::find(&state, &id).await {
+    let record = match durable::find(&state, &id, &caller.subject).await {
         Some(Found::Here(record)) => record,
         Some(Found::Kept(row)) => {
             return event_stream(Body::from_stream(durable::kept_events(&state, *row, from)))

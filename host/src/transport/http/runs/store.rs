@@ -145,6 +145,8 @@ pub(super) struct Progress {
 pub(super) struct Record {
     pub(super) id: String,
     pub(super) flow: String,
+    /// Who started it: only they may read or cancel it.
+    pub(super) subject: std::sync::Arc<str>,
     pub(super) created: SystemTime,
     pub(super) cancel: CancellationToken,
     pub(super) cancel_requested: std::sync::atomic::AtomicBool,

@@ -1,0 +1,356 @@
+//! Who is calling and what they may call. A credential in, a [`Caller`] out: named keys
+//! (`auth.keys`, kept as SHA-256 hashes), the shared key (`http.api_key`, subject `default`),
+//! OAuth 2.1 bearer tokens (`auth.jwt`, checked against the issuer's JWKS). Each caller has a
+//! [`Grant`] (the flows it may see and call), maybe a [`Rate`] (a token bucket), and every call
+//! it makes is counted and written to the audit trail ([`Call`]). Knows nothing of HTTP or
+//! MCP: the transports read the credential and answer refusals in their own terms.
+//!
+//! Settings are read at start; changing keys, tokens' settings or the audit needs a restart
+//! (flows come and go live, and grants are patterns, so a new flow is covered at once).
+
+pub(crate) mod audit;
+mod grant;
+pub(crate) mod jwt;
+mod rate;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+pub(crate) use self::grant::Grant;
+pub(crate) use self::rate::Rate;
+use crate::metrics as m;
+use crate::store;
+
+/// The `auth` and `audit` sections (and `http.api_key`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Settings {
+    /// `http.api_key`: subject `default`, every flow.
+    pub(crate) api_key: Option<String>,
+    pub(crate) keys: Vec<Key>,
+    pub(crate) jwt: Option<jwt::Settings>,
+    pub(crate) audit: audit::Settings,
+}
+
+/// One of `auth.keys`.
+#[derive(Debug, Clone)]
+pub(crate) struct Key {
+    pub(crate) name: String,
+    pub(crate) sha256: [u8; 32],
+    pub(crate) flows: Vec<String>,
+    pub(crate) rate: Option<Rate>,
+}
+
+impl Settings {
+    /// Whether any credential is asked for.
+    pub(crate) fn required(&self) -> bool {
+        self.api_key.is_some() || !self.keys.is_empty() || self.jwt.is_some()
+    }
+}
+
+/// Who a request speaks for.
+#[derive(Debug)]
+pub(crate) struct Caller {
+    /// A key's name, a token's `sub`, `default` (http.api_key), `anonymous` (no auth
+    /// configured) or `local` (MCP over stdio).
+    pub(crate) subject: Arc<str>,
+    /// The metrics label: the subject for configured keys, `jwt` for every token.
+    pub(crate) label: Arc<str>,
+    pub(crate) grant: Arc<Grant>,
+    pub(crate) rate: Option<Rate>,
+}
+
+impl Caller {
+    fn everything(subject: &str) -> Caller {
+        Caller {
+            subject: subject.into(),
+            label: subject.into(),
+            grant: Arc::new(Grant::all()),
+            rate: None,
+        }
+    }
+
+    /// MCP over stdio: the agent tool that started the host.
+    pub(crate) fn local() -> Arc<Caller> {
+        Arc::new(Caller::everything("local"))
+    }
+
+    pub(crate) fn may_call(&self, flow: &str) -> bool {
+        self.grant.allows(flow)
+    }
+}
+
+/// Why a request has no caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Denied {
+    Missing,
+    Invalid(String),
+}
+
+/// How a call ended, as the audit and the metrics say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ok,
+    Error,
+    /// The client went away, or cancelled.
+    Cancelled,
+    Denied,
+    RateLimited,
+}
+
+impl Outcome {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Denied => "denied",
+            Outcome::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// The identities, limits and audit trail of one host.
+pub(crate) struct Auth {
+    required: bool,
+    anonymous: Arc<Caller>,
+    /// By the SHA-256 of the key.
+    keys: HashMap<[u8; 32], Arc<Caller>>,
+    jwt: Option<jwt::Verifier>,
+    limiter: rate::Limiter,
+    audit: Option<audit::Audit>,
+}
+
+/// `flowhost auth hash-key`: what `auth.keys.NAME.key_sha256` holds for a key.
+pub(crate) fn hash_key(key: &str) -> String {
+    audit::hash(key.trim().as_bytes())
+}
+
+impl Auth {
+    /// Fetches the JWKS (when `auth.jwt` is set) and opens the audit file.
+    pub(crate) async fn new(
+        settings: Settings,
+        shared: Option<Arc<dyn store::Backend>>,
+    ) -> Result<Auth, String> {
+        let mut keys = HashMap::new();
+        if let Some(key) = &settings.api_key {
+            keys.insert(digest(key), Arc::new(Caller::everything("default")));
+        }
+        for key in &settings.keys {
+            let grant = Grant::new(&key.flows)
+                .map_err(|err| format!("auth.keys.{}.flows: {err}", key.name))?;
+            let caller = Caller {
+                subject: key.name.as_str().into(),
+                label: key.name.as_str().into(),
+                grant: Arc::new(grant),
+                rate: key.rate,
+            };
+            if keys.insert(key.sha256, Arc::new(caller)).is_some() {
+                return Err(format!(
+                    "auth.keys.{}: the same key as another entry (each key needs its own hash)",
+                    key.name
+                ));
+            }
+        }
+        let jwt = match &settings.jwt {
+            Some(jwt) => {
+                let flows =
+                    Grant::new(&jwt.flows).map_err(|err| format!("auth.jwt.flows: {err}"))?;
+                Some(jwt::Verifier::new(jwt.clone(), flows).await)
+            }
+            None => None,
+        };
+        Ok(Auth {
+            required: settings.required(),
+            anonymous: Arc::new(Caller::everything("anonymous")),
+            keys,
+            jwt,
+            limiter: rate::Limiter::new(shared),
+            audit: audit::Audit::open(&settings.audit)?,
+        })
+    }
+
+    /// No keys, no tokens, no audit: everyone is `anonymous` with every flow.
+    pub(crate) fn open() -> Auth {
+        Auth {
+            required: false,
+            anonymous: Arc::new(Caller::everything("anonymous")),
+            keys: HashMap::new(),
+            jwt: None,
+            limiter: rate::Limiter::new(None),
+            audit: None,
+        }
+    }
+
+    /// Whether requests must carry a credential.
+    pub(crate) fn required(&self) -> bool {
+        self.required
+    }
+
+    /// Whether bearer tokens are accepted (the protected-resource metadata is served).
+    pub(crate) fn jwt(&self) -> Option<&jwt::Settings> {
+        self.jwt.as_ref().map(|v| v.settings())
+    }
+
+    /// The caller a bearer credential speaks for (`anonymous` when none is asked for).
+    pub(crate) async fn identify(&self, bearer: Option<&str>) -> Result<Arc<Caller>, Denied> {
+        if !self.required {
+            return Ok(self.anonymous.clone());
+        }
+        let Some(token) = bearer.filter(|t| !t.is_empty()) else {
+            metrics::counter!(m::AUTH_FAILURES, "reason" => "missing").increment(1);
+            return Err(Denied::Missing);
+        };
+        // A key is looked up by its hash: comparing hashes leaks nothing about the key.
+        if let Some(caller) = self.keys.get(&digest(token)) {
+            return Ok(caller.clone());
+        }
+        let refused = match &self.jwt {
+            Some(verifier) if token.matches('.').count() == 2 => {
+                match verifier.verify(token).await {
+                    Ok(caller) => return Ok(caller),
+                    Err(reason) => reason,
+                }
+            }
+            Some(_) => "neither a known key nor a JWT".to_string(),
+            None => "not a known key".to_string(),
+        };
+        metrics::counter!(m::AUTH_FAILURES, "reason" => "invalid").increment(1);
+        Err(Denied::Invalid(refused))
+    }
+
+    /// Takes one call from the caller's bucket, or says how long until it may call again.
+    pub(crate) async fn admit(&self, caller: &Caller) -> Result<(), Duration> {
+        match caller.rate {
+            Some(rate) => self.limiter.take(&caller.subject, rate).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the audit trail keeps inputs (`audit.inputs`): callers build one only then.
+    pub(crate) fn audits_inputs(&self) -> bool {
+        self.audit.as_ref().is_some_and(|a| a.inputs)
+    }
+
+    /// Starts the record of one call: counted and audited when it ends (or is dropped: the
+    /// client went away).
+    pub(crate) fn call(
+        self: &Arc<Self>,
+        caller: &Arc<Caller>,
+        transport: &'static str,
+        flow: &str,
+        traceparent: Option<&str>,
+        input: Option<&serde_json::Value>,
+    ) -> Call {
+        let audited = self.audit.as_ref();
+        Call {
+            auth: self.clone(),
+            caller: caller.clone(),
+            transport,
+            flow: flow.to_string(),
+            run_id: None,
+            started: Instant::now(),
+            time: audited.map(|_| now_text()),
+            chunks: 0,
+            traceparent: audited.and(traceparent.map(|t| t.chars().take(128).collect())),
+            input: audited.filter(|a| a.inputs).and(input.cloned()),
+            ended: false,
+        }
+    }
+
+    /// The RFC 9728 protected-resource metadata, for `base` (the URL the request reached,
+    /// with the path of the protected resource), when bearer tokens are accepted.
+    pub(crate) fn resource_metadata(&self, resource: &str) -> Option<serde_json::Value> {
+        let jwt = self.jwt()?;
+        let servers = if jwt.authorization_servers.is_empty() {
+            vec![jwt.issuer.clone()]
+        } else {
+            jwt.authorization_servers.clone()
+        };
+        let mut scopes = vec![format!("{}*", jwt.scope_prefix)];
+        scopes.extend(
+            jwt.flows
+                .iter()
+                .filter(|f| f.as_str() != "*")
+                .map(|f| format!("{}{f}", jwt.scope_prefix)),
+        );
+        Some(serde_json::json!({
+            "resource": jwt.resource.clone().unwrap_or_else(|| resource.to_string()),
+            "authorization_servers": servers,
+            "scopes_supported": scopes,
+            "bearer_methods_supported": ["header"],
+            "resource_name": "flowhost",
+        }))
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+fn now_text() -> String {
+    chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now())
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// One call being made: counted in `flowhost_calls_total` and written to the audit trail
+/// when it ends. Dropped without [`Call::end`]: the client went away (`cancelled`).
+pub(crate) struct Call {
+    auth: Arc<Auth>,
+    caller: Arc<Caller>,
+    transport: &'static str,
+    flow: String,
+    run_id: Option<String>,
+    started: Instant,
+    /// Set only when audited.
+    time: Option<String>,
+    chunks: u64,
+    traceparent: Option<String>,
+    input: Option<serde_json::Value>,
+    ended: bool,
+}
+
+impl Call {
+    pub(crate) fn run_id(&mut self, id: &str) {
+        self.run_id = Some(id.to_string());
+    }
+
+    pub(crate) fn add_chunks(&mut self, n: usize) {
+        self.chunks += n as u64;
+    }
+
+    pub(crate) fn end(mut self, outcome: Outcome) {
+        self.record(outcome);
+    }
+
+    fn record(&mut self, outcome: Outcome) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        metrics::counter!(m::CALLS, "subject" => self.caller.label.to_string(), "outcome" => outcome.as_str())
+            .increment(1);
+        let (Some(audit), Some(time)) = (&self.auth.audit, self.time.take()) else {
+            return;
+        };
+        audit.write(audit::Entry {
+            time,
+            subject: self.caller.subject.to_string(),
+            transport: self.transport,
+            flow: std::mem::take(&mut self.flow),
+            run_id: self.run_id.take(),
+            outcome: outcome.as_str(),
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            chunks: self.chunks,
+            traceparent: self.traceparent.take(),
+            input: self.input.take(),
+        });
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.record(Outcome::Cancelled);
+    }
+}

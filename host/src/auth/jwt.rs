@@ -69,10 +69,13 @@ pub(crate) struct Verifier {
     flows: Arc<Grant>,
     client: reqwest::Client,
     keys: RwLock<Arc<Keys>>,
-    /// When the JWKS was last asked for (fetches are one at a time).
+    /// When an unknown key id last made the host fetch the JWKS (fetches are one at a time).
     fetched: tokio::sync::Mutex<Option<Instant>>,
-    remembered: Mutex<HashMap<Box<str>, (Arc<Caller>, Instant)>>,
+    remembered: Mutex<HashMap<Box<str>, Remembered>>,
 }
+
+/// An accepted token's caller, until when it may be taken without a check.
+type Remembered = (Arc<Caller>, Instant);
 
 #[derive(Deserialize)]
 struct Claims {
@@ -109,13 +112,16 @@ impl Verifier {
         &self.settings
     }
 
-    /// Fetches the JWKS unless it was fetched in the last minute (`force` at start).
+    /// Fetches the JWKS (`force`: at start), or for an unknown key id unless one already made
+    /// it fetch in the last minute.
     async fn refetch(&self, force: bool) {
         let mut last = self.fetched.lock().await;
-        if !force && last.is_some_and(|at| at.elapsed() < REFETCH_EVERY) {
-            return;
+        if !force {
+            if last.is_some_and(|at| at.elapsed() < REFETCH_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
         }
-        *last = Some(Instant::now());
         match self.fetch().await {
             Ok(keys) => {
                 tracing::info!(

@@ -80,6 +80,13 @@ impl Caller {
     pub(crate) fn may_call(&self, flow: &str) -> bool {
         self.grant.allows(flow)
     }
+
+    /// Whether a call of `flow` (which `exists` or not) is refused before anything else: a
+    /// caller that may see every flow is told a missing flow is missing; any other gets the
+    /// same refusal for a flow it may not call and for one that does not exist.
+    pub(crate) fn refused(&self, flow: &str, exists: bool) -> bool {
+        !(self.grant.is_all() || (self.may_call(flow) && exists))
+    }
 }
 
 /// Why a request has no caller.

@@ -205,15 +205,15 @@ async fn hosts_sharing_a_store_file_answer_for_each_others_runs() {
 }
 
 /// A real `redis-server` on a free port, stopped when dropped.
-struct RedisServer {
+pub(crate) struct RedisServer {
     child: std::process::Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl RedisServer {
     /// None (the test is skipped) when redis-server is not installed, except under CI
     /// (`scripts/redis` installs it), where that fails.
-    fn start() -> Option<RedisServer> {
+    pub(crate) fn start() -> Option<RedisServer> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")

@@ -1,5 +1,6 @@
 //! Property tests over everything that parses outside input: the `flow_content` parser, the
-//! flow YAML loader, the MCP stdio framing and the HTTP body parser. Each must never panic and
+//! flow YAML loader, the MCP stdio framing, the HTTP body parser, bearer tokens' JWT header
+//! and claims, the audit chain reader and the flow-grant globs. Each must never panic and
 //! must answer within a bounded time, whatever the input. CI runs a short pass
 //! (`PROPTEST_CASES=2000`); a long one is `PROPTEST_CASES=200000 cargo test --test
 //! integration fuzz` (see README).
@@ -110,4 +111,68 @@ proptest! {
             Err(err) => prop_assert!(err.status.is_client_error(), "{err:?}"),
         }
     }
+
+    #[test]
+    fn jwt_parser(input in prop_oneof![jwtish(), "\\PC{0,300}"]) {
+        let _ = timed("jwt", &input, || flowhost::parse::jwt(&input));
+    }
+
+    #[test]
+    fn flow_grant_globs(
+        patterns in proptest::collection::vec(prop_oneof![globish(), "\\PC{0,20}"], 0..4),
+        flow in "\\PC{0,30}",
+    ) {
+        let allowed = timed("grant", &flow, || flowhost::parse::flow_grant(&patterns, &flow));
+        // Exact names and `*` always mean what they say.
+        if let Ok(allowed) = allowed {
+            if patterns.iter().any(|p| p.trim() == "*" || p.trim() == flow) {
+                prop_assert!(allowed, "{patterns:?} {flow:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn audit_chain_reader(lines in proptest::collection::vec(prop_oneof![jsonish(), "\\PC{0,80}"], 0..6)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let _ = flowhost::parse::audit_chain(&[path]);
+    }
+}
+
+/// Text shaped like a JWT: three base64url parts, some of them real JSON.
+fn jwtish() -> impl Strategy<Value = String> {
+    use base64::Engine as _;
+    let encode = |text: String| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+    let part = prop_oneof![
+        Just(r#"{"alg":"RS256","kid":"k"}"#.to_string()),
+        Just(r#"{"alg":"none"}"#.to_string()),
+        Just(r#"{"alg":"HS256","typ":"JWT"}"#.to_string()),
+        Just(r#"{"alg":{"x":1},"kid":[1]}"#.to_string()),
+        Just(r#"{"exp":18446744073709551616,"sub":1}"#.to_string()),
+        Just(r#"{"exp":-1,"scope":["flow:*"]}"#.to_string()),
+        "\\PC{0,40}",
+    ]
+    .prop_map(encode);
+    proptest::collection::vec(prop_oneof![part, "[A-Za-z0-9_=.+/-]{0,20}"], 1..5)
+        .prop_map(|parts| parts.join("."))
+}
+
+/// Glob-like patterns: classes, wildcards, escapes, unbalanced brackets.
+fn globish() -> impl Strategy<Value = String> {
+    proptest::collection::vec(
+        prop_oneof![
+            Just("*".to_string()),
+            Just("?".to_string()),
+            Just("[a-z]".to_string()),
+            Just("[!x]".to_string()),
+            Just("[".to_string()),
+            Just("]".to_string()),
+            Just("**".to_string()),
+            Just("\\".to_string()),
+            "[a-z_]{0,5}",
+        ],
+        0..6,
+    )
+    .prop_map(|parts| parts.concat())
 }

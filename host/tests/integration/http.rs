@@ -520,6 +520,7 @@ async fn api_key_guards_everything_but_health() {
     for path in ["/flows", "/openapi.json", "/metrics", "/v1/models"] {
         let response = client.get(server.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 401, "{path}");
+        // No tokens configured: no resource metadata to point at.
         assert_eq!(response.headers()["www-authenticate"], "Bearer");
     }
     let wrong = client

@@ -3,6 +3,7 @@
 
 mod agents;
 mod attacks;
+mod auth;
 mod cli;
 mod durable;
 mod executor;

@@ -210,7 +210,7 @@ fn jwt_settings(where_: &str, jwt: RawJwt) -> Result<auth::jwt::Settings, String
         jwks_url,
         algorithms,
         leeway: match jwt.leeway {
-            Some(Seconds(s)) if s == 0.0 => std::time::Duration::ZERO,
+            Some(Seconds(0.0)) => std::time::Duration::ZERO,
             Some(Seconds(s)) => seconds(where_, "auth.jwt.leeway", s)?,
             None => std::time::Duration::from_secs(60),
         },

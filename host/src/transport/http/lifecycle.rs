@@ -132,14 +132,19 @@ fn queued(fd: std::os::fd::RawFd) -> bool {
 }
 
 /// A host reachable from other machines should say so when nothing guards it.
-pub(super) fn warn_if_exposed(options: &super::settings::Settings, bound: std::net::IpAddr) {
+pub(super) fn warn_if_exposed(
+    options: &super::settings::Settings,
+    bound: std::net::IpAddr,
+    credentials: bool,
+) {
     if bound.is_loopback() {
         return;
     }
-    if options.api_key.is_none() {
+    if !credentials {
         tracing::warn!(
             "listening on {bound}, reachable from other machines, without an API key: anyone \
-             who can reach this port can run every flow; set --api-key (or http.api_key)"
+             who can reach this port can run every flow; set --api-key (or http.api_key, \
+             auth.keys, auth.jwt)"
         );
     }
     if options.allowed_hosts.is_empty() {

@@ -608,7 +608,7 @@ pub(crate) async fn serve(
         snapshot.op_count(),
     );
     drop(snapshot);
-    self::lifecycle::warn_if_exposed(&options, local.ip());
+    self::lifecycle::warn_if_exposed(&options, local.ip(), auth.required());
     let state = AppState::new(catalog.clone(), options.clone(), run_options, durable, auth);
     runs::start_keeper(&state);
     count_reloads(&catalog);

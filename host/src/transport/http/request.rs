@@ -31,7 +31,7 @@ pub(crate) fn callable_flow(
     caller: &Arc<Caller>,
     transport: &'static str,
 ) -> Result<Arc<Flow>, ApiError> {
-    if !caller.grant.is_all() && !(caller.may_call(name) && snapshot.get(name).is_some()) {
+    if caller.refused(name, snapshot.get(name).is_some()) {
         state
             .auth
             .call(caller, transport, name, None, None)

@@ -39,9 +39,7 @@ impl FlowTools {
         let auth = &self.access.auth;
         let parts = context.extensions.get::<axum::http::request::Parts>();
         let transport = if parts.is_some() { "mcp" } else { "mcp-stdio" };
-        if !caller.grant.is_all()
-            && !(caller.may_call(name) && self.catalog.snapshot().get(name).is_some())
-        {
+        if caller.refused(name, self.catalog.snapshot().get(name).is_some()) {
             auth.call(caller, transport, name, None, None)
                 .end(Outcome::Denied);
             return Ok(response(failure(format!(

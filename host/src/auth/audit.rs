@@ -337,39 +337,42 @@ mod tests {
         }
     }
 
+    /// Lines in the trail's files, rotated ones included.
+    fn count(dir: &Path) -> usize {
+        let path = dir.join("audit.jsonl");
+        let mut files: Vec<PathBuf> = rotated(&path).into_iter().map(|(_, p)| p).collect();
+        files.push(path);
+        files
+            .iter()
+            .map(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap_or_default()
+                    .lines()
+                    .count()
+            })
+            .sum()
+    }
+
     fn write(dir: &Path, max_bytes: u64, flows: &[&str]) {
         let settings = Settings {
             path: Some(dir.join("audit.jsonl")),
             inputs: false,
             max_bytes,
         };
+        let before = count(dir);
         let audit = Audit::open(&settings).unwrap().unwrap();
         for flow in flows {
             audit.write(entry(flow));
         }
         drop(audit);
         // The writer thread ends when its channel closes; wait for the lines.
-        let total = flows.len();
-        for _ in 0..200 {
-            let mut files: Vec<PathBuf> = rotated(&dir.join("audit.jsonl"))
-                .into_iter()
-                .map(|(_, p)| p)
-                .collect();
-            files.push(dir.join("audit.jsonl"));
-            let written: usize = files
-                .iter()
-                .map(|f| {
-                    std::fs::read_to_string(f)
-                        .unwrap_or_default()
-                        .lines()
-                        .count()
-                })
-                .sum();
-            if written >= total {
+        for _ in 0..500 {
+            if count(dir) >= before + flows.len() {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        panic!("the audit lines were not written");
     }
 
     #[test]

@@ -79,7 +79,8 @@ type Remembered = (Arc<Caller>, Instant);
 
 #[derive(Deserialize)]
 struct Claims {
-    sub: String,
+    #[serde(default)]
+    sub: Option<String>,
     #[serde(default)]
     scope: Option<String>,
     #[serde(default)]
@@ -157,19 +158,29 @@ impl Verifier {
         Ok(keys_of(&body))
     }
 
-    fn key(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
+    /// The key for `kid`: `Ok(None)` when the JWKS does not have it (worth a refetch),
+    /// `Err` when it has it but not for `alg` (a refetch would not help).
+    fn key(&self, kid: Option<&str>, alg: Algorithm) -> Result<Option<DecodingKey>, String> {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let fits = |(key, key_alg): &(DecodingKey, Option<Algorithm>)| {
-            key_alg.is_none_or(|a| a == alg).then(|| key.clone())
+        let fits = |(key, key_alg): &(DecodingKey, Option<Algorithm>)| match key_alg {
+            Some(a) if *a != alg => Err(format!(
+                "the key `{}` is for {a:?}, not the token's {alg:?}",
+                kid.unwrap_or_default()
+            )),
+            _ => Ok(Some(key.clone())),
         };
         match kid {
-            Some(kid) => keys.by_kid.get(kid).and_then(fits),
+            Some(kid) => keys.by_kid.get(kid).map_or(Ok(None), fits),
             None if keys.unnamed.len() + keys.by_kid.len() == 1 => keys
                 .unnamed
                 .iter()
                 .chain(keys.by_kid.values())
-                .find_map(fits),
-            None => None,
+                .next()
+                .map_or(Ok(None), fits),
+            None if keys.unnamed.len() + keys.by_kid.len() > 1 => {
+                Err("the token names no key id (`kid`) and the JWKS has several keys".to_string())
+            }
+            None => Ok(None),
         }
     }
 
@@ -189,14 +200,13 @@ impl Verifier {
             ));
         }
         let kid = header.kid.as_deref();
-        let key = match self.key(kid, header.alg) {
+        let key = match self.key(kid, header.alg)? {
             Some(key) => key,
             None => {
                 self.refetch(false).await;
-                self.key(kid, header.alg).ok_or_else(|| match kid {
+                self.key(kid, header.alg)?.ok_or_else(|| match kid {
                     Some(kid) => format!("unknown key id `{kid}` (not in the issuer's JWKS)"),
-                    None => "the token names no key id (`kid`) and the JWKS has several keys"
-                        .to_string(),
+                    None => "the issuer's JWKS has no key".to_string(),
                 })?
             }
         };
@@ -209,6 +219,9 @@ impl Verifier {
             jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|err| reason(&err))?;
         let exp = data_exp(token).unwrap_or(0);
         let claims = data.claims;
+        let Some(sub) = claims.sub.clone().filter(|s| !s.is_empty()) else {
+            return Err("the token has no `sub` claim".to_string());
+        };
         let scopes: Vec<String> = scopes(&claims)
             .filter_map(|s| {
                 s.strip_prefix(&self.settings.scope_prefix)
@@ -219,7 +232,7 @@ impl Verifier {
             .map_err(|err| format!("scope: {err}"))?
             .and(self.flows.clone());
         let caller = Arc::new(Caller {
-            subject: claims.sub.into(),
+            subject: sub.into(),
             label: "jwt".into(),
             grant: Arc::new(grant),
             rate: self.settings.rate,

@@ -475,6 +475,9 @@ async fn every_route_but_the_public_ones_needs_the_key() {
         "/health",
         "/ready",
         "/docs/",
+        // Where a client learns how to get a token (404 here: no auth.jwt).
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-protected-resource/mcp",
     ];
     let mut checked = 0;
     for (methods, path) in flowhost::HTTP_ROUTES {

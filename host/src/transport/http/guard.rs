@@ -200,7 +200,15 @@ pub(crate) async fn authorize(
     };
     let mut challenge = String::from("Bearer");
     if policy.auth.jwt().is_some() {
-        challenge.push_str(&format!(" resource_metadata=\"{base}{METADATA_PATH}\""));
+        // RFC 9728: the metadata of the resource asked for (`/mcp` has its own).
+        let suffix = if request.uri().path().starts_with("/mcp") {
+            "/mcp"
+        } else {
+            ""
+        };
+        challenge.push_str(&format!(
+            " resource_metadata=\"{base}{METADATA_PATH}{suffix}\""
+        ));
     }
     if let Denied::Invalid(reason) = &denied {
         let reason = reason.replace(['"', '\\'], "'");

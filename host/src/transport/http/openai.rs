@@ -88,7 +88,7 @@ pub(crate) async fn model(
     axum::Extension(caller): Who,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
-    if !caller.grant.is_all() && !caller.may_call(&id) {
+    if caller.refused(&id, state.catalog.snapshot().get(&id).is_some()) {
         return error(StatusCode::FORBIDDEN, not_yours(&id), "permission_denied");
     }
     match state.catalog.snapshot().get(&id).and_then(|e| e.flow.clone()) {

@@ -56,7 +56,7 @@ impl FlowTools {
         if let Err(wait) = auth.admit(caller).await {
             record.end(Outcome::RateLimited);
             return Ok(response(failure(format!(
-                "rate limit reached: `{}` may make {} calls; try again in {} s",
+                "rate limit reached: `{}` may make {} calls; retry in {} s",
                 caller.subject,
                 caller.rate.map(|r| r.to_string()).unwrap_or_default(),
                 wait.as_secs_f64().ceil().max(1.0)

@@ -3,6 +3,10 @@
 //! the list-changed and resource-updated announcements after a reload (`notifications/*` for
 //! initialize-era sessions, `subscriptions/listen` for 2026-07-28 clients). `tools/call` is
 //! handed to `call.rs`.
+//!
+//! Long because rmcp's `ServerHandler` is one trait with a method per MCP request, and each
+//! method here is short glue to the catalog, `call.rs` or `tasks.rs`; split across files it
+//! would be one `impl` in pieces.
 
 use std::sync::Arc;
 
@@ -17,73 +21,12 @@ use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{RoleServer, ServerHandler};
 use serde_json::{json, Map, Value};
 
+pub(crate) use super::access::Access;
 use super::ask::{speaks_2026, Exchange};
 use super::logging;
-use crate::auth::{Auth, Caller, Grant};
+use crate::auth::{Auth, Caller};
 use crate::catalog::Catalog;
 use crate::exec;
-
-/// Who calls, and what is recorded of their calls: the caller of an HTTP request is the one the
-/// HTTP guard found (in the request's parts); over stdio it is `local`, the agent tool that
-/// started the host.
-#[derive(Clone)]
-pub(crate) struct Access {
-    pub(crate) auth: Arc<Auth>,
-    /// Whoever a request without HTTP parts speaks for (stdio: `local`).
-    default: Arc<Caller>,
-    /// Which subject made each task (shared by every session, as the tasks are).
-    owners: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<str>>>>,
-}
-
-impl Access {
-    /// Stdio: the one client that started the host may call every flow.
-    pub(crate) fn local(auth: Arc<Auth>) -> Access {
-        Access {
-            auth,
-            default: Caller::local(),
-            owners: Arc::default(),
-        }
-    }
-
-    /// Streamable HTTP: a request the guard let through carries its caller; anything else
-    /// (which the guard never lets through) may see nothing.
-    pub(crate) fn http(auth: Arc<Auth>) -> Access {
-        Access {
-            auth,
-            default: Arc::new(Caller {
-                subject: "nobody".into(),
-                label: "nobody".into(),
-                grant: Arc::new(Grant::none()),
-                rate: None,
-            }),
-            owners: Arc::default(),
-        }
-    }
-
-    pub(crate) fn caller<T>(&self, context: &RequestContext<T>) -> Arc<Caller>
-    where
-        T: rmcp::service::ServiceRole,
-    {
-        match context.extensions.get::<axum::http::request::Parts>() {
-            Some(parts) => parts
-                .extensions
-                .get::<Arc<Caller>>()
-                .cloned()
-                .unwrap_or_else(|| Access::http(self.auth.clone()).default),
-            None => self.default.clone(),
-        }
-    }
-
-    /// Records that `caller` made task `id` (forgetting tasks rmcp no longer keeps, now and
-    /// then).
-    pub(crate) fn own(&self, id: &str, caller: &Caller, tasks: &rmcp::task_manager::TaskManager) {
-        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
-        if owners.len() >= 10_000 {
-            owners.retain(|id, _| tasks.get_task(id).is_ok());
-        }
-        owners.insert(id.to_string(), caller.subject.clone());
-    }
-}
 
 /// The MCP server for one connection (stdio) or one session (HTTP).
 #[derive(Clone)]
@@ -445,7 +388,7 @@ impl ServerHandler for FlowTools {
     ) -> Result<ReadResourceResponse, ErrorData> {
         let caller = self.access.caller(&context);
         if let Some(flow) = crate::catalog::content::flow_of_uri(&request.uri) {
-            if !caller.grant.is_all() && !caller.may_call(flow) {
+            if caller.refused(flow, self.catalog.snapshot().get(flow).is_some()) {
                 return Err(ErrorData::new(
                     ErrorCode::RESOURCE_NOT_FOUND,
                     format!("no resource `{}` this caller may read", request.uri),

@@ -7,8 +7,10 @@
 //! announcements), `call` (running a flow for `tools/call`), `tasks` (calls that became MCP
 //! tasks), `ask` (an op's questions to the client, input-required rounds), `logging` (op logs
 //! as MCP log messages), `stdio` and `lines` (the stdio transport), `service` (the Streamable
-//! HTTP endpoint and its `Mcp-Param-*` check).
+//! HTTP endpoint and its `Mcp-Param-*` check), `access` (who calls: the HTTP guard's caller or
+//! stdio's `local`, and who made each task).
 
+mod access;
 mod ask;
 mod call;
 mod handler;

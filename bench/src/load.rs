@@ -171,24 +171,35 @@ async fn first_chunk(url: &str, flow: &str) -> Value {
 }
 
 pub async fn nonstream(url: &str, flow: &str, workers: usize, duration: Duration) -> Value {
+    nonstream_as(url, flow, workers, duration, None).await
+}
+
+/// [`nonstream`] with `Authorization: Bearer <bearer>` on every request.
+pub async fn nonstream_as(
+    url: &str,
+    flow: &str,
+    workers: usize,
+    duration: Duration,
+    bearer: Option<&str>,
+) -> Value {
     let client = client();
+    let bearer = bearer.map(|b| format!("Bearer {b}"));
     let target = format!("{url}/{flow}");
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let tasks: Vec<_> = (0..workers)
         .map(|_| {
-            let (client, target) = (client.clone(), target.clone());
+            let (client, target, bearer) = (client.clone(), target.clone(), bearer.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
                 while Instant::now() < deadline && latencies.len() < 500_000 {
                     let at = Instant::now();
-                    match client
-                        .post(&target)
-                        .json(&json!({"query": "hi"}))
-                        .send()
-                        .await
-                    {
+                    let mut request = client.post(&target).json(&json!({"query": "hi"}));
+                    if let Some(bearer) = &bearer {
+                        request = request.header("authorization", bearer);
+                    }
+                    match request.send().await {
                         Ok(r) if r.status().is_success() => {
                             let _ = r.bytes().await;
                             latencies.push(at.elapsed().as_secs_f64() * 1e3);

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+mod auth;
 mod compare;
 mod floor;
 mod load;
@@ -124,6 +125,9 @@ fn main() {
     }
     if wanted("runs") {
         report.insert("async_runs".into(), runtime.block_on(runs::run(&bin_dir)));
+    }
+    if wanted("auth") {
+        report.insert("auth".into(), runtime.block_on(auth::run(&bin_dir)));
     }
     if wanted("llm") {
         report.insert(

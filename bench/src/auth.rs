@@ -87,6 +87,7 @@ fn sha256_hex(text: &str) -> String {
 }
 
 pub async fn run(bin_dir: &Path) -> Value {
+    flowhost::llm::tls_init();
     let dir = tempfile::tempdir().expect("a temp folder");
     let flows = dir.path().join("flows");
     std::fs::create_dir_all(&flows).expect("flows folder");

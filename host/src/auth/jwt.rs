@@ -215,6 +215,7 @@ impl Verifier {
         validation.set_issuer(&[&self.settings.issuer]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = self.settings.leeway.as_secs();
+        validation.validate_nbf = true;
         let data =
             jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|err| reason(&err))?;
         let exp = data_exp(token).unwrap_or(0);
@@ -232,6 +233,7 @@ impl Verifier {
             .map_err(|err| format!("scope: {err}"))?
             .and(self.flows.clone());
         let caller = Arc::new(Caller {
+            owner: format!("jwt:{sub}").into(),
             subject: sub.into(),
             label: "jwt".into(),
             grant: Arc::new(grant),

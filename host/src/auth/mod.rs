@@ -58,6 +58,10 @@ pub(crate) struct Caller {
     pub(crate) subject: Arc<str>,
     /// The metrics label: the subject for configured keys, `jwt` for every token.
     pub(crate) label: Arc<str>,
+    /// What its runs, tasks, idempotency keys and rate-limit bucket are kept under: the
+    /// subject, with `jwt:` before a token's (a token whose `sub` is a key's name is not that
+    /// key's caller).
+    pub(crate) owner: Arc<str>,
     pub(crate) grant: Arc<Grant>,
     pub(crate) rate: Option<Rate>,
 }
@@ -67,6 +71,7 @@ impl Caller {
         Caller {
             subject: subject.into(),
             label: subject.into(),
+            owner: subject.into(),
             grant: Arc::new(Grant::all()),
             rate: None,
         }
@@ -151,6 +156,7 @@ impl Auth {
             let caller = Caller {
                 subject: key.name.as_str().into(),
                 label: key.name.as_str().into(),
+                owner: key.name.as_str().into(),
                 grant: Arc::new(grant),
                 rate: key.rate,
             };
@@ -231,7 +237,7 @@ impl Auth {
     /// Takes one call from the caller's bucket, or says how long until it may call again.
     pub(crate) async fn admit(&self, caller: &Caller) -> Result<(), Duration> {
         match caller.rate {
-            Some(rate) => self.limiter.take(&caller.subject, rate).await,
+            Some(rate) => self.limiter.take(&caller.owner, rate).await,
             None => Ok(()),
         }
     }

@@ -598,7 +598,9 @@ def test_the_audit_trail_and_its_chain(issuer, tmp_path):
             ("alice", "async", "echo_flow", "ok"),
         ]
         text = wait("the audit lines", lambda: len(audit.read_text().splitlines()) >= len(expected) and audit.read_text())
-        assert metrics(url, KEYS["bob"]) == {
+        # /metrics names flows: only a caller that may see every flow reads it.
+        assert http("GET", url + "/metrics", KEYS["bob"])[0] == 403
+        assert metrics(url, KEYS["root"]) == {
             ("alice", "ok"): 2, ("alice", "denied"): 1, ("ratey", "ok"): 2, ("ratey", "rate_limited"): 1,
             ("jwt", "ok"): 1, ("bob", "ok"): 1,
         }

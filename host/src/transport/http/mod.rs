@@ -278,7 +278,15 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<AppState>, Extension(caller): Who) -> Response {
+    // Its labels name flows: an operator's view, for callers that may see every flow.
+    if !caller.grant.is_all() {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "/metrics is for callers that may see every flow (a key without `flows`, or http.api_key)",
+        )
+        .into_response();
+    }
     match &state.metrics {
         Some(handle) => {
             let snapshot = state.catalog.snapshot();
@@ -329,7 +337,10 @@ async fn run_flow(
         }
         match runs::place(&state) {
             Ok(place) => running = Some(place),
-            Err(refused) => return Ok(*refused),
+            Err(refused) => {
+                call.end(Outcome::Error);
+                return Ok(*refused);
+            }
         }
     }
     let stream = flow.spec.stream;

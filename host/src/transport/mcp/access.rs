@@ -38,6 +38,7 @@ impl Access {
             default: Arc::new(Caller {
                 subject: "nobody".into(),
                 label: "nobody".into(),
+                owner: "nobody".into(),
                 grant: Arc::new(Grant::none()),
                 rate: None,
             }),
@@ -66,6 +67,6 @@ impl Access {
         if owners.len() >= 10_000 {
             owners.retain(|id, _| tasks.get_task(id).is_ok());
         }
-        owners.insert(id.to_string(), caller.subject.clone());
+        owners.insert(id.to_string(), caller.owner.clone());
     }
 }

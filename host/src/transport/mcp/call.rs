@@ -210,7 +210,7 @@ impl FlowTools {
                         self.tasks.clone(),
                         task.task_id.clone(),
                         ttl_ms,
-                        caller.subject.clone(),
+                        caller.owner.clone(),
                     );
                 }
                 return Ok(CallToolResponse::Task(rmcp::model::CreateTaskResult::new(

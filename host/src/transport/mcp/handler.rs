@@ -69,7 +69,7 @@ impl FlowTools {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
-            .is_some_and(|subject| *subject == caller.subject)
+            .is_some_and(|owner| *owner == caller.owner)
     }
 
     pub(crate) fn new(catalog: Arc<Catalog>, run_options: exec::Options) -> FlowTools {
@@ -296,7 +296,7 @@ impl ServerHandler for FlowTools {
         }
         match (self.tasks.get_task(&request.task_id), &self.shared_tasks) {
             (Err(unknown), Some(shared)) => {
-                match shared.get(&request.task_id, &caller.subject).await? {
+                match shared.get(&request.task_id, &caller.owner).await? {
                     Some(task) => Ok(rmcp::model::GetTaskResult::new(task)),
                     None => Err(unknown),
                 }
@@ -318,7 +318,7 @@ impl ServerHandler for FlowTools {
         match &self.shared_tasks {
             Some(shared) if self.tasks.get_task(&request.task_id).is_err() => {
                 let text = serde_json::to_string(&inputs).unwrap_or_default();
-                match shared.ask(&request.task_id, &caller.subject, text).await? {
+                match shared.ask(&request.task_id, &caller.owner, text).await? {
                     true => Ok(()),
                     false => self.tasks.update_task(&request.task_id, inputs),
                 }
@@ -339,7 +339,7 @@ impl ServerHandler for FlowTools {
         match (self.tasks.cancel_task(&request.task_id), &self.shared_tasks) {
             (Err(unknown), Some(shared)) => {
                 match shared
-                    .ask(&request.task_id, &caller.subject, "cancel".into())
+                    .ask(&request.task_id, &caller.owner, "cancel".into())
                     .await?
                 {
                     true => Ok(()),

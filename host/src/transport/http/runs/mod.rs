@@ -65,7 +65,7 @@ pub(crate) async fn accept(
     (running, call): (store::Running, crate::auth::Call),
 ) -> Response {
     let key = idempotency_key(caller, headers).map(|key| (key, input));
-    let subject = caller.subject.clone();
+    let subject = caller.owner.clone();
     let Some(durable) = &state.runs.durable else {
         let record = state.runs.start(flow, run, key, running, (subject, call));
         return accepted(&record.to_json(), &record.id, false);
@@ -137,7 +137,7 @@ async fn replay(
         )
         .into_response();
     }
-    match durable::find(state, id, &caller.subject).await {
+    match durable::find(state, id, &caller.owner).await {
         Some(Found::Here(record)) => accepted(&record.to_json(), &record.id, true),
         Some(Found::Kept(row)) => accepted(&durable::row_json(&row), &row.id, true),
         None => not_found(id).into_response(),
@@ -207,7 +207,7 @@ fn given_key(headers: &HeaderMap) -> Option<String> {
 
 /// The key as kept: per subject (two callers' equal keys name two runs).
 fn idempotency_key(caller: &Caller, headers: &HeaderMap) -> Option<String> {
-    given_key(headers).map(|key| format!("{}\u{1f}{key}", caller.subject))
+    given_key(headers).map(|key| format!("{}\u{1f}{key}", caller.owner))
 }
 
 fn accepted(body: &serde_json::Value, id: &str, replayed: bool) -> Response {
@@ -240,7 +240,7 @@ pub(crate) async fn status(
     axum::Extension(caller): Who,
     Path(id): Path<String>,
 ) -> Response {
-    match durable::find(&state, &id, &caller.subject).await {
+    match durable::find(&state, &id, &caller.owner).await {
         Some(Found::Here(record)) => axum::Json(record.to_json()).into_response(),
         Some(Found::Kept(row)) => axum::Json(durable::row_json(&row)).into_response(),
         None => not_found(&id).into_response(),
@@ -266,7 +266,7 @@ pub(crate) async fn cancel(
     axum::Extension(caller): Who,
     Path(id): Path<String>,
 ) -> Response {
-    let record = match durable::find(&state, &id, &caller.subject).await {
+    let record = match durable::find(&state, &id, &caller.owner).await {
         Some(Found::Here(record)) => record,
         Some(Found::Kept(row)) => return cancel_elsewhere(&state, *row).await,
         None => return not_found(&id).into_response(),
@@ -343,7 +343,7 @@ pub(crate) async fn events(
     headers: HeaderMap,
 ) -> Response {
     let from = resume_from(&headers);
-    let record = match durable::find(&state, &id, &caller.subject).await {
+    let record = match durable::find(&state, &id, &caller.owner).await {
         Some(Found::Here(record)) => record,
         Some(Found::Kept(row)) => {
             return event_stream(Body::from_stream(durable::kept_events(&state, *row, from)))

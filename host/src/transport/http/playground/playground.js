@@ -495,10 +495,21 @@ function renderOps(ops) {
 }
 
 let lastRequests = null;
+// The key in use may not read /metrics (it names every flow): stop asking until the key changes.
+let metricsDeniedFor = null;
 async function pollMetrics() {
   if (document.hidden) return;
+  if (metricsDeniedFor !== null && metricsDeniedFor === sessionStorage.getItem(KEY)) return;
   try {
     const res = await call("/metrics");
+    if (res.status === 403) {
+      metricsDeniedFor = sessionStorage.getItem(KEY);
+      for (const id of ["m-requests", "m-rate", "m-streams", "m-ops", "m-errors"]) {
+        $(id).textContent = "—";
+        $(id).title = "this key may not read /metrics (a key that may call every flow can)";
+      }
+      return;
+    }
     if (!res.ok) return;
     const sums = {};
     for (const line of (await res.text()).split("\n")) {

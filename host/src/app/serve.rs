@@ -107,6 +107,8 @@ pub(super) fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
     };
     let config = &config;
     let runtime = runtime(config)?;
+    // Kept past the runtime: the audit lines of calls ended by its shutdown are flushed last.
+    let mut auth_kept: Option<Arc<crate::auth::Auth>> = None;
     runtime.block_on(async {
         let catalog = Arc::new(load_catalog(config));
         let _watching = if config.watch {
@@ -128,6 +130,7 @@ pub(super) fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
                 let options = run_options_with_flows(config, &catalog, store.as_ref());
                 let auth =
                     Arc::new(crate::auth::Auth::new(config.auth.clone(), store.clone()).await?);
+                auth_kept = Some(auth.clone());
                 let durable = store.map(|backend| {
                     crate::transport::http::Durable::new(backend, config.store.clone())
                 });
@@ -151,6 +154,7 @@ pub(super) fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
                     ..Default::default()
                 };
                 let auth = Arc::new(crate::auth::Auth::new(audit, None).await?);
+                auth_kept = Some(auth.clone());
                 crate::transport::mcp::serve_stdio(catalog, options, max_line, auth).await
             }
         }
@@ -158,5 +162,8 @@ pub(super) fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
     // The stdio session ends when stdin closes; op threads still sleeping must not hold the
     // process open.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    if let Some(auth) = auth_kept {
+        auth.flush();
+    }
     Ok(ExitCode::SUCCESS)
 }

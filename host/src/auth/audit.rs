@@ -42,6 +42,9 @@ pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000
 pub(crate) struct Entry {
     pub(crate) time: String,
     pub(crate) subject: String,
+    /// How the subject was identified (`key`, `api_key`, `jwt`, `none`, `stdio`): a token's
+    /// `sub` and a key's name may be the same text.
+    pub(crate) via: &'static str,
     pub(crate) transport: &'static str,
     pub(crate) flow: String,
     pub(crate) run_id: Option<String>,
@@ -61,9 +64,20 @@ struct Line<'a> {
     prev: &'a str,
 }
 
+enum Message {
+    Line(Entry),
+    /// Answered once everything before it is on disk.
+    Flush(mpsc::SyncSender<()>),
+}
+
+/// Lines waiting for the writer past which new ones are dropped (and counted): a flood of
+/// calls must not turn into unbounded memory.
+const QUEUE: usize = 65_536;
+
 /// The writer's end: entries go to its thread.
 pub(crate) struct Audit {
-    sender: mpsc::Sender<Entry>,
+    sender: mpsc::SyncSender<Message>,
+    dropped: std::sync::atomic::AtomicU64,
     pub(crate) inputs: bool,
 }
 
@@ -78,17 +92,21 @@ impl Audit {
             std::fs::create_dir_all(parent)
                 .map_err(|err| format!("audit.path: cannot create {}: {err}", parent.display()))?;
         }
+        let lock = lock(&path)?;
+        end_at_a_line(&path)
+            .map_err(|err| format!("audit.path: cannot repair {}: {err}", path.display()))?;
         let prev = last_hash(&path)
             .map_err(|err| format!("audit.path: cannot read {}: {err}", path.display()))?;
         let file = open_append(&path)?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let (sender, receiver) = mpsc::channel();
+        let (sender, receiver) = mpsc::sync_channel(QUEUE);
         let mut writer = Writer {
             file: BufWriter::new(file),
             size,
             prev,
             path,
             max_bytes: settings.max_bytes.max(1024),
+            _lock: lock,
         };
         std::thread::Builder::new()
             .name("audit".into())
@@ -96,13 +114,101 @@ impl Audit {
             .map_err(|err| format!("audit: cannot start its writer: {err}"))?;
         Ok(Some(Audit {
             sender,
+            dropped: Default::default(),
             inputs: settings.inputs,
         }))
     }
 
     pub(crate) fn write(&self, entry: Entry) {
-        let _ = self.sender.send(entry);
+        if let Err(mpsc::TrySendError::Full(_)) = self.sender.try_send(Message::Line(entry)) {
+            let dropped = self
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if dropped.is_power_of_two() || dropped == 0 {
+                tracing::error!(
+                    "audit: {} line(s) dropped: calls came faster than the disk took them",
+                    dropped + 1
+                );
+            }
+        }
     }
+
+    /// Waits (at most `limit`) until every line written so far is on disk.
+    pub(crate) fn flush(&self, limit: std::time::Duration) {
+        let (done, wait) = mpsc::sync_channel(1);
+        if self.sender.try_send(Message::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(limit);
+        }
+    }
+}
+
+/// Only one process writes a trail: `PATH.lock` is held (flock) while it does.
+fn lock(path: &Path) -> Result<File, String> {
+    use std::os::fd::AsRawFd;
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&name)
+        .map_err(|err| {
+            format!(
+                "audit.path: cannot open {}: {err}",
+                Path::new(&name).display()
+            )
+        })?;
+    // SAFETY: flock on a descriptor this function owns; no memory is shared.
+    let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if !taken {
+        return Err(format!(
+            "audit.path: {} is being written by another process (its lock {} is held); give each process its own audit.path",
+            path.display(),
+            Path::new(&name).display()
+        ));
+    }
+    Ok(file)
+}
+
+/// A process that died mid-line leaves a partial last line: it is cut off (it was never a
+/// whole record), so the chain goes on from the last whole line.
+fn end_at_a_line(path: &Path) -> std::io::Result<()> {
+    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8; 1];
+    file.seek(SeekFrom::Start(len - 1))?;
+    file.read_exact(&mut last)?;
+    if last[0] == b'\n' {
+        return Ok(());
+    }
+    // Find the last newline, reading back in blocks.
+    let mut end = len;
+    let mut keep = 0;
+    let mut block = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let chunk = &mut block[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        if let Some(at) = chunk.iter().rposition(|b| *b == b'\n') {
+            keep = start + at as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    tracing::warn!(
+        "audit: {} ended mid-line (a process stopped while writing); the partial line ({} bytes) is cut off",
+        path.display(),
+        len - keep
+    );
+    file.set_len(keep)
 }
 
 fn open_append(path: &Path) -> Result<File, String> {
@@ -119,18 +225,28 @@ struct Writer {
     prev: String,
     path: PathBuf,
     max_bytes: u64,
+    /// Held for the writer's life.
+    _lock: File,
 }
 
 impl Writer {
-    fn run(&mut self, receiver: mpsc::Receiver<Entry>) {
-        while let Ok(entry) = receiver.recv() {
-            self.line(&entry);
+    fn run(&mut self, receiver: mpsc::Receiver<Message>) {
+        while let Ok(first) = receiver.recv() {
+            let mut waiting = Vec::new();
             // Everything already queued goes out before one flush.
-            while let Ok(entry) = receiver.try_recv() {
-                self.line(&entry);
+            for message in
+                std::iter::once(first).chain(std::iter::from_fn(|| receiver.try_recv().ok()))
+            {
+                match message {
+                    Message::Line(entry) => self.line(&entry),
+                    Message::Flush(done) => waiting.push(done),
+                }
             }
             if let Err(err) = self.file.flush() {
                 tracing::error!("audit: cannot write {}: {err}", self.path.display());
+            }
+            for done in waiting {
+                let _ = done.send(());
             }
         }
     }
@@ -326,6 +442,7 @@ mod tests {
         Entry {
             time: "2026-12-03T12:00:00.000Z".into(),
             subject: "alice".into(),
+            via: "key",
             transport: "http",
             flow: flow.into(),
             run_id: None,

@@ -137,10 +137,23 @@ impl Verifier {
                     .unwrap_or_else(|p| p.into_inner())
                     .clear();
             }
-            Err(err) => tracing::error!(
-                "auth.jwt: could not fetch the JWKS from {}: {err}; bearer tokens are refused until it can be read (tried again at most once a minute)",
-                self.settings.jwks_url
-            ),
+            Err(err) => {
+                let kept = {
+                    let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+                    keys.by_kid.len() + keys.unnamed.len()
+                };
+                if kept > 0 {
+                    tracing::warn!(
+                        "auth.jwt: could not fetch the JWKS from {}: {err}; the {kept} key(s) read before stay in use",
+                        self.settings.jwks_url
+                    );
+                } else {
+                    tracing::error!(
+                        "auth.jwt: could not fetch the JWKS from {}: {err}; bearer tokens are refused until it can be read (tried again every few minutes, and for a new key id at most once a minute)",
+                        self.settings.jwks_url
+                    );
+                }
+            }
         }
     }
 
@@ -154,7 +167,15 @@ impl Verifier {
         if !response.status().is_success() {
             return Err(format!("HTTP {}", response.status()));
         }
-        let body: serde_json::Value = response.json().await.map_err(|err| err.to_string())?;
+        let bytes = response.bytes().await.map_err(|err| err.to_string())?;
+        if bytes.len() > MAX_JWKS_BYTES {
+            return Err(format!(
+                "the JWKS is {} bytes, more than the {MAX_JWKS_BYTES} read",
+                bytes.len()
+            ));
+        }
+        let body: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|err| format!("not JSON: {err}"))?;
         Ok(keys_of(&body))
     }
 
@@ -238,6 +259,7 @@ impl Verifier {
             label: "jwt".into(),
             grant: Arc::new(grant),
             rate: self.settings.rate,
+            via: "jwt",
         });
         self.remember(token, &caller, exp);
         Ok(caller)
@@ -266,6 +288,27 @@ impl Verifier {
         remembered.insert(token.into(), (caller.clone(), Instant::now() + left));
     }
 }
+
+/// Fetches the JWKS again every few minutes, off the request path: a key the issuer removed
+/// stops verifying (and the tokens it signed are forgotten) within that time.
+pub(crate) fn keep_fresh(verifier: &Arc<Verifier>) {
+    let verifier = Arc::downgrade(verifier);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(REFRESH_EVERY).await;
+            let Some(verifier) = verifier.upgrade() else {
+                return;
+            };
+            verifier.refetch(true).await;
+        }
+    });
+}
+
+/// How often the JWKS is fetched again on its own.
+const REFRESH_EVERY: Duration = Duration::from_secs(300);
+
+/// Largest JWKS document read.
+const MAX_JWKS_BYTES: usize = 1 << 20;
 
 /// The token's `exp` (already checked by `decode`), for how long to remember it.
 fn data_exp(token: &str) -> Option<u64> {

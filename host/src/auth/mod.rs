@@ -64,22 +64,29 @@ pub(crate) struct Caller {
     pub(crate) owner: Arc<str>,
     pub(crate) grant: Arc<Grant>,
     pub(crate) rate: Option<Rate>,
+    /// How it was identified, for the audit: `key`, `api_key`, `jwt`, `none` (no auth
+    /// configured) or `stdio`.
+    pub(crate) via: &'static str,
 }
 
+/// Names a key may not take: the subjects and owner prefixes the host gives callers itself.
+pub(crate) const RESERVED_NAMES: &[&str] = &["default", "anonymous", "local", "nobody", "jwt"];
+
 impl Caller {
-    fn everything(subject: &str) -> Caller {
+    fn everything(subject: &str, via: &'static str) -> Caller {
         Caller {
             subject: subject.into(),
             label: subject.into(),
             owner: subject.into(),
             grant: Arc::new(Grant::all()),
             rate: None,
+            via,
         }
     }
 
     /// MCP over stdio: the agent tool that started the host.
     pub(crate) fn local() -> Arc<Caller> {
-        Arc::new(Caller::everything("local"))
+        Arc::new(Caller::everything("local", "stdio"))
     }
 
     pub(crate) fn may_call(&self, flow: &str) -> bool {
@@ -130,7 +137,7 @@ pub(crate) struct Auth {
     anonymous: Arc<Caller>,
     /// By the SHA-256 of the key.
     keys: HashMap<[u8; 32], Arc<Caller>>,
-    jwt: Option<jwt::Verifier>,
+    jwt: Option<Arc<jwt::Verifier>>,
     limiter: rate::Limiter,
     audit: Option<audit::Audit>,
 }
@@ -148,7 +155,10 @@ impl Auth {
     ) -> Result<Auth, String> {
         let mut keys = HashMap::new();
         if let Some(key) = &settings.api_key {
-            keys.insert(digest(key), Arc::new(Caller::everything("default")));
+            keys.insert(
+                digest(key),
+                Arc::new(Caller::everything("default", "api_key")),
+            );
         }
         for key in &settings.keys {
             let grant = Grant::new(&key.flows)
@@ -159,6 +169,7 @@ impl Auth {
                 owner: key.name.as_str().into(),
                 grant: Arc::new(grant),
                 rate: key.rate,
+                via: "key",
             };
             if keys.insert(key.sha256, Arc::new(caller)).is_some() {
                 return Err(format!(
@@ -171,13 +182,15 @@ impl Auth {
             Some(jwt) => {
                 let flows =
                     Grant::new(&jwt.flows).map_err(|err| format!("auth.jwt.flows: {err}"))?;
-                Some(jwt::Verifier::new(jwt.clone(), flows).await)
+                let verifier = Arc::new(jwt::Verifier::new(jwt.clone(), flows).await);
+                jwt::keep_fresh(&verifier);
+                Some(verifier)
             }
             None => None,
         };
         Ok(Auth {
             required: settings.required(),
-            anonymous: Arc::new(Caller::everything("anonymous")),
+            anonymous: Arc::new(Caller::everything("anonymous", "none")),
             keys,
             jwt,
             limiter: rate::Limiter::new(shared),
@@ -189,11 +202,18 @@ impl Auth {
     pub(crate) fn open() -> Auth {
         Auth {
             required: false,
-            anonymous: Arc::new(Caller::everything("anonymous")),
+            anonymous: Arc::new(Caller::everything("anonymous", "none")),
             keys: HashMap::new(),
             jwt: None,
             limiter: rate::Limiter::new(None),
             audit: None,
+        }
+    }
+
+    /// Waits (at most 2 s) for the audit trail's lines to reach the disk (at shutdown).
+    pub(crate) fn flush(&self) {
+        if let Some(audit) = &self.audit {
+            audit.flush(Duration::from_secs(2));
         }
     }
 
@@ -350,8 +370,10 @@ impl Call {
         audit.write(audit::Entry {
             time,
             subject: self.caller.subject.to_string(),
+            via: self.caller.via,
             transport: self.transport,
-            flow: std::mem::take(&mut self.flow),
+            // A made-up name is the caller's to choose: bounded here.
+            flow: std::mem::take(&mut self.flow).chars().take(128).collect(),
             run_id: self.run_id.take(),
             outcome: outcome.as_str(),
             duration_ms: self.started.elapsed().as_millis() as u64,

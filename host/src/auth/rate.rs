@@ -56,6 +56,16 @@ impl std::fmt::Display for Rate {
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// The rate it fills at (subjects have their own).
+    rate: Rate,
+}
+
+impl Bucket {
+    /// Full again by `now`: nothing worth keeping.
+    fn full_by(&self, now: Instant) -> bool {
+        now.duration_since(self.at).as_secs_f64() * self.rate.per_second + self.tokens
+            >= self.rate.capacity
+    }
 }
 
 /// Buckets past which idle ones are dropped (token subjects are unbounded in number).
@@ -98,15 +108,25 @@ impl Limiter {
     fn take_local(&self, subject: &Arc<str>, rate: Rate, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.local.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= MAX_LOCAL_BUCKETS && !buckets.contains_key(subject) {
-            // A full bucket holds nothing worth keeping: forget those.
-            buckets.retain(|_, b| {
-                now.duration_since(b.at).as_secs_f64() * rate.per_second + b.tokens < rate.capacity
-            });
+            // A full bucket holds nothing worth keeping: forget those; if none is, the one
+            // idle longest (one scan per new subject past the bound).
+            buckets.retain(|_, b| !b.full_by(now));
+            if buckets.len() >= MAX_LOCAL_BUCKETS {
+                let idlest = buckets
+                    .iter()
+                    .min_by_key(|(_, b)| b.at)
+                    .map(|(k, _)| k.clone());
+                if let Some(idlest) = idlest {
+                    buckets.remove(&idlest);
+                }
+            }
         }
         let bucket = buckets.entry(subject.clone()).or_insert(Bucket {
             tokens: rate.capacity,
             at: now,
+            rate,
         });
+        bucket.rate = rate;
         let refilled = now.duration_since(bucket.at).as_secs_f64() * rate.per_second;
         bucket.tokens = (bucket.tokens + refilled).min(rate.capacity);
         bucket.at = now;

@@ -104,6 +104,12 @@ pub(super) fn auth_settings(
     let mut keys = Vec::new();
     for (name, entry) in raw.keys {
         let at = format!("auth.keys.{name}");
+        if auth::RESERVED_NAMES.contains(&name.as_str()) || name.contains(':') || name.is_empty() {
+            return Err(format!(
+                "{where_}: {at}: `{name}` cannot name a key: the host gives callers the subjects {} itself, and `:` marks a token's subject (`jwt:SUB`); choose another name",
+                auth::RESERVED_NAMES.join(", ")
+            ));
+        }
         if entry.get("key").is_some() {
             return Err(format!(
                 "{where_}: {at}.key: keys are not written in the config; write `key_sha256:` with the hash `flowhost auth hash-key` prints (it reads the key from stdin)"
@@ -172,6 +178,18 @@ fn jwt_settings(where_: &str, jwt: RawJwt) -> Result<auth::jwt::Settings, String
         ));
     }
     let jwks_url = required(jwt.jwks_url, "jwks_url", "the keys tokens are checked with (your authorization server's JWKS, e.g. https://auth.example.com/.well-known/jwks.json)")?;
+    let authority = jwks_url
+        .strip_prefix("http://")
+        .map(|rest| rest.split('/').next().unwrap_or_default());
+    let loopback = authority.is_some_and(|a| {
+        let host = a.rsplit_once(':').map_or(a, |(host, _)| host);
+        matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+    });
+    if !jwks_url.starts_with("https://") && !loopback {
+        return Err(format!(
+            "{where_}: auth.jwt.jwks_url must be https:// (the keys every token is checked with must not be swappable on the way), found `{jwks_url}`; plain http only to this machine (127.0.0.1, localhost)"
+        ));
+    }
     let names = jwt.algorithms.map_or_else(
         || vec!["RS256".to_string(), "ES256".to_string()],
         OneOrMany::list,

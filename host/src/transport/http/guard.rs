@@ -47,6 +47,10 @@ impl Policy {
     }
 
     fn host_allowed(&self, host: &str) -> bool {
+        // A port, if any, is digits (the `Host` is echoed in some answers).
+        if port_of(host).is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+            return false;
+        }
         match &self.hosts {
             None => true,
             Some(hosts) => {
@@ -70,6 +74,19 @@ impl Policy {
             Some(origins) => origins.contains(&origin),
         }
     }
+}
+
+/// `host:port`, `[::1]:port` → the port; `host`, `[::1]`, `::1` → none.
+fn port_of(authority: &str) -> Option<&str> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest
+            .split_once(']')
+            .and_then(|(_, after)| after.strip_prefix(':'));
+    }
+    if authority.matches(':').count() == 1 {
+        return authority.split_once(':').map(|(_, port)| port);
+    }
+    None
 }
 
 /// `host:port`, `[::1]:port`, `::1` → the host part.
@@ -211,7 +228,15 @@ pub(crate) async fn authorize(
         ));
     }
     if let Denied::Invalid(reason) = &denied {
-        let reason = reason.replace(['"', '\\'], "'");
+        // Quoted-string safe: visible ASCII, no quotes or backslashes.
+        let reason: String = reason
+            .chars()
+            .map(|c| match c {
+                '"' | '\\' => '\'',
+                c if c.is_ascii_graphic() || c == ' ' => c,
+                _ => '?',
+            })
+            .collect();
         challenge.push_str(&format!(
             "{} error=\"invalid_token\", error_description=\"{reason}\"",
             if challenge.len() > 6 { "," } else { "" }
@@ -332,6 +357,9 @@ mod tests {
         for bad in [
             "evil.example",
             "evil.example:8002",
+            "localhost:1\", error=\"x",
+            "localhost:",
+            "[::1]:x",
             "127.0.0.2",
             "localhost.evil",
         ] {

@@ -332,7 +332,11 @@ async fn run_flow(
     if background {
         if let Some(existing) = runs::existing(&state, &caller, &name, &headers, fingerprint).await
         {
-            call.end(Outcome::Ok);
+            call.end(if existing.status().is_success() {
+                Outcome::Ok
+            } else {
+                Outcome::Error
+            });
             return Ok(existing);
         }
         match runs::place(&state) {

@@ -41,6 +41,7 @@ impl Access {
                 owner: "nobody".into(),
                 grant: Arc::new(Grant::none()),
                 rate: None,
+                via: "none",
             }),
             owners: Arc::default(),
         }
@@ -50,7 +51,12 @@ impl Access {
     where
         T: rmcp::service::ServiceRole,
     {
-        match context.extensions.get::<axum::http::request::Parts>() {
+        self.caller_in(&context.extensions)
+    }
+
+    /// The caller of a request or notification with these extensions.
+    pub(crate) fn caller_in(&self, extensions: &rmcp::model::Extensions) -> Arc<Caller> {
+        match extensions.get::<axum::http::request::Parts>() {
             Some(parts) => parts
                 .extensions
                 .get::<Arc<Caller>>()

@@ -52,7 +52,7 @@ impl FlowTools {
         let input = auth
             .audits_inputs()
             .then(|| Value::Object(arguments.clone()));
-        let mut record = auth.call(caller, transport, name, traceparent, input.as_ref());
+        let record = auth.call(caller, transport, name, traceparent, input.as_ref());
         if let Err(wait) = auth.admit(caller).await {
             record.end(Outcome::RateLimited);
             return Ok(response(failure(format!(
@@ -62,9 +62,14 @@ impl FlowTools {
                 wait.as_secs_f64().ceil().max(1.0)
             ))));
         }
+        // A call that becomes a task takes its record along (ended with the task).
+        let mut record = Some(record);
         let answered = self
             .call(caller, name, arguments, context, exchange, &mut record)
             .await;
+        let Some(record) = record else {
+            return answered;
+        };
         record.end(match &answered {
             Ok(CallToolResponse::Complete(result)) if result.is_error == Some(true) => {
                 Outcome::Error
@@ -84,7 +89,7 @@ impl FlowTools {
         arguments: Map<String, Value>,
         context: &RequestContext<RoleServer>,
         exchange: Option<Arc<Exchange>>,
-        record: &mut Call,
+        record: &mut Option<Call>,
     ) -> Result<CallToolResponse, ErrorData> {
         let snapshot = self.catalog.snapshot();
         let Some(entry) = snapshot.get(name) else {
@@ -173,7 +178,9 @@ impl FlowTools {
             Err(busy) => return Ok(response(failure(busy.message))),
         };
         let flow_id = run.flow_id.clone();
-        record.run_id(&flow_id);
+        if let Some(record) = record {
+            record.run_id(&flow_id);
+        }
         let mut batch = Vec::new();
         let mut gathered = Gathered::default();
         let mut sent = 0u64;
@@ -197,9 +204,14 @@ impl FlowTools {
                         .with_ttl_ms(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
                         .with_poll_interval_ms(TASK_POLL_MS)
                         .with_status_message(format!("running flow {name}")),
-                    move |task| {
-                        task_slot.fill(task.clone());
-                        Box::pin(finish_as_task(task, run, batch, gathered, log_rx, flow))
+                    {
+                        let record = record.take();
+                        move |task| {
+                            task_slot.fill(task.clone());
+                            Box::pin(finish_as_task(
+                                task, run, batch, gathered, log_rx, flow, record,
+                            ))
+                        }
                     },
                 );
                 tracing::info!(tool = name, %flow_id, task = %task.task_id, "tools/call became a task");
@@ -257,7 +269,9 @@ impl FlowTools {
             if !more {
                 break;
             }
-            record.add_chunks(batch.len());
+            if let Some(record) = record {
+                record.add_chunks(batch.len());
+            }
             for chunk in batch.drain(..) {
                 gathered.take(&chunk);
                 let Some(token) = &progress else { continue };

@@ -191,8 +191,9 @@ struct Announced {
 }
 
 impl Announced {
-    fn of(snapshot: &crate::catalog::Snapshot) -> Announced {
-        let listed = crate::catalog::content::list(snapshot, |_| true);
+    /// What `caller` would list: a flow it may not see changes nothing it hears about.
+    fn of(snapshot: &crate::catalog::Snapshot, caller: &Caller) -> Announced {
+        let listed = crate::catalog::content::list(snapshot, |name| caller.may_call(name));
         Announced {
             resources: format!("{}{}", listed["resources"], listed["templates"]),
             prompts: listed["prompts"].to_string(),
@@ -423,8 +424,18 @@ impl ServerHandler for FlowTools {
     async fn subscribe(
         &self,
         request: SubscribeRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
+        let caller = self.access.caller(&context);
+        if let Some(flow) = crate::catalog::content::flow_of_uri(&request.uri) {
+            if caller.refused(flow, self.catalog.snapshot().get(flow).is_some()) {
+                return Err(ErrorData::new(
+                    ErrorCode::RESOURCE_NOT_FOUND,
+                    format!("no resource `{}` this caller may read", request.uri),
+                    Some(json!({"uri": request.uri})),
+                ));
+            }
+        }
         if request.uri.len() > MAX_URI_BYTES {
             return Err(ErrorData::invalid_params(
                 format!(
@@ -535,15 +546,17 @@ impl ServerHandler for FlowTools {
         let catalog = self.catalog.clone();
         let subscriptions = self.subscriptions.clone();
         let ended = self.ended.clone();
+        // The session hears as the caller that opened it.
+        let caller = self.access.caller_in(&context.extensions);
         tokio::spawn(async move {
-            let mut announced = Announced::of(&catalog.snapshot());
+            let mut announced = Announced::of(&catalog.snapshot(), &caller);
             loop {
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { break },
                     _ = ended.cancelled() => break,
                 }
                 let snapshot = catalog.snapshot();
-                let now = Announced::of(&snapshot);
+                let now = Announced::of(&snapshot, &caller);
                 let mut sent = peer.notify_tool_list_changed().await;
                 if now.resources != announced.resources {
                     sent = sent.and(peer.notify_resource_list_changed().await);
@@ -589,13 +602,19 @@ impl ServerHandler for FlowTools {
         changes.mark_unchanged();
         let accepted = context.accepted().clone();
         let wants = |flag: Option<bool>| flag == Some(true);
-        let mut announced = Announced::of(&self.catalog.snapshot());
+        let caller = self.access.caller(context.request_context());
+        let mut announced = Announced::of(&self.catalog.snapshot(), &caller);
         let mut fingerprints: Vec<(String, Option<String>)> = {
             let snapshot = self.catalog.snapshot();
             accepted
                 .resource_subscriptions
                 .iter()
                 .flatten()
+                // A flow it may not read is never announced to it.
+                .filter(|uri| {
+                    crate::catalog::content::flow_of_uri(uri)
+                        .is_none_or(|flow| !caller.refused(flow, snapshot.get(flow).is_some()))
+                })
                 .map(|uri| {
                     (
                         uri.clone(),
@@ -612,7 +631,7 @@ impl ServerHandler for FlowTools {
                         return Ok(());
                     }
                     let snapshot = self.catalog.snapshot();
-                    let now = Announced::of(&snapshot);
+                    let now = Announced::of(&snapshot, &caller);
                     let sink = context.sink();
                     let mut sent = Ok(());
                     if wants(accepted.tools_list_changed) {

@@ -50,7 +50,11 @@ pub(crate) async fn check_requests(
         .and_then(|v| v.to_str().ok())
         .is_some_and(is_2026);
     if modern && catalog.snapshot().mcp_param_headers {
-        if let Some((id, problem)) = param_header_problem(&catalog, &parts.headers, &bytes) {
+        // Only for a tool this caller may call: the check must not tell others what exists.
+        let caller = parts.extensions.get::<Arc<crate::auth::Caller>>().cloned();
+        if let Some((id, problem)) =
+            param_header_problem(&catalog, &parts.headers, &bytes, caller.as_deref())
+        {
             return json_rpc_error(axum::http::StatusCode::BAD_REQUEST, id, -32020, problem);
         }
     }
@@ -106,6 +110,7 @@ fn param_header_problem(
     catalog: &Catalog,
     headers: &axum::http::HeaderMap,
     body: &[u8],
+    caller: Option<&crate::auth::Caller>,
 ) -> Option<(Value, String)> {
     use base64::Engine as _;
     let message: Value = serde_json::from_slice(body).ok()?;
@@ -113,6 +118,9 @@ fn param_header_problem(
         return None;
     }
     let name = message["params"]["name"].as_str()?;
+    if !caller.is_some_and(|c| c.may_call(name)) {
+        return None;
+    }
     let snapshot = catalog.snapshot();
     let flow = snapshot.get(name)?.flow.clone()?;
     let arguments = &message["params"]["arguments"];

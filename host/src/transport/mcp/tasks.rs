@@ -20,8 +20,12 @@ pub(crate) async fn finish_as_task(
     mut gathered: Gathered,
     mut logs: tokio::sync::mpsc::Receiver<exec::LogLine>,
     flow: Arc<crate::plan::Flow>,
+    record: Option<crate::auth::Call>,
 ) -> Result<CallToolResult, rmcp::task_manager::TaskExit> {
     let flow_id = run.flow_id.clone();
+    let chunks_before = gathered.chunks;
+    // The call's audit line, with the task's end (dropped on a cancel: `cancelled`).
+    let mut record = record;
     loop {
         let more = tokio::select! {
             more = run.next_batch(&mut batch) => more,
@@ -54,6 +58,14 @@ pub(crate) async fn finish_as_task(
         }
     }
     let outcome = run.finish().await;
+    if let Some(mut record) = record.take() {
+        record.add_chunks((gathered.chunks - chunks_before) as usize);
+        record.end(if outcome.error.is_some() {
+            crate::auth::Outcome::Error
+        } else {
+            crate::auth::Outcome::Ok
+        });
+    }
     // A crash is the host's failure, not the tool's answer: the task `failed`.
     if let (true, Some(error)) = (outcome.crashed, &outcome.error) {
         return Err(rmcp::task_manager::TaskExit::Error(

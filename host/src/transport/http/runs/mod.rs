@@ -100,15 +100,28 @@ pub(crate) async fn accept(
             ))),
             // Another request (here or on another host) took the key first; this run goes
             // (dropping it cancels it).
-            Ok(crate::store::Created::Existing { id, input: first }) => Ok(Err((id, first))),
-            Err(err) => Err(err),
+            Ok(crate::store::Created::Existing { id, input: first }) => Ok(Err((id, first, call))),
+            Err(err) => {
+                call.end(crate::auth::Outcome::Error);
+                Err(err)
+            }
         }
     })
     .await
     .unwrap_or_else(|err| Err(format!("starting the run failed: {err}")));
     match started {
         Ok(Ok(record)) => accepted(&record.to_json(), &record.id, false),
-        Ok(Err((id, first))) => replay(state, caller, headers, &id, first != input).await,
+        Ok(Err((id, first, mut call))) => {
+            // This call is answered with the run its key started.
+            call.run_id(&id);
+            let answer = replay(state, caller, headers, &id, first != input).await;
+            call.end(if answer.status().is_success() {
+                crate::auth::Outcome::Ok
+            } else {
+                crate::auth::Outcome::Error
+            });
+            answer
+        }
         Err(err) => {
             tracing::error!("{err}");
             ApiError::new(
@@ -205,9 +218,13 @@ fn given_key(headers: &HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The key as kept: per subject (two callers' equal keys name two runs).
+/// The key as kept: per caller (two callers' equal keys name two runs); as sent for the
+/// anonymous caller of a host without auth (as kept before callers had owners).
 fn idempotency_key(caller: &Caller, headers: &HeaderMap) -> Option<String> {
-    given_key(headers).map(|key| format!("{}\u{1f}{key}", caller.owner))
+    given_key(headers).map(|key| match &*caller.owner {
+        "anonymous" => key,
+        owner => format!("{owner}\u{1f}{key}"),
+    })
 }
 
 fn accepted(body: &serde_json::Value, id: &str, replayed: bool) -> Response {

@@ -14,7 +14,7 @@ use crate::compare::{free_port, serve_command, start};
 
 const FLOWS: &str = "fake_echo_flow:\n  flow_content: EchoOp()\n";
 const KEY: &str = "bench-key";
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const SECONDS: u64 = 5;
 const WORKERS: usize = 32;
 

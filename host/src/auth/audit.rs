@@ -518,4 +518,40 @@ mod tests {
         let error = verify(&[files[1].clone(), files[0].clone()]).unwrap_err();
         assert!(error.contains("between files"), "{error}");
     }
+
+    #[test]
+    fn one_writer_per_trail_and_a_partial_line_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let settings = Settings {
+            path: Some(path.clone()),
+            inputs: false,
+            max_bytes: 1 << 20,
+        };
+        let first = Audit::open(&settings).unwrap().unwrap();
+        let error = Audit::open(&settings).err().unwrap();
+        assert!(
+            error.contains("being written by another process"),
+            "{error}"
+        );
+        first.write(entry("a"));
+        first.flush(std::time::Duration::from_secs(5));
+        drop(first);
+        // The writer thread holds the lock until its channel closes.
+        for _ in 0..500 {
+            if lock(&path).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // A process that died mid-line.
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"time\":\"2026-");
+        std::fs::write(&path, &text).unwrap();
+        let second = Audit::open(&settings).unwrap().unwrap();
+        second.write(entry("b"));
+        second.flush(std::time::Duration::from_secs(5));
+        let checked = verify(std::slice::from_ref(&path)).unwrap();
+        assert_eq!(checked.lines, 2);
+    }
 }

@@ -106,6 +106,22 @@ fn the_config_refuses_unsafe_auth_settings() {
             "auth.keys.x.flows: `[oops` is not a valid glob pattern",
         ),
         ("audit:\n  pth: x\n".to_string(), "audit"),
+        (
+            format!("auth:\n  keys:\n    default: {{key_sha256: \"{}\"}}\n", "a".repeat(64)),
+            "`default` cannot name a key",
+        ),
+        (
+            format!("auth:\n  keys:\n    \"jwt:alice\": {{key_sha256: \"{}\"}}\n", "a".repeat(64)),
+            "cannot name a key",
+        ),
+        (
+            "auth:\n  jwt:\n    issuer: i\n    audience: a\n    jwks_url: http://auth.example/jwks.json\n".to_string(),
+            "auth.jwt.jwks_url must be https://",
+        ),
+        (
+            "auth:\n  jwt:\n    issuer: i\n    audience: a\n    jwks_url: http://localhost.evil.example/jwks.json\n".to_string(),
+            "auth.jwt.jwks_url must be https://",
+        ),
     ] {
         let path = dir.path().join("c.yaml");
         std::fs::write(&path, &yaml).unwrap();

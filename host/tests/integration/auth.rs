@@ -427,3 +427,59 @@ async fn the_audit_trail_is_a_chain_that_verify_checks() {
     assert_eq!(code, 1);
     assert!(err.contains(":3: line 3 was edited"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_session_belongs_to_the_caller_that_opened_it() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "");
+    let server = Server::start(flows.path(), &["--config", &config]);
+    let client = client();
+    let opened = client
+        .post(server.url("/mcp"))
+        .bearer_auth("alpha-key")
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), 200);
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let list = |key: &'static str| {
+        client
+            .post(server.url("/mcp"))
+            .bearer_auth(key)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+            .send()
+    };
+    // Another caller naming it: as if it did not exist.
+    let other = list("beta-key").await.unwrap();
+    assert_eq!(other.status(), 404);
+    assert_eq!(other.text().await.unwrap(), "Not Found: Session not found");
+    let deleted = client
+        .delete(server.url("/mcp"))
+        .bearer_auth("root-key")
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 404);
+    // Its own caller goes on.
+    let own = list("alpha-key").await.unwrap();
+    assert_eq!(own.status(), 200);
+    let text = own.text().await.unwrap();
+    assert!(
+        text.contains("echo_a") && !text.contains("echo_b"),
+        "{text}"
+    );
+}

@@ -125,7 +125,11 @@ pub(crate) fn router(state: AppState) -> Router {
             "/mcp",
             tower::ServiceBuilder::new()
                 .layer(middleware::from_fn_with_state(
-                    (mcp_sessions.clone(), state.options.mcp_max_sessions),
+                    (
+                        mcp_sessions.clone(),
+                        state.options.mcp_max_sessions,
+                        super::mcp::SessionOwners::default(),
+                    ),
                     super::mcp::cap_sessions,
                 ))
                 .layer(middleware::from_fn_with_state(

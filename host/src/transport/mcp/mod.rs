@@ -21,7 +21,7 @@ mod stdio;
 mod tasks;
 
 pub(crate) use ask::set_state_key;
-pub(crate) use service::{cap_sessions, check_requests, http_service, sessions};
+pub(crate) use service::{cap_sessions, check_requests, http_service, sessions, SessionOwners};
 pub(crate) use stdio::{claim_stdout, serve_stdio, MAX_LINE_BYTES};
 pub use stdio::{classify_line, Line};
 pub(crate) use tasks::SharedTasks;

@@ -228,12 +228,42 @@ pub(crate) fn sessions() -> Sessions {
 /// Past `http.mcp_max_sessions` live sessions, a request that would open another (a POST
 /// without `Mcp-Session-Id`) gets 503 with `Retry-After` and a JSON-RPC error; the sessions
 /// that exist go on. A session ends with DELETE or after rmcp's 5 minutes without a request.
+///
+/// A session belongs to the caller that opened it: a request of another caller naming it gets
+/// rmcp's own answer for a session that does not exist.
 pub(crate) async fn cap_sessions(
-    axum::extract::State((sessions, max)): axum::extract::State<(Sessions, usize)>,
+    axum::extract::State((sessions, max, owners)): axum::extract::State<(
+        Sessions,
+        usize,
+        SessionOwners,
+    )>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    let owner = request
+        .extensions()
+        .get::<Arc<crate::auth::Caller>>()
+        .map(|caller| caller.owner.clone());
+    let session = request
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(id) = &session {
+        let bound = owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned();
+        if bound.is_some_and(|bound| Some(bound) != owner) {
+            return (
+                axum::http::StatusCode::NOT_FOUND,
+                "Not Found: Session not found",
+            )
+                .into_response();
+        }
+    }
     let opens = request.method() == axum::http::Method::POST
         && !request.headers().contains_key("mcp-session-id");
     if opens {
@@ -259,5 +289,34 @@ pub(crate) async fn cap_sessions(
             return response;
         }
     }
-    next.run(request).await
+    let response = next.run(request).await;
+    let opened = response
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let (None, Some(id), Some(owner)) = (session, opened, owner) {
+        let live: std::collections::HashSet<String> =
+            if owners.lock().unwrap_or_else(|p| p.into_inner()).len() >= max.saturating_mul(2) {
+                sessions
+                    .sessions
+                    .read()
+                    .await
+                    .keys()
+                    .map(|k| k.to_string())
+                    .collect()
+            } else {
+                Default::default()
+            };
+        let mut owners = owners.lock().unwrap_or_else(|p| p.into_inner());
+        if !live.is_empty() {
+            // Forget the owners of sessions that ended.
+            owners.retain(|id, _| live.contains(id));
+        }
+        owners.insert(id, owner);
+    }
+    response
 }
+
+/// Who opened each `/mcp` session (by session id).
+pub(crate) type SessionOwners = Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<str>>>>;

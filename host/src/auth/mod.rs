@@ -131,6 +131,13 @@ impl Outcome {
     }
 }
 
+/// A call past its caller's rate limit: the words and the seconds until the next call (each
+/// transport answers in its own terms).
+pub(crate) struct Limited {
+    pub(crate) message: String,
+    pub(crate) retry_after: u64,
+}
+
 /// The identities, limits and audit trail of one host.
 pub(crate) struct Auth {
     required: bool,
@@ -262,11 +269,6 @@ impl Auth {
         }
     }
 
-    /// Whether the audit trail keeps inputs (`audit.inputs`): callers build one only then.
-    pub(crate) fn audits_inputs(&self) -> bool {
-        self.audit.as_ref().is_some_and(|a| a.inputs)
-    }
-
     /// Starts the record of one call: counted and audited when it ends (or is dropped: the
     /// client went away).
     pub(crate) fn call(
@@ -275,7 +277,7 @@ impl Auth {
         transport: &'static str,
         flow: &str,
         traceparent: Option<&str>,
-        input: Option<&serde_json::Value>,
+        input: Option<&serde_json::Map<String, serde_json::Value>>,
     ) -> Call {
         let audited = self.audit.as_ref();
         Call {
@@ -288,8 +290,51 @@ impl Auth {
             time: audited.map(|_| now_text()),
             chunks: 0,
             traceparent: audited.and(traceparent.map(|t| t.chars().take(128).collect())),
-            input: audited.filter(|a| a.inputs).and(input.cloned()),
+            // Copied only when the trail keeps inputs.
+            input: audited
+                .filter(|a| a.inputs)
+                .and(input)
+                .map(|input| serde_json::Value::Object(input.clone())),
             ended: false,
+        }
+    }
+
+    /// Records a call refused for its flow (`denied`).
+    pub(crate) fn deny(
+        self: &Arc<Self>,
+        caller: &Arc<Caller>,
+        transport: &'static str,
+        flow: &str,
+    ) {
+        self.call(caller, transport, flow, None, None)
+            .end(Outcome::Denied);
+    }
+
+    /// Takes one call from the caller's rate limit and starts its record; a call past the
+    /// limit is recorded as `rate_limited` and refused with what to tell the caller.
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        caller: &Arc<Caller>,
+        transport: &'static str,
+        flow: &str,
+        traceparent: Option<&str>,
+        input: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Call, Limited> {
+        let call = self.call(caller, transport, flow, traceparent, Some(input));
+        match self.admit(caller).await {
+            Ok(()) => Ok(call),
+            Err(wait) => {
+                call.end(Outcome::RateLimited);
+                let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+                Err(Limited {
+                    message: format!(
+                        "rate limit reached: `{}` may make {} calls; retry in {retry_after} s",
+                        caller.subject,
+                        caller.rate.map(|r| r.to_string()).unwrap_or_default()
+                    ),
+                    retry_after,
+                })
+            }
         }
     }
 

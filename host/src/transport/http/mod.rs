@@ -325,7 +325,7 @@ async fn run_flow(
     let mut call =
         match request::start_call(&state, &caller, transport, &name, &headers, &input).await {
             Ok(call) => call,
-            Err(limited) => return Ok(limited.response()),
+            Err(limited) => return Ok(request::limited_response(&limited)),
         };
     let mut running = None;
     let (input_json, fingerprint) = if background {

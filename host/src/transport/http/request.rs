@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::state::AppState;
-use crate::auth::{Call, Caller, Outcome};
+use crate::auth::{Call, Caller, Limited};
 use crate::catalog::Snapshot;
 use crate::plan::Flow;
 
@@ -32,35 +32,23 @@ pub(crate) fn callable_flow(
     transport: &'static str,
 ) -> Result<Arc<Flow>, ApiError> {
     if caller.refused(name, snapshot.get(name).is_some()) {
-        state
-            .auth
-            .call(caller, transport, name, None, None)
-            .end(Outcome::Denied);
+        state.auth.deny(caller, transport, name);
         return Err(ApiError::new(StatusCode::FORBIDDEN, not_yours(name)));
     }
     live_flow(snapshot, name)
 }
 
-/// A call past its caller's rate limit.
-pub(crate) struct Limited {
-    pub(crate) message: String,
-    pub(crate) retry_after: u64,
+/// 429 with `Retry-After` and FlowLLM's `{"detail": ...}`.
+pub(crate) fn limited_response(limited: &Limited) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, limited.message.clone()).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, limited.retry_after.into());
+    response
 }
 
-impl Limited {
-    /// 429 with `Retry-After` and FlowLLM's `{"detail": ...}`.
-    pub(crate) fn response(&self) -> Response {
-        let mut response =
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, self.message.clone()).into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, self.retry_after.into());
-        response
-    }
-}
-
-/// Takes one call from the caller's rate limit and starts its record (counted and audited
-/// when it ends); a call past the limit is recorded as `rate_limited`.
+/// [`crate::auth::Auth::start`] for an HTTP request (its `traceparent` goes to the audit).
 pub(crate) async fn start_call(
     state: &AppState,
     caller: &Arc<Caller>,
@@ -70,28 +58,10 @@ pub(crate) async fn start_call(
     input: &Map<String, Value>,
 ) -> Result<Call, Limited> {
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
-    let audited_input = state
+    state
         .auth
-        .audits_inputs()
-        .then(|| Value::Object(input.clone()));
-    let call = state
-        .auth
-        .call(caller, transport, flow, traceparent, audited_input.as_ref());
-    match state.auth.admit(caller).await {
-        Ok(()) => Ok(call),
-        Err(wait) => {
-            call.end(Outcome::RateLimited);
-            let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
-            Err(Limited {
-                message: format!(
-                    "rate limit reached: `{}` may make {} calls; retry in {retry_after} s",
-                    caller.subject,
-                    caller.rate.map(|r| r.to_string()).unwrap_or_default()
-                ),
-                retry_after,
-            })
-        }
-    }
+        .start(caller, transport, flow, traceparent, input)
+        .await
 }
 
 /// A run refused by admission control: 503, `Retry-After`, and the reason naming the flow.

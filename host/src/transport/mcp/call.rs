@@ -40,8 +40,7 @@ impl FlowTools {
         let parts = context.extensions.get::<axum::http::request::Parts>();
         let transport = if parts.is_some() { "mcp" } else { "mcp-stdio" };
         if caller.refused(name, self.catalog.snapshot().get(name).is_some()) {
-            auth.call(caller, transport, name, None, None)
-                .end(Outcome::Denied);
+            auth.deny(caller, transport, name);
             return Ok(response(failure(format!(
                 "no tool `{name}` that this caller may call (tools/list names the tools it may)"
             ))));
@@ -49,19 +48,13 @@ impl FlowTools {
         let traceparent = parts
             .and_then(|p| p.headers.get("traceparent"))
             .and_then(|v| v.to_str().ok());
-        let input = auth
-            .audits_inputs()
-            .then(|| Value::Object(arguments.clone()));
-        let record = auth.call(caller, transport, name, traceparent, input.as_ref());
-        if let Err(wait) = auth.admit(caller).await {
-            record.end(Outcome::RateLimited);
-            return Ok(response(failure(format!(
-                "rate limit reached: `{}` may make {} calls; retry in {} s",
-                caller.subject,
-                caller.rate.map(|r| r.to_string()).unwrap_or_default(),
-                wait.as_secs_f64().ceil().max(1.0)
-            ))));
-        }
+        let record = match auth
+            .start(caller, transport, name, traceparent, &arguments)
+            .await
+        {
+            Ok(record) => record,
+            Err(limited) => return Ok(response(failure(limited.message))),
+        };
         // A call that becomes a task takes its record along (ended with the task).
         let mut record = Some(record);
         let answered = self

@@ -58,6 +58,26 @@ pub(crate) const MAX_URI_BYTES: usize = 2048;
 pub(crate) const LOGS_OFF: u8 = u8::MAX;
 
 impl FlowTools {
+    /// The error for a `flow://` URI this request's caller may not read (the same as for one
+    /// that does not exist), if it may not.
+    fn refused_resource(
+        &self,
+        context: &RequestContext<RoleServer>,
+        uri: &str,
+    ) -> Option<ErrorData> {
+        let flow = crate::catalog::content::flow_of_uri(uri)?;
+        let caller = self.access.caller(context);
+        caller
+            .refused(flow, self.catalog.snapshot().get(flow).is_some())
+            .then(|| {
+                ErrorData::new(
+                    ErrorCode::RESOURCE_NOT_FOUND,
+                    format!("no resource `{uri}` this caller may read"),
+                    Some(json!({"uri": uri})),
+                )
+            })
+    }
+
     /// Whether `caller` may see task `id`: a task this host keeps only by whoever made it; one
     /// it does not keep is the shared store's to check (or unknown).
     fn may_touch(&self, id: &str, caller: &Caller) -> bool {
@@ -387,15 +407,8 @@ impl ServerHandler for FlowTools {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let caller = self.access.caller(&context);
-        if let Some(flow) = crate::catalog::content::flow_of_uri(&request.uri) {
-            if caller.refused(flow, self.catalog.snapshot().get(flow).is_some()) {
-                return Err(ErrorData::new(
-                    ErrorCode::RESOURCE_NOT_FOUND,
-                    format!("no resource `{}` this caller may read", request.uri),
-                    Some(json!({"uri": request.uri})),
-                ));
-            }
+        if let Some(refused) = self.refused_resource(&context, &request.uri) {
+            return Err(refused);
         }
         let snapshot = self.catalog.snapshot();
         let uri = request.uri.clone();
@@ -426,15 +439,8 @@ impl ServerHandler for FlowTools {
         request: SubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        let caller = self.access.caller(&context);
-        if let Some(flow) = crate::catalog::content::flow_of_uri(&request.uri) {
-            if caller.refused(flow, self.catalog.snapshot().get(flow).is_some()) {
-                return Err(ErrorData::new(
-                    ErrorCode::RESOURCE_NOT_FOUND,
-                    format!("no resource `{}` this caller may read", request.uri),
-                    Some(json!({"uri": request.uri})),
-                ));
-            }
+        if let Some(refused) = self.refused_resource(&context, &request.uri) {
+            return Err(refused);
         }
         if request.uri.len() > MAX_URI_BYTES {
             return Err(ErrorData::invalid_params(

@@ -107,10 +107,8 @@ pub(crate) async fn exec_throughput(bin_dir: &Path) -> Value {
             .get(name)
             .and_then(|e| e.flow.clone())
             .expect("flow compiles");
-        let options = exec::Options {
-            collect_answer: false,
-            ..exec::Options::default()
-        };
+        let mut options = exec::Options::default();
+        options.collect_answer = false;
         let started = Instant::now();
         let mut run = exec::start(flow, Map::new(), &options);
         let mut batch = Vec::new();

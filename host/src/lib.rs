@@ -22,6 +22,7 @@ mod metrics;
 pub mod ops;
 mod plan;
 mod store;
+mod telemetry;
 mod transport;
 mod util;
 

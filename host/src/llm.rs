@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::chunk::ChunkKind;
+use crate::telemetry::{Attr, Cx, Kind, Role, Span};
 
 /// One named LLM (FlowLLM's `llm: {name: {backend, model_name, params}}`).
 #[derive(Clone, Debug, PartialEq)]
@@ -85,6 +86,17 @@ impl std::fmt::Display for Error {
     }
 }
 
+impl Error {
+    /// The span's `error.type`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Error::NotConfigured(_) => "not_configured",
+            Error::Cancelled => "cancelled",
+            Error::Failed(_) => "failed",
+        }
+    }
+}
+
 /// Installs rustls' crypto provider for the process (idempotent). reqwest is built without
 /// one so that ring, lighter to build than aws-lc, can be chosen; call this before building any
 /// reqwest client.
@@ -148,18 +160,86 @@ impl Service {
         &self,
         request: &Value,
         cancel: &CancellationToken,
-        mut on_chunk: impl FnMut(ChunkKind, &str, bool) -> bool,
+        on_chunk: impl FnMut(ChunkKind, &str, bool) -> bool,
+    ) -> Result<Value, Error> {
+        self.chat_traced(request, cancel, &Cx::default(), on_chunk)
+            .await
+    }
+
+    /// [`Service::chat_stream`] as a GenAI client span under `trace` (`chat {model}`: the
+    /// model, token usage, time to first token as an event, retries as events), whose
+    /// `traceparent` goes upstream with the request.
+    pub(crate) async fn chat_traced(
+        &self,
+        request: &Value,
+        cancel: &CancellationToken,
+        trace: &Cx,
+        on_chunk: impl FnMut(ChunkKind, &str, bool) -> bool,
     ) -> Result<Value, Error> {
         let name = request
             .get("llm")
             .and_then(Value::as_str)
             .unwrap_or("default");
+        let model_name = request
+            .get("model")
+            .and_then(Value::as_str)
+            .or_else(|| self.config.models.get(name).map(|m| m.model_name.as_str()))
+            .unwrap_or(name)
+            .to_string();
+        let span = trace.start(
+            format!("chat {model_name}"),
+            Kind::Client,
+            vec![
+                Attr::new("gen_ai.operation.name", "chat"),
+                Attr::new("gen_ai.system", "openai"),
+                Attr::new("gen_ai.provider.name", "openai"),
+            ],
+        );
+        span.model(&model_name);
+        span.role(Role::Llm);
+        let result = self.chat_in(request, name, cancel, &span, on_chunk).await;
+        match &result {
+            Ok(done) => {
+                let usage = &done["usage"];
+                span.usage(
+                    usage["prompt_tokens"].as_i64(),
+                    usage["completion_tokens"].as_i64(),
+                );
+            }
+            Err(err) => {
+                span.set("error.type", err.kind());
+                span.fail(&err.to_string());
+            }
+        }
+        result
+    }
+
+    async fn chat_in(
+        &self,
+        request: &Value,
+        name: &str,
+        cancel: &CancellationToken,
+        span: &Span,
+        mut on_chunk: impl FnMut(ChunkKind, &str, bool) -> bool,
+    ) -> Result<Value, Error> {
         let (model, base_url, api_key) = self.model(name)?;
         let body = request_body(model, request)?;
         let target = chat_url(base_url);
         // Messages (to the log and to clients) show the URL without its credentials.
         let secrets = Secrets::new(api_key, &target);
         let url = secrets.shown.clone();
+        if span.is_recording() {
+            if let Ok(parsed) = reqwest::Url::parse(&target) {
+                if let Some(host) = parsed.host_str() {
+                    span.set("server.address", host.to_string());
+                }
+                if let Some(port) = parsed.port_or_known_default() {
+                    span.set("server.port", i64::from(port));
+                }
+            }
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        span.cx().inject(&mut headers);
         let deadline = tokio::time::Instant::now() + model.timeouts.total;
         let mut attempt = 0u32;
         loop {
@@ -169,7 +249,7 @@ impl Service {
                     "LLM request to {url} did not finish within {}s (total timeout)",
                     model.timeouts.total.as_secs_f64()
                 ))),
-                outcome = self.attempt(&target, &url, api_key, &body, model, &mut on_chunk) => outcome,
+                outcome = self.attempt((&target, &url, api_key), &body, model, (&headers, span), &mut on_chunk) => outcome,
             };
             match outcome {
                 Attempt::Done(result) => return Ok(result),
@@ -183,6 +263,11 @@ impl Service {
                         ))));
                     }
                     let wait = after.unwrap_or_else(|| backoff(attempt));
+                    span.event(
+                        "retry",
+                        vec![Attr::new("exception.message", secrets.scrub(&message))],
+                    );
+                    span.set("flowhost.llm.attempts", i64::from(attempt + 2));
                     tracing::warn!(
                         "LLM request failed before the first token: {}; retrying in {:.2}s",
                         secrets.scrub(&message),
@@ -201,16 +286,16 @@ impl Service {
     /// One request to `target`; its messages name the URL as `url` (without credentials).
     async fn attempt(
         &self,
-        target: &str,
-        url: &str,
-        api_key: &str,
+        (target, url, api_key): (&str, &str, &str),
         body: &Value,
         model: &Model,
+        (headers, span): (&reqwest::header::HeaderMap, &Span),
         on_chunk: &mut impl FnMut(ChunkKind, &str, bool) -> bool,
     ) -> Attempt {
         let response = self
             .client
             .post(target)
+            .headers(headers.clone())
             .bearer_auth(api_key)
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .json(body)
@@ -319,6 +404,9 @@ impl Service {
                 } else {
                     Attempt::Fatal(message)
                 };
+            }
+            if first {
+                span.event("gen_ai.first_token", Vec::new());
             }
             first = false;
             if !state.absorb(&value, on_chunk) {

@@ -31,6 +31,11 @@ pub(crate) const OP_FAILURES_TOLERATED: &str = "flowhost_op_failures_tolerated_t
 pub(crate) const CONNECTIONS: &str = "flowhost_http_connections";
 pub(crate) const CONNECTIONS_REFUSED: &str = "flowhost_http_connections_refused_total";
 pub(crate) const CONNECTIONS_TIMED_OUT: &str = "flowhost_http_connections_timed_out_total";
+/// Spans sent to the OTLP receiver (`telemetry`).
+pub(crate) const SPANS_EXPORTED: &str = "flowhost_trace_spans_exported_total";
+/// Spans lost (`reason`: `queue_full` while the exporter is behind, `export_failed` when the
+/// receiver refused or did not answer).
+pub(crate) const SPANS_DROPPED: &str = "flowhost_trace_spans_dropped_total";
 /// Always 1; its labels carry the served flow and plugin set hashes.
 pub(crate) const SERVED_INFO: &str = "flowhost_served_info";
 
@@ -114,6 +119,14 @@ fn describe() {
         AUTH_FAILURES,
         "requests refused with 401: no credential, or one that does not verify"
     );
+    metrics::describe_counter!(
+        SPANS_EXPORTED,
+        "trace spans sent to the OTLP receiver (telemetry)"
+    );
+    metrics::describe_counter!(
+        SPANS_DROPPED,
+        "trace spans lost: queue_full (the exporter is behind), export_failed (the receiver refused or timed out)"
+    );
     metrics::describe_gauge!(RUNS_QUEUED, "runs waiting for a turn (admission control)");
     metrics::describe_counter!(
         RUNS_REJECTED,
@@ -135,11 +148,15 @@ fn describe() {
         OP_RETRIES,
         OP_FAILURES_TOLERATED,
         RUNS_RESUMED,
+        SPANS_EXPORTED,
     ] {
         metrics::counter!(counter).absolute(0);
     }
     for reason in ["missing", "invalid"] {
         metrics::counter!(AUTH_FAILURES, "reason" => reason).absolute(0);
+    }
+    for reason in ["queue_full", "export_failed"] {
+        metrics::counter!(SPANS_DROPPED, "reason" => reason).absolute(0);
     }
     for timeout in ["http.header_timeout", "http.keepalive_timeout"] {
         metrics::counter!(CONNECTIONS_TIMED_OUT, "timeout" => timeout).absolute(0);

@@ -646,9 +646,75 @@ impl<'a> Context<'a> {
         self.host.log(level, message)
     }
 
+    /// A span of the op's own in the run's trace (op-sdk 0.1.4), under the op call's span
+    /// (or under the op's innermost span still open): `let span = ctx.span("parse");
+    /// span.set("rows", 42);` and it ends when dropped. When the host does not trace (no
+    /// exporter, not sampled, or a host older than 0.1.4), every method does nothing.
+    pub fn span(&self, name: &str) -> Span<'a> {
+        let request = serde_json::json!({"start": name});
+        let id = self
+            .host
+            .call("span", &request.to_string())
+            .ok()
+            .and_then(|reply| serde_json::from_str::<Value>(&reply).ok())
+            .and_then(|reply| reply["id"].as_u64())
+            .unwrap_or(0);
+        Span {
+            id,
+            host: self.host,
+        }
+    }
+
     #[doc(hidden)]
     pub fn into_writes(self) -> Map<String, Value> {
         self.writes
+    }
+}
+
+/// An op's own span ([`Context::span`]); ends when dropped.
+pub struct Span<'a> {
+    /// 0: the host does not trace this call.
+    id: u64,
+    host: &'a dyn Host,
+}
+
+impl Span<'_> {
+    /// Whether the host records this span: skip computing attributes when it does not.
+    pub fn is_recording(&self) -> bool {
+        self.id != 0
+    }
+
+    /// Sets an attribute (a string, number or boolean; anything else is kept as JSON text).
+    pub fn set(&self, key: &str, value: impl Into<Value>) {
+        if self.id != 0 {
+            self.send(serde_json::json!({"set": self.id, "key": key, "value": value.into()}));
+        }
+    }
+
+    /// Records an event (a point in time) on the span.
+    pub fn event(&self, name: &str) {
+        if self.id != 0 {
+            self.send(serde_json::json!({"event": self.id, "name": name}));
+        }
+    }
+
+    /// Marks the span failed with `message`.
+    pub fn fail(&self, message: &str) {
+        if self.id != 0 {
+            self.send(serde_json::json!({"fail": self.id, "message": message}));
+        }
+    }
+
+    fn send(&self, request: Value) {
+        let _ = self.host.call("span", &request.to_string());
+    }
+}
+
+impl Drop for Span<'_> {
+    fn drop(&mut self) {
+        if self.id != 0 {
+            self.send(serde_json::json!({"end": self.id}));
+        }
     }
 }
 

@@ -219,6 +219,7 @@ pub(super) fn show_config(config: &Config) -> Result<ExitCode, String> {
             "inputs": config.auth.audit.inputs,
             "max_bytes": config.auth.audit.max_bytes,
         },
+        "telemetry": crate::telemetry::describe(&config.telemetry, &|name| std::env::var(name).ok()),
         "plugins": config.ops.isolation.plugins.iter()
             .map(|(name, isolation)| (name.clone(), json!({"isolation": isolation})))
             .collect::<Map<String, Value>>(),

@@ -106,6 +106,10 @@ pub(super) fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
         None
     };
     let config = &config;
+    // Before the runtime: its threads' first spans find the tracer. Kept to the end: its drop
+    // sends the spans still queued.
+    crate::llm::tls_init();
+    let _traces = crate::telemetry::init(&config.telemetry, &|name| std::env::var(name).ok())?;
     let runtime = runtime(config)?;
     // Kept past the runtime: the audit lines of calls ended by its shutdown are flushed last.
     let mut auth_kept: Option<Arc<crate::auth::Auth>> = None;

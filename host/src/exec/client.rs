@@ -75,7 +75,7 @@ impl OpHost {
         };
         let chat = sample_to_chat(&request);
         let reply = llm
-            .chat_stream(&chat, &self.env.cancel, |_, _, _| true)
+            .chat_traced(&chat, &self.env.cancel, &self.env.trace, |_, _, _| true)
             .await
             .map_err(|err| {
                 format!("cannot sample: {unsupported}; the LLM service failed: {err}")

@@ -76,6 +76,9 @@ pub(super) struct OpHost {
     pub(super) subs: Arc<[SubStep]>,
     /// The run the call belongs to: its channel, cancellation, log sink, LLM service.
     pub(super) env: Env,
+    /// The op's own spans still open (`ctx.span`), by id; ended when the call ends at the
+    /// latest.
+    pub(super) spans: Mutex<Vec<(u64, crate::telemetry::Span)>>,
 }
 
 impl OpHost {
@@ -87,6 +90,7 @@ impl OpHost {
                 .as_ref()
                 .and_then(|r| r.lock().unwrap_or_else(|p| p.into_inner()).take())
                 .map(|(chunks, _)| chunks),
+            placement: "pool",
         }
     }
 
@@ -170,6 +174,10 @@ impl crate::ops::Host for OpHost {
 
     fn log(&self, level: Level, message: &str) {
         let op = self.op;
+        // In a trace, the line carries its ids (`span.trace_id`, `span.span_id` in JSON logs).
+        let _in_trace = self.env.trace.ids().map(|(trace_id, span_id)| {
+            tracing::error_span!("op", trace_id = %trace_id, span_id = %span_id).entered()
+        });
         match level {
             Level::Error => tracing::error!(op, "{message}"),
             Level::Warn => tracing::warn!(op, "{message}"),
@@ -197,9 +205,10 @@ impl crate::ops::Host for OpHost {
             .map_err(|err| format!("the chat request is not valid JSON: {err}"))?;
         // The op thread waits here while the host's runtime drives the HTTP stream.
         self.wait(|| {
-            self.runtime.block_on(llm.chat_stream(
+            self.runtime.block_on(llm.chat_traced(
                 &request,
                 &self.env.cancel,
+                &self.env.trace,
                 |kind, text, json| on_chunk(kind as u8, text, json),
             ))
         })
@@ -243,6 +252,9 @@ impl crate::ops::Host for OpHost {
     }
 
     fn call(&self, service: &str, request: &str) -> Result<String, String> {
+        if service == "span" {
+            return Ok(self.span(request));
+        }
         let service: &'static str = match service {
             "sample" => "sample",
             "elicit" => "elicit",
@@ -291,6 +303,55 @@ impl crate::ops::Host for OpHost {
 }
 
 impl OpHost {
+    /// The `span` host service (op-sdk 0.1.4 `ctx.span`): `{"start": name}` answers
+    /// `{"id": n}` (0: not traced); `{"set": n, "key", "value"}`, `{"event": n, "name"}`,
+    /// `{"fail": n, "message"}`, `{"end": n}` answer `{}`.
+    fn span(&self, request: &str) -> String {
+        if !self.env.trace.is_on() {
+            return r#"{"id":0}"#.to_string();
+        }
+        let Ok(request) = serde_json::from_str::<Value>(request) else {
+            return r#"{"id":0}"#.to_string();
+        };
+        let mut spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(name) = request["start"].as_str() {
+            let parent = spans
+                .last()
+                .map_or_else(|| self.env.trace.clone(), |(_, span)| span.cx());
+            let span = parent.start(
+                name.to_string(),
+                crate::telemetry::Kind::Internal,
+                vec![crate::telemetry::Attr::new("flowhost.op.name", self.op)],
+            );
+            if !span.is_recording() {
+                return r#"{"id":0}"#.to_string();
+            }
+            let id = spans.last().map_or(1, |(id, _)| id + 1);
+            spans.push((id, span));
+            return serde_json::json!({"id": id}).to_string();
+        }
+        let find = |key: &str| request[key].as_u64();
+        if let Some(id) = find("end") {
+            spans.retain(|(open, _)| *open != id);
+        } else if let Some(id) = find("set") {
+            if let (Some((_, span)), Some(key)) = (
+                spans.iter().find(|(open, _)| *open == id),
+                request["key"].as_str(),
+            ) {
+                span.set_dynamic(key, &request["value"]);
+            }
+        } else if let Some(id) = find("event") {
+            if let Some((_, span)) = spans.iter().find(|(open, _)| *open == id) {
+                span.event_named(request["name"].as_str().unwrap_or("event"));
+            }
+        } else if let Some(id) = find("fail") {
+            if let Some((_, span)) = spans.iter().find(|(open, _)| *open == id) {
+                span.fail(request["message"].as_str().unwrap_or("failed"));
+            }
+        }
+        "{}".to_string()
+    }
+
     /// One sub-op call: `{name, arguments}` (arguments an object, or JSON text of one, as
     /// LLMs give them) → `{answer, writes}`.
     async fn call_sub_op(&self, call: &Value, forward: bool) -> Result<Value, String> {
@@ -325,16 +386,31 @@ impl OpHost {
             }
         };
         let answer = Arc::new(Mutex::new(String::new()));
+        let span = self.env.trace.start(
+            format!("execute_tool {name}"),
+            crate::telemetry::Kind::Internal,
+            vec![crate::telemetry::Attr::new(
+                "gen_ai.operation.name",
+                "execute_tool",
+            )],
+        );
+        span.tool(name);
+        span.role(crate::telemetry::Role::Tool);
         let env = Env {
             collect: Some(Collect {
                 answer: answer.clone(),
                 forward,
             }),
+            trace: span.cx(),
             ..self.env.clone()
         };
         let writes = run_node(&sub.node, super::journal::ROOT, Arc::new(arguments), &env)
             .await
-            .map_err(|failure| failure.to_string())?;
+            .map_err(|failure| {
+                let message = failure.to_string();
+                span.fail(&message);
+                message
+            })?;
         let answer = match writes.get("answer") {
             Some(answer) if !answer.is_null() => answer.clone(),
             _ => Value::String(std::mem::take(

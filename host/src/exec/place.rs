@@ -58,6 +58,8 @@ pub(super) struct Report {
     pub(super) emitted: u64,
     /// Its chunks, when recording for the cache and they fit.
     pub(super) recorded: Option<Vec<Chunk>>,
+    /// Where it ran: `inline`, `pool` or `worker`.
+    pub(super) placement: &'static str,
 }
 
 /// Inline calls running now, in this process.
@@ -104,6 +106,7 @@ pub(super) async fn call_once(
         recording: record.then(|| Mutex::new(Some((Vec::new(), 0)))),
         subs: step.subs.clone(),
         env: env.clone(),
+        spans: Mutex::new(Vec::new()),
     };
     let op = &step.op;
     let isolated = env.isolation.isolated(&op.library.plugin_name);
@@ -134,7 +137,9 @@ pub(super) async fn call_once(
             .inlined(probe.finish(host.waited.load(Ordering::Relaxed)));
         drop(slot);
         running.decrement(1.0);
-        Ok((result, host.report()))
+        let mut report = host.report();
+        report.placement = "inline";
+        Ok((result, report))
     } else {
         let op = op.clone();
         let args = step.args_json.clone();
@@ -160,7 +165,9 @@ pub(super) async fn call_once(
                 result.map_err(crate::exec::worker::Error::Failed)
             };
             running.decrement(1.0);
-            (result, host.report())
+            let mut report = host.report();
+            report.placement = if isolated { "worker" } else { "pool" };
+            (result, report)
         })
         .await
     };
@@ -177,6 +184,7 @@ pub(super) async fn call_once(
             let report = Report {
                 emitted: 1,
                 recorded: None,
+                placement: if isolated { "worker" } else { "pool" },
             };
             return (
                 Err(failure(format!("op thread failed: {join}"), false)),

@@ -42,6 +42,8 @@ pub struct Options {
     /// A durable run's journal (`exec::Journal`): completed calls are skipped, and each call
     /// that completes is followed by a checkpoint chunk for the run's keeper.
     pub journal: Option<Arc<super::journal::Journal>>,
+    /// The span the run's span goes under (the request's); empty: no spans.
+    pub(crate) trace: crate::telemetry::Cx,
 }
 
 /// The answer a non-stream caller collects is capped at this many bytes unless the flow sets
@@ -61,6 +63,7 @@ impl Default for Options {
             flows: None,
             client: None,
             journal: None,
+            trace: Default::default(),
         }
     }
 }
@@ -140,6 +143,10 @@ pub struct Run {
     failed: Failures,
     /// The run's turn (admission control), given back when the run is dropped.
     _permit: Option<crate::exec::admission::Permit>,
+    /// The run's span (`run {flow}`), ended with its outcome.
+    span: crate::telemetry::Span,
+    /// The text of the error chunk that ended the run, for the span's status.
+    error_chunk: Option<String>,
 }
 
 /// A flow id nobody can guess: async runs (`GET /runs/{id}`, `DELETE /runs/{id}`) are looked
@@ -181,6 +188,18 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
         memory_mb: flow.spec.limits.max_memory_mb,
     };
     let failed = Failures::default();
+    let flow_id = new_flow_id();
+    let span = options.trace.start(
+        format!("run {flow_name}"),
+        crate::telemetry::Kind::Internal,
+        vec![crate::telemetry::Attr::new(
+            "flowhost.run.id",
+            flow_id.clone(),
+        )],
+    );
+    span.flow(flow_name);
+    span.role(crate::telemetry::Role::Chain);
+    let trace = span.cx();
     let task = {
         let cancel = cancel.clone();
         let failed = failed.clone();
@@ -198,6 +217,7 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
                 client,
                 depth: 0,
                 journal,
+                trace,
             };
             let result = run_node(&flow.root, super::journal::ROOT, context, &env).await;
             if let Err(failure) = &result {
@@ -210,7 +230,7 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
         })
     };
     Run {
-        flow_id: new_flow_id(),
+        flow_id,
         flow_name,
         rx,
         cancel,
@@ -227,6 +247,8 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
         finished: false,
         failed,
         _permit: None,
+        span,
+        error_chunk: None,
     }
 }
 
@@ -267,6 +289,12 @@ impl Run {
                 self.chunks += out.len();
                 for chunk in out.iter() {
                     self.output_bytes += chunk.text.len() as u64;
+                    if chunk.kind == ChunkKind::Error
+                        && !chunk.tolerated
+                        && self.span.is_recording()
+                    {
+                        self.error_chunk = Some(chunk.text.clone());
+                    }
                     if self.collect_answer && chunk.kind == ChunkKind::Answer {
                         self.answer.push_str(&chunk.text);
                     }
@@ -376,6 +404,10 @@ impl Run {
             .iter()
             .map(|(op, error)| serde_json::json!({"op": op, "error": error}))
             .collect();
+        if let Some(error) = &error {
+            self.error_chunk = Some(error.clone());
+        }
+        self.end_span(if error.is_some() { "error" } else { "ok" });
         Outcome {
             flow_id: self.flow_id.clone(),
             answer,
@@ -398,10 +430,32 @@ impl Run {
     }
 }
 
+impl Run {
+    /// Ends the run's span with how the run ended (`ok`, `error`, `cancelled`).
+    fn end_span(&mut self, outcome: &'static str) {
+        if !self.span.is_recording() {
+            return;
+        }
+        let outcome = match &self.error_chunk {
+            Some(error) if outcome == "ok" || outcome == "error" => {
+                self.span.fail(error);
+                "error"
+            }
+            _ => outcome,
+        };
+        self.span.set("flowhost.run.outcome", outcome);
+        self.span.set("flowhost.run.chunks", self.chunks as i64);
+        self.span.end();
+    }
+}
+
 impl Drop for Run {
     fn drop(&mut self) {
         if !self.finished {
             self.cancel.cancel();
+            self.end_span("cancelled");
+        } else {
+            self.end_span("ok");
         }
     }
 }

@@ -20,6 +20,42 @@ pub(super) async fn run_step(
     env: &Env,
 ) -> Result<Map<String, Value>, Failure> {
     let name = step.name();
+    let span = env.trace.start(
+        format!("op {name}"),
+        crate::telemetry::Kind::Internal,
+        Vec::new(),
+    );
+    if !span.cx().is_on() {
+        return run_policy(step, name, context, env, &span).await;
+    }
+    if span.is_recording() {
+        span.role(crate::telemetry::Role::Op);
+        let library = &step.op.library;
+        span.set("flowhost.op.name", step.op.name.to_string());
+        span.set("flowhost.op.plugin", library.plugin_name.clone());
+        span.set("flowhost.op.plugin_version", library.plugin_version.clone());
+    }
+    // What the op asks for (LLM calls, sub-ops, its own spans) goes under its span.
+    let env = Env {
+        trace: span.cx(),
+        ..env.clone()
+    };
+    let result = run_policy(step, name, context, &env, &span).await;
+    if let Err(failure) = &result {
+        span.fail(&failure.to_string());
+    }
+    result
+}
+
+/// [`run_step`] under the call's span (`span` gets the call's placement, cache hit and
+/// attempts).
+async fn run_policy(
+    step: &Step,
+    name: &'static str,
+    context: &Map<String, Value>,
+    env: &Env,
+    span: &crate::telemetry::Span,
+) -> Result<Map<String, Value>, Failure> {
     let context_json = serde_json::to_string(context).map_err(|err| Failure {
         op: name,
         message: format!("context is not serialisable: {err}"),
@@ -37,7 +73,9 @@ pub(super) async fn run_step(
         )
     });
     if let Some(key) = cache_key {
-        if let Some(hit) = crate::exec::cache::lookup(key).await {
+        let hit = crate::exec::cache::lookup(key).await;
+        span.set("flowhost.op.cache_hit", hit.is_some());
+        if let Some(hit) = hit {
             metrics::counter!(crate::metrics::CACHE_HITS).increment(1);
             replay(&hit, env).await;
             return Ok(hit.writes.clone());
@@ -47,6 +85,8 @@ pub(super) async fn run_step(
     let mut attempt = 1;
     loop {
         let (result, report) = call_once(step, &context_json, env, cache_key.is_some()).await;
+        span.set("flowhost.op.placement", report.placement);
+        span.set("flowhost.op.attempts", i64::from(attempt));
         let mut failure = match result {
             Ok(writes) => {
                 if let (Some(key), Some(ttl), Some(chunks)) =
@@ -76,6 +116,13 @@ pub(super) async fn run_step(
                 policy.attempts
             );
             metrics::counter!(crate::metrics::OP_RETRIES).increment(1);
+            span.event(
+                "retry",
+                vec![crate::telemetry::Attr::new(
+                    "exception.message",
+                    failure.to_string(),
+                )],
+            );
             tokio::select! {
                 _ = env.cancel.cancelled() => return Err(failure),
                 _ = tokio::time::sleep(wait) => {}
@@ -87,6 +134,7 @@ pub(super) async fn run_step(
             return Err(failure);
         }
         let message = format!("{failure} (raise_exception=False: the flow goes on)");
+        span.fail(&message);
         tracing::warn!(op = name, "{message}");
         metrics::counter!(crate::metrics::OP_FAILURES_TOLERATED).increment(1);
         if env.collect.as_ref().is_none_or(|c| c.forward) {

@@ -72,6 +72,8 @@ pub(super) struct Env {
     /// A durable run's journal: calls that completed before (skipped), and a checkpoint
     /// chunk after each call that completes now.
     pub(super) journal: Option<Arc<Journal>>,
+    /// The span new spans go under: the run's, or the op call's inside one.
+    pub(super) trace: crate::telemetry::Cx,
 }
 
 /// Where a sub-op call's answer text is gathered.
@@ -132,11 +134,23 @@ pub(super) fn run_node<'a>(
                         target.name
                     )));
                 }
+                let span = env.trace.start(
+                    format!("FlowOp {}", target.name),
+                    crate::telemetry::Kind::Internal,
+                    Vec::new(),
+                );
+                span.flow(&target.name);
+                span.role(crate::telemetry::Role::Chain);
                 let inner = Env {
                     depth: env.depth + 1,
+                    trace: span.cx(),
                     ..env.clone()
                 };
-                run_node(&flow.root, journal::child(id, 0), context, &inner).await
+                let result = run_node(&flow.root, journal::child(id, 0), context, &inner).await;
+                if let Err(failure) = &result {
+                    span.fail(&failure.to_string());
+                }
+                result
             }
             Node::Seq(items) => {
                 let mut context = context;

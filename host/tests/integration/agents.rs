@@ -13,18 +13,35 @@ use serde_json::{json, Value};
 use crate::util::*;
 
 /// A scripted upstream: each request gets the next script (the last repeats) as SSE.
-struct Scripted {
-    url: String,
+pub(crate) struct Scripted {
+    pub(crate) url: String,
     bodies: Arc<Mutex<Vec<Value>>>,
+    /// Each request's `traceparent` header (traces.rs).
+    pub(crate) traceparents: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 #[derive(Clone)]
 struct Scripts {
     queue: Arc<Mutex<VecDeque<Vec<Value>>>>,
     bodies: Arc<Mutex<Vec<Value>>>,
+    traceparents: Arc<Mutex<Vec<Option<String>>>>,
 }
 
-async fn completions(State(scripts): State<Scripts>, body: String) -> impl IntoResponse {
+async fn completions(
+    State(scripts): State<Scripts>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> impl IntoResponse {
+    scripts
+        .traceparents
+        .lock()
+        .expect("the scripted upstream")
+        .push(
+            headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        );
     scripts
         .bodies
         .lock()
@@ -50,11 +67,13 @@ async fn completions(State(scripts): State<Scripts>, body: String) -> impl IntoR
 }
 
 impl Scripted {
-    async fn start(scripts: Vec<Vec<Value>>) -> Scripted {
+    pub(crate) async fn start(scripts: Vec<Vec<Value>>) -> Scripted {
         let bodies = Arc::new(Mutex::new(Vec::new()));
+        let traceparents = Arc::new(Mutex::new(Vec::new()));
         let state = Scripts {
             queue: Arc::new(Mutex::new(scripts.into())),
             bodies: bodies.clone(),
+            traceparents: traceparents.clone(),
         };
         let app = axum::Router::new()
             .route("/v1/chat/completions", axum::routing::post(completions))
@@ -67,7 +86,11 @@ impl Scripted {
             listener.local_addr().expect("the scripted upstream")
         );
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Scripted { url, bodies }
+        Scripted {
+            url,
+            bodies,
+            traceparents,
+        }
     }
 
     /// `flowhost serve` on `flows` with this upstream as its default LLM.
@@ -105,7 +128,7 @@ fn more_arguments(index: u64, arguments: &str) -> Value {
 }
 
 /// One turn asking for two tools at once (arguments split across deltas), then the answer.
-fn two_tools_then_answer() -> Vec<Vec<Value>> {
+pub(crate) fn two_tools_then_answer() -> Vec<Vec<Value>> {
     vec![
         vec![
             json!({"role": "assistant", "content": null}),

@@ -184,11 +184,9 @@ async fn cancel_stops_the_op_promptly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_stops_reading_holds_the_producer() {
     let (_flows, catalog) = setup();
-    let options = exec::Options {
-        buffer: 256,
-        collect_answer: false,
-        ..exec::Options::default()
-    };
+    let mut options = exec::Options::default();
+    options.buffer = 256;
+    options.collect_answer = false;
     let snapshot = catalog.snapshot();
     let flow = snapshot.get("flood").unwrap().flow.clone().unwrap();
     let mut run = exec::start(flow, input(json!({})), &options);
@@ -350,10 +348,8 @@ dangling:
         .flow
         .clone()
         .expect("outer is live");
-    let options = exec::Options {
-        flows: Some(catalog.lookup()),
-        ..exec::Options::default()
-    };
+    let mut options = exec::Options::default();
+    options.flows = Some(catalog.lookup());
     let (chunks, outcome) = exec::start(
         outer,
         input(json!({"query": "q", "topic": "owls"})),

@@ -19,4 +19,5 @@ mod security;
 mod settings;
 mod surface;
 mod tidy;
+mod traces;
 mod util;

@@ -13,16 +13,17 @@ const PARTS: &[(&str, &[&str])] = &[
     ("util",      &[]),
     ("chunk",     &["ops"]),
     ("metrics",   &[]),
+    ("telemetry", &["metrics"]),
     ("store",     &[]),
     ("auth",      &["store", "metrics"]),
     ("ops",       &["util"]),
-    ("llm",       &["chunk"]),
+    ("llm",       &["chunk", "telemetry"]),
     ("plan",      &["ops"]),
     ("lang",      &["plan", "ops", "util"]),
-    ("exec",      &["plan", "ops", "llm", "chunk", "metrics", "util"]),
+    ("exec",      &["plan", "ops", "llm", "chunk", "metrics", "telemetry", "util"]),
     ("catalog",   &["lang", "plan", "ops", "exec", "util"]),
-    ("transport", &["auth", "catalog", "exec", "plan", "chunk", "metrics", "store", "util"]),
-    ("app",       &["transport", "auth", "catalog", "exec", "lang", "plan", "llm", "ops", "store", "util"]),
+    ("transport", &["auth", "catalog", "exec", "plan", "chunk", "metrics", "store", "telemetry", "util"]),
+    ("app",       &["transport", "auth", "catalog", "exec", "lang", "plan", "llm", "ops", "store", "telemetry", "util"]),
 ];
 
 /// What code names, whether a file (a path under host/src) may name it, and why.

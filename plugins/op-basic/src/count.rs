@@ -43,6 +43,9 @@ impl Op for CountOp {
                 })?,
             },
         };
+        // A span of the op's own in the run's trace (nothing when the host does not trace).
+        let span = ctx.span("emit chunks");
+        span.set("count.requested", n);
         let mut sent = 0u64;
         while sent < n {
             if !ctx.emit(ChunkKind::Answer, &self.text) {
@@ -50,6 +53,8 @@ impl Op for CountOp {
             }
             sent += 1;
         }
+        span.set("count.sent", sent);
+        drop(span);
         ctx.set("count", sent);
         Ok(())
     }

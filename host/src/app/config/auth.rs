@@ -69,7 +69,7 @@ impl OneOrMany {
     }
 }
 
-fn section<T: serde::de::DeserializeOwned + Default>(
+pub(super) fn section<T: serde::de::DeserializeOwned + Default>(
     where_: &str,
     name: &str,
     value: Value,

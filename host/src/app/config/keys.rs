@@ -22,6 +22,7 @@ pub(super) const KEYS: &[&str] = &[
     "store",
     "auth",
     "audit",
+    "telemetry",
     "flow",
 ];
 

@@ -35,6 +35,8 @@ pub(crate) struct Config {
     pub(crate) store: crate::store::Settings,
     /// `auth:` (named keys, bearer tokens) with `http.api_key`, and `audit:`.
     pub(crate) auth: crate::auth::Settings,
+    /// `telemetry:` where traces go (the `OTEL_*` variables are applied when it starts).
+    pub(crate) telemetry: crate::telemetry::Settings,
     /// The config file that was read, if any.
     pub(crate) source: Option<PathBuf>,
 }
@@ -69,6 +71,7 @@ mod keys;
 mod llm;
 mod overrides;
 mod raw;
+mod telemetry;
 mod units;
 
 use keys::check_keys;
@@ -115,6 +118,7 @@ pub(crate) fn load(flags: Flags) -> Result<Config, String> {
         .or(raw.http.api_key.clone())
         .filter(|key| !key.is_empty());
     let auth = auth::auth_settings(&where_, raw.auth.clone(), raw.audit.clone(), api_key)?;
+    let telemetry = telemetry::telemetry_settings(&where_, raw.telemetry.clone())?;
     let mut flow_dirs = match raw.flows_dir {
         OneOrMany::One(dir) => vec![dir],
         OneOrMany::Many(dirs) => dirs,
@@ -279,6 +283,7 @@ pub(crate) fn load(flags: Flags) -> Result<Config, String> {
             max_resumes: raw.store.max_resumes,
         },
         auth,
+        telemetry,
         source,
     })
 }

@@ -30,6 +30,8 @@ pub(super) struct Raw {
     /// `auth:` and `audit:`, read by `config/auth.rs`.
     pub(super) auth: Value,
     pub(super) audit: Value,
+    /// `telemetry:`, read by `config/telemetry.rs`.
+    pub(super) telemetry: Value,
     /// Allowed so a FlowLLM config can be read; flows are served from the flows folder.
     pub(super) flow: Value,
 }
@@ -167,6 +169,7 @@ impl Default for Raw {
             store: RawStore::default(),
             auth: Value::Null,
             audit: Value::Null,
+            telemetry: Value::Null,
             flow: Value::Null,
         }
     }

@@ -21,6 +21,7 @@ pub(crate) mod runs;
 pub(crate) mod settings;
 pub(crate) mod sse;
 pub(crate) mod state;
+pub(crate) mod traced;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -35,7 +36,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use self::discovery::{
     get_prompt, get_prompt_post, list_flows, list_ops, list_prompts, list_resources, metadata,
@@ -177,11 +178,12 @@ pub(crate) fn router(state: AppState) -> Router {
     router
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
+                .make_span_with(traced::log_span)
                 .on_request(())
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
                 .on_failure(layers::log_failure),
         )
+        .layer(middleware::from_fn(traced::server_span))
         .layer(middleware::from_fn(conn::track))
 }
 
@@ -311,6 +313,7 @@ async fn metrics(State(state): State<AppState>, Extension(caller): Who) -> Respo
 async fn run_flow(
     State(state): State<AppState>,
     Extension(caller): Who,
+    trace: Option<Extension<crate::telemetry::Cx>>,
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -360,6 +363,7 @@ async fn run_flow(
         // A durable async run marks each completed call, to be resumed from it.
         journal: (background && state.runs.durable.is_some())
             .then(|| Arc::new(exec::Journal::default())),
+        trace: trace.map(|Extension(cx)| cx).unwrap_or_default(),
         ..state.run_options.clone()
     };
     let run = match exec::admit_and_start(flow, input, &options).await {

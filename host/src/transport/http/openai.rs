@@ -166,6 +166,7 @@ fn content_text(content: &Value) -> String {
 pub(crate) async fn chat_completions(
     State(state): State<AppState>,
     axum::Extension(caller): Who,
+    trace: Option<axum::Extension<crate::telemetry::Cx>>,
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -307,6 +308,7 @@ pub(crate) async fn chat_completions(
     };
     let options = exec::Options {
         collect_answer: !stream,
+        trace: trace.map(|axum::Extension(cx)| cx).unwrap_or_default(),
         ..state.run_options.clone()
     };
     let run = match exec::admit_and_start(flow, input, &options).await {

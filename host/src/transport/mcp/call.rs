@@ -39,15 +39,25 @@ impl FlowTools {
         let auth = &self.access.auth;
         let parts = context.extensions.get::<axum::http::request::Parts>();
         let transport = if parts.is_some() { "mcp" } else { "mcp-stdio" };
+        let span = super::traced::server_span(context, "tools/call", Some(name));
+        span.tool(name);
+        span.set("gen_ai.operation.name", "execute_tool");
         if caller.refused(name, self.catalog.snapshot().get(name).is_some()) {
             auth.deny(caller, transport, name);
+            span.fail("denied");
             return Ok(response(failure(format!(
                 "no tool `{name}` that this caller may call (tools/list names the tools it may)"
             ))));
         }
-        let traceparent = parts
-            .and_then(|p| p.headers.get("traceparent"))
-            .and_then(|v| v.to_str().ok());
+        // The audit line names the call's own span when there is one, else what the caller
+        // sent.
+        let own = span.cx().traceparent();
+        let traceparent = own.as_deref().or_else(|| {
+            parts
+                .and_then(|p| p.headers.get("traceparent"))
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| context.meta.get_traceparent())
+        });
         let record = match auth
             .start(caller, transport, name, traceparent, &arguments)
             .await
@@ -58,8 +68,28 @@ impl FlowTools {
         // A call that becomes a task takes its record along (ended with the task).
         let mut record = Some(record);
         let answered = self
-            .call(caller, name, arguments, context, exchange, &mut record)
+            .call(
+                caller,
+                name,
+                arguments,
+                context,
+                (exchange, span.cx()),
+                &mut record,
+            )
             .await;
+        match &answered {
+            Ok(CallToolResponse::Complete(result)) if result.is_error == Some(true) => {
+                let text = result
+                    .content
+                    .iter()
+                    .find_map(|c| c.as_text().map(|t| t.text.clone()))
+                    .unwrap_or_default();
+                span.set("error.type", "tool_error");
+                span.fail(&text);
+            }
+            Err(err) => span.fail(&err.message),
+            Ok(_) => {}
+        }
         let Some(record) = record else {
             return answered;
         };
@@ -81,7 +111,7 @@ impl FlowTools {
         name: &str,
         arguments: Map<String, Value>,
         context: &RequestContext<RoleServer>,
-        exchange: Option<Arc<Exchange>>,
+        (exchange, trace): (Option<Arc<Exchange>>, crate::telemetry::Cx),
         record: &mut Option<Call>,
     ) -> Result<CallToolResponse, ErrorData> {
         let snapshot = self.catalog.snapshot();
@@ -163,6 +193,7 @@ impl FlowTools {
                 exchange: exchange.clone(),
                 task: task_slot.clone(),
             }))),
+            trace,
             ..self.run_options.clone()
         };
         let mut run = match exec::admit_and_start(flow.clone(), arguments, &options).await {

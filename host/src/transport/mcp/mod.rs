@@ -19,6 +19,7 @@ mod logging;
 mod service;
 mod stdio;
 mod tasks;
+mod traced;
 
 pub(crate) use ask::set_state_key;
 pub(crate) use service::{cap_sessions, check_requests, http_service, sessions, SessionOwners};

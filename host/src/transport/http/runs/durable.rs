@@ -399,6 +399,8 @@ async fn resume(
         collect_answer: false,
         max_output_bytes: Some(exec::DEFAULT_MAX_ANSWER_BYTES),
         journal: Some(Arc::new(journal)),
+        // The request that started it was another process's: a new trace.
+        trace: crate::telemetry::Cx::root(),
         ..state.run_options.clone()
     };
     let created = SystemTime::UNIX_EPOCH + Duration::from_millis(row.created_ms.max(0) as u64);

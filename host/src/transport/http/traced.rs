@@ -1,0 +1,116 @@
+//! Traces over HTTP: the server span of every request (HTTP semantic conventions), under the
+//! caller's `traceparent` when it sends one, lasting until the response body is done (a
+//! stream's span ends with the stream); handlers find it as a [`Cx`] in the request's
+//! extensions. With tracing off, one branch and nothing else.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Request};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::telemetry::{Attr, Cx, Kind, Role, Span};
+
+/// The request's server span: `{method} {route}`, with the route template, status code and
+/// protocol; a 5xx answer marks it failed.
+pub(crate) async fn server_span(mut request: Request, next: Next) -> Response {
+    if !crate::telemetry::enabled() {
+        return next.run(request).await;
+    }
+    let parent = Cx::from_headers(request.headers());
+    let method = request.method().as_str().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_string());
+    let name = match &route {
+        Some(route) => format!("{method} {route}"),
+        None => method.clone(),
+    };
+    let mut attributes = vec![
+        Attr::new("http.request.method", method),
+        Attr::new("url.path", request.uri().path().to_string()),
+        Attr::new("url.scheme", "http"),
+        Attr::new(
+            "network.protocol.version",
+            match request.version() {
+                axum::http::Version::HTTP_2 => "2",
+                axum::http::Version::HTTP_10 => "1.0",
+                _ => "1.1",
+            },
+        ),
+    ];
+    if let Some(route) = route {
+        attributes.push(Attr::new("http.route", route));
+    }
+    if let Some(agent) = request
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        attributes.push(Attr::new("user_agent.original", agent.to_string()));
+    }
+    let span = parent.start(name, Kind::Server, attributes);
+    span.role(Role::Chain);
+    request.extensions_mut().insert(span.cx());
+    let response = next.run(request).await;
+    let status = response.status();
+    span.set("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        span.set("error.type", status.as_str().to_string());
+        span.fail(status.canonical_reason().unwrap_or("server error"));
+    }
+    response.map(|body| Body::new(SpanBody { body, _span: span }))
+}
+
+/// The `tracing` span of the request log lines (tower-http's), with the trace and span ids
+/// when tracing is on: `--log-format json` lines then carry `span.trace_id` and
+/// `span.span_id`.
+pub(crate) fn log_span(request: &Request) -> tracing::Span {
+    let ids = request.extensions().get::<Cx>().and_then(Cx::ids);
+    match ids {
+        Some((trace_id, span_id)) => tracing::info_span!(
+            "request",
+            method = %request.method(),
+            uri = %request.uri(),
+            version = ?request.version(),
+            trace_id = %trace_id,
+            span_id = %span_id,
+        ),
+        None => tracing::info_span!(
+            "request",
+            method = %request.method(),
+            uri = %request.uri(),
+            version = ?request.version(),
+        ),
+    }
+}
+
+/// A response body that holds the request's span until it is done or dropped.
+struct SpanBody {
+    body: Body,
+    _span: Span,
+}
+
+impl http_body::Body for SpanBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -16,6 +16,7 @@ mod micro;
 mod runs;
 mod sse;
 mod stall;
+mod traces;
 
 use micro::{
     emit_across_boundary, exec_throughput, llm_overhead, mcp_stdio, plugin_load, save_to_served,
@@ -128,6 +129,9 @@ fn main() {
     }
     if wanted("auth") {
         report.insert("auth".into(), runtime.block_on(auth::run(&bin_dir)));
+    }
+    if wanted("traces") {
+        report.insert("traces".into(), runtime.block_on(traces::run(&bin_dir)));
     }
     if wanted("llm") {
         report.insert(

@@ -189,16 +189,20 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
     };
     let failed = Failures::default();
     let flow_id = new_flow_id();
-    let span = options.trace.start(
-        format!("run {flow_name}"),
+    let span = options.trace.start_with(
         crate::telemetry::Kind::Internal,
-        vec![crate::telemetry::Attr::new(
-            "flowhost.run.id",
-            flow_id.clone(),
-        )],
+        || format!("run {flow_name}"),
+        || {
+            vec![crate::telemetry::Attr::new(
+                "flowhost.run.id",
+                flow_id.clone(),
+            )]
+        },
     );
-    span.flow(flow_name);
-    span.role(crate::telemetry::Role::Chain);
+    if span.is_recording() {
+        span.flow(flow_name);
+        span.role(crate::telemetry::Role::Chain);
+    }
     let trace = span.cx();
     let task = {
         let cancel = cancel.clone();

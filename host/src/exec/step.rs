@@ -20,10 +20,10 @@ pub(super) async fn run_step(
     env: &Env,
 ) -> Result<Map<String, Value>, Failure> {
     let name = step.name();
-    let span = env.trace.start(
-        format!("op {name}"),
+    let span = env.trace.start_with(
         crate::telemetry::Kind::Internal,
-        Vec::new(),
+        || format!("op {name}"),
+        Vec::new,
     );
     if !span.cx().is_on() {
         return run_policy(step, name, context, env, &span).await;

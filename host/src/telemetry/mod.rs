@@ -153,23 +153,43 @@ impl Cx {
         kind: SpanKind,
         attributes: Vec<KeyValue>,
     ) -> Span {
+        self.start_with(kind, || name, || attributes)
+    }
+
+    /// [`Cx::start`] with the name and attributes made only when the span is sampled: the
+    /// spans of every request use it, so an unsampled request (`traceidratio`) costs ids and
+    /// a sampling decision, not strings.
+    pub(crate) fn start_with<N: Into<Cow<'static, str>>>(
+        &self,
+        kind: SpanKind,
+        name: impl FnOnce() -> N,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Span {
         let (Some(parent), Some(tracer)) = (&self.0, TRACER.get()) else {
             return Span(None);
         };
         let span = tracer
-            .span_builder(name)
+            .span_builder("")
             .with_kind(kind)
-            .with_attributes(attributes)
             .start_with_context(tracer, parent);
-        Span(Some(parent.with_span(span)))
+        let cx = parent.with_span(span);
+        {
+            let span = cx.span();
+            if span.is_recording() {
+                span.update_name(name().into());
+                span.set_attributes(attributes());
+            }
+        }
+        Span(Some(cx))
     }
 
-    /// The trace and span ids for log lines, when there is a valid span.
+    /// The trace and span ids for log lines, when there is a sampled span.
     pub(crate) fn ids(&self) -> Option<(String, String)> {
         let cx = self.0.as_ref()?;
         let span = cx.span();
         let context = span.span_context();
-        context.is_valid().then(|| {
+        // An unsampled trace is kept nowhere: its ids would lead nowhere.
+        (context.is_valid() && context.is_sampled()).then(|| {
             (
                 context.trace_id().to_string(),
                 context.span_id().to_string(),

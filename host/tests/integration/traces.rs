@@ -180,6 +180,44 @@ fn one<'a>(spans: &'a [Got], name: &str) -> &'a Got {
     found[0]
 }
 
+/// The spans as an indented tree with their durations' order (for failure messages, and
+/// README's picture of an agent run: `cargo test traces -- --nocapture`).
+fn tree(spans: &[Got]) -> String {
+    fn walk(spans: &[Got], parent: &str, depth: usize, out: &mut String) {
+        for span in spans.iter().filter(|s| s.parent == parent) {
+            let mut notes: Vec<String> = [
+                "gen_ai.usage.input_tokens",
+                "gen_ai.usage.output_tokens",
+                "flowhost.op.placement",
+                "gen_ai.tool.name",
+                "http.response.status_code",
+            ]
+            .iter()
+            .filter_map(|k| span.attributes.get(*k).map(|v| format!("{k}={v}")))
+            .collect();
+            notes.extend(span.events.iter().map(|e| format!("event {e}")));
+            out.push_str(&format!(
+                "{}{}  {}\n",
+                "  ".repeat(depth),
+                span.name,
+                notes.join(" ")
+            ));
+            walk(spans, &span.id, depth + 1, out);
+        }
+    }
+    let ids: std::collections::HashSet<&str> = spans.iter().map(|s| s.id.as_str()).collect();
+    let mut out = String::new();
+    let roots: std::collections::BTreeSet<&str> = spans
+        .iter()
+        .filter(|s| !ids.contains(s.parent.as_str()))
+        .map(|s| s.parent.as_str())
+        .collect();
+    for root in roots {
+        walk(spans, root, 0, &mut out);
+    }
+    out
+}
+
 fn children<'a>(spans: &'a [Got], parent: &Got) -> Vec<&'a str> {
     let mut names: Vec<&str> = spans
         .iter()
@@ -355,7 +393,8 @@ async fn an_agent_run_traces_its_llm_calls_and_tool_calls_and_the_upstream_gets_
         answer["answer"], "Echo said ping; count said xxx.",
         "{answer}"
     );
-    let spans = receiver.wait_for("run agent").await;
+    let spans = receiver.wait_for("POST /{flow}").await;
+    eprintln!("{}", tree(&spans));
     let agent = one(&spans, "op ReactAgentOp");
     let mut under_agent = children(&spans, agent);
     under_agent.dedup();

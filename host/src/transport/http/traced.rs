@@ -21,39 +21,42 @@ pub(crate) async fn server_span(mut request: Request, next: Next) -> Response {
         return next.run(request).await;
     }
     let parent = Cx::from_headers(request.headers());
-    let method = request.method().as_str().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_string());
-    let name = match &route {
-        Some(route) => format!("{method} {route}"),
-        None => method.clone(),
-    };
-    let mut attributes = vec![
-        Attr::new("http.request.method", method),
-        Attr::new("url.path", request.uri().path().to_string()),
-        Attr::new("url.scheme", "http"),
-        Attr::new(
-            "network.protocol.version",
-            match request.version() {
-                axum::http::Version::HTTP_2 => "2",
-                axum::http::Version::HTTP_10 => "1.0",
-                _ => "1.1",
-            },
-        ),
-    ];
-    if let Some(route) = route {
-        attributes.push(Attr::new("http.route", route));
-    }
-    if let Some(agent) = request
-        .headers()
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-    {
-        attributes.push(Attr::new("user_agent.original", agent.to_string()));
-    }
-    let span = parent.start(name, Kind::Server, attributes);
+    let span = parent.start_with(
+        Kind::Server,
+        || {
+            let method = request.method().as_str();
+            match request.extensions().get::<MatchedPath>() {
+                Some(route) => format!("{method} {}", route.as_str()),
+                None => method.to_string(),
+            }
+        },
+        || {
+            let mut attributes = vec![
+                Attr::new("http.request.method", request.method().as_str().to_string()),
+                Attr::new("url.path", request.uri().path().to_string()),
+                Attr::new("url.scheme", "http"),
+                Attr::new(
+                    "network.protocol.version",
+                    match request.version() {
+                        axum::http::Version::HTTP_2 => "2",
+                        axum::http::Version::HTTP_10 => "1.0",
+                        _ => "1.1",
+                    },
+                ),
+            ];
+            if let Some(route) = request.extensions().get::<MatchedPath>() {
+                attributes.push(Attr::new("http.route", route.as_str().to_string()));
+            }
+            if let Some(agent) = request
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+            {
+                attributes.push(Attr::new("user_agent.original", agent.to_string()));
+            }
+            attributes
+        },
+    );
     span.role(Role::Chain);
     request.extensions_mut().insert(span.cx());
     let response = next.run(request).await;
@@ -62,6 +65,10 @@ pub(crate) async fn server_span(mut request: Request, next: Next) -> Response {
     if status.is_server_error() {
         span.set("error.type", status.as_str().to_string());
         span.fail(status.canonical_reason().unwrap_or("server error"));
+    }
+    // An unsampled span records nothing: no need to hold it to the body's end.
+    if !span.is_recording() {
+        return response;
     }
     response.map(|body| Body::new(SpanBody { body, _span: span }))
 }

@@ -326,6 +326,7 @@ impl OpHost {
             if !span.is_recording() {
                 return r#"{"id":0}"#.to_string();
             }
+            span.role(crate::telemetry::Role::Op);
             let id = spans.last().map_or(1, |(id, _)| id + 1);
             spans.push((id, span));
             return serde_json::json!({"id": id}).to_string();

@@ -25,16 +25,15 @@ pub(super) async fn run_step(
         || format!("op {name}"),
         Vec::new,
     );
-    if !span.cx().is_on() {
+    // Unsampled (or no tracing): what the op asks for goes under the parent; nothing records.
+    if !span.is_recording() {
         return run_policy(step, name, context, env, &span).await;
     }
-    if span.is_recording() {
-        span.role(crate::telemetry::Role::Op);
-        let library = &step.op.library;
-        span.set("flowhost.op.name", step.op.name.to_string());
-        span.set("flowhost.op.plugin", library.plugin_name.clone());
-        span.set("flowhost.op.plugin_version", library.plugin_version.clone());
-    }
+    span.role(crate::telemetry::Role::Op);
+    let library = &step.op.library;
+    span.set("flowhost.op.name", step.op.name.to_string());
+    span.set("flowhost.op.plugin", library.plugin_name.clone());
+    span.set("flowhost.op.plugin_version", library.plugin_version.clone());
     // What the op asks for (LLM calls, sub-ops, its own spans) goes under its span.
     let env = Env {
         trace: span.cx(),

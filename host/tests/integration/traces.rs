@@ -521,6 +521,41 @@ async fn an_mcp_call_continues_the_trace_in_its_meta() {
     assert_eq!(run.parent, call.id);
     drop(stdin);
     let _ = child.wait();
+
+    // Over /mcp without `_meta`: the call is under the HTTP request's span, which is under
+    // the caller's `traceparent` header.
+    receiver.spans.lock().expect("spans").clear();
+    let server = host(flows.path(), &receiver, &[]);
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    let text = client()
+        .post(server.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "echo_json")
+        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+        .json(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "echo_json", "arguments": {"query": "hi"}, "_meta": meta}}))
+        .send()
+        .await
+        .expect("POST /mcp")
+        .text()
+        .await
+        .expect("an answer");
+    assert!(text.contains("\"hi\""), "{text}");
+    let spans = receiver.wait_for("tools/call echo_json").await;
+    let call = one(&spans, "tools/call echo_json");
+    let post = spans
+        .iter()
+        .find(|s| s.attr("url.path") == "/mcp")
+        .unwrap_or_else(|| panic!("no /mcp request span: {}", tree(&spans)));
+    assert_eq!(post.parent, PARENT);
+    assert_eq!(call.parent, post.id, "{}", tree(&spans));
+    assert_eq!(call.attr("network.transport"), "tcp");
+    assert_eq!(one(&spans, "run echo_json").parent, call.id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

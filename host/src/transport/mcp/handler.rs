@@ -407,6 +407,7 @@ impl ServerHandler for FlowTools {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
+        let _span = super::traced::server_span(&context, "resources/read", Some(&request.uri));
         if let Some(refused) = self.refused_resource(&context, &request.uri) {
             return Err(refused);
         }
@@ -498,6 +499,7 @@ impl ServerHandler for FlowTools {
         request: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
+        let _span = super::traced::server_span(&context, "prompts/get", Some(&request.name));
         let snapshot = self.catalog.snapshot();
         let name = request.name.clone();
         let arguments = request.arguments.clone().unwrap_or_default();

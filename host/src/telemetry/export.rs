@@ -1,67 +1,160 @@
-//! The exporter's queue: ended spans go into a bounded channel (`OTEL_BSP_MAX_QUEUE_SIZE`,
-//! 2,048) and one thread sends them in batches to the OTLP receiver. A full queue drops the
+//! The exporter's queue: ended spans go into a bounded buffer (`OTEL_BSP_MAX_QUEUE_SIZE`,
+//! 2,048) and one thread sends them in batches to the OTLP receiver. A full buffer drops the
 //! span at once and counts it (`flowhost_trace_spans_dropped_total{reason="queue_full"}`): a
 //! stopped or hanging receiver never slows a run. The SDK's own batch processor counts its
 //! drops too, but only says so in a log line at shutdown; /metrics needs the count live.
 
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Mutex;
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry::Context;
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{
-    SdkTracer, SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor,
-};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span, SpanData, SpanProcessor};
 
 use super::settings::Resolved;
 
-enum Message {
-    Span(Box<SpanData>),
-    /// Send what is queued, then answer.
-    Flush(SyncSender<()>),
+/// What the processor and the exporter's thread share.
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the thread: a batch is full, a flush is asked, or the queue closed. A span
+    /// that does not fill a batch wakes nobody (a wake per span was a context switch per
+    /// span: a third of a traced request's time).
+    wake: Condvar,
+    capacity: usize,
+    batch: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    spans: Vec<SpanData>,
+    /// Who waits for the queue to be sent (`force_flush`).
+    waiters: Vec<SyncSender<()>>,
+    closed: bool,
 }
 
 /// The processor the provider calls as spans end.
 #[derive(Debug)]
 struct Queue {
-    tx: Mutex<Option<SyncSender<Message>>>,
+    shared: std::sync::Arc<Shared>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// Builds the exporter and the provider, and starts the exporter's thread.
-pub(super) fn start(resolved: &Resolved) -> Result<(SdkTracerProvider, SdkTracer), String> {
-    let mut builder = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_endpoint(resolved.endpoint.clone())
-        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-        .with_headers(resolved.headers.clone().into_iter().collect());
-    if let Some(timeout) = resolved.timeout {
-        builder = builder.with_timeout(timeout);
+fn dropped(reason: &'static str) -> &'static metrics::Counter {
+    static FULL: OnceLock<metrics::Counter> = OnceLock::new();
+    static FAILED: OnceLock<metrics::Counter> = OnceLock::new();
+    let cell = if reason == "queue_full" {
+        &FULL
+    } else {
+        &FAILED
+    };
+    cell.get_or_init(|| metrics::counter!(crate::metrics::SPANS_DROPPED, "reason" => reason))
+}
+
+/// Sends export bodies to the receiver: reqwest on a runtime of the exporter's own thread.
+struct Sender {
+    client: reqwest::Client,
+    runtime: tokio::runtime::Runtime,
+    endpoint: String,
+    headers: reqwest::header::HeaderMap,
+    timeout: Duration,
+    resource: Vec<KeyValue>,
+    body: Vec<u8>,
+}
+
+impl Sender {
+    fn send(&mut self, spans: &[SpanData]) -> Result<(), String> {
+        super::otlp::encode(
+            &self.resource,
+            ("flowhost", Some(env!("CARGO_PKG_VERSION"))),
+            spans,
+            &mut self.body,
+        );
+        let capacity = self.body.len();
+        let body = std::mem::replace(&mut self.body, Vec::with_capacity(capacity));
+        let request = self
+            .client
+            .post(&self.endpoint)
+            .headers(self.headers.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
+            .body(body);
+        let timeout = self.timeout;
+        self.runtime.block_on(async move {
+            let response = tokio::time::timeout(timeout, request.send())
+                .await
+                .map_err(|_| format!("no answer within {}s", timeout.as_secs_f64()))?
+                .map_err(|err| format!("cannot reach the receiver: {err}"))?;
+            let status = response.status();
+            // The answer's body (a partial success, at most) is read to keep the connection.
+            let _ = tokio::time::timeout(timeout, response.bytes()).await;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("the receiver answered HTTP {status}"))
+            }
+        })
     }
-    let mut exporter = builder
+}
+
+/// Builds the sender and the provider, and starts the exporter's thread.
+pub(super) fn start(resolved: &Resolved) -> Result<(SdkTracerProvider, SdkTracer), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
-        .map_err(|err| format!("telemetry: cannot build the OTLP exporter: {err}"))?;
-    let resource = opentelemetry_sdk::Resource::builder_empty()
-        .with_attributes(resolved.resource.clone())
-        .build();
-    exporter.set_resource(&resource);
-    let (tx, rx) = mpsc::sync_channel(resolved.queue);
-    let (batch, delay) = (resolved.batch, resolved.delay);
-    let thread = std::thread::Builder::new()
-        .name("otlp-export".into())
-        .spawn(move || send_batches(exporter, rx, batch, delay))
-        .map_err(|err| format!("telemetry: cannot start the exporter's thread: {err}"))?;
+        .map_err(|err| format!("telemetry: cannot start the exporter's runtime: {err}"))?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, value) in &resolved.headers {
+        let (Ok(name), Ok(value)) = (
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+            reqwest::header::HeaderValue::from_str(value),
+        ) else {
+            return Err(format!(
+                "telemetry: the export header `{name}` is not a valid HTTP header (telemetry.headers, OTEL_EXPORTER_OTLP_HEADERS)"
+            ));
+        };
+        headers.insert(name, value);
+    }
+    let client = reqwest::Client::builder()
+        .connect_timeout(resolved.timeout)
+        .build()
+        .map_err(|err| format!("telemetry: cannot build the HTTP client: {err}"))?;
+    let mut resource = resolved.resource.clone();
+    resource.extend([
+        KeyValue::new("telemetry.sdk.name", "opentelemetry"),
+        KeyValue::new("telemetry.sdk.language", "rust"),
+    ]);
+    let sender = Sender {
+        client,
+        runtime,
+        endpoint: resolved.endpoint.clone(),
+        headers,
+        timeout: resolved.timeout,
+        resource,
+        body: Vec::new(),
+    };
+    let shared = std::sync::Arc::new(Shared {
+        state: Mutex::new(State::default()),
+        wake: Condvar::new(),
+        capacity: resolved.queue,
+        batch: resolved.batch,
+    });
+    let delay = resolved.delay;
+    let thread = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("otlp-export".into())
+            .spawn(move || send_batches(sender, &shared, delay))
+            .map_err(|err| format!("telemetry: cannot start the exporter's thread: {err}"))?
+    };
     let queue = Queue {
-        tx: Mutex::new(Some(tx)),
+        shared,
         thread: Mutex::new(Some(thread)),
     };
     let provider = SdkTracerProvider::builder()
         .with_span_processor(queue)
         .with_sampler(resolved.sampler.clone())
-        .with_resource(resource)
         .build();
     let tracer = provider.tracer("flowhost");
     Ok((provider, tracer))
@@ -71,38 +164,43 @@ impl SpanProcessor for Queue {
     fn on_start(&self, _span: &mut Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        let sent = match tx.as_ref() {
-            Some(tx) => match tx.try_send(Message::Span(Box::new(span))) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
-            },
-            None => false,
-        };
-        if !sent {
-            metrics::counter!(crate::metrics::SPANS_DROPPED, "reason" => "queue_full").increment(1);
+        let shared = &self.shared;
+        let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.closed || state.spans.len() >= shared.capacity {
+            drop(state);
+            dropped("queue_full").increment(1);
+            return;
+        }
+        state.spans.push(span);
+        if state.spans.len() == shared.batch {
+            shared.wake.notify_one();
         }
     }
 
     fn force_flush(&self) -> OTelSdkResult {
         let (ack, done) = mpsc::sync_channel(1);
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(tx) = tx else {
-            return Err(OTelSdkError::AlreadyShutdown);
-        };
-        tx.send(Message::Flush(ack))
-            .map_err(|_| OTelSdkError::AlreadyShutdown)?;
+        {
+            let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.closed {
+                return Err(OTelSdkError::AlreadyShutdown);
+            }
+            state.waiters.push(ack);
+        }
+        self.shared.wake.notify_one();
         done.recv_timeout(Duration::from_secs(30))
             .map_err(|_| OTelSdkError::Timeout(Duration::from_secs(30)))
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        // Closing the channel ends the thread after it has sent what is queued.
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some(tx) = tx else {
-            return Err(OTelSdkError::AlreadyShutdown);
-        };
-        drop(tx);
+        {
+            let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.closed {
+                return Err(OTelSdkError::AlreadyShutdown);
+            }
+            // The thread sends what is queued, then ends.
+            state.closed = true;
+        }
+        self.shared.wake.notify_one();
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         let Some(thread) = thread else {
             return Ok(());
@@ -119,27 +217,16 @@ impl SpanProcessor for Queue {
     }
 }
 
-/// The exporter's thread: a batch goes when it is full, when `delay` has passed since the
-/// last one, on a flush, and at the end.
-fn send_batches(
-    exporter: opentelemetry_otlp::SpanExporter,
-    rx: Receiver<Message>,
-    size: usize,
-    delay: Duration,
-) {
-    let mut batch: Vec<SpanData> = Vec::with_capacity(size);
-    let mut next = Instant::now() + delay;
+/// The exporter's thread: a batch goes when it is full, when `delay` has passed, on a flush,
+/// and at the end.
+fn send_batches(mut sender: Sender, shared: &Shared, delay: Duration) {
     let mut last_warning: Option<Instant> = None;
-    let mut send = |batch: &mut Vec<SpanData>| {
-        if batch.is_empty() {
-            return;
-        }
+    let mut send = |batch: Vec<SpanData>| {
         let count = batch.len() as u64;
-        match futures_executor::block_on(exporter.export(std::mem::take(batch))) {
+        match sender.send(&batch) {
             Ok(()) => metrics::counter!(crate::metrics::SPANS_EXPORTED).increment(count),
             Err(err) => {
-                metrics::counter!(crate::metrics::SPANS_DROPPED, "reason" => "export_failed")
-                    .increment(count);
+                dropped("export_failed").increment(count);
                 // One line a minute at most: a receiver that is down would fill the log.
                 if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
                     last_warning = Some(Instant::now());
@@ -149,27 +236,30 @@ fn send_batches(
         }
     };
     loop {
-        let wait = next.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(Message::Span(span)) => {
-                batch.push(*span);
-                if batch.len() >= size {
-                    send(&mut batch);
-                }
+        let (mut spans, waiters, closed) = {
+            let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.spans.len() < shared.batch && state.waiters.is_empty() && !state.closed {
+                state = shared
+                    .wake
+                    .wait_timeout(state, delay)
+                    .map_or_else(|p| p.into_inner().0, |(state, _)| state);
             }
-            Ok(Message::Flush(ack)) => {
-                send(&mut batch);
-                let _ = ack.send(());
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                send(&mut batch);
-                next = Instant::now() + delay;
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                send(&mut batch);
-                let _ = exporter.shutdown();
-                return;
-            }
+            (
+                std::mem::replace(&mut state.spans, Vec::with_capacity(shared.batch)),
+                std::mem::take(&mut state.waiters),
+                state.closed,
+            )
+        };
+        while !spans.is_empty() {
+            let rest = spans.split_off(spans.len().min(shared.batch));
+            send(spans);
+            spans = rest;
+        }
+        for waiter in waiters {
+            let _ = waiter.send(());
+        }
+        if closed {
+            return;
         }
     }
 }

@@ -5,9 +5,11 @@
 //! call site costs one branch.
 //!
 //! `settings.rs` is the `telemetry:` settings with the standard `OTEL_*` variables over them;
-//! `export.rs` the exporter's queue (bounded, never blocks a run, counts what it drops).
+//! `export.rs` the exporter's queue (bounded, never blocks a run, counts what it drops) and
+//! its sender; `otlp.rs` the OTLP protobuf body, written straight from the spans.
 
 mod export;
+mod otlp;
 mod settings;
 
 use std::borrow::Cow;

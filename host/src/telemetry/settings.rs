@@ -50,7 +50,7 @@ pub(super) struct Resolved {
     pub(super) sampler_name: String,
     pub(super) resource: Vec<KeyValue>,
     pub(super) headers: BTreeMap<String, String>,
-    pub(super) timeout: Option<Duration>,
+    pub(super) timeout: Duration,
     pub(super) conventions: Conventions,
     /// `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`.
     pub(super) queue: usize,
@@ -172,6 +172,51 @@ impl Settings {
                     .ok_or_else(|| format!("{name}={text}: not a whole number above 0")),
             }
         };
+        let mut headers = self.headers.clone();
+        for name in [
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ] {
+            if let Some(list) = var(name) {
+                for pair in list.split(',').filter(|pair| !pair.trim().is_empty()) {
+                    let Some((key, value)) = pair.split_once('=') else {
+                        return Err(format!(
+                            "{name}: `{pair}` is not key=value (the list is key=value,key=value)"
+                        ));
+                    };
+                    headers.insert(key.trim().to_string(), percent_decode(value.trim()));
+                }
+                break;
+            }
+        }
+        for name in [
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+        ] {
+            if let Some(compression) = var(name).filter(|c| c.trim() != "none") {
+                return Err(format!(
+                    "{name}={compression}: flowhost sends OTLP bodies uncompressed; unset it or set none"
+                ));
+            }
+        }
+        let timeout = match var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+            .map(|t| ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", t))
+            .or_else(|| {
+                var("OTEL_EXPORTER_OTLP_TIMEOUT").map(|t| ("OTEL_EXPORTER_OTLP_TIMEOUT", t))
+            }) {
+            Some((name, text)) => Duration::from_millis(
+                text.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| *ms > 0)
+                    .ok_or_else(|| {
+                        format!("{name}={text}: not a whole number of milliseconds above 0")
+                    })?,
+            ),
+            None => self
+                .timeout
+                .map_or(Duration::from_secs(10), Duration::from_secs_f64),
+        };
         let queue = number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)? as usize;
         let batch = (number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)? as usize).min(queue);
         let delay = Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000)?);
@@ -181,8 +226,8 @@ impl Settings {
             sampler,
             sampler_name,
             resource,
-            headers: self.headers.clone(),
-            timeout: self.timeout.map(Duration::from_secs_f64),
+            headers,
+            timeout,
             conventions: self.conventions,
             queue,
             delay,

@@ -1,0 +1,320 @@
+//! OTLP/HTTP's protobuf body (`ExportTraceServiceRequest`) written straight from the SDK's
+//! span data into one buffer.
+//!
+//! Why not opentelemetry-otlp's encoder: it converts every span into owned prost messages (a
+//! string per attribute key, a vector per id), groups them in a hash map by scope, then
+//! measures each nested message again at every level; callgrind put that at 16% of a traced
+//! request's instructions, more than the request's own handler, and the budget for
+//! tracing everything is 10%. This writes each field once, allocating nothing per span. The
+//! tests decode what it writes with the official `opentelemetry-proto` definitions.
+//!
+//! A nested message's length is written as a 5-byte varint (`begin` / `end`): the length is
+//! known only after the message, and a padded varint, valid protobuf that every decoder
+//! reads, lets it be filled in place instead of measured first.
+
+use opentelemetry::trace::{SpanKind, Status};
+use opentelemetry::{Array, KeyValue, Value};
+use opentelemetry_sdk::trace::SpanData;
+use prost::encoding::{encode_key, encode_varint, WireType};
+
+/// The body of one export: `resource` (its attributes) and `scope` (name, version) are the
+/// same for every span of this process.
+pub(super) fn encode(
+    resource: &[KeyValue],
+    scope: (&str, Option<&str>),
+    spans: &[SpanData],
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    // ExportTraceServiceRequest.resource_spans (1)
+    let resource_spans = begin(out, 1);
+    {
+        // ResourceSpans.resource (1): Resource.attributes (1)
+        let at = begin(out, 1);
+        for kv in resource {
+            key_value(out, 1, kv);
+        }
+        end(out, at);
+        // ResourceSpans.scope_spans (2)
+        let scope_spans = begin(out, 2);
+        // ScopeSpans.scope (1): InstrumentationScope.name (1), .version (2)
+        let at = begin(out, 1);
+        string(out, 1, scope.0);
+        if let Some(version) = scope.1 {
+            string(out, 2, version);
+        }
+        end(out, at);
+        for span in spans {
+            // ScopeSpans.spans (2)
+            let at = begin(out, 2);
+            write_span(out, span);
+            end(out, at);
+        }
+        end(out, scope_spans);
+    }
+    end(out, resource_spans);
+}
+
+/// One `Span` message's fields.
+fn write_span(out: &mut Vec<u8>, span: &SpanData) {
+    let context = &span.span_context;
+    bytes(out, 1, &context.trace_id().to_bytes());
+    bytes(out, 2, &context.span_id().to_bytes());
+    let state = context.trace_state().header();
+    string(out, 3, &state);
+    if span.parent_span_id != opentelemetry::trace::SpanId::INVALID {
+        bytes(out, 4, &span.parent_span_id.to_bytes());
+    }
+    string(out, 5, &span.name);
+    let kind = match span.span_kind {
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    };
+    varint(out, 6, kind);
+    fixed64(out, 7, nanos(span.start_time));
+    fixed64(out, 8, nanos(span.end_time));
+    for kv in &span.attributes {
+        key_value(out, 9, kv);
+    }
+    varint(out, 10, u64::from(span.dropped_attributes_count));
+    for event in &span.events.events {
+        // Span.events (11): Event.time_unix_nano (1), .name (2), .attributes (3)
+        let at = begin(out, 11);
+        fixed64(out, 1, nanos(event.timestamp));
+        string(out, 2, &event.name);
+        for kv in &event.attributes {
+            key_value(out, 3, kv);
+        }
+        varint(out, 4, u64::from(event.dropped_attributes_count));
+        end(out, at);
+    }
+    varint(out, 12, u64::from(span.events.dropped_count));
+    for link in &span.links.links {
+        // Span.links (13): Link.trace_id (1), .span_id (2), .trace_state (3), .attributes (4)
+        let at = begin(out, 13);
+        bytes(out, 1, &link.span_context.trace_id().to_bytes());
+        bytes(out, 2, &link.span_context.span_id().to_bytes());
+        string(out, 3, &link.span_context.trace_state().header());
+        for kv in &link.attributes {
+            key_value(out, 4, kv);
+        }
+        end(out, at);
+    }
+    varint(out, 14, u64::from(span.links.dropped_count));
+    // Span.status (15): Status.message (2), .code (3: 1 ok, 2 error)
+    match &span.status {
+        Status::Unset => {}
+        Status::Ok => {
+            let at = begin(out, 15);
+            varint(out, 3, 1);
+            end(out, at);
+        }
+        Status::Error { description } => {
+            let at = begin(out, 15);
+            string(out, 2, description);
+            varint(out, 3, 2);
+            end(out, at);
+        }
+    }
+    // Span.flags (16, fixed32): the W3C trace flags, and whether the parent is remote.
+    let mut flags = u32::from(context.trace_flags().to_u8()) | 0x100;
+    if span.parent_span_is_remote {
+        flags |= 0x200;
+    }
+    encode_key(16, WireType::ThirtyTwoBit, out);
+    out.extend_from_slice(&flags.to_le_bytes());
+}
+
+/// A `KeyValue` message as field `tag`: key (1), value (2: AnyValue).
+fn key_value(out: &mut Vec<u8>, tag: u32, kv: &KeyValue) {
+    let at = begin(out, tag);
+    string(out, 1, kv.key.as_str());
+    let value = begin(out, 2);
+    any_value(out, &kv.value);
+    end(out, value);
+    end(out, at);
+}
+
+/// An `AnyValue`'s one field: string (1), bool (2), int (3), double (4), array (5).
+fn any_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::String(text) => {
+            encode_key(1, WireType::LengthDelimited, out);
+            encode_varint(text.as_str().len() as u64, out);
+            out.extend_from_slice(text.as_str().as_bytes());
+        }
+        Value::Bool(flag) => {
+            encode_key(2, WireType::Varint, out);
+            encode_varint(u64::from(*flag), out);
+        }
+        Value::I64(number) => {
+            encode_key(3, WireType::Varint, out);
+            encode_varint(*number as u64, out);
+        }
+        Value::F64(number) => {
+            encode_key(4, WireType::SixtyFourBit, out);
+            out.extend_from_slice(&number.to_le_bytes());
+        }
+        Value::Array(array) => {
+            // ArrayValue.values (1): AnyValue
+            let at = begin(out, 5);
+            let item = |out: &mut Vec<u8>, value: Value| {
+                let at = begin(out, 1);
+                any_value(out, &value);
+                end(out, at);
+            };
+            match array {
+                Array::Bool(items) => items.iter().for_each(|v| item(out, Value::Bool(*v))),
+                Array::I64(items) => items.iter().for_each(|v| item(out, Value::I64(*v))),
+                Array::F64(items) => items.iter().for_each(|v| item(out, Value::F64(*v))),
+                Array::String(items) => items
+                    .iter()
+                    .for_each(|v| item(out, Value::String(v.clone()))),
+                _ => {}
+            }
+            end(out, at);
+        }
+        other => {
+            let text = other.to_string();
+            encode_key(1, WireType::LengthDelimited, out);
+            encode_varint(text.len() as u64, out);
+            out.extend_from_slice(text.as_bytes());
+        }
+    }
+}
+
+fn nanos(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Starts a nested message as field `tag`: its length is filled in by [`end`].
+fn begin(out: &mut Vec<u8>, tag: u32) -> usize {
+    encode_key(tag, WireType::LengthDelimited, out);
+    let at = out.len();
+    out.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x00]);
+    at
+}
+
+/// Writes the length of the message begun at `at` as a 5-byte varint.
+fn end(out: &mut [u8], at: usize) {
+    let len = (out.len() - at - 5) as u64;
+    for (i, byte) in out[at..at + 5].iter_mut().enumerate() {
+        let bits = ((len >> (7 * i)) & 0x7f) as u8;
+        *byte = if i < 4 { bits | 0x80 } else { bits };
+    }
+}
+
+fn bytes(out: &mut Vec<u8>, tag: u32, data: &[u8]) {
+    encode_key(tag, WireType::LengthDelimited, out);
+    encode_varint(data.len() as u64, out);
+    out.extend_from_slice(data);
+}
+
+/// A string field; an empty one is left out (proto3's default).
+fn string(out: &mut Vec<u8>, tag: u32, text: &str) {
+    if !text.is_empty() {
+        bytes(out, tag, text.as_bytes());
+    }
+}
+
+/// A varint field; zero is left out (proto3's default).
+fn varint(out: &mut Vec<u8>, tag: u32, value: u64) {
+    if value != 0 {
+        encode_key(tag, WireType::Varint, out);
+        encode_varint(value, out);
+    }
+}
+
+fn fixed64(out: &mut Vec<u8>, tag: u32, value: u64) {
+    encode_key(tag, WireType::SixtyFourBit, out);
+    out.extend_from_slice(&value.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use prost::Message;
+
+    #[test]
+    fn what_it_writes_decodes_with_the_official_definitions() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(1_700_000_000_123);
+        let span = SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(0x0af7651916cd43dd8448eb211c80319c),
+                SpanId::from(0xb7ad6b7169203331),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: SpanId::from(7),
+            parent_span_is_remote: true,
+            span_kind: SpanKind::Client,
+            name: "chat m".into(),
+            start_time: at,
+            end_time: at + std::time::Duration::from_millis(3),
+            attributes: vec![
+                KeyValue::new("s", "text"),
+                KeyValue::new("i", -5),
+                KeyValue::new("b", true),
+                KeyValue::new("f", 0.5),
+                KeyValue::new("a", Value::Array(Array::I64(vec![1, 2]))),
+                KeyValue::new("long", "x".repeat(300)),
+            ],
+            dropped_attributes_count: 0,
+            events: opentelemetry_sdk::trace::SpanEvents::default(),
+            links: opentelemetry_sdk::trace::SpanLinks::default(),
+            status: Status::error("disk on fire"),
+            instrumentation_scope: opentelemetry::InstrumentationScope::builder("flowhost").build(),
+        };
+        let mut out = Vec::new();
+        encode(
+            &[KeyValue::new("service.name", "svc")],
+            ("flowhost", Some("1.2.3")),
+            &[span.clone(), span],
+            &mut out,
+        );
+        let request = ExportTraceServiceRequest::decode(out.as_slice()).expect("decodes");
+        let resource = &request.resource_spans[0];
+        assert_eq!(
+            resource.resource.as_ref().expect("resource").attributes[0].key,
+            "service.name"
+        );
+        let scope = &resource.scope_spans[0];
+        assert_eq!(scope.scope.as_ref().expect("scope").version, "1.2.3");
+        assert_eq!(scope.spans.len(), 2);
+        let got = &scope.spans[1];
+        assert_eq!(got.name, "chat m");
+        assert_eq!(got.kind, 3);
+        assert_eq!(
+            got.trace_id,
+            0x0af7651916cd43dd8448eb211c80319c_u128.to_be_bytes()
+        );
+        assert_eq!(got.parent_span_id, 7u64.to_be_bytes());
+        assert_eq!(got.start_time_unix_nano, 1_700_000_000_123);
+        assert_eq!(got.end_time_unix_nano, 1_700_003_000_123);
+        assert_eq!(got.flags, 0x301);
+        let status = got.status.as_ref().expect("status");
+        assert_eq!((status.code, status.message.as_str()), (2, "disk on fire"));
+        let values: Vec<Option<Any>> = got
+            .attributes
+            .iter()
+            .map(|kv| kv.value.as_ref().and_then(|v| v.value.clone()))
+            .collect();
+        assert_eq!(values[0], Some(Any::StringValue("text".into())));
+        assert_eq!(values[1], Some(Any::IntValue(-5)));
+        assert_eq!(values[2], Some(Any::BoolValue(true)));
+        assert_eq!(values[3], Some(Any::DoubleValue(0.5)));
+        let Some(Any::ArrayValue(array)) = &values[4] else {
+            panic!("an array: {values:?}");
+        };
+        assert_eq!(array.values.len(), 2);
+        assert_eq!(values[5], Some(Any::StringValue("x".repeat(300))));
+    }
+}

@@ -77,13 +77,19 @@ pub async fn run(bin_dir: &Path) -> Value {
             let mut command = serve_command(bin_dir, port, &flows);
             command.arg("--config").arg(config);
             let server = start("flowhost", command, port, Duration::from_secs(60)).await;
-            let load = crate::load::nonstream(
+            let cpu_before = server.cpu_seconds();
+            let mut load = crate::load::nonstream(
                 &server.url,
                 "fake_echo_flow",
                 WORKERS,
                 Duration::from_secs(SECONDS),
             )
             .await;
+            // The host's own CPU per request: what tracing costs it, whatever the client and
+            // the receiver (on the same two cores) take.
+            let requests = load["requests"].as_f64().unwrap_or(0.0).max(1.0);
+            load["cpu_us_per_request"] =
+                json!((server.cpu_seconds() - cpu_before) * 1e6 / requests);
             let client = reqwest::Client::new();
             let url = format!("{}/count_stream_flow", server.url);
             let (chunks, done, _, took, _) =
@@ -105,6 +111,14 @@ pub async fn run(bin_dir: &Path) -> Value {
         )
     };
     let cps = |i: usize| median(rounds[i].iter().map(|(_, c)| *c).collect());
+    let cpu = |i: usize| {
+        median(
+            rounds[i]
+                .iter()
+                .filter_map(|(r, _)| r["cpu_us_per_request"].as_f64())
+                .collect(),
+        )
+    };
     let (base_rps, base_cps) = (rps(0), cps(0));
     let mut report = serde_json::Map::new();
     for (i, (name, _)) in setups.iter().enumerate() {
@@ -113,6 +127,8 @@ pub async fn run(bin_dir: &Path) -> Value {
             json!({
                 "requests_per_sec": rps(i).round(),
                 "vs_off_pct": ((rps(i) / base_rps - 1.0) * 1000.0).round() / 10.0,
+                "host_cpu_us_per_request": (cpu(i) * 10.0).round() / 10.0,
+                "host_cpu_vs_off_pct": ((cpu(i) / cpu(0) - 1.0) * 1000.0).round() / 10.0,
                 "p50_ms": median(rounds[i].iter().filter_map(|(r, _)| r["p50_ms"].as_f64()).collect()),
                 "p99_ms": median(rounds[i].iter().filter_map(|(r, _)| r["p99_ms"].as_f64()).collect()),
                 "errors": rounds[i].iter().filter_map(|(r, _)| r["errors"].as_u64()).sum::<u64>(),

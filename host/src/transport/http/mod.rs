@@ -325,11 +325,19 @@ async fn run_flow(
     let input = validate(&flow, input)?;
     let background = runs::wants_async(&headers);
     let transport = if background { "async" } else { "http" };
-    let mut call =
-        match request::start_call(&state, &caller, transport, &name, &headers, &input).await {
-            Ok(call) => call,
-            Err(limited) => return Ok(request::limited_response(&limited)),
-        };
+    let mut call = match request::start_call(
+        &state,
+        &caller,
+        transport,
+        &name,
+        (&headers, trace.as_ref().map(|Extension(cx)| cx)),
+        &input,
+    )
+    .await
+    {
+        Ok(call) => call,
+        Err(limited) => return Ok(request::limited_response(&limited)),
+    };
     let mut running = None;
     let (input_json, fingerprint) = if background {
         runs::fingerprint(&input)

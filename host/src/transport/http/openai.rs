@@ -292,7 +292,16 @@ pub(crate) async fn chat_completions(
         }
     };
     drop(snapshot);
-    let mut call = match start_call(&state, &caller, "openai", &model, &headers, &input).await {
+    let mut call = match start_call(
+        &state,
+        &caller,
+        "openai",
+        &model,
+        (&headers, trace.as_ref().map(|axum::Extension(cx)| cx)),
+        &input,
+    )
+    .await
+    {
         Ok(call) => call,
         Err(limited) => {
             let mut response = error(

@@ -48,16 +48,20 @@ pub(crate) fn limited_response(limited: &Limited) -> Response {
     response
 }
 
-/// [`crate::auth::Auth::start`] for an HTTP request (its `traceparent` goes to the audit).
+/// [`crate::auth::Auth::start`] for an HTTP request: the audit line names the request's own
+/// span when it is traced, else the `traceparent` the caller sent.
 pub(crate) async fn start_call(
     state: &AppState,
     caller: &Arc<Caller>,
     transport: &'static str,
     flow: &str,
-    headers: &axum::http::HeaderMap,
+    (headers, trace): (&axum::http::HeaderMap, Option<&crate::telemetry::Cx>),
     input: &Map<String, Value>,
 ) -> Result<Call, Limited> {
-    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let own = trace.and_then(crate::telemetry::Cx::traceparent);
+    let traceparent = own
+        .as_deref()
+        .or_else(|| headers.get("traceparent").and_then(|v| v.to_str().ok()));
     state
         .auth
         .start(caller, transport, flow, traceparent, input)

@@ -56,6 +56,22 @@ impl LogSink {
     }
 }
 
+/// A span an op opened (`ctx.span`): its attributes are kept here and set when it ends, so
+/// a key the op sets twice is sent once, with its last value.
+pub(super) struct OwnSpan {
+    id: u64,
+    span: crate::telemetry::Span,
+    attributes: Vec<(String, Value)>,
+}
+
+impl Drop for OwnSpan {
+    fn drop(&mut self) {
+        for (key, value) in &self.attributes {
+            self.span.set_dynamic(key, value);
+        }
+    }
+}
+
 /// Chunks recorded for the cache, and their text bytes.
 type Recorded = (Vec<Chunk>, usize);
 
@@ -76,9 +92,9 @@ pub(super) struct OpHost {
     pub(super) subs: Arc<[SubStep]>,
     /// The run the call belongs to: its channel, cancellation, log sink, LLM service.
     pub(super) env: Env,
-    /// The op's own spans still open (`ctx.span`), by id; ended when the call ends at the
-    /// latest.
-    pub(super) spans: Mutex<Vec<(u64, crate::telemetry::Span)>>,
+    /// The op's own spans still open (`ctx.span`), innermost last; ended when the call ends
+    /// at the latest.
+    pub(super) spans: Mutex<Vec<OwnSpan>>,
 }
 
 impl OpHost {
@@ -107,6 +123,14 @@ impl OpHost {
                 chunks.push(chunk.clone());
             }
         }
+    }
+
+    /// Where what the op asks for goes: under its innermost open span, else under its call.
+    fn trace(&self) -> crate::telemetry::Cx {
+        let spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
+        spans
+            .last()
+            .map_or_else(|| self.env.trace.clone(), |own| own.span.cx())
     }
 
     /// Runs a wait of the op's: off the runtime thread when the call is inline.
@@ -208,7 +232,7 @@ impl crate::ops::Host for OpHost {
             self.runtime.block_on(llm.chat_traced(
                 &request,
                 &self.env.cancel,
-                &self.env.trace,
+                &self.trace(),
                 |kind, text, json| on_chunk(kind as u8, text, json),
             ))
         })
@@ -261,8 +285,8 @@ impl crate::ops::Host for OpHost {
             "roots" => "roots",
             other => {
                 return Err(format!(
-                    "no host service `{other}` (this flowhost offers sample, elicit and roots)"
-                ))
+                "no host service `{other}` (this flowhost offers sample, elicit, roots and span)"
+            ))
             }
         };
         let mut request: Value = serde_json::from_str(request)
@@ -317,37 +341,51 @@ impl OpHost {
         if let Some(name) = request["start"].as_str() {
             let parent = spans
                 .last()
-                .map_or_else(|| self.env.trace.clone(), |(_, span)| span.cx());
-            let span = parent.start(
-                name.to_string(),
+                .map_or_else(|| self.env.trace.clone(), |own| own.span.cx());
+            let op = self.op;
+            let span = parent.start_with(
                 crate::telemetry::Kind::Internal,
-                vec![crate::telemetry::Attr::new("flowhost.op.name", self.op)],
+                || name.to_string(),
+                || vec![crate::telemetry::Attr::new("flowhost.op.name", op)],
             );
             if !span.is_recording() {
                 return r#"{"id":0}"#.to_string();
             }
             span.role(crate::telemetry::Role::Op);
-            let id = spans.last().map_or(1, |(id, _)| id + 1);
-            spans.push((id, span));
+            let id = spans.last().map_or(1, |own| own.id + 1);
+            spans.push(OwnSpan {
+                id,
+                span,
+                attributes: Vec::new(),
+            });
             return serde_json::json!({"id": id}).to_string();
         }
         let find = |key: &str| request[key].as_u64();
         if let Some(id) = find("end") {
-            spans.retain(|(open, _)| *open != id);
+            spans.retain(|own| own.id != id);
         } else if let Some(id) = find("set") {
-            if let (Some((_, span)), Some(key)) = (
-                spans.iter().find(|(open, _)| *open == id),
+            if let (Some(own), Some(key)) = (
+                spans.iter_mut().find(|own| own.id == id),
                 request["key"].as_str(),
             ) {
-                span.set_dynamic(key, &request["value"]);
+                let value = request["value"].clone();
+                match own.attributes.iter().position(|(k, _)| k == key) {
+                    Some(at) => own.attributes[at].1 = value,
+                    None if own.attributes.len() < 128 => {
+                        own.attributes.push((key.to_string(), value))
+                    }
+                    None => {}
+                }
             }
         } else if let Some(id) = find("event") {
-            if let Some((_, span)) = spans.iter().find(|(open, _)| *open == id) {
-                span.event_named(request["name"].as_str().unwrap_or("event"));
+            if let Some(own) = spans.iter().find(|own| own.id == id) {
+                own.span
+                    .event_named(request["name"].as_str().unwrap_or("event"));
             }
         } else if let Some(id) = find("fail") {
-            if let Some((_, span)) = spans.iter().find(|(open, _)| *open == id) {
-                span.fail(request["message"].as_str().unwrap_or("failed"));
+            if let Some(own) = spans.iter().find(|own| own.id == id) {
+                own.span
+                    .fail(request["message"].as_str().unwrap_or("failed"));
             }
         }
         "{}".to_string()
@@ -387,13 +425,15 @@ impl OpHost {
             }
         };
         let answer = Arc::new(Mutex::new(String::new()));
-        let span = self.env.trace.start(
-            format!("execute_tool {name}"),
+        let span = self.trace().start_with(
             crate::telemetry::Kind::Internal,
-            vec![crate::telemetry::Attr::new(
-                "gen_ai.operation.name",
-                "execute_tool",
-            )],
+            || format!("execute_tool {name}"),
+            || {
+                vec![crate::telemetry::Attr::new(
+                    "gen_ai.operation.name",
+                    "execute_tool",
+                )]
+            },
         );
         span.tool(name);
         span.role(crate::telemetry::Role::Tool);

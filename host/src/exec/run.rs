@@ -363,6 +363,9 @@ impl Run {
         tracing::warn!(flow = self.flow_name, flow_id = %self.flow_id, "{message}");
         self.cancel.cancel();
         out.push(Chunk::error(self.flow_name, message.clone()));
+        if self.span.is_recording() {
+            self.error_chunk = Some(message.clone());
+        }
         self.stopped = Some(message);
         self.finished = true;
     }

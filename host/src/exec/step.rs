@@ -84,8 +84,11 @@ async fn run_policy(
     let mut attempt = 1;
     loop {
         let (result, report) = call_once(step, &context_json, env, cache_key.is_some()).await;
-        span.set("flowhost.op.placement", report.placement);
-        span.set("flowhost.op.attempts", i64::from(attempt));
+        // Set once, by the last call (an attribute set twice would be sent twice).
+        let last = |span: &crate::telemetry::Span| {
+            span.set("flowhost.op.placement", report.placement);
+            span.set("flowhost.op.attempts", i64::from(attempt));
+        };
         let mut failure = match result {
             Ok(writes) => {
                 if let (Some(key), Some(ttl), Some(chunks)) =
@@ -97,12 +100,14 @@ async fn run_policy(
                     };
                     crate::exec::cache::store(key, cached, ttl);
                 }
+                last(span);
                 return Ok(writes);
             }
             Err(failure) => failure,
         };
         failure.attempts = attempt;
         if env.cancel.is_cancelled() {
+            last(span);
             return Err(failure);
         }
         if attempt < policy.attempts && report.emitted == 0 {
@@ -115,13 +120,15 @@ async fn run_policy(
                 policy.attempts
             );
             metrics::counter!(crate::metrics::OP_RETRIES).increment(1);
-            span.event(
-                "retry",
-                vec![crate::telemetry::Attr::new(
-                    "exception.message",
-                    failure.to_string(),
-                )],
-            );
+            if span.is_recording() {
+                span.event(
+                    "retry",
+                    vec![crate::telemetry::Attr::new(
+                        "exception.message",
+                        failure.to_string(),
+                    )],
+                );
+            }
             tokio::select! {
                 _ = env.cancel.cancelled() => return Err(failure),
                 _ = tokio::time::sleep(wait) => {}
@@ -129,6 +136,7 @@ async fn run_policy(
             attempt += 1;
             continue;
         }
+        last(span);
         if !policy.tolerate_failure {
             return Err(failure);
         }

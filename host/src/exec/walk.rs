@@ -134,12 +134,16 @@ pub(super) fn run_node<'a>(
                         target.name
                     )));
                 }
-                let span = env.trace.start(
-                    format!("FlowOp {}", target.name),
+                let span = env.trace.start_with(
                     crate::telemetry::Kind::Internal,
-                    Vec::new(),
+                    || format!("FlowOp {}", target.name),
+                    || {
+                        vec![crate::telemetry::Attr::new(
+                            "flowhost.flow",
+                            target.name.clone(),
+                        )]
+                    },
                 );
-                span.flow(&target.name);
                 span.role(crate::telemetry::Role::Chain);
                 let inner = Env {
                     depth: env.depth + 1,
@@ -147,7 +151,7 @@ pub(super) fn run_node<'a>(
                     ..env.clone()
                 };
                 let result = run_node(&flow.root, journal::child(id, 0), context, &inner).await;
-                if let Err(failure) = &result {
+                if let (Err(failure), true) = (&result, span.is_recording()) {
                     span.fail(&failure.to_string());
                 }
                 result

@@ -187,18 +187,19 @@ impl Service {
             .get("model")
             .and_then(Value::as_str)
             .or_else(|| self.config.models.get(name).map(|m| m.model_name.as_str()))
-            .unwrap_or(name)
-            .to_string();
-        let span = trace.start(
-            format!("chat {model_name}"),
+            .unwrap_or(name);
+        let span = trace.start_with(
             Kind::Client,
-            vec![
-                Attr::new("gen_ai.operation.name", "chat"),
-                Attr::new("gen_ai.system", "openai"),
-                Attr::new("gen_ai.provider.name", "openai"),
-            ],
+            || format!("chat {model_name}"),
+            || {
+                vec![
+                    Attr::new("gen_ai.operation.name", "chat"),
+                    Attr::new("gen_ai.system", "openai"),
+                    Attr::new("gen_ai.provider.name", "openai"),
+                ]
+            },
         );
-        span.model(&model_name);
+        span.model(model_name);
         span.role(Role::Llm);
         let result = self.chat_in(request, name, cancel, &span, on_chunk).await;
         match &result {
@@ -266,11 +267,12 @@ impl Service {
                         ))));
                     }
                     let wait = after.unwrap_or_else(|| backoff(attempt));
-                    span.event(
-                        "retry",
-                        vec![Attr::new("exception.message", secrets.scrub(&message))],
-                    );
-                    span.set("flowhost.llm.attempts", i64::from(attempt + 2));
+                    if span.is_recording() {
+                        span.event(
+                            "retry",
+                            vec![Attr::new("exception.message", secrets.scrub(&message))],
+                        );
+                    }
                     tracing::warn!(
                         "LLM request failed before the first token: {}; retrying in {:.2}s",
                         secrets.scrub(&message),

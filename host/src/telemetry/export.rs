@@ -81,19 +81,25 @@ impl Sender {
             .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
             .body(body);
         let timeout = self.timeout;
+        // One deadline for the answer and its body (a partial success at most, read to keep
+        // the connection); the messages never show the URL (it may carry credentials).
         self.runtime.block_on(async move {
-            let response = tokio::time::timeout(timeout, request.send())
+            let answer = async move {
+                let response = request
+                    .send()
+                    .await
+                    .map_err(|err| format!("cannot reach the receiver: {}", err.without_url()))?;
+                let status = response.status();
+                let _ = response.bytes().await;
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("the receiver answered HTTP {status}"))
+                }
+            };
+            tokio::time::timeout(timeout, answer)
                 .await
                 .map_err(|_| format!("no answer within {}s", timeout.as_secs_f64()))?
-                .map_err(|err| format!("cannot reach the receiver: {err}"))?;
-            let status = response.status();
-            // The answer's body (a partial success, at most) is read to keep the connection.
-            let _ = tokio::time::timeout(timeout, response.bytes()).await;
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(format!("the receiver answered HTTP {status}"))
-            }
         })
     }
 }
@@ -221,9 +227,9 @@ impl SpanProcessor for Queue {
 /// and at the end.
 fn send_batches(mut sender: Sender, shared: &Shared, delay: Duration) {
     let mut last_warning: Option<Instant> = None;
-    let mut send = |batch: Vec<SpanData>| {
+    let mut send = |batch: &[SpanData]| {
         let count = batch.len() as u64;
-        match sender.send(&batch) {
+        match sender.send(batch) {
             Ok(()) => metrics::counter!(crate::metrics::SPANS_EXPORTED).increment(count),
             Err(err) => {
                 dropped("export_failed").increment(count);
@@ -235,8 +241,10 @@ fn send_batches(mut sender: Sender, shared: &Shared, delay: Duration) {
             }
         }
     };
+    // Two buffers take turns: the processor fills one while this sends the other.
+    let mut spans: Vec<SpanData> = Vec::new();
     loop {
-        let (mut spans, waiters, closed) = {
+        let (waiters, closed) = {
             let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
             if state.spans.len() < shared.batch && state.waiters.is_empty() && !state.closed {
                 state = shared
@@ -244,17 +252,13 @@ fn send_batches(mut sender: Sender, shared: &Shared, delay: Duration) {
                     .wait_timeout(state, delay)
                     .map_or_else(|p| p.into_inner().0, |(state, _)| state);
             }
-            (
-                std::mem::replace(&mut state.spans, Vec::with_capacity(shared.batch)),
-                std::mem::take(&mut state.waiters),
-                state.closed,
-            )
+            std::mem::swap(&mut state.spans, &mut spans);
+            (std::mem::take(&mut state.waiters), state.closed)
         };
-        while !spans.is_empty() {
-            let rest = spans.split_off(spans.len().min(shared.batch));
-            send(spans);
-            spans = rest;
+        for batch in spans.chunks(shared.batch) {
+            send(batch);
         }
+        spans.clear();
         for waiter in waiters {
             let _ = waiter.send(());
         }

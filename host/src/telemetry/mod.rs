@@ -1,7 +1,7 @@
 //! Traces: OpenTelemetry spans for requests (HTTP and MCP), runs, op calls, LLM calls and tool
 //! calls, exported over OTLP/HTTP (protobuf) when an endpoint is set; W3C trace context read
-//! from callers (`traceparent`, `tracestate`, `baggage`; MCP's `params._meta`) and passed on
-//! to upstreams. Nothing set: no tracer, and every [`Cx`] and [`Span`] here is empty, so a
+//! from callers (`traceparent`, `tracestate`, `baggage`; MCP's `params._meta`), and the trace
+//! (not the baggage) passed on to upstreams. Nothing set: no tracer, and every [`Cx`] and [`Span`] here is empty, so a
 //! call site costs one branch.
 //!
 //! `settings.rs` is the `telemetry:` settings with the standard `OTEL_*` variables over them;
@@ -58,7 +58,7 @@ pub(crate) fn init(
     let (provider, tracer) = export::start(&resolved)?;
     CONVENTIONS.store(resolved.conventions as u8, Ordering::Relaxed);
     tracing::info!(
-        endpoint = %resolved.endpoint,
+        endpoint = %settings::shown(&resolved.endpoint),
         sampler = %resolved.sampler_name,
         service = %resolved.service,
         "telemetry: exporting traces over OTLP/HTTP"
@@ -79,7 +79,7 @@ pub(crate) fn describe(
         }
         Ok(Some(resolved)) => serde_json::json!({
             "traces": "otlp http/protobuf",
-            "endpoint": resolved.endpoint,
+            "endpoint": settings::shown(&resolved.endpoint),
             "service_name": resolved.service,
             "sampler": resolved.sampler_name,
             "headers": resolved.headers.keys().map(|k| (k.clone(), "(set)".into())).collect::<serde_json::Map<String, serde_json::Value>>(),
@@ -148,19 +148,9 @@ impl Cx {
         self.0.is_some()
     }
 
-    /// A span under this one (empty when this is).
-    pub(crate) fn start(
-        &self,
-        name: impl Into<Cow<'static, str>>,
-        kind: SpanKind,
-        attributes: Vec<KeyValue>,
-    ) -> Span {
-        self.start_with(kind, || name, || attributes)
-    }
-
-    /// [`Cx::start`] with the name and attributes made only when the span is sampled: the
-    /// spans of every request use it, so an unsampled request (`traceidratio`) costs ids and
-    /// a sampling decision, not strings.
+    /// A span under this one (empty when this is), its name and attributes made only when it
+    /// is sampled: an unsampled request (`traceidratio`) costs ids and a sampling decision,
+    /// not strings.
     pub(crate) fn start_with<N: Into<Cow<'static, str>>>(
         &self,
         kind: SpanKind,
@@ -199,17 +189,22 @@ impl Cx {
         })
     }
 
-    /// Writes this context into outgoing HTTP headers (`traceparent`, `tracestate`,
-    /// `baggage`).
+    /// Writes this context into outgoing HTTP headers (`traceparent`, `tracestate`). Never
+    /// the caller's `baggage`: what a caller put there is not for a third party (an LLM
+    /// provider) to read.
     pub(crate) fn inject(&self, headers: &mut http::HeaderMap) {
         if let Some(cx) = &self.0 {
-            propagator().inject_context(cx, &mut HeadersMut(headers));
+            TraceContextPropagator::new().inject_context(cx, &mut HeadersMut(headers));
         }
     }
 
-    /// This context's `traceparent` (W3C), when it has a valid span.
+    /// This context's `traceparent` (W3C), when it has a sampled span (an unsampled one is
+    /// kept nowhere).
     pub(crate) fn traceparent(&self) -> Option<String> {
         let cx = self.0.as_ref()?;
+        if !cx.span().span_context().is_sampled() {
+            return None;
+        }
         let mut fields = std::collections::HashMap::new();
         TraceContextPropagator::new().inject_context(cx, &mut fields);
         fields.remove("traceparent")
@@ -318,6 +313,9 @@ impl Span {
 
     /// An LLM call's model, under the GenAI names and the chosen conventions' own.
     pub(crate) fn model(&self, model: &str) {
+        if !self.is_recording() {
+            return;
+        }
         self.set("gen_ai.request.model", model.to_string());
         match conventions() {
             Conventions::Otel => {}
@@ -328,6 +326,9 @@ impl Span {
 
     /// An LLM call's token counts (its `usage`).
     pub(crate) fn usage(&self, input: Option<i64>, output: Option<i64>) {
+        if !self.is_recording() {
+            return;
+        }
         if let Some(input) = input {
             self.set("gen_ai.usage.input_tokens", input);
         }
@@ -348,7 +349,14 @@ impl Span {
                 }
             }
             Conventions::Langfuse => {
-                let details = serde_json::json!({"input": input, "output": output});
+                let mut details = serde_json::Map::new();
+                if let Some(input) = input {
+                    details.insert("input".into(), input.into());
+                }
+                if let Some(output) = output {
+                    details.insert("output".into(), output.into());
+                }
+                let details = serde_json::Value::Object(details);
                 self.set("langfuse.observation.usage_details", details.to_string());
             }
         }
@@ -356,6 +364,9 @@ impl Span {
 
     /// A tool call's name, under the GenAI name and the chosen conventions' own.
     pub(crate) fn tool(&self, name: &str) {
+        if !self.is_recording() {
+            return;
+        }
         self.set("gen_ai.tool.name", name.to_string());
         if conventions() == Conventions::Openinference {
             self.set("tool.name", name.to_string());
@@ -363,8 +374,11 @@ impl Span {
     }
 
     /// A run's flow, as the trace's name where the conventions have one.
-    pub(crate) fn flow(&self, flow: &str) {
-        self.set("flowhost.flow", flow.to_string());
+    pub(crate) fn flow(&self, flow: &'static str) {
+        if !self.is_recording() {
+            return;
+        }
+        self.set("flowhost.flow", flow);
         if conventions() == Conventions::Langfuse {
             self.set("langfuse.trace.name", flow.to_string());
         }
@@ -441,7 +455,7 @@ mod tests {
         assert!(!Cx::from_headers(&headers).is_on());
         let meta = serde_json::json!({"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"});
         assert!(Cx::from_meta(meta.as_object().expect("object")).is_none());
-        let span = Cx::root().start("x", Kind::Internal, vec![]);
+        let span = Cx::root().start_with(Kind::Internal, || "x", Vec::new);
         assert!(!span.is_recording());
         assert!(span.cx().ids().is_none());
     }
@@ -466,7 +480,10 @@ mod tests {
             out["traceparent"],
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
         );
-        assert_eq!(out["baggage"], "user=alice");
+        assert!(
+            out.get("baggage").is_none(),
+            "a caller's baggage stays here"
+        );
         assert_eq!(
             cx.traceparent().as_deref(),
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")

@@ -80,6 +80,14 @@ impl Settings {
                 ))
             }
         }
+        let base = |url: &str| format!("{}/v1/traces", url.trim_end_matches('/'));
+        let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT").map(|url| base(&url)))
+            .or_else(|| self.traces_endpoint.clone())
+            .or_else(|| self.endpoint.as_deref().map(base));
+        let Some(endpoint) = endpoint else {
+            return Ok(None);
+        };
         for name in [
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
             "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -93,20 +101,18 @@ impl Settings {
                 break;
             }
         }
-        let base = |url: &str| format!("{}/v1/traces", url.trim_end_matches('/'));
-        let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT").map(|url| base(&url)))
-            .or_else(|| self.traces_endpoint.clone())
-            .or_else(|| self.endpoint.as_deref().map(base));
-        let Some(endpoint) = endpoint else {
-            return Ok(None);
-        };
-        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+        let uri = endpoint.parse::<http::Uri>().ok();
+        let web = uri.as_ref().is_some_and(|uri| {
+            matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
+        });
+        if !web {
             return Err(format!(
-                "telemetry: the traces endpoint `{endpoint}` is not an http:// or https:// URL (OTEL_EXPORTER_OTLP_ENDPOINT, telemetry.endpoint)"
+                "telemetry: the traces endpoint `{}` is not an http:// or https:// URL (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT, telemetry.traces_endpoint or telemetry.endpoint)",
+                shown(&endpoint)
             ));
         }
         let mut attributes = self.resource_attributes.clone();
+        let mut env_service = None;
         if let Some(list) = var("OTEL_RESOURCE_ATTRIBUTES") {
             for pair in list.split(',').filter(|pair| !pair.trim().is_empty()) {
                 let Some((key, value)) = pair.split_once('=') else {
@@ -114,10 +120,15 @@ impl Settings {
                         "OTEL_RESOURCE_ATTRIBUTES: `{pair}` is not key=value (the list is key=value,key=value)"
                     ));
                 };
-                attributes.insert(key.trim().to_string(), percent_decode(value.trim()));
+                let value = percent_decode(value.trim());
+                if key.trim() == "service.name" {
+                    env_service = Some(value.clone());
+                }
+                attributes.insert(key.trim().to_string(), value);
             }
         }
         let service = var("OTEL_SERVICE_NAME")
+            .or(env_service)
             .or_else(|| self.service_name.clone())
             .or_else(|| attributes.get("service.name").cloned())
             .unwrap_or_else(|| "flowhost".to_string());
@@ -193,10 +204,13 @@ impl Settings {
             "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
             "OTEL_EXPORTER_OTLP_COMPRESSION",
         ] {
-            if let Some(compression) = var(name).filter(|c| c.trim() != "none") {
-                return Err(format!(
-                    "{name}={compression}: flowhost sends OTLP bodies uncompressed; unset it or set none"
-                ));
+            if let Some(compression) = var(name) {
+                if compression.trim() != "none" {
+                    return Err(format!(
+                        "{name}={compression}: flowhost sends OTLP bodies uncompressed; unset it or set none"
+                    ));
+                }
+                break;
             }
         }
         let timeout = match var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
@@ -217,8 +231,11 @@ impl Settings {
                 .timeout
                 .map_or(Duration::from_secs(10), Duration::from_secs_f64),
         };
-        let queue = number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)? as usize;
-        let batch = (number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)? as usize).min(queue);
+        // Bounded whatever the variables say: a queue of a million spans is a few hundred MB.
+        let queue = (number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)? as usize).min(1 << 20);
+        let batch = (number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)? as usize)
+            .min(queue)
+            .min(1 << 16);
         let delay = Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000)?);
         Ok(Some(Resolved {
             endpoint,
@@ -233,6 +250,22 @@ impl Settings {
             delay,
             batch,
         }))
+    }
+}
+
+/// An endpoint as it may be logged: no user, password or query (where credentials hide).
+pub(super) fn shown(endpoint: &str) -> String {
+    match endpoint.parse::<http::Uri>() {
+        Ok(uri) => {
+            let host = uri.host().unwrap_or_default();
+            let port = uri.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!(
+                "{}://{host}{port}{}",
+                uri.scheme_str().unwrap_or("?"),
+                uri.path()
+            )
+        }
+        Err(_) => "(not a URL)".to_string(),
     }
 }
 
@@ -273,6 +306,16 @@ mod tests {
     fn nothing_set_is_off_and_variables_win_over_the_file() {
         let settings = Settings::default();
         assert!(settings.resolve(&env(&[])).expect("ok").is_none());
+        // What an auto-instrumentation sets for every process is no reason to refuse to
+        // start while tracing is off.
+        assert!(settings
+            .resolve(&env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]))
+            .expect("ok")
+            .is_none());
+        assert_eq!(
+            shown("https://user:pw@collector:4318/v1/traces?api_key=s3cret"),
+            "https://collector:4318/v1/traces"
+        );
         let file = Settings {
             endpoint: Some("http://collector:4318/".into()),
             service_name: Some("from-file".into()),

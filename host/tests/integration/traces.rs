@@ -241,6 +241,10 @@ isolated_count:
   isolation: process
 nested:
   flow_content: FlowOp(flow="echo_json")
+slow_stream:
+  flow_content: TickOp(n=50, interval_ms=100)
+  stream: true
+  limits: {total_timeout: 0.3}
 agent:
   flow_content: 'ReactAgentOp(max_steps=3) << {"echo": EchoOp(), "count": CountOp(text="x")}'
 "#;
@@ -344,6 +348,24 @@ async fn http_runs_are_span_trees_under_the_callers_trace() {
     assert_eq!(run.attr("flowhost.run.outcome"), "error");
     let op = one(&spans, "op FailOp");
     assert_eq!(op.status, 2);
+
+    // A stream stopped by its time limit: the run span says so.
+    receiver.spans.lock().expect("spans").clear();
+    let text = client
+        .post(server.url("/slow_stream"))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("POST")
+        .text()
+        .await
+        .expect("SSE");
+    assert!(text.contains("total_timeout"), "{text}");
+    let spans = receiver.wait_for("run slow_stream").await;
+    let run = one(&spans, "run slow_stream");
+    assert_eq!(run.status, 2, "{run:?}");
+    assert!(run.message.contains("total_timeout"), "{run:?}");
+    assert_eq!(run.attr("flowhost.run.outcome"), "error");
 
     // An async run: its run span is in the trace of the POST that started it.
     receiver.spans.lock().expect("spans").clear();

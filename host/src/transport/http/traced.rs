@@ -17,7 +17,10 @@ use crate::telemetry::{Attr, Cx, Kind, Role, Span};
 /// The request's server span: `{method} {route}`, with the route template, status code and
 /// protocol; a 5xx answer marks it failed.
 pub(crate) async fn server_span(mut request: Request, next: Next) -> Response {
-    if !crate::telemetry::enabled() {
+    // Probes and scrapes are not requests worth a trace (and would be most of them).
+    if !crate::telemetry::enabled()
+        || matches!(request.uri().path(), "/health" | "/ready" | "/metrics")
+    {
         return next.run(request).await;
     }
     let parent = Cx::from_headers(request.headers());

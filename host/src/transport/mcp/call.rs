@@ -41,7 +41,9 @@ impl FlowTools {
         let transport = if parts.is_some() { "mcp" } else { "mcp-stdio" };
         let span = super::traced::server_span(context, "tools/call", Some(name));
         span.tool(name);
-        span.set("gen_ai.operation.name", "execute_tool");
+        if span.is_recording() {
+            span.set("gen_ai.operation.name", "execute_tool");
+        }
         if caller.refused(name, self.catalog.snapshot().get(name).is_some()) {
             auth.deny(caller, transport, name);
             span.fail("denied");
@@ -78,7 +80,9 @@ impl FlowTools {
             )
             .await;
         match &answered {
-            Ok(CallToolResponse::Complete(result)) if result.is_error == Some(true) => {
+            Ok(CallToolResponse::Complete(result))
+                if result.is_error == Some(true) && span.is_recording() =>
+            {
                 let text = result
                     .content
                     .iter()

@@ -22,31 +22,36 @@ pub(crate) fn server_span(
     let parent = Cx::from_meta(&context.meta.0 .0)
         .or_else(|| parts.and_then(|p| p.extensions.get::<Cx>().cloned()))
         .unwrap_or_else(Cx::root);
-    let name = match target {
-        Some(target) => format!("{method} {target}"),
-        None => method.to_string(),
-    };
-    let mut attributes = vec![
-        Attr::new("mcp.method.name", method),
-        Attr::new("jsonrpc.request.id", context.id.to_string()),
-        Attr::new(
-            "network.transport",
-            if parts.is_some() { "tcp" } else { "pipe" },
-        ),
-    ];
-    if let Some(session) = parts
-        .and_then(|p| p.headers.get("mcp-session-id"))
-        .and_then(|v| v.to_str().ok())
-    {
-        attributes.push(Attr::new("mcp.session.id", session.to_string()));
-    }
-    if let Some(info) = context.peer.peer_info() {
-        attributes.push(Attr::new(
-            "mcp.protocol.version",
-            info.protocol_version.to_string(),
-        ));
-    }
-    let span = parent.start(name, Kind::Server, attributes);
+    let span = parent.start_with(
+        Kind::Server,
+        || match target {
+            Some(target) => format!("{method} {target}"),
+            None => method.to_string(),
+        },
+        || {
+            let mut attributes = vec![
+                Attr::new("mcp.method.name", method),
+                Attr::new("jsonrpc.request.id", context.id.to_string()),
+                Attr::new(
+                    "network.transport",
+                    if parts.is_some() { "tcp" } else { "pipe" },
+                ),
+            ];
+            if let Some(session) = parts
+                .and_then(|p| p.headers.get("mcp-session-id"))
+                .and_then(|v| v.to_str().ok())
+            {
+                attributes.push(Attr::new("mcp.session.id", session.to_string()));
+            }
+            if let Some(info) = context.peer.peer_info() {
+                attributes.push(Attr::new(
+                    "mcp.protocol.version",
+                    info.protocol_version.to_string(),
+                ));
+            }
+            attributes
+        },
+    );
     span.role(if method == "tools/call" {
         Role::Tool
     } else {

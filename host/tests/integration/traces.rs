@@ -174,6 +174,21 @@ fn host(flows: &std::path::Path, receiver: &Receiver, extra: &[(&str, &str)]) ->
     Server::start_with_env(flows, &[], &envs)
 }
 
+/// `POST path` with a JSON body, inside the caller's trace (`TRACE`, `PARENT`) when `traced`.
+async fn post(
+    client: &reqwest::Client,
+    server: &Server,
+    path: &str,
+    body: Value,
+    traced: bool,
+) -> reqwest::Response {
+    let mut request = client.post(server.url(path)).json(&body);
+    if traced {
+        request = request.header("traceparent", format!("00-{TRACE}-{PARENT}-01"));
+    }
+    request.send().await.expect("POST")
+}
+
 fn one<'a>(spans: &'a [Got], name: &str) -> &'a Got {
     let found: Vec<&Got> = spans.iter().filter(|s| s.name == name).collect();
     assert_eq!(found.len(), 1, "one `{name}` in {spans:#?}");
@@ -260,16 +275,17 @@ async fn http_runs_are_span_trees_under_the_callers_trace() {
     );
     let client = client();
     // A stream flow, called inside the caller's trace.
-    let text = client
-        .post(server.url("/serial_stream"))
-        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
-        .json(&json!({"query": "q"}))
-        .send()
-        .await
-        .expect("POST")
-        .text()
-        .await
-        .expect("SSE");
+    let text = post(
+        &client,
+        &server,
+        "/serial_stream",
+        json!({"query": "q"}),
+        true,
+    )
+    .await
+    .text()
+    .await
+    .expect("SSE");
     assert!(text.contains("hi "), "{text}");
     let spans = receiver.wait_for("POST /{flow}").await;
     let server_span = one(&spans, "POST /{flow}");
@@ -312,12 +328,8 @@ async fn http_runs_are_span_trees_under_the_callers_trace() {
 
     // A JSON flow with no caller trace: a new one; a FlowOp nests the flow it runs.
     receiver.spans.lock().expect("spans").clear();
-    let answer: Value = client
-        .post(server.url("/nested"))
-        .json(&json!({"query": "ping"}))
-        .send()
+    let answer: Value = post(&client, &server, "/nested", json!({"query": "ping"}), false)
         .await
-        .expect("POST")
         .json()
         .await
         .expect("JSON");
@@ -335,12 +347,7 @@ async fn http_runs_are_span_trees_under_the_callers_trace() {
 
     // A failing flow: the run and the op carry the error.
     receiver.spans.lock().expect("spans").clear();
-    let _ = client
-        .post(server.url("/failing"))
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("POST");
+    let _ = post(&client, &server, "/failing", json!({}), false).await;
     let spans = receiver.wait_for("run failing").await;
     let run = one(&spans, "run failing");
     assert_eq!(run.status, 2, "{run:?}");
@@ -351,12 +358,8 @@ async fn http_runs_are_span_trees_under_the_callers_trace() {
 
     // A stream stopped by its time limit: the run span says so.
     receiver.spans.lock().expect("spans").clear();
-    let text = client
-        .post(server.url("/slow_stream"))
-        .json(&json!({}))
-        .send()
+    let text = post(&client, &server, "/slow_stream", json!({}), false)
         .await
-        .expect("POST")
         .text()
         .await
         .expect("SSE");
@@ -401,16 +404,17 @@ async fn an_agent_run_traces_its_llm_calls_and_tool_calls_and_the_upstream_gets_
             ("FLOW_LLM_MODEL", "gpt-4o-mini"),
         ],
     );
-    let answer: Value = client()
-        .post(server.url("/agent"))
-        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
-        .json(&json!({"query": "use the tools"}))
-        .send()
-        .await
-        .expect("POST")
-        .json()
-        .await
-        .expect("JSON");
+    let answer: Value = post(
+        &client(),
+        &server,
+        "/agent",
+        json!({"query": "use the tools"}),
+        true,
+    )
+    .await
+    .json()
+    .await
+    .expect("JSON");
     assert_eq!(
         answer["answer"], "Echo said ping; count said xxx.",
         "{answer}"
@@ -472,13 +476,8 @@ async fn an_isolated_ops_spans_are_in_the_same_trace() {
     let receiver = Receiver::start().await;
     let flows = folder(&[("flows.yaml", FLOWS)]);
     let server = host(flows.path(), &receiver, &[]);
-    let answer: Value = client()
-        .post(server.url("/isolated_count"))
-        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
-        .json(&json!({}))
-        .send()
+    let answer: Value = post(&client(), &server, "/isolated_count", json!({}), true)
         .await
-        .expect("POST")
         .json()
         .await
         .expect("JSON");
@@ -591,12 +590,8 @@ async fn a_sampler_that_is_off_sends_nothing() {
     );
     let client = client();
     for _ in 0..5 {
-        let status = client
-            .post(server.url("/echo_json"))
-            .json(&json!({"query": "x"}))
-            .send()
+        let status = post(&client, &server, "/echo_json", json!({"query": "x"}), false)
             .await
-            .expect("POST")
             .status();
         assert_eq!(status, 200);
     }
@@ -623,15 +618,17 @@ async fn a_hanging_receiver_slows_no_run_and_its_drops_are_counted() {
     // the exporter waits on the receiver.
     let started = std::time::Instant::now();
     for i in 0..100 {
-        let answer: Value = client
-            .post(server.url("/echo_json"))
-            .json(&json!({"query": i.to_string()}))
-            .send()
-            .await
-            .expect("POST")
-            .json()
-            .await
-            .expect("JSON");
+        let answer: Value = post(
+            &client,
+            &server,
+            "/echo_json",
+            json!({"query": i.to_string()}),
+            false,
+        )
+        .await
+        .json()
+        .await
+        .expect("JSON");
         assert_eq!(answer["answer"], i.to_string());
     }
     let took = started.elapsed();

@@ -24,6 +24,7 @@ mod plan;
 mod store;
 mod telemetry;
 mod transport;
+mod upstream;
 mod util;
 
 pub use app::cli::{check_log_filter, default_log_filter, run, Cli, LogFormat};

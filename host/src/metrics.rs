@@ -36,6 +36,13 @@ pub(crate) const SPANS_EXPORTED: &str = "flowhost_trace_spans_exported_total";
 /// Spans lost (`reason`: `queue_full` while the exporter is behind, `export_failed` when the
 /// receiver refused or did not answer).
 pub(crate) const SPANS_DROPPED: &str = "flowhost_trace_spans_dropped_total";
+/// Per outside MCP server (`external_mcp`, label `server`): 1 while its session is open.
+pub(crate) const UPSTREAM_UP: &str = "flowhost_mcp_upstream_up";
+/// Sessions of an outside MCP server that ended (crash, exit, hang) and were opened again.
+pub(crate) const UPSTREAM_RESTARTS: &str = "flowhost_mcp_upstream_restarts_total";
+/// Tool calls to an outside MCP server (`outcome`: `ok`, `tool_error` for an `isError`
+/// result, `error` when the server failed or did not answer).
+pub(crate) const UPSTREAM_CALLS: &str = "flowhost_mcp_upstream_calls_total";
 /// Always 1; its labels carry the served flow and plugin set hashes.
 pub(crate) const SERVED_INFO: &str = "flowhost_served_info";
 
@@ -126,6 +133,18 @@ fn describe() {
     metrics::describe_counter!(
         SPANS_DROPPED,
         "trace spans lost: queue_full (the exporter is behind), export_failed (the receiver refused or timed out)"
+    );
+    metrics::describe_gauge!(
+        UPSTREAM_UP,
+        "outside MCP servers (external_mcp) with an open session"
+    );
+    metrics::describe_counter!(
+        UPSTREAM_RESTARTS,
+        "sessions of outside MCP servers that ended and were opened again"
+    );
+    metrics::describe_counter!(
+        UPSTREAM_CALLS,
+        "tool calls to outside MCP servers by outcome"
     );
     metrics::describe_gauge!(RUNS_QUEUED, "runs waiting for a turn (admission control)");
     metrics::describe_counter!(

@@ -229,6 +229,91 @@ pub(crate) enum Node {
     Par(Vec<Arc<Node>>),
     /// `FlowOp(flow="name")`: another served flow, looked up when it runs (its live version).
     Flow(FlowRef),
+    /// `McpOp(mcp_name=..., tool_name=...)`: a tool of an outside MCP server (`external_mcp`).
+    Mcp(McpStep),
+}
+
+/// A call of an outside MCP server's tool (`McpOp`, FlowLLM's `BaseMcpOp`).
+#[derive(Debug)]
+pub(crate) struct McpStep {
+    /// The server's name under `external_mcp`.
+    pub(crate) server: String,
+    pub(crate) tool: String,
+    /// What the call goes by in chunks, logs and errors (`name=`, else the tool's name).
+    pub(crate) name: &'static str,
+    pub(crate) inputs: McpInputs,
+    /// The context key the result's text is written to (`<tool>_result`; `output_key=`); its
+    /// structured content, when it has some, goes to `<output_key>_structured`.
+    pub(crate) output_key: String,
+    /// `save_answer`: the result's text is also the step's answer.
+    pub(crate) save_answer: bool,
+    /// `timeout=` seconds, else the server's `timeout`.
+    pub(crate) timeout: Option<Duration>,
+    /// `max_retries` (made again only when the server failed, never for an `isError` result),
+    /// `raise_exception`, `name`.
+    pub(crate) policy: Policy,
+}
+
+/// Where a tool call's arguments come from.
+#[derive(Debug)]
+pub(crate) enum McpInputs {
+    /// FlowLLM's way: each parameter of the tool's input schema from the context key of the
+    /// same name (`input_schema_mapping` renames); a required one missing fails the call.
+    Schema(Vec<McpParam>),
+    /// The whole context (a tool served onward, `expose`: its caller's arguments as given).
+    Whole,
+}
+
+#[derive(Debug)]
+pub(crate) struct McpParam {
+    pub(crate) name: String,
+    pub(crate) context_key: String,
+    pub(crate) required: bool,
+}
+
+/// The outside MCP servers' tools as they were last listed: what `McpOp` compiles against.
+/// Filled by `upstream`; a server keeps its last list while it restarts.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct McpCatalog {
+    pub(crate) servers: std::collections::BTreeMap<String, McpServer>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct McpServer {
+    /// None until the server first listed its tools.
+    pub(crate) tools: Option<Arc<[McpTool]>>,
+    /// Why the server has not listed its tools yet, when it has not.
+    pub(crate) pending: Option<String>,
+    /// `expose`: its tools also served as flows named `<server><separator><tool>`.
+    pub(crate) expose: Option<Expose>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct McpTool {
+    pub(crate) name: String,
+    pub(crate) description: String,
+    pub(crate) input_schema: Value,
+}
+
+/// `external_mcp.<name>.expose`: which tools are served onward, and under what names.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Expose {
+    pub(crate) separator: String,
+    /// Tool names or glob patterns; empty: every tool.
+    pub(crate) include: Vec<String>,
+    pub(crate) exclude: Vec<String>,
+}
+
+impl Expose {
+    /// Whether `tool` is served onward.
+    pub(crate) fn admits(&self, tool: &str) -> bool {
+        let matches = |patterns: &[String]| {
+            patterns.iter().any(|p| {
+                p == tool || glob::Pattern::new(p).is_ok_and(|pattern| pattern.matches(tool))
+            })
+        };
+        (self.include.is_empty() || matches(&self.include)) && !matches(&self.exclude)
+    }
 }
 
 /// A reference to another flow (`FlowOp(flow="name")`).
@@ -257,6 +342,7 @@ impl Node {
                 }
             }
             Node::Flow(flow) => out.push(format!("FlowOp(flow={})", flow.name)),
+            Node::Mcp(mcp) => out.push(format!("McpOp({}.{})", mcp.server, mcp.tool)),
         }
     }
 
@@ -274,6 +360,7 @@ impl Node {
                 }
             }
             Node::Flow(flow) => out.push(flow),
+            Node::Mcp(_) => {}
         }
     }
 }
@@ -296,7 +383,7 @@ pub(crate) struct SubStep {
     pub(crate) description: String,
     /// JSON Schema of the arguments the parent calls it with (they become its context).
     pub(crate) input_schema: serde_json::Value,
-    /// One op call, or `FlowOp`.
+    /// One op call, `FlowOp`, or an MCP server's tool.
     pub(crate) node: Node,
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use super::serve::{load_catalog, run_options_with_flows, runtime};
+use super::serve::{load_catalog_listing, load_catalog_with, run_options_with_flows, runtime};
 use crate::app::config::{self, Config};
 use crate::exec;
 
@@ -25,8 +25,13 @@ pub(super) fn ops(config: &Config, as_json: bool) -> Result<ExitCode, String> {
     for error in &registry.errors {
         tracing::warn!("{error}");
     }
+    let servers = upstream_status(config)?;
     if as_json {
-        print(&serde_json::to_string_pretty(&registry.to_json()).unwrap_or_default())?;
+        let mut listed = registry.to_json();
+        if let Some(servers) = servers {
+            listed["mcp_servers"] = servers;
+        }
+        print(&serde_json::to_string_pretty(&listed).unwrap_or_default())?;
     } else {
         if registry.ops.is_empty() {
             eprintln!(
@@ -46,6 +51,9 @@ pub(super) fn ops(config: &Config, as_json: bool) -> Result<ExitCode, String> {
                 op.library.path.display(),
             ))?;
         }
+        if let Some(servers) = &servers {
+            print_upstreams(servers)?;
+        }
         // What plugins offer besides ops (op-sdk 0.1.3), served as MCP resources and prompts.
         for library in &registry.libraries {
             let listed = library.content_list();
@@ -63,6 +71,48 @@ pub(super) fn ops(config: &Config, as_json: bool) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The outside MCP servers' state once started (`external_mcp`; None without any), for
+/// `flowhost ops`; their lines go to stdout in the text form.
+fn upstream_status(config: &Config) -> Result<Option<Value>, String> {
+    if config.upstream.servers.is_empty() {
+        return Ok(None);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| format!("cannot start the async runtime: {err}"))?;
+    let status = runtime.block_on(async {
+        super::serve::start_upstreams(config)
+            .await
+            .map(|upstreams| upstreams.status_json())
+    });
+    Ok(status)
+}
+
+/// One line per outside MCP server: its state and tools.
+fn print_upstreams(servers: &Value) -> Result<(), String> {
+    for server in servers.as_array().into_iter().flatten() {
+        let tools: Vec<&str> = server["tools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let state = match server["reason"].as_str() {
+            Some(reason) => format!("down ({reason})"),
+            None => "up".to_string(),
+        };
+        print(&format!(
+            "MCP server {}: {state}, {} tool(s): {}  [external_mcp; McpOp(mcp_name=\"{}\", tool_name=...)]",
+            server["name"].as_str().unwrap_or_default(),
+            tools.len(),
+            tools.join(", "),
+            server["name"].as_str().unwrap_or_default(),
+        ))?;
+    }
+    Ok(())
+}
+
 fn display_dirs(dirs: &[PathBuf]) -> String {
     if dirs.is_empty() {
         return "no plugin folder (--no-default-plugins and no --plugins)".to_string();
@@ -74,7 +124,7 @@ fn display_dirs(dirs: &[PathBuf]) -> String {
 }
 
 pub(super) fn flows(config: &Config, as_json: bool) -> Result<ExitCode, String> {
-    let catalog = load_catalog(config);
+    let catalog = load_catalog_listing(config)?;
     let snapshot = catalog.snapshot();
     if as_json {
         print(
@@ -103,7 +153,7 @@ pub(super) fn flows(config: &Config, as_json: bool) -> Result<ExitCode, String> 
 }
 
 pub(super) fn check(config: &Config) -> Result<ExitCode, String> {
-    let catalog = load_catalog(config);
+    let catalog = load_catalog_listing(config)?;
     let snapshot = catalog.snapshot();
     let mut errors = 0;
     for error in &snapshot.registry.errors {
@@ -340,7 +390,10 @@ pub(super) fn run_flow(
     input: Option<&str>,
     fields: &[String],
 ) -> Result<ExitCode, String> {
-    let catalog = Arc::new(load_catalog(config));
+    let runtime = runtime(config)?;
+    let upstreams = runtime.block_on(super::serve::start_upstreams(config));
+    let mcp = upstreams.as_ref().map(|u| u.catalog()).unwrap_or_default();
+    let catalog = Arc::new(load_catalog_with(config, mcp));
     let snapshot = catalog.snapshot();
     let Some(entry) = snapshot.get(name) else {
         let known: Vec<&str> = snapshot.flows.keys().map(String::as_str).collect();
@@ -369,7 +422,6 @@ pub(super) fn run_flow(
             .collect();
         format!("invalid input for flow `{name}`:\n{}", lines.join("\n"))
     })?;
-    let runtime = runtime(config)?;
     let options = run_options_with_flows(config, &catalog, None);
     let outcome = runtime.block_on(async {
         let outcome = stream_to_stdout(flow, input, options).await;

@@ -12,11 +12,67 @@ use crate::catalog::Catalog;
 use crate::exec;
 
 pub(super) fn load_catalog(config: &Config) -> Catalog {
-    Catalog::load(
+    load_catalog_with(config, crate::plan::McpCatalog::default())
+}
+
+/// The catalog compiled against the outside MCP servers' tools (`mcp`).
+pub(super) fn load_catalog_with(config: &Config, mcp: crate::plan::McpCatalog) -> Catalog {
+    Catalog::load_with(
         config.flow_dirs.clone(),
         config.plugin_dirs.clone(),
         config.filter.clone(),
+        mcp,
     )
+}
+
+/// How long the host waits at start for the outside MCP servers' first tool lists.
+const UPSTREAM_START_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Starts the outside MCP servers (`external_mcp`) on the current runtime and waits for their
+/// first tool lists; None when there are none.
+pub(super) async fn start_upstreams(config: &Config) -> Option<Arc<crate::upstream::Upstreams>> {
+    if config.upstream.servers.is_empty() {
+        return None;
+    }
+    Some(crate::upstream::Upstreams::start(&config.upstream, UPSTREAM_START_WAIT).await)
+}
+
+/// A one-shot command's catalog: the outside MCP servers are started (on a runtime of their
+/// own, stopped when the command has its catalog) so flows using them compile.
+pub(super) fn load_catalog_listing(config: &Config) -> Result<Catalog, String> {
+    if config.upstream.servers.is_empty() {
+        return Ok(load_catalog(config));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| format!("cannot start the async runtime: {err}"))?;
+    let mcp = runtime.block_on(async {
+        start_upstreams(config)
+            .await
+            .map(|upstreams| upstreams.catalog())
+            .unwrap_or_default()
+    });
+    Ok(load_catalog_with(config, mcp))
+}
+
+/// Keeps the catalog compiled against the servers' tools as they change (on the current
+/// runtime, until the host stops).
+pub(super) fn follow_upstreams(
+    upstreams: &Arc<crate::upstream::Upstreams>,
+    catalog: &Arc<Catalog>,
+) {
+    let mut changes = upstreams.subscribe();
+    let (upstreams, catalog) = (upstreams.clone(), Arc::downgrade(catalog));
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let Some(catalog) = catalog.upgrade() else {
+                return;
+            };
+            let mcp = upstreams.catalog();
+            let _ = tokio::task::spawn_blocking(move || catalog.set_mcp(mcp)).await;
+        }
+    });
 }
 
 /// A runtime for one-shot commands, with the same op thread bound as the server.
@@ -114,7 +170,12 @@ pub(super) fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
     // Kept past the runtime: the audit lines of calls ended by its shutdown are flushed last.
     let mut auth_kept: Option<Arc<crate::auth::Auth>> = None;
     runtime.block_on(async {
-        let catalog = Arc::new(load_catalog(config));
+        let upstreams = start_upstreams(config).await;
+        let mcp = upstreams.as_ref().map(|u| u.catalog()).unwrap_or_default();
+        let catalog = Arc::new(load_catalog_with(config, mcp));
+        if let Some(upstreams) = &upstreams {
+            follow_upstreams(upstreams, &catalog);
+        }
         let _watching = if config.watch {
             Some(crate::catalog::watch::start(
                 catalog.clone(),
@@ -165,6 +226,7 @@ pub(super) fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
     })?;
     // The stdio session ends when stdin closes; op threads still sleeping must not hold the
     // process open.
+    crate::upstream::stop_all();
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     if let Some(auth) = auth_kept {
         auth.flush();

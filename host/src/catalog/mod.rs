@@ -17,7 +17,7 @@ use tokio::sync::watch as signal;
 
 use crate::lang::{self, Diagnostic, Severity};
 use crate::ops::{Plugins, Registry};
-use crate::plan::Flow;
+use crate::plan::{Flow, McpCatalog};
 
 /// One flow as served: live (`flow` is `Some`) or broken (`flow` is `None`, `error` says why).
 /// A live flow can carry an error too: its file's newest version failed and the last good
@@ -51,6 +51,8 @@ pub struct Snapshot {
     /// Some live flow has an input property with `x-mcp-header` (MCP's `Mcp-Param-*`
     /// headers then need checking); found once per reload, not per request.
     pub(crate) mcp_param_headers: bool,
+    /// The outside MCP servers' tools this snapshot was compiled against.
+    pub(crate) mcp: Arc<McpCatalog>,
 }
 
 impl Snapshot {
@@ -187,6 +189,10 @@ struct State {
     /// Folders and entries named like flow files that cannot be read (line 0 diagnostics).
     path_problems: Vec<Diagnostic>,
     registry: Arc<Registry>,
+    /// The outside MCP servers' tools flows compile against (`McpOp`).
+    mcp: Arc<McpCatalog>,
+    /// `mcp` changed since the last snapshot.
+    mcp_changed: bool,
     filter: Filter,
 }
 
@@ -200,6 +206,16 @@ pub struct Catalog {
 impl Catalog {
     /// Loads every plugin and flow file once.
     pub fn load(flow_dirs: Vec<PathBuf>, plugin_dirs: Vec<PathBuf>, filter: Filter) -> Catalog {
+        Catalog::load_with(flow_dirs, plugin_dirs, filter, McpCatalog::default())
+    }
+
+    /// [`Catalog::load`], flows compiled against the outside MCP servers' tools (`mcp`).
+    pub(crate) fn load_with(
+        flow_dirs: Vec<PathBuf>,
+        plugin_dirs: Vec<PathBuf>,
+        filter: Filter,
+        mcp: McpCatalog,
+    ) -> Catalog {
         let plugins = Plugins::new(plugin_dirs);
         // Absolute (watch events carry absolute paths) but not canonical: a symlinked folder
         // stays the symlink, so a swapped link target is followed.
@@ -217,6 +233,8 @@ impl Catalog {
                 last_good: HashMap::new(),
                 path_problems: Vec::new(),
                 registry: Arc::new(Registry::default()),
+                mcp: Arc::new(mcp),
+                mcp_changed: false,
                 filter,
             }),
             changes,
@@ -255,10 +273,25 @@ impl Catalog {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The outside MCP servers' tools changed (or were listed): flows using them compile
+    /// again, and exposed tools are served as listed.
+    pub(crate) fn set_mcp(&self, mcp: McpCatalog) {
+        {
+            let mut state = self.lock();
+            if *state.mcp == mcp {
+                return;
+            }
+            state.mcp = Arc::new(mcp);
+            state.mcp_changed = true;
+        }
+        self.reload(false, false);
+    }
+
     /// Rescans flow files and/or plugin folders; publishes a new snapshot if anything changed.
     pub(crate) fn reload(&self, flows: bool, plugins: bool) {
         let started = std::time::Instant::now();
         let mut state = self.lock();
+        let mcp_changed = std::mem::take(&mut state.mcp_changed);
         let first = self.current.load().generation == 0;
         let mut plugins_changed = false;
         if plugins {
@@ -280,7 +313,7 @@ impl Catalog {
         for library in &state.registry.libraries {
             content_changed |= library.refresh_content();
         }
-        if !(flows_changed || plugins_changed || content_changed || first) {
+        if !(flows_changed || plugins_changed || content_changed || mcp_changed || first) {
             return;
         }
         let generation = self.current.load().generation + 1;
@@ -455,7 +488,12 @@ impl State {
                     continue;
                 }
                 owner.insert(name.clone(), path.clone());
-                let entry = compile_entry(&mut self.last_good, &self.registry, &name, item);
+                let entry = compile_entry(
+                    &mut self.last_good,
+                    (&self.registry, &self.mcp),
+                    &name,
+                    item,
+                );
                 if let Some(error) = &entry.error {
                     snapshot.diagnostics.push(error.clone());
                 }
@@ -465,6 +503,8 @@ impl State {
                 }
             }
         }
+        self.expose(&mut snapshot, &owner);
+        snapshot.mcp = self.mcp.clone();
         // Flows whose file vanished or no longer defines them are gone, good version and all.
         self.last_good.retain(|name, _| owner.contains_key(name));
         refs::check_flow_refs(&mut snapshot);
@@ -478,10 +518,51 @@ impl State {
     }
 }
 
+impl State {
+    /// The tools of servers with `expose`, served as flows (`<server><separator><tool>`); a
+    /// flow file's flow of the same name wins, with a warning.
+    fn expose(&self, snapshot: &mut Snapshot, owner: &HashMap<String, PathBuf>) {
+        for (server, view) in &self.mcp.servers {
+            let (Some(expose), Some(tools)) = (&view.expose, &view.tools) else {
+                continue;
+            };
+            for tool in tools.iter().filter(|t| expose.admits(&t.name)) {
+                let flow = match lang::exposed(server, tool, expose) {
+                    Ok(flow) => flow,
+                    Err(message) => {
+                        tracing::warn!("external_mcp.{server}.expose: {message}; not served");
+                        continue;
+                    }
+                };
+                let name = flow.name.to_string();
+                if !self.filter.allows(&name) {
+                    continue;
+                }
+                if let Some(file) = owner.get(&name) {
+                    tracing::warn!(
+                        "external_mcp.{server}.expose: tool `{}` would be served as `{name}`, which {} defines; the flow file's wins",
+                        tool.name,
+                        file.display()
+                    );
+                    continue;
+                }
+                snapshot.flows.insert(
+                    name,
+                    Entry {
+                        spec: flow.spec.clone(),
+                        flow: Some(Arc::new(flow)),
+                        error: None,
+                    },
+                );
+            }
+        }
+    }
+}
+
 /// Compiles one flow, falling back to its last good spec when the new one fails.
 fn compile_entry(
     last_good: &mut HashMap<String, Arc<Spec>>,
-    registry: &Registry,
+    (registry, mcp): (&Registry, &McpCatalog),
     name: &str,
     item: &Result<Spec, Diagnostic>,
 ) -> Pending {
@@ -489,7 +570,7 @@ fn compile_entry(
         let attempt = match item {
             Ok(spec) => {
                 let spec = Arc::new(spec.clone());
-                match lang::compile(spec.clone(), registry) {
+                match lang::compile(spec.clone(), registry, mcp) {
                     Ok((flow, warnings)) => {
                         last_good.insert(name.to_string(), spec);
                         return Pending {
@@ -507,7 +588,7 @@ fn compile_entry(
         let (new_spec, mut error) = attempt;
         if let Some(good) = last_good.get(name).cloned() {
             if new_spec.as_deref() != Some(&*good) {
-                if let Ok((flow, _)) = lang::compile(good.clone(), registry) {
+                if let Ok((flow, _)) = lang::compile(good.clone(), registry, mcp) {
                     add_note(
                         &mut error.message,
                         "the last good version of this flow stays live",

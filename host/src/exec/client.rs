@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::host::OpHost;
+use super::walk::Env;
 
 /// A client ops may ask through the host (op-sdk 0.1.3 `ctx.sample` / `ctx.elicit`).
 pub(crate) trait Asker: Send + Sync {
@@ -51,15 +52,27 @@ impl OpHost {
         request: Value,
         name: Option<String>,
     ) -> Result<Value, String> {
-        let unsupported = match &self.env.client {
-            Some(client) => match client.0.ask(service, request.clone(), name).await {
-                Ok(result) => return Ok(result),
-                Err(AskError::Failed(message)) => return Err(message),
-                Err(AskError::Unsupported(message)) => message,
-            },
-            None => "this run has no MCP client to ask (it came over HTTP)".to_string(),
-        };
-        match service {
+        ask(&self.env, service, request, name).await
+    }
+}
+
+/// Asks the run's client (`sample`, `elicit`, `roots`) for an op or an upstream MCP server;
+/// `sample` falls back to the LLM service.
+pub(super) async fn ask(
+    env: &Env,
+    service: &'static str,
+    request: Value,
+    name: Option<String>,
+) -> Result<Value, String> {
+    let unsupported = match &env.client {
+        Some(client) => match client.0.ask(service, request.clone(), name).await {
+            Ok(result) => return Ok(result),
+            Err(AskError::Failed(message)) => return Err(message),
+            Err(AskError::Unsupported(message)) => message,
+        },
+        None => "this run has no MCP client to ask (it came over HTTP)".to_string(),
+    };
+    match service {
             "sample" => {}
             "elicit" => return Err(format!(
                 "cannot elicit: {unsupported}; elicitation needs an MCP client that shows the user a form (call this flow as an MCP tool from such a client)"
@@ -68,26 +81,23 @@ impl OpHost {
                 "cannot list roots: {unsupported}; roots come from an MCP client that declares them"
             )),
         }
-        let Some(llm) = &self.env.llm else {
-            return Err(format!(
+    let Some(llm) = &env.llm else {
+        return Err(format!(
                 "cannot sample: {unsupported}, and this host has no LLM service to fall back to (configure `llm:`)"
             ));
-        };
-        let chat = sample_to_chat(&request);
-        let reply = llm
-            .chat_traced(&chat, &self.env.cancel, &self.env.trace, |_, _, _| true)
-            .await
-            .map_err(|err| {
-                format!("cannot sample: {unsupported}; the LLM service failed: {err}")
-            })?;
-        Ok(serde_json::json!({
-            "role": "assistant",
-            "content": {"type": "text", "text": reply["answer"].as_str().unwrap_or_default()},
-            "model": chat["llm"].as_str().unwrap_or("default"),
-            "stopReason": "endTurn",
-            "_meta": {"flowhost": {"answered_by": "llm service", "usage": reply["usage"]}},
-        }))
-    }
+    };
+    let chat = sample_to_chat(&request);
+    let reply = llm
+        .chat_traced(&chat, &env.cancel, &env.trace, |_, _, _| true)
+        .await
+        .map_err(|err| format!("cannot sample: {unsupported}; the LLM service failed: {err}"))?;
+    Ok(serde_json::json!({
+        "role": "assistant",
+        "content": {"type": "text", "text": reply["answer"].as_str().unwrap_or_default()},
+        "model": chat["llm"].as_str().unwrap_or("default"),
+        "stopReason": "endTurn",
+        "_meta": {"flowhost": {"answered_by": "llm service", "usage": reply["usage"]}},
+    }))
 }
 
 /// `ctx.sample`'s `{messages, options}` (options in MCP's names: `systemPrompt`, `maxTokens`,

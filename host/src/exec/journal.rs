@@ -74,6 +74,10 @@ impl Journal {
                     .is_none()
                     .then(|| step.name().to_string()),
                 Node::Flow(target) => Some(format!("FlowOp(flow={})", target.name)),
+                Node::Mcp(step) => journal
+                    .done(id, step.name)
+                    .is_none()
+                    .then(|| step.name.to_string()),
                 Node::Seq(items) | Node::Par(items) => items
                     .iter()
                     .enumerate()

@@ -16,6 +16,7 @@ pub(crate) mod cache;
 mod client;
 mod host;
 mod journal;
+mod mcp;
 mod place;
 mod run;
 mod settings;

@@ -83,6 +83,32 @@ pub(super) struct Collect {
     pub(super) forward: bool,
 }
 
+/// One call (an op's or an MCP tool's) in a durable run's journal: skipped when it completed
+/// before, followed by a checkpoint when it completes now.
+async fn journaled(
+    id: u64,
+    name: &'static str,
+    env: &Env,
+    call: impl std::future::Future<Output = Result<Map<String, Value>, Failure>>,
+) -> Result<Map<String, Value>, Failure> {
+    let Some(journal) = env.journal.as_ref().filter(|_| env.collect.is_none()) else {
+        return call.await;
+    };
+    if let Some(writes) = journal.done(id, name) {
+        return Ok(writes.clone());
+    }
+    let writes = call.await?;
+    if !env.cancel.is_cancelled() {
+        let checkpoint = journal::Checkpoint {
+            node: id,
+            op: name.to_string(),
+            writes: writes.clone(),
+        };
+        env.tx.push_final(checkpoint.to_chunk());
+    }
+    Ok(writes)
+}
+
 /// Runs a node on `context`; returns what it wrote, in write order. `id` is the node's place
 /// in the walk ([`journal::child`]), which a durable run's checkpoints name.
 pub(super) fn run_node<'a>(
@@ -93,24 +119,12 @@ pub(super) fn run_node<'a>(
 ) -> NodeFuture<'a> {
     Box::pin(async move {
         match node {
-            Node::Call(step) => match env.journal.as_ref().filter(|_| env.collect.is_none()) {
-                None => run_step(step, &context, env).await,
-                Some(journal) => {
-                    if let Some(writes) = journal.done(id, step.name()) {
-                        return Ok(writes.clone());
-                    }
-                    let writes = run_step(step, &context, env).await?;
-                    if !env.cancel.is_cancelled() {
-                        let checkpoint = journal::Checkpoint {
-                            node: id,
-                            op: step.name().to_string(),
-                            writes: writes.clone(),
-                        };
-                        env.tx.push_final(checkpoint.to_chunk());
-                    }
-                    Ok(writes)
-                }
-            },
+            Node::Call(step) => {
+                journaled(id, step.name(), env, run_step(step, &context, env)).await
+            }
+            Node::Mcp(step) => {
+                journaled(id, step.name, env, super::mcp::run_mcp(step, &context, env)).await
+            }
             Node::Flow(target) => {
                 let failure = |message: String| Failure {
                     op: "FlowOp",

@@ -12,7 +12,7 @@ use super::diagnostics::{Diagnostic, Severity};
 use super::expr::{self, Expr};
 use crate::ops::Registry;
 use crate::plan::Spec;
-use crate::plan::{Flow, FlowRef, Node, Policy, Step, SubStep, POLICY_KEYWORDS};
+use crate::plan::{Flow, FlowRef, McpCatalog, Node, Policy, Step, SubStep, POLICY_KEYWORDS};
 
 /// Compiles a spec against the ops that exist now: parses `flow_content`, binds every op name
 /// (suggesting the closest known one), checks every call's arguments with the op itself, and
@@ -21,11 +21,12 @@ use crate::plan::{Flow, FlowRef, Node, Policy, Step, SubStep, POLICY_KEYWORDS};
 pub(crate) fn compile(
     spec: Arc<Spec>,
     registry: &Registry,
+    mcp: &McpCatalog,
 ) -> Result<(Flow, Vec<Diagnostic>), Diagnostic> {
     let expr = expr::parse(&spec.flow_content)
         .map_err(|err| spec.at_expr(err.pos, format!("flow_content: {}", err.message)))?;
     let mut warnings = Vec::new();
-    let root = bind(&spec, &expr, registry, &mut warnings)?;
+    let root = bind(&spec, &expr, (registry, mcp), &mut warnings)?;
     let validator = jsonschema::validator_for(&spec.input_schema).map_err(|err| {
         spec.diagnostic(
             (spec.line, 1),
@@ -53,25 +54,35 @@ pub(crate) fn compile(
     Ok((flow, warnings))
 }
 
+/// What op names bind to: the plugins' ops and the outside MCP servers' tools.
+type Bindings<'a> = (&'a Registry, &'a McpCatalog);
+
 fn bind(
     spec: &Spec,
     expr: &Expr,
-    registry: &Registry,
+    bindings: Bindings<'_>,
     warnings: &mut Vec<Diagnostic>,
 ) -> Result<Node, Diagnostic> {
     match expr {
         Expr::Call(call) if call.name == FLOW_OP => bind_flow_op(spec, call).map(Node::Flow),
-        Expr::Call(call) => bind_call(spec, call, registry, warnings).map(Node::Call),
+        Expr::Call(call) if super::mcp::is_mcp_op(&call.name) => {
+            super::mcp::bind_mcp_op(spec, call, bindings.1).map(|(step, _)| Node::Mcp(step))
+        }
+        Expr::Call(call) if call.name == super::mcp::MCP_TOOLS => Err(spec.at_expr(
+            call.pos,
+            format!("{} lists a server's tools for an agent: attach it with `<<` (ReactAgentOp() << [McpTools(mcp_name=\"…\")]); to call one tool, use McpOp(mcp_name=\"…\", tool_name=\"…\")", call.name),
+        )),
+        Expr::Call(call) => bind_call(spec, call, bindings, warnings).map(Node::Call),
         Expr::Seq(items) => Ok(Node::Seq(
             items
                 .iter()
-                .map(|item| bind(spec, item, registry, warnings).map(Arc::new))
+                .map(|item| bind(spec, item, bindings, warnings).map(Arc::new))
                 .collect::<Result<_, _>>()?,
         )),
         Expr::Par(items) => Ok(Node::Par(
             items
                 .iter()
-                .map(|item| bind(spec, item, registry, warnings).map(Arc::new))
+                .map(|item| bind(spec, item, bindings, warnings).map(Arc::new))
                 .collect::<Result<_, _>>()?,
         )),
     }
@@ -110,9 +121,10 @@ fn bind_flow_op(spec: &Spec, call: &expr::Call) -> Result<FlowRef, Diagnostic> {
 fn bind_call(
     spec: &Spec,
     call: &expr::Call,
-    registry: &Registry,
+    bindings: Bindings<'_>,
     warnings: &mut Vec<Diagnostic>,
 ) -> Result<Step, Diagnostic> {
+    let registry = bindings.0;
     let error = |message: String| spec.at_expr(call.pos, message);
     let Some(op) = registry.get(&call.name) else {
         let unbuilt = crate::ops::unbuilt_source(&call.name);
@@ -155,7 +167,7 @@ fn bind_call(
         .map_err(|message| error(format!("{}: {message}", call.name)))?;
     let mut subs: Vec<SubStep> = Vec::new();
     for sub in &call.subs {
-        let (node, tool) = if sub.call.name == FLOW_OP {
+        let bound: Vec<(Node, crate::ops::Tool)> = if sub.call.name == FLOW_OP {
             let flow = bind_flow_op(spec, &sub.call)?;
             // Described by its flow when called (it may change on reload).
             let tool = crate::ops::Tool {
@@ -163,31 +175,48 @@ fn bind_call(
                 description: String::new(),
                 input_schema: Value::Null,
             };
-            (Node::Flow(flow), tool)
+            vec![(Node::Flow(flow), tool)]
+        } else if super::mcp::is_mcp_op(&sub.call.name) {
+            let (step, tool) = super::mcp::bind_mcp_op(spec, &sub.call, bindings.1)?;
+            vec![(Node::Mcp(step), tool)]
+        } else if sub.call.name == super::mcp::MCP_TOOLS {
+            if sub.name.is_some() {
+                return Err(spec.at_expr(
+                    sub.call.pos,
+                    "McpTools attaches several tools, each under its own name: it takes no name"
+                        .into(),
+                ));
+            }
+            super::mcp::bind_mcp_tools(spec, &sub.call, bindings.1)?
+                .into_iter()
+                .map(|(step, tool)| (Node::Mcp(step), tool))
+                .collect()
         } else {
-            let step = bind_call(spec, &sub.call, registry, warnings)?;
+            let step = bind_call(spec, &sub.call, bindings, warnings)?;
             let mut tool = step.op.tool();
             if let Some(name) = step.policy.name {
                 tool.name = name.to_string();
             }
-            (Node::Call(step), tool)
+            vec![(Node::Call(step), tool)]
         };
-        let name = sub.name.clone().unwrap_or(tool.name);
-        if subs.iter().any(|s| s.name == name) {
-            return Err(spec.at_expr(
-                sub.call.pos,
-                format!(
-                    "two sub-ops of {} are named `{name}`: name them (`{} << {{\"{name}_2\": {}()}}`)",
-                    call.name, call.name, sub.call.name,
-                ),
-            ));
+        for (node, tool) in bound {
+            let name = sub.name.clone().unwrap_or(tool.name);
+            if subs.iter().any(|s| s.name == name) {
+                return Err(spec.at_expr(
+                    sub.call.pos,
+                    format!(
+                        "two sub-ops of {} are named `{name}`: name them (`{} << {{\"{name}_2\": {}()}}`)",
+                        call.name, call.name, sub.call.name,
+                    ),
+                ));
+            }
+            subs.push(SubStep {
+                name,
+                description: tool.description,
+                input_schema: tool.input_schema,
+                node,
+            });
         }
-        subs.push(SubStep {
-            name,
-            description: tool.description,
-            input_schema: tool.input_schema,
-            node,
-        });
     }
     Ok(Step {
         op: op.clone(),
@@ -232,7 +261,7 @@ fn forbids_extra(schema: &Option<Value>) -> bool {
 
 /// Takes FlowLLM's per-op keywords (`max_retries`, `raise_exception`, `enable_cache`,
 /// `cache_expire_hours`, `name`) out of a call's arguments; the rest go to the op.
-fn take_policy(args: &mut Map<String, Value>) -> Result<Policy, String> {
+pub(super) fn take_policy(args: &mut Map<String, Value>) -> Result<Policy, String> {
     let mut policy = Policy::default();
     let [max_retries, raise_exception, enable_cache, cache_expire_hours, name] =
         POLICY_KEYWORDS.map(|keyword| args.remove(keyword));

@@ -7,12 +7,14 @@
 mod compile;
 mod diagnostics;
 pub(crate) mod expr;
+mod mcp;
 mod schema;
 mod spec;
 
 pub(crate) use compile::compile;
 pub use diagnostics::Diagnostic;
 pub(crate) use diagnostics::{short_number, Severity};
+pub(crate) use mcp::exposed;
 pub use spec::parse_file;
 pub use spec::FileFlows;
 

@@ -23,6 +23,7 @@ pub(super) const KEYS: &[&str] = &[
     "auth",
     "audit",
     "telemetry",
+    "external_mcp",
     "flow",
 ];
 
@@ -81,7 +82,6 @@ pub(super) const FLOWLLM_KEYS: &[&str] = &[
     "embedding_model",
     "vector_store",
     "ray_max_workers",
-    "external_mcp",
     "cmd",
     "disabled_flows_only",
 ];

@@ -37,6 +37,8 @@ pub(crate) struct Config {
     pub(crate) auth: crate::auth::Settings,
     /// `telemetry:` where traces go (the `OTEL_*` variables are applied when it starts).
     pub(crate) telemetry: crate::telemetry::Settings,
+    /// `external_mcp:` the outside MCP servers flows may call (variables expanded).
+    pub(crate) upstream: crate::upstream::Settings,
     /// The config file that was read, if any.
     pub(crate) source: Option<PathBuf>,
 }
@@ -119,6 +121,9 @@ pub(crate) fn load(flags: Flags) -> Result<Config, String> {
         .filter(|key| !key.is_empty());
     let auth = auth::auth_settings(&where_, raw.auth.clone(), raw.audit.clone(), api_key)?;
     let telemetry = telemetry::telemetry_settings(&where_, raw.telemetry.clone())?;
+    let upstream =
+        crate::upstream::settings::parse(&raw.external_mcp, &|name| std::env::var(name).ok())
+            .map_err(|err| format!("{where_}: {err}"))?;
     let mut flow_dirs = match raw.flows_dir {
         OneOrMany::One(dir) => vec![dir],
         OneOrMany::Many(dirs) => dirs,
@@ -284,6 +289,7 @@ pub(crate) fn load(flags: Flags) -> Result<Config, String> {
         },
         auth,
         telemetry,
+        upstream,
         source,
     })
 }

@@ -32,6 +32,8 @@ pub(super) struct Raw {
     pub(super) audit: Value,
     /// `telemetry:`, read by `config/telemetry.rs`.
     pub(super) telemetry: Value,
+    /// `external_mcp:` (FlowLLM's), read by `upstream::settings`.
+    pub(super) external_mcp: Value,
     /// Allowed so a FlowLLM config can be read; flows are served from the flows folder.
     pub(super) flow: Value,
 }
@@ -170,6 +172,7 @@ impl Default for Raw {
             auth: Value::Null,
             audit: Value::Null,
             telemetry: Value::Null,
+            external_mcp: Value::Null,
             flow: Value::Null,
         }
     }

@@ -177,7 +177,12 @@ pub(crate) async fn content_call<T: Send + 'static>(
 }
 
 pub(crate) async fn list_ops(State(state): State<AppState>) -> Json<Value> {
-    Json(state.catalog.snapshot().ops_json())
+    let mut ops = state.catalog.snapshot().ops_json();
+    // The outside MCP servers (`external_mcp`): up or down, restarts, calls, errors, tools.
+    if let Some(upstreams) = crate::upstream::get() {
+        ops["mcp_servers"] = upstreams.status_json();
+    }
+    Json(ops)
 }
 
 pub(crate) async fn openapi_json(

@@ -2,7 +2,9 @@
 //! the op registry) behind an `ArcSwap`, and rebuilds it when flow files or plugins change.
 //! Knows nothing of transports or of how changes are noticed (`watch` calls [`Catalog::reload`]).
 
+mod compile;
 pub(crate) mod content;
+mod exposed;
 mod refs;
 pub mod watch;
 
@@ -18,6 +20,7 @@ use tokio::sync::watch as signal;
 use crate::lang::{self, Diagnostic, Severity};
 use crate::ops::{Plugins, Registry};
 use crate::plan::{Flow, McpCatalog};
+use compile::{add_note, compile_entry};
 
 /// One flow as served: live (`flow` is `Some`) or broken (`flow` is `None`, `error` says why).
 /// A live flow can carry an error too: its file's newest version failed and the last good
@@ -515,131 +518,6 @@ impl State {
         });
         snapshot.mcp_param_headers = param_headers;
         snapshot
-    }
-}
-
-impl State {
-    /// The tools of servers with `expose`, served as flows (`<server><separator><tool>`); a
-    /// flow file's flow of the same name wins, with a warning.
-    fn expose(&self, snapshot: &mut Snapshot, owner: &HashMap<String, PathBuf>) {
-        for (server, view) in &self.mcp.servers {
-            let (Some(expose), Some(tools)) = (&view.expose, &view.tools) else {
-                continue;
-            };
-            for tool in tools.iter().filter(|t| expose.admits(&t.name)) {
-                let flow = match lang::exposed(server, tool, expose) {
-                    Ok(flow) => flow,
-                    Err(message) => {
-                        tracing::warn!("external_mcp.{server}.expose: {message}; not served");
-                        continue;
-                    }
-                };
-                let name = flow.name.to_string();
-                if !self.filter.allows(&name) {
-                    continue;
-                }
-                if let Some(file) = owner.get(&name) {
-                    tracing::warn!(
-                        "external_mcp.{server}.expose: tool `{}` would be served as `{name}`, which {} defines; the flow file's wins",
-                        tool.name,
-                        file.display()
-                    );
-                    continue;
-                }
-                snapshot.flows.insert(
-                    name,
-                    Entry {
-                        spec: flow.spec.clone(),
-                        flow: Some(Arc::new(flow)),
-                        error: None,
-                    },
-                );
-            }
-        }
-    }
-}
-
-/// Compiles one flow, falling back to its last good spec when the new one fails.
-fn compile_entry(
-    last_good: &mut HashMap<String, Arc<Spec>>,
-    (registry, mcp): (&Registry, &McpCatalog),
-    name: &str,
-    item: &Result<Spec, Diagnostic>,
-) -> Pending {
-    {
-        let attempt = match item {
-            Ok(spec) => {
-                let spec = Arc::new(spec.clone());
-                match lang::compile(spec.clone(), registry, mcp) {
-                    Ok((flow, warnings)) => {
-                        last_good.insert(name.to_string(), spec);
-                        return Pending {
-                            spec: Some(flow.spec.clone()),
-                            flow: Some(Arc::new(flow)),
-                            error: None,
-                            warnings,
-                        };
-                    }
-                    Err(diag) => (Some(spec), diag),
-                }
-            }
-            Err(diag) => (None, diag.clone()),
-        };
-        let (new_spec, mut error) = attempt;
-        if let Some(good) = last_good.get(name).cloned() {
-            if new_spec.as_deref() != Some(&*good) {
-                if let Ok((flow, _)) = lang::compile(good.clone(), registry, mcp) {
-                    add_note(
-                        &mut error.message,
-                        "the last good version of this flow stays live",
-                    );
-                    return Pending {
-                        spec: Some(good),
-                        flow: Some(Arc::new(flow)),
-                        error: Some(error),
-                        warnings: Vec::new(),
-                    };
-                }
-            }
-        }
-        Pending {
-            spec: new_spec,
-            flow: None,
-            error: Some(error),
-            warnings: Vec::new(),
-        }
-    }
-}
-
-/// Adds `(note)` to the first line of a message (later lines hold the source and caret).
-fn add_note(message: &mut String, note: &str) {
-    let at = message.find('\n').unwrap_or(message.len());
-    message.insert_str(at, &format!(" ({note})"));
-}
-
-struct Pending {
-    spec: Option<Arc<Spec>>,
-    flow: Option<Arc<Flow>>,
-    error: Option<Diagnostic>,
-    warnings: Vec<Diagnostic>,
-}
-
-impl Pending {
-    /// A flow whose spec never parsed is still listed, broken, with a spec that only names
-    /// it: every flow its file names is listed, and says why wherever it is asked for.
-    fn into_entry(self, name: &str) -> Option<Entry> {
-        let spec = match (self.spec, &self.error) {
-            (Some(spec), _) => spec,
-            (None, Some(error)) if !name.is_empty() => {
-                Arc::new(Spec::unparsed(name, &error.file, error.line))
-            }
-            (None, _) => return None,
-        };
-        Some(Entry {
-            spec,
-            flow: self.flow,
-            error: self.error,
-        })
     }
 }
 

@@ -5,6 +5,8 @@
 //! in, text and structured content out; what a call reports on the way (progress, questions
 //! for a client) goes to what the caller gave.
 
+mod call;
+mod handler;
 mod session;
 pub(crate) mod settings;
 
@@ -82,6 +84,8 @@ impl Upstreams {
     /// process's. Waits up to `wait` for their first tool lists (a server that is slower goes
     /// on starting; the flows using it go live when it lists its tools).
     pub(crate) async fn start(settings: &Settings, wait: Duration) -> Arc<Upstreams> {
+        // The recorder before the first gauge (a metric recorded before it is lost).
+        let _ = crate::metrics::handle();
         let (changes, _) = tokio::sync::watch::channel(0);
         let changes_for = changes.clone();
         let servers = settings

@@ -9,69 +9,68 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use rmcp::model::{
-    CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotificationParam,
-    ClientCapabilities, ClientInfo, ClientRequest, CreateMessageRequestParams, CreateMessageResult,
-    ElicitRequestParams, ElicitResult, ErrorData, Implementation, LoggingMessageNotificationParam,
-    ProgressNotificationParam, ProgressToken, RequestMetaObject, ServerResult,
-};
-use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RequestContext, RoleClient};
+use rmcp::model::ProgressToken;
+use rmcp::service::{Peer, RoleClient};
 use rmcp::ServiceExt;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::handler::Handler;
 use super::settings::{self, Transport};
-use super::{Ask, Call, CallError, Progress, Reply};
+use super::{Ask, Progress};
 use crate::plan::McpTool;
 
 /// How long a session may take to open (spawn or connect, `initialize`, the first tool list).
-const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest wait between two attempts to open a session.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a call waits for a server that is down to come back.
-const WAIT_FOR_UP: Duration = Duration::from_secs(10);
+pub(super) const WAIT_FOR_UP: Duration = Duration::from_secs(10);
 /// How long a server has to answer a ping after a call timed out before it counts as hung.
-const PING_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(super) struct Server {
     pub(super) config: settings::Server,
-    state: Mutex<State>,
+    pub(super) state: Mutex<State>,
     /// The open session's peer (None while down); calls wait on it.
-    up: watch::Sender<Option<Peer<RoleClient>>>,
+    pub(super) up: watch::Sender<Option<Peer<RoleClient>>>,
     /// Attempts to open a session so far (the first listing waits for one).
-    attempts: watch::Sender<u64>,
+    pub(super) attempts: watch::Sender<u64>,
     /// A call is waiting for a session: skip the rest of the backoff.
-    wake: Notify,
+    pub(super) wake: Notify,
     /// Ends the current session (a hung server: its child is killed).
-    end_session: Mutex<CancellationToken>,
-    stopped: CancellationToken,
-    changes: watch::Sender<u64>,
-    routes: Mutex<Vec<Route>>,
-    next_route: AtomicU64,
-    calls: AtomicU64,
-    errors: AtomicU64,
+    pub(super) end_session: Mutex<CancellationToken>,
+    pub(super) stopped: CancellationToken,
+    pub(super) changes: watch::Sender<u64>,
+    pub(super) routes: Mutex<Vec<Route>>,
+    pub(super) next_route: AtomicU64,
+    pub(super) calls: AtomicU64,
+    pub(super) errors: AtomicU64,
 }
 
 #[derive(Default)]
-struct State {
-    tools: Option<Arc<[McpTool]>>,
+pub(super) struct State {
+    pub(super) tools: Option<Arc<[McpTool]>>,
     /// Why the server is not up (None while it is).
-    down: Option<String>,
-    restarts: u64,
-    pid: Option<u32>,
+    pub(super) down: Option<String>,
+    pub(super) restarts: u64,
+    pub(super) pid: Option<u32>,
     /// The last line it wrote to stderr (a crash's last words).
-    last_stderr: String,
-    since: Option<Instant>,
+    pub(super) last_stderr: String,
+    pub(super) since: Option<Instant>,
 }
 
+/// Where a call's progress and its server's questions go.
+pub(super) type Routed = (Option<Progress>, Option<Arc<dyn Ask>>);
+
 /// A call in flight: where its progress and its server's questions go.
-struct Route {
-    id: u64,
-    token: ProgressToken,
-    progress: Option<Progress>,
-    ask: Option<Arc<dyn Ask>>,
+pub(super) struct Route {
+    pub(super) id: u64,
+    pub(super) token: ProgressToken,
+    pub(super) progress: Option<Progress>,
+    pub(super) ask: Option<Arc<dyn Ask>>,
 }
 
 impl Server {
@@ -97,11 +96,11 @@ impl Server {
         server
     }
 
-    fn name(&self) -> &str {
+    pub(super) fn name(&self) -> &str {
         &self.config.name
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -352,7 +351,7 @@ impl Server {
     }
 
     /// The server said its tools changed: list them again.
-    fn relist(self: &Arc<Self>) {
+    pub(super) fn relist(self: &Arc<Self>) {
         let Some(peer) = self.up.borrow().clone() else {
             return;
         };
@@ -374,275 +373,6 @@ impl Server {
             }
         });
     }
-
-    /// The open session's peer, waiting up to [`WAIT_FOR_UP`] for one.
-    async fn peer(&self, cancel: &CancellationToken) -> Result<Peer<RoleClient>, CallError> {
-        let mut up = self.up.subscribe();
-        if let Some(peer) = up.borrow().clone() {
-            return Ok(peer);
-        }
-        self.wake.notify_one();
-        let waited = tokio::select! {
-            waited = tokio::time::timeout(WAIT_FOR_UP, up.wait_for(Option::is_some)) => waited,
-            _ = cancel.cancelled() => return Err(CallError { message: "cancelled".into(), retry: false }),
-        };
-        if let Ok(Ok(peer)) = waited {
-            if let Some(peer) = peer.clone() {
-                return Ok(peer);
-            }
-        }
-        let why = self
-            .lock()
-            .down
-            .clone()
-            .unwrap_or_else(|| "starting".into());
-        Err(CallError {
-            message: format!(
-                "MCP server `{}` is down ({why}); it is being restarted",
-                self.name()
-            ),
-            retry: true,
-        })
-    }
-
-    pub(super) async fn call(
-        self: &Arc<Self>,
-        tool: &str,
-        arguments: Map<String, Value>,
-        call: Call<'_>,
-    ) -> Result<Reply, CallError> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        let result = self.call_inner(tool, arguments, call).await;
-        let outcome = match &result {
-            Ok(reply) if !reply.is_error => "ok",
-            Ok(_) => "tool_error",
-            Err(_) => "error",
-        };
-        if outcome != "ok" {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        metrics::counter!(crate::metrics::UPSTREAM_CALLS, "server" => self.config.name.clone(), "outcome" => outcome)
-            .increment(1);
-        result
-    }
-
-    async fn call_inner(
-        self: &Arc<Self>,
-        tool: &str,
-        arguments: Map<String, Value>,
-        call: Call<'_>,
-    ) -> Result<Reply, CallError> {
-        let peer = self.peer(call.cancel).await?;
-        let mut params = CallToolRequestParams::new(tool.to_string());
-        params.arguments = Some(arguments);
-        let mut options = PeerRequestOptions::no_options();
-        if !call.meta.is_empty() {
-            let mut meta = RequestMetaObject::default();
-            for (key, value) in call.meta {
-                meta.0.insert(key, Value::String(value));
-            }
-            options.meta = Some(meta);
-        }
-        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
-        let mut handle = peer
-            .send_request_with_option(request, options)
-            .await
-            .map_err(|err| CallError {
-                message: format!(
-                    "MCP server `{}`: sending the call failed: {err}",
-                    self.name()
-                ),
-                retry: true,
-            })?;
-        let route = self.next_route.fetch_add(1, Ordering::Relaxed);
-        self.routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Route {
-                id: route,
-                token: handle.progress_token.clone(),
-                progress: call.progress,
-                ask: call.ask,
-            });
-        let mut pending = Pending {
-            server: self,
-            route,
-            peer: peer.clone(),
-            id: Some(handle.id.clone()),
-        };
-        let deadline = call.timeout.or(self.config.timeout);
-        let answered = tokio::select! {
-            answered = &mut handle.rx => answered,
-            _ = call.cancel.cancelled() => {
-                pending.cancel("cancelled by the flow's caller");
-                return Err(CallError { message: "cancelled".into(), retry: false });
-            }
-            _ = sleep_or_never(deadline) => {
-                pending.cancel("timed out");
-                self.check_alive(peer);
-                let seconds = deadline.map_or(0.0, |d| d.as_secs_f64());
-                return Err(CallError {
-                    message: format!("MCP server `{}` did not answer `{tool}` within {seconds}s (timeout)", self.name()),
-                    retry: false,
-                });
-            }
-        };
-        pending.id = None;
-        match answered {
-            Ok(Ok(ServerResult::CallToolResult(result))) => Ok(reply(result)),
-            Ok(Ok(_)) => Err(CallError {
-                message: format!("MCP server `{}` answered `{tool}` with something other than a tool result (an input request or a task, which flowhost does not ask upstream servers for)", self.name()),
-                retry: false,
-            }),
-            Ok(Err(rmcp::ServiceError::McpError(error))) => Err(CallError {
-                message: format!("MCP server `{}` refused `{tool}`: {}", self.name(), error.message),
-                retry: false,
-            }),
-            Ok(Err(err)) => Err(self.gone(tool, &err.to_string())),
-            Err(_) => Err(self.gone(tool, "the session ended")),
-        }
-    }
-
-    /// The session ended during a call to `tool`.
-    fn gone(&self, tool: &str, detail: &str) -> CallError {
-        let words = self.lock().last_stderr.clone();
-        let words = if words.is_empty() {
-            String::new()
-        } else {
-            format!("; its last words on stderr: {words}")
-        };
-        CallError {
-            message: format!(
-                "MCP server `{}` went away during `{tool}` ({detail}: it crashed, exited or dropped the connection{words}); it is being restarted",
-                self.name()
-            ),
-            retry: true,
-        }
-    }
-
-    /// After a timeout: a server that does not answer a ping either is hung, and its session
-    /// is ended (the child killed) so the supervisor opens a new one.
-    fn check_alive(self: &Arc<Self>, peer: Peer<RoleClient>) {
-        let server = self.clone();
-        tokio::spawn(async move {
-            let ping = peer.send_request(ClientRequest::PingRequest(Default::default()));
-            if tokio::time::timeout(PING_TIMEOUT, ping).await.is_err() {
-                tracing::warn!(
-                    server = server.name(),
-                    "MCP server `{}` does not answer a ping: ending its session",
-                    server.name()
-                );
-                server
-                    .end_session
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .cancel();
-            }
-        });
-    }
-
-    fn route_of(&self, token: &ProgressToken) -> Option<(Option<Progress>, Option<Arc<dyn Ask>>)> {
-        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        routes
-            .iter()
-            .find(|r| &r.token == token)
-            .map(|r| (r.progress.clone(), r.ask.clone()))
-    }
-
-    /// Where a server's question goes: the call it names by progress token, else the newest
-    /// call in flight that can ask.
-    fn asker(&self, token: Option<ProgressToken>) -> Option<Arc<dyn Ask>> {
-        if let Some(ask) = token
-            .and_then(|t| self.route_of(&t))
-            .and_then(|(_, ask)| ask)
-        {
-            return Some(ask);
-        }
-        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        routes.iter().rev().find_map(|r| r.ask.clone())
-    }
-}
-
-/// A call's request while it waits: dropped unanswered (the run was dropped), it tells the
-/// server the call is cancelled; its route goes either way.
-struct Pending<'a> {
-    server: &'a Server,
-    route: u64,
-    peer: Peer<RoleClient>,
-    id: Option<rmcp::model::RequestId>,
-}
-
-impl Pending<'_> {
-    fn cancel(&mut self, reason: &str) {
-        if let Some(id) = self.id.take() {
-            let peer = self.peer.clone();
-            let reason = reason.to_string();
-            tokio::spawn(async move {
-                let _ = peer
-                    .notify_cancelled(CancelledNotificationParam::new(Some(id), Some(reason)))
-                    .await;
-            });
-        }
-    }
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        self.cancel("the call was dropped");
-        self.server
-            .routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|r| r.id != self.route);
-    }
-}
-
-/// A URL without credentials or query (for logs and `/ops`).
-fn shown_url(url: &str) -> String {
-    match url.parse::<http::Uri>() {
-        Ok(uri) => {
-            format!(
-                "{}://{}{}",
-                uri.scheme_str().unwrap_or("http"),
-                uri.host().unwrap_or_default(),
-                uri.port().map(|p| format!(":{p}")).unwrap_or_default()
-            ) + uri.path()
-        }
-        Err(_) => "(not a URL)".to_string(),
-    }
-}
-
-async fn sleep_or_never(deadline: Option<Duration>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// A tool result as text (text blocks one per line, a resource's text, other blocks as
-/// JSON) and structured content.
-fn reply(result: CallToolResult) -> Reply {
-    let mut lines = Vec::new();
-    for block in &result.content {
-        let value = serde_json::to_value(block).unwrap_or(Value::Null);
-        let text = match value["type"].as_str() {
-            Some("text") => value["text"].as_str().map(str::to_string),
-            Some("resource") => value["resource"]["text"].as_str().map(str::to_string),
-            _ => None,
-        };
-        lines.push(text.unwrap_or_else(|| value.to_string()));
-    }
-    let mut text = lines.join("\n");
-    if text.is_empty() {
-        if let Some(structured) = &result.structured_content {
-            text = structured.to_string();
-        }
-    }
-    Reply {
-        text,
-        structured: result.structured_content,
-        is_error: result.is_error.unwrap_or(false),
-    }
 }
 
 /// The server's stderr, line by line into the host's log under its name.
@@ -658,123 +388,17 @@ async fn forward_stderr(server: Weak<Server>, stderr: tokio::process::ChildStder
     }
 }
 
-/// The client side of a session: what the server may ask and tell.
-#[derive(Clone)]
-pub(super) struct Handler {
-    server: Weak<Server>,
-}
-
-impl rmcp::ClientHandler for Handler {
-    fn get_info(&self) -> ClientInfo {
-        let capabilities: ClientCapabilities = serde_json::from_value(
-            serde_json::json!({"sampling": {}, "elicitation": {"form": {}}}),
-        )
-        .unwrap_or_default();
-        ClientInfo::new(
-            capabilities,
-            Implementation::new("flowhost", env!("CARGO_PKG_VERSION")),
-        )
-    }
-
-    async fn create_message(
-        &self,
-        params: CreateMessageRequestParams,
-        _context: RequestContext<RoleClient>,
-    ) -> Result<CreateMessageResult, ErrorData> {
-        let ask = self.asker(params.meta.as_ref().and_then(|m| m.get_progress_token()))?;
-        let mut raw = serde_json::to_value(&params).unwrap_or(Value::Null);
-        let messages = raw["messages"].take();
-        let mut options = Map::new();
-        for key in [
-            "systemPrompt",
-            "maxTokens",
-            "temperature",
-            "stopSequences",
-            "modelPreferences",
-        ] {
-            if let Some(value) = raw.get(key).filter(|v| !v.is_null()) {
-                options.insert(key.to_string(), value.clone());
-            }
+/// A URL without credentials or query (for logs and `/ops`).
+fn shown_url(url: &str) -> String {
+    match url.parse::<http::Uri>() {
+        Ok(uri) => {
+            format!(
+                "{}://{}{}",
+                uri.scheme_str().unwrap_or("http"),
+                uri.host().unwrap_or_default(),
+                uri.port().map(|p| format!(":{p}")).unwrap_or_default()
+            ) + uri.path()
         }
-        let request = serde_json::json!({"messages": messages, "options": options});
-        let answer = ask
-            .ask("sample", request)
-            .await
-            .map_err(|err| ErrorData::internal_error(err, None))?;
-        serde_json::from_value(answer).map_err(|err| {
-            ErrorData::internal_error(
-                format!("the sampling answer is not a CreateMessageResult: {err}"),
-                None,
-            )
-        })
-    }
-
-    async fn create_elicitation(
-        &self,
-        request: ElicitRequestParams,
-        _context: RequestContext<RoleClient>,
-    ) -> Result<ElicitResult, ErrorData> {
-        let Ok(ask) = self.asker(None) else {
-            return serde_json::from_value(serde_json::json!({"action": "decline"}))
-                .map_err(|err| ErrorData::internal_error(err.to_string(), None));
-        };
-        let request = serde_json::to_value(&request).unwrap_or(Value::Null);
-        match ask.ask("elicit", request).await {
-            Ok(answer) => serde_json::from_value(answer).map_err(|err| {
-                ErrorData::internal_error(
-                    format!("the elicitation answer is not an ElicitResult: {err}"),
-                    None,
-                )
-            }),
-            // No client that shows forms: declined, as the MCP clients do.
-            Err(message) => {
-                tracing::info!("an MCP server's elicitation was declined: {message}");
-                serde_json::from_value(serde_json::json!({"action": "decline"}))
-                    .map_err(|err| ErrorData::internal_error(err.to_string(), None))
-            }
-        }
-    }
-
-    async fn on_progress(
-        &self,
-        params: ProgressNotificationParam,
-        _context: NotificationContext<RoleClient>,
-    ) {
-        let Some(server) = self.server.upgrade() else {
-            return;
-        };
-        if let Some((Some(progress), _)) = server.route_of(&params.progress_token) {
-            progress(params.progress, params.total, params.message);
-        }
-    }
-
-    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        if let Some(server) = self.server.upgrade() {
-            server.relist();
-        }
-    }
-
-    async fn on_logging_message(
-        &self,
-        params: LoggingMessageNotificationParam,
-        _context: NotificationContext<RoleClient>,
-    ) {
-        if let Some(server) = self.server.upgrade() {
-            tracing::info!(target: "flowhost::upstream", server = server.name(), level = ?params.level, "{}", params.data);
-        }
-    }
-}
-
-impl Handler {
-    fn asker(&self, token: Option<ProgressToken>) -> Result<Arc<dyn Ask>, ErrorData> {
-        self.server
-            .upgrade()
-            .and_then(|server| server.asker(token))
-            .ok_or_else(|| {
-                ErrorData::invalid_request(
-                    "flowhost has no call in flight from this server that could ask a client or an LLM",
-                    None,
-                )
-            })
+        Err(_) => "(not a URL)".to_string(),
     }
 }

@@ -306,10 +306,12 @@ fn expose(at: &str, options: &serde_json::Map<String, Value>) -> Result<Expose, 
                                 "{at}.{key}: expected a list of tool names or patterns (`get-*`)"
                             )
                         })?,
-                    _ => return Err(format!(
+                    _ => {
+                        return Err(format!(
                         "{at}.{key}: expected a list of tool names or patterns (`get-*`), found {}",
                         kind(value)
-                    )),
+                    ))
+                    }
                 };
                 for pattern in &list {
                     glob::Pattern::new(pattern).map_err(|err| {

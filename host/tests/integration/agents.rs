@@ -102,7 +102,7 @@ impl Scripted {
         )
     }
 
-    fn bodies(&self) -> Vec<Value> {
+    pub(crate) fn bodies(&self) -> Vec<Value> {
         self.bodies.lock().expect("lock").clone()
     }
 }

@@ -20,4 +20,5 @@ mod settings;
 mod surface;
 mod tidy;
 mod traces;
+mod upstream;
 mod util;

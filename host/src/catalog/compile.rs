@@ -1,0 +1,94 @@
+//! Compiling one flow of a snapshot: its newest spec, else its last good one (kept live with
+//! the new version's error), against the plugins' ops and the outside MCP servers' tools.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{Entry, Spec};
+use crate::lang::{self, Diagnostic};
+use crate::ops::Registry;
+use crate::plan::{Flow, McpCatalog};
+
+/// Compiles one flow, falling back to its last good spec when the new one fails.
+pub(super) fn compile_entry(
+    last_good: &mut HashMap<String, Arc<Spec>>,
+    (registry, mcp): (&Registry, &McpCatalog),
+    name: &str,
+    item: &Result<Spec, Diagnostic>,
+) -> Pending {
+    {
+        let attempt = match item {
+            Ok(spec) => {
+                let spec = Arc::new(spec.clone());
+                match lang::compile(spec.clone(), registry, mcp) {
+                    Ok((flow, warnings)) => {
+                        last_good.insert(name.to_string(), spec);
+                        return Pending {
+                            spec: Some(flow.spec.clone()),
+                            flow: Some(Arc::new(flow)),
+                            error: None,
+                            warnings,
+                        };
+                    }
+                    Err(diag) => (Some(spec), diag),
+                }
+            }
+            Err(diag) => (None, diag.clone()),
+        };
+        let (new_spec, mut error) = attempt;
+        if let Some(good) = last_good.get(name).cloned() {
+            if new_spec.as_deref() != Some(&*good) {
+                if let Ok((flow, _)) = lang::compile(good.clone(), registry, mcp) {
+                    add_note(
+                        &mut error.message,
+                        "the last good version of this flow stays live",
+                    );
+                    return Pending {
+                        spec: Some(good),
+                        flow: Some(Arc::new(flow)),
+                        error: Some(error),
+                        warnings: Vec::new(),
+                    };
+                }
+            }
+        }
+        Pending {
+            spec: new_spec,
+            flow: None,
+            error: Some(error),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Adds `(note)` to the first line of a message (later lines hold the source and caret).
+pub(super) fn add_note(message: &mut String, note: &str) {
+    let at = message.find('\n').unwrap_or(message.len());
+    message.insert_str(at, &format!(" ({note})"));
+}
+
+pub(super) struct Pending {
+    pub(super) spec: Option<Arc<Spec>>,
+    pub(super) flow: Option<Arc<Flow>>,
+    pub(super) error: Option<Diagnostic>,
+    pub(super) warnings: Vec<Diagnostic>,
+}
+
+impl Pending {
+    /// A flow whose spec never parsed is still listed, broken, with a spec that only names
+    /// it: every flow its file names is listed, and says why wherever it is asked for.
+    pub(super) fn into_entry(self, name: &str) -> Option<Entry> {
+        let spec = match (self.spec, &self.error) {
+            (Some(spec), _) => spec,
+            (None, Some(error)) if !name.is_empty() => {
+                Arc::new(Spec::unparsed(name, &error.file, error.line))
+            }
+            (None, _) => return None,
+        };
+        Some(Entry {
+            spec,
+            flow: self.flow,
+            error: self.error,
+        })
+    }
+}

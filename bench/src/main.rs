@@ -17,6 +17,7 @@ mod runs;
 mod sse;
 mod stall;
 mod traces;
+mod upstream;
 
 use micro::{
     emit_across_boundary, exec_throughput, llm_overhead, mcp_stdio, plugin_load, save_to_served,
@@ -132,6 +133,9 @@ fn main() {
     }
     if wanted("traces") {
         report.insert("traces".into(), runtime.block_on(traces::run(&bin_dir)));
+    }
+    if wanted("upstream") {
+        report.insert("upstream".into(), runtime.block_on(upstream::run(&bin_dir)));
     }
     if wanted("llm") {
         report.insert(

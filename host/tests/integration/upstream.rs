@@ -390,6 +390,33 @@ async fn a_killed_crashed_or_hung_server_fails_its_call_and_is_restarted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_cancels_the_upstream_call() {
+    let Some((everything, python)) = upstreams() else {
+        return;
+    };
+    flowhost::llm::tls_init();
+    let flows = folder(&[("up.yaml", FLOWS)]);
+    let server = host(&flows, &config(&everything, &python), &[]);
+    let client = reqwest::Client::new();
+    let mut response = client
+        .post(server.url("/slow_flow"))
+        .json(&json!({"seconds": 30}))
+        .send()
+        .await
+        .expect("POST");
+    // The stream is open (its first bytes may be a keep-alive); the client goes away.
+    let _ = tokio::time::timeout(Duration::from_millis(800), response.chunk()).await;
+    drop(response);
+    eventually("the server to see notifications/cancelled", || async {
+        server.log().contains("slow was cancelled")
+    })
+    .await;
+    // The session is untouched: the next call is served at once.
+    let reply = post(&client, &server, "add_flow", json!({"a": 1, "b": 2})).await;
+    assert_eq!(reply["answer"], "3", "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renamed_tool_takes_its_flow_down_and_back() {
     let Some((everything, python)) = upstreams() else {
         return;

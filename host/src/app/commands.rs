@@ -270,6 +270,7 @@ pub(super) fn show_config(config: &Config) -> Result<ExitCode, String> {
             "max_bytes": config.auth.audit.max_bytes,
         },
         "telemetry": crate::telemetry::describe(&config.telemetry, &|name| std::env::var(name).ok()),
+        "external_mcp": crate::upstream::settings::describe(&config.upstream),
         "plugins": config.ops.isolation.plugins.iter()
             .map(|(name, isolation)| (name.clone(), json!({"isolation": isolation})))
             .collect::<Map<String, Value>>(),

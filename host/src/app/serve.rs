@@ -65,6 +65,9 @@ pub(super) fn follow_upstreams(
     let mut changes = upstreams.subscribe();
     let (upstreams, catalog) = (upstreams.clone(), Arc::downgrade(catalog));
     tokio::spawn(async move {
+        // Once now: a server that listed its tools while the catalog loaded, before this
+        // subscription, is not missed.
+        changes.mark_changed();
         while changes.changed().await.is_ok() {
             let Some(catalog) = catalog.upgrade() else {
                 return;

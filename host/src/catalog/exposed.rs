@@ -28,6 +28,13 @@ impl State {
                 if !self.filter.allows(&name) {
                     continue;
                 }
+                if snapshot.flows.contains_key(&name) && !owner.contains_key(&name) {
+                    tracing::warn!(
+                        "external_mcp.{server}.expose: tool `{}` would be served as `{name}`, which another served tool already is; not served (rename with expose.separator, or exclude one)",
+                        tool.name
+                    );
+                    continue;
+                }
                 if let Some(file) = owner.get(&name) {
                     tracing::warn!(
                         "external_mcp.{server}.expose: tool `{}` would be served as `{name}`, which {} defines; the flow file's wins",

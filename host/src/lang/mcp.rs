@@ -109,9 +109,16 @@ pub(super) fn bind_mcp_op(
                 .ok_or_else(|| error(format!("timeout must be seconds above 0, not {value}")))?,
         ),
     };
-    let output_key = match text(&args, "output_key").map_err(&error)? {
-        Some(key) => key,
-        None => format!("{}_result", identifier(&tool.name)),
+    // FlowLLM writes `{short_name}_result`: `base_mcp_result`, or `name=` without `_op`.
+    let output_key = match (
+        text(&args, "output_key").map_err(&error)?,
+        flowllm,
+        policy.name,
+    ) {
+        (Some(key), _, _) => key,
+        (None, true, Some(name)) => format!("{}_result", name.strip_suffix("_op").unwrap_or(name)),
+        (None, true, None) => "base_mcp_result".to_string(),
+        (None, false, name) => format!("{}_result", identifier(name.unwrap_or(&tool.name))),
     };
     let params = properties(&schema)
         .into_iter()

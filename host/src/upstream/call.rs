@@ -95,11 +95,12 @@ impl Server {
         // A request that could not be sent never reached the server: sent again (once) on the
         // next session when the connection had just closed.
         let mut sent = 0;
-        let (peer, mut handle) = loop {
+        let (peer, mut handle, session) = loop {
             let peer = self.peer(call.cancel).await?;
+            let session = self.sessions.load(Ordering::Relaxed);
             let request = ClientRequest::CallToolRequest(CallToolRequest::new(params.clone()));
             match peer.send_request_with_option(request, options()).await {
-                Ok(handle) => break (peer, handle),
+                Ok(handle) => break (peer, handle, session),
                 Err(err) if sent == 0 => {
                     tracing::debug!(
                         server = self.name(),
@@ -145,7 +146,7 @@ impl Server {
             }
             _ = sleep_or_never(deadline) => {
                 pending.cancel("timed out");
-                self.check_alive(peer);
+                self.check_alive(peer, session);
                 let seconds = deadline.map_or(0.0, |d| d.as_secs_f64());
                 return Err(CallError {
                     message: format!("MCP server `{}` did not answer `{tool}` within {seconds}s (timeout)", self.name()),
@@ -171,15 +172,17 @@ impl Server {
 
     /// The session ended during a call to `tool`.
     fn gone(&self, tool: &str, detail: &str) -> CallError {
-        let words = self.lock().last_stderr.clone();
-        let words = if words.is_empty() {
-            String::new()
-        } else {
-            format!("; its last words on stderr: {words}")
+        // What it said on stderr stays in the host's log: it may hold what callers must not
+        // see.
+        let detail = match &self.config.transport {
+            super::settings::Transport::Http { url, .. } => {
+                detail.replace(url.as_str(), &super::settings::shown_url(url))
+            }
+            super::settings::Transport::Stdio { .. } => detail.to_string(),
         };
         CallError {
             message: format!(
-                "MCP server `{}` went away during `{tool}` ({detail}: it crashed, exited or dropped the connection{words}); it is being restarted",
+                "MCP server `{}` went away during `{tool}` ({detail}: it crashed, exited or dropped the connection; its stderr is in the host's log); it is being restarted",
                 self.name()
             ),
             retry: true,
@@ -189,7 +192,15 @@ impl Server {
     /// After a timeout: while a ping checks the server, new calls wait for the verdict; one
     /// that answers goes on serving, one that does not is hung, and its session is ended (the
     /// child killed) so the supervisor opens a new one.
-    fn check_alive(self: &Arc<Self>, peer: Peer<RoleClient>) {
+    fn check_alive(self: &Arc<Self>, peer: Peer<RoleClient>, session: u64) {
+        if self.sessions.load(Ordering::Relaxed) != session {
+            return;
+        }
+        let end = self
+            .end_session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let server = self.clone();
         self.up.send_if_modified(|up| {
             let current = up.as_ref().is_some_and(|p| !p.is_transport_closed());
@@ -218,11 +229,7 @@ impl Server {
                 "MCP server `{}` does not answer a ping: ending its session",
                 server.name()
             );
-            server
-                .end_session
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .cancel();
+            end.cancel();
         });
     }
 
@@ -236,15 +243,18 @@ impl Server {
 
     /// Where a server's question goes: the call it names by progress token, else the newest
     /// call in flight that can ask.
+    /// Where a server's question goes: the call it names by progress token, else the one call
+    /// in flight when there is exactly one (a server speaks for no call in particular, and
+    /// another caller's client must never see its question).
     pub(super) fn asker(&self, token: Option<ProgressToken>) -> Option<Arc<dyn Ask>> {
-        if let Some(ask) = token
-            .and_then(|t| self.route_of(&t))
-            .and_then(|(_, ask)| ask)
-        {
-            return Some(ask);
+        if let Some((_, ask)) = token.and_then(|t| self.route_of(&t)) {
+            return ask;
         }
         let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        routes.iter().rev().find_map(|r| r.ask.clone())
+        match routes.as_slice() {
+            [only] => only.ask.clone(),
+            _ => None,
+        }
     }
 }
 

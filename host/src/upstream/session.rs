@@ -42,6 +42,8 @@ pub(super) struct Server {
     pub(super) wake: Notify,
     /// Ends the current session (a hung server: its child is killed).
     pub(super) end_session: Mutex<CancellationToken>,
+    /// Sessions opened so far: a call's check of a hung server acts on its own session only.
+    pub(super) sessions: AtomicU64,
     pub(super) stopped: CancellationToken,
     pub(super) changes: watch::Sender<u64>,
     pub(super) routes: Mutex<Vec<Route>>,
@@ -85,6 +87,7 @@ impl Server {
             attempts: watch::channel(0).0,
             wake: Notify::new(),
             end_session: Mutex::new(CancellationToken::new()),
+            sessions: AtomicU64::new(0),
             stopped: CancellationToken::new(),
             changes,
             routes: Mutex::new(Vec::new()),
@@ -125,14 +128,15 @@ impl Server {
 
     pub(super) fn stop(&self) {
         self.stopped.cancel();
+        kill_group(self.lock().pid.take());
     }
 
     pub(super) fn status_json(&self) -> Value {
         let state = self.lock();
         let transport = match &self.config.transport {
-            Transport::Stdio { command, .. } => serde_json::json!({"stdio": command}),
+            Transport::Stdio { .. } => Value::from("stdio"),
             Transport::Http { url, .. } => {
-                serde_json::json!({"streamable_http": shown_url(url)})
+                serde_json::json!({"streamable_http": settings::shown_url(url)})
             }
         };
         serde_json::json!({
@@ -211,6 +215,7 @@ impl Server {
     async fn session(self: &Arc<Self>) -> Result<String, String> {
         let end = CancellationToken::new();
         *self.end_session.lock().unwrap_or_else(|p| p.into_inner()) = end.clone();
+        self.sessions.fetch_add(1, Ordering::Relaxed);
         let handler = Handler {
             server: Arc::downgrade(self),
         };
@@ -276,18 +281,22 @@ impl Server {
                 if let Some(cwd) = cwd {
                     cmd.current_dir(cwd);
                 }
+                // Its own process group: a restart or the host's exit kills what it started too
+                // (`npx` → `node`).
+                cmd.process_group(0);
                 #[cfg(target_os = "linux")]
                 // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
                 unsafe {
                     cmd.pre_exec(|| {
-                        // Killed with the host, however the host ends (kill -9 included).
+                        // Killed when the thread that started it ends, which is the spawner
+                        // thread below: with the host, however the host ends (kill -9
+                        // included). Its own children see stdin close and exit.
                         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                         Ok(())
                     });
                 }
-                let (transport, stderr) = rmcp::transport::TokioChildProcess::builder(cmd)
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
+                let (transport, stderr) = spawn(cmd)
+                    .await
                     .map_err(|err| format!("cannot start `{command}`: {err}"))?;
                 self.lock().pid = transport.id();
                 if let Some(stderr) = stderr {
@@ -299,15 +308,10 @@ impl Server {
                     .map_err(|err| format!("`initialize` failed: {err}"))
             }
             Transport::Http { url, headers } => {
-                let mut config =
+                let config =
                     rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(url.as_str());
                 let mut custom = std::collections::HashMap::new();
                 for (name, value) in headers {
-                    if name.eq_ignore_ascii_case("authorization") {
-                        let token = value.strip_prefix("Bearer ").unwrap_or(value);
-                        config = config.auth_header(token.to_string());
-                        continue;
-                    }
                     if let (Ok(name), Ok(value)) = (
                         http::HeaderName::from_bytes(name.as_bytes()),
                         http::HeaderValue::from_str(value),
@@ -317,10 +321,12 @@ impl Server {
                 }
                 let config = config.custom_headers(custom);
                 let transport = rmcp::transport::StreamableHttpClientTransport::from_config(config);
-                handler
-                    .serve(transport)
-                    .await
-                    .map_err(|err| format!("connecting or `initialize` failed: {err}"))
+                handler.serve(transport).await.map_err(|err| {
+                    let text = err
+                        .to_string()
+                        .replace(url.as_str(), &settings::shown_url(url));
+                    format!("connecting or `initialize` failed: {text}")
+                })
             }
         }
     }
@@ -375,6 +381,67 @@ impl Server {
     }
 }
 
+type Spawned = std::io::Result<(
+    rmcp::transport::TokioChildProcess,
+    Option<tokio::process::ChildStderr>,
+)>;
+
+/// Starts a stdio server from one thread that lives as long as the host: `PR_SET_PDEATHSIG`
+/// fires when the thread that forked the child ends, and the runtime's threads come and go.
+async fn spawn(command: tokio::process::Command) -> Spawned {
+    type Job = (
+        tokio::process::Command,
+        tokio::sync::oneshot::Sender<Spawned>,
+    );
+    static SPAWNER: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> =
+        std::sync::OnceLock::new();
+    let handle = tokio::runtime::Handle::current();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let started = std::thread::Builder::new()
+            .name("mcp-spawner".into())
+            .spawn(move || {
+                // The children's pipes and reaper belong to the runtime that asked first.
+                let _runtime = handle.enter();
+                for (command, reply) in rx {
+                    let spawned = rmcp::transport::TokioChildProcess::builder(command)
+                        .stderr(std::process::Stdio::piped())
+                        .spawn();
+                    let _ = reply.send(spawned);
+                }
+            });
+        if let Err(err) = started {
+            tracing::error!("cannot start the thread that starts MCP servers: {err}");
+        }
+        Mutex::new(tx)
+    });
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let sent = spawner
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send((command, reply));
+    if sent.is_err() {
+        return Err(std::io::Error::other(
+            "the thread that starts MCP servers is gone",
+        ));
+    }
+    answer.await.unwrap_or_else(|_| {
+        Err(std::io::Error::other(
+            "the thread that starts MCP servers is gone",
+        ))
+    })
+}
+
+/// Kills a stdio server's process group (what it started too).
+pub(super) fn kill_group(pid: Option<u32>) {
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1) {
+        // SAFETY: a plain syscall; the group is the child's own (`process_group(0)`).
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+}
+
 /// The server's stderr, line by line into the host's log under its name.
 async fn forward_stderr(server: Weak<Server>, stderr: tokio::process::ChildStderr) {
     let mut lines = tokio::io::BufReader::new(stderr).lines();
@@ -385,20 +452,5 @@ async fn forward_stderr(server: Weak<Server>, stderr: tokio::process::ChildStder
         let line: String = line.chars().take(2000).collect();
         tracing::info!(target: "flowhost::upstream", server = server.name(), "{line}");
         server.lock().last_stderr = line;
-    }
-}
-
-/// A URL without credentials or query (for logs and `/ops`).
-fn shown_url(url: &str) -> String {
-    match url.parse::<http::Uri>() {
-        Ok(uri) => {
-            format!(
-                "{}://{}{}",
-                uri.scheme_str().unwrap_or("http"),
-                uri.host().unwrap_or_default(),
-                uri.port().map(|p| format!(":{p}")).unwrap_or_default()
-            ) + uri.path()
-        }
-        Err(_) => "(not a URL)".to_string(),
     }
 }

@@ -53,6 +53,14 @@ const KEYS: [&str; 9] = [
 /// The host's variables a stdio server gets (the official SDKs' default environment).
 const INHERITED: [&str; 6] = ["HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER"];
 
+/// Headers the Streamable HTTP client sets itself.
+const RESERVED_HEADERS: [&str; 4] = [
+    "accept",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+];
+
 /// The longest a server's name may be: it becomes part of tool and flow names.
 const MAX_NAME: usize = 64;
 
@@ -116,7 +124,7 @@ fn server(
     let text = |key: &str| -> Result<Option<String>, String> {
         match entry.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => expand(s, env)
+            Some(Value::String(s)) => expand(s, env, false)
                 .map(Some)
                 .map_err(|e| format!("{at}.{key}: {e}")),
             Some(other) => Err(format!("{at}.{key}: expected text, found {}", kind(other))),
@@ -129,7 +137,9 @@ fn server(
                 .iter()
                 .enumerate()
                 .map(|(i, item)| match item {
-                    Value::String(s) => expand(s, env).map_err(|e| format!("{at}.{key}[{i}]: {e}")),
+                    Value::String(s) => {
+                        expand(s, env, false).map_err(|e| format!("{at}.{key}[{i}]: {e}"))
+                    }
                     Value::Number(n) => Ok(n.to_string()),
                     other => Err(format!(
                         "{at}.{key}[{i}]: expected text, found {}",
@@ -162,7 +172,7 @@ fn server(
                     };
                     Ok((
                         k.clone(),
-                        expand(&value, env).map_err(|e| format!("{at}.{key}.{k}: {e}"))?,
+                        expand(&value, env, true).map_err(|e| format!("{at}.{key}.{k}: {e}"))?,
                     ))
                 })
                 .collect(),
@@ -239,6 +249,9 @@ fn server(
                     || http::HeaderValue::from_str(value).is_err()
                 {
                     return Err(format!("{at}.headers.{name}: not a valid HTTP header"));
+                }
+                if RESERVED_HEADERS.iter().any(|r| name.eq_ignore_ascii_case(r)) {
+                    return Err(format!("{at}.headers.{name}: set by the MCP client itself (it would break every request); remove it"));
                 }
             }
             Transport::Http { url, headers }
@@ -334,21 +347,89 @@ fn expose(at: &str, options: &serde_json::Map<String, Value>) -> Result<Expose, 
     Ok(out)
 }
 
-/// `${NAME}` and FlowLLM's `{NAME}` (an upper-case variable name in braces) replaced by the
-/// variable's value; `$${` and `{{` stay literal braces. A variable that is not set is an
+/// The servers as `flowhost config` shows them: no values that may be secrets (an `env`'s or
+/// a header's value, a URL's credentials or query, the arguments), only their names.
+pub(crate) fn describe(settings: &Settings) -> Value {
+    let servers: serde_json::Map<String, Value> = settings
+        .servers
+        .iter()
+        .map(|(name, server)| {
+            let transport = match &server.transport {
+                Transport::Stdio { command, args, env, cwd } => serde_json::json!({
+                    "type": "stdio",
+                    "command": command,
+                    "args": format!("({} given)", args.len()),
+                    "env": env.keys().filter(|k| !INHERITED.contains(&k.as_str())).collect::<Vec<_>>(),
+                    "cwd": cwd,
+                }),
+                Transport::Http { url, headers } => serde_json::json!({
+                    "type": "streamable-http",
+                    "url": shown_url(url),
+                    "headers": headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+                }),
+            };
+            let mut shown = transport;
+            shown["timeout"] = serde_json::json!(server.timeout.map(|t| t.as_secs_f64()));
+            shown["expose"] = match &server.expose {
+                None => Value::Bool(false),
+                Some(e) => serde_json::json!({"separator": e.separator, "include": e.include, "exclude": e.exclude}),
+            };
+            (name.clone(), shown)
+        })
+        .collect();
+    Value::Object(servers)
+}
+
+/// A URL without credentials or query (for logs, `/ops` and `flowhost config`).
+pub(crate) fn shown_url(url: &str) -> String {
+    match url.parse::<http::Uri>() {
+        Ok(uri) => format!(
+            "{}://{}{}{}",
+            uri.scheme_str().unwrap_or("http"),
+            uri.host().unwrap_or_default(),
+            uri.port().map(|p| format!(":{p}")).unwrap_or_default(),
+            uri.path()
+        ),
+        Err(_) => "(not a URL)".to_string(),
+    }
+}
+
+/// `${NAME}` replaced by the variable's value, and, where FlowLLM expands them (`braces`:
+/// header and `env` values), its `{NAME}` (an upper-case name in braces) too; `$${` is a
+/// literal `${`, and `{{` a literal `{` where braces expand. A variable that is not set is an
 /// error naming it.
-fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+fn expand(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    braces: bool,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find('{') {
         let dollar = at > 0 && rest.as_bytes()[at - 1] == b'$';
+        let escaped = if dollar {
+            at > 1 && rest.as_bytes()[at - 2] == b'$'
+        } else {
+            braces && rest.as_bytes().get(at + 1) == Some(&b'{')
+        };
+        if escaped {
+            // `$${` → `${`; `{{` → `{`: kept as written, never expanded.
+            if dollar {
+                out.push_str(&rest[..at - 1]);
+                out.push('{');
+            } else {
+                out.push_str(&rest[..=at]);
+            }
+            rest = &rest[at + 1 + usize::from(!dollar)..];
+            continue;
+        }
         let before = if dollar { &rest[..at - 1] } else { &rest[..at] };
         out.push_str(before);
         let after = &rest[at + 1..];
-        let close = after.find('}');
-        let name = close.map(|c| &after[..c]);
+        let name = after.find('}').map(|c| &after[..c]);
         let is_var = name.is_some_and(|n| {
-            !n.is_empty()
+            (dollar || braces)
+                && !n.is_empty()
                 && n.chars()
                     .next()
                     .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
@@ -473,9 +554,19 @@ mod tests {
     #[test]
     fn braces_that_name_no_variable_stay() {
         assert_eq!(
-            expand("{\"a\": 1} ${TOKEN} {TOKEN} {lower_ok}", &env).as_deref(),
+            expand("{\"a\": 1} ${TOKEN} {TOKEN} {lower_ok}", &env, true).as_deref(),
             Ok("{\"a\": 1} s3cret s3cret {lower_ok}")
         );
-        assert_eq!(expand("${lower_ok}", &env).as_deref(), Ok("x"));
+        assert_eq!(expand("${lower_ok}", &env, false).as_deref(), Ok("x"));
+        // Escapes: `$${` and (where braces expand) `{{`.
+        assert_eq!(
+            expand("$${TOKEN} {{TOKEN}}", &env, true).as_deref(),
+            Ok("${TOKEN} {TOKEN}}")
+        );
+        // Arguments and URLs expand `${}` only: FlowLLM's braces are for headers and env.
+        assert_eq!(
+            expand("--format {JSON} ${TOKEN}", &env, false).as_deref(),
+            Ok("--format {JSON} s3cret")
+        );
     }
 }

@@ -9,12 +9,16 @@ use crate::lang::{self, Diagnostic};
 use crate::ops::Registry;
 use crate::plan::{Flow, McpCatalog};
 
-/// Compiles one flow, falling back to its last good spec when the new one fails.
+/// Compiles one flow, falling back to its last good spec when the new one fails. `served`:
+/// what the last snapshot served under this name; when only an outside MCP server's tool
+/// list made the same spec fail (a tool renamed or gone), that flow stays live (`stale`) and
+/// is compiled again when the server lists the tool.
 pub(super) fn compile_entry(
     last_good: &mut HashMap<String, Arc<Spec>>,
     (registry, mcp): (&Registry, &McpCatalog),
     name: &str,
     item: &Result<Spec, Diagnostic>,
+    served: Option<&Arc<Flow>>,
 ) -> Pending {
     {
         let attempt = match item {
@@ -36,6 +40,20 @@ pub(super) fn compile_entry(
             Err(diag) => (None, diag.clone()),
         };
         let (new_spec, mut error) = attempt;
+        if let (Some(flow), Some(spec)) = (served, &new_spec) {
+            if *flow.spec == **spec && lang::upstream_tool_gone(&error) {
+                add_note(
+                    &mut error.message,
+                    "the flow stays live; its calls of that tool fail until the server lists it",
+                );
+                return Pending {
+                    spec: Some(flow.spec.clone()),
+                    flow: Some(flow.clone()),
+                    error: Some(error),
+                    warnings: Vec::new(),
+                };
+            }
+        }
         if let Some(good) = last_good.get(name).cloned() {
             if new_spec.as_deref() != Some(&*good) {
                 if let Ok((flow, _)) = lang::compile(good.clone(), registry, mcp) {

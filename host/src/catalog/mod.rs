@@ -189,6 +189,9 @@ struct State {
     plugins: Plugins,
     /// Per flow name, the newest spec that compiled.
     last_good: HashMap<String, Arc<Spec>>,
+    /// Per flow name, what the last snapshot served (a flow whose upstream tool went away
+    /// keeps serving it).
+    served: HashMap<String, Arc<Flow>>,
     /// Folders and entries named like flow files that cannot be read (line 0 diagnostics).
     path_problems: Vec<Diagnostic>,
     registry: Arc<Registry>,
@@ -234,6 +237,7 @@ impl Catalog {
                 files: BTreeMap::new(),
                 plugins,
                 last_good: HashMap::new(),
+                served: HashMap::new(),
                 path_problems: Vec::new(),
                 registry: Arc::new(Registry::default()),
                 mcp: Arc::new(mcp),
@@ -496,6 +500,7 @@ impl State {
                     (&self.registry, &self.mcp),
                     &name,
                     item,
+                    self.served.get(&name),
                 );
                 if let Some(error) = &entry.error {
                     snapshot.diagnostics.push(error.clone());
@@ -510,6 +515,12 @@ impl State {
         snapshot.mcp = self.mcp.clone();
         // Flows whose file vanished or no longer defines them are gone, good version and all.
         self.last_good.retain(|name, _| owner.contains_key(name));
+        self.served = snapshot
+            .flows
+            .iter()
+            .filter(|(name, _)| owner.contains_key(*name))
+            .filter_map(|(name, entry)| Some((name.clone(), entry.flow.clone()?)))
+            .collect();
         refs::check_flow_refs(&mut snapshot);
         let param_headers = snapshot.live().any(|(_, flow)| {
             flow.spec.input_schema["properties"]

@@ -18,6 +18,20 @@ use crate::plan::{
 
 pub(super) const MCP_TOOLS: &str = "McpTools";
 
+/// Ends the message of a flow naming a tool its server does not list (see
+/// [`upstream_tool_gone`]).
+const TOOL_GONE: &str = " (it is compiled again whenever the server's tools change)";
+
+/// Whether a compile error is only that an outside MCP server does not list a tool (now):
+/// the catalog keeps the flow it served.
+pub(crate) fn upstream_tool_gone(error: &Diagnostic) -> bool {
+    error
+        .message
+        .lines()
+        .next()
+        .is_some_and(|l| l.contains(TOOL_GONE))
+}
+
 /// `McpOp` or FlowLLM's `BaseMcpOp`.
 pub(super) fn is_mcp_op(name: &str) -> bool {
     name == "McpOp" || name == "BaseMcpOp"
@@ -63,7 +77,7 @@ pub(super) fn bind_mcp_op(
             None => format!("it lists {}", shown_list(&names)),
         };
         return Err(error(format!(
-            "MCP server `{server}` has no tool `{tool_name}`; {hint} (a flow naming a tool that is gone goes live again when the server lists it)"
+            "MCP server `{server}` has no tool `{tool_name}`; {hint}{TOOL_GONE}"
         )));
     };
     for key in args.keys() {
@@ -208,7 +222,9 @@ pub(super) fn bind_mcp_tools(
                 Some(near) => format!("did you mean `{near}`?"),
                 None => format!("it lists {}", shown_list(&names)),
             };
-            return Err(error(format!("include: no tool `{wanted}`; {hint}")));
+            return Err(error(format!(
+                "include: no tool `{wanted}`; {hint}{TOOL_GONE}"
+            )));
         }
     }
     let mut out = Vec::new();

@@ -14,7 +14,7 @@ mod spec;
 pub(crate) use compile::compile;
 pub use diagnostics::Diagnostic;
 pub(crate) use diagnostics::{short_number, Severity};
-pub(crate) use mcp::exposed;
+pub(crate) use mcp::{exposed, upstream_tool_gone};
 pub use spec::parse_file;
 pub use spec::FileFlows;
 

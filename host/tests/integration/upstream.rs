@@ -245,6 +245,68 @@ async fn flows_call_upstream_tools_over_json_sse_and_v1() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamable_http_upstream_serves_the_same_flows() {
+    let Some((everything, _)) = upstreams() else {
+        return;
+    };
+    flowhost::llm::tls_init();
+    // server-everything's Streamable HTTP mode on a free port, run by the test.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let mut upstream = std::process::Command::new(&everything)
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start server-everything over HTTP");
+    let client = reqwest::Client::new();
+    eventually("server-everything listening", || async {
+        client
+            .get(format!("http://127.0.0.1:{port}/mcp"))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
+    let flows = folder(&[(
+        "up.yaml",
+        "echo_flow:\n  flow_content: McpOp(mcp_name=\"remote\", tool_name=\"echo\")\nlong_flow:\n  flow_content: McpOp(mcp_name=\"remote\", tool_name=\"trigger-long-running-operation\")\n  stream: true\n",
+    )]);
+    let config = format!(
+        "external_mcp:\n  remote:\n    type: streamable-http\n    url: http://127.0.0.1:{port}/mcp\n    headers: {{X-Test: yes}}\n"
+    );
+    let server = host(&flows, &config, &[]);
+    let reply = post(
+        &client,
+        &server,
+        "echo_flow",
+        json!({"message": "over http"}),
+    )
+    .await;
+    assert_eq!(reply["answer"], "Echo: over http", "{reply}");
+    let body = client
+        .post(server.url("/long_flow"))
+        .json(&json!({"duration": 1, "steps": 2}))
+        .send()
+        .await
+        .expect("POST")
+        .text()
+        .await
+        .expect("SSE");
+    assert!(
+        body.contains("\"chunk_type\":\"think\",\"chunk\":\"1/2\""),
+        "{body}"
+    );
+    assert_eq!(ops(&client, &server, "remote").await["state"], "up");
+    let _ = upstream.kill();
+    let _ = upstream.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_calls_two_upstream_tools() {
     let Some((everything, python)) = upstreams() else {
         return;
@@ -417,7 +479,7 @@ async fn a_client_that_goes_away_cancels_the_upstream_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_renamed_tool_takes_its_flow_down_and_back() {
+async fn a_renamed_tool_makes_its_flow_stale_then_live_again() {
     let Some((everything, python)) = upstreams() else {
         return;
     };
@@ -428,14 +490,35 @@ async fn a_renamed_tool_takes_its_flow_down_and_back() {
     assert_eq!(status(&client, &server, "add_flow").await.0, "live");
     let reply = post(&client, &server, "rename_flow", json!({})).await;
     assert_eq!(reply["answer"], "add is now plus", "{reply}");
-    eventually("add_flow broken", || async {
+    // The same spec no longer compiles: the flow stays served, `stale`, with the reason; its
+    // calls reach the server, which refuses the tool by name.
+    eventually("add_flow stale", || async {
         let (status, error) = status(&client, &server, "add_flow").await;
-        status == "broken" && error.contains("MCP server `py` has no tool `add`")
+        status == "stale"
+            && error.contains("MCP server `py` has no tool `add`;") && error.contains("the flow stays live")
     })
     .await;
+    let reply = post(&client, &server, "add_flow", json!({"a": 1, "b": 2})).await;
+    assert_eq!(reply["success"], false, "{reply}");
+    // A flow file saved while the tool is gone is broken (nothing good to serve).
+    std::fs::write(
+        flows.path().join("more.yaml"),
+        "plus_flow:\n  flow_content: McpOp(mcp_name=\"py\", tool_name=\"plus\")\nadd_again:\n  flow_content: McpOp(mcp_name=\"py\", tool_name=\"add\")\n",
+    )
+    .expect("write a flow file");
+    eventually("plus_flow live, add_again broken", || async {
+        status(&client, &server, "plus_flow").await.0 == "live"
+            && status(&client, &server, "add_again").await.0 == "broken"
+    })
+    .await;
+    assert_eq!(
+        post(&client, &server, "plus_flow", json!({"a": 2, "b": 2})).await["answer"],
+        "4"
+    );
     post(&client, &server, "rename_flow", json!({})).await;
-    eventually("add_flow live again", || async {
+    eventually("add_flow and add_again live again", || async {
         status(&client, &server, "add_flow").await.0 == "live"
+            && status(&client, &server, "add_again").await.0 == "live"
     })
     .await;
     assert_eq!(

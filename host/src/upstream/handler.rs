@@ -107,9 +107,9 @@ impl rmcp::ClientHandler for Handler {
         }
     }
 
-    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+    async fn on_tool_list_changed(&self, context: NotificationContext<RoleClient>) {
         if let Some(server) = self.server.upgrade() {
-            server.relist();
+            server.relist(context.peer);
         }
     }
 

@@ -356,11 +356,8 @@ impl Server {
         self.changes.send_modify(|n| *n += 1);
     }
 
-    /// The server said its tools changed: list them again.
-    pub(super) fn relist(self: &Arc<Self>) {
-        let Some(peer) = self.up.borrow().clone() else {
-            return;
-        };
+    /// The server said its tools changed: list them again (on the session that said so).
+    pub(super) fn relist(self: &Arc<Self>, peer: Peer<RoleClient>) {
         let server = self.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(OPEN_TIMEOUT, peer.list_all_tools()).await {

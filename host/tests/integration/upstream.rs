@@ -495,7 +495,8 @@ async fn a_renamed_tool_makes_its_flow_stale_then_live_again() {
     eventually("add_flow stale", || async {
         let (status, error) = status(&client, &server, "add_flow").await;
         status == "stale"
-            && error.contains("MCP server `py` has no tool `add`;") && error.contains("the flow stays live")
+            && error.contains("MCP server `py` has no tool `add`;")
+            && error.contains("the flow stays live")
     })
     .await;
     let reply = post(&client, &server, "add_flow", json!({"a": 1, "b": 2})).await;

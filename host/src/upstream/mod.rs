@@ -1,5 +1,5 @@
 //! Outside MCP servers (`external_mcp`): one long-lived session per server (`session.rs`: a
-//! stdio child the host owns, or Streamable HTTP), its tools listed at start and again when it
+//! stdio child the host owns, Streamable HTTP, or `sse.rs`: the HTTP+SSE transport of 2024-11-05), its tools listed at start and again when it
 //! says they changed, restarted with backoff when it crashes or hangs, and the calls flows make
 //! to it (`McpOp`, agents' tools, tools served onward). Knows nothing of flows or runs: tools
 //! in, text and structured content out; what a call reports on the way (progress, questions
@@ -9,6 +9,7 @@ mod call;
 mod handler;
 mod session;
 pub(crate) mod settings;
+mod sse;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};

@@ -135,8 +135,9 @@ impl Server {
         let state = self.lock();
         let transport = match &self.config.transport {
             Transport::Stdio { .. } => Value::from("stdio"),
-            Transport::Http { url, .. } => {
-                serde_json::json!({"streamable_http": settings::shown_url(url)})
+            Transport::Http { url, sse, .. } => {
+                let kind = if *sse { "sse" } else { "streamable_http" };
+                serde_json::json!({ kind: settings::shown_url(url) })
             }
         };
         serde_json::json!({
@@ -307,7 +308,18 @@ impl Server {
                     .await
                     .map_err(|err| format!("`initialize` failed: {err}"))
             }
-            Transport::Http { url, headers } => {
+            Transport::Http {
+                url,
+                headers,
+                sse: true,
+            } => {
+                let transport = super::sse::connect(url, headers, OPEN_TIMEOUT).await?;
+                handler
+                    .serve(transport)
+                    .await
+                    .map_err(|err| format!("`initialize` failed: {err}"))
+            }
+            Transport::Http { url, headers, .. } => {
                 let config =
                     rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(url.as_str());
                 let mut custom = std::collections::HashMap::new();

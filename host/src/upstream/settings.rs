@@ -38,10 +38,12 @@ pub(crate) enum Transport {
         env: BTreeMap<String, String>,
         cwd: Option<PathBuf>,
     },
-    /// Streamable HTTP at `url`, with `headers` on every request.
+    /// Streamable HTTP at `url` (or, `sse`, the HTTP+SSE transport of MCP 2024-11-05), with
+    /// `headers` on every request.
     Http {
         url: String,
         headers: Vec<(String, String)>,
+        sse: bool,
     },
 }
 
@@ -228,15 +230,15 @@ fn server(
             }
         }
         (None, Some(url)) => {
-            match kind_of.as_deref() {
-                None | Some("streamable-http" | "streamablehttp" | "http") => {}
-                Some("sse") => return Err(format!(
-                    "{at}.type: `sse` (the HTTP+SSE transport of MCP 2024-11-05) is not supported; servers that speak it mostly serve Streamable HTTP too (often at /mcp instead of /sse): type: streamable-http"
-                )),
-                Some(other) => return Err(format!(
-                    "{at}.type: `{other}` is not an HTTP transport; use streamable-http"
-                )),
-            }
+            let sse = match kind_of.as_deref() {
+                None | Some("streamable-http" | "streamablehttp" | "http") => false,
+                Some("sse") => true,
+                Some(other) => {
+                    return Err(format!(
+                        "{at}.type: `{other}` is not an HTTP transport; use streamable-http (or sse for servers of MCP 2024-11-05)"
+                    ))
+                }
+            };
             let parsed = url.parse::<http::Uri>().ok().filter(|u| {
                 matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
             });
@@ -254,7 +256,7 @@ fn server(
                     return Err(format!("{at}.headers.{name}: set by the MCP client itself (it would break every request); remove it"));
                 }
             }
-            Transport::Http { url, headers }
+            Transport::Http { url, headers, sse }
         }
     };
     if let (Transport::Http { .. }, true) = (
@@ -362,8 +364,8 @@ pub(crate) fn describe(settings: &Settings) -> Value {
                     "env": env.keys().filter(|k| !INHERITED.contains(&k.as_str())).collect::<Vec<_>>(),
                     "cwd": cwd,
                 }),
-                Transport::Http { url, headers } => serde_json::json!({
-                    "type": "streamable-http",
+                Transport::Http { url, headers, sse } => serde_json::json!({
+                    "type": if *sse { "sse" } else { "streamable-http" },
                     "url": shown_url(url),
                     "headers": headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
                 }),

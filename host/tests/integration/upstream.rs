@@ -245,65 +245,66 @@ async fn flows_call_upstream_tools_over_json_sse_and_v1() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_streamable_http_upstream_serves_the_same_flows() {
+async fn http_upstreams_streamable_and_sse_serve_the_same_flows() {
     let Some((everything, _)) = upstreams() else {
         return;
     };
     flowhost::llm::tls_init();
-    // server-everything's Streamable HTTP mode on a free port, run by the test.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let mut upstream = std::process::Command::new(&everything)
-        .arg("streamableHttp")
-        .env("PORT", port.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start server-everything over HTTP");
     let client = reqwest::Client::new();
-    eventually("server-everything listening", || async {
-        client
-            .get(format!("http://127.0.0.1:{port}/mcp"))
+    // server-everything's Streamable HTTP mode, then its HTTP+SSE (2024-11-05) mode, each on a
+    // free port, run by the test.
+    for (mode, path, kind) in [
+        ("streamableHttp", "/mcp", "streamable-http"),
+        ("sse", "/sse", "sse"),
+    ] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut upstream = std::process::Command::new(&everything)
+            .arg(mode)
+            .env("PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start server-everything over HTTP");
+        eventually("server-everything listening", || async {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+        let flows = folder(&[(
+            "up.yaml",
+            "echo_flow:\n  flow_content: McpOp(mcp_name=\"remote\", tool_name=\"echo\")\nlong_flow:\n  flow_content: McpOp(mcp_name=\"remote\", tool_name=\"trigger-long-running-operation\")\n  stream: true\n",
+        )]);
+        let config = format!(
+            "external_mcp:\n  remote:\n    type: {kind}\n    url: http://127.0.0.1:{port}{path}\n    headers: {{X-Test: yes}}\n"
+        );
+        let server = host(&flows, &config, &[]);
+        let reply = post(&client, &server, "echo_flow", json!({"message": kind})).await;
+        assert_eq!(reply["answer"], format!("Echo: {kind}"), "{kind}: {reply}");
+        let body = client
+            .post(server.url("/long_flow"))
+            .json(&json!({"duration": 1, "steps": 2}))
             .send()
             .await
-            .is_ok()
-    })
-    .await;
-    let flows = folder(&[(
-        "up.yaml",
-        "echo_flow:\n  flow_content: McpOp(mcp_name=\"remote\", tool_name=\"echo\")\nlong_flow:\n  flow_content: McpOp(mcp_name=\"remote\", tool_name=\"trigger-long-running-operation\")\n  stream: true\n",
-    )]);
-    let config = format!(
-        "external_mcp:\n  remote:\n    type: streamable-http\n    url: http://127.0.0.1:{port}/mcp\n    headers: {{X-Test: yes}}\n"
-    );
-    let server = host(&flows, &config, &[]);
-    let reply = post(
-        &client,
-        &server,
-        "echo_flow",
-        json!({"message": "over http"}),
-    )
-    .await;
-    assert_eq!(reply["answer"], "Echo: over http", "{reply}");
-    let body = client
-        .post(server.url("/long_flow"))
-        .json(&json!({"duration": 1, "steps": 2}))
-        .send()
-        .await
-        .expect("POST")
-        .text()
-        .await
-        .expect("SSE");
-    assert!(
-        body.contains("\"chunk_type\":\"think\",\"chunk\":\"1/2\""),
-        "{body}"
-    );
-    assert_eq!(ops(&client, &server, "remote").await["state"], "up");
-    let _ = upstream.kill();
-    let _ = upstream.wait();
+            .expect("POST")
+            .text()
+            .await
+            .expect("SSE");
+        assert!(
+            body.contains("\"chunk_type\":\"think\",\"chunk\":\"1/2\""),
+            "{kind}: {body}"
+        );
+        assert_eq!(
+            ops(&client, &server, "remote").await["state"],
+            "up",
+            "{kind}"
+        );
+        drop(server);
+        let _ = upstream.kill();
+        let _ = upstream.wait();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -555,6 +556,81 @@ async fn an_upstream_sampling_request_is_answered_by_the_hosts_llm() {
         llm.bodies()[0]["messages"],
         json!([{"role": "user", "content": "the answer?"}])
     );
+}
+
+/// An MCP client that answers sampling requests itself (saying what it was asked).
+#[derive(Clone)]
+struct Sampler;
+
+#[allow(deprecated)] // sampling: deprecated by SEP-2577, part of the 2025 revisions
+impl rmcp::ClientHandler for Sampler {
+    fn get_info(&self) -> rmcp::model::ClientInfo {
+        let capabilities = serde_json::from_value(json!({"sampling": {}})).expect("capabilities");
+        rmcp::model::ClientInfo::new(
+            capabilities,
+            rmcp::model::Implementation::new("sampler", "1"),
+        )
+    }
+
+    async fn create_message(
+        &self,
+        params: rmcp::model::CreateMessageRequestParams,
+        _context: rmcp::service::RequestContext<rmcp::service::RoleClient>,
+    ) -> Result<rmcp::model::CreateMessageResult, rmcp::model::ErrorData> {
+        let asked = serde_json::to_value(&params).expect("params");
+        let question = asked["messages"][0]["content"]["text"]
+            .as_str()
+            .unwrap_or_default();
+        let answer = json!({
+            "role": "assistant",
+            "content": {"type": "text", "text": format!("the client read `{question}`")},
+            "model": "sampler",
+        });
+        serde_json::from_value(answer)
+            .map_err(|err| rmcp::model::ErrorData::internal_error(err.to_string(), None))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_sampling_request_goes_to_flowhosts_own_mcp_client() {
+    let Some((everything, python)) = upstreams() else {
+        return;
+    };
+    let flows = folder(&[("up.yaml", FLOWS)]);
+    let cfg = flows.path().join("host-config.cfg");
+    std::fs::write(&cfg, config(&everything, &python)).expect("config");
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowhost"));
+    command
+        .args(["serve", "--transport", "stdio", "--config"])
+        .arg(&cfg)
+        .arg("--flows")
+        .arg(flows.path())
+        .env("NO_COLOR", "1");
+    let (transport, _stderr) = TokioChildProcess::builder(command)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn flowhost");
+    let client = Sampler.serve(transport).await.expect("initialize");
+    let result = client
+        .call_tool(
+            CallToolRequestParams::new("ask_flow").with_arguments(
+                json!({"question": "two plus two?"})
+                    .as_object()
+                    .cloned()
+                    .expect("args"),
+            ),
+        )
+        .await
+        .expect("tools/call");
+    let text = serde_json::to_value(&result.content)
+        .expect("content")
+        .to_string();
+    // py asked flowhost, flowhost asked this client, the answer went back up the chain.
+    assert!(
+        text.contains("the model said: the client read `two plus two?`"),
+        "{text}"
+    );
+    client.cancel().await.expect("close");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

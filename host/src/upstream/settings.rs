@@ -531,8 +531,8 @@ mod tests {
                 "external_mcp.fs.url: `ftp://x` is not an http:// or https:// URL",
             ),
             (
-                "fs: {url: 'http://x/sse', type: sse}",
-                "external_mcp.fs.type: `sse`",
+                "fs: {url: 'http://x/sse', type: websocket}",
+                "external_mcp.fs.type: `websocket` is not an HTTP transport",
             ),
             (
                 "'a b': {command: x}",

@@ -34,6 +34,8 @@ pub(super) async fn start_upstreams(config: &Config) -> Option<Arc<crate::upstre
     if config.upstream.servers.is_empty() {
         return None;
     }
+    // HTTP servers' clients need the TLS provider (every command comes here, not only serve).
+    crate::llm::tls_init();
     Some(crate::upstream::Upstreams::start(&config.upstream, UPSTREAM_START_WAIT).await)
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{Entry, Spec};
 use crate::lang::{self, Diagnostic};
 use crate::ops::Registry;
-use crate::plan::{Flow, McpCatalog};
+use crate::plan::{Flow, McpCatalog, Node};
 
 /// Compiles one flow, falling back to its last good spec when the new one fails. `served`:
 /// what the last snapshot served under this name; when only an outside MCP server's tool
@@ -41,7 +41,10 @@ pub(super) fn compile_entry(
         };
         let (new_spec, mut error) = attempt;
         if let (Some(flow), Some(spec)) = (served, &new_spec) {
-            if *flow.spec == **spec && lang::upstream_tool_gone(&error) {
+            if *flow.spec == **spec
+                && lang::upstream_tool_gone(&error)
+                && ops_current(&flow.root, registry)
+            {
                 add_note(
                     &mut error.message,
                     "the flow stays live; its calls of that tool fail until the server lists it",
@@ -76,6 +79,22 @@ pub(super) fn compile_entry(
             error: Some(error),
             warnings: Vec::new(),
         }
+    }
+}
+
+/// Whether every op a flow calls is the registry's current one (a plugin reload makes a
+/// served flow's ops old: it is compiled again, never kept).
+fn ops_current(node: &Node, registry: &Registry) -> bool {
+    match node {
+        Node::Call(step) => {
+            registry
+                .ops
+                .get(step.op.name)
+                .is_some_and(|op| Arc::ptr_eq(op, &step.op))
+                && step.subs.iter().all(|sub| ops_current(&sub.node, registry))
+        }
+        Node::Seq(items) | Node::Par(items) => items.iter().all(|i| ops_current(i, registry)),
+        Node::Flow(_) | Node::Mcp(_) => true,
     }
 }
 

@@ -72,7 +72,16 @@ pub(super) async fn run_mcp(
     span.tool(&step.tool);
     span.role(crate::telemetry::Role::Tool);
     let progress_env = env.clone();
+    // Progress after the call ended (rmcp hands notifications to tasks of their own) or going
+    // backwards is dropped: the answer is the last chunk of the call.
+    let finished = Arc::new(std::sync::Mutex::new((false, f64::MIN)));
+    let seen = finished.clone();
     let progress: crate::upstream::Progress = Arc::new(move |done, total, message| {
+        let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.0 || done <= seen.1 {
+            return;
+        }
+        seen.1 = done;
         let text = match (total, message) {
             (Some(total), Some(message)) => format!("{done}/{total} {message}"),
             (Some(total), None) => format!("{done}/{total}"),
@@ -80,6 +89,7 @@ pub(super) async fn run_mcp(
             (None, None) => format!("{done}"),
         };
         send_now(&progress_env, Chunk::text(ChunkKind::Think, name, text));
+        drop(seen);
     });
     let ask: Arc<dyn crate::upstream::Ask> = Arc::new(Asking(env.clone()));
     let mut attempt = 1;
@@ -146,6 +156,7 @@ pub(super) async fn run_mcp(
             Err(err) => break Err(failure(err.message, attempt)),
         }
     };
+    finished.lock().unwrap_or_else(|p| p.into_inner()).0 = true;
     let reply = match result {
         Ok(reply) => reply,
         Err(failure) => {
@@ -157,6 +168,14 @@ pub(super) async fn run_mcp(
             let message = format!("{failure} (raise_exception=False: the flow goes on)");
             tracing::warn!(op = name, "{message}");
             metrics::counter!(crate::metrics::OP_FAILURES_TOLERATED).increment(1);
+            if let Some(collect) = &env.collect {
+                // An agent's tool call: the failure is what the model reads.
+                collect
+                    .answer
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_str(&message);
+            }
             if env.collect.as_ref().is_none_or(|c| c.forward) {
                 env.tx.push_final(Chunk {
                     tolerated: true,

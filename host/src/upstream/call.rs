@@ -241,8 +241,6 @@ impl Server {
             .map(|r| (r.progress.clone(), r.ask.clone()))
     }
 
-    /// Where a server's question goes: the call it names by progress token, else the newest
-    /// call in flight that can ask.
     /// Where a server's question goes: the call it names by progress token, else the one call
     /// in flight when there is exactly one (a server speaks for no call in particular, and
     /// another caller's client must never see its question).

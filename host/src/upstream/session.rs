@@ -159,9 +159,16 @@ impl Server {
         let mut failures: u32 = 0;
         loop {
             let opened = Instant::now();
+            // Its own task: a panic in a session (a transport's) ends that session, not the
+            // supervisor.
+            let server = self.clone();
+            let mut session = tokio::spawn(async move { server.session().await });
             let ended = tokio::select! {
-                ended = self.session() => ended,
-                _ = self.stopped.cancelled() => return,
+                ended = &mut session => ended.unwrap_or_else(|err| Err(format!("the session failed: {err}"))),
+                _ = self.stopped.cancelled() => {
+                    session.abort();
+                    return;
+                }
             };
             self.up.send_replace(None);
             self.attempts.send_modify(|n| *n += 1);
@@ -171,19 +178,24 @@ impl Server {
             };
             {
                 let mut state = self.lock();
+                // What it started goes with it (`npx` → `node`).
+                kill_group(state.pid.take());
+                // Its last words go to the log only (they may hold what callers must not see).
                 let words = std::mem::take(&mut state.last_stderr);
-                let reason = if words.is_empty() {
-                    reason
+                if words.is_empty() {
+                    tracing::warn!(
+                        server = self.name(),
+                        "MCP server `{}` is down: {reason}",
+                        self.name()
+                    );
                 } else {
-                    format!("{reason}; its last words on stderr: {words}")
-                };
-                tracing::warn!(
-                    server = self.name(),
-                    "MCP server `{}` is down: {reason}",
-                    self.name()
-                );
+                    tracing::warn!(
+                        server = self.name(),
+                        "MCP server `{}` is down: {reason}; its last words on stderr: {words}",
+                        self.name()
+                    );
+                }
                 state.down = Some(reason);
-                state.pid = None;
                 state.restarts += 1;
             }
             metrics::gauge!(crate::metrics::UPSTREAM_UP, "server" => self.config.name.clone())
@@ -258,6 +270,7 @@ impl Server {
                 Err(err) => format!("the session ended ({err})"),
             }),
             _ = end.cancelled() => {
+                kill_group(self.lock().pid);
                 closer.cancel();
                 let _ = waiting.await;
                 Ok(format!("it stopped answering (no reply to a ping within {}s); restarted", PING_TIMEOUT.as_secs()))
@@ -400,19 +413,19 @@ type Spawned = std::io::Result<(
 async fn spawn(command: tokio::process::Command) -> Spawned {
     type Job = (
         tokio::process::Command,
+        tokio::runtime::Handle,
         tokio::sync::oneshot::Sender<Spawned>,
     );
     static SPAWNER: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> =
         std::sync::OnceLock::new();
-    let handle = tokio::runtime::Handle::current();
     let spawner = SPAWNER.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let started = std::thread::Builder::new()
             .name("mcp-spawner".into())
             .spawn(move || {
-                // The children's pipes and reaper belong to the runtime that asked first.
-                let _runtime = handle.enter();
-                for (command, reply) in rx {
+                for (command, runtime, reply) in rx {
+                    // The child's pipes and reaper belong to the runtime that asked.
+                    let _entered = runtime.enter();
                     let spawned = rmcp::transport::TokioChildProcess::builder(command)
                         .stderr(std::process::Stdio::piped())
                         .spawn();
@@ -425,10 +438,8 @@ async fn spawn(command: tokio::process::Command) -> Spawned {
         Mutex::new(tx)
     });
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let sent = spawner
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .send((command, reply));
+    let job = (command, tokio::runtime::Handle::current(), reply);
+    let sent = spawner.lock().unwrap_or_else(|p| p.into_inner()).send(job);
     if sent.is_err() {
         return Err(std::io::Error::other(
             "the thread that starts MCP servers is gone",

@@ -11,20 +11,28 @@ use futures_util::StreamExt;
 use rmcp::service::{RoleClient, RxJsonRpcMessage, TxJsonRpcMessage};
 use tokio::sync::mpsc;
 
-/// An open SSE session: where messages go, and the server's messages as they arrive.
+/// How long one POST may take.
+const POST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A message to POST, and where to say how it went.
+type Outgoing = (
+    TxJsonRpcMessage<RoleClient>,
+    tokio::sync::oneshot::Sender<Result<(), std::io::Error>>,
+);
+
+/// An open SSE session: the writer that POSTs messages in the order they were sent (rmcp runs
+/// each send as its own task), and the server's messages as they arrive.
 pub(super) struct SseTransport {
-    client: reqwest::Client,
-    endpoint: Arc<str>,
-    headers: reqwest::header::HeaderMap,
-    /// One POST at a time: messages reach the server in the order they were sent.
-    sending: Arc<tokio::sync::Mutex<()>>,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
     incoming: mpsc::Receiver<RxJsonRpcMessage<RoleClient>>,
     reader: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for SseTransport {
     fn drop(&mut self) {
         self.reader.abort();
+        self.writer.abort();
     }
 }
 
@@ -74,6 +82,14 @@ pub(super) async fn connect(
     let endpoint = base
         .join(endpoint.trim())
         .map_err(|err| format!("the `endpoint` event is not a URL: {err}"))?;
+    // Messages (and the configured headers) go only where the stream came from, as the
+    // official SDKs insist.
+    if endpoint.origin() != base.origin() {
+        return Err(format!(
+            "the `endpoint` event names another origin ({}), refused",
+            super::settings::shown_url(endpoint.as_str())
+        ));
+    }
     let (tx, incoming) = mpsc::channel(256);
     let reader = tokio::spawn(async move {
         while let Some(event) = events.next().await {
@@ -93,13 +109,37 @@ pub(super) async fn connect(
             }
         }
     });
+    let (outgoing, mut queue) = mpsc::unbounded_channel::<Outgoing>();
+    let endpoint: Arc<str> = endpoint.as_str().into();
+    let writer = tokio::spawn(async move {
+        while let Some((message, done)) = queue.recv().await {
+            let posted = client
+                .post(&*endpoint)
+                .headers(map.clone())
+                .timeout(POST_TIMEOUT)
+                .json(&message)
+                .send()
+                .await;
+            let result = match posted {
+                Err(err) => Err(std::io::Error::other(without_url(&err))),
+                Ok(response) if !response.status().is_success() => Err(std::io::Error::other(
+                    format!("POST answered {}", response.status()),
+                )),
+                // Read to the end: the connection is reused.
+                Ok(response) => response
+                    .bytes()
+                    .await
+                    .map(drop)
+                    .map_err(|err| std::io::Error::other(without_url(&err))),
+            };
+            let _ = done.send(result);
+        }
+    });
     Ok(SseTransport {
-        client,
-        endpoint: endpoint.as_str().into(),
-        headers: map,
-        sending: Arc::default(),
+        outgoing,
         incoming,
         reader,
+        writer,
     })
 }
 
@@ -119,28 +159,14 @@ impl rmcp::transport::Transport<RoleClient> for SseTransport {
         &mut self,
         item: TxJsonRpcMessage<RoleClient>,
     ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send + 'static {
-        let (client, endpoint, headers, sending) = (
-            self.client.clone(),
-            self.endpoint.clone(),
-            self.headers.clone(),
-            self.sending.clone(),
-        );
+        // Queued now, in the caller's order; the future waits for its POST.
+        let (done, posted) = tokio::sync::oneshot::channel();
+        let queued = self.outgoing.send((item, done));
         async move {
-            let _turn = sending.lock().await;
-            let response = client
-                .post(&*endpoint)
-                .headers(headers)
-                .json(&item)
-                .send()
+            queued.map_err(|_| std::io::Error::other("the SSE session is closed"))?;
+            posted
                 .await
-                .map_err(|err| std::io::Error::other(without_url(&err)))?;
-            if !response.status().is_success() {
-                return Err(std::io::Error::other(format!(
-                    "POST answered {}",
-                    response.status()
-                )));
-            }
-            Ok(())
+                .map_err(|_| std::io::Error::other("the SSE session is closed"))?
         }
     }
 
@@ -150,6 +176,7 @@ impl rmcp::transport::Transport<RoleClient> for SseTransport {
 
     async fn close(&mut self) -> Result<(), Self::Error> {
         self.reader.abort();
+        self.writer.abort();
         self.incoming.close();
         Ok(())
     }

@@ -163,14 +163,7 @@ impl crate::ops::Host for OpHost {
         self.emitted.fetch_add(1, Ordering::Relaxed);
         self.record(&chunk);
         if let Some(collect) = &self.env.collect {
-            if chunk.kind == ChunkKind::Answer {
-                collect
-                    .answer
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push_str(&chunk.text);
-            }
-            if !collect.forward {
+            if !collect.take(&chunk) {
                 return !self.env.cancel.is_cancelled();
             }
         }

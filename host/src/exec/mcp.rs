@@ -244,17 +244,8 @@ fn send_now(env: &Env, chunk: Chunk) {
 
 /// Gathers a sub-op call's answer; gives the chunk back when it goes to the run's stream.
 fn collect(env: &Env, chunk: Chunk) -> Option<Chunk> {
-    if let Some(collect) = &env.collect {
-        if chunk.kind == ChunkKind::Answer {
-            collect
-                .answer
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push_str(&chunk.text);
-        }
-        if !collect.forward {
-            return None;
-        }
+    match &env.collect {
+        Some(collect) if !collect.take(&chunk) => None,
+        _ => Some(chunk),
     }
-    Some(chunk)
 }

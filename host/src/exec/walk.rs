@@ -83,6 +83,19 @@ pub(super) struct Collect {
     pub(super) forward: bool,
 }
 
+impl Collect {
+    /// Gathers an answer chunk's text; whether the chunk also goes to the run's stream.
+    pub(super) fn take(&self, chunk: &crate::chunk::Chunk) -> bool {
+        if chunk.kind == crate::chunk::ChunkKind::Answer {
+            self.answer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_str(&chunk.text);
+        }
+        self.forward
+    }
+}
+
 /// One call (an op's or an MCP tool's) in a durable run's journal: skipped when it completed
 /// before, followed by a checkpoint when it completes now.
 async fn journaled(

@@ -558,6 +558,36 @@ async fn an_upstream_sampling_request_is_answered_by_the_hosts_llm() {
     );
 }
 
+/// `flowhost serve --transport stdio` on `flows` with `config`, for an MCP client.
+fn stdio_host(flows: &tempfile::TempDir, config: &str) -> TokioChildProcess {
+    let cfg = flows.path().join("host-config.cfg");
+    std::fs::write(&cfg, config).expect("config");
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowhost"));
+    command
+        .args(["serve", "--transport", "stdio", "--config"])
+        .arg(&cfg)
+        .arg("--flows")
+        .arg(flows.path())
+        .env("NO_COLOR", "1");
+    let (transport, _stderr) = TokioChildProcess::builder(command)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn flowhost");
+    transport
+}
+
+/// A `tools/call` of `name` with `arguments`.
+fn tool_call(name: &'static str, arguments: Value) -> CallToolRequestParams {
+    CallToolRequestParams::new(name).with_arguments(arguments.as_object().cloned().expect("args"))
+}
+
+/// A tool result's content blocks as JSON text.
+fn content_text(result: &rmcp::model::CallToolResult) -> String {
+    serde_json::to_value(&result.content)
+        .expect("content")
+        .to_string()
+}
+
 /// An MCP client that answers sampling requests itself (saying what it was asked).
 #[derive(Clone)]
 struct Sampler;
@@ -597,34 +627,13 @@ async fn an_upstream_sampling_request_goes_to_flowhosts_own_mcp_client() {
         return;
     };
     let flows = folder(&[("up.yaml", FLOWS)]);
-    let cfg = flows.path().join("host-config.cfg");
-    std::fs::write(&cfg, config(&everything, &python)).expect("config");
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowhost"));
-    command
-        .args(["serve", "--transport", "stdio", "--config"])
-        .arg(&cfg)
-        .arg("--flows")
-        .arg(flows.path())
-        .env("NO_COLOR", "1");
-    let (transport, _stderr) = TokioChildProcess::builder(command)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn flowhost");
+    let transport = stdio_host(&flows, &config(&everything, &python));
     let client = Sampler.serve(transport).await.expect("initialize");
     let result = client
-        .call_tool(
-            CallToolRequestParams::new("ask_flow").with_arguments(
-                json!({"question": "two plus two?"})
-                    .as_object()
-                    .cloned()
-                    .expect("args"),
-            ),
-        )
+        .call_tool(tool_call("ask_flow", json!({"question": "two plus two?"})))
         .await
         .expect("tools/call");
-    let text = serde_json::to_value(&result.content)
-        .expect("content")
-        .to_string();
+    let text = content_text(&result);
     // py asked flowhost, flowhost asked this client, the answer went back up the chain.
     assert!(
         text.contains("the model said: the client read `two plus two?`"),
@@ -643,19 +652,7 @@ async fn exposed_tools_are_listed_and_called_over_flowhosts_mcp() {
         "up.yaml",
         "echo_flow:\n  flow_content: McpOp(mcp_name=\"everything\", tool_name=\"echo\")\n",
     )]);
-    let cfg = flows.path().join("host-config.cfg");
-    std::fs::write(&cfg, config(&everything, &python)).expect("config");
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowhost"));
-    command
-        .args(["serve", "--transport", "stdio", "--config"])
-        .arg(&cfg)
-        .arg("--flows")
-        .arg(flows.path())
-        .env("NO_COLOR", "1");
-    let (transport, _stderr) = TokioChildProcess::builder(command)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn flowhost");
+    let transport = stdio_host(&flows, &config(&everything, &python));
     let client = ().serve(transport).await.expect("initialize");
     let tools = client.list_all_tools().await.expect("tools/list");
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
@@ -675,15 +672,10 @@ async fn exposed_tools_are_listed_and_called_over_flowhosts_mcp() {
         .expect("listed");
     assert_eq!(sum.input_schema["properties"]["a"]["type"], "number");
     let result = client
-        .call_tool(
-            CallToolRequestParams::new("everything__get-sum")
-                .with_arguments(json!({"a": 1, "b": 2}).as_object().cloned().expect("args")),
-        )
+        .call_tool(tool_call("everything__get-sum", json!({"a": 1, "b": 2})))
         .await
         .expect("tools/call");
-    let text = serde_json::to_value(&result.content)
-        .expect("content")
-        .to_string();
+    let text = content_text(&result);
     assert!(text.contains("The sum of 1 and 2 is 3."), "{text}");
     client.cancel().await.expect("close");
 }

@@ -379,8 +379,10 @@ fn mcp_surface_rates(mut command: std::process::Command, calls: usize) -> Value 
     let mut rate = |what: &str, request: &dyn Fn(usize) -> String| {
         let started = Instant::now();
         for id in 1..=calls {
-            stdin.write_all(request(id).as_bytes()).expect("write");
-            stdin.write_all(b"\n").expect("write");
+            // One write per message, newline included, as the official SDKs write them.
+            stdin
+                .write_all(format!("{}\n", request(id)).as_bytes())
+                .expect("write");
             stdin.flush().expect("flush");
             loop {
                 line.clear();
@@ -463,9 +465,11 @@ fn mcp_stdio_rate(
     let mut stdin = child.stdin.take().expect("stdin");
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
+    // One write per message, newline included, as the official SDKs write them.
     let mut send = |text: &str| {
-        stdin.write_all(text.as_bytes()).expect("write");
-        stdin.write_all(b"\n").expect("write");
+        stdin
+            .write_all(format!("{text}\n").as_bytes())
+            .expect("write");
         stdin.flush().expect("flush");
     };
     // Reads until the reply to `id` (servers may interleave notifications).

@@ -89,6 +89,7 @@ pub(crate) fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, String
         // run inline and hand the runtime on when they wait (`ops::Speed`).
         builder.worker_threads(1);
     }
+    crate::exec::set_max_op_threads(config.ops.max_op_threads);
     builder
         .enable_all()
         .max_blocking_threads(config.ops.max_op_threads)

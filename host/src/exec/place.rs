@@ -89,6 +89,65 @@ impl Drop for InlineSlot {
     }
 }
 
+/// The nice value of op pool threads: above the runtime's workers (0), so that CPU-bound op
+/// calls yield the cores to transports, probes and inline calls whenever those want them. With
+/// more calls burning CPU than there are cores, a worker woken to answer `/ready` otherwise
+/// waits its turn behind them in the kernel's scheduler (18 ms with eight on two cores).
+const POOL_NICE: libc::c_int = 19;
+
+/// Op pool threads at most (`max_op_threads`); read when the pool starts.
+static MAX_OP_THREADS: AtomicUsize = AtomicUsize::new(512);
+
+/// Sets the op pool's thread bound (`max_op_threads`), before the first op call.
+pub(crate) fn set_max_op_threads(threads: usize) {
+    MAX_OP_THREADS.store(threads.max(1), Ordering::Relaxed);
+}
+
+/// The op pool: the blocking threads of a runtime of their own, each at [`POOL_NICE`] from
+/// its start. Not the main runtime's blocking pool: tokio makes those threads runtime workers
+/// in turn (`block_in_place` hands a worker's queue to one), and an unprivileged thread can
+/// lower its priority but never raise it back. `None` if the runtime cannot be built (then
+/// calls use the main runtime's pool).
+fn op_pool() -> Option<&'static tokio::runtime::Handle> {
+    let threads = MAX_OP_THREADS.load(Ordering::Relaxed);
+    static POOL: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .thread_name("flowhost-op")
+            .max_blocking_threads(threads)
+            .on_thread_start(|| {
+                // SAFETY: setpriority on this thread's own id (Linux keeps nice per thread).
+                let tid = unsafe { libc::gettid() };
+                if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, POOL_NICE) }
+                    != 0
+                {
+                    tracing::debug!(
+                        "op pool: cannot lower this thread's priority: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+            })
+            .build()
+            .map_err(|err| tracing::warn!("op pool: no runtime of its own ({err}); op calls share the main one's blocking threads"))
+            .ok()
+    })
+    .as_ref()
+    .map(tokio::runtime::Runtime::handle)
+}
+
+/// Runs `call` on the op pool (see [`op_pool`]) inside the main runtime's context (`main`):
+/// what the op asks of the host spawns onto and blocks on the runtime that serves.
+fn on_pool<R: Send + 'static>(
+    main: tokio::runtime::Handle,
+    call: impl FnOnce() -> R + Send + 'static,
+) -> tokio::task::JoinHandle<R> {
+    let pool = op_pool().cloned().unwrap_or_else(|| main.clone());
+    pool.spawn_blocking(move || {
+        let _main = main.enter();
+        call()
+    })
+}
+
 /// One call of a step's op: inline, on the op pool, or in a worker process.
 pub(super) async fn call_once(
     step: &Step,
@@ -128,7 +187,11 @@ pub(super) async fn call_once(
             ..host
         };
         running.increment(1.0);
-        let probe = crate::ops::Probe::start();
+        let probe = if op.speed.measure_inline() {
+            crate::ops::Probe::start()
+        } else {
+            crate::ops::Probe::wall()
+        };
         let result = op
             .library
             .run(op.name, &step.args_json, context_json, &host)
@@ -145,7 +208,7 @@ pub(super) async fn call_once(
         let args = step.args_json.clone();
         let context_json = context_json.to_string();
         let memory_mb = env.isolation.memory_mb;
-        tokio::task::spawn_blocking(move || {
+        on_pool(host.runtime.clone(), move || {
             running.increment(1.0);
             let result = if isolated {
                 crate::exec::worker::call(&op, &args, &context_json, &host, memory_mb)

@@ -32,7 +32,7 @@
 //! host (its own sleep or I/O): it holds a runtime thread [`STRIKES`] times, and never again.
 //! `ops.inline: never` turns this off.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 /// Fast pooled calls in a row that promote an op to inline.
@@ -53,29 +53,34 @@ const POOLED: u32 = u32::MAX;
 
 /// One op's placement state (per loaded library); lock-free, shared by all its calls.
 #[derive(Debug, Default)]
-pub struct Speed(AtomicU32);
+pub struct Speed {
+    state: AtomicU32,
+    /// Inline calls are measured by the CPU clock (see [`Probe::wall`]): the last one took
+    /// longer than [`SLOW`] on the wall clock.
+    measure: AtomicBool,
+}
 
 impl Speed {
     /// Whether the next call may run inline.
     #[inline]
     pub(crate) fn inline(&self) -> bool {
-        let state = self.0.load(Ordering::Relaxed);
+        let state = self.state.load(Ordering::Relaxed);
         (INLINE..POOLED).contains(&state)
     }
 
     /// Whether pooled calls are still being measured.
     #[inline]
     pub(crate) fn on_probation(&self) -> bool {
-        self.0.load(Ordering::Relaxed) < PROBATION
+        self.state.load(Ordering::Relaxed) < PROBATION
     }
 
     /// Records a call that ran on the pool.
     pub(crate) fn pooled(&self, call: Call) {
         if call.waited {
-            self.0.store(POOLED, Ordering::Relaxed);
+            self.state.store(POOLED, Ordering::Relaxed);
             return;
         }
-        let seen = self.0.load(Ordering::Relaxed);
+        let seen = self.state.load(Ordering::Relaxed);
         if seen >= PROBATION {
             return;
         }
@@ -88,17 +93,38 @@ impl Speed {
         };
         // A lost race only miscounts one call of probation.
         let _ = self
-            .0
+            .state
             .compare_exchange(seen, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Whether the next inline call is measured by the CPU clock, not only by the wall
+    /// clock (see [`Probe::wall`]).
+    #[inline]
+    pub(crate) fn measure_inline(&self) -> bool {
+        self.measure.load(Ordering::Relaxed)
     }
 
     /// Records a call that ran inline.
     pub(crate) fn inlined(&self, call: Call) {
-        if call.waited || call.cpu > HEAVY || call.blocked_longer_than(HEAVY) {
-            self.0.store(POOLED, Ordering::Relaxed);
+        if call.waited {
+            self.state.store(POOLED, Ordering::Relaxed);
             return;
         }
-        let seen = self.0.load(Ordering::Relaxed);
+        if call.unmeasured {
+            if call.wall > SLOW {
+                // Slow by the wall clock, which preemption alone can cause: the next calls
+                // are measured, and judged.
+                self.measure.store(true, Ordering::Relaxed);
+                return;
+            }
+        } else if self.measure_inline() && call.cpu <= SLOW && !call.blocked_longer_than(SLOW) {
+            self.measure.store(false, Ordering::Relaxed);
+        }
+        if call.cpu > HEAVY || call.blocked_longer_than(HEAVY) {
+            self.state.store(POOLED, Ordering::Relaxed);
+            return;
+        }
+        let seen = self.state.load(Ordering::Relaxed);
         if !(INLINE..POOLED).contains(&seen) {
             return;
         }
@@ -113,14 +139,14 @@ impl Speed {
         if next != seen {
             // A lost race only miscounts one call.
             let _ = self
-                .0
+                .state
                 .compare_exchange(seen, next, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
     /// `inline`, `pooled` or `probation`, for `flowhost ops --json` and tests.
     pub fn label(&self) -> &'static str {
-        match self.0.load(Ordering::Relaxed) {
+        match self.state.load(Ordering::Relaxed) {
             POOLED => "pooled",
             state if state >= INLINE => "inline",
             _ => "probation",
@@ -139,6 +165,8 @@ pub(crate) struct Call {
     pub(crate) switched: bool,
     /// The op waited on a host service.
     pub(crate) waited: bool,
+    /// Only the wall time was taken ([`Probe::wall`]): `cpu` and `switched` are unknown.
+    pub(crate) unmeasured: bool,
 }
 
 impl Call {
@@ -151,7 +179,13 @@ impl Call {
 }
 
 /// A measurement of the current thread, taken before a call; [`Probe::finish`] after it.
-pub(crate) struct Probe(Usage, std::time::Instant);
+///
+/// Reading the thread's CPU clock and switch count takes four system calls per call (over a
+/// microsecond on a virtual machine, against a few for the call itself). An inline call that
+/// ends within [`SLOW`] of wall time cannot have used more CPU, or blocked longer, than that,
+/// so inline calls read only the wall clock ([`Probe::wall`]) until one takes longer; the next
+/// ones are then measured in full, and judged.
+pub(crate) struct Probe(Option<Usage>, std::time::Instant);
 
 #[derive(Clone, Copy)]
 struct Usage {
@@ -161,16 +195,31 @@ struct Usage {
 
 impl Probe {
     pub(crate) fn start() -> Probe {
-        Probe(Usage::now(), std::time::Instant::now())
+        Probe(Some(Usage::now()), std::time::Instant::now())
+    }
+
+    /// The wall clock only (see [`Probe`]).
+    pub(crate) fn wall() -> Probe {
+        Probe(None, std::time::Instant::now())
     }
 
     pub(crate) fn finish(self, waited: bool) -> Call {
+        let wall = self.1.elapsed();
+        let Some(before) = self.0 else {
+            return Call {
+                wall,
+                waited,
+                unmeasured: true,
+                ..Call::default()
+            };
+        };
         let now = Usage::now();
         Call {
-            cpu: now.cpu.saturating_sub(self.0.cpu),
-            wall: self.1.elapsed(),
-            switched: now.voluntary_switches > self.0.voluntary_switches,
+            cpu: now.cpu.saturating_sub(before.cpu),
+            wall,
+            switched: now.voluntary_switches > before.voluntary_switches,
             waited,
+            unmeasured: false,
         }
     }
 }
@@ -260,6 +309,36 @@ mod tests {
     }
 
     #[test]
+    fn an_inline_call_slow_by_the_wall_clock_only_asks_for_the_next_to_be_measured() {
+        let speed = Speed::default();
+        for _ in 0..PROBATION {
+            speed.pooled(quick());
+        }
+        assert!(speed.inline() && !speed.measure_inline());
+        let wall = |wall: Duration| Call {
+            wall,
+            unmeasured: true,
+            ..Call::default()
+        };
+        // Within SLOW on the wall clock: fast, nothing more to know.
+        speed.inlined(wall(SLOW / 2));
+        assert!(speed.inline() && !speed.measure_inline());
+        // Longer, even much longer (preemption can do that): no strike, the next are measured.
+        for _ in 0..STRIKES * 2 {
+            speed.inlined(wall(HEAVY * 10));
+        }
+        assert!(speed.inline() && speed.measure_inline());
+        // A measured fast call ends the measuring; measured slow ones strike as before.
+        speed.inlined(quick());
+        assert!(!speed.measure_inline());
+        speed.inlined(wall(SLOW * 2));
+        for _ in 0..STRIKES {
+            speed.inlined(cpu(SLOW * 2));
+        }
+        assert_eq!(speed.label(), "pooled");
+    }
+
+    #[test]
     fn a_call_that_waited_sends_the_op_to_the_pool_for_good() {
         let speed = Speed::default();
         speed.pooled(waited());
@@ -328,9 +407,10 @@ mod tests {
         // Spin until the thread's own CPU clock shows 5 ms (a loaded machine may take longer
         // in wall time; only a probe that cannot see CPU never gets there).
         let probe = Probe::start();
+        let started = probe.0.expect("measured").cpu;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let mut spins = 0u64;
-        while Usage::now().cpu < probe.0.cpu + Duration::from_millis(5)
+        while Usage::now().cpu < started + Duration::from_millis(5)
             && std::time::Instant::now() < deadline
         {
             spins = std::hint::black_box(spins + 1);
@@ -345,5 +425,13 @@ mod tests {
             "{slept:?}"
         );
         assert!(slept.cpu < Duration::from_millis(5), "{slept:?}");
+        // The wall clock alone: unmeasured, its wall time kept.
+        let probe = Probe::wall();
+        std::thread::sleep(Duration::from_millis(2));
+        let slept = probe.finish(false);
+        assert!(
+            slept.unmeasured && slept.wall >= Duration::from_millis(2),
+            "{slept:?}"
+        );
     }
 }

@@ -1212,6 +1212,25 @@ async fn a_slow_inline_call_never_stalls_the_host() {
     })
     .await;
     assert!(burning.is_some(), "the burns did not start");
+    // The burns past the inline bound run on the op pool, whose threads yield the CPU to the
+    // runtime's (nice 19 against 0).
+    let pool_nice: Vec<i64> = std::fs::read_dir(format!("/proc/{}/task", server.child.id()))
+        .unwrap()
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+            (comm.trim() == "flowhost-op").then_some(())?;
+            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+            // Field 19 (nice), counted from the state after the parenthesized name.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            fields.get(16)?.parse().ok()
+        })
+        .collect();
+    assert!(
+        pool_nice.len() >= 2 * workers - 1,
+        "op pool threads: {pool_nice:?}"
+    );
+    assert!(pool_nice.iter().all(|&n| n == 19), "{pool_nice:?}");
     let (mut worst_echo, mut worst_ready) = (Duration::ZERO, Duration::ZERO);
     for _ in 0..20 {
         let asked = Instant::now();

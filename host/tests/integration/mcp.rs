@@ -396,6 +396,73 @@ async fn garbage_and_huge_lines_get_errors_and_reading_goes_on() {
     }
 }
 
+/// The host reads stdin ahead for a moment after each answer (`lines.rs`, `ReadAhead`): what
+/// arrives then, whole, in pieces, several messages at once, or the end of input, reaches the
+/// server in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_after_an_answer_arrive_whole_and_in_order() {
+    use tokio::io::AsyncWriteExt;
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let mut raw = Raw::spawn(flows.path());
+    raw.initialize().await;
+    let call = |id: u32| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"query":"q{id}"}}}}}}"#
+        )
+    };
+    for id in 1..=200u32 {
+        let line = call(id);
+        if id % 3 == 0 {
+            // In three pieces, the last ones after the read-ahead's window.
+            let (a, rest) = line.split_at(10);
+            let (b, c) = rest.split_at(rest.len() / 2);
+            for piece in [a, b] {
+                raw.stdin.write_all(piece.as_bytes()).await.unwrap();
+                raw.stdin.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_micros(300)).await;
+            }
+            raw.send(c).await;
+        } else {
+            raw.send(&line).await;
+        }
+        let reply = raw.recv().await;
+        assert_eq!(reply["id"], id, "{reply}");
+        assert_eq!(reply["result"]["content"][0]["text"], format!("q{id}"));
+    }
+    // Three messages in one write, a malformed one in the middle: three answers (the reader
+    // answers the malformed line itself, so not necessarily in that order).
+    let batch = format!("{}\n{{oops\n{}\n", call(301), call(302));
+    raw.stdin.write_all(batch.as_bytes()).await.unwrap();
+    raw.stdin.flush().await.unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let reply = raw.recv().await;
+        answers.push(match reply["id"].as_u64() {
+            Some(id) => {
+                assert_eq!(reply["result"]["content"][0]["text"], format!("q{id}"));
+                id.to_string()
+            }
+            None => reply["error"]["code"].to_string(),
+        });
+    }
+    answers.sort();
+    assert_eq!(answers, ["-32700", "301", "302"]);
+    // A last call and the end of input together: answered, then the server ends.
+    raw.send(&call(400)).await;
+    drop(raw.stdin);
+    let line = tokio::time::timeout(Duration::from_secs(10), raw.stdout.next_line())
+        .await
+        .expect("a reply within 10 s")
+        .unwrap()
+        .expect("the answer before the end");
+    assert_eq!(serde_json::from_str::<Value>(&line).unwrap()["id"], 400);
+    let status = tokio::time::timeout(Duration::from_secs(5), raw.child.wait())
+        .await
+        .expect("exit on EOF")
+        .unwrap();
+    assert!(status.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_http_a_malformed_body_and_an_unknown_method_get_json_rpc_errors() {
     let flows = folder(&[("f.yaml", FLOWS)]);

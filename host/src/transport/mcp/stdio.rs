@@ -2,6 +2,7 @@
 //! malformed and oversized lines answered with JSON-RPC errors instead of silence), the
 //! protocol's claim on stdout, and writing replies to it. Reading stdin lines is `lines.rs`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -37,22 +38,26 @@ pub(crate) async fn serve_stdio(
     max_line: usize,
     auth: Arc<crate::auth::Auth>,
 ) -> Result<(), String> {
+    let mut sink = StdoutSink::default();
     let incoming = match super::lines::pollable_stdin(max_line) {
         // A pipe: read by the server's own task as it asks for the next message (no thread
         // hop, and a client that writes faster than the server reads waits in the pipe).
         Some(reader) => {
-            let state = (reader, std::collections::VecDeque::new(), false);
+            sink.ahead = reader.read_ahead();
+            let asked = sink.in_flight.clone();
+            let state = (reader, std::collections::VecDeque::new(), false, asked);
             futures_util::stream::unfold(
                 state,
-                move |(mut reader, mut pending, mut ended)| async move {
+                move |(mut reader, mut pending, mut ended, asked)| async move {
                     loop {
                         if let Some(message) = pending.pop_front() {
-                            return Some((message, (reader, pending, ended)));
+                            return Some((message, (reader, pending, ended, asked)));
                         }
                         if ended {
                             return None;
                         }
-                        let mut deliver = |message| {
+                        let mut deliver = |message: RxJsonRpcMessage<RoleServer>| {
+                            count_asked(&asked, &message);
                             pending.push_back(message);
                             true
                         };
@@ -93,7 +98,7 @@ pub(crate) async fn serve_stdio(
     };
     let running = FlowTools::new(catalog, run_options)
         .with_access(super::handler::Access::local(auth))
-        .serve((StdoutSink::default(), incoming))
+        .serve((sink, incoming))
         .await
         .map_err(|err| format!("MCP session failed to start: {err}"))?;
     let reason = match running.waiting().await {
@@ -106,6 +111,27 @@ pub(crate) async fn serve_stdio(
     };
     tracing::info!("MCP session ended: {reason}");
     Ok(())
+}
+
+/// Keeps the count of requests in flight (see [`StdoutSink`]): a request adds one, a
+/// cancellation takes one off (a cancelled request may get no answer).
+fn count_asked(asked: &AtomicU64, message: &RxJsonRpcMessage<RoleServer>) {
+    match message {
+        JsonRpcMessage::Request(_) => {
+            asked.fetch_add(1, Ordering::Relaxed);
+        }
+        JsonRpcMessage::Notification(n)
+            if matches!(
+                n.notification,
+                rmcp::model::ClientNotification::CancelledNotification(_)
+            ) =>
+        {
+            let _ = asked.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            });
+        }
+        _ => {}
+    }
 }
 
 /// One stdin line: a message goes to `deliver`; malformed JSON gets -32700, JSON that is not a
@@ -141,9 +167,19 @@ fn on_line(
 /// Writes one JSON-RPC message per line to stdout, from whichever task sends it. A pipe write
 /// is cheap next to waking a writer thread for every message; the stdout lock keeps lines
 /// whole when the stdin reader writes an error reply at the same time.
+///
+/// After the answer to the last request in flight it reads stdin ahead for a moment
+/// ([`super::lines::ReadAhead::wait_for_next`]): a client calling one tool at a time then
+/// never has to wake a parked thread of the host.
 #[derive(Default)]
 struct StdoutSink {
     buffer: Vec<u8>,
+    /// Stdin's read-ahead side, when stdin is a pipe.
+    ahead: Option<Arc<super::lines::ReadAhead>>,
+    /// Requests read and not answered yet (a cancelled one counts as answered).
+    in_flight: Arc<AtomicU64>,
+    /// The buffer holds an answer.
+    answered: bool,
 }
 
 impl futures_util::Sink<TxJsonRpcMessage<RoleServer>> for StdoutSink {
@@ -161,6 +197,12 @@ impl futures_util::Sink<TxJsonRpcMessage<RoleServer>> for StdoutSink {
         message: TxJsonRpcMessage<RoleServer>,
     ) -> Result<(), Self::Error> {
         let this = self.get_mut();
+        if matches!(
+            message,
+            JsonRpcMessage::Response(_) | JsonRpcMessage::Error(_)
+        ) {
+            this.answered = true;
+        }
         serde_json::to_writer(&mut this.buffer, &message)?;
         this.buffer.push(b'\n');
         Ok(())
@@ -173,6 +215,17 @@ impl futures_util::Sink<TxJsonRpcMessage<RoleServer>> for StdoutSink {
         let this = self.get_mut();
         let result = write_stdout(&this.buffer);
         this.buffer.clear();
+        if std::mem::take(&mut this.answered) {
+            let left = this
+                .in_flight
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(1))
+                })
+                .map_or(0, |before| before.saturating_sub(1));
+            if let (Some(ahead), Ok(()), 0) = (&this.ahead, &result, left) {
+                ahead.wait_for_next();
+            }
+        }
         std::task::Poll::Ready(result)
     }
 

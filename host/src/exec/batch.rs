@@ -19,6 +19,9 @@ struct State {
     bytes: usize,
     senders: usize,
     receiver_gone: bool,
+    /// Producers waiting on `not_full`: std's condvar makes a system call on every notify,
+    /// waiters or not, and the consumer would notify after every batch.
+    waiting: usize,
 }
 
 struct Shared {
@@ -67,6 +70,7 @@ pub(crate) fn channel_with_bytes(capacity: usize, capacity_bytes: usize) -> (Sen
             bytes: 0,
             senders: 1,
             receiver_gone: false,
+            waiting: 0,
         }),
         not_full: Condvar::new(),
         not_empty: Notify::new(),
@@ -114,6 +118,7 @@ impl Sender {
                 return Err(chunk);
             }
             // Cancellation does not signal this condvar, so wake now and then to look at it.
+            state.waiting += 1;
             state = match self
                 .shared
                 .not_full
@@ -122,6 +127,7 @@ impl Sender {
                 Ok((guard, _)) => guard,
                 Err(poison) => poison.into_inner().0,
             };
+            state.waiting -= 1;
         }
         let was_empty = state.buf.is_empty();
         state.bytes += chunk.text.len();
@@ -184,8 +190,11 @@ impl Receiver {
                 if !state.buf.is_empty() {
                     std::mem::swap(&mut state.buf, out);
                     state.bytes = 0;
+                    let waiting = state.waiting > 0;
                     drop(state);
-                    self.shared.not_full.notify_all();
+                    if waiting {
+                        self.shared.not_full.notify_all();
+                    }
                     return true;
                 }
                 if state.senders == 0 {
@@ -199,8 +208,14 @@ impl Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        self.shared.lock().receiver_gone = true;
-        self.shared.not_full.notify_all();
+        let waiting = {
+            let mut state = self.shared.lock();
+            state.receiver_gone = true;
+            state.waiting > 0
+        };
+        if waiting {
+            self.shared.not_full.notify_all();
+        }
     }
 }
 

@@ -158,11 +158,9 @@ pub(crate) fn router(state: AppState) -> Router {
             state.policy.clone(),
             guard::authorize,
         ))
-        .layer(middleware::from_fn(layers::count_requests))
-        .layer(middleware::from_fn(layers::no_proxy_buffering))
         .layer(middleware::from_fn_with_state(
             state.ready.clone(),
-            layers::close_while_draining,
+            layers::decorate,
         ))
         .layer(DefaultBodyLimit::max(state.options.body_limit))
         .layer(middleware::from_fn_with_state(
@@ -175,16 +173,20 @@ pub(crate) fn router(state: AppState) -> Router {
         Some(cors) => router.layer(cors),
         None => router,
     };
-    router
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(traced::log_span)
-                .on_request(())
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
-                .on_failure(layers::log_failure),
-        )
-        .layer(middleware::from_fn(traced::server_span))
-        .layer(middleware::from_fn(conn::track))
+    let router = router.layer(
+        TraceLayer::new_for_http()
+            .make_span_with(traced::log_span)
+            .on_request(())
+            .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+            .on_failure(layers::log_failure),
+    );
+    // Each layer of a router costs every request a clone of the layers under it: the server
+    // span's only when there are traces to make (set once, before the router is built).
+    if crate::telemetry::enabled() {
+        router.layer(middleware::from_fn(traced::server_span))
+    } else {
+        router
+    }
 }
 
 /// `GET /{flow}`: flows are POSTed. A browser lands on the playground with the flow selected;
@@ -484,7 +486,15 @@ pub(crate) async fn serve(
     let listening = self::lifecycle::Listening::of(&listener);
     let listener = conn::Listener::new(listener, options.connection_limits());
     let runs = state.runs.clone();
-    let app = router(state).into_make_service_with_connect_info::<conn::Peer>();
+    // The busy mark goes around the router, not on each route: a layer on the router's
+    // routes clones the layers under it on every request, one around it clones the router
+    // (a reference count).
+    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+        conn::Peer,
+    >(tower::Layer::layer(
+        &middleware::from_fn(conn::track),
+        router(state),
+    ));
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             self::lifecycle::shutdown_signal().await;

@@ -29,10 +29,12 @@
 //!
 //! "For good" means for this load of the library: a rebuilt plugin starts on probation. The
 //! worst case is an op that was fast [`PROBATION`] times and then blocks without asking the
-//! host (its own sleep or I/O): it holds a runtime thread [`STRIKES`] times, and never again.
+//! host (its own sleep or I/O): it holds a runtime thread [`STRIKES`] + 1 times (the first
+//! slow call is timed by the wall clock only, see [`Probe`]), and never again. One that is
+//! very slow only now and then (over [`HEAVY`]) goes to the pool at its second such call.
 //! `ops.inline: never` turns this off.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::time::Duration;
 
 /// Fast pooled calls in a row that promote an op to inline.
@@ -55,10 +57,15 @@ const POOLED: u32 = u32::MAX;
 #[derive(Debug, Default)]
 pub struct Speed {
     state: AtomicU32,
-    /// Inline calls are measured by the CPU clock (see [`Probe::wall`]): the last one took
-    /// longer than [`SLOW`] on the wall clock.
-    measure: AtomicBool,
+    /// Whether inline calls are measured by the CPU clock (see [`Probe::wall`]):
+    /// [`MEASURE_OFF`], [`MEASURE_UNTIL_FAST`] (an unmeasured call took longer than [`SLOW`]
+    /// on the wall clock) or [`MEASURE_ALWAYS`] (one took longer than [`HEAVY`]).
+    measure: AtomicU8,
 }
+
+const MEASURE_OFF: u8 = 0;
+const MEASURE_UNTIL_FAST: u8 = 1;
+const MEASURE_ALWAYS: u8 = 2;
 
 impl Speed {
     /// Whether the next call may run inline.
@@ -101,7 +108,7 @@ impl Speed {
     /// clock (see [`Probe::wall`]).
     #[inline]
     pub(crate) fn measure_inline(&self) -> bool {
-        self.measure.load(Ordering::Relaxed)
+        self.measure.load(Ordering::Relaxed) != MEASURE_OFF
     }
 
     /// Records a call that ran inline.
@@ -111,14 +118,29 @@ impl Speed {
             return;
         }
         if call.unmeasured {
-            if call.wall > SLOW {
-                // Slow by the wall clock, which preemption alone can cause: the next calls
-                // are measured, and judged.
-                self.measure.store(true, Ordering::Relaxed);
+            // Slow by the wall clock, which preemption alone can cause: the next calls are
+            // measured, and judged. Past HEAVY for good, so that an op that is very slow now
+            // and then is sent to the pool by its next such call, fast calls between or not.
+            if call.wall > HEAVY {
+                self.measure.store(MEASURE_ALWAYS, Ordering::Relaxed);
                 return;
             }
-        } else if self.measure_inline() && call.cpu <= SLOW && !call.blocked_longer_than(SLOW) {
-            self.measure.store(false, Ordering::Relaxed);
+            if call.wall > SLOW {
+                let _ = self.measure.compare_exchange(
+                    MEASURE_OFF,
+                    MEASURE_UNTIL_FAST,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                return;
+            }
+        } else if call.cpu <= SLOW && !call.blocked_longer_than(SLOW) {
+            let _ = self.measure.compare_exchange(
+                MEASURE_UNTIL_FAST,
+                MEASURE_OFF,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
         if call.cpu > HEAVY || call.blocked_longer_than(HEAVY) {
             self.state.store(POOLED, Ordering::Relaxed);
@@ -323,9 +345,9 @@ mod tests {
         // Within SLOW on the wall clock: fast, nothing more to know.
         speed.inlined(wall(SLOW / 2));
         assert!(speed.inline() && !speed.measure_inline());
-        // Longer, even much longer (preemption can do that): no strike, the next are measured.
+        // Longer (preemption can do that): no strike, the next are measured.
         for _ in 0..STRIKES * 2 {
-            speed.inlined(wall(HEAVY * 10));
+            speed.inlined(wall(SLOW * 5));
         }
         assert!(speed.inline() && speed.measure_inline());
         // A measured fast call ends the measuring; measured slow ones strike as before.
@@ -335,6 +357,19 @@ mod tests {
         for _ in 0..STRIKES {
             speed.inlined(cpu(SLOW * 2));
         }
+        assert_eq!(speed.label(), "pooled");
+        // Very slow now and then, fast between: measured for good after the first, so the
+        // second goes to the pool.
+        let speed = Speed::default();
+        for _ in 0..PROBATION {
+            speed.pooled(quick());
+        }
+        speed.inlined(wall(HEAVY * 2));
+        for _ in 0..100 {
+            speed.inlined(quick());
+        }
+        assert!(speed.inline() && speed.measure_inline());
+        speed.inlined(cpu(HEAVY * 2));
         assert_eq!(speed.label(), "pooled");
     }
 

@@ -396,6 +396,67 @@ async fn garbage_and_huge_lines_get_errors_and_reading_goes_on() {
     }
 }
 
+/// stdin may be a socket (Node's `child_process` hands one over), whose buffer holds more than
+/// one 64 KiB read: a message longer than that, sent at once, is read whole, not left waiting.
+#[test]
+fn a_long_message_on_a_socket_stdin_is_read_whole() {
+    use std::io::{BufRead, Write};
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flowhost"))
+        .args(["serve", "--transport", "stdio", "--log", "error", "--flows"])
+        .arg(flows.path())
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A host that waits for what it already has would hang this test: killed after 60 s.
+    let (done, watch) = std::sync::mpsc::channel::<()>();
+    let pid = child.id() as libc::pid_t;
+    std::thread::spawn(move || {
+        if watch.recv_timeout(Duration::from_secs(60))
+            == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        {
+            // SAFETY: kill(2) on the child this test started and still owns.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    ours.set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut line = String::new();
+    let mut ask = |ours: &mut std::os::unix::net::UnixStream, message: String| {
+        ours.write_all(format!("{message}\n").as_bytes()).unwrap();
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        serde_json::from_str::<Value>(&line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:.200}", line))
+    };
+    ask(&mut ours, r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#.to_string());
+    ours.write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n")
+        .unwrap();
+    for size in [10, 150_000, 10, 400_000] {
+        let query = "x".repeat(size);
+        let reply = ask(
+            &mut ours,
+            format!(
+                r#"{{"jsonrpc":"2.0","id":{size},"method":"tools/call","params":{{"name":"echo","arguments":{{"query":"{query}"}}}}}}"#
+            ),
+        );
+        assert_eq!(reply["id"], size);
+        assert_eq!(
+            reply["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .len(),
+            size
+        );
+    }
+    drop(ours);
+    assert!(child.wait().unwrap().success());
+    drop(done);
+}
+
 /// The host reads stdin ahead for a moment after each answer (`lines.rs`, `ReadAhead`): what
 /// arrives then, whole, in pieces, several messages at once, or the end of input, reaches the
 /// server in order.

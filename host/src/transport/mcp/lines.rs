@@ -300,16 +300,26 @@ impl AsyncLines {
         on: &mut impl FnMut(Event<'_>) -> bool,
     ) -> std::io::Result<bool> {
         loop {
-            if !ahead.pending() {
+            // Bytes read ahead, or the end of input, come first; otherwise wait for the pipe or
+            // for the writer to read something. Readiness is cleared only by a read that found
+            // nothing (`try_io`): a read that left bytes behind reads again at once.
+            let read = if ahead.pending() {
+                Some(ahead.read(&mut self.chunk))
+            } else {
                 tokio::select! {
                     biased;
-                    () = ahead.arrived.notified() => {}
-                    guard = self.fd.readable() => guard?.clear_ready(),
+                    () = ahead.arrived.notified() => None,
+                    guard = self.fd.readable() => {
+                        let mut guard = guard?;
+                        let chunk = &mut self.chunk;
+                        guard.try_io(|_| ahead.read(chunk)).ok()
+                    }
                 }
-            }
-            match ahead.read(&mut self.chunk) {
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-                read => {
+            };
+            match read {
+                None => {}
+                Some(Err(err)) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Some(read) => {
                     if let Some(done) = self.took(read, on) {
                         return done;
                     }

@@ -13,6 +13,7 @@ pub(crate) const FLOW_ERRORS: &str = "flowhost_flow_errors_total";
 pub(crate) const CANCELLATIONS: &str = "flowhost_cancellations_total";
 pub(crate) const RELOADS: &str = "flowhost_reloads_total";
 pub(crate) const OPS_RUNNING: &str = "flowhost_ops_running";
+pub(crate) const OPS_LOWERED: &str = "flowhost_op_calls_lowered_total";
 pub(crate) const LOGS_DROPPED: &str = "flowhost_op_logs_dropped_total";
 pub(crate) const RUNS_QUEUED: &str = "flowhost_runs_queued";
 pub(crate) const WORKERS: &str = "flowhost_workers";
@@ -100,6 +101,10 @@ fn describe() {
         "op log lines dropped because a client read too slowly"
     );
     metrics::describe_gauge!(WORKERS, "op worker processes alive (isolation: process)");
+    metrics::describe_counter!(
+        OPS_LOWERED,
+        "op calls on the op pool moved to nice 19 for burning CPU without a chunk or a wait"
+    );
     metrics::describe_counter!(WORKER_CRASHES, "op workers that died or were killed");
     metrics::describe_counter!(
         CACHE_HITS,
@@ -161,6 +166,7 @@ fn describe() {
         CANCELLATIONS,
         RELOADS,
         LOGS_DROPPED,
+        OPS_LOWERED,
         WORKER_CRASHES,
         CACHE_HITS,
         CACHE_MISSES,

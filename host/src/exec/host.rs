@@ -139,7 +139,7 @@ impl OpHost {
         if self.inline {
             tokio::task::block_in_place(wait)
         } else {
-            wait()
+            super::pool::waiting(wait)
         }
     }
 }
@@ -161,6 +161,9 @@ impl crate::ops::Host for OpHost {
             resumed: false,
         };
         self.emitted.fetch_add(1, Ordering::Relaxed);
+        if !self.inline {
+            super::pool::progress();
+        }
         self.record(&chunk);
         if let Some(collect) = &self.env.collect {
             if !collect.take(&chunk) {

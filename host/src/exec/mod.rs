@@ -4,7 +4,8 @@
 //!
 //! The parts: `run.rs` (options, starting a run, reading it, how it ended), `walk.rs` (the walk
 //! over the plan), `step.rs` (a step's policy: cache, retries, tolerated failures), `place.rs`
-//! (where a call runs: inline, op pool, worker process), `host.rs` (the `ops::Host` an op calls
+//! (where a call runs: inline, op pool, worker process), `pool.rs` (the op pool's threads,
+//! and the watch that lowers a call burning CPU in silence), `host.rs` (the `ops::Host` an op calls
 //! back into), `client.rs` (asking the client for the ops), `admission.rs` (limits on runs at
 //! once and waiting), `batch.rs` (the bounded channel from op threads to the reader),
 //! `cache.rs` (the op answer cache), `journal.rs` (a durable run's completed calls), `settings.rs` (the `ops:` section), `worker/` (ops in
@@ -18,6 +19,7 @@ mod host;
 mod journal;
 mod mcp;
 mod place;
+mod pool;
 mod run;
 mod settings;
 mod step;

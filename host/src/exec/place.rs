@@ -89,12 +89,6 @@ impl Drop for InlineSlot {
     }
 }
 
-/// The nice value of op pool threads: above the runtime's workers (0), so that CPU-bound op
-/// calls yield the cores to transports, probes and inline calls whenever those want them. With
-/// more calls burning CPU than there are cores, a worker woken to answer `/ready` otherwise
-/// waits its turn behind them in the kernel's scheduler (18 ms with eight on two cores).
-const POOL_NICE: libc::c_int = 19;
-
 /// Op pool threads at most (`max_op_threads`); read when the pool starts.
 static MAX_OP_THREADS: AtomicUsize = AtomicUsize::new(512);
 
@@ -103,46 +97,17 @@ pub(crate) fn set_max_op_threads(threads: usize) {
     MAX_OP_THREADS.store(threads.max(1), Ordering::Relaxed);
 }
 
-/// The op pool: the blocking threads of a runtime of their own, each at [`POOL_NICE`] from
-/// its start. Not the main runtime's blocking pool: tokio makes those threads runtime workers
-/// in turn (`block_in_place` hands a worker's queue to one), and an unprivileged thread can
-/// lower its priority but never raise it back. `None` if the runtime cannot be built (then
-/// calls use the main runtime's pool).
-fn op_pool() -> Option<&'static tokio::runtime::Handle> {
-    let threads = MAX_OP_THREADS.load(Ordering::Relaxed);
-    static POOL: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .thread_name("flowhost-op")
-            .max_blocking_threads(threads)
-            .on_thread_start(|| {
-                // SAFETY: setpriority on this thread's own id (Linux keeps nice per thread).
-                let tid = unsafe { libc::gettid() };
-                if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, POOL_NICE) }
-                    != 0
-                {
-                    tracing::debug!(
-                        "op pool: cannot lower this thread's priority: {}",
-                        std::io::Error::last_os_error()
-                    );
-                }
-            })
-            .build()
-            .map_err(|err| tracing::warn!("op pool: no runtime of its own ({err}); op calls share the main one's blocking threads"))
-            .ok()
-    })
-    .as_ref()
-    .map(tokio::runtime::Runtime::handle)
+pub(super) fn max_op_threads() -> usize {
+    MAX_OP_THREADS.load(Ordering::Relaxed)
 }
 
-/// Runs `call` on the op pool (see [`op_pool`]) inside the main runtime's context (`main`):
+/// Runs `call` on the op pool (`exec/pool.rs`) inside the main runtime's context (`main`):
 /// what the op asks of the host spawns onto and blocks on the runtime that serves.
 fn on_pool<R: Send + 'static>(
     main: tokio::runtime::Handle,
     call: impl FnOnce() -> R + Send + 'static,
-) -> tokio::task::JoinHandle<R> {
-    let pool = op_pool().cloned().unwrap_or_else(|| main.clone());
-    pool.spawn_blocking(move || {
+) -> impl std::future::Future<Output = Result<R, String>> {
+    super::pool::spawn(move || {
         let _main = main.enter();
         call()
     })

@@ -1212,25 +1212,28 @@ async fn a_slow_inline_call_never_stalls_the_host() {
     })
     .await;
     assert!(burning.is_some(), "the burns did not start");
-    // The burns past the inline bound run on the op pool, whose threads yield the CPU to the
-    // runtime's (nice 19 against 0).
-    let pool_nice: Vec<i64> = std::fs::read_dir(format!("/proc/{}/task", server.child.id()))
-        .unwrap()
-        .filter_map(|task| {
-            let path = task.ok()?.path();
-            let comm = std::fs::read_to_string(path.join("comm")).ok()?;
-            (comm.trim() == "flowhost-op").then_some(())?;
-            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
-            // Field 19 (nice), counted from the state after the parenthesized name.
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            fields.get(16)?.parse().ok()
-        })
-        .collect();
+    // The burns past the inline bound run on the op pool, where the watch lowers a call that
+    // burns CPU without a chunk to nice 19, so the runtime's threads (nice 0) take the cores
+    // from it whenever they want them.
+    let lowered = wait_async(Duration::from_secs(5), || async {
+        pool_nice(server.child.id())
+            .iter()
+            .filter(|&&n| n == 19)
+            .count()
+            >= 2 * workers - 1
+    })
+    .await;
     assert!(
-        pool_nice.len() >= 2 * workers - 1,
-        "op pool threads: {pool_nice:?}"
+        lowered.is_some(),
+        "the burning pool threads were not lowered: {:?}",
+        pool_nice(server.child.id())
     );
-    assert!(pool_nice.iter().all(|&n| n == 19), "{pool_nice:?}");
+    assert!(
+        server
+            .metric(&client, "flowhost_op_calls_lowered_total")
+            .await
+            >= (2 * workers - 1) as f64
+    );
     let (mut worst_echo, mut worst_ready) = (Duration::ZERO, Duration::ZERO);
     for _ in 0..20 {
         let asked = Instant::now();
@@ -1258,6 +1261,75 @@ async fn a_slow_inline_call_never_stalls_the_host() {
     for burn in burns {
         assert_eq!(burn.await.unwrap(), 200);
     }
+    // A burn that ended gives its thread back at normal priority (or the thread ends, where
+    // the process may not raise a priority): later calls do not inherit nice 19.
+    let restored = wait_async(Duration::from_secs(5), || async {
+        pool_nice(server.child.id()).iter().all(|&n| n == 0)
+    })
+    .await;
+    assert!(
+        restored.is_some(),
+        "pool threads after the burns: {:?}",
+        pool_nice(server.child.id())
+    );
+}
+
+/// The nice value of each op pool thread of process `pid` (`/proc/PID/task/*/stat`).
+fn pool_nice(pid: u32) -> Vec<i64> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+            (comm.trim() == "flowhost-op").then_some(())?;
+            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+            // Field 19 (nice), counted from the state after the parenthesized name.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            fields.get(16)?.parse().ok()
+        })
+        .collect()
+}
+
+/// Issue 21: a streaming op that burns CPU to make its chunks keeps its pool thread at
+/// normal priority (at nice 19 its consumer and the client took the cores from it: a
+/// 1M-chunk stream ran 2-7× slower). Only a call that burns CPU without a chunk is lowered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_op_keeps_its_priority() {
+    let flows = folder(&[(
+        "f.yaml",
+        "count:\n  flow_content: CountOp()\n  stream: true\n",
+    )]);
+    let server = Server::start(flows.path(), &[]);
+    let client = client();
+    let mut response = client
+        .post(server.url("/count"))
+        .json(&json!({"n": 3_000_000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (mut bytes, mut samples, mut lowered) = (0usize, 0, Vec::new());
+    let mut last_sample = Instant::now();
+    while let Some(piece) = response.chunk().await.unwrap() {
+        bytes += piece.len();
+        if last_sample.elapsed() > Duration::from_millis(20) {
+            last_sample = Instant::now();
+            let nice = pool_nice(server.child.id());
+            samples += usize::from(!nice.is_empty());
+            lowered.extend(nice.into_iter().filter(|&n| n != 0));
+        }
+    }
+    assert!(bytes > 3_000_000, "the stream ended early: {bytes} bytes");
+    assert!(
+        samples >= 3,
+        "the stream was too short to watch: {samples} samples"
+    );
+    assert!(
+        lowered.is_empty(),
+        "the stream's thread was lowered: {lowered:?}"
+    );
 }
 
 /// Issue 22, item 7: an `Idempotency-Key` reused with another body is refused (422), as

@@ -202,13 +202,12 @@ impl Cx {
     /// kept nowhere).
     pub(crate) fn traceparent(&self) -> Option<String> {
         let cx = self.0.as_ref()?;
-        let span = cx.span();
-        let context = span.span_context();
-        // W3C trace context, version 00, flags `sampled` only, as `TraceContextPropagator`
-        // writes it (written here directly: its injector goes through a map, and the audit
-        // trail asks for it on every request).
-        (context.is_valid() && context.is_sampled())
-            .then(|| format!("00-{}-{}-01", context.trace_id(), context.span_id()))
+        if !cx.span().span_context().is_sampled() {
+            return None;
+        }
+        let mut fields = std::collections::HashMap::new();
+        TraceContextPropagator::new().inject_context(cx, &mut fields);
+        fields.remove("traceparent")
     }
 }
 
@@ -276,13 +275,6 @@ impl Span {
     pub(crate) fn event_named(&self, name: &str) {
         if let Some(cx) = &self.0 {
             cx.span().add_event(name.to_string(), Vec::new());
-        }
-    }
-
-    /// Gives the span its final name (a server span learns its route only from the router).
-    pub(crate) fn rename(&self, name: String) {
-        if let Some(cx) = &self.0 {
-            cx.span().update_name(name);
         }
     }
 

@@ -29,14 +29,10 @@ pub(crate) async fn decorate(
     request: Request,
     next: Next,
 ) -> Response {
-    let matched = request.extensions().get::<MatchedPath>();
-    if let (Some(matched), Some(slot)) = (
-        matched,
-        request.extensions().get::<super::traced::RouteSlot>(),
-    ) {
-        slot.fill(matched);
-    }
-    let route = matched.map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let mut response = next.run(request).await;
     metrics::counter!(m::REQUESTS, "route" => route, "status" => response.status().as_u16().to_string())
         .increment(1);

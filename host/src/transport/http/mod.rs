@@ -98,7 +98,7 @@ pub(crate) fn router(state: AppState) -> Router {
         title: Some("flowhost API"),
     });
     let mcp_sessions = super::mcp::sessions();
-    Router::new()
+    let router = Router::new()
         .route("/", get(playground::page))
         .route("/playground.js", get(playground::script))
         .route("/playground.css", get(playground::style))
@@ -162,42 +162,31 @@ pub(crate) fn router(state: AppState) -> Router {
             state.ready.clone(),
             layers::decorate,
         ))
-}
-
-/// The router with the layers that need no route around it (server span, request log, CORS,
-/// request checks, body limit). A layer on a router's routes clones the layers under it on
-/// every request (a boxed clone each, so the cost grows with the square of the depth); one
-/// around the router clones the router, a reference count. The layers that need the matched
-/// route (`decorate`'s request count, the key check, the body read) stay on the routes; the
-/// server span learns its route from `decorate` ([`traced::RouteSlot`]).
-pub(crate) fn app(
-    state: AppState,
-) -> impl tower::Service<
-    Request,
-    Response = Response,
-    Error = std::convert::Infallible,
-    Future = impl Send,
-> + Clone
-       + Send
-       + 'static {
-    let (policy, limit) = (state.policy.clone(), state.options.body_limit);
+        .layer(DefaultBodyLimit::max(state.options.body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.policy.clone(),
+            guard::check_request,
+        ));
     // CORS answers preflights before the checks see them; the checks still refuse the real
     // request of an origin CORS does not list.
-    let cors = guard::cors(&state.options);
-    tower::ServiceBuilder::new()
-        .layer(middleware::from_fn(traced::server_span))
-        .map_response(|response: axum::http::Response<_>| response.map(axum::body::Body::new))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(traced::log_span)
-                .on_request(())
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
-                .on_failure(layers::log_failure),
-        )
-        .option_layer(cors)
-        .layer(middleware::from_fn_with_state(policy, guard::check_request))
-        .layer(DefaultBodyLimit::max(limit))
-        .service(router(state))
+    let router = match guard::cors(&state.options) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    let router = router.layer(
+        TraceLayer::new_for_http()
+            .make_span_with(traced::log_span)
+            .on_request(())
+            .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+            .on_failure(layers::log_failure),
+    );
+    // Each layer of a router costs every request a clone of the layers under it: the server
+    // span's only when there are traces to make (set once, before the router is built).
+    if crate::telemetry::enabled() {
+        router.layer(middleware::from_fn(traced::server_span))
+    } else {
+        router
+    }
 }
 
 /// `GET /{flow}`: flows are POSTed. A browser lands on the playground with the flow selected;
@@ -497,12 +486,14 @@ pub(crate) async fn serve(
     let listening = self::lifecycle::Listening::of(&listener);
     let listener = conn::Listener::new(listener, options.connection_limits());
     let runs = state.runs.clone();
-    // The busy mark goes around everything (see `app`).
+    // The busy mark goes around the router, not on each route: a layer on the router's
+    // routes clones the layers under it on every request, one around it clones the router
+    // (a reference count).
     let app = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
         conn::Peer,
     >(tower::Layer::layer(
         &middleware::from_fn(conn::track),
-        app(state),
+        router(state),
     ));
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {

@@ -4,7 +4,6 @@
 //! extensions. With tracing off, one branch and nothing else.
 
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
@@ -14,17 +13,6 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::telemetry::{Attr, Cx, Kind, Role, Span};
-
-/// Where the routes tell the server span (which runs around the router) the route they
-/// matched: `decorate` fills it.
-#[derive(Clone, Default)]
-pub(crate) struct RouteSlot(Arc<OnceLock<MatchedPath>>);
-
-impl RouteSlot {
-    pub(crate) fn fill(&self, route: &MatchedPath) {
-        let _ = self.0.set(route.clone());
-    }
-}
 
 /// The request's server span: `{method} {route}`, with the route template, status code and
 /// protocol; a 5xx answer marks it failed.
@@ -38,7 +26,13 @@ pub(crate) async fn server_span(mut request: Request, next: Next) -> Response {
     let parent = Cx::from_headers(request.headers());
     let span = parent.start_with(
         Kind::Server,
-        || request.method().as_str().to_string(),
+        || {
+            let method = request.method().as_str();
+            match request.extensions().get::<MatchedPath>() {
+                Some(route) => format!("{method} {}", route.as_str()),
+                None => method.to_string(),
+            }
+        },
         || {
             let mut attributes = vec![
                 Attr::new("http.request.method", request.method().as_str().to_string()),
@@ -53,6 +47,9 @@ pub(crate) async fn server_span(mut request: Request, next: Next) -> Response {
                     },
                 ),
             ];
+            if let Some(route) = request.extensions().get::<MatchedPath>() {
+                attributes.push(Attr::new("http.route", route.as_str().to_string()));
+            }
             if let Some(agent) = request
                 .headers()
                 .get(header::USER_AGENT)
@@ -65,16 +62,7 @@ pub(crate) async fn server_span(mut request: Request, next: Next) -> Response {
     );
     span.role(Role::Chain);
     request.extensions_mut().insert(span.cx());
-    let route = span.is_recording().then(RouteSlot::default);
-    if let Some(route) = &route {
-        request.extensions_mut().insert(route.clone());
-    }
-    let method = request.method().clone();
     let response = next.run(request).await;
-    if let Some(route) = route.as_ref().and_then(|slot| slot.0.get()) {
-        span.rename(format!("{method} {}", route.as_str()));
-        span.set("http.route", route.as_str().to_string());
-    }
     let status = response.status();
     span.set("http.response.status_code", i64::from(status.as_u16()));
     if status.is_server_error() {

@@ -202,12 +202,13 @@ impl Cx {
     /// kept nowhere).
     pub(crate) fn traceparent(&self) -> Option<String> {
         let cx = self.0.as_ref()?;
-        if !cx.span().span_context().is_sampled() {
-            return None;
-        }
-        let mut fields = std::collections::HashMap::new();
-        TraceContextPropagator::new().inject_context(cx, &mut fields);
-        fields.remove("traceparent")
+        let span = cx.span();
+        let context = span.span_context();
+        // W3C trace context, version 00, flags `sampled` only, as `TraceContextPropagator`
+        // writes it (written here directly: its injector goes through a map, and the audit
+        // trail asks for it on every request).
+        (context.is_valid() && context.is_sampled())
+            .then(|| format!("00-{}-{}-01", context.trace_id(), context.span_id()))
     }
 }
 

@@ -64,6 +64,9 @@ struct Slot {
     epoch: AtomicU64,
     /// The watch lowered the thread's priority during the current call.
     lowered: AtomicBool,
+    /// Held by the watch from its look at `busy` to `lowered`, and by the thread from the
+    /// call's end to its look at `lowered`: a lowering never lands on the next call unseen.
+    gate: Mutex<()>,
 }
 
 /// The calls running on the pool, for the watch.
@@ -73,6 +76,9 @@ struct Watch {
     /// Whether the watch thread sleeps until a call starts.
     asleep: Mutex<bool>,
     wake: Condvar,
+    /// Pool threads to start, asked for by a thread at nice 19 (a thread inherits its
+    /// creator's nice value, and the watch's is always 0).
+    spawns: AtomicUsize,
 }
 
 fn watch() -> &'static Watch {
@@ -91,6 +97,7 @@ fn watch() -> &'static Watch {
             busy: AtomicUsize::new(0),
             asleep: Mutex::new(false),
             wake: Condvar::new(),
+            spawns: AtomicUsize::new(0),
         }
     })
 }
@@ -117,11 +124,18 @@ pub(super) fn waiting<R>(wait: impl FnOnce() -> R) -> R {
     let Some(slot) = slot else {
         return wait();
     };
+    struct Waiting(Arc<Slot>);
+    impl Drop for Waiting {
+        fn drop(&mut self) {
+            // Not waiting any more, then progress: the watch never sees the new epoch with
+            // the wait still counted (and a panicking wait still ends its count).
+            self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+            self.0.epoch.fetch_add(1, Ordering::Relaxed);
+        }
+    }
     slot.waiting.fetch_add(1, Ordering::Relaxed);
-    let result = wait();
-    slot.epoch.fetch_add(1, Ordering::Relaxed);
-    slot.waiting.fetch_sub(1, Ordering::Relaxed);
-    result
+    let _waiting = Waiting(slot);
+    wait()
 }
 
 fn pool() -> &'static Pool {
@@ -171,7 +185,37 @@ fn submit(pool: &'static Pool, job: Job) {
         // Queued: the next thread to finish a call takes it.
         return;
     }
+    start_thread(pool, &mut state);
+}
+
+/// Starts one more pool thread (the caller holds the state's lock); through the watch when
+/// this thread runs at a lowered priority, which a thread it started would inherit.
+fn start_thread(pool: &'static Pool, state: &mut State) {
     state.threads += 1;
+    if lowered_here() {
+        let watch = watch();
+        watch.spawns.fetch_add(1, Ordering::AcqRel);
+        let mut asleep = watch.asleep.lock().unwrap_or_else(|p| p.into_inner());
+        *asleep = false;
+        watch.wake.notify_one();
+        return;
+    }
+    spawn_thread(pool, state);
+}
+
+/// Whether this thread's nice value is above 0.
+fn lowered_here() -> bool {
+    // SAFETY: getpriority of this thread's own id; errno cleared first, as its man page says
+    // (-1 is a valid answer).
+    unsafe {
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t);
+        nice > 0 && *libc::__errno_location() == 0
+    }
+}
+
+/// Starts the OS thread of a pool thread already counted in `state.threads`.
+fn spawn_thread(pool: &'static Pool, state: &mut State) {
     let started = std::thread::Builder::new()
         .name("flowhost-op".into())
         .spawn(move || serve(pool));
@@ -179,7 +223,8 @@ fn submit(pool: &'static Pool, job: Job) {
         state.threads -= 1;
         tracing::warn!("op pool: cannot start a thread: {err}");
         if state.threads == 0 {
-            // Nobody will take the queue: its calls fail (their answer channels close).
+            // Nobody will take the queue: its calls fail (their answer channels close;
+            // dropping a call touches nothing of the pool's).
             state.queue.clear();
         }
     }
@@ -215,6 +260,11 @@ fn serve(pool: &'static Pool) {
         }
     }
     state.threads -= 1;
+    // A thread leaving after a lowered call may leave calls queued (the pool was full) that
+    // no idle thread was woken for: one takes its place.
+    if state.queue.len() > state.idle.saturating_sub(state.notified) {
+        start_thread(pool, &mut state);
+    }
     drop(state);
     if let Some(slot) = slot {
         let watch = watch();
@@ -244,9 +294,13 @@ fn run(slot: Option<&Slot>, job: Job) -> bool {
         }
     }
     job();
-    slot.busy.store(false, Ordering::Release);
+    let lowered = {
+        let _gate = slot.gate.lock().unwrap_or_else(|p| p.into_inner());
+        slot.busy.store(false, Ordering::Release);
+        slot.lowered.swap(false, Ordering::AcqRel)
+    };
     watch.busy.fetch_sub(1, Ordering::AcqRel);
-    if !slot.lowered.swap(false, Ordering::AcqRel) {
+    if !lowered {
         return true;
     }
     // SAFETY: setpriority on this thread's own id.
@@ -281,6 +335,7 @@ fn register() -> Option<Arc<Slot>> {
         waiting: AtomicU32::new(0),
         epoch: AtomicU64::new(0),
         lowered: AtomicBool::new(false),
+        gate: Mutex::new(()),
     });
     watch()
         .slots
@@ -313,10 +368,18 @@ struct Seen {
 /// when no call has run for [`LINGER`].
 fn watch_calls() {
     let watch = watch();
-    let mut seen: std::collections::HashMap<libc::pid_t, Seen> = Default::default();
+    // By slot (its address: thread ids are reused).
+    let mut seen: std::collections::HashMap<usize, Seen> = Default::default();
     let mut last_busy = Instant::now();
     loop {
-        std::thread::sleep(TICK);
+        {
+            let asleep = watch.asleep.lock().unwrap_or_else(|p| p.into_inner());
+            if watch.spawns.load(Ordering::Acquire) == 0 {
+                // A tick, or sooner when a thread is asked for.
+                let _ = watch.wake.wait_timeout(asleep, TICK);
+            }
+        }
+        start_asked();
         let now = Instant::now();
         if watch.busy.load(Ordering::Acquire) > 0 {
             last_busy = now;
@@ -324,7 +387,10 @@ fn watch_calls() {
             seen.clear();
             let mut asleep = watch.asleep.lock().unwrap_or_else(|p| p.into_inner());
             *asleep = true;
-            while *asleep && watch.busy.load(Ordering::Acquire) == 0 {
+            while *asleep
+                && watch.busy.load(Ordering::Acquire) == 0
+                && watch.spawns.load(Ordering::Acquire) == 0
+            {
                 asleep = watch.wake.wait(asleep).unwrap_or_else(|p| p.into_inner());
             }
             *asleep = false;
@@ -332,19 +398,26 @@ fn watch_calls() {
             continue;
         }
         let slots = watch.slots.lock().unwrap_or_else(|p| p.into_inner());
-        seen.retain(|tid, _| slots.iter().any(|slot| slot.tid == *tid));
+        seen.retain(|key, _| slots.iter().any(|slot| Arc::as_ptr(slot) as usize == *key));
         for slot in slots.iter() {
             if !slot.busy.load(Ordering::Acquire) || slot.lowered.load(Ordering::Acquire) {
                 continue;
             }
+            let key = Arc::as_ptr(slot) as usize;
             let epoch = slot.epoch.load(Ordering::Relaxed);
             let quiet = slot.waiting.load(Ordering::Relaxed) == 0;
-            match seen.get(&slot.tid) {
+            match seen.get_mut(&key) {
                 Some(last) if last.epoch == epoch && quiet => {
+                    let Some(before) = last.cpu else {
+                        // First seen while waiting: the quiet time starts now.
+                        last.at = now;
+                        last.cpu = cpu_time(slot.clock);
+                        continue;
+                    };
                     if now.duration_since(last.at) < QUIET {
                         continue;
                     }
-                    let (Some(before), Some(cpu)) = (last.cpu, cpu_time(slot.clock)) else {
+                    let Some(cpu) = cpu_time(slot.clock) else {
                         continue;
                     };
                     if cpu.saturating_sub(before) >= QUIET_CPU {
@@ -353,7 +426,7 @@ fn watch_calls() {
                 }
                 _ => {
                     seen.insert(
-                        slot.tid,
+                        key,
                         Seen {
                             epoch,
                             at: now,
@@ -366,10 +439,27 @@ fn watch_calls() {
     }
 }
 
+/// Starts the pool threads that lowered threads asked for (already counted).
+fn start_asked() {
+    let asked = watch().spawns.swap(0, Ordering::AcqRel);
+    if asked == 0 {
+        return;
+    }
+    let pool = pool();
+    let mut state = pool.state.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..asked {
+        spawn_thread(pool, &mut state);
+    }
+}
+
+/// Lowers a burning call's thread, unless its call ended meanwhile.
 fn lower(slot: &Slot) {
+    let _gate = slot.gate.lock().unwrap_or_else(|p| p.into_inner());
+    if !slot.busy.load(Ordering::Acquire) {
+        return;
+    }
     // SAFETY: setpriority on a thread of this process that is still registered.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, slot.tid as libc::id_t, LOW_NICE) } == 0 {
-        // After the change: the thread restores its priority when it sees this.
         slot.lowered.store(true, Ordering::Release);
         metrics::counter!(crate::metrics::OPS_LOWERED).increment(1);
     } else {

@@ -89,18 +89,6 @@ impl Drop for InlineSlot {
     }
 }
 
-/// Op pool threads at most (`max_op_threads`); read when the pool starts.
-static MAX_OP_THREADS: AtomicUsize = AtomicUsize::new(512);
-
-/// Sets the op pool's thread bound (`max_op_threads`), before the first op call.
-pub(crate) fn set_max_op_threads(threads: usize) {
-    MAX_OP_THREADS.store(threads.max(1), Ordering::Relaxed);
-}
-
-pub(super) fn max_op_threads() -> usize {
-    MAX_OP_THREADS.load(Ordering::Relaxed)
-}
-
 /// Runs `call` on the op pool (`exec/pool.rs`) inside the main runtime's context (`main`):
 /// what the op asks of the host spawns onto and blocks on the runtime that serves.
 fn on_pool<R: Send + 'static>(

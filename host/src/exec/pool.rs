@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 /// A call this long without a chunk or a host wait, using at least [`QUIET_CPU`] of CPU in
 /// that time, is lowered to [`LOW_NICE`].
-pub(crate) const QUIET: Duration = Duration::from_millis(10);
+const QUIET: Duration = Duration::from_millis(10);
 /// CPU time within [`QUIET`] that makes a quiet call a burning one (one in five: a call that
 /// waits for its CPU share behind others burns all the same).
 const QUIET_CPU: Duration = Duration::from_millis(2);
@@ -32,7 +32,7 @@ const LINGER: Duration = Duration::from_secs(1);
 /// How long an idle pool thread waits for a call before it ends.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// The nice value of a burning call's thread.
-pub(crate) const LOW_NICE: libc::c_int = 19;
+const LOW_NICE: libc::c_int = 19;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -138,12 +138,20 @@ pub(super) fn waiting<R>(wait: impl FnOnce() -> R) -> R {
     wait()
 }
 
+/// Op pool threads at most (`max_op_threads`); read when the pool starts.
+static MAX_OP_THREADS: AtomicUsize = AtomicUsize::new(512);
+
+/// Sets the op pool's thread bound (`max_op_threads`), before the first op call.
+pub(crate) fn set_max_op_threads(threads: usize) {
+    MAX_OP_THREADS.store(threads.max(1), Ordering::Relaxed);
+}
+
 fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| Pool {
         state: Mutex::new(State::default()),
         work: Condvar::new(),
-        max: super::place::max_op_threads(),
+        max: MAX_OP_THREADS.load(Ordering::Relaxed),
     })
 }
 

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
+        .with_writer(flowhost::LogWriter)
         .with_target(false);
     // rmcp warns of every request it answered with an error ("response error", fields `id`
     // and `error`) as a Rust `Debug` dump of that error; the client has the error, and a log

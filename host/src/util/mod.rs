@@ -1,6 +1,7 @@
 //! Small helpers every part may use: a stable hash, "did you mean" hints, taking stdout for a
-//! protocol.
+//! protocol, log lines to stderr in batches.
 
+pub(crate) mod logs;
 pub(crate) mod stdio;
 pub(crate) mod suggest;
 

@@ -1536,3 +1536,110 @@ async fn the_openai_route_checks_its_body_like_post_does() {
         .unwrap();
     assert_eq!(response.status(), 400);
 }
+
+/// Log lines reach stderr a millisecond's worth at a time while the host serves
+/// (`util/logs.rs`): the banner still comes after the lines of loading, every request's line
+/// is there, whole, and the lines of the last requests before a SIGTERM are written before
+/// the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_log_lines_keep_order_and_are_all_written_by_exit() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let mut server = Server::start(flows.path(), &[]);
+    let log = server.log();
+    let broken = log
+        .find("unknown op `NoSuchOp`")
+        .expect("the broken flow's warning");
+    let banner = log.find("listening on http://").expect("the banner");
+    assert!(broken < banner, "{log}");
+    let client = client();
+    const REQUESTS: usize = 300;
+    let calls = futures_util::stream::iter(0..REQUESTS)
+        .map(|i| {
+            let client = client.clone();
+            let url = server.url("/echo");
+            async move {
+                let response = client
+                    .post(url)
+                    .json(&json!({"query": format!("q{i}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>();
+    calls.await;
+    // At once, while the last lines may still wait in the buffer.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exited = wait_for(Duration::from_secs(20), || {
+        server.child.try_wait().unwrap().is_some()
+    });
+    assert!(exited.is_some(), "{}", server.log());
+    // The reader thread has the pipe's rest once the process is gone.
+    let counted = wait_for(Duration::from_secs(5), || {
+        server.log().matches("finished processing request").count() == REQUESTS
+    });
+    let log = server.log();
+    assert!(
+        counted.is_some(),
+        "{} of {REQUESTS} request lines:\n{log}",
+        log.matches("finished processing request").count()
+    );
+    for line in log
+        .lines()
+        .filter(|l| l.contains("finished processing request"))
+    {
+        assert!(
+            line.starts_with("20") && line.ends_with("status=200"),
+            "a torn line: {line}"
+        );
+    }
+    let stopping = log.find("shutting down").expect("the shutdown line");
+    let last_request = log
+        .rfind("finished processing request")
+        .expect("a request line");
+    assert!(last_request < stopping, "{log}");
+}
+
+/// A host that cannot start serving writes the log lines of its loading before the error
+/// that ends it: what is still waiting is written when serving ends, before the error.
+#[test]
+fn the_lines_before_a_failed_start_come_before_its_error() {
+    let flows = folder(&[("f.yaml", FLOWS)]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = taken.local_addr().expect("its address").port().to_string();
+    for _ in 0..5 {
+        let (code, _, stderr) = flowhost(&[
+            "serve",
+            "--no-watch",
+            "--port",
+            &port,
+            "--flows",
+            flows.path().to_str().expect("utf-8"),
+        ]);
+        assert_eq!(code, 2, "{stderr}");
+        let warning = stderr.find("unknown op `NoSuchOp`").expect(&stderr);
+        let error = stderr.find("cannot listen on").expect(&stderr);
+        assert!(warning < error, "{stderr}");
+    }
+    // The same over stdio, stdin closed before `initialize`: the host ends soon after its
+    // last line, and that line still comes before the error.
+    for _ in 0..5 {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_flowhost"))
+            .args(["serve", "--transport", "stdio", "--no-watch", "--flows"])
+            .arg(flows.path())
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run flowhost");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let serving = stderr.find("serving MCP on stdio").expect(&stderr);
+        let error = stderr.find("MCP session failed to start").expect(&stderr);
+        assert!(serving < error, "{stderr}");
+    }
+}

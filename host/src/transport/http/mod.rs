@@ -467,13 +467,14 @@ pub(crate) async fn serve(
         local.ip().to_string()
     };
     let url = format!("http://{shown_host}:{}", local.port());
-    eprintln!(
+    // In its place after the log lines of loading (tests and scripts wait for it).
+    crate::util::logs::print(&format!(
         "flowhost {} listening on {url} — {} flows ({} live), {} ops; playground {url}/ , docs {url}/docs",
         env!("CARGO_PKG_VERSION"),
         snapshot.flows.len(),
         snapshot.live().count(),
         snapshot.op_count(),
-    );
+    ));
     drop(snapshot);
     self::lifecycle::warn_if_exposed(&options, local.ip(), auth.required());
     let state = AppState::new(catalog.clone(), options.clone(), run_options, durable, auth);

@@ -1,0 +1,206 @@
+//! Log lines to stderr a millisecond at a time. A line written straight to stderr is a
+//! `write` per line, and on a pipe (a container runtime, systemd, a supervisor, an MCP client
+//! reading stderr) a wake-up of the reader per line: at the default `info` level, one request
+//! log line per request, that cost a busy host more than a tenth of its requests per second
+//! (BENCHMARKS.md, issue 21). While the host serves (`start`, from `app/serve.rs`), a line is
+//! appended to a buffer, and a thread (`flowhost-logs`) writes what gathered one millisecond
+//! after the first line of a batch in one `write`. Other commands, and worker processes,
+//! write each line at once (their lines are few, and they print to stderr themselves too).
+//! What else the host prints to stderr while it serves goes through here as well ([`print`]),
+//! so it stays in order with the log lines.
+//!
+//! Why not tracing-appender's `non_blocking`: it sends each line through a channel (a buffer
+//! per line) to a worker that wakes for each line it is sent while idle, and it drops lines
+//! when its channel is full. Here the thread is woken once per batch, nothing is dropped:
+//! when the reader of stderr falls a megabyte behind, the writing thread writes itself, in
+//! order, and waits for the reader as an unbuffered stderr would. When serving ends (the
+//! guard `start` returns) what is left is written, and later lines go straight out.
+
+use std::io::Write;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+/// How long the thread lets lines gather before one write.
+const LINGER: Duration = Duration::from_millis(1);
+/// Lines waiting beyond this are written by the thread that adds one (stderr's reader is behind).
+const CAP: usize = 1 << 20;
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    /// Held while a batch is written, taken while `state` is held: batches reach stderr in
+    /// the order they were taken.
+    out: Mutex<()>,
+}
+
+#[derive(Default)]
+struct State {
+    lines: Vec<u8>,
+    /// The thread waits for a first line (the next one wakes it).
+    sleeping: bool,
+    /// No thread (not started, or `flush` at exit): lines are written at once.
+    direct: bool,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| Shared {
+        state: Mutex::new(State {
+            direct: true,
+            ..State::default()
+        }),
+        wake: Condvar::new(),
+        out: Mutex::new(()),
+    })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The log's writer (`tracing_subscriber`'s `with_writer`, in `main.rs`): every line goes
+/// through [`start`]'s thread while it runs, straight to stderr otherwise.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogWriter;
+
+/// Writes what is left when dropped, and ends the batching.
+#[must_use = "dropping the guard writes the lines left and ends the batching"]
+pub(crate) struct Guard(());
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        flush();
+    }
+}
+
+/// Starts the thread that writes batches; lines written before go straight to stderr, and so
+/// do they all if the thread cannot start. Once per process.
+pub(crate) fn start() -> Guard {
+    let shared = shared();
+    let started = std::thread::Builder::new()
+        .name("flowhost-logs".into())
+        .spawn(move || write_batches(shared));
+    if started.is_ok() {
+        lock(&shared.state).direct = false;
+    }
+    Guard(())
+}
+
+/// Text for stderr (a banner) in its place among the log lines; a newline is added.
+pub(crate) fn print(text: &str) {
+    let mut line = String::with_capacity(text.len() + 1);
+    line.push_str(text);
+    line.push('\n');
+    add(line.as_bytes());
+}
+
+/// Writes the lines waiting now, and every later one at once (serving ended).
+fn flush() {
+    let shared = shared();
+    let mut state = lock(&shared.state);
+    state.direct = true;
+    let lines = std::mem::take(&mut state.lines);
+    let out = lock(&shared.out);
+    drop(state);
+    write(&lines);
+    drop(out);
+}
+
+fn write(bytes: &[u8]) {
+    // Nowhere to report a failed write of the log to.
+    let _ = std::io::stderr().lock().write_all(bytes);
+}
+
+fn add(line: &[u8]) {
+    let shared = shared();
+    let mut state = lock(&shared.state);
+    if state.direct || state.lines.len() + line.len() > CAP {
+        let waiting = std::mem::take(&mut state.lines);
+        let out = lock(&shared.out);
+        drop(state);
+        write(&waiting);
+        write(line);
+        drop(out);
+        return;
+    }
+    let wake = state.sleeping && state.lines.is_empty();
+    state.lines.extend_from_slice(line);
+    drop(state);
+    if wake {
+        shared.wake.notify_one();
+    }
+}
+
+/// The thread: waits for a first line, lets the next ones gather for [`LINGER`], writes them
+/// all in one go.
+fn write_batches(shared: &Shared) {
+    let mut batch = Vec::new();
+    loop {
+        {
+            let mut state = lock(&shared.state);
+            while state.lines.is_empty() {
+                state.sleeping = true;
+                state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+                state.sleeping = false;
+            }
+        }
+        std::thread::sleep(LINGER);
+        let mut state = lock(&shared.state);
+        std::mem::swap(&mut state.lines, &mut batch);
+        let out = lock(&shared.out);
+        drop(state);
+        write(&batch);
+        drop(out);
+        batch.clear();
+        // A burst's buffer is not kept for good.
+        batch.shrink_to(64 * 1024);
+    }
+}
+
+/// One line (`tracing_subscriber` writes a whole formatted line in one `write_all`).
+pub struct LogLine;
+
+impl Write for LogLine {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        add(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogLine;
+
+    fn make_writer(&'a self) -> LogLine {
+        LogLine
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_keep_their_order_through_batches_and_the_cap() {
+        // Not through stderr (the test harness owns it): the ordering of `add`'s two paths is
+        // what matters, and both take `out` while holding `state`; checked here by the
+        // buffer's contents before the thread exists.
+        let shared = shared();
+        {
+            let mut state = lock(&shared.state);
+            state.direct = false;
+            state.lines.clear();
+        }
+        let mut line = LogLine;
+        line.write_all(b"one\n").expect("buffered");
+        line.write_all(b"two\n").expect("buffered");
+        assert_eq!(lock(&shared.state).lines, b"one\ntwo\n");
+        // Flushed: later lines go straight out, nothing waits.
+        flush();
+        line.write_all(b"three\n").expect("direct");
+        assert!(lock(&shared.state).lines.is_empty());
+    }
+}

@@ -173,20 +173,13 @@ pub(crate) fn router(state: AppState) -> Router {
         Some(cors) => router.layer(cors),
         None => router,
     };
-    let router = router.layer(
+    router.layer(
         TraceLayer::new_for_http()
             .make_span_with(traced::log_span)
             .on_request(())
             .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
             .on_failure(layers::log_failure),
-    );
-    // Each layer of a router costs every request a clone of the layers under it: the server
-    // span's only when there are traces to make (set once, before the router is built).
-    if crate::telemetry::enabled() {
-        router.layer(middleware::from_fn(traced::server_span))
-    } else {
-        router
-    }
+    )
 }
 
 /// `GET /{flow}`: flows are POSTed. A browser lands on the playground with the flow selected;
@@ -487,15 +480,17 @@ pub(crate) async fn serve(
     let listening = self::lifecycle::Listening::of(&listener);
     let listener = conn::Listener::new(listener, options.connection_limits());
     let runs = state.runs.clone();
-    // The busy mark goes around the router, not on each route: a layer on the router's
-    // routes clones the layers under it on every request, one around it clones the router
-    // (a reference count).
+    // The busy mark and the server span go around the router, not on each route: a layer on
+    // the router's routes clones the layers under it on every request, one around it clones
+    // the router (a reference count). The span's layer only when there are traces to make.
+    let spans = tower::util::option_layer(
+        crate::telemetry::enabled()
+            .then(|| middleware::from_fn_with_state(ROUTES, traced::server_span)),
+    );
+    let app = tower::Layer::layer(&spans, router(state));
     let app = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
         conn::Peer,
-    >(tower::Layer::layer(
-        &middleware::from_fn(conn::track),
-        router(state),
-    ));
+    >(tower::Layer::layer(&middleware::from_fn(conn::track), app));
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             self::lifecycle::shutdown_signal().await;
@@ -534,6 +529,28 @@ fn count_reloads(catalog: &Catalog) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_path_finds_the_route_the_router_serves_it_by() {
+        use super::traced::route_of;
+        use super::ROUTES;
+        assert_eq!(route_of(ROUTES, "/echo_flow"), Some("/{flow}"));
+        assert_eq!(route_of(ROUTES, "/mcp"), Some("/mcp"));
+        assert_eq!(route_of(ROUTES, "/health"), Some("/health"));
+        assert_eq!(
+            route_of(ROUTES, "/runs/abc/events"),
+            Some("/runs/{id}/events")
+        );
+        assert_eq!(route_of(ROUTES, "/runs/abc"), Some("/runs/{id}"));
+        assert_eq!(route_of(ROUTES, "/v1/models/m"), Some("/v1/models/{id}"));
+        assert_eq!(
+            route_of(ROUTES, "/v1/chat/completions"),
+            Some("/v1/chat/completions")
+        );
+        assert_eq!(route_of(ROUTES, "/"), Some("/"));
+        assert_eq!(route_of(ROUTES, "/a/b/c"), None);
+        assert_eq!(route_of(ROUTES, "/runs//events"), None);
+    }
+
     /// A flow named like a route's first segment is refused by the flow language: the list
     /// it refuses is exactly the routes'.
     #[test]

@@ -7,16 +7,54 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::telemetry::{Attr, Cx, Kind, Role, Span};
 
+/// The router's routes (`ROUTES`: method, template).
+pub(super) type Routes = &'static [(&'static str, &'static str)];
+
+/// The route template of `routes` a path is served by (`/{flow}` for `/echo_flow`), as the
+/// router matches: a template without parameters first, then one with them, segment by
+/// segment; `None` for a path no route serves (the 404 fallback) and the docs page's assets.
+pub(super) fn route_of(routes: Routes, path: &str) -> Option<&'static str> {
+    let routes = routes.iter().map(|(_, template)| *template);
+    if let Some(exact) = routes.clone().find(|template| *template == path) {
+        return Some(exact);
+    }
+    routes
+        .filter(|template| template.contains('{'))
+        .find(|template| {
+            let mut segments = path.split('/');
+            let mut parts = template.split('/');
+            loop {
+                match (parts.next(), segments.next()) {
+                    (None, None) => return true,
+                    (Some(part), Some(segment)) if part.starts_with('{') => {
+                        if segment.is_empty() {
+                            return false;
+                        }
+                    }
+                    (Some(part), Some(segment)) if part == segment => {}
+                    _ => return false,
+                }
+            }
+        })
+}
+
 /// The request's server span: `{method} {route}`, with the route template, status code and
-/// protocol; a 5xx answer marks it failed.
-pub(crate) async fn server_span(mut request: Request, next: Next) -> Response {
+/// protocol; a 5xx answer marks it failed. It wraps the router (`serve`), not each route: a
+/// layer on the routes costs every request a clone of the layers under it, and that was most
+/// of what an unsampled request paid for tracing. The route is found in `routes` (the
+/// router's table), only for a sampled span.
+pub(crate) async fn server_span(
+    State(routes): State<Routes>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     // Probes and scrapes are not requests worth a trace (and would be most of them).
     if !crate::telemetry::enabled()
         || matches!(request.uri().path(), "/health" | "/ready" | "/metrics")
@@ -28,8 +66,8 @@ pub(crate) async fn server_span(mut request: Request, next: Next) -> Response {
         Kind::Server,
         || {
             let method = request.method().as_str();
-            match request.extensions().get::<MatchedPath>() {
-                Some(route) => format!("{method} {}", route.as_str()),
+            match route_of(routes, request.uri().path()) {
+                Some(route) => format!("{method} {route}"),
                 None => method.to_string(),
             }
         },
@@ -47,8 +85,8 @@ pub(crate) async fn server_span(mut request: Request, next: Next) -> Response {
                     },
                 ),
             ];
-            if let Some(route) = request.extensions().get::<MatchedPath>() {
-                attributes.push(Attr::new("http.route", route.as_str().to_string()));
+            if let Some(route) = route_of(routes, request.uri().path()) {
+                attributes.push(Attr::new("http.route", route));
             }
             if let Some(agent) = request
                 .headers()

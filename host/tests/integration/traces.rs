@@ -639,3 +639,73 @@ async fn a_hanging_receiver_slows_no_run_and_its_drops_are_counted() {
         .await;
     assert!(dropped >= 200.0, "dropped {dropped}");
 }
+
+/// A caller's trace it chose not to sample (`traceparent` flags `00`): under the default
+/// parent-based sampler nothing is recorded, yet the LLM upstream still gets that trace,
+/// unsampled (the spans under an unsampled one are not made at all); `always_on` records the
+/// whole tree under the same header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsampled_caller_trace_is_passed_on_and_always_on_still_records_it() {
+    let receiver = Receiver::start().await;
+    let upstream = Scripted::start(two_tools_then_answer()).await;
+    let flows = folder(&[("flows.yaml", FLOWS)]);
+    let unsampled = format!("00-{TRACE}-{PARENT}-00");
+    let server = host(
+        flows.path(),
+        &receiver,
+        &[
+            ("FLOW_LLM_BASE_URL", &upstream.url),
+            ("FLOW_LLM_API_KEY", "k"),
+            ("FLOW_LLM_MODEL", "gpt-4o-mini"),
+        ],
+    );
+    let client = client();
+    let answer: Value = client
+        .post(server.url("/agent"))
+        .header("traceparent", &unsampled)
+        .json(&json!({"query": "use the tools"}))
+        .send()
+        .await
+        .expect("POST")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        answer["answer"], "Echo said ping; count said xxx.",
+        "{answer}"
+    );
+    let sent = upstream.traceparents.lock().expect("headers").clone();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    for traceparent in sent {
+        let traceparent = traceparent.expect("a traceparent");
+        assert!(
+            traceparent.starts_with(&format!("00-{TRACE}-")) && traceparent.ends_with("-00"),
+            "{traceparent}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(receiver.spans.lock().expect("spans").is_empty());
+    drop(server);
+
+    let server = host(
+        flows.path(),
+        &receiver,
+        &[("OTEL_TRACES_SAMPLER", "always_on")],
+    );
+    let status = client
+        .post(server.url("/echo_json"))
+        .header("traceparent", &unsampled)
+        .json(&json!({"query": "x"}))
+        .send()
+        .await
+        .expect("POST")
+        .status();
+    assert_eq!(status, 200);
+    let spans = receiver.wait_for("POST /{flow}").await;
+    let post = one(&spans, "POST /{flow}");
+    let run = one(&spans, "run echo_json");
+    let op = one(&spans, "op EchoOp");
+    assert_eq!((post.trace.as_str(), post.parent.as_str()), (TRACE, PARENT));
+    assert_eq!(run.parent, post.id);
+    assert_eq!(op.parent, run.id);
+}

@@ -62,42 +62,48 @@ pub(crate) async fn server_span(
         return next.run(request).await;
     }
     let parent = Cx::from_headers(request.headers());
-    let span = parent.start_with(
-        Kind::Server,
-        || {
-            let method = request.method().as_str();
-            match route_of(routes, request.uri().path()) {
-                Some(route) => format!("{method} {route}"),
-                None => method.to_string(),
-            }
-        },
-        || {
-            let mut attributes = vec![
-                Attr::new("http.request.method", request.method().as_str().to_string()),
-                Attr::new("url.path", request.uri().path().to_string()),
-                Attr::new("url.scheme", "http"),
-                Attr::new(
-                    "network.protocol.version",
-                    match request.version() {
-                        axum::http::Version::HTTP_2 => "2",
-                        axum::http::Version::HTTP_10 => "1.0",
-                        _ => "1.1",
-                    },
-                ),
-            ];
-            if let Some(route) = route_of(routes, request.uri().path()) {
-                attributes.push(Attr::new("http.route", route));
-            }
-            if let Some(agent) = request
-                .headers()
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-            {
-                attributes.push(Attr::new("user_agent.original", agent.to_string()));
-            }
-            attributes
-        },
-    );
+    // Looked up once, by whichever of the span's name and attributes asks first (both only
+    // for a sampled span).
+    let span = {
+        let route = std::cell::OnceCell::new();
+        let route = || *route.get_or_init(|| route_of(routes, request.uri().path()));
+        parent.start_with(
+            Kind::Server,
+            || {
+                let method = request.method().as_str();
+                match route() {
+                    Some(route) => format!("{method} {route}"),
+                    None => method.to_string(),
+                }
+            },
+            || {
+                let mut attributes = vec![
+                    Attr::new("http.request.method", request.method().as_str().to_string()),
+                    Attr::new("url.path", request.uri().path().to_string()),
+                    Attr::new("url.scheme", "http"),
+                    Attr::new(
+                        "network.protocol.version",
+                        match request.version() {
+                            axum::http::Version::HTTP_2 => "2",
+                            axum::http::Version::HTTP_10 => "1.0",
+                            _ => "1.1",
+                        },
+                    ),
+                ];
+                if let Some(route) = route() {
+                    attributes.push(Attr::new("http.route", route));
+                }
+                if let Some(agent) = request
+                    .headers()
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    attributes.push(Attr::new("user_agent.original", agent.to_string()));
+                }
+                attributes
+            },
+        )
+    };
     span.role(Role::Chain);
     request.extensions_mut().insert(span.cx());
     let response = next.run(request).await;
@@ -118,7 +124,10 @@ pub(crate) async fn server_span(
 /// when tracing is on: `--log-format json` lines then carry `span.trace_id` and
 /// `span.span_id`.
 pub(crate) fn log_span(request: &Request) -> tracing::Span {
-    let ids = request.extensions().get::<Cx>().and_then(Cx::ids);
+    // The ids are hex strings: made only for a span that is logged (not at `--log warn`).
+    let ids = tracing::enabled!(tracing::Level::INFO)
+        .then(|| request.extensions().get::<Cx>().and_then(Cx::ids))
+        .flatten();
     match ids {
         Some((trace_id, span_id)) => tracing::info_span!(
             "request",

@@ -168,9 +168,11 @@ pub(super) fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
         None
     };
     let config = &config;
-    // While serving, log lines reach stderr a millisecond's worth at a time (`util/logs.rs`);
-    // what is left is written when this drops, before an error is printed.
-    let _logs = crate::util::logs::start();
+    // While serving HTTP, log lines reach stderr a millisecond's worth at a time
+    // (`util/logs.rs`); what is left is written when this drops, before an error is printed.
+    // Not over stdio: an MCP client may end the host with a signal, which nothing catches
+    // there, and its log is a line per call at most.
+    let _logs = (config.backend == config::Backend::Http).then(crate::util::logs::start);
     // Before the runtime: its threads' first spans find the tracer. Kept to the end: its drop
     // sends the spans still queued.
     crate::llm::tls_init();

@@ -165,16 +165,16 @@ impl Cx {
         let (Some(parent), Some(tracer)) = (&self.0, TRACER.get()) else {
             return Span(None);
         };
-        // Under a span of this process that records nothing, nothing is recorded either, with
-        // every sampler `telemetry.sampler` offers (the trace id decides `traceidratio`, the
-        // parent the `parentbased_*` ones; `always_on` never made such a span): the context
-        // goes on as it is, unsampled (an upstream gets the parent's ids), and no span object
-        // is made. Most spans of a `traceidratio 0.01` host are these. Ending it ends nothing
-        // (a span that records nothing has nothing to end).
+        // Under an unsampled span of this process nothing is sampled either, with every
+        // sampler `telemetry.sampler` offers (the trace id decides `traceidratio`, the parent
+        // the `parentbased_*` ones; `always_on` never made such a span): the context goes on
+        // as it is, unsampled (an upstream gets the parent's ids), and no span object is made.
+        // Most spans of a `traceidratio 0.01` host are these. Ending it ends nothing: none of
+        // these samplers records a span it does not sample. (Sampled, not recording: a
+        // sampled parent that already ended still gets its children.)
         {
-            let current = parent.span();
-            let context = current.span_context();
-            if context.is_valid() && !context.is_remote() && !current.is_recording() {
+            let context = parent.span().span_context().clone();
+            if context.is_valid() && !context.is_remote() && !context.is_sampled() {
                 return Span(Some(parent.clone()));
             }
         }

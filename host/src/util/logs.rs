@@ -2,10 +2,11 @@
 //! `write` per line, and on a pipe (a container runtime, systemd, a supervisor, an MCP client
 //! reading stderr) a wake-up of the reader per line: at the default `info` level, one request
 //! log line per request, that cost a busy host more than a tenth of its requests per second
-//! (BENCHMARKS.md, issue 21). While the host serves (`start`, from `app/serve.rs`), a line is
-//! appended to a buffer, and a thread (`flowhost-logs`) writes what gathered one millisecond
-//! after the first line of a batch in one `write`. Other commands, and worker processes,
-//! write each line at once (their lines are few, and they print to stderr themselves too).
+//! (BENCHMARKS.md, issue 21). While the host serves HTTP (`start`, from `app/serve.rs`), a
+//! line is appended to a buffer, and a thread (`flowhost-logs`) writes what gathered one
+//! millisecond after the first line of a batch, in writes of whole lines that a pipe takes
+//! whole. Other commands, stdio serving and worker processes write each line at once (their
+//! lines are few; a stdio host's client may end it with a signal nothing catches).
 //! What else the host prints to stderr while it serves goes through here as well ([`print`]),
 //! so it stays in order with the log lines.
 //!
@@ -24,6 +25,9 @@ use std::time::Duration;
 const LINGER: Duration = Duration::from_millis(1);
 /// Lines waiting beyond this are written by the thread that adds one (stderr's reader is behind).
 const CAP: usize = 1 << 20;
+/// What a pipe takes in one piece (POSIX `PIPE_BUF` on Linux): a write of whole lines up to
+/// this size is never interleaved with another process's or thread's write to stderr.
+const PIPE_BUF: usize = 4096;
 
 struct Shared {
     state: Mutex<State>,
@@ -74,9 +78,15 @@ impl Drop for Guard {
 }
 
 /// Starts the thread that writes batches; lines written before go straight to stderr, and so
-/// do they all if the thread cannot start. Once per process.
+/// do they all if the thread cannot start. Once per process. A panic writes the lines waiting
+/// before its message.
 pub(crate) fn start() -> Guard {
     let shared = shared();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        write_waiting();
+        previous(info);
+    }));
     let started = std::thread::Builder::new()
         .name("flowhost-logs".into())
         .spawn(move || write_batches(shared));
@@ -94,6 +104,19 @@ pub(crate) fn print(text: &str) {
     add(line.as_bytes());
 }
 
+/// Writes the lines waiting now, unless the panicking thread holds the buffer.
+fn write_waiting() {
+    let shared = shared();
+    let Ok(mut state) = shared.state.try_lock() else {
+        return;
+    };
+    let lines = std::mem::take(&mut state.lines);
+    let out = lock(&shared.out);
+    drop(state);
+    write(&lines);
+    drop(out);
+}
+
 /// Writes the lines waiting now, and every later one at once (serving ended).
 fn flush() {
     let shared = shared();
@@ -106,9 +129,28 @@ fn flush() {
     drop(out);
 }
 
+/// Writes whole lines in pieces of at most [`PIPE_BUF`] that end at a line's end, so nothing
+/// else written to stderr (a plugin's print, cargo's output under `--dev`, a panic) lands
+/// inside a line; a single longer line goes alone.
 fn write(bytes: &[u8]) {
-    // Nowhere to report a failed write of the log to.
-    let _ = std::io::stderr().lock().write_all(bytes);
+    let mut stderr = std::io::stderr().lock();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let piece = if rest.len() <= PIPE_BUF {
+            rest.len()
+        } else {
+            match rest[..PIPE_BUF].iter().rposition(|&b| b == b'\n') {
+                Some(at) => at + 1,
+                None => rest
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(rest.len(), |at| at + 1),
+            }
+        };
+        // Nowhere to report a failed write of the log to.
+        let _ = stderr.write_all(&rest[..piece]);
+        rest = &rest[piece..];
+    }
 }
 
 fn add(line: &[u8]) {
@@ -184,10 +226,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lines_keep_their_order_through_batches_and_the_cap() {
-        // Not through stderr (the test harness owns it): the ordering of `add`'s two paths is
-        // what matters, and both take `out` while holding `state`; checked here by the
-        // buffer's contents before the thread exists.
+    fn lines_wait_in_order_until_flushed_then_go_straight_out() {
+        // The buffer's contents, without the thread (the integration tests drive the real
+        // thread through a host's stderr: `http::batched_log_lines_*`).
         let shared = shared();
         {
             let mut state = lock(&shared.state);

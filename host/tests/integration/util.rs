@@ -214,6 +214,12 @@ impl Server {
                     .lines()
                     .map_while(Result::ok)
                 {
+                    // Into the log first: a test reads it as soon as it has the URL.
+                    {
+                        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                        log.push_str(&line);
+                        log.push('\n');
+                    }
                     if let Some(at) = line.find("listening on http://") {
                         let url = line[at + "listening on ".len()..]
                             .split_whitespace()
@@ -222,9 +228,6 @@ impl Server {
                             .to_string();
                         let _ = tx.send(url);
                     }
-                    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-                    log.push_str(&line);
-                    log.push('\n');
                 }
             });
         }

@@ -547,6 +547,9 @@ mod tests {
             Some("/v1/chat/completions")
         );
         assert_eq!(route_of(ROUTES, "/"), Some("/"));
+        assert_eq!(route_of(ROUTES, "/docs"), Some("/docs/"));
+        assert_eq!(route_of(ROUTES, "/docs/swagger-ui.css"), Some("/docs/"));
+        assert_eq!(route_of(ROUTES, "/mcp/"), Some("/mcp"));
         assert_eq!(route_of(ROUTES, "/a/b/c"), None);
         assert_eq!(route_of(ROUTES, "/runs//events"), None);
     }

@@ -19,9 +19,20 @@ pub(super) type Routes = &'static [(&'static str, &'static str)];
 
 /// The route template of `routes` a path is served by (`/{flow}` for `/echo_flow`), as the
 /// router matches: a template without parameters first, then one with them, segment by
-/// segment; `None` for a path no route serves (the 404 fallback) and the docs page's assets.
+/// segment; `None` for a path no route serves (the 404 fallback). The docs page (`/docs`,
+/// `/docs/`, its assets under `/docs/`) and `/mcp/` (the nested service's) are served by
+/// routes the table names once.
 pub(super) fn route_of(routes: Routes, path: &str) -> Option<&'static str> {
     let routes = routes.iter().map(|(_, template)| *template);
+    let alias = match path {
+        "/docs" => Some("/docs/"),
+        "/mcp/" => Some("/mcp"),
+        _ if path.starts_with("/docs/") => Some("/docs/"),
+        _ => None,
+    };
+    if let Some(alias) = alias {
+        return routes.clone().find(|template| *template == alias);
+    }
     if let Some(exact) = routes.clone().find(|template| *template == path) {
         return Some(exact);
     }

@@ -107,14 +107,9 @@ pub(crate) fn print(text: &str) {
 /// Writes the lines waiting now, unless the panicking thread holds the buffer.
 fn write_waiting() {
     let shared = shared();
-    let Ok(mut state) = shared.state.try_lock() else {
-        return;
-    };
-    let lines = std::mem::take(&mut state.lines);
-    let out = lock(&shared.out);
-    drop(state);
-    write(&lines);
-    drop(out);
+    if let Ok(state) = shared.state.try_lock() {
+        write_out(shared, state, b"");
+    }
 }
 
 /// Writes the lines waiting now, and every later one at once (serving ended).
@@ -122,10 +117,17 @@ fn flush() {
     let shared = shared();
     let mut state = lock(&shared.state);
     state.direct = true;
-    let lines = std::mem::take(&mut state.lines);
+    write_out(shared, state, b"");
+}
+
+/// Writes the lines waiting in `state`, then `more`, in their place: `out` is taken before
+/// `state` is let go, so no batch taken later reaches stderr first.
+fn write_out(shared: &Shared, mut state: MutexGuard<'_, State>, more: &[u8]) {
+    let waiting = std::mem::take(&mut state.lines);
     let out = lock(&shared.out);
     drop(state);
-    write(&lines);
+    write(&waiting);
+    write(more);
     drop(out);
 }
 
@@ -157,12 +159,7 @@ fn add(line: &[u8]) {
     let shared = shared();
     let mut state = lock(&shared.state);
     if state.direct || state.lines.len() + line.len() > CAP {
-        let waiting = std::mem::take(&mut state.lines);
-        let out = lock(&shared.out);
-        drop(state);
-        write(&waiting);
-        write(line);
-        drop(out);
+        write_out(shared, state, line);
         return;
     }
     let wake = state.sleeping && state.lines.is_empty();

@@ -557,11 +557,7 @@ async fn sigterm_lets_streams_end_cleanly() {
         .unwrap();
     let mut stream = response.bytes_stream();
     stream.next().await.unwrap().unwrap();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    server.terminate();
     // Shutdown began: the host still runs (the stream has its 4 s) but takes no new
     // connection.
     let began = wait_for(Duration::from_secs(10), || {
@@ -646,11 +642,7 @@ async fn sigterm_drains_before_it_stops_accepting() {
         "{metrics}"
     );
     let term = Instant::now();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    server.terminate();
     let draining = wait_async(Duration::from_secs(10), || async {
         client
             .get(server.url("/ready"))
@@ -1569,11 +1561,7 @@ async fn batched_log_lines_are_whole_in_order_and_none_is_lost() {
         .buffer_unordered(16)
         .collect::<Vec<()>>();
     calls.await;
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    server.terminate();
     let exited = wait_for(Duration::from_secs(20), || {
         server.child.try_wait().unwrap().is_some()
     });

@@ -251,6 +251,15 @@ impl Server {
         format!("{}{path}", self.url)
     }
 
+    /// Sends SIGTERM, as a supervisor stopping the host does.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
     pub fn log(&self) -> String {
         self.stderr.lock().map(|l| l.clone()).unwrap_or_default()
     }

@@ -23,16 +23,13 @@ pub(super) type Routes = &'static [(&'static str, &'static str)];
 /// `/docs/`, its assets under `/docs/`) and `/mcp/` (the nested service's) are served by
 /// routes the table names once.
 pub(super) fn route_of(routes: Routes, path: &str) -> Option<&'static str> {
-    let routes = routes.iter().map(|(_, template)| *template);
-    let alias = match path {
-        "/docs" => Some("/docs/"),
-        "/mcp/" => Some("/mcp"),
-        _ if path.starts_with("/docs/") => Some("/docs/"),
-        _ => None,
-    };
-    if let Some(alias) = alias {
-        return routes.clone().find(|template| *template == alias);
+    match path {
+        "/docs" => return Some("/docs/"),
+        "/mcp/" => return Some("/mcp"),
+        _ if path.starts_with("/docs/") => return Some("/docs/"),
+        _ => {}
     }
+    let routes = routes.iter().map(|(_, template)| *template);
     if let Some(exact) = routes.clone().find(|template| *template == path) {
         return Some(exact);
     }

@@ -1,45 +1,50 @@
-//! The exporter's queue: ended spans go into a bounded buffer (`OTEL_BSP_MAX_QUEUE_SIZE`,
-//! 2,048) and one thread sends them in batches to the OTLP receiver. A full buffer drops the
-//! span at once and counts it (`flowhost_trace_spans_dropped_total{reason="queue_full"}`): a
-//! stopped or hanging receiver never slows a run. The SDK's own batch processor counts its
-//! drops too, but only says so in a log line at shutdown; /metrics needs the count live.
+//! The exporter's queue: a span that ends is written as OTLP protobuf by the thread that ends
+//! it into one bounded buffer (`OTEL_BSP_MAX_QUEUE_SIZE` spans, 2,048), and one thread sends
+//! the buffer in batches (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, 512) to the OTLP receiver. A full
+//! buffer drops the span at once and counts it
+//! (`flowhost_trace_spans_dropped_total{reason="queue_full"}`): a stopped or hanging receiver
+//! never slows a run.
+//!
+//! Nothing is allocated per span on the way out: the two span buffers take turns (the runs
+//! fill one while the thread sends the other) and the request body's buffer comes back from
+//! the HTTP client when it is done with it ([`Lent`]). A fresh body per batch was a large
+//! allocation freed on another thread, its pages given back to the system and faulted in again
+//! on every batch.
 
-use std::sync::mpsc::{self, SyncSender};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span, SpanData, SpanProcessor};
+use opentelemetry::trace::SpanContext;
+use opentelemetry::KeyValue;
 
+use super::record::Record;
 use super::settings::Resolved;
 
-/// What the processor and the exporter's thread share.
+/// What the runs and the exporter's thread share.
 #[derive(Debug)]
-struct Shared {
+pub(super) struct Queue {
     state: Mutex<State>,
-    /// Wakes the thread: a batch is full, a flush is asked, or the queue closed. A span
+    /// Wakes the thread: a batch is full, or the queue closed. A span
     /// that does not fill a batch wakes nobody (a wake per span was a context switch per
     /// span: a third of a traced request's time).
     wake: Condvar,
     capacity: usize,
     batch: usize,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    spans: Vec<SpanData>,
-    /// Who waits for the queue to be sent (`force_flush`).
-    waiters: Vec<SyncSender<()>>,
+    /// The spans written so far (`ScopeSpans.spans` fields, one after another).
+    spans: Vec<u8>,
+    count: usize,
+    /// Where each whole batch ends in `spans`.
+    cuts: Vec<usize>,
     closed: bool,
 }
 
-/// The processor the provider calls as spans end.
-#[derive(Debug)]
-struct Queue {
-    shared: std::sync::Arc<Shared>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn dropped(reason: &'static str) -> &'static metrics::Counter {
@@ -53,6 +58,75 @@ fn dropped(reason: &'static str) -> &'static metrics::Counter {
     cell.get_or_init(|| metrics::counter!(crate::metrics::SPANS_DROPPED, "reason" => reason))
 }
 
+impl Queue {
+    /// Queues an ended span (written here, on the caller's thread), or drops and counts it
+    /// when the queue is full or closed.
+    pub(super) fn push(&self, context: &SpanContext, record: &Record, end: u64) {
+        let mut state = lock(&self.state);
+        if state.closed || state.count >= self.capacity {
+            drop(state);
+            dropped("queue_full").increment(1);
+            return;
+        }
+        super::otlp::span(&mut state.spans, context, record, end);
+        state.count += 1;
+        if state.count.is_multiple_of(self.batch) {
+            let at = state.spans.len();
+            state.cuts.push(at);
+            if state.count == self.batch {
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// Sends what is queued and stops the thread; waits for it at most `timeout`.
+    pub(super) fn shutdown(&self, timeout: Duration) -> Result<(), String> {
+        {
+            let mut state = lock(&self.state);
+            if state.closed {
+                return Ok(());
+            }
+            // The thread sends what is queued, then ends.
+            state.closed = true;
+        }
+        self.wake.notify_one();
+        let Some(thread) = lock(&self.thread).take() else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + timeout;
+        while !thread.is_finished() {
+            if Instant::now() >= deadline {
+                return Err(format!("not sent within {}s", timeout.as_secs_f64()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = thread.join();
+        Ok(())
+    }
+}
+
+/// A request body lent to the HTTP client: its buffer comes back to `home` when the client
+/// drops it.
+struct Lent {
+    body: Vec<u8>,
+    home: Arc<Mutex<Vec<u8>>>,
+}
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let mut home = lock(&self.home);
+        if home.capacity() < self.body.capacity() {
+            *home = std::mem::take(&mut self.body);
+        }
+    }
+}
+
 /// Sends export bodies to the receiver: reqwest on a runtime of the exporter's own thread.
 struct Sender {
     client: reqwest::Client,
@@ -61,19 +135,22 @@ struct Sender {
     headers: reqwest::header::HeaderMap,
     timeout: Duration,
     resource: Vec<KeyValue>,
-    body: Vec<u8>,
+    body: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Sender {
-    fn send(&mut self, spans: &[SpanData]) -> Result<(), String> {
-        super::otlp::encode(
+    fn send(&mut self, spans: &[u8]) -> Result<(), String> {
+        let mut body = std::mem::take(&mut *lock(&self.body));
+        super::otlp::envelope(
             &self.resource,
             ("flowhost", Some(env!("CARGO_PKG_VERSION"))),
             spans,
-            &mut self.body,
+            &mut body,
         );
-        let capacity = self.body.len();
-        let body = std::mem::replace(&mut self.body, Vec::with_capacity(capacity));
+        let body = bytes::Bytes::from_owner(Lent {
+            body,
+            home: self.body.clone(),
+        });
         let request = self
             .client
             .post(&self.endpoint)
@@ -104,8 +181,8 @@ impl Sender {
     }
 }
 
-/// Builds the sender and the provider, and starts the exporter's thread.
-pub(super) fn start(resolved: &Resolved) -> Result<(SdkTracerProvider, SdkTracer), String> {
+/// Builds the sender and starts the exporter's thread.
+pub(super) fn start(resolved: &Resolved) -> Result<Arc<Queue>, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -128,8 +205,9 @@ pub(super) fn start(resolved: &Resolved) -> Result<(SdkTracerProvider, SdkTracer
         .map_err(|err| format!("telemetry: cannot build the HTTP client: {err}"))?;
     let mut resource = resolved.resource.clone();
     resource.extend([
-        KeyValue::new("telemetry.sdk.name", "opentelemetry"),
+        KeyValue::new("telemetry.sdk.name", "flowhost"),
         KeyValue::new("telemetry.sdk.language", "rust"),
+        KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
     ]);
     let sender = Sender {
         client,
@@ -138,97 +216,33 @@ pub(super) fn start(resolved: &Resolved) -> Result<(SdkTracerProvider, SdkTracer
         headers,
         timeout: resolved.timeout,
         resource,
-        body: Vec::new(),
+        body: Arc::default(),
     };
-    let shared = std::sync::Arc::new(Shared {
+    let queue = Arc::new(Queue {
         state: Mutex::new(State::default()),
         wake: Condvar::new(),
         capacity: resolved.queue,
         batch: resolved.batch,
+        thread: Mutex::new(None),
     });
     let delay = resolved.delay;
     let thread = {
-        let shared = shared.clone();
+        let queue = queue.clone();
         std::thread::Builder::new()
             .name("otlp-export".into())
-            .spawn(move || send_batches(sender, &shared, delay))
+            .spawn(move || send_batches(sender, &queue, delay))
             .map_err(|err| format!("telemetry: cannot start the exporter's thread: {err}"))?
     };
-    let queue = Queue {
-        shared,
-        thread: Mutex::new(Some(thread)),
-    };
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(queue)
-        .with_sampler(resolved.sampler.clone())
-        .build();
-    let tracer = provider.tracer("flowhost");
-    Ok((provider, tracer))
+    *lock(&queue.thread) = Some(thread);
+    Ok(queue)
 }
 
-impl SpanProcessor for Queue {
-    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        let shared = &self.shared;
-        let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.closed || state.spans.len() >= shared.capacity {
-            drop(state);
-            dropped("queue_full").increment(1);
-            return;
-        }
-        state.spans.push(span);
-        if state.spans.len() == shared.batch {
-            shared.wake.notify_one();
-        }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        let (ack, done) = mpsc::sync_channel(1);
-        {
-            let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
-            if state.closed {
-                return Err(OTelSdkError::AlreadyShutdown);
-            }
-            state.waiters.push(ack);
-        }
-        self.shared.wake.notify_one();
-        done.recv_timeout(Duration::from_secs(30))
-            .map_err(|_| OTelSdkError::Timeout(Duration::from_secs(30)))
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        {
-            let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
-            if state.closed {
-                return Err(OTelSdkError::AlreadyShutdown);
-            }
-            // The thread sends what is queued, then ends.
-            state.closed = true;
-        }
-        self.shared.wake.notify_one();
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some(thread) = thread else {
-            return Ok(());
-        };
-        let deadline = Instant::now() + timeout;
-        while !thread.is_finished() {
-            if Instant::now() >= deadline {
-                return Err(OTelSdkError::Timeout(timeout));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = thread.join();
-        Ok(())
-    }
-}
-
-/// The exporter's thread: a batch goes when it is full, when `delay` has passed, on a flush,
-/// and at the end.
-fn send_batches(mut sender: Sender, shared: &Shared, delay: Duration) {
+/// The exporter's thread: a batch goes when it is full, when `delay` has passed, and at the
+/// end.
+fn send_batches(mut sender: Sender, queue: &Queue, delay: Duration) {
     let mut last_warning: Option<Instant> = None;
-    let mut send = |batch: &[SpanData]| {
-        let count = batch.len() as u64;
+    let mut send = |batch: &[u8], count: usize| {
+        let count = count as u64;
         match sender.send(batch) {
             Ok(()) => metrics::counter!(crate::metrics::SPANS_EXPORTED).increment(count),
             Err(err) => {
@@ -241,27 +255,35 @@ fn send_batches(mut sender: Sender, shared: &Shared, delay: Duration) {
             }
         }
     };
-    // Two buffers take turns: the processor fills one while this sends the other.
-    let mut spans: Vec<SpanData> = Vec::new();
+    // Two buffers take turns: the runs fill one while this sends the other.
+    let mut spans: Vec<u8> = Vec::new();
+    let mut cuts: Vec<usize> = Vec::new();
     loop {
-        let (waiters, closed) = {
-            let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-            if state.spans.len() < shared.batch && state.waiters.is_empty() && !state.closed {
-                state = shared
+        let (closed, count) = {
+            let mut state = lock(&queue.state);
+            if state.count < queue.batch && !state.closed {
+                state = queue
                     .wake
                     .wait_timeout(state, delay)
                     .map_or_else(|p| p.into_inner().0, |(state, _)| state);
             }
             std::mem::swap(&mut state.spans, &mut spans);
-            (std::mem::take(&mut state.waiters), state.closed)
+            std::mem::swap(&mut state.cuts, &mut cuts);
+            let count = std::mem::take(&mut state.count);
+            (state.closed, count)
         };
-        for batch in spans.chunks(shared.batch) {
-            send(batch);
+        let mut from = 0;
+        let mut left = count;
+        for &cut in &cuts {
+            send(&spans[from..cut], queue.batch);
+            from = cut;
+            left -= queue.batch;
+        }
+        if left > 0 {
+            send(&spans[from..], left);
         }
         spans.clear();
-        for waiter in waiters {
-            let _ = waiter.send(());
-        }
+        cuts.clear();
         if closed {
             return;
         }

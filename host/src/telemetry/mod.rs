@@ -1,42 +1,46 @@
 //! Traces: OpenTelemetry spans for requests (HTTP and MCP), runs, op calls, LLM calls and tool
 //! calls, exported over OTLP/HTTP (protobuf) when an endpoint is set; W3C trace context read
-//! from callers (`traceparent`, `tracestate`, `baggage`; MCP's `params._meta`), and the trace
-//! (not the baggage) passed on to upstreams. Nothing set: no tracer, and every [`Cx`] and [`Span`] here is empty, so a
+//! from callers (`traceparent`, `tracestate`; MCP's `params._meta`), and the trace passed on
+//! to upstreams. Nothing set: no exporter, and every [`Cx`] and [`Span`] here is empty, so a
 //! call site costs one branch.
 //!
 //! `settings.rs` is the `telemetry:` settings with the standard `OTEL_*` variables over them;
-//! `export.rs` the exporter's queue (bounded, never blocks a run, counts what it drops) and
-//! its sender; `otlp.rs` the OTLP protobuf body, written straight from the spans.
+//! `record.rs` the span recorder (ids, samplers, `traceparent`; why not the SDK's tracer:
+//! there); `export.rs` the exporter's queue (bounded, never blocks a run, counts what it
+//! drops) and its sender; `otlp.rs` the OTLP protobuf body, written straight from the spans.
+//! Types (`KeyValue`, `SpanKind`, `Status`, `SpanContext`) are the OpenTelemetry API's.
 
 mod export;
 mod otlp;
+mod record;
 mod settings;
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _};
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceFlags, TraceState};
+use opentelemetry::KeyValue;
 
+use record::Record;
 pub(crate) use settings::{Conventions, Settings};
 
 /// The process's tracer, once `init` made one.
-static TRACER: OnceLock<opentelemetry_sdk::trace::SdkTracer> = OnceLock::new();
+static TRACER: OnceLock<Tracer> = OnceLock::new();
 /// `telemetry.conventions` as a byte (read on every span with extra names).
 static CONVENTIONS: AtomicU8 = AtomicU8::new(0);
 
-/// What `init` started: flushes the spans still queued when dropped (at exit).
-pub(crate) struct Guard(opentelemetry_sdk::trace::SdkTracerProvider);
+struct Tracer {
+    sampler: record::Sampler,
+    queue: Arc<export::Queue>,
+}
+
+/// What `init` started: sends the spans still queued when dropped (at exit).
+pub(crate) struct Guard(Arc<export::Queue>);
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Err(err) = self
-            .0
-            .shutdown_with_timeout(std::time::Duration::from_secs(3))
-        {
+        if let Err(err) = self.0.shutdown(std::time::Duration::from_secs(3)) {
             tracing::warn!("telemetry: spans still queued at exit were not all sent: {err}");
         }
     }
@@ -55,7 +59,7 @@ pub(crate) fn init(
     if TRACER.get().is_some() {
         return Ok(None);
     }
-    let (provider, tracer) = export::start(&resolved)?;
+    let queue = export::start(&resolved)?;
     CONVENTIONS.store(resolved.conventions as u8, Ordering::Relaxed);
     tracing::info!(
         endpoint = %settings::shown(&resolved.endpoint),
@@ -63,8 +67,11 @@ pub(crate) fn init(
         service = %resolved.service,
         "telemetry: exporting traces over OTLP/HTTP"
     );
-    let _ = TRACER.set(tracer);
-    Ok(Some(Guard(provider)))
+    let _ = TRACER.set(Tracer {
+        sampler: resolved.sampler,
+        queue: queue.clone(),
+    });
+    Ok(Some(Guard(queue)))
 }
 
 /// What `flowhost config` shows: where traces would go with these settings and `env`'s
@@ -103,50 +110,39 @@ fn conventions() -> Conventions {
     }
 }
 
-fn propagator() -> &'static impl TextMapPropagator {
-    static PROPAGATOR: OnceLock<opentelemetry::propagation::TextMapCompositePropagator> =
-        OnceLock::new();
-    PROPAGATOR.get_or_init(|| {
-        opentelemetry::propagation::TextMapCompositePropagator::new(vec![
-            Box::new(TraceContextPropagator::new()),
-            Box::new(BaggagePropagator::new()),
-        ])
-    })
-}
-
-/// Where new spans go: the context of the span they belong under (a request's, a run's, an
-/// op call's). Empty when tracing is off; `Default` is empty.
+/// Where new spans go: the span context they belong under (a request's, a run's, an op
+/// call's; an invalid one starts a new trace). Empty when tracing is off; `Default` is empty.
 #[derive(Clone, Default, Debug)]
-pub(crate) struct Cx(Option<Context>);
+pub(crate) struct Cx(Option<SpanContext>);
 
 impl Cx {
     /// A context with no parent (a new trace), or empty when tracing is off.
     pub(crate) fn root() -> Cx {
-        Cx(enabled().then(Context::new))
+        Cx(enabled().then(SpanContext::empty_context))
     }
 
-    /// The caller's trace context from HTTP headers (`traceparent`, `tracestate`, `baggage`),
-    /// or a new trace; empty when tracing is off.
+    /// The caller's trace context from HTTP headers (`traceparent`, `tracestate`), or a new
+    /// trace; empty when tracing is off. A caller's `baggage` is not read: nothing here uses
+    /// it, and it is never passed on (what a caller put there is not for a third party, an
+    /// LLM provider, to read).
     pub(crate) fn from_headers(headers: &http::HeaderMap) -> Cx {
         if !enabled() {
             return Cx(None);
         }
-        // Most requests carry no context: a new trace without the propagators' work (`tracestate`
-        // alone means nothing without a `traceparent`).
-        if !headers.contains_key("traceparent") && !headers.contains_key("baggage") {
-            return Cx(Some(Context::new()));
-        }
-        Cx(Some(propagator().extract(&Headers(headers))))
+        let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+        let remote = text("traceparent")
+            .and_then(|parent| record::parse_traceparent(parent, text("tracestate")));
+        Cx(Some(remote.unwrap_or_else(SpanContext::empty_context)))
     }
 
     /// The caller's trace context from an MCP request's `params._meta` (`traceparent`,
-    /// `tracestate`, `baggage`); `None` when it carries none.
+    /// `tracestate`); `None` when it carries none.
     pub(crate) fn from_meta(meta: &serde_json::Map<String, serde_json::Value>) -> Option<Cx> {
-        if !enabled() || !meta.contains_key("traceparent") {
+        if !enabled() {
             return None;
         }
-        let cx = propagator().extract(&Meta(meta));
-        cx.span().span_context().is_valid().then_some(Cx(Some(cx)))
+        let text = |name: &str| meta.get(name).and_then(serde_json::Value::as_str);
+        record::parse_traceparent(text("traceparent")?, text("tracestate")).map(|cx| Cx(Some(cx)))
     }
 
     pub(crate) fn is_on(&self) -> bool {
@@ -168,36 +164,52 @@ impl Cx {
         // Under an unsampled span of this process nothing is sampled either, with every
         // sampler `telemetry.sampler` offers (the trace id decides `traceidratio`, the parent
         // the `parentbased_*` ones; `always_on` never made such a span): the context goes on
-        // as it is, unsampled (an upstream gets the parent's ids), and no span object is made.
-        // Most spans of a `traceidratio 0.01` host are these. Ending it ends nothing: none of
-        // these samplers records a span it does not sample. (Sampled, not recording: a
-        // sampled parent that already ended still gets its children.)
-        {
-            let context = parent.span().span_context().clone();
-            if context.is_valid() && !context.is_remote() && !context.is_sampled() {
-                return Span(Some(parent.clone()));
-            }
+        // as it is, unsampled (an upstream gets the parent's ids). Most spans of a
+        // `traceidratio 0.01` host are these.
+        if parent.is_valid() && !parent.is_remote() && !parent.is_sampled() {
+            return Span(Some(Live {
+                context: parent.clone(),
+                record: None,
+            }));
         }
-        let span = tracer
-            .span_builder("")
-            .with_kind(kind)
-            .start_with_context(tracer, parent);
-        let cx = parent.with_span(span);
-        {
-            let span = cx.span();
-            if span.is_recording() {
-                span.update_name(name().into());
-                span.set_attributes(attributes());
-            }
-        }
-        Span(Some(cx))
+        let trace = if parent.is_valid() {
+            parent.trace_id()
+        } else {
+            record::new_trace_id()
+        };
+        let sampled = tracer.sampler.samples(parent, trace);
+        let state = if parent.is_valid() {
+            parent.trace_state().clone()
+        } else {
+            TraceState::default()
+        };
+        let flags = if sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        let context = SpanContext::new(trace, record::new_span_id(), flags, false, state);
+        let record = sampled.then(|| {
+            Box::new(Mutex::new(Record {
+                name: name().into(),
+                kind,
+                parent: parent
+                    .is_valid()
+                    .then(|| (parent.span_id(), parent.is_remote())),
+                start: record::now(),
+                attributes: attributes(),
+                dropped_attributes: 0,
+                events: Vec::new(),
+                dropped_events: 0,
+                status: Status::Unset,
+            }))
+        });
+        Span(Some(Live { context, record }))
     }
 
     /// The trace and span ids for log lines, when there is a sampled span.
     pub(crate) fn ids(&self) -> Option<(String, String)> {
-        let cx = self.0.as_ref()?;
-        let span = cx.span();
-        let context = span.span_context();
+        let context = self.0.as_ref()?;
         // An unsampled trace is kept nowhere: its ids would lead nowhere.
         (context.is_valid() && context.is_sampled()).then(|| {
             (
@@ -207,33 +219,43 @@ impl Cx {
         })
     }
 
-    /// Writes this context into outgoing HTTP headers (`traceparent`, `tracestate`). Never
-    /// the caller's `baggage`: what a caller put there is not for a third party (an LLM
-    /// provider) to read.
+    /// Writes this context into outgoing HTTP headers (`traceparent`, and `tracestate` when
+    /// the caller sent one). Never the caller's `baggage`.
     pub(crate) fn inject(&self, headers: &mut http::HeaderMap) {
-        if let Some(cx) = &self.0 {
-            TraceContextPropagator::new().inject_context(cx, &mut HeadersMut(headers));
+        let Some(context) = self.0.as_ref().filter(|cx| cx.is_valid()) else {
+            return;
+        };
+        if let Ok(value) = http::HeaderValue::from_str(&record::traceparent(context)) {
+            headers.insert("traceparent", value);
+        }
+        let state = context.trace_state().header();
+        if let Ok(value) = http::HeaderValue::from_str(&state) {
+            if !state.is_empty() {
+                headers.insert("tracestate", value);
+            }
         }
     }
 
     /// This context's `traceparent` (W3C), when it has a sampled span (an unsampled one is
     /// kept nowhere).
     pub(crate) fn traceparent(&self) -> Option<String> {
-        let cx = self.0.as_ref()?;
-        let span = cx.span();
-        let context = span.span_context();
-        // W3C trace context, version 00, flags `sampled` only, as `TraceContextPropagator`
-        // writes it (written here directly: its injector goes through a map, and the audit
-        // trail asks for it on every request).
-        (context.is_valid() && context.is_sampled())
-            .then(|| format!("00-{}-{}-01", context.trace_id(), context.span_id()))
+        let context = self.0.as_ref()?;
+        (context.is_valid() && context.is_sampled()).then(|| record::traceparent(context))
     }
 }
 
 /// One span, ended when dropped (or by [`Span::end`]). Empty when tracing is off or its
-/// parent was empty: every method is then a no-op.
+/// parent was empty: every method is then a no-op; so is every method but [`Span::cx`] of a
+/// span that is not sampled.
 #[derive(Default, Debug)]
-pub(crate) struct Span(Option<Context>);
+pub(crate) struct Span(Option<Live>);
+
+#[derive(Debug)]
+struct Live {
+    context: SpanContext,
+    /// What it records, when it is sampled.
+    record: Option<Box<Mutex<Record>>>,
+}
 
 /// What a span is, for the names other tools read (`telemetry.conventions`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,57 +273,53 @@ pub(crate) enum Role {
 impl Span {
     /// The context for spans under this one.
     pub(crate) fn cx(&self) -> Cx {
-        Cx(self.0.clone())
+        Cx(self.0.as_ref().map(|live| live.context.clone()))
     }
 
     /// Whether it records (is sampled): attributes worth computing only then.
     pub(crate) fn is_recording(&self) -> bool {
-        self.0.as_ref().is_some_and(|cx| cx.span().is_recording())
+        self.0.as_ref().is_some_and(|live| live.record.is_some())
+    }
+
+    fn with(&self, change: impl FnOnce(&mut Record)) {
+        if let Some(record) = self.0.as_ref().and_then(|live| live.record.as_ref()) {
+            change(&mut record.lock().unwrap_or_else(|p| p.into_inner()));
+        }
     }
 
     pub(crate) fn set(&self, key: &'static str, value: impl Into<opentelemetry::Value>) {
-        if let Some(cx) = &self.0 {
-            cx.span().set_attribute(KeyValue::new(key, value));
-        }
+        self.with(|record| record.set(KeyValue::new(key, value)));
     }
 
     pub(crate) fn event(&self, name: &'static str, attributes: Vec<KeyValue>) {
-        if let Some(cx) = &self.0 {
-            cx.span().add_event(name, attributes);
-        }
+        self.with(|record| record.event(name.into(), attributes));
     }
 
     /// An attribute an op sent as JSON (`ctx.span`): strings, whole numbers, numbers and
     /// booleans as themselves, anything else as its JSON text.
     pub(crate) fn set_dynamic(&self, key: &str, value: &serde_json::Value) {
-        let Some(cx) = &self.0 else {
-            return;
-        };
-        let value: opentelemetry::Value = match value {
-            serde_json::Value::String(text) => text.clone().into(),
-            serde_json::Value::Bool(flag) => (*flag).into(),
-            serde_json::Value::Number(n) => match n.as_i64() {
-                Some(whole) => whole.into(),
-                None => n.as_f64().unwrap_or_default().into(),
-            },
-            other => other.to_string().into(),
-        };
-        cx.span()
-            .set_attribute(KeyValue::new(key.to_string(), value));
+        self.with(|record| {
+            let value: opentelemetry::Value = match value {
+                serde_json::Value::String(text) => text.clone().into(),
+                serde_json::Value::Bool(flag) => (*flag).into(),
+                serde_json::Value::Number(n) => match n.as_i64() {
+                    Some(whole) => whole.into(),
+                    None => n.as_f64().unwrap_or_default().into(),
+                },
+                other => other.to_string().into(),
+            };
+            record.set(KeyValue::new(key.to_string(), value));
+        });
     }
 
     /// An event with a name an op chose (`ctx.span`).
     pub(crate) fn event_named(&self, name: &str) {
-        if let Some(cx) = &self.0 {
-            cx.span().add_event(name.to_string(), Vec::new());
-        }
+        self.with(|record| record.event(name.to_string().into(), Vec::new()));
     }
 
     /// Marks the span failed with `message` (the error chunk's text).
     pub(crate) fn fail(&self, message: &str) {
-        if let Some(cx) = &self.0 {
-            cx.span().set_status(Status::error(message.to_string()));
-        }
+        self.with(|record| record.status = Status::error(message.to_string()));
     }
 
     /// The names other tools read for what this span is (`telemetry.conventions`).
@@ -403,10 +421,20 @@ impl Span {
         }
     }
 
-    /// Ends the span now (later calls and the drop do nothing).
+    /// Ends the span now (later calls and the drop do nothing): a sampled one goes to the
+    /// exporter's queue.
     pub(crate) fn end(&mut self) {
-        if let Some(cx) = self.0.take() {
-            cx.span().end();
+        let Some(Live {
+            context,
+            record: Some(record),
+        }) = self.0.take()
+        else {
+            return;
+        };
+        let end = record::now();
+        let record = record.into_inner().unwrap_or_else(|p| p.into_inner());
+        if let Some(tracer) = TRACER.get() {
+            tracer.queue.push(&context, &record, end);
         }
     }
 }
@@ -419,43 +447,6 @@ impl Drop for Span {
 
 pub(crate) use opentelemetry::trace::SpanKind as Kind;
 pub(crate) use opentelemetry::KeyValue as Attr;
-
-struct Headers<'a>(&'a http::HeaderMap);
-
-impl Extractor for Headers<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(http::HeaderName::as_str).collect()
-    }
-}
-
-struct HeadersMut<'a>(&'a mut http::HeaderMap);
-
-impl Injector for HeadersMut<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(key.as_bytes()),
-            http::HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, value);
-        }
-    }
-}
-
-struct Meta<'a>(&'a serde_json::Map<String, serde_json::Value>);
-
-impl Extractor for Meta<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(serde_json::Value::as_str)
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(String::as_str).collect()
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -489,7 +480,8 @@ mod tests {
             ),
         );
         headers.insert("baggage", http::HeaderValue::from_static("user=alice"));
-        let cx = Cx(Some(propagator().extract(&Headers(&headers))));
+        let parent = headers["traceparent"].to_str().expect("text");
+        let cx = Cx(record::parse_traceparent(parent, None));
         let (trace, span) = cx.ids().expect("valid");
         assert_eq!(trace, "0af7651916cd43dd8448eb211c80319c");
         assert_eq!(span, "b7ad6b7169203331");

@@ -1,5 +1,6 @@
-//! OTLP/HTTP's protobuf body (`ExportTraceServiceRequest`) written straight from the SDK's
-//! span data into one buffer.
+//! OTLP/HTTP's protobuf body (`ExportTraceServiceRequest`), written straight from the
+//! records: each span as it ends ([`span`], into the exporter's buffer), the envelope around a
+//! batch of them when it is sent ([`envelope`]).
 //!
 //! Why not opentelemetry-otlp's encoder: it converts every span into owned prost messages (a
 //! string per attribute key, a vector per id), groups them in a hash map by scope, then
@@ -12,20 +13,22 @@
 //! known only after the message, and a padded varint, valid protobuf that every decoder
 //! reads, lets it be filled in place instead of measured first.
 
-use opentelemetry::trace::{SpanKind, Status};
+use opentelemetry::trace::{SpanContext, SpanKind, Status};
 use opentelemetry::{Array, KeyValue, Value};
-use opentelemetry_sdk::trace::SpanData;
 use prost::encoding::{encode_key, encode_varint, WireType};
 
-/// The body of one export: `resource` (its attributes) and `scope` (name, version) are the
-/// same for every span of this process.
-pub(super) fn encode(
+use super::record::Record;
+
+/// The body of one export into `out`: `resource` (its attributes) and `scope` (name,
+/// version) are the same for every span of this process; `spans` is what [`span`] wrote.
+pub(super) fn envelope(
     resource: &[KeyValue],
     scope: (&str, Option<&str>),
-    spans: &[SpanData],
+    spans: &[u8],
     out: &mut Vec<u8>,
 ) {
     out.clear();
+    out.reserve(spans.len() + 256);
     // ExportTraceServiceRequest.resource_spans (1)
     let resource_spans = begin(out, 1);
     {
@@ -44,29 +47,25 @@ pub(super) fn encode(
             string(out, 2, version);
         }
         end(out, at);
-        for span in spans {
-            // ScopeSpans.spans (2)
-            let at = begin(out, 2);
-            write_span(out, span);
-            end(out, at);
-        }
+        // ScopeSpans.spans (2), each already a whole field
+        out.extend_from_slice(spans);
         end(out, scope_spans);
     }
     end(out, resource_spans);
 }
 
-/// One `Span` message's fields.
-fn write_span(out: &mut Vec<u8>, span: &SpanData) {
-    let context = &span.span_context;
+/// One ended span, as a `ScopeSpans.spans` field (2), appended to `out`.
+pub(super) fn span(out: &mut Vec<u8>, context: &SpanContext, record: &Record, end_time: u64) {
+    let at = begin(out, 2);
     bytes(out, 1, &context.trace_id().to_bytes());
     bytes(out, 2, &context.span_id().to_bytes());
-    let state = context.trace_state().header();
-    string(out, 3, &state);
-    if span.parent_span_id != opentelemetry::trace::SpanId::INVALID {
-        bytes(out, 4, &span.parent_span_id.to_bytes());
+    // Empty (no allocation) unless the caller sent a `tracestate`.
+    string(out, 3, &context.trace_state().header());
+    if let Some((parent, _)) = record.parent {
+        bytes(out, 4, &parent.to_bytes());
     }
-    string(out, 5, &span.name);
-    let kind = match span.span_kind {
+    string(out, 5, &record.name);
+    let kind = match record.kind {
         SpanKind::Internal => 1,
         SpanKind::Server => 2,
         SpanKind::Client => 3,
@@ -74,38 +73,25 @@ fn write_span(out: &mut Vec<u8>, span: &SpanData) {
         SpanKind::Consumer => 5,
     };
     varint(out, 6, kind);
-    fixed64(out, 7, nanos(span.start_time));
-    fixed64(out, 8, nanos(span.end_time));
-    for kv in &span.attributes {
+    fixed64(out, 7, record.start);
+    fixed64(out, 8, end_time.max(record.start));
+    for kv in &record.attributes {
         key_value(out, 9, kv);
     }
-    varint(out, 10, u64::from(span.dropped_attributes_count));
-    for event in &span.events.events {
+    varint(out, 10, u64::from(record.dropped_attributes));
+    for event in &record.events {
         // Span.events (11): Event.time_unix_nano (1), .name (2), .attributes (3)
         let at = begin(out, 11);
-        fixed64(out, 1, nanos(event.timestamp));
+        fixed64(out, 1, event.time);
         string(out, 2, &event.name);
         for kv in &event.attributes {
             key_value(out, 3, kv);
         }
-        varint(out, 4, u64::from(event.dropped_attributes_count));
         end(out, at);
     }
-    varint(out, 12, u64::from(span.events.dropped_count));
-    for link in &span.links.links {
-        // Span.links (13): Link.trace_id (1), .span_id (2), .trace_state (3), .attributes (4)
-        let at = begin(out, 13);
-        bytes(out, 1, &link.span_context.trace_id().to_bytes());
-        bytes(out, 2, &link.span_context.span_id().to_bytes());
-        string(out, 3, &link.span_context.trace_state().header());
-        for kv in &link.attributes {
-            key_value(out, 4, kv);
-        }
-        end(out, at);
-    }
-    varint(out, 14, u64::from(span.links.dropped_count));
+    varint(out, 12, u64::from(record.dropped_events));
     // Span.status (15): Status.message (2), .code (3: 1 ok, 2 error)
-    match &span.status {
+    match &record.status {
         Status::Unset => {}
         Status::Ok => {
             let at = begin(out, 15);
@@ -119,13 +105,15 @@ fn write_span(out: &mut Vec<u8>, span: &SpanData) {
             end(out, at);
         }
     }
-    // Span.flags (16, fixed32): the W3C trace flags, and whether the parent is remote.
+    // Span.flags (16, fixed32): the W3C trace flags, and whether the parent is remote (bit
+    // 8: known, bit 9: remote).
     let mut flags = u32::from(context.trace_flags().to_u8()) | 0x100;
-    if span.parent_span_is_remote {
+    if record.parent.is_some_and(|(_, remote)| remote) {
         flags |= 0x200;
     }
     encode_key(16, WireType::ThirtyTwoBit, out);
     out.extend_from_slice(&flags.to_le_bytes());
+    end(out, at);
 }
 
 /// A `KeyValue` message as field `tag`: key (1), value (2: AnyValue).
@@ -186,11 +174,6 @@ fn any_value(out: &mut Vec<u8>, value: &Value) {
     }
 }
 
-fn nanos(time: std::time::SystemTime) -> u64 {
-    time.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 /// Starts a nested message as field `tag`: its length is filled in by [`end`].
 fn begin(out: &mut Vec<u8>, tag: u32) -> usize {
     encode_key(tag, WireType::LengthDelimited, out);
@@ -237,28 +220,26 @@ fn fixed64(out: &mut Vec<u8>, tag: u32, value: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    use crate::telemetry::record::Event;
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
     use prost::Message;
 
     #[test]
     fn what_it_writes_decodes_with_the_official_definitions() {
-        let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(1_700_000_000_123);
-        let span = SpanData {
-            span_context: SpanContext::new(
-                TraceId::from(0x0af7651916cd43dd8448eb211c80319c),
-                SpanId::from(0xb7ad6b7169203331),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::default(),
-            ),
-            parent_span_id: SpanId::from(7),
-            parent_span_is_remote: true,
-            span_kind: SpanKind::Client,
+        let context = SpanContext::new(
+            TraceId::from(0x0af7651916cd43dd8448eb211c80319c),
+            SpanId::from(0xb7ad6b7169203331),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        let record = Record {
             name: "chat m".into(),
-            start_time: at,
-            end_time: at + std::time::Duration::from_millis(3),
+            kind: SpanKind::Client,
+            parent: Some((SpanId::from(7), true)),
+            start: 1_700_000_000_123,
             attributes: vec![
                 KeyValue::new("s", "text"),
                 KeyValue::new("i", -5),
@@ -267,17 +248,23 @@ mod tests {
                 KeyValue::new("a", Value::Array(Array::I64(vec![1, 2]))),
                 KeyValue::new("long", "x".repeat(300)),
             ],
-            dropped_attributes_count: 0,
-            events: opentelemetry_sdk::trace::SpanEvents::default(),
-            links: opentelemetry_sdk::trace::SpanLinks::default(),
+            dropped_attributes: 0,
+            events: vec![Event {
+                time: 1_700_000_000_200,
+                name: "first token".into(),
+                attributes: vec![KeyValue::new("n", 1)],
+            }],
+            dropped_events: 2,
             status: Status::error("disk on fire"),
-            instrumentation_scope: opentelemetry::InstrumentationScope::builder("flowhost").build(),
         };
+        let mut spans = Vec::new();
+        span(&mut spans, &context, &record, 1_700_003_000_123);
+        span(&mut spans, &context, &record, 1_700_003_000_123);
         let mut out = Vec::new();
-        encode(
+        envelope(
             &[KeyValue::new("service.name", "svc")],
             ("flowhost", Some("1.2.3")),
-            &[span.clone(), span],
+            &spans,
             &mut out,
         );
         let request = ExportTraceServiceRequest::decode(out.as_slice()).expect("decodes");
@@ -300,6 +287,9 @@ mod tests {
         assert_eq!(got.start_time_unix_nano, 1_700_000_000_123);
         assert_eq!(got.end_time_unix_nano, 1_700_003_000_123);
         assert_eq!(got.flags, 0x301);
+        assert_eq!(got.events[0].name, "first token");
+        assert_eq!(got.events[0].time_unix_nano, 1_700_000_000_200);
+        assert_eq!(got.dropped_events_count, 2);
         let status = got.status.as_ref().expect("status");
         assert_eq!((status.code, status.message.as_str()), (2, "disk on fire"));
         let values: Vec<Option<Any>> = got

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::trace::Sampler;
+
+use super::record::Sampler;
 
 /// The `telemetry:` section.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
@@ -158,10 +159,10 @@ impl Settings {
         let sampler = match sampler_name.as_str() {
             "always_on" => Sampler::AlwaysOn,
             "always_off" => Sampler::AlwaysOff,
-            "traceidratio" => Sampler::TraceIdRatioBased(ratio),
+            "traceidratio" => Sampler::Ratio(ratio),
             "parentbased_always_on" => parent(Sampler::AlwaysOn),
             "parentbased_always_off" => parent(Sampler::AlwaysOff),
-            "parentbased_traceidratio" => parent(Sampler::TraceIdRatioBased(ratio)),
+            "parentbased_traceidratio" => parent(Sampler::Ratio(ratio)),
             other => {
                 return Err(format!(
                     "telemetry: no sampler `{other}` (OTEL_TRACES_SAMPLER, telemetry.sampler); use one of {SAMPLERS}"

@@ -1,0 +1,250 @@
+//! The span recorder: ids, the sampler, W3C `traceparent`, and what a sampled span holds
+//! until it ends.
+//!
+//! Why not the OpenTelemetry SDK's tracer: under `always_on` a span of the SDK is a boxed
+//! builder, a sampler call through a trait object, an `Arc` per context, its data moved into
+//! a `SpanData` (instrumentation scope cloned) and sent to the exporter's thread, which
+//! encoded it and freed it there (a free across threads, pages purged and faulted again):
+//! tracing every request cost +50-60% of the host's CPU (BENCHMARKS.md), the budget is
+//! 10%. Here a span is ids and, when sampled, one boxed record; it is written as OTLP
+//! protobuf by the thread that ends it, into the exporter's buffer (`export.rs`).
+
+use std::borrow::Cow;
+use std::str::FromStr;
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::KeyValue;
+
+/// OpenTelemetry's default limits (`OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`,
+/// `OTEL_SPAN_EVENT_COUNT_LIMIT`): what goes over them is counted, not kept.
+const MAX_ATTRIBUTES: usize = 128;
+const MAX_EVENTS: usize = 128;
+
+/// Which new spans are recorded (`OTEL_TRACES_SAMPLER`), decided as the SDKs decide.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Sampler {
+    AlwaysOn,
+    AlwaysOff,
+    /// `traceidratio`: a fixed share of traces, by trace id (every span of a trace alike).
+    Ratio(f64),
+    /// `parentbased_*`: a span with a parent does as its parent did; a root as the inner one.
+    ParentBased(Box<Sampler>),
+}
+
+impl Sampler {
+    /// Whether a new span of trace `trace` under `parent` (invalid: a root) is sampled.
+    pub(super) fn samples(&self, parent: &SpanContext, trace: TraceId) -> bool {
+        match self {
+            Sampler::AlwaysOn => true,
+            Sampler::AlwaysOff => false,
+            Sampler::Ratio(ratio) => ratio_samples(*ratio, trace),
+            Sampler::ParentBased(root) => {
+                if parent.is_valid() {
+                    parent.is_sampled()
+                } else {
+                    root.samples(parent, trace)
+                }
+            }
+        }
+    }
+}
+
+/// As the OpenTelemetry SDKs decide `traceidratio` (Rust, Go, Java alike): the trace id's low
+/// 64 bits, shifted right by one, under `ratio` × 2⁶³.
+fn ratio_samples(ratio: f64, trace: TraceId) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
+    let low = u128::from_be_bytes(trace.to_bytes()) as u64;
+    (low >> 1) < bound
+}
+
+/// A random trace id (never the invalid zero). Ids need to be unique, not unguessable: the
+/// SDK's generator is a small non-cryptographic generator too.
+pub(super) fn new_trace_id() -> TraceId {
+    loop {
+        let id = fastrand::u128(..);
+        if id != 0 {
+            return TraceId::from(id);
+        }
+    }
+}
+
+pub(super) fn new_span_id() -> SpanId {
+    loop {
+        let id = fastrand::u64(..);
+        if id != 0 {
+            return SpanId::from(id);
+        }
+    }
+}
+
+/// Nanoseconds since the Unix epoch (OTLP's times).
+pub(super) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A W3C `traceparent` (and `tracestate`) as a remote span context, or `None` when it is not
+/// a valid one, read as the SDK's `TraceContextPropagator` reads it: version 00 has exactly
+/// four fields, a later version may have more; ids and flags lowercase hex, ids not zero;
+/// flags other than `sampled` dropped; a `tracestate` that does not parse is ignored.
+pub(super) fn parse_traceparent(value: &str, state: Option<&str>) -> Option<SpanContext> {
+    let parts: Vec<&str> = value.trim().split_terminator('-').collect();
+    if parts.len() < 4 {
+        return None;
+    }
+    let hex = |text: &str, len: usize| {
+        text.len() == len
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !hex(parts[0], 2) || !hex(parts[1], 32) || !hex(parts[2], 16) || !hex(parts[3], 2) {
+        return None;
+    }
+    let version = u8::from_str_radix(parts[0], 16).ok()?;
+    if version == 0xff || (version == 0 && parts.len() != 4) {
+        return None;
+    }
+    let trace = TraceId::from_hex(parts[1]).ok()?;
+    let span = SpanId::from_hex(parts[2]).ok()?;
+    let flags = TraceFlags::new(u8::from_str_radix(parts[3], 16).ok()?) & TraceFlags::SAMPLED;
+    let state = state
+        .and_then(|text| TraceState::from_str(text).ok())
+        .unwrap_or_default();
+    let context = SpanContext::new(trace, span, flags, true, state);
+    context.is_valid().then_some(context)
+}
+
+/// The `traceparent` of `context` (W3C, version 00; only the `sampled` flag).
+pub(super) fn traceparent(context: &SpanContext) -> String {
+    format!(
+        "00-{}-{}-{:02x}",
+        context.trace_id(),
+        context.span_id(),
+        context.trace_flags() & TraceFlags::SAMPLED
+    )
+}
+
+/// What a sampled span holds until it ends.
+#[derive(Debug)]
+pub(super) struct Record {
+    pub(super) name: Cow<'static, str>,
+    pub(super) kind: SpanKind,
+    /// The parent's id and whether it came from another process; `None` for a root.
+    pub(super) parent: Option<(SpanId, bool)>,
+    pub(super) start: u64,
+    pub(super) attributes: Vec<KeyValue>,
+    pub(super) dropped_attributes: u32,
+    pub(super) events: Vec<Event>,
+    pub(super) dropped_events: u32,
+    pub(super) status: Status,
+}
+
+#[derive(Debug)]
+pub(super) struct Event {
+    pub(super) time: u64,
+    pub(super) name: Cow<'static, str>,
+    pub(super) attributes: Vec<KeyValue>,
+}
+
+impl Record {
+    /// Sets an attribute: a key set before gets the new value (OTLP keys are unique).
+    pub(super) fn set(&mut self, attribute: KeyValue) {
+        if let Some(old) = self
+            .attributes
+            .iter_mut()
+            .find(|kv| kv.key == attribute.key)
+        {
+            *old = attribute;
+        } else if self.attributes.len() < MAX_ATTRIBUTES {
+            self.attributes.push(attribute);
+        } else {
+            self.dropped_attributes += 1;
+        }
+    }
+
+    pub(super) fn event(&mut self, name: Cow<'static, str>, attributes: Vec<KeyValue>) {
+        if self.events.len() < MAX_EVENTS {
+            self.events.push(Event {
+                time: now(),
+                name,
+                attributes,
+            });
+        } else {
+            self.dropped_events += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_is_read_as_the_w3c_spec_and_the_sdk_read_it() {
+        let good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let context = parse_traceparent(good, Some("vendor=x")).expect("valid");
+        assert!(context.is_remote() && context.is_sampled());
+        assert_eq!(context.trace_state().header(), "vendor=x");
+        assert_eq!(traceparent(&context), good);
+        // Unknown flags are dropped; a later version may carry more fields.
+        let later = parse_traceparent(
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03-more",
+            None,
+        )
+        .expect("a later version");
+        assert_eq!(traceparent(&later), good);
+        for bad in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "00-af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333g-01",
+        ] {
+            assert!(parse_traceparent(bad, None).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_samplers_decide_as_the_sdks_do() {
+        let root = SpanContext::empty_context();
+        // Low 64 bits shifted right: 0 samples at any ratio above 0, the top never below 1.
+        let low = TraceId::from(0x1234_u128 << 64);
+        let high = TraceId::from(u128::from(u64::MAX));
+        assert!(Sampler::Ratio(0.01).samples(&root, low));
+        assert!(!Sampler::Ratio(0.99).samples(&root, high));
+        assert!(Sampler::Ratio(1.0).samples(&root, high));
+        assert!(!Sampler::Ratio(0.0).samples(&root, low));
+        let sampled = parse_traceparent(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            None,
+        )
+        .expect("valid");
+        let unsampled = parse_traceparent(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+            None,
+        )
+        .expect("valid");
+        let parent_based = Sampler::ParentBased(Box::new(Sampler::AlwaysOff));
+        assert!(parent_based.samples(&sampled, high));
+        assert!(!parent_based.samples(&unsampled, high));
+        assert!(!parent_based.samples(&root, low));
+        assert!(Sampler::AlwaysOn.samples(&unsampled, high));
+        // About the ratio's share of random trace ids.
+        let hits = (0..20_000)
+            .filter(|_| Sampler::Ratio(0.25).samples(&root, new_trace_id()))
+            .count();
+        assert!((4_000..6_000).contains(&hits), "{hits}");
+    }
+}

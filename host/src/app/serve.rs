@@ -134,6 +134,22 @@ pub(super) fn run_options_with_flows(
     }
 }
 
+/// The allocator (mimalloc, `main.rs`) gives a freed page back to the system at once while
+/// the host loads: what loading freed is not kept (idle RSS). Once it serves, a freed page is
+/// kept 10 ms: under load a page one request emptied is filled again by the next, and giving
+/// it back each time (`madvise`, then a page fault and a zeroed page on reuse) was 15-20% of
+/// a non-stream request's CPU (BENCHMARKS.md, issue 21). `MIMALLOC_PURGE_DELAY` still wins.
+fn keep_freed_pages_while_serving() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    // mimalloc v3's `mi_option_purge_delay` (include/mimalloc.h); the crate names only some.
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: a plain setter of one of mimalloc's options, which it reads on every purge; with
+    // another global allocator (the tests' builds of this library) it changes nothing.
+    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 10) };
+}
+
 pub(super) fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
     // A flows folder that is not there at start is a mistake (a wrong --flows, the wrong
     // working folder), not an empty host. (One that goes away later keeps its last flows.)
@@ -196,6 +212,7 @@ pub(super) fn serve(config: &Config, dev: bool) -> Result<ExitCode, String> {
             None
         };
         let _dev = dev.map(crate::app::dev::start).transpose()?;
+        keep_freed_pages_while_serving();
         match config.backend {
             config::Backend::Http => {
                 // Opening may wait on another process's lock or a Redis server: off the runtime.

@@ -260,6 +260,7 @@ impl Verifier {
             grant: Arc::new(grant),
             rate: self.settings.rate,
             via: "jwt",
+            calls: super::Calls::default(),
         });
         self.remember(token, &caller, exp);
         Ok(caller)

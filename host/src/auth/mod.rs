@@ -67,7 +67,14 @@ pub(crate) struct Caller {
     /// How it was identified, for the audit: `key`, `api_key`, `jwt`, `none` (no auth
     /// configured) or `stdio`.
     pub(crate) via: &'static str,
+    /// Its `flowhost_calls_total` counters, by outcome, once used: a counter looked up by its
+    /// labels was a registry lookup and a string per call.
+    pub(crate) calls: Calls,
 }
+
+/// A caller's call counters, one per [`Outcome`].
+#[derive(Debug, Default)]
+pub(crate) struct Calls([std::sync::OnceLock<metrics::Counter>; 5]);
 
 /// Names a key may not take: the subjects and owner prefixes the host gives callers itself.
 pub(crate) const RESERVED_NAMES: &[&str] = &["default", "anonymous", "local", "nobody", "jwt"];
@@ -81,6 +88,7 @@ impl Caller {
             grant: Arc::new(Grant::all()),
             rate: None,
             via,
+            calls: Calls::default(),
         }
     }
 
@@ -177,6 +185,7 @@ impl Auth {
                 grant: Arc::new(grant),
                 rate: key.rate,
                 via: "key",
+                calls: Calls::default(),
             };
             if keys.insert(key.sha256, Arc::new(caller)).is_some() {
                 return Err(format!(
@@ -407,7 +416,9 @@ impl Call {
         if std::mem::replace(&mut self.ended, true) {
             return;
         }
-        metrics::counter!(m::CALLS, "subject" => self.caller.label.to_string(), "outcome" => outcome.as_str())
+        let label = &self.caller.label;
+        self.caller.calls.0[outcome as usize]
+            .get_or_init(|| metrics::counter!(m::CALLS, "subject" => label.to_string(), "outcome" => outcome.as_str()))
             .increment(1);
         let (Some(audit), Some(time)) = (&self.auth.audit, self.time.take()) else {
             return;

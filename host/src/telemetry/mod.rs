@@ -19,7 +19,9 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceFlags, TraceState};
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
 use opentelemetry::KeyValue;
 
 use record::Record;
@@ -207,16 +209,13 @@ impl Cx {
         Span(Some(Live { context, record }))
     }
 
-    /// The trace and span ids for log lines, when there is a sampled span.
-    pub(crate) fn ids(&self) -> Option<(String, String)> {
+    /// The trace and span ids for log lines (they show as hex), when there is a sampled
+    /// span.
+    pub(crate) fn ids(&self) -> Option<(TraceId, SpanId)> {
         let context = self.0.as_ref()?;
         // An unsampled trace is kept nowhere: its ids would lead nowhere.
-        (context.is_valid() && context.is_sampled()).then(|| {
-            (
-                context.trace_id().to_string(),
-                context.span_id().to_string(),
-            )
-        })
+        (context.is_valid() && context.is_sampled())
+            .then(|| (context.trace_id(), context.span_id()))
     }
 
     /// Writes this context into outgoing HTTP headers (`traceparent`, and `tracestate` when
@@ -483,8 +482,8 @@ mod tests {
         let parent = headers["traceparent"].to_str().expect("text");
         let cx = Cx(record::parse_traceparent(parent, None));
         let (trace, span) = cx.ids().expect("valid");
-        assert_eq!(trace, "0af7651916cd43dd8448eb211c80319c");
-        assert_eq!(span, "b7ad6b7169203331");
+        assert_eq!(trace.to_string(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(span.to_string(), "b7ad6b7169203331");
         let mut out = http::HeaderMap::new();
         cx.inject(&mut out);
         assert_eq!(

@@ -132,7 +132,7 @@ pub(crate) async fn server_span(
 /// when tracing is on: `--log-format json` lines then carry `span.trace_id` and
 /// `span.span_id`.
 pub(crate) fn log_span(request: &Request) -> tracing::Span {
-    // The ids are hex strings: made only for a span that is logged (not at `--log warn`).
+    // Looked up only for a span that is logged (not at `--log warn`).
     let ids = tracing::enabled!(tracing::Level::INFO)
         .then(|| request.extensions().get::<Cx>().and_then(Cx::ids))
         .flatten();

@@ -42,6 +42,7 @@ impl Access {
                 grant: Arc::new(Grant::none()),
                 rate: None,
                 via: "none",
+                calls: Default::default(),
             }),
             owners: Arc::default(),
         }

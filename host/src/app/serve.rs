@@ -138,15 +138,26 @@ pub(super) fn run_options_with_flows(
 /// the host loads: what loading freed is not kept (idle RSS). Once it serves, a freed page is
 /// kept 10 ms: under load a page one request emptied is filled again by the next, and giving
 /// it back each time (`madvise`, then a page fault and a zeroed page on reuse) was 15-20% of
-/// a non-stream request's CPU (BENCHMARKS.md, issue 21). `MIMALLOC_PURGE_DELAY` still wins.
+/// a non-stream request's CPU (BENCHMARKS.md, issue 21). A delay set in the environment
+/// still wins (`MIMALLOC_PURGE_DELAY`, or its old name `MIMALLOC_RESET_DELAY`, in any case as
+/// mimalloc reads them).
 fn keep_freed_pages_while_serving() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+    let set_by_user = std::env::vars_os().any(|(name, _)| {
+        name.to_str().is_some_and(|name| {
+            name.eq_ignore_ascii_case("MIMALLOC_PURGE_DELAY")
+                || name.eq_ignore_ascii_case("MIMALLOC_RESET_DELAY")
+        })
+    });
+    if set_by_user {
         return;
     }
     // mimalloc v3's `mi_option_purge_delay` (include/mimalloc.h); the crate names only some.
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     // SAFETY: a plain setter of one of mimalloc's options, which it reads on every purge; with
-    // another global allocator (the tests' builds of this library) it changes nothing.
+    // another global allocator (the tests' builds of this library) it changes nothing. Other
+    // threads may be purging as it is set: mimalloc's options are plain `long`s written and
+    // read without atomics (as `mi_option_set` is meant to be used at any time); a purge reads
+    // the old or the new value, either of which is a valid delay.
     unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 10) };
 }
 

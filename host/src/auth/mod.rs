@@ -74,7 +74,7 @@ pub(crate) struct Caller {
 
 /// A caller's call counters, one per [`Outcome`].
 #[derive(Debug, Default)]
-pub(crate) struct Calls([std::sync::OnceLock<metrics::Counter>; 5]);
+pub(crate) struct Calls([std::sync::OnceLock<metrics::Counter>; Outcome::COUNT]);
 
 /// Names a key may not take: the subjects and owner prefixes the host gives callers itself.
 pub(crate) const RESERVED_NAMES: &[&str] = &["default", "anonymous", "local", "nobody", "jwt"];
@@ -128,6 +128,9 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
+    /// How many there are ([`Calls`] has a counter for each, indexed by `outcome as usize`).
+    const COUNT: usize = Outcome::RateLimited as usize + 1;
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",

@@ -43,6 +43,10 @@ struct State {
     closed: bool,
 }
 
+/// The most a buffer keeps between batches: a burst of large spans (an op's `ctx.span` may set
+/// long attributes) grows the buffers, and they go back to this once it has been sent.
+const KEEP: usize = 4 << 20;
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -121,7 +125,7 @@ impl AsRef<[u8]> for Lent {
 impl Drop for Lent {
     fn drop(&mut self) {
         let mut home = lock(&self.home);
-        if home.capacity() < self.body.capacity() {
+        if home.capacity() < self.body.capacity() && self.body.capacity() <= KEEP {
             *home = std::mem::take(&mut self.body);
         }
     }
@@ -283,6 +287,7 @@ fn send_batches(mut sender: Sender, queue: &Queue, delay: Duration) {
             send(&spans[from..], left);
         }
         spans.clear();
+        spans.shrink_to(KEEP);
         cuts.clear();
         if closed {
             return;

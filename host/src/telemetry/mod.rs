@@ -126,14 +126,28 @@ impl Cx {
     /// The caller's trace context from HTTP headers (`traceparent`, `tracestate`), or a new
     /// trace; empty when tracing is off. A caller's `baggage` is not read: nothing here uses
     /// it, and it is never passed on (what a caller put there is not for a third party, an
-    /// LLM provider, to read).
+    /// LLM provider, to read). Several `tracestate` headers are one list, joined with commas
+    /// (W3C Trace Context, 3.3.1.1).
     pub(crate) fn from_headers(headers: &http::HeaderMap) -> Cx {
         if !enabled() {
             return Cx(None);
         }
-        let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-        let remote = text("traceparent")
-            .and_then(|parent| record::parse_traceparent(parent, text("tracestate")));
+        let remote = headers
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|parent| {
+                let states: Vec<&str> = headers
+                    .get_all("tracestate")
+                    .iter()
+                    .filter_map(|value| value.to_str().ok())
+                    .collect();
+                let state = match states.as_slice() {
+                    [] => None,
+                    [one] => Some(Cow::Borrowed(*one)),
+                    many => Some(Cow::Owned(many.join(","))),
+                };
+                record::parse_traceparent(parent, state.as_deref())
+            });
         Cx(Some(remote.unwrap_or_else(SpanContext::empty_context)))
     }
 

@@ -92,9 +92,12 @@ pub(super) fn now() -> u64 {
 /// A W3C `traceparent` (and `tracestate`) as a remote span context, or `None` when it is not
 /// a valid one, read as the SDK's `TraceContextPropagator` reads it: version 00 has exactly
 /// four fields, a later version may have more; ids and flags lowercase hex, ids not zero;
-/// flags other than `sampled` dropped; a `tracestate` that does not parse is ignored.
+/// flags other than `sampled` dropped; a `tracestate` that does not parse is ignored. Stricter
+/// than the SDK in one place: a version 00 value is exactly its 55 characters (a trailing `-`
+/// is not one).
 pub(super) fn parse_traceparent(value: &str, state: Option<&str>) -> Option<SpanContext> {
-    let parts: Vec<&str> = value.trim().split_terminator('-').collect();
+    let value = value.trim();
+    let parts: Vec<&str> = value.split('-').collect();
     if parts.len() < 4 {
         return None;
     }
@@ -108,7 +111,7 @@ pub(super) fn parse_traceparent(value: &str, state: Option<&str>) -> Option<Span
         return None;
     }
     let version = u8::from_str_radix(parts[0], 16).ok()?;
-    if version == 0xff || (version == 0 && parts.len() != 4) {
+    if version == 0xff || (version == 0 && (parts.len() != 4 || value.len() != 55)) {
         return None;
     }
     let trace = TraceId::from_hex(parts[1]).ok()?;
@@ -204,6 +207,7 @@ mod tests {
             "",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-",
             "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
             "00-00000000000000000000000000000000-b7ad6b7169203331-01",

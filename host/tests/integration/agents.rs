@@ -18,6 +18,8 @@ pub(crate) struct Scripted {
     bodies: Arc<Mutex<Vec<Value>>>,
     /// Each request's `traceparent` header (traces.rs).
     pub(crate) traceparents: Arc<Mutex<Vec<Option<String>>>>,
+    /// Each request's `tracestate` headers, as they came (traces.rs).
+    pub(crate) tracestates: Arc<Mutex<Vec<Vec<String>>>>,
 }
 
 #[derive(Clone)]
@@ -25,6 +27,7 @@ struct Scripts {
     queue: Arc<Mutex<VecDeque<Vec<Value>>>>,
     bodies: Arc<Mutex<Vec<Value>>>,
     traceparents: Arc<Mutex<Vec<Option<String>>>>,
+    tracestates: Arc<Mutex<Vec<Vec<String>>>>,
 }
 
 async fn completions(
@@ -41,6 +44,18 @@ async fn completions(
                 .get("traceparent")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
+        );
+    scripts
+        .tracestates
+        .lock()
+        .expect("the scripted upstream")
+        .push(
+            headers
+                .get_all("tracestate")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::to_string)
+                .collect(),
         );
     scripts
         .bodies
@@ -70,10 +85,12 @@ impl Scripted {
     pub(crate) async fn start(scripts: Vec<Vec<Value>>) -> Scripted {
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let traceparents = Arc::new(Mutex::new(Vec::new()));
+        let tracestates = Arc::new(Mutex::new(Vec::new()));
         let state = Scripts {
             queue: Arc::new(Mutex::new(scripts.into())),
             bodies: bodies.clone(),
             traceparents: traceparents.clone(),
+            tracestates: tracestates.clone(),
         };
         let app = axum::Router::new()
             .route("/v1/chat/completions", axum::routing::post(completions))
@@ -90,6 +107,7 @@ impl Scripted {
             url,
             bodies,
             traceparents,
+            tracestates,
         }
     }
 

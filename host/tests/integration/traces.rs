@@ -174,7 +174,8 @@ fn host(flows: &std::path::Path, receiver: &Receiver, extra: &[(&str, &str)]) ->
     Server::start_with_env(flows, &[], &envs)
 }
 
-/// `POST path` with a JSON body, inside the caller's trace (`TRACE`, `PARENT`) when `traced`.
+/// `POST path` with a JSON body, inside the caller's trace (`TRACE`, `PARENT`) when `traced`,
+/// its `tracestate` in two headers (one list, W3C says: the host joins them).
 async fn post(
     client: &reqwest::Client,
     server: &Server,
@@ -184,7 +185,10 @@ async fn post(
 ) -> reqwest::Response {
     let mut request = client.post(server.url(path)).json(&body);
     if traced {
-        request = request.header("traceparent", format!("00-{TRACE}-{PARENT}-01"));
+        request = request
+            .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+            .header("tracestate", "caller=1")
+            .header("tracestate", "proxy=2");
     }
     request.send().await.expect("POST")
 }
@@ -462,6 +466,12 @@ async fn an_agent_run_traces_its_llm_calls_and_tool_calls_and_the_upstream_gets_
     expected.sort();
     sent.sort();
     assert_eq!(sent, expected);
+    // And the caller's `tracestate`, its two headers as one list.
+    let states = upstream.tracestates.lock().expect("headers").clone();
+    assert_eq!(states.len(), 2, "{states:?}");
+    for state in states {
+        assert_eq!(state, ["caller=1,proxy=2"]);
+    }
     for tool in ["echo", "count"] {
         let call = one(&spans, &format!("execute_tool {tool}"));
         assert_eq!(call.attr("gen_ai.tool.name"), tool);

@@ -136,15 +136,21 @@ impl Cx {
             .get("traceparent")
             .and_then(|value| value.to_str().ok())
             .and_then(|parent| {
-                let states: Vec<&str> = headers
+                let mut states = headers
                     .get_all("tracestate")
                     .iter()
-                    .filter_map(|value| value.to_str().ok())
-                    .collect();
-                let state = match states.as_slice() {
-                    [] => None,
-                    [one] => Some(Cow::Borrowed(*one)),
-                    many => Some(Cow::Owned(many.join(","))),
+                    .filter_map(|value| value.to_str().ok());
+                // One header (the usual case) is read where it is.
+                let state = match (states.next(), states.next()) {
+                    (None, _) => None,
+                    (Some(one), None) => Some(Cow::Borrowed(one)),
+                    (Some(first), Some(second)) => Some(Cow::Owned(
+                        [first, second]
+                            .into_iter()
+                            .chain(states)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    )),
                 };
                 record::parse_traceparent(parent, state.as_deref())
             });

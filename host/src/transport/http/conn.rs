@@ -7,7 +7,7 @@
 //! The clocks live in the socket wrapper ([`Guarded`]): hyper reads through it, and when a
 //! read would wait, the wrapper arms the deadline of the connection's phase. A connection is
 //! `Waiting` (fresh, or between requests), `Head` (bytes of a request arrived, the request is
-//! not routed yet) or `Busy` (requests in flight; [`track`] marks them from routing until the
+//! not routed yet) or `Busy` (requests in flight; [`busy`] marks them from routing until the
 //! response body is dropped). A busy connection has no clock here: an SSE response that runs
 //! for an hour is not idle, and its body reads are bounded by the body middleware.
 
@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
-use axum::middleware::Next;
 use axum::response::Response;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -301,21 +300,28 @@ impl AsyncWrite for Guarded {
     }
 }
 
-/// Marks the connection busy from routing until the response body is dropped (sent or
-/// abandoned); then its keep-alive clock starts.
-pub(crate) async fn track(request: Request, next: Next) -> Response {
-    let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<Peer>>().cloned() else {
-        return next.run(request).await;
-    };
+/// Marks the request's connection busy from routing until the response body is dropped
+/// (sent or abandoned); then its keep-alive clock starts. [`Busy::carry`] hands the mark to
+/// the response. Called by [`super::layers::around_router`].
+pub(crate) fn busy(request: &Request) -> Option<Busy> {
+    let ConnectInfo(peer) = request.extensions().get::<ConnectInfo<Peer>>()?;
     peer.state.begin();
-    let done = Done(peer.state);
-    let response = next.run(request).await;
-    response.map(|body| {
-        Body::new(Tracked {
-            inner: body,
-            _done: done,
+    Some(Busy(Done(peer.state.clone())))
+}
+
+/// A request's busy mark ([`busy`]).
+pub(crate) struct Busy(Done);
+
+impl Busy {
+    /// The response, carrying the mark until its body is done.
+    pub(crate) fn carry(self, response: Response) -> Response {
+        response.map(|body| {
+            Body::new(Tracked {
+                inner: body,
+                _done: self.0,
+            })
         })
-    })
+    }
 }
 
 /// Ends a request's busy mark when dropped.

@@ -4,9 +4,8 @@
 //! the `Caller` it speaks for goes into the request's extensions, 401 when it speaks for
 //! nobody), and CORS for the origins the configuration lists. Knows nothing of flows.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -54,8 +53,8 @@ impl Policy {
         match &self.hosts {
             None => true,
             Some(hosts) => {
-                let name = strip_port(host).to_ascii_lowercase();
-                hosts.contains(&name)
+                let name = strip_port(host);
+                hosts.iter().any(|h| h.eq_ignore_ascii_case(name))
             }
         }
     }
@@ -104,41 +103,39 @@ fn forbidden(message: String) -> Response {
     ApiError::new(StatusCode::FORBIDDEN, message).into_response()
 }
 
-/// The `Host`, `Origin` and content-type checks, in that order, on every route.
-pub(crate) async fn check_request(
-    State(policy): State<Policy>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// The `Host`, `Origin` and content-type checks, in that order, on every route (the first
+/// thing [`super::layers::every_request`] does): the answer refusing the request, if any.
+pub(crate) fn refuse(policy: &Policy, request: &Request) -> Option<Response> {
     let headers = request.headers();
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| request.uri().authority().map(|a| a.to_string()));
-    if let Some(host) = &host {
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+    if let Some(host) = host {
         if !policy.host_allowed(host) {
-            return forbidden(format!(
+            return Some(forbidden(format!(
                 "Host `{host}` is not allowed; add its name to http.allowed_hosts (default: \
                  localhost names and the bind address; `*` accepts any)"
-            ));
+            )));
         }
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or_default();
-        if !policy.origin_allowed(origin, host.as_deref()) {
-            return forbidden(format!(
+        if !policy.origin_allowed(origin, host) {
+            return Some(forbidden(format!(
                 "Origin `{origin}` is not allowed: only this server's own pages and the origins \
                  in http.cors_origins may call it"
-            ));
+            )));
         }
     }
     if request.method() == Method::POST {
         if let Some(problem) = content_type_problem(headers) {
-            return ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, problem).into_response();
+            return Some(
+                ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, problem).into_response(),
+            );
         }
     }
-    next.run(request).await
+    None
 }
 
 /// POST bodies are JSON: `application/json` or any `+json` type. No content type is accepted
@@ -185,19 +182,16 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// 401 without a credential that speaks for someone, on every route but `/health`, `/ready`,
 /// the docs page, the playground page and their assets and the protected-resource metadata (a
 /// browser or a probe loads those without a header; the data behind them needs a credential).
-pub(crate) async fn authorize(
-    State(policy): State<Policy>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// The request goes on (`Ok`) with its [`Caller`] in its extensions, or is answered (`Err`).
+pub(crate) async fn authorize(policy: &Policy, mut request: Request) -> Result<Request, Response> {
     let public = request.method() == Method::OPTIONS || is_public(request.uri().path());
     let identified = policy.auth.identify(bearer(request.headers())).await;
     let denied = match identified {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
-            return next.run(request).await;
+            return Ok(request);
         }
-        Err(_) if public => return next.run(request).await,
+        Err(_) if public => return Ok(request),
         Err(denied) => denied,
     };
     let base = base_url(request.headers());
@@ -247,7 +241,7 @@ pub(crate) async fn authorize(
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, value);
     }
-    response
+    Err(response)
 }
 
 /// Where the RFC 9728 protected-resource metadata is served (and `.../mcp` for `/mcp`).

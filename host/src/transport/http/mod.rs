@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware;
@@ -36,7 +35,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use self::discovery::{
     get_prompt, get_prompt_post, list_flows, list_ops, list_prompts, list_resources, metadata,
@@ -152,34 +150,15 @@ pub(crate) fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            layers::read_body,
+            layers::every_request,
         ))
-        .layer(middleware::from_fn_with_state(
-            state.policy.clone(),
-            guard::authorize,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.ready.clone(),
-            layers::decorate,
-        ))
-        .layer(DefaultBodyLimit::max(state.options.body_limit))
-        .layer(middleware::from_fn_with_state(
-            state.policy.clone(),
-            guard::check_request,
-        ));
+        .layer(DefaultBodyLimit::max(state.options.body_limit));
     // CORS answers preflights before the checks see them; the checks still refuse the real
     // request of an origin CORS does not list.
-    let router = match guard::cors(&state.options) {
+    match guard::cors(&state.options) {
         Some(cors) => router.layer(cors),
         None => router,
-    };
-    router.layer(
-        TraceLayer::new_for_http()
-            .make_span_with(traced::log_span)
-            .on_request(())
-            .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
-            .on_failure(layers::log_failure),
-    )
+    }
 }
 
 /// `GET /{flow}`: flows are POSTed. A browser lands on the playground with the flow selected;
@@ -310,9 +289,11 @@ async fn run_flow(
     Extension(caller): Who,
     trace: Option<Extension<crate::telemetry::Cx>>,
     Path(name): Path<String>,
-    headers: axum::http::HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    mut request: Request,
 ) -> Result<Response, ApiError> {
+    // The request's own headers, not the copy a `HeaderMap` extractor makes.
+    let headers = std::mem::take(request.headers_mut());
+    let body = <Bytes as axum::extract::FromRequest<()>>::from_request(request, &()).await;
     let snapshot = state.catalog.snapshot();
     let flow = request::callable_flow(&state, &snapshot, &name, &caller, "http")?;
     drop(snapshot);
@@ -480,17 +461,19 @@ pub(crate) async fn serve(
     let listening = self::lifecycle::Listening::of(&listener);
     let listener = conn::Listener::new(listener, options.connection_limits());
     let runs = state.runs.clone();
-    // The busy mark and the server span go around the router, not on each route: a layer on
-    // the router's routes clones the layers under it on every request, one around it clones
-    // the router (a reference count). The span's layer only when there are traces to make.
+    // The server span, the busy mark and the request's log line go around the router, not on
+    // each route: a layer on the router's routes clones the layers under it on every request,
+    // one around it clones the router (a reference count). The span's layer only when there
+    // are traces to make; the log line inside it, to carry its ids.
     let spans = tower::util::option_layer(
         crate::telemetry::enabled()
             .then(|| middleware::from_fn_with_state(ROUTES, traced::server_span)),
     );
-    let app = tower::Layer::layer(&spans, router(state));
+    let app = tower::Layer::layer(&middleware::from_fn(layers::around_router), router(state));
+    let app = tower::Layer::layer(&spans, app);
     let app = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
         conn::Peer,
-    >(tower::Layer::layer(&middleware::from_fn(conn::track), app));
+    >(app);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             self::lifecycle::shutdown_signal().await;

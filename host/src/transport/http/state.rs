@@ -36,7 +36,9 @@ pub(crate) struct Shared {
     pub(crate) run_options: exec::Options,
     /// False from the moment a drain begins (`GET /ready` answers 503).
     pub(crate) ready: Arc<AtomicBool>,
-    pub(crate) policy: Policy,
+    /// Shared: the guard's layers take it as their state, and axum clones a layer's state on
+    /// every request (a deep copy of the host and origin lists, before).
+    pub(crate) policy: Arc<Policy>,
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Async runs (`Prefer: respond-async`).
     pub(crate) runs: Arc<super::runs::store::Store>,
@@ -54,7 +56,7 @@ impl AppState {
     ) -> AppState {
         AppState(Arc::new(Shared {
             catalog,
-            policy: Policy::new(&options, auth.clone()),
+            policy: Arc::new(Policy::new(&options, auth.clone())),
             auth,
             runs: Arc::new(super::runs::store::Store::new(
                 options.runs.clone(),

@@ -128,32 +128,6 @@ pub(crate) async fn server_span(
     response.map(|body| Body::new(SpanBody { body, _span: span }))
 }
 
-/// The `tracing` span of the request log lines (tower-http's), with the trace and span ids
-/// when tracing is on: `--log-format json` lines then carry `span.trace_id` and
-/// `span.span_id`.
-pub(crate) fn log_span(request: &Request) -> tracing::Span {
-    // Looked up only for a span that is logged (not at `--log warn`).
-    let ids = tracing::enabled!(tracing::Level::INFO)
-        .then(|| request.extensions().get::<Cx>().and_then(Cx::ids))
-        .flatten();
-    match ids {
-        Some((trace_id, span_id)) => tracing::info_span!(
-            "request",
-            method = %request.method(),
-            uri = %request.uri(),
-            version = ?request.version(),
-            trace_id = %trace_id,
-            span_id = %span_id,
-        ),
-        None => tracing::info_span!(
-            "request",
-            method = %request.method(),
-            uri = %request.uri(),
-            version = ?request.version(),
-        ),
-    }
-}
-
 /// A response body that holds the request's span until it is done or dropped.
 struct SpanBody {
     body: Body,

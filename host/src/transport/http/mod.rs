@@ -320,8 +320,17 @@ async fn run_flow(
     } else {
         Default::default()
     };
+    // The async run's steps are boxed: their futures (the durable store's calls) would
+    // otherwise make every request's future larger, moved whole into its box per request.
     if background {
-        if let Some(existing) = runs::existing(&state, &caller, &name, &headers, fingerprint).await
+        if let Some(existing) = Box::pin(runs::existing(
+            &state,
+            &caller,
+            &name,
+            &headers,
+            fingerprint,
+        ))
+        .await
         {
             call.end(if existing.status().is_success() {
                 Outcome::Ok
@@ -359,7 +368,7 @@ async fn run_flow(
     };
     call.run_id(&run.flow_id);
     if let Some(running) = running {
-        return Ok(runs::accept(
+        return Ok(Box::pin(runs::accept(
             &state,
             &caller,
             &name,
@@ -367,7 +376,7 @@ async fn run_flow(
             &headers,
             (input_json, fingerprint),
             (running, call),
-        )
+        ))
         .await);
     }
     if stream {

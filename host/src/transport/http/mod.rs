@@ -387,7 +387,6 @@ async fn run_flow(
 }
 
 async fn json_answer(run: Run, state: &AppState, mut call: Call) -> Response {
-    let flow_id = run.flow_id.clone();
     let outcome = tokio::select! {
         outcome = run.finish() => outcome,
         _ = state.hard_stop.cancelled() => {
@@ -400,31 +399,44 @@ async fn json_answer(run: Run, state: &AppState, mut call: Call) -> Response {
     } else {
         Outcome::Ok
     });
-    let mut metadata = json!({"flow_id": flow_id});
-    if !outcome.failed_ops.is_empty() {
-        metadata["failed_ops"] = serde_json::Value::Array(outcome.failed_ops.clone());
+    if outcome.error.is_some() {
+        metrics::counter!(m::FLOW_ERRORS).increment(1);
     }
-    match &outcome.error {
-        None => Json(json!({
-            "answer": outcome.answer,
-            "success": true,
-            "metadata": metadata,
-        }))
-        .into_response(),
-        Some(error) => {
-            metrics::counter!(m::FLOW_ERRORS).increment(1);
-            metadata["error"] = json!(error);
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(json!({
-                    "answer": outcome.answer,
-                    "success": false,
-                    "metadata": metadata,
-                })),
-            )
-                .into_response()
-        }
-    }
+    let status = if outcome.error.is_some() {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    // Written straight from the outcome (a `json!` tree was a map of maps built and dropped
+    // per request); the keys in the order a `json!` map had them (sorted).
+    let body = FlowLlmAnswer {
+        answer: &outcome.answer,
+        metadata: AnswerMetadata {
+            error: outcome.error.as_deref(),
+            failed_ops: &outcome.failed_ops,
+            flow_id: &outcome.flow_id,
+        },
+        success: outcome.error.is_none(),
+    };
+    (status, Json(body)).into_response()
+}
+
+/// FlowLLM's non-stream answer: `{"answer", "metadata": {"flow_id", "failed_ops"?, "error"?},
+/// "success"}`.
+#[derive(serde::Serialize)]
+struct FlowLlmAnswer<'a> {
+    answer: &'a Value,
+    metadata: AnswerMetadata<'a>,
+    success: bool,
+}
+
+#[derive(serde::Serialize)]
+struct AnswerMetadata<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[Value]>::is_empty")]
+    failed_ops: &'a [Value],
+    flow_id: &'a str,
 }
 
 /// Serves HTTP until SIGINT/SIGTERM: stop accepting, let streams finish until the shutdown

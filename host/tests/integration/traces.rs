@@ -373,6 +373,18 @@ async fn http_runs_are_span_trees_under_the_callers_trace() {
     assert_eq!(run.status, 2, "{run:?}");
     assert!(run.message.contains("total_timeout"), "{run:?}");
     assert_eq!(run.attr("flowhost.run.outcome"), "error");
+    // What a stream logs while it is read carries its request's trace (the time limit's
+    // warning comes from the body's poll, after the handler returned).
+    let warned = wait_for(Duration::from_secs(5), || {
+        server.log().contains("flow slow_stream timed out")
+    });
+    let log = server.log();
+    assert!(warned.is_some(), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("flow slow_stream timed out"))
+        .unwrap_or_default();
+    assert!(line.contains(&format!("trace_id={}", run.trace)), "{line}");
 
     // An async run: its run span is in the trace of the POST that started it.
     receiver.spans.lock().expect("spans").clear();

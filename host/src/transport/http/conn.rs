@@ -301,8 +301,8 @@ impl AsyncWrite for Guarded {
 }
 
 /// Marks the request's connection busy from routing until the response body is dropped
-/// (sent or abandoned); then its keep-alive clock starts. [`Busy::carry`] hands the mark to
-/// the response. Called by [`super::layers::around_router`].
+/// (sent or abandoned); then its keep-alive clock starts. [`carry`] hands the mark to the
+/// response. Called by [`super::layers::around_router`].
 pub(crate) fn busy(request: &Request) -> Option<Busy> {
     let ConnectInfo(peer) = request.extensions().get::<ConnectInfo<Peer>>()?;
     peer.state.begin();
@@ -312,16 +312,23 @@ pub(crate) fn busy(request: &Request) -> Option<Busy> {
 /// A request's busy mark ([`busy`]).
 pub(crate) struct Busy(Done);
 
-impl Busy {
-    /// The response, carrying the mark until its body is done.
-    pub(crate) fn carry(self, response: Response) -> Response {
-        response.map(|body| {
-            Body::new(Tracked {
-                inner: body,
-                _done: self.0,
-            })
-        })
+/// The response, carrying the request's busy mark until its body is done, and its `tracing`
+/// span, entered while the body is polled (what a stream logs carries the trace ids).
+pub(crate) fn carry(
+    response: Response,
+    busy: Option<Busy>,
+    span: Option<tracing::Span>,
+) -> Response {
+    if busy.is_none() && span.is_none() {
+        return response;
     }
+    response.map(|body| {
+        Body::new(Tracked {
+            inner: body,
+            _done: busy.map(|Busy(done)| done),
+            span,
+        })
+    })
 }
 
 /// Ends a request's busy mark when dropped.
@@ -333,10 +340,11 @@ impl Drop for Done {
     }
 }
 
-/// A response body that carries its request's busy mark.
+/// A response body that carries its request's busy mark and `tracing` span.
 struct Tracked {
     inner: Body,
-    _done: Done,
+    _done: Option<Done>,
+    span: Option<tracing::Span>,
 }
 
 impl http_body::Body for Tracked {
@@ -347,7 +355,9 @@ impl http_body::Body for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let _in_span = this.span.as_ref().map(tracing::Span::enter);
+        Pin::new(&mut this.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

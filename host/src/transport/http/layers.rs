@@ -218,19 +218,20 @@ fn closing(error: ApiError) -> Response {
 ///   `info` once the answer's head is ready (a stream's when it starts), inside a `request`
 ///   span with the trace and span ids when the request is traced (`--log-format json` lines
 ///   then carry `span.trace_id` and `span.span_id`, and so do the lines logged while it is
-///   served). A 5xx answer is also a warning (503: the host saying "not now" on purpose:
-///   draining, admission, connection caps) or an error. One event and no span otherwise:
+///   served, its body's polls included: [`super::conn::carry`]). A 5xx answer is also a
+///   warning (503: the host saying "not now" on purpose: draining, admission, connection
+///   caps) or an error, naming the request's method and URI. One event and no span otherwise:
 ///   tower-http's `TraceLayer` made a span per request on every route (its fields formatted
 ///   into a string, entered on every poll), a sixth of a small request's CPU at `info`.
 pub(crate) async fn around_router(request: Request, next: Next) -> Response {
     use tracing::Instrument;
     let busy = super::conn::busy(&request);
     let started = std::time::Instant::now();
-    let line = tracing::enabled!(tracing::Level::INFO)
-        .then(|| (request.method().clone(), request.uri().clone()));
-    let span = line
-        .as_ref()
-        .and_then(|_| request.extensions().get::<Cx>().and_then(Cx::ids))
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    let logged = tracing::enabled!(tracing::Level::INFO);
+    let span = logged
+        .then(|| request.extensions().get::<Cx>().and_then(Cx::ids))
+        .flatten()
         .map(|(trace_id, span_id)| {
             tracing::info_span!("request", trace_id = %trace_id, span_id = %span_id)
         });
@@ -239,31 +240,23 @@ pub(crate) async fn around_router(request: Request, next: Next) -> Response {
         None => next.run(request).await,
     };
     let status = response.status();
-    let latency = started.elapsed();
-    let _in_span = span.as_ref().map(tracing::Span::enter);
-    if let Some((method, uri)) = line {
-        tracing::info!(
-            method = %method,
-            uri = %uri,
-            latency_ms = (latency.as_secs_f64() * 1e4).round() / 10.0,
-            status = status.as_u16(),
-            "finished processing request"
-        );
-    }
-    if status.is_server_error() {
-        let ms = (latency.as_secs_f64() * 1e4).round() / 10.0;
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            tracing::warn!(latency_ms = ms, "answered 503 (busy or draining)");
-        } else {
-            tracing::error!(
-                latency_ms = ms,
-                "request failed: status code {}",
-                status.as_u16()
+    let latency_ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0;
+    {
+        let _in_span = span.as_ref().map(tracing::Span::enter);
+        if logged {
+            tracing::info!(
+                method = %method,
+                uri = %uri,
+                latency_ms,
+                status = status.as_u16(),
+                "finished processing request"
             );
         }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(method = %method, uri = %uri, latency_ms, "answered 503 (busy or draining)");
+        } else if status.is_server_error() {
+            tracing::error!(method = %method, uri = %uri, latency_ms, "request failed: {status}");
+        }
     }
-    match busy {
-        Some(busy) => busy.carry(response),
-        None => response,
-    }
+    super::conn::carry(response, busy, span)
 }

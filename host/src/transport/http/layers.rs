@@ -1,6 +1,8 @@
-//! The layers every request passes besides the guard: the body read whole under its limits,
-//! request counting, `Connection: close` while draining, no proxy buffering for event
-//! streams, and how a failed request is logged. Knows nothing of routes.
+//! The two layers every request passes. On the routes, [`every_request`]: the guard's checks
+//! and the caller (`guard.rs`), the body read whole under its limits, request counting,
+//! `Connection: close` while draining, no proxy buffering for event streams. Around the
+//! router, [`around_router`]: the connection's busy mark and the request's log line (a failed
+//! request's too). Knows nothing of routes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

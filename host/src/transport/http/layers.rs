@@ -31,11 +31,12 @@ pub(crate) async fn every_request(
         return refused;
     }
     let route = request.extensions().get::<MatchedPath>().cloned();
-    let response = match guard::authorize(&state.policy, request).await {
-        Ok(request) => match read_body(&state, request).await {
-            Ok(request) => next.run(request).await,
-            Err(refused) => refused,
-        },
+    let admitted = async {
+        let request = guard::authorize(&state.policy, request).await?;
+        read_body(&state, request).await
+    };
+    let response = match admitted.await {
+        Ok(request) => next.run(request).await,
         Err(refused) => refused,
     };
     decorate(&state.ready, route.as_ref(), response)
@@ -85,6 +86,7 @@ fn count(route: &str, status: StatusCode) {
         static KEPT: RefCell<Vec<(u16, Box<str>, metrics::Counter)>> = const { RefCell::new(Vec::new()) };
     }
     let code = status.as_u16();
+    let register = || metrics::counter!(m::REQUESTS, "route" => route.to_string(), "status" => code.to_string());
     let counted = KEPT.try_with(|kept| {
         let mut kept = kept.borrow_mut();
         if let Some((_, _, counter)) = kept.iter().find(|(c, r, _)| *c == code && **r == *route) {
@@ -94,14 +96,13 @@ fn count(route: &str, status: StatusCode) {
         if kept.len() >= COUNTERS {
             return false;
         }
-        let counter = metrics::counter!(m::REQUESTS, "route" => route.to_string(), "status" => code.to_string());
+        let counter = register();
         counter.increment(1);
         kept.push((code, route.into(), counter));
         true
     });
     if counted != Ok(true) {
-        metrics::counter!(m::REQUESTS, "route" => route.to_string(), "status" => code.to_string())
-            .increment(1);
+        register().increment(1);
     }
 }
 

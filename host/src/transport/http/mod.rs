@@ -399,10 +399,8 @@ async fn json_answer(run: Run, state: &AppState, mut call: Call) -> Response {
     } else {
         Outcome::Ok
     });
-    if outcome.error.is_some() {
-        metrics::counter!(m::FLOW_ERRORS).increment(1);
-    }
     let status = if outcome.error.is_some() {
+        metrics::counter!(m::FLOW_ERRORS).increment(1);
         StatusCode::INTERNAL_SERVER_ERROR
     } else {
         StatusCode::OK

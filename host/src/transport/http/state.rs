@@ -36,9 +36,7 @@ pub(crate) struct Shared {
     pub(crate) run_options: exec::Options,
     /// False from the moment a drain begins (`GET /ready` answers 503).
     pub(crate) ready: Arc<AtomicBool>,
-    /// Shared: the guard's layers take it as their state, and axum clones a layer's state on
-    /// every request (a deep copy of the host and origin lists, before).
-    pub(crate) policy: Arc<Policy>,
+    pub(crate) policy: Policy,
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Async runs (`Prefer: respond-async`).
     pub(crate) runs: Arc<super::runs::store::Store>,
@@ -56,7 +54,7 @@ impl AppState {
     ) -> AppState {
         AppState(Arc::new(Shared {
             catalog,
-            policy: Arc::new(Policy::new(&options, auth.clone())),
+            policy: Policy::new(&options, auth.clone()),
             auth,
             runs: Arc::new(super::runs::store::Store::new(
                 options.runs.clone(),

@@ -415,9 +415,15 @@ async fn a_killed_crashed_or_hung_server_fails_its_call_and_is_restarted() {
         error.contains("MCP server `py` went away during `crash`"),
         "{reply}"
     );
+    // The stderr line is read by its own task: it may reach the log just after the call ended.
     assert!(
-        server.log().contains("crashing on purpose"),
-        "stderr goes to the host's log"
+        wait_async(Duration::from_secs(10), || async {
+            server.log().contains("crashing on purpose")
+        })
+        .await
+        .is_some(),
+        "stderr goes to the host's log: {}",
+        server.log()
     );
 
     // An isError result is an error, with the tool's text.
@@ -444,7 +450,11 @@ async fn a_killed_crashed_or_hung_server_fails_its_call_and_is_restarted() {
     let reply = post(&client, &server, "add_flow", json!({"a": 20, "b": 22})).await;
     assert_eq!(reply["answer"], "42", "{reply}");
     assert!(
-        server.log().contains("does not answer a ping"),
+        wait_async(Duration::from_secs(10), || async {
+            server.log().contains("does not answer a ping")
+        })
+        .await
+        .is_some(),
         "{}",
         server.log()
     );

@@ -84,6 +84,8 @@ pub(crate) struct Origin {
 pub struct Flow {
     /// The flow's name, interned once here so runs can tag chunks without a lookup.
     pub(crate) name: &'static str,
+    /// Its runs' span name (`run {name}`), made once.
+    pub(crate) run_span: &'static str,
     pub(crate) spec: Arc<Spec>,
     pub(crate) root: Node,
     pub(crate) validator: Arc<jsonschema::Validator>,
@@ -373,6 +375,8 @@ pub(crate) struct Step {
     pub(crate) policy: Policy,
     /// Sub-ops attached with `<<`: what the op may call (an agent's tools).
     pub(crate) subs: Arc<[SubStep]>,
+    /// Its calls' span name (`op {name}`), made once.
+    pub(crate) span_name: &'static str,
 }
 
 /// A sub-op as its parent sees it: a tool with a name, a description and an input schema.

@@ -242,6 +242,12 @@ impl Auth {
     }
 
     /// Whether bearer tokens are accepted (the protected-resource metadata is served).
+    /// Whether calls are written to an audit trail (what a caller sends for it, its
+    /// `traceparent`, is worth making only then).
+    pub(crate) fn audits(&self) -> bool {
+        self.audit.is_some()
+    }
+
     pub(crate) fn jwt(&self) -> Option<&jwt::Settings> {
         self.jwt.as_ref().map(|v| v.settings())
     }
@@ -301,7 +307,7 @@ impl Auth {
             started: Instant::now(),
             time: audited.map(|_| now_text()),
             chunks: 0,
-            traceparent: audited.and(traceparent.map(|t| t.chars().take(128).collect())),
+            traceparent: audited.and_then(|_| Some(clip(traceparent?, 128).to_string())),
             // Copied only when the trail keeps inputs.
             input: audited
                 .filter(|a| a.inputs)
@@ -432,7 +438,7 @@ impl Call {
             via: self.caller.via,
             transport: self.transport,
             // A made-up name is the caller's to choose: bounded here.
-            flow: std::mem::take(&mut self.flow).chars().take(128).collect(),
+            flow: clip(&self.flow, 128).to_string(),
             run_id: self.run_id.take(),
             outcome: outcome.as_str(),
             duration_ms: self.started.elapsed().as_millis() as u64,
@@ -440,6 +446,14 @@ impl Call {
             traceparent: self.traceparent.take(),
             input: self.input.take(),
         });
+    }
+}
+
+/// `text`'s first `chars` characters.
+fn clip(text: &str, chars: usize) -> &str {
+    match text.char_indices().nth(chars) {
+        Some((at, _)) => &text[..at],
+        None => text,
     }
 }
 

@@ -191,12 +191,14 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
     let flow_id = new_flow_id();
     let span = options.trace.start_with(
         crate::telemetry::Kind::Internal,
-        || format!("run {flow_name}"),
+        || flow.run_span,
         || {
-            vec![crate::telemetry::Attr::new(
+            let mut attributes = Vec::with_capacity(6);
+            attributes.push(crate::telemetry::Attr::new(
                 "flowhost.run.id",
                 flow_id.clone(),
-            )]
+            ));
+            attributes
         },
     );
     if span.is_recording() {

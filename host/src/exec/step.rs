@@ -22,8 +22,8 @@ pub(super) async fn run_step(
     let name = step.name();
     let span = env.trace.start_with(
         crate::telemetry::Kind::Internal,
-        || format!("op {name}"),
-        Vec::new,
+        || step.span_name,
+        || Vec::with_capacity(8),
     );
     // Unsampled (or no tracing): what the op asks for goes under the parent; nothing records.
     if !span.is_recording() {
@@ -31,9 +31,9 @@ pub(super) async fn run_step(
     }
     span.role(crate::telemetry::Role::Op);
     let library = &step.op.library;
-    span.set("flowhost.op.name", step.op.name.to_string());
-    span.set("flowhost.op.plugin", library.plugin_name.clone());
-    span.set("flowhost.op.plugin_version", library.plugin_version.clone());
+    span.set("flowhost.op.name", step.op.name);
+    span.set("flowhost.op.plugin", library.labels.0);
+    span.set("flowhost.op.plugin_version", library.labels.1);
     // What the op asks for (LLM calls, sub-ops, its own spans) goes under its span.
     let env = Env {
         trace: span.cx(),

@@ -46,6 +46,7 @@ pub(crate) fn compile(
     };
     let flow = Flow {
         name: crate::ops::intern(&spec.name),
+        run_span: crate::ops::intern(&format!("run {}", spec.name)),
         spec,
         root,
         validator: Arc::new(validator),
@@ -219,6 +220,7 @@ fn bind_call(
         }
     }
     Ok(Step {
+        span_name: crate::ops::intern(&format!("op {}", policy.name.unwrap_or(op.name))),
         op: op.clone(),
         args_json: args_json.into(),
         policy,

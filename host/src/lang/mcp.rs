@@ -295,6 +295,7 @@ pub(crate) fn exposed(server: &str, tool: &McpTool, expose: &Expose) -> Result<F
     };
     Ok(Flow {
         name: crate::ops::intern(&name),
+        run_span: crate::ops::intern(&format!("run {name}")),
         spec: Arc::new(spec),
         root: Node::Mcp(step),
         validator: Arc::new(validator),

@@ -27,6 +27,9 @@ pub struct Library {
     pub plugin_version: String,
     /// The op-sdk version the plugin was built against.
     pub sdk_version: String,
+    /// `plugin_name` and `plugin_version` interned, for op call spans (no copy per call; a
+    /// library is never unloaded anyway).
+    pub(crate) labels: (&'static str, &'static str),
     pub(crate) ops: Vec<OpMeta>,
     /// What the host has seen of each op's calls, in `ops` order.
     pub(crate) speeds: Vec<Arc<super::Speed>>,
@@ -247,6 +250,10 @@ pub(crate) fn load(path: &Path, bytes: &[u8]) -> Result<Library, LoadError> {
         hash,
         plugin_name: entries.plugin_name.to_string(),
         plugin_version: entries.plugin_version.to_string(),
+        labels: (
+            super::intern(entries.plugin_name.as_str()),
+            super::intern(entries.plugin_version.as_str()),
+        ),
         sdk_version,
         speeds: ops.iter().map(|_| Arc::default()).collect(),
         tools,

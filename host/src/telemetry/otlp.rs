@@ -15,7 +15,7 @@
 
 use opentelemetry::trace::{SpanContext, SpanKind, Status};
 use opentelemetry::{Array, KeyValue, Value};
-use prost::encoding::{encode_key, encode_varint, WireType};
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 
 use super::record::Record;
 
@@ -111,13 +111,36 @@ pub(super) fn span(out: &mut Vec<u8>, context: &SpanContext, record: &Record, en
     if record.parent.is_some_and(|(_, remote)| remote) {
         flags |= 0x200;
     }
-    encode_key(16, WireType::ThirtyTwoBit, out);
+    put_key(out, 16, WireType::ThirtyTwoBit);
     out.extend_from_slice(&flags.to_le_bytes());
     end(out, at);
 }
 
-/// A `KeyValue` message as field `tag`: key (1), value (2: AnyValue).
+/// A `KeyValue` message as field `tag`: key (1), value (2: AnyValue). A string, whole number,
+/// number or boolean (nearly every attribute) is written with its lengths measured first,
+/// without [`begin`]'s padding: eight bytes less per attribute to copy and send.
 fn key_value(out: &mut Vec<u8>, tag: u32, kv: &KeyValue) {
+    let key = kv.key.as_str();
+    let any = match &kv.value {
+        Value::String(text) => Some(field_len(text.as_str().len())),
+        Value::Bool(_) => Some(2),
+        Value::I64(number) => Some(1 + encoded_len_varint(*number as u64)),
+        Value::F64(_) => Some(9),
+        _ => None,
+    };
+    if let Some(any) = any {
+        let body = field_len(key.len()) + field_len(any);
+        out.reserve(1 + encoded_len_varint(body as u64) + body);
+        put_key(out, tag, WireType::LengthDelimited);
+        put_varint(out, body as u64);
+        put_key(out, 1, WireType::LengthDelimited);
+        put_varint(out, key.len() as u64);
+        out.extend_from_slice(key.as_bytes());
+        put_key(out, 2, WireType::LengthDelimited);
+        put_varint(out, any as u64);
+        any_value(out, &kv.value);
+        return;
+    }
     let at = begin(out, tag);
     string(out, 1, kv.key.as_str());
     let value = begin(out, 2);
@@ -130,20 +153,20 @@ fn key_value(out: &mut Vec<u8>, tag: u32, kv: &KeyValue) {
 fn any_value(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::String(text) => {
-            encode_key(1, WireType::LengthDelimited, out);
-            encode_varint(text.as_str().len() as u64, out);
+            put_key(out, 1, WireType::LengthDelimited);
+            put_varint(out, text.as_str().len() as u64);
             out.extend_from_slice(text.as_str().as_bytes());
         }
         Value::Bool(flag) => {
-            encode_key(2, WireType::Varint, out);
-            encode_varint(u64::from(*flag), out);
+            put_key(out, 2, WireType::Varint);
+            put_varint(out, u64::from(*flag));
         }
         Value::I64(number) => {
-            encode_key(3, WireType::Varint, out);
-            encode_varint(*number as u64, out);
+            put_key(out, 3, WireType::Varint);
+            put_varint(out, *number as u64);
         }
         Value::F64(number) => {
-            encode_key(4, WireType::SixtyFourBit, out);
+            put_key(out, 4, WireType::SixtyFourBit);
             out.extend_from_slice(&number.to_le_bytes());
         }
         Value::Array(array) => {
@@ -167,16 +190,41 @@ fn any_value(out: &mut Vec<u8>, value: &Value) {
         }
         other => {
             let text = other.to_string();
-            encode_key(1, WireType::LengthDelimited, out);
-            encode_varint(text.len() as u64, out);
+            put_key(out, 1, WireType::LengthDelimited);
+            put_varint(out, text.len() as u64);
             out.extend_from_slice(text.as_bytes());
         }
     }
 }
 
+/// The bytes of a length-delimited field of `len` bytes after its one-byte tag, tag included.
+fn field_len(len: usize) -> usize {
+    1 + encoded_len_varint(len as u64) + len
+}
+
+/// A field's key: one byte for the tags here (all under 16), written in place.
+#[inline]
+fn put_key(out: &mut Vec<u8>, tag: u32, wire: WireType) {
+    if tag < 16 {
+        out.push(((tag << 3) | wire as u32) as u8);
+    } else {
+        encode_key(tag, wire, out);
+    }
+}
+
+/// A varint: one byte, written in place, for what is under 128 (most lengths here).
+#[inline]
+fn put_varint(out: &mut Vec<u8>, value: u64) {
+    if value < 0x80 {
+        out.push(value as u8);
+    } else {
+        encode_varint(value, out);
+    }
+}
+
 /// Starts a nested message as field `tag`: its length is filled in by [`end`].
 fn begin(out: &mut Vec<u8>, tag: u32) -> usize {
-    encode_key(tag, WireType::LengthDelimited, out);
+    put_key(out, tag, WireType::LengthDelimited);
     let at = out.len();
     out.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x00]);
     at
@@ -192,8 +240,8 @@ fn end(out: &mut [u8], at: usize) {
 }
 
 fn bytes(out: &mut Vec<u8>, tag: u32, data: &[u8]) {
-    encode_key(tag, WireType::LengthDelimited, out);
-    encode_varint(data.len() as u64, out);
+    put_key(out, tag, WireType::LengthDelimited);
+    put_varint(out, data.len() as u64);
     out.extend_from_slice(data);
 }
 
@@ -207,13 +255,13 @@ fn string(out: &mut Vec<u8>, tag: u32, text: &str) {
 /// A varint field; zero is left out (proto3's default).
 fn varint(out: &mut Vec<u8>, tag: u32, value: u64) {
     if value != 0 {
-        encode_key(tag, WireType::Varint, out);
-        encode_varint(value, out);
+        put_key(out, tag, WireType::Varint);
+        put_varint(out, value);
     }
 }
 
 fn fixed64(out: &mut Vec<u8>, tag: u32, value: u64) {
-    encode_key(tag, WireType::SixtyFourBit, out);
+    put_key(out, tag, WireType::SixtyFourBit);
     out.extend_from_slice(&value.to_le_bytes());
 }
 

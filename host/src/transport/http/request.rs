@@ -58,10 +58,17 @@ pub(crate) async fn start_call(
     (headers, trace): (&axum::http::HeaderMap, Option<&crate::telemetry::Cx>),
     input: &Map<String, Value>,
 ) -> Result<Call, Limited> {
-    let own = trace.and_then(crate::telemetry::Cx::traceparent);
-    let traceparent = own
-        .as_deref()
-        .or_else(|| headers.get("traceparent").and_then(|v| v.to_str().ok()));
+    // Only an audit trail keeps it: not made for nothing on every traced request.
+    let audits = state.auth.audits();
+    let own = trace
+        .filter(|_| audits)
+        .and_then(crate::telemetry::Cx::traceparent);
+    let traceparent = own.as_deref().or_else(|| {
+        headers
+            .get("traceparent")
+            .filter(|_| audits)
+            .and_then(|v| v.to_str().ok())
+    });
     state
         .auth
         .start(caller, transport, flow, traceparent, input)

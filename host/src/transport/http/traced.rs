@@ -3,6 +3,7 @@
 //! stream's span ends with the stream); handlers find it as a [`Cx`] in the request's
 //! extensions. With tracing off, one branch and nothing else.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -18,39 +19,60 @@ use crate::telemetry::{Attr, Cx, Kind, Role, Span};
 pub(super) type Routes = &'static [(&'static str, &'static str)];
 
 /// The route template of `routes` a path is served by (`/{flow}` for `/echo_flow`), as the
-/// router matches: a template without parameters first, then one with them, segment by
-/// segment; `None` for a path no route serves (the 404 fallback). The docs page (`/docs`,
-/// `/docs/`, its assets under `/docs/`) and `/mcp/` (the nested service's) are served by
-/// routes the table names once.
+/// router matches (with the same matcher, `matchit`: a template without parameters first,
+/// then one with them; a parameter is never empty); `None` for a path no route serves (the
+/// 404 fallback). The docs page (`/docs`, `/docs/`, its assets under `/docs/`) and `/mcp/`
+/// (the nested service's) are served by routes the table names once.
+#[cfg(test)]
 pub(super) fn route_of(routes: Routes, path: &str) -> Option<&'static str> {
-    match path {
-        "/docs" => return Some("/docs/"),
-        "/mcp/" => return Some("/mcp"),
-        _ if path.starts_with("/docs/") => return Some("/docs/"),
-        _ => {}
+    found(routes, path).map(|entry| entry.template)
+}
+
+/// A route and the names of its server spans, one per method it serves (`POST /{flow}`).
+struct Entry {
+    template: &'static str,
+    names: Vec<(&'static str, String)>,
+}
+
+/// `routes` ready to match, made at the first request (there is one table, `ROUTES`): a
+/// traced request found its route by comparing every template, segment by segment, and
+/// formatted its span's name; a sixth of what tracing added to a request.
+struct Table {
+    matcher: matchit::Router<usize>,
+    entries: Vec<Entry>,
+}
+
+fn found(routes: Routes, path: &str) -> Option<&'static Entry> {
+    static TABLE: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut matcher = matchit::Router::new();
+        let entries: Vec<Entry> = routes
+            .iter()
+            .map(|(methods, template)| Entry {
+                template,
+                names: methods
+                    .split(' ')
+                    .map(|method| (method, format!("{method} {template}")))
+                    .collect(),
+            })
+            .collect();
+        for (at, entry) in entries.iter().enumerate() {
+            // The router took the same templates: none conflicts.
+            let _ = matcher.insert(entry.template, at);
+        }
+        Table { matcher, entries }
+    });
+    let path = match path {
+        "/docs" => "/docs/",
+        "/mcp/" => "/mcp",
+        _ if path.starts_with("/docs/") => "/docs/",
+        _ => path,
+    };
+    let matched = table.matcher.at(path).ok()?;
+    if matched.params.iter().any(|(_, value)| value.is_empty()) {
+        return None;
     }
-    let routes = routes.iter().map(|(_, template)| *template);
-    if let Some(exact) = routes.clone().find(|template| *template == path) {
-        return Some(exact);
-    }
-    routes
-        .filter(|template| template.contains('{'))
-        .find(|template| {
-            let mut segments = path.split('/');
-            let mut parts = template.split('/');
-            loop {
-                match (parts.next(), segments.next()) {
-                    (None, None) => return true,
-                    (Some(part), Some(segment)) if part.starts_with('{') => {
-                        if segment.is_empty() {
-                            return false;
-                        }
-                    }
-                    (Some(part), Some(segment)) if part == segment => {}
-                    _ => return false,
-                }
-            }
-        })
+    table.entries.get(*matched.value)
 }
 
 /// The request's server span: `{method} {route}`, with the route template, status code and
@@ -74,19 +96,25 @@ pub(crate) async fn server_span(
     // for a sampled span).
     let span = {
         let route = std::cell::OnceCell::new();
-        let route = || *route.get_or_init(|| route_of(routes, request.uri().path()));
+        let entry = || *route.get_or_init(|| found(routes, request.uri().path()));
+        let route = || entry().map(|entry| entry.template);
         parent.start_with(
             Kind::Server,
-            || {
+            || -> Cow<'static, str> {
                 let method = request.method().as_str();
-                match route() {
-                    Some(route) => format!("{method} {route}"),
-                    None => method.to_string(),
+                match entry() {
+                    Some(entry) => match entry.names.iter().find(|(m, _)| *m == method) {
+                        Some((_, name)) => Cow::Borrowed(name.as_str()),
+                        None => Cow::Owned(format!("{method} {}", entry.template)),
+                    },
+                    None => Cow::Owned(method.to_string()),
                 }
             },
             || {
-                let mut attributes = vec![
-                    Attr::new("http.request.method", request.method().as_str().to_string()),
+                // Room for what is set later (status code, error type, role).
+                let mut attributes = Vec::with_capacity(10);
+                attributes.extend([
+                    Attr::new("http.request.method", method_name(request.method())),
                     Attr::new("url.path", request.uri().path().to_string()),
                     Attr::new("url.scheme", "http"),
                     Attr::new(
@@ -97,7 +125,7 @@ pub(crate) async fn server_span(
                             _ => "1.1",
                         },
                     ),
-                ];
+                ]);
                 if let Some(route) = route() {
                     attributes.push(Attr::new("http.route", route));
                 }
@@ -126,6 +154,25 @@ pub(crate) async fn server_span(
         return response;
     }
     response.map(|body| Body::new(SpanBody { body, _span: span }))
+}
+
+/// An HTTP method's name, not copied for the usual ones.
+fn method_name(method: &axum::http::Method) -> Cow<'static, str> {
+    use axum::http::Method;
+    let known = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::HEAD,
+        Method::OPTIONS,
+    ];
+    const NAMES: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+    match known.iter().position(|known| known == method) {
+        Some(at) => Cow::Borrowed(NAMES[at]),
+        None => Cow::Owned(method.as_str().to_string()),
+    }
 }
 
 /// A response body that holds the request's span until it is done or dropped.

@@ -52,8 +52,8 @@ impl FlowTools {
             ))));
         }
         // The audit line names the call's own span when there is one, else what the caller
-        // sent.
-        let own = span.cx().traceparent();
+        // sent (made only when there is an audit trail).
+        let own = auth.audits().then(|| span.cx().traceparent()).flatten();
         let traceparent = own.as_deref().or_else(|| {
             parts
                 .and_then(|p| p.headers.get("traceparent"))

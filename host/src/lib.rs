@@ -30,6 +30,7 @@ mod util;
 pub use app::cli::{check_log_filter, default_log_filter, run, Cli, LogFormat};
 pub use transport::http::ROUTES as HTTP_ROUTES;
 pub use util::logs::{LogLine, LogWriter};
+pub use util::plain::{PlainFields, PlainFieldsVisitor, PlainLines};
 
 /// The parsers of outside input, for the fuzz tests: `flow_content`, a flow file, an HTTP
 /// request body, an MCP stdio line.

@@ -1,7 +1,8 @@
 //! Small helpers every part may use: a stable hash, "did you mean" hints, taking stdout for a
-//! protocol, log lines to stderr in batches.
+//! protocol, log lines to stderr in batches and their plain-text format.
 
 pub(crate) mod logs;
+pub(crate) mod plain;
 pub(crate) mod stdio;
 pub(crate) mod suggest;
 

@@ -65,7 +65,8 @@ fn main() -> ExitCode {
     });
     match cli.log_format {
         LogFormat::Text if colour => logs.with_ansi(true).finish().with(no_dumps).init(),
-        // The same lines without colour, made faster (`util/plain.rs`).
+        // The same lines without colour, made faster (`util/plain.rs`; it writes the format
+        // set above: time, level, spans, no target).
         LogFormat::Text => logs
             .with_ansi(false)
             .fmt_fields(flowhost::PlainFields)

@@ -241,13 +241,13 @@ impl Auth {
         self.required
     }
 
-    /// Whether bearer tokens are accepted (the protected-resource metadata is served).
     /// Whether calls are written to an audit trail (what a caller sends for it, its
     /// `traceparent`, is worth making only then).
     pub(crate) fn audits(&self) -> bool {
         self.audit.is_some()
     }
 
+    /// Whether bearer tokens are accepted (the protected-resource metadata is served).
     pub(crate) fn jwt(&self) -> Option<&jwt::Settings> {
         self.jwt.as_ref().map(|v| v.settings())
     }

@@ -76,7 +76,15 @@ fn write_time(writer: &mut Writer<'_>, now: std::time::SystemTime) -> fmt::Resul
         static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
     let Ok(since) = now.duration_since(std::time::UNIX_EPOCH) else {
-        return writer.write_str("<unknown time> ");
+        // A clock before 1970: tracing-subscriber's own timer writes it.
+        use tracing_subscriber::fmt::time::FormatTime;
+        if tracing_subscriber::fmt::time::SystemTime
+            .format_time(writer)
+            .is_err()
+        {
+            writer.write_str("<unknown time>")?;
+        }
+        return writer.write_char(' ');
     };
     let (secs, micros) = (since.as_secs(), since.subsec_micros());
     SECOND.with(|cell| {
@@ -190,7 +198,9 @@ impl Visit for PlainFieldsVisitor<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if self.result.is_err() {
+        // What the `log` crate's records carry as fields (were its bridge ever on) is not
+        // written, as tracing-subscriber does not.
+        if self.result.is_err() || field.name().starts_with("log.") {
             return;
         }
         self.pad();

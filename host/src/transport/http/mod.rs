@@ -553,6 +553,15 @@ mod tests {
         assert_eq!(route_of(ROUTES, "/docs/swagger-ui.css"), Some("/docs/"));
         assert_eq!(route_of(ROUTES, "/mcp/"), Some("/mcp"));
         assert_eq!(route_of(ROUTES, "/a/b/c"), None);
+        // Every template is found (none was refused by the matcher).
+        for (_, template) in ROUTES {
+            let path: String = template
+                .split('/')
+                .map(|part| if part.starts_with('{') { "x" } else { part })
+                .collect::<Vec<_>>()
+                .join("/");
+            assert_eq!(route_of(ROUTES, &path), Some(*template), "{path}");
+        }
         assert_eq!(route_of(ROUTES, "/runs//events"), None);
     }
 

@@ -417,11 +417,7 @@ async fn a_killed_crashed_or_hung_server_fails_its_call_and_is_restarted() {
     );
     // The stderr line is read by its own task: it may reach the log just after the call ended.
     assert!(
-        wait_async(Duration::from_secs(10), || async {
-            server.log().contains("crashing on purpose")
-        })
-        .await
-        .is_some(),
+        server.logged("crashing on purpose", Duration::from_secs(10)),
         "stderr goes to the host's log: {}",
         server.log()
     );
@@ -450,11 +446,7 @@ async fn a_killed_crashed_or_hung_server_fails_its_call_and_is_restarted() {
     let reply = post(&client, &server, "add_flow", json!({"a": 20, "b": 22})).await;
     assert_eq!(reply["answer"], "42", "{reply}");
     assert!(
-        wait_async(Duration::from_secs(10), || async {
-            server.log().contains("does not answer a ping")
-        })
-        .await
-        .is_some(),
+        server.logged("does not answer a ping", Duration::from_secs(10)),
         "{}",
         server.log()
     );

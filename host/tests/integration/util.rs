@@ -264,6 +264,12 @@ impl Server {
         self.stderr.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// Whether `text` reaches the log within `limit` (a line logged by a task of its own may
+    /// come after the answer that followed it).
+    pub fn logged(&self, text: &str, limit: Duration) -> bool {
+        wait_for(limit, || self.log().contains(text)).is_some()
+    }
+
     /// One sample of a Prometheus metric (summed over labels), or 0.
     pub async fn metric(&self, client: &reqwest::Client, name: &str) -> f64 {
         let text = client

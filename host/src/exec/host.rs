@@ -342,7 +342,7 @@ impl OpHost {
             let span = parent.start_with(
                 crate::telemetry::Kind::Internal,
                 || name.to_string(),
-                || vec![crate::telemetry::Attr::new("flowhost.op.name", op)],
+                |attributes| attributes.set("flowhost.op.name", op),
             );
             if !span.is_recording() {
                 return r#"{"id":0}"#.to_string();
@@ -424,12 +424,7 @@ impl OpHost {
         let span = self.trace().start_with(
             crate::telemetry::Kind::Internal,
             || format!("execute_tool {name}"),
-            || {
-                vec![crate::telemetry::Attr::new(
-                    "gen_ai.operation.name",
-                    "execute_tool",
-                )]
-            },
+            |attributes| attributes.set("gen_ai.operation.name", "execute_tool"),
         );
         span.tool(name);
         span.role(crate::telemetry::Role::Tool);

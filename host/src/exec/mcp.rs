@@ -61,12 +61,10 @@ pub(super) async fn run_mcp(
     let span = env.trace.start_with(
         crate::telemetry::Kind::Client,
         || format!("tools/call {}", step.tool),
-        || {
-            vec![
-                crate::telemetry::Attr::new("mcp.method.name", "tools/call"),
-                crate::telemetry::Attr::new("gen_ai.operation.name", "execute_tool"),
-                crate::telemetry::Attr::new("flowhost.mcp.server", step.server.clone()),
-            ]
+        |attributes| {
+            attributes.set("mcp.method.name", "tools/call");
+            attributes.set("gen_ai.operation.name", "execute_tool");
+            attributes.set("flowhost.mcp.server", &step.server);
         },
     );
     span.tool(&step.tool);
@@ -141,10 +139,7 @@ pub(super) async fn run_mcp(
                 if span.is_recording() {
                     span.event(
                         "retry",
-                        vec![crate::telemetry::Attr::new(
-                            "exception.message",
-                            err.message,
-                        )],
+                        &[("exception.message", err.message.as_str().into())],
                     );
                 }
                 tokio::select! {

@@ -192,14 +192,7 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
     let span = options.trace.start_with(
         crate::telemetry::Kind::Internal,
         || flow.run_span,
-        || {
-            let mut attributes = Vec::with_capacity(6);
-            attributes.push(crate::telemetry::Attr::new(
-                "flowhost.run.id",
-                flow_id.clone(),
-            ));
-            attributes
-        },
+        |attributes| attributes.set("flowhost.run.id", &flow_id),
     );
     if span.is_recording() {
         span.flow(flow_name);

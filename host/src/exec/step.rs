@@ -20,11 +20,9 @@ pub(super) async fn run_step(
     env: &Env,
 ) -> Result<Map<String, Value>, Failure> {
     let name = step.name();
-    let span = env.trace.start_with(
-        crate::telemetry::Kind::Internal,
-        || step.span_name,
-        || Vec::with_capacity(8),
-    );
+    let span = env
+        .trace
+        .start_with(crate::telemetry::Kind::Internal, || step.span_name, |_| {});
     // Unsampled (or no tracing): what the op asks for goes under the parent; nothing records.
     if !span.is_recording() {
         return run_policy(step, name, context, env, &span).await;
@@ -123,10 +121,7 @@ async fn run_policy(
             if span.is_recording() {
                 span.event(
                     "retry",
-                    vec![crate::telemetry::Attr::new(
-                        "exception.message",
-                        failure.to_string(),
-                    )],
+                    &[("exception.message", failure.to_string().into())],
                 );
             }
             tokio::select! {

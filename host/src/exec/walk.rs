@@ -164,12 +164,7 @@ pub(super) fn run_node<'a>(
                 let span = env.trace.start_with(
                     crate::telemetry::Kind::Internal,
                     || format!("FlowOp {}", target.name),
-                    || {
-                        vec![crate::telemetry::Attr::new(
-                            "flowhost.flow",
-                            target.name.clone(),
-                        )]
-                    },
+                    |attributes| attributes.set("flowhost.flow", &target.name),
                 );
                 span.role(crate::telemetry::Role::Chain);
                 let inner = Env {

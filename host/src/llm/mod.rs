@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::chunk::ChunkKind;
-use crate::telemetry::{Attr, Cx, Kind, Role, Span};
+use crate::telemetry::{Cx, Kind, Role, Span};
 use wire::{request_body, Accumulated};
 
 mod wire;
@@ -191,12 +191,10 @@ impl Service {
         let span = trace.start_with(
             Kind::Client,
             || format!("chat {model_name}"),
-            || {
-                vec![
-                    Attr::new("gen_ai.operation.name", "chat"),
-                    Attr::new("gen_ai.system", "openai"),
-                    Attr::new("gen_ai.provider.name", "openai"),
-                ]
+            |attributes| {
+                attributes.set("gen_ai.operation.name", "chat");
+                attributes.set("gen_ai.system", "openai");
+                attributes.set("gen_ai.provider.name", "openai");
             },
         );
         span.model(model_name);
@@ -270,7 +268,7 @@ impl Service {
                     if span.is_recording() {
                         span.event(
                             "retry",
-                            vec![Attr::new("exception.message", secrets.scrub(&message))],
+                            &[("exception.message", secrets.scrub(&message).into())],
                         );
                     }
                     tracing::warn!(
@@ -411,7 +409,7 @@ impl Service {
                 };
             }
             if first {
-                span.event("gen_ai.first_token", Vec::new());
+                span.event("gen_ai.first_token", &[]);
             }
             first = false;
             if !state.absorb(&value, on_chunk) {

@@ -63,42 +63,17 @@ fn dropped(reason: &'static str) -> &'static metrics::Counter {
 }
 
 impl Queue {
-    /// Queues an ended span (written here, on the caller's thread), or drops and counts it
-    /// when the queue is full or closed. It is written into the thread's own scratch buffer
-    /// first and copied in under the lock: a span with long attributes (an op's `ctx.span`)
-    /// does not hold the other threads ending spans for its encoding, and a span half written
-    /// never reaches the queue.
+    /// Queues an ended span, written here (on the caller's thread) into the queue's buffer,
+    /// or drops and counts it when the queue is full or closed. Written under the lock: its
+    /// attributes were written as they were set, what is left is ids, times and a copy.
     pub(super) fn push(&self, context: &SpanContext, record: &Record, end: u64) {
-        thread_local! {
-            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        let encode = |scratch: &mut Vec<u8>| {
-            scratch.clear();
-            super::otlp::span(scratch, context, record, end);
-            self.add(scratch);
-            // What one large span grew, it does not keep.
-            scratch.shrink_to(64 << 10);
-        };
-        // A span ended while the thread's locals are being torn down gets a buffer of its own.
-        let done = SCRATCH
-            .try_with(|cell| {
-                cell.try_borrow_mut()
-                    .map(|mut scratch| encode(&mut scratch))
-            })
-            .is_ok_and(|borrowed| borrowed.is_ok());
-        if !done {
-            encode(&mut Vec::new());
-        }
-    }
-
-    fn add(&self, span: &[u8]) {
         let mut state = lock(&self.state);
         if state.closed || state.count >= self.capacity {
             drop(state);
             dropped("queue_full").increment(1);
             return;
         }
-        state.spans.extend_from_slice(span);
+        super::otlp::span(&mut state.spans, context, record, end);
         state.count += 1;
         if state.count.is_multiple_of(self.batch) {
             let at = state.spans.len();
@@ -164,7 +139,8 @@ struct Sender {
     endpoint: String,
     headers: reqwest::header::HeaderMap,
     timeout: Duration,
-    resource: Vec<KeyValue>,
+    /// The resource's attributes, written once.
+    resource: Vec<u8>,
     body: Arc<Mutex<Vec<u8>>>,
 }
 
@@ -245,7 +221,7 @@ pub(super) fn start(resolved: &Resolved) -> Result<Arc<Queue>, String> {
         endpoint: resolved.endpoint.clone(),
         headers,
         timeout: resolved.timeout,
-        resource,
+        resource: super::otlp::resource(&resource),
         body: Arc::default(),
     };
     let queue = Arc::new(Queue {

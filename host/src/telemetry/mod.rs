@@ -8,7 +8,8 @@
 //! `record.rs` the span recorder (ids, samplers, `traceparent`; why not the SDK's tracer:
 //! there); `export.rs` the exporter's queue (bounded, never blocks a run, counts what it
 //! drops) and its sender; `otlp.rs` the OTLP protobuf body, written straight from the spans.
-//! Types (`KeyValue`, `SpanKind`, `Status`, `SpanContext`) are the OpenTelemetry API's.
+//! Types (`SpanKind`, `Status`, `SpanContext`) are the OpenTelemetry API's; attributes are
+//! [`Val`]s, written as OTLP when they are set.
 
 mod export;
 mod otlp;
@@ -22,7 +23,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::KeyValue;
 
 use record::Record;
 pub(crate) use settings::{Conventions, Settings};
@@ -112,6 +112,11 @@ fn conventions() -> Conventions {
     }
 }
 
+/// The W3C headers, as names made once (a name given as text is parsed and hashed again on
+/// every lookup).
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+
 /// Where new spans go: the span context they belong under (a request's, a run's, an op
 /// call's; an invalid one starts a new trace). Empty when tracing is off; `Default` is empty.
 #[derive(Clone, Default, Debug)]
@@ -133,11 +138,11 @@ impl Cx {
             return Cx(None);
         }
         let remote = headers
-            .get("traceparent")
+            .get(&TRACEPARENT)
             .and_then(|value| value.to_str().ok())
             .and_then(|parent| {
                 let mut states = headers
-                    .get_all("tracestate")
+                    .get_all(&TRACESTATE)
                     .iter()
                     .filter_map(|value| value.to_str().ok());
                 // One header (the usual case) is read where it is.
@@ -178,7 +183,7 @@ impl Cx {
         &self,
         kind: SpanKind,
         name: impl FnOnce() -> N,
-        attributes: impl FnOnce() -> Vec<KeyValue>,
+        attributes: impl FnOnce(&mut Attributes<'_>),
     ) -> Span {
         let (Some(parent), Some(tracer)) = (&self.0, TRACER.get()) else {
             return Span(None);
@@ -212,19 +217,16 @@ impl Cx {
         };
         let context = SpanContext::new(trace, record::new_span_id(), flags, false, state);
         let record = sampled.then(|| {
-            Box::new(Mutex::new(Record {
-                name: name().into(),
+            let mut record = Record::new(
+                name().into(),
                 kind,
-                parent: parent
+                parent
                     .is_valid()
                     .then(|| (parent.span_id(), parent.is_remote())),
-                start: record::now(),
-                attributes: attributes(),
-                dropped_attributes: 0,
-                events: Vec::new(),
-                dropped_events: 0,
-                status: Status::Unset,
-            }))
+                record::now(),
+            );
+            attributes(&mut Attributes(&mut record));
+            Box::new(Mutex::new(record))
         });
         Span(Some(Live { context, record }))
     }
@@ -245,12 +247,12 @@ impl Cx {
             return;
         };
         if let Ok(value) = http::HeaderValue::from_str(&record::traceparent(context)) {
-            headers.insert("traceparent", value);
+            headers.insert(TRACEPARENT, value);
         }
         let state = context.trace_state().header();
         if let Ok(value) = http::HeaderValue::from_str(&state) {
             if !state.is_empty() {
-                headers.insert("tracestate", value);
+                headers.insert(TRACESTATE, value);
             }
         }
     }
@@ -306,11 +308,11 @@ impl Span {
         }
     }
 
-    pub(crate) fn set(&self, key: &'static str, value: impl Into<opentelemetry::Value>) {
-        self.with(|record| record.set(KeyValue::new(key, value)));
+    pub(crate) fn set<'v>(&self, key: &str, value: impl Into<Val<'v>>) {
+        self.with(|record| record.set(key, &value.into()));
     }
 
-    pub(crate) fn event(&self, name: &'static str, attributes: Vec<KeyValue>) {
+    pub(crate) fn event(&self, name: &'static str, attributes: &[(&str, Val<'_>)]) {
         self.with(|record| record.event(name.into(), attributes));
     }
 
@@ -318,8 +320,8 @@ impl Span {
     /// booleans as themselves, anything else as its JSON text.
     pub(crate) fn set_dynamic(&self, key: &str, value: &serde_json::Value) {
         self.with(|record| {
-            let value: opentelemetry::Value = match value {
-                serde_json::Value::String(text) => text.clone().into(),
+            let value: Val<'_> = match value {
+                serde_json::Value::String(text) => text.into(),
                 serde_json::Value::Bool(flag) => (*flag).into(),
                 serde_json::Value::Number(n) => match n.as_i64() {
                     Some(whole) => whole.into(),
@@ -327,13 +329,13 @@ impl Span {
                 },
                 other => other.to_string().into(),
             };
-            record.set(KeyValue::new(key.to_string(), value));
+            record.set(key, &value);
         });
     }
 
     /// An event with a name an op chose (`ctx.span`).
     pub(crate) fn event_named(&self, name: &str) {
-        self.with(|record| record.event(name.to_string().into(), Vec::new()));
+        self.with(|record| record.event(name.to_string().into(), &[]));
     }
 
     /// Marks the span failed with `message` (the error chunk's text).
@@ -372,11 +374,11 @@ impl Span {
         if !self.is_recording() {
             return;
         }
-        self.set("gen_ai.request.model", model.to_string());
+        self.set("gen_ai.request.model", model);
         match conventions() {
             Conventions::Otel => {}
-            Conventions::Openinference => self.set("llm.model_name", model.to_string()),
-            Conventions::Langfuse => self.set("langfuse.observation.model.name", model.to_string()),
+            Conventions::Openinference => self.set("llm.model_name", model),
+            Conventions::Langfuse => self.set("langfuse.observation.model.name", model),
         }
     }
 
@@ -423,9 +425,9 @@ impl Span {
         if !self.is_recording() {
             return;
         }
-        self.set("gen_ai.tool.name", name.to_string());
+        self.set("gen_ai.tool.name", name);
         if conventions() == Conventions::Openinference {
-            self.set("tool.name", name.to_string());
+            self.set("tool.name", name);
         }
     }
 
@@ -436,7 +438,7 @@ impl Span {
         }
         self.set("flowhost.flow", flow);
         if conventions() == Conventions::Langfuse {
-            self.set("langfuse.trace.name", flow.to_string());
+            self.set("langfuse.trace.name", flow);
         }
     }
 
@@ -465,7 +467,16 @@ impl Drop for Span {
 }
 
 pub(crate) use opentelemetry::trace::SpanKind as Kind;
-pub(crate) use opentelemetry::KeyValue as Attr;
+pub(crate) use record::Val;
+
+/// A new span's first attributes (`Cx::start_with`), set only when it is sampled.
+pub(crate) struct Attributes<'r>(&'r mut Record);
+
+impl Attributes<'_> {
+    pub(crate) fn set<'v>(&mut self, key: &str, value: impl Into<Val<'v>>) {
+        self.0.set(key, &value.into());
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -484,7 +495,7 @@ mod tests {
         assert!(!Cx::from_headers(&headers).is_on());
         let meta = serde_json::json!({"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"});
         assert!(Cx::from_meta(meta.as_object().expect("object")).is_none());
-        let span = Cx::root().start_with(Kind::Internal, || "x", Vec::new);
+        let span = Cx::root().start_with(Kind::Internal, || "x", |_| {});
         assert!(!span.is_recording());
         assert!(span.cx().ids().is_none());
     }

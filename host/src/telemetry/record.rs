@@ -15,7 +15,6 @@ use std::str::FromStr;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::KeyValue;
 
 /// OpenTelemetry's default limits (`OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`,
 /// `OTEL_SPAN_EVENT_COUNT_LIMIT`): what goes over them is counted, not kept.
@@ -134,6 +133,58 @@ pub(super) fn traceparent(context: &SpanContext) -> String {
     )
 }
 
+/// An attribute's value, borrowed where it can be: it is written as OTLP at once (see
+/// [`Record::set`]), so nothing needs to own it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Val<'a> {
+    Str(Cow<'a, str>),
+    Int(i64),
+    Bool(bool),
+    F64(f64),
+}
+
+impl<'a> From<&'a str> for Val<'a> {
+    fn from(text: &'a str) -> Self {
+        Val::Str(Cow::Borrowed(text))
+    }
+}
+
+impl<'a> From<&'a String> for Val<'a> {
+    fn from(text: &'a String) -> Self {
+        Val::Str(Cow::Borrowed(text))
+    }
+}
+
+impl From<String> for Val<'_> {
+    fn from(text: String) -> Self {
+        Val::Str(Cow::Owned(text))
+    }
+}
+
+impl<'a> From<Cow<'a, str>> for Val<'a> {
+    fn from(text: Cow<'a, str>) -> Self {
+        Val::Str(text)
+    }
+}
+
+impl From<i64> for Val<'_> {
+    fn from(number: i64) -> Self {
+        Val::Int(number)
+    }
+}
+
+impl From<bool> for Val<'_> {
+    fn from(flag: bool) -> Self {
+        Val::Bool(flag)
+    }
+}
+
+impl From<f64> for Val<'_> {
+    fn from(number: f64) -> Self {
+        Val::F64(number)
+    }
+}
+
 /// What a sampled span holds until it ends.
 #[derive(Debug)]
 pub(super) struct Record {
@@ -142,7 +193,15 @@ pub(super) struct Record {
     /// The parent's id and whether it came from another process; `None` for a root.
     pub(super) parent: Option<(SpanId, bool)>,
     pub(super) start: u64,
-    pub(super) attributes: Vec<KeyValue>,
+    /// The attributes as they will be sent: each a whole `Span.attributes` field (OTLP
+    /// protobuf), written when it is set. Kept as `KeyValue`s, an attribute was a string
+    /// copied in, a vector of them, each freed at the end after being encoded: a third of
+    /// what tracing added to a request.
+    pub(super) attributes: Vec<u8>,
+    attribute_count: u32,
+    /// A bit per key set so far, by [`key_bit`]: a key whose bit is clear was not set before,
+    /// and the attributes need not be searched for it (most keys are set once).
+    keys: u64,
     pub(super) dropped_attributes: u32,
     pub(super) events: Vec<Event>,
     pub(super) dropped_events: u32,
@@ -153,31 +212,75 @@ pub(super) struct Record {
 pub(super) struct Event {
     pub(super) time: u64,
     pub(super) name: Cow<'static, str>,
-    pub(super) attributes: Vec<KeyValue>,
+    /// As [`Record::attributes`], as `Event.attributes` fields.
+    pub(super) attributes: Vec<u8>,
 }
 
+/// One of 64 bits for `key` (its length and last two bytes: the host's keys differ there).
+fn key_bit(key: &str) -> u64 {
+    let bytes = key.as_bytes();
+    let tail = match bytes {
+        [.., a, b] => usize::from(*a) * 7 + usize::from(*b),
+        [b] => usize::from(*b),
+        [] => 0,
+    };
+    1 << ((bytes.len() * 13 + tail) & 63)
+}
+
+/// Room for what a span of the host sets (the server span's seven attributes are about 220
+/// bytes): one allocation, not one per doubling.
+const ATTRIBUTE_ROOM: usize = 256;
+
 impl Record {
+    pub(super) fn new(
+        name: Cow<'static, str>,
+        kind: SpanKind,
+        parent: Option<(SpanId, bool)>,
+        start: u64,
+    ) -> Record {
+        Record {
+            name,
+            kind,
+            parent,
+            start,
+            attributes: Vec::with_capacity(ATTRIBUTE_ROOM),
+            attribute_count: 0,
+            keys: 0,
+            dropped_attributes: 0,
+            events: Vec::new(),
+            dropped_events: 0,
+            status: Status::Unset,
+        }
+    }
+
     /// Sets an attribute: a key set before gets the new value (OTLP keys are unique).
-    pub(super) fn set(&mut self, attribute: KeyValue) {
-        if let Some(old) = self
-            .attributes
-            .iter_mut()
-            .find(|kv| kv.key == attribute.key)
-        {
-            *old = attribute;
-        } else if self.attributes.len() < MAX_ATTRIBUTES {
-            self.attributes.push(attribute);
+    pub(super) fn set(&mut self, key: &str, value: &Val<'_>) {
+        let bit = key_bit(key);
+        if self.keys & bit != 0 {
+            if let Some(old) = super::otlp::find_key(&self.attributes, key) {
+                self.attributes.drain(old);
+                self.attribute_count -= 1;
+            }
+        }
+        self.keys |= bit;
+        if (self.attribute_count as usize) < MAX_ATTRIBUTES {
+            super::otlp::key_value(&mut self.attributes, 9, key, value);
+            self.attribute_count += 1;
         } else {
             self.dropped_attributes += 1;
         }
     }
 
-    pub(super) fn event(&mut self, name: Cow<'static, str>, attributes: Vec<KeyValue>) {
+    pub(super) fn event(&mut self, name: Cow<'static, str>, attributes: &[(&str, Val<'_>)]) {
         if self.events.len() < MAX_EVENTS {
+            let mut encoded = Vec::new();
+            for (key, value) in attributes.iter().take(MAX_ATTRIBUTES) {
+                super::otlp::key_value(&mut encoded, 3, key, value);
+            }
             self.events.push(Event {
                 time: now(),
                 name,
-                attributes,
+                attributes: encoded,
             });
         } else {
             self.dropped_events += 1;

@@ -13,7 +13,7 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::telemetry::{Attr, Cx, Kind, Role, Span};
+use crate::telemetry::{Cx, Kind, Role, Span};
 
 /// The router's routes (`ROUTES`: method, template).
 pub(super) type Routes = &'static [(&'static str, &'static str)];
@@ -112,33 +112,28 @@ pub(crate) async fn server_span(
                     None => Cow::Owned(method.to_string()),
                 }
             },
-            || {
-                // Room for what is set later (status code, error type, role).
-                let mut attributes = Vec::with_capacity(10);
-                attributes.extend([
-                    Attr::new("http.request.method", method_name(request.method())),
-                    Attr::new("url.path", request.uri().path().to_string()),
-                    Attr::new("url.scheme", "http"),
-                    Attr::new(
-                        "network.protocol.version",
-                        match request.version() {
-                            axum::http::Version::HTTP_2 => "2",
-                            axum::http::Version::HTTP_10 => "1.0",
-                            _ => "1.1",
-                        },
-                    ),
-                ]);
+            |attributes| {
+                attributes.set("http.request.method", request.method().as_str());
+                attributes.set("url.path", request.uri().path());
+                attributes.set("url.scheme", "http");
+                attributes.set(
+                    "network.protocol.version",
+                    match request.version() {
+                        axum::http::Version::HTTP_2 => "2",
+                        axum::http::Version::HTTP_10 => "1.0",
+                        _ => "1.1",
+                    },
+                );
                 if let Some(route) = route() {
-                    attributes.push(Attr::new("http.route", route));
+                    attributes.set("http.route", route);
                 }
                 if let Some(agent) = request
                     .headers()
                     .get(header::USER_AGENT)
                     .and_then(|v| v.to_str().ok())
                 {
-                    attributes.push(Attr::new("user_agent.original", agent.to_string()));
+                    attributes.set("user_agent.original", agent);
                 }
-                attributes
             },
         )
     };
@@ -148,7 +143,7 @@ pub(crate) async fn server_span(
     let status = response.status();
     span.set("http.response.status_code", i64::from(status.as_u16()));
     if status.is_server_error() {
-        span.set("error.type", status.as_str().to_string());
+        span.set("error.type", status.as_str());
         span.fail(status.canonical_reason().unwrap_or("server error"));
     }
     // An unsampled span records nothing: no need to hold it to the body's end.
@@ -156,25 +151,6 @@ pub(crate) async fn server_span(
         return response;
     }
     response.map(|body| Body::new(SpanBody { body, _span: span }))
-}
-
-/// An HTTP method's name, not copied for the usual ones.
-fn method_name(method: &axum::http::Method) -> Cow<'static, str> {
-    use axum::http::Method;
-    let known = [
-        Method::GET,
-        Method::POST,
-        Method::PUT,
-        Method::DELETE,
-        Method::PATCH,
-        Method::HEAD,
-        Method::OPTIONS,
-    ];
-    const NAMES: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
-    match known.iter().position(|known| known == method) {
-        Some(at) => Cow::Borrowed(NAMES[at]),
-        None => Cow::Owned(method.as_str().to_string()),
-    }
 }
 
 /// A response body that holds the request's span until it is done or dropped.

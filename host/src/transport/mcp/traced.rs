@@ -6,7 +6,7 @@
 use rmcp::service::RequestContext;
 use rmcp::RoleServer;
 
-use crate::telemetry::{Attr, Cx, Kind, Role, Span};
+use crate::telemetry::{Cx, Kind, Role, Span};
 
 /// The span of one MCP request (`tools/call`, `resources/read`, `prompts/get`); empty when
 /// tracing is off.
@@ -28,28 +28,22 @@ pub(crate) fn server_span(
             Some(target) => format!("{method} {target}"),
             None => method.to_string(),
         },
-        || {
-            let mut attributes = vec![
-                Attr::new("mcp.method.name", method),
-                Attr::new("jsonrpc.request.id", context.id.to_string()),
-                Attr::new(
-                    "network.transport",
-                    if parts.is_some() { "tcp" } else { "pipe" },
-                ),
-            ];
+        |attributes| {
+            attributes.set("mcp.method.name", method);
+            attributes.set("jsonrpc.request.id", context.id.to_string());
+            attributes.set(
+                "network.transport",
+                if parts.is_some() { "tcp" } else { "pipe" },
+            );
             if let Some(session) = parts
                 .and_then(|p| p.headers.get("mcp-session-id"))
                 .and_then(|v| v.to_str().ok())
             {
-                attributes.push(Attr::new("mcp.session.id", session.to_string()));
+                attributes.set("mcp.session.id", session);
             }
             if let Some(info) = context.peer.peer_info() {
-                attributes.push(Attr::new(
-                    "mcp.protocol.version",
-                    info.protocol_version.to_string(),
-                ));
+                attributes.set("mcp.protocol.version", info.protocol_version.to_string());
             }
-            attributes
         },
     );
     span.role(if method == "tools/call" {

@@ -3,7 +3,8 @@
 //! (every request makes a server, a run and an op span, all exported), and on with
 //! `traceidratio 0.01`. The OTLP receiver is this process: it answers every export at once
 //! and counts the spans' bytes, so the figure is the host's cost, not a collector's.
-//! Alternating rounds, the median of each.
+//! Alternating rounds, the median of each, and the median of each round's own ratio to the
+//! round's tracing-off host CPU (steadier when the machine's speed drifts).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,6 +120,23 @@ pub async fn run(bin_dir: &Path) -> Value {
                 .collect(),
         )
     };
+    // Each round's setups ran one after another: the ratio within a round is steadier than
+    // the ratio of medians when the machine's speed drifts between rounds.
+    let paired = |i: usize| -> Vec<f64> {
+        rounds[i]
+            .iter()
+            .zip(&rounds[0])
+            .filter_map(|((r, _), (base, _))| {
+                Some(
+                    ((r["cpu_us_per_request"].as_f64()? / base["cpu_us_per_request"].as_f64()?
+                        - 1.0)
+                        * 1000.0)
+                        .round()
+                        / 10.0,
+                )
+            })
+            .collect()
+    };
     let (base_rps, base_cps) = (rps(0), cps(0));
     let mut report = serde_json::Map::new();
     for (i, (name, _)) in setups.iter().enumerate() {
@@ -129,6 +147,8 @@ pub async fn run(bin_dir: &Path) -> Value {
                 "vs_off_pct": ((rps(i) / base_rps - 1.0) * 1000.0).round() / 10.0,
                 "host_cpu_us_per_request": (cpu(i) * 10.0).round() / 10.0,
                 "host_cpu_vs_off_pct": ((cpu(i) / cpu(0) - 1.0) * 1000.0).round() / 10.0,
+                "host_cpu_vs_off_pct_paired_median": median(paired(i)),
+                "host_cpu_vs_off_pct_per_round": paired(i),
                 "p50_ms": median(rounds[i].iter().filter_map(|(r, _)| r["p50_ms"].as_f64()).collect()),
                 "p99_ms": median(rounds[i].iter().filter_map(|(r, _)| r["p99_ms"].as_f64()).collect()),
                 "errors": rounds[i].iter().filter_map(|(r, _)| r["errors"].as_u64()).sum::<u64>(),

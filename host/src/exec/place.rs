@@ -101,11 +101,13 @@ fn on_pool<R: Send + 'static>(
     })
 }
 
-/// One call of a step's op: inline, on the op pool, or in a worker process.
+/// One call of a step's op: inline, on the op pool, or in a worker process; what it asks
+/// for (spans, LLM calls, sub-ops) goes under `trace`.
 pub(super) async fn call_once(
     step: &Step,
     context_json: &str,
     env: &Env,
+    trace: &crate::telemetry::Cx,
     record: bool,
 ) -> (Result<Map<String, Value>, Failure>, Report) {
     let op_name = step.name();
@@ -117,7 +119,10 @@ pub(super) async fn call_once(
         emitted: AtomicU64::new(0),
         recording: record.then(|| Mutex::new(Some((Vec::new(), 0)))),
         subs: step.subs.clone(),
-        env: env.clone(),
+        env: Env {
+            trace: trace.clone(),
+            ..env.clone()
+        },
         spans: Mutex::new(Vec::new()),
     };
     let op = &step.op;

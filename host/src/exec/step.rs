@@ -25,19 +25,17 @@ pub(super) async fn run_step(
         .start_with(crate::telemetry::Kind::Internal, || step.span_name, |_| {});
     // Unsampled (or no tracing): what the op asks for goes under the parent; nothing records.
     if !span.is_recording() {
-        return run_policy(step, name, context, env, &span).await;
+        return run_policy(step, name, context, env, (&span, &env.trace)).await;
     }
     span.role(crate::telemetry::Role::Op);
     let library = &step.op.library;
     span.set("flowhost.op.name", step.op.name);
     span.set("flowhost.op.plugin", library.labels.0);
     span.set("flowhost.op.plugin_version", library.labels.1);
-    // What the op asks for (LLM calls, sub-ops, its own spans) goes under its span.
-    let env = Env {
-        trace: span.cx(),
-        ..env.clone()
-    };
-    let result = run_policy(step, name, context, &env, &span).await;
+    // What the op asks for (LLM calls, sub-ops, its own spans) goes under its span (the call
+    // takes it into its own copy of `env`).
+    let trace = span.cx();
+    let result = run_policy(step, name, context, env, (&span, &trace)).await;
     if let Err(failure) = &result {
         span.fail(&failure.to_string());
     }
@@ -45,13 +43,13 @@ pub(super) async fn run_step(
 }
 
 /// [`run_step`] under the call's span (`span` gets the call's placement, cache hit and
-/// attempts).
+/// attempts; `trace` is where what the op asks for goes).
 async fn run_policy(
     step: &Step,
     name: &'static str,
     context: &Map<String, Value>,
     env: &Env,
-    span: &crate::telemetry::Span,
+    (span, trace): (&crate::telemetry::Span, &crate::telemetry::Cx),
 ) -> Result<Map<String, Value>, Failure> {
     let context_json = serde_json::to_string(context).map_err(|err| Failure {
         op: name,
@@ -81,7 +79,8 @@ async fn run_policy(
     }
     let mut attempt = 1;
     loop {
-        let (result, report) = call_once(step, &context_json, env, cache_key.is_some()).await;
+        let (result, report) =
+            call_once(step, &context_json, env, trace, cache_key.is_some()).await;
         // Set once, by the last call (an attribute set twice would be sent twice).
         let last = |span: &crate::telemetry::Span| {
             span.set("flowhost.op.placement", report.placement);

@@ -302,12 +302,14 @@ impl Span {
         self.0.as_ref().is_some_and(|live| live.record.is_some())
     }
 
+    #[inline(always)]
     fn with(&self, change: impl FnOnce(&mut Record)) {
         if let Some(record) = self.0.as_ref().and_then(|live| live.record.as_ref()) {
             change(&mut record.lock().unwrap_or_else(|p| p.into_inner()));
         }
     }
 
+    #[inline]
     pub(crate) fn set<'v>(&self, key: &str, value: impl Into<Val<'v>>) {
         self.with(|record| record.set(key, &value.into()));
     }
@@ -473,6 +475,7 @@ pub(crate) use record::Val;
 pub(crate) struct Attributes<'r>(&'r mut Record);
 
 impl Attributes<'_> {
+    #[inline]
     pub(crate) fn set<'v>(&mut self, key: &str, value: impl Into<Val<'v>>) {
         self.0.set(key, &value.into());
     }

@@ -15,7 +15,7 @@
 //! known only after the message, and a padded varint, valid protobuf that every decoder
 //! reads, lets it be filled in place instead of measured first.
 
-use opentelemetry::trace::{SpanContext, SpanKind, Status};
+use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceState};
 use opentelemetry::{KeyValue, Value};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 
@@ -55,17 +55,40 @@ pub(super) fn envelope(
     end(out, resource_spans);
 }
 
-/// One ended span, as a `ScopeSpans.spans` field (2), appended to `out`.
+/// One ended span, as a `ScopeSpans.spans` field (2), appended to `out`. The fixed-size
+/// parts (ids, kind and times, flags) are each put together on the stack and copied in one
+/// piece.
 pub(super) fn span(out: &mut Vec<u8>, context: &SpanContext, record: &Record, end_time: u64) {
+    let events: usize = record
+        .events
+        .iter()
+        .map(|event| 32 + event.name.len() + event.attributes.len())
+        .sum();
+    out.reserve(96 + record.name.len() + record.attributes.len() + events);
     let at = begin(out, 2);
-    bytes(out, 1, &context.trace_id().to_bytes());
-    bytes(out, 2, &context.span_id().to_bytes());
-    // Empty (no allocation) unless the caller sent a `tracestate`.
-    string(out, 3, &context.trace_state().header());
+    // Span.trace_id (1), .span_id (2): 16 and 8 bytes.
+    let mut ids = [0u8; 28];
+    ids[0] = 0x0a;
+    ids[1] = 16;
+    ids[2..18].copy_from_slice(&context.trace_id().to_bytes());
+    ids[18] = 0x12;
+    ids[19] = 8;
+    ids[20..28].copy_from_slice(&context.span_id().to_bytes());
+    out.extend_from_slice(&ids);
+    // Span.trace_state (3): only when the caller sent a `tracestate`.
+    if *context.trace_state() != TraceState::NONE {
+        string(out, 3, &context.trace_state().header());
+    }
+    // Span.parent_span_id (4)
     if let Some((parent, _)) = record.parent {
-        bytes(out, 4, &parent.to_bytes());
+        let mut field = [0u8; 10];
+        field[0] = 0x22;
+        field[1] = 8;
+        field[2..10].copy_from_slice(&parent.to_bytes());
+        out.extend_from_slice(&field);
     }
     string(out, 5, &record.name);
+    // Span.kind (6, varint), .start_time_unix_nano (7), .end_time_unix_nano (8): fixed64.
     let kind = match record.kind {
         SpanKind::Internal => 1,
         SpanKind::Server => 2,
@@ -73,9 +96,14 @@ pub(super) fn span(out: &mut Vec<u8>, context: &SpanContext, record: &Record, en
         SpanKind::Producer => 4,
         SpanKind::Consumer => 5,
     };
-    varint(out, 6, kind);
-    fixed64(out, 7, record.start);
-    fixed64(out, 8, end_time.max(record.start));
+    let mut times = [0u8; 20];
+    times[0] = 0x30;
+    times[1] = kind;
+    times[2] = 0x39;
+    times[3..11].copy_from_slice(&record.start.to_le_bytes());
+    times[11] = 0x41;
+    times[12..20].copy_from_slice(&end_time.max(record.start).to_le_bytes());
+    out.extend_from_slice(&times);
     out.extend_from_slice(&record.attributes);
     varint(out, 10, u64::from(record.dropped_attributes));
     for event in &record.events {
@@ -102,14 +130,15 @@ pub(super) fn span(out: &mut Vec<u8>, context: &SpanContext, record: &Record, en
             end(out, at);
         }
     }
-    // Span.flags (16, fixed32): the W3C trace flags, and whether the parent is remote (bit
-    // 8: known, bit 9: remote).
+    // Span.flags (16, fixed32: two bytes of key): the W3C trace flags, and whether the
+    // parent is remote (bit 8: known, bit 9: remote).
     let mut flags = u32::from(context.trace_flags().to_u8()) | 0x100;
     if record.parent.is_some_and(|(_, remote)| remote) {
         flags |= 0x200;
     }
-    put_key(out, 16, WireType::ThirtyTwoBit);
-    out.extend_from_slice(&flags.to_le_bytes());
+    let mut field = [0x85, 0x01, 0, 0, 0, 0];
+    field[2..6].copy_from_slice(&flags.to_le_bytes());
+    out.extend_from_slice(&field);
     end(out, at);
 }
 
@@ -132,7 +161,9 @@ pub(super) fn resource(attributes: &[KeyValue]) -> Vec<u8> {
 /// A `KeyValue` message as field `tag`: key (1), value (2: AnyValue with its one field:
 /// string 1, bool 2, int 3, double 4), lengths measured first (no [`begin`] padding). Nearly
 /// every attribute is under 128 bytes, its lengths one byte each: that case is a few stores
-/// and the two texts' copies.
+/// and the two texts' copies, inlined where the key is known (its lengths are then constants);
+/// the rest is [`key_value_long`].
+#[inline(always)]
 pub(super) fn key_value(out: &mut Vec<u8>, tag: u32, key: &str, value: &Val<'_>) {
     let any = match value {
         Val::Str(text) => field_len(text.len()),
@@ -164,6 +195,18 @@ pub(super) fn key_value(out: &mut Vec<u8>, tag: u32, key: &str, value: &Val<'_>)
         }
         return;
     }
+    key_value_long(out, tag, key, value, (body, any));
+}
+
+/// [`key_value`] with lengths of any size: `body` the `KeyValue`'s, `any` its value's.
+#[inline(never)]
+fn key_value_long(
+    out: &mut Vec<u8>,
+    tag: u32,
+    key: &str,
+    value: &Val<'_>,
+    (body, any): (usize, usize),
+) {
     out.reserve(1 + encoded_len_varint(body as u64) + body);
     put_key(out, tag, WireType::LengthDelimited);
     put_varint(out, body as u64);
@@ -333,7 +376,14 @@ mod tests {
         record.dropped_events = 2;
         record.status = Status::error("disk on fire");
         let mut spans = Vec::new();
-        span(&mut spans, &context, &record, 1_700_003_000_123);
+        let with_state = SpanContext::new(
+            context.trace_id(),
+            context.span_id(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::from_key_value([("vendor", "x")]).expect("a tracestate"),
+        );
+        span(&mut spans, &with_state, &record, 1_700_003_000_123);
         span(&mut spans, &context, &record, 1_700_003_000_123);
         let mut out = Vec::new();
         envelope(
@@ -351,6 +401,8 @@ mod tests {
         let scope = &resource.scope_spans[0];
         assert_eq!(scope.scope.as_ref().expect("scope").version, "1.2.3");
         assert_eq!(scope.spans.len(), 2);
+        assert_eq!(scope.spans[0].trace_state, "vendor=x");
+        assert_eq!(scope.spans[1].trace_state, "");
         let got = &scope.spans[1];
         assert_eq!(got.name, "chat m");
         assert_eq!(got.kind, 3);

@@ -217,6 +217,7 @@ pub(super) struct Event {
 }
 
 /// One of 64 bits for `key` (its length and last two bytes: the host's keys differ there).
+#[inline]
 fn key_bit(key: &str) -> u64 {
     let bytes = key.as_bytes();
     let tail = match bytes {
@@ -254,6 +255,7 @@ impl Record {
     }
 
     /// Sets an attribute: a key set before gets the new value (OTLP keys are unique).
+    #[inline(always)]
     pub(super) fn set(&mut self, key: &str, value: &Val<'_>) {
         let bit = key_bit(key);
         if self.keys & bit != 0 {

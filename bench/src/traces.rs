@@ -3,8 +3,9 @@
 //! (every request makes a server, a run and an op span, all exported), and on with
 //! `traceidratio 0.01`. The OTLP receiver is this process: it answers every export at once
 //! and counts the spans' bytes, so the figure is the host's cost, not a collector's.
-//! Alternating rounds, the median of each, and the median of each round's own ratio to the
-//! round's tracing-off host CPU (steadier when the machine's speed drifts).
+//! Alternating rounds (each starting with a different setup), the median of each, and the
+//! median of each round's own ratio to the round's tracing-off host CPU (steadier when the
+//! machine's speed drifts).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,8 +73,12 @@ pub async fn run(bin_dir: &Path) -> Value {
         ("traceidratio 0.01", &ratio),
     ];
     let mut rounds: Vec<Vec<(Value, f64)>> = vec![Vec::new(); setups.len()];
-    for _ in 0..ROUNDS {
-        for (i, (_, config)) in setups.iter().enumerate() {
+    for round in 0..ROUNDS {
+        // Each round starts with a different setup: no setup always runs first (on a fresh
+        // machine) or last.
+        for k in 0..setups.len() {
+            let i = (round + k) % setups.len();
+            let config = setups[i].1;
             let port = free_port();
             let mut command = serve_command(bin_dir, port, &flows);
             command.arg("--config").arg(config);

@@ -20,18 +20,21 @@ pub(super) async fn run_step(
     env: &Env,
 ) -> Result<Map<String, Value>, Failure> {
     let name = step.name();
-    let span = env
-        .trace
-        .start_with(crate::telemetry::Kind::Internal, || step.span_name, |_| {});
+    let library = &step.op.library;
+    let span = env.trace.start_with(
+        crate::telemetry::Kind::Internal,
+        || step.span_name,
+        |attributes| {
+            attributes.set("flowhost.op.name", step.op.name);
+            attributes.set("flowhost.op.plugin", library.labels.0);
+            attributes.set("flowhost.op.plugin_version", library.labels.1);
+        },
+    );
     // Unsampled (or no tracing): what the op asks for goes under the parent; nothing records.
     if !span.is_recording() {
         return run_policy(step, name, context, env, (&span, &env.trace)).await;
     }
     span.role(crate::telemetry::Role::Op);
-    let library = &step.op.library;
-    span.set("flowhost.op.name", step.op.name);
-    span.set("flowhost.op.plugin", library.labels.0);
-    span.set("flowhost.op.plugin_version", library.labels.1);
     // What the op asks for (LLM calls, sub-ops, its own spans) goes under its span (the call
     // takes it into its own copy of `env`).
     let trace = span.cx();

@@ -14,7 +14,7 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use opentelemetry::trace::SpanContext;
+use opentelemetry::trace::{SpanContext, TraceState};
 use opentelemetry::KeyValue;
 
 use super::record::Record;
@@ -67,13 +67,21 @@ impl Queue {
     /// or drops and counts it when the queue is full or closed. Written under the lock: its
     /// attributes were written as they were set, what is left is ids, times and a copy.
     pub(super) fn push(&self, context: &SpanContext, record: &Record, end: u64) {
+        // Made before the lock (a caller's `tracestate`: rare).
+        let trace_state =
+            (*context.trace_state() != TraceState::NONE).then(|| context.trace_state().header());
         let mut state = lock(&self.state);
         if state.closed || state.count >= self.capacity {
             drop(state);
             dropped("queue_full").increment(1);
             return;
         }
-        super::otlp::span(&mut state.spans, context, record, end);
+        super::otlp::span(
+            &mut state.spans,
+            (context, trace_state.as_deref()),
+            record,
+            end,
+        );
         state.count += 1;
         if state.count.is_multiple_of(self.batch) {
             let at = state.spans.len();

@@ -15,7 +15,7 @@
 //! known only after the message, and a padded varint, valid protobuf that every decoder
 //! reads, lets it be filled in place instead of measured first.
 
-use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceState};
+use opentelemetry::trace::{SpanContext, SpanKind, Status};
 use opentelemetry::{KeyValue, Value};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 
@@ -55,10 +55,16 @@ pub(super) fn envelope(
     end(out, resource_spans);
 }
 
-/// One ended span, as a `ScopeSpans.spans` field (2), appended to `out`. The fixed-size
-/// parts (ids, kind and times, flags) are each put together on the stack and copied in one
-/// piece.
-pub(super) fn span(out: &mut Vec<u8>, context: &SpanContext, record: &Record, end_time: u64) {
+/// One ended span, as a `ScopeSpans.spans` field (2), appended to `out`; `state` is the
+/// context's `tracestate` header, when the caller sent one. The fixed-size parts (ids, kind
+/// and times, flags) are each put together on the stack and copied in one piece. Nothing here
+/// panics (no indexing that can fail): a span is never left half written in `out`.
+pub(super) fn span(
+    out: &mut Vec<u8>,
+    (context, state): (&SpanContext, Option<&str>),
+    record: &Record,
+    end_time: u64,
+) {
     let events: usize = record
         .events
         .iter()
@@ -75,9 +81,9 @@ pub(super) fn span(out: &mut Vec<u8>, context: &SpanContext, record: &Record, en
     ids[19] = 8;
     ids[20..28].copy_from_slice(&context.span_id().to_bytes());
     out.extend_from_slice(&ids);
-    // Span.trace_state (3): only when the caller sent a `tracestate`.
-    if *context.trace_state() != TraceState::NONE {
-        string(out, 3, &context.trace_state().header());
+    // Span.trace_state (3)
+    if let Some(state) = state {
+        string(out, 3, state);
     }
     // Span.parent_span_id (4)
     if let Some((parent, _)) = record.parent {
@@ -383,8 +389,13 @@ mod tests {
             false,
             TraceState::from_key_value([("vendor", "x")]).expect("a tracestate"),
         );
-        span(&mut spans, &with_state, &record, 1_700_003_000_123);
-        span(&mut spans, &context, &record, 1_700_003_000_123);
+        span(
+            &mut spans,
+            (&with_state, Some(&with_state.trace_state().header())),
+            &record,
+            1_700_003_000_123,
+        );
+        span(&mut spans, (&context, None), &record, 1_700_003_000_123);
         let mut out = Vec::new();
         envelope(
             &resource(&[KeyValue::new("service.name", "svc")]),

@@ -17,7 +17,7 @@
 
 use opentelemetry::trace::{SpanContext, SpanKind, Status};
 use opentelemetry::{KeyValue, Value};
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+use prost::encoding::{decode_varint, encode_key, encode_varint, encoded_len_varint, WireType};
 
 use super::record::{Record, Val};
 
@@ -245,29 +245,19 @@ fn key_value_long(
 /// Where the attribute with `key` is in `fields` (what [`key_value`] wrote, one field after
 /// another), if it is there.
 pub(super) fn find_key(fields: &[u8], key: &str) -> Option<std::ops::Range<usize>> {
-    let mut at = 0;
-    while at < fields.len() {
-        let start = at;
-        // The field's key (one byte: tags here are under 16), the message's length.
-        let (len, size) = read_varint(fields.get(at + 1..)?)?;
-        let body = fields.get(at + 1 + size..at + 1 + size + len)?;
-        at += 1 + size + len;
+    let length = |cursor: &mut &[u8]| usize::try_from(decode_varint(cursor).ok()?).ok();
+    let mut rest = fields;
+    // Each field: its key (one byte: tags here are under 16), its length, the message.
+    while let Some((_, mut cursor)) = rest.split_first() {
+        let start = fields.len() - rest.len();
+        let len = length(&mut cursor)?;
+        let body = cursor.get(..len)?;
+        rest = cursor.get(len..)?;
         // KeyValue.key (1): its key byte, length and text.
-        let (key_len, size) = read_varint(body.get(1..)?)?;
-        if key_len == key.len() && body.get(1 + size..1 + size + key_len) == Some(key.as_bytes()) {
-            return Some(start..at);
-        }
-    }
-    None
-}
-
-/// A varint at the start of `bytes` and how many bytes it took.
-fn read_varint(bytes: &[u8]) -> Option<(usize, usize)> {
-    let mut value = 0usize;
-    for (i, byte) in bytes.iter().take(10).enumerate() {
-        value |= usize::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((value, i + 1));
+        let mut inner = body.get(1..)?;
+        let key_len = length(&mut inner)?;
+        if inner.get(..key_len) == Some(key.as_bytes()) {
+            return Some(start..fields.len() - rest.len());
         }
     }
     None

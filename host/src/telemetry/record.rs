@@ -135,7 +135,7 @@ pub(super) fn traceparent(context: &SpanContext) -> String {
 
 /// An attribute's value, borrowed where it can be: it is written as OTLP at once (see
 /// [`Record::set`]), so nothing needs to own it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug)]
 pub(crate) enum Val<'a> {
     Str(Cow<'a, str>),
     Int(i64),
@@ -158,12 +158,6 @@ impl<'a> From<&'a String> for Val<'a> {
 impl From<String> for Val<'_> {
     fn from(text: String) -> Self {
         Val::Str(Cow::Owned(text))
-    }
-}
-
-impl<'a> From<Cow<'a, str>> for Val<'a> {
-    fn from(text: Cow<'a, str>) -> Self {
-        Val::Str(text)
     }
 }
 

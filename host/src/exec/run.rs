@@ -192,12 +192,12 @@ pub fn start(flow: Arc<Flow>, input: Map<String, Value>, options: &Options) -> R
     let span = options.trace.start_with(
         crate::telemetry::Kind::Internal,
         || flow.run_span,
-        |attributes| attributes.set("flowhost.run.id", &flow_id),
+        |attributes| {
+            attributes.set("flowhost.run.id", &flow_id);
+            attributes.flow(flow_name);
+        },
     );
-    if span.is_recording() {
-        span.flow(flow_name);
-        span.role(crate::telemetry::Role::Chain);
-    }
+    span.role(crate::telemetry::Role::Chain);
     let trace = span.cx();
     let task = {
         let cancel = cancel.clone();
@@ -445,8 +445,10 @@ impl Run {
             }
             _ => outcome,
         };
-        self.span.set("flowhost.run.outcome", outcome);
-        self.span.set("flowhost.run.chunks", self.chunks as i64);
+        self.span.set_all(&[
+            ("flowhost.run.outcome", outcome.into()),
+            ("flowhost.run.chunks", (self.chunks as i64).into()),
+        ]);
         self.span.end();
     }
 }

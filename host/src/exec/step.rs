@@ -25,9 +25,17 @@ pub(super) async fn run_step(
         crate::telemetry::Kind::Internal,
         || step.span_name,
         |attributes| {
-            attributes.set("flowhost.op.name", step.op.name);
-            attributes.set("flowhost.op.plugin", library.labels.0);
-            attributes.set("flowhost.op.plugin_version", library.labels.1);
+            let (plugin, version) = library.labels;
+            attributes.extend(crate::telemetry::block_of(
+                [step.op.name, plugin, version],
+                || {
+                    crate::telemetry::Block::new(&[
+                        ("flowhost.op.name", step.op.name.into()),
+                        ("flowhost.op.plugin", plugin.into()),
+                        ("flowhost.op.plugin_version", version.into()),
+                    ])
+                },
+            ));
         },
     );
     // Unsampled (or no tracing): what the op asks for goes under the parent; nothing records.
@@ -86,8 +94,10 @@ async fn run_policy(
             call_once(step, &context_json, env, trace, cache_key.is_some()).await;
         // Set once, by the last call (an attribute set twice would be sent twice).
         let last = |span: &crate::telemetry::Span| {
-            span.set("flowhost.op.placement", report.placement);
-            span.set("flowhost.op.attempts", i64::from(attempt));
+            span.set_all(&[
+                ("flowhost.op.placement", report.placement.into()),
+                ("flowhost.op.attempts", i64::from(attempt).into()),
+            ]);
         };
         let mut failure = match result {
             Ok(writes) => {

@@ -217,7 +217,7 @@ impl Cx {
         };
         let context = SpanContext::new(trace, record::new_span_id(), flags, false, state);
         let record = sampled.then(|| {
-            let mut record = Record::new(
+            let mut record = record::fresh(
                 name().into(),
                 kind,
                 parent
@@ -225,8 +225,10 @@ impl Cx {
                     .then(|| (parent.span_id(), parent.is_remote())),
                 record::now(),
             );
-            attributes(&mut Attributes(&mut record));
-            Box::new(Mutex::new(record))
+            attributes(&mut Attributes(
+                record.get_mut().unwrap_or_else(|p| p.into_inner()),
+            ));
+            record
         });
         Span(Some(Live { context, record }))
     }
@@ -312,6 +314,16 @@ impl Span {
     #[inline]
     pub(crate) fn set<'v>(&self, key: &str, value: impl Into<Val<'v>>) {
         self.with(|record| record.set(key, &value.into()));
+    }
+
+    /// Sets several attributes at once (one lock).
+    #[inline]
+    pub(crate) fn set_all(&self, attributes: &[(&str, Val<'_>)]) {
+        self.with(|record| {
+            for (key, value) in attributes {
+                record.set(key, value);
+            }
+        });
     }
 
     pub(crate) fn event(&self, name: &'static str, attributes: &[(&str, Val<'_>)]) {
@@ -433,17 +445,6 @@ impl Span {
         }
     }
 
-    /// A run's flow, as the trace's name where the conventions have one.
-    pub(crate) fn flow(&self, flow: &'static str) {
-        if !self.is_recording() {
-            return;
-        }
-        self.set("flowhost.flow", flow);
-        if conventions() == Conventions::Langfuse {
-            self.set("langfuse.trace.name", flow);
-        }
-    }
-
     /// Ends the span now (later calls and the drop do nothing): a sampled one goes to the
     /// exporter's queue.
     pub(crate) fn end(&mut self) {
@@ -455,10 +456,12 @@ impl Span {
             return;
         };
         let end = record::now();
-        let record = record.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut record = record;
         if let Some(tracer) = TRACER.get() {
-            tracer.queue.push(&context, &record, end);
+            let written = record.get_mut().unwrap_or_else(|p| p.into_inner());
+            tracer.queue.push(&context, written, end);
         }
+        record::recycle(record);
     }
 }
 
@@ -469,15 +472,29 @@ impl Drop for Span {
 }
 
 pub(crate) use opentelemetry::trace::SpanKind as Kind;
-pub(crate) use record::Val;
+pub(crate) use record::{block_of, Block, Val};
 
 /// A new span's first attributes (`Cx::start_with`), set only when it is sampled.
 pub(crate) struct Attributes<'r>(&'r mut Record);
 
 impl Attributes<'_> {
-    #[inline]
+    // Inlined where the key is a literal: its lengths and filter bit fold into constants.
+    #[inline(always)]
     pub(crate) fn set<'v>(&mut self, key: &str, value: impl Into<Val<'v>>) {
         self.0.set(key, &value.into());
+    }
+
+    /// A run's flow, as the trace's name where the conventions have one.
+    pub(crate) fn flow(&mut self, flow: &str) {
+        self.set("flowhost.flow", flow);
+        if conventions() == Conventions::Langfuse {
+            self.set("langfuse.trace.name", flow);
+        }
+    }
+
+    /// Sets every attribute of `block` (made once, copied whole).
+    pub(crate) fn extend(&mut self, block: &Block) {
+        self.0.extend(block);
     }
 }
 

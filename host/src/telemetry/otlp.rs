@@ -305,6 +305,7 @@ fn end(out: &mut [u8], at: usize) {
     }
 }
 
+#[inline]
 fn bytes(out: &mut Vec<u8>, tag: u32, data: &[u8]) {
     put_key(out, tag, WireType::LengthDelimited);
     put_varint(out, data.len() as u64);
@@ -312,6 +313,7 @@ fn bytes(out: &mut Vec<u8>, tag: u32, data: &[u8]) {
 }
 
 /// A string field; an empty one is left out (proto3's default).
+#[inline]
 fn string(out: &mut Vec<u8>, tag: u32, text: &str) {
     if !text.is_empty() {
         bytes(out, tag, text.as_bytes());

@@ -81,11 +81,23 @@ pub(super) fn new_span_id() -> SpanId {
     }
 }
 
-/// Nanoseconds since the Unix epoch (OTLP's times).
+/// Nanoseconds since the Unix epoch (OTLP's times); 0 for a clock set before 1970. Read
+/// with `clock_gettime` itself: `SystemTime`'s `duration_since` (a checked subtraction of two
+/// timespecs) cost as much as the clock's read, six times a traced request.
+#[inline]
 pub(super) fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `time` is a timespec the call may write; CLOCK_REALTIME always exists.
+    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut time) } != 0 {
+        return 0;
+    }
+    let (Ok(seconds), Ok(nanos)) = (u64::try_from(time.tv_sec), u64::try_from(time.tv_nsec)) else {
+        return 0;
+    };
+    seconds.saturating_mul(1_000_000_000).saturating_add(nanos)
 }
 
 /// A W3C `traceparent` (and `tracestate`) as a remote span context, or `None` when it is not
@@ -179,6 +191,75 @@ impl From<f64> for Val<'_> {
     }
 }
 
+/// Attributes that many spans share (a route's method, scheme and template), written as OTLP
+/// once and copied whole into each span that sets them ([`Record::extend`]).
+#[derive(Debug, Default)]
+pub(crate) struct Block {
+    bytes: Vec<u8>,
+    /// Each attribute's key, and where its field is in `bytes`.
+    fields: Vec<(Box<str>, std::ops::Range<usize>)>,
+    keys: u64,
+}
+
+impl Block {
+    /// The attributes, a key given twice set once (its last value).
+    pub(crate) fn new(attributes: &[(&str, Val<'_>)]) -> Block {
+        let mut block = Block::default();
+        for (at, (key, value)) in attributes.iter().enumerate() {
+            if attributes[at + 1..].iter().any(|(later, _)| later == key) {
+                continue;
+            }
+            let start = block.bytes.len();
+            super::otlp::key_value(&mut block.bytes, 9, key, value);
+            block.fields.push(((*key).into(), start..block.bytes.len()));
+            block.keys |= key_bit(key);
+        }
+        block
+    }
+}
+
+/// Texts that never change address: interned, never freed (`ops::intern`).
+type Interned = [&'static str; 3];
+
+/// The block `make` makes for `texts`, made once per process and kept for its life (a
+/// thread remembers the last few it used; the others are found under a lock). `texts` must be
+/// interned (never freed): they are told apart by address and length, not compared.
+pub(crate) fn block_of(texts: Interned, make: impl FnOnce() -> Block) -> &'static Block {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    type Key = [(usize, usize); 3];
+    const RECENT: usize = 16;
+    thread_local! {
+        static KNOWN: std::cell::RefCell<Vec<(Key, &'static Block)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    static ALL: Mutex<Option<HashMap<Key, &'static Block>>> = Mutex::new(None);
+    let key: Key = texts.map(|text| (text.as_ptr() as usize, text.len()));
+    let known = KNOWN.try_with(|known| {
+        let known = known.borrow();
+        known
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, block)| *block)
+    });
+    if let Ok(Some(block)) = known {
+        return block;
+    }
+    let block = {
+        let mut all = ALL.lock().unwrap_or_else(|p| p.into_inner());
+        *all.get_or_insert_with(HashMap::new)
+            .entry(key)
+            .or_insert_with(|| Box::leak(Box::new(make())))
+    };
+    let _ = KNOWN.try_with(|known| {
+        let mut known = known.borrow_mut();
+        if known.len() < RECENT {
+            known.push((key, block));
+        }
+    });
+    block
+}
+
 /// What a sampled span holds until it ends.
 #[derive(Debug)]
 pub(super) struct Record {
@@ -226,6 +307,68 @@ fn key_bit(key: &str) -> u64 {
 /// bytes): one allocation, not one per doubling.
 const ATTRIBUTE_ROOM: usize = 256;
 
+/// Records kept for reuse per thread (a span's record and its attributes' buffer were two
+/// allocations at its start and two frees at its end: three spans a request).
+const SPARE: usize = 32;
+
+thread_local! {
+    // Boxes kept whole: a box is what a span holds, and its allocation is what is reused.
+    #[allow(clippy::vec_box)]
+    static SPARES: std::cell::RefCell<Vec<Box<std::sync::Mutex<Record>>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A record for a new span: one this thread kept ([`recycle`]), or a new one.
+pub(super) fn fresh(
+    name: Cow<'static, str>,
+    kind: SpanKind,
+    parent: Option<(SpanId, bool)>,
+    start: u64,
+) -> Box<std::sync::Mutex<Record>> {
+    let spare = SPARES
+        .try_with(|spares| spares.borrow_mut().pop())
+        .ok()
+        .flatten();
+    match spare {
+        Some(mut boxed) => {
+            let record = boxed.get_mut().unwrap_or_else(|p| p.into_inner());
+            record.name = name;
+            record.kind = kind;
+            record.parent = parent;
+            record.start = start;
+            boxed
+        }
+        None => Box::new(std::sync::Mutex::new(Record::new(
+            name, kind, parent, start,
+        ))),
+    }
+}
+
+/// Keeps an ended span's record for this thread's next span, emptied (its attributes'
+/// buffer kept unless a span grew it large).
+pub(super) fn recycle(mut boxed: Box<std::sync::Mutex<Record>>) {
+    let Ok(record) = boxed.get_mut() else {
+        return;
+    };
+    if record.attributes.capacity() > 4 * ATTRIBUTE_ROOM {
+        return;
+    }
+    record.name = Cow::Borrowed("");
+    record.attributes.clear();
+    record.attribute_count = 0;
+    record.keys = 0;
+    record.dropped_attributes = 0;
+    record.events.clear();
+    record.dropped_events = 0;
+    record.status = Status::Unset;
+    let _ = SPARES.try_with(|spares| {
+        let mut spares = spares.borrow_mut();
+        if spares.len() < SPARE {
+            spares.push(boxed);
+        }
+    });
+}
+
 impl Record {
     pub(super) fn new(
         name: Cow<'static, str>,
@@ -251,6 +394,17 @@ impl Record {
     /// Sets an attribute: a key set before gets the new value (OTLP keys are unique).
     #[inline(always)]
     pub(super) fn set(&mut self, key: &str, value: &Val<'_>) {
+        if self.room_for(key) {
+            super::otlp::key_value(&mut self.attributes, 9, key, value);
+            self.attribute_count += 1;
+        }
+    }
+
+    /// Makes room for the attribute `key` (a whole `Span.attributes` field the caller then
+    /// writes and counts): its old field removed if it was set before; `false` (counted as
+    /// dropped) when the span has all the attributes it may keep.
+    #[inline(always)]
+    fn room_for(&mut self, key: &str) -> bool {
         let bit = key_bit(key);
         if self.keys & bit != 0 {
             if let Some(old) = super::otlp::find_key(&self.attributes, key) {
@@ -260,10 +414,28 @@ impl Record {
         }
         self.keys |= bit;
         if (self.attribute_count as usize) < MAX_ATTRIBUTES {
-            super::otlp::key_value(&mut self.attributes, 9, key, value);
-            self.attribute_count += 1;
+            true
         } else {
             self.dropped_attributes += 1;
+            false
+        }
+    }
+
+    /// Sets every attribute of `block`: copied whole when none of its keys was set before.
+    pub(super) fn extend(&mut self, block: &Block) {
+        let count = block.fields.len();
+        if self.keys & block.keys == 0 && self.attribute_count as usize + count <= MAX_ATTRIBUTES {
+            self.attributes.extend_from_slice(&block.bytes);
+            self.attribute_count += count as u32;
+            self.keys |= block.keys;
+            return;
+        }
+        for (key, at) in &block.fields {
+            if self.room_for(key) {
+                let field = block.bytes.get(at.clone()).unwrap_or_default();
+                self.attributes.extend_from_slice(field);
+                self.attribute_count += 1;
+            }
         }
     }
 
@@ -317,6 +489,54 @@ mod tests {
         ] {
             assert!(parse_traceparent(bad, None).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_block_is_copied_whole_and_keys_stay_unique() {
+        let block = Block::new(&[
+            ("a", "first".into()),
+            ("b", Val::Int(2)),
+            ("a", "last".into()),
+        ]);
+        let by_sets = |sets: &[(&str, Val<'_>)]| {
+            let mut record = Record::new("x".into(), SpanKind::Internal, None, 0);
+            for (key, value) in sets {
+                record.set(key, value);
+            }
+            record
+        };
+        let expected = by_sets(&[("b", Val::Int(2)), ("a", "last".into())]);
+        // Nothing set before: copied whole, a key given twice in the block kept once.
+        let mut record = Record::new("x".into(), SpanKind::Internal, None, 0);
+        record.extend(&block);
+        assert_eq!(record.attributes, expected.attributes);
+        assert_eq!(record.attribute_count, 2);
+        // A key set before takes the block's value, once.
+        let mut record = by_sets(&[("b", Val::Int(9))]);
+        record.extend(&block);
+        assert_eq!(record.attributes, expected.attributes);
+        assert_eq!(record.attribute_count, 2);
+    }
+
+    #[test]
+    fn a_kept_record_starts_empty() {
+        let mut first = fresh("one".into(), SpanKind::Server, None, 1);
+        {
+            let record = first.get_mut().expect("not poisoned");
+            record.set("k", &"v".into());
+            record.event("e".into(), &[]);
+            record.status = Status::error("failed");
+        }
+        let at = std::ptr::from_ref::<std::sync::Mutex<Record>>(&first);
+        recycle(first);
+        let mut again = fresh("two".into(), SpanKind::Internal, None, 2);
+        assert_eq!(std::ptr::from_ref(&*again), at, "the same box, kept");
+        let record = again.get_mut().expect("not poisoned");
+        assert_eq!(record.name, "two");
+        assert_eq!(record.kind, SpanKind::Internal);
+        assert_eq!(record.start, 2);
+        assert!(record.attributes.is_empty() && record.attribute_count == 0 && record.keys == 0);
+        assert!(record.events.is_empty() && record.status == Status::Unset);
     }
 
     #[test]

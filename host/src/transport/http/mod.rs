@@ -563,6 +563,29 @@ mod tests {
             assert_eq!(route_of(ROUTES, &path), Some(*template), "{path}");
         }
         assert_eq!(route_of(ROUTES, "/runs//events"), None);
+        // Asked again and again (from the paths this thread keeps, more paths than it keeps,
+        // so some are matched again): the same answers.
+        let paths = [
+            "/echo_flow",
+            "/a/b/c",
+            "/runs/abc",
+            "/mcp/",
+            "/docs",
+            "/health",
+            "/v1/models/m",
+            "/",
+            "/runs//events",
+            "/other_flow",
+            "/runs/abc/events",
+            "/docs/x.css",
+        ];
+        let first: Vec<_> = paths.iter().map(|path| route_of(ROUTES, path)).collect();
+        for _ in 0..3 {
+            let again: Vec<_> = paths.iter().map(|path| route_of(ROUTES, path)).collect();
+            assert_eq!(again, first);
+        }
+        assert_eq!(first[0], Some("/{flow}"));
+        assert_eq!(first[8], None);
     }
 
     /// A flow named like a route's first segment is refused by the flow language: the list

@@ -1,7 +1,7 @@
 //! Traces over HTTP: the server span of every request (HTTP semantic conventions), under the
-//! caller's `traceparent` when it sends one, lasting until the response body is done (a
-//! stream's span ends with the stream); handlers find it as a [`Cx`] in the request's
-//! extensions. With tracing off, one branch and nothing else.
+//! caller's `traceparent` when it sends one, a stream's lasting until its body is done (an
+//! answer of a known length ends with its handler); handlers find it as a [`Cx`] in the
+//! request's extensions. With tracing off, one branch and nothing else.
 
 use std::borrow::Cow;
 use std::pin::Pin;
@@ -13,7 +13,7 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::telemetry::{Cx, Kind, Role, Span};
+use crate::telemetry::{Block, Cx, Kind, Role, Span};
 
 /// The router's routes (`ROUTES`: method, template).
 pub(super) type Routes = &'static [(&'static str, &'static str)];
@@ -28,10 +28,29 @@ pub(super) fn route_of(routes: Routes, path: &str) -> Option<&'static str> {
     found(routes, path).map(|entry| entry.template)
 }
 
-/// A route and the names of its server spans, one per method it serves (`POST /{flow}`).
+/// A route and what its server spans start with, per method it serves.
 struct Entry {
     template: &'static str,
-    names: Vec<(&'static str, String)>,
+    methods: Vec<Method>,
+}
+
+/// A route's server spans for one method: their name (`POST /{flow}`) and the attributes
+/// that never change (method, scheme, route template, and the protocol's version: one block
+/// per version, as [`version`] numbers them), written once.
+struct Method {
+    method: &'static str,
+    name: String,
+    attributes: [Block; 3],
+}
+
+/// The request's HTTP version as `network.protocol.version`, and its place in
+/// [`Method::attributes`].
+fn version(request: &Request) -> (&'static str, usize) {
+    match request.version() {
+        axum::http::Version::HTTP_10 => ("1.0", 0),
+        axum::http::Version::HTTP_2 => ("2", 2),
+        _ => ("1.1", 1),
+    }
 }
 
 /// `routes` ready to match, made at the first request from the table it passes (there is
@@ -43,7 +62,44 @@ struct Table {
     entries: Vec<Entry>,
 }
 
+/// [`matched`], through the paths this thread looked up last (a request's path is most often
+/// one it served a moment ago: the matcher's walk was a tenth of what a traced request paid).
 fn found(routes: Routes, path: &str) -> Option<&'static Entry> {
+    use std::cell::RefCell;
+    /// Paths kept per thread, and the longest kept.
+    const KEPT: usize = 8;
+    const LONGEST: usize = 128;
+    type Recent = (Vec<(Box<str>, Option<&'static Entry>)>, usize);
+    thread_local! {
+        static RECENT: RefCell<Recent> = const { RefCell::new((Vec::new(), 0)) };
+    }
+    let kept = RECENT.try_with(|recent| {
+        let recent = recent.borrow();
+        recent
+            .0
+            .iter()
+            .find(|(seen, _)| **seen == *path)
+            .map(|(_, entry)| *entry)
+    });
+    if let Ok(Some(entry)) = kept {
+        return entry;
+    }
+    let entry = matched(routes, path);
+    if path.len() <= LONGEST {
+        let _ = RECENT.try_with(|recent| {
+            let (paths, next) = &mut *recent.borrow_mut();
+            if paths.len() < KEPT {
+                paths.push((path.into(), entry));
+            } else {
+                paths[*next] = (path.into(), entry);
+                *next = (*next + 1) % KEPT;
+            }
+        });
+    }
+    entry
+}
+
+fn matched(routes: Routes, path: &str) -> Option<&'static Entry> {
     static TABLE: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
     let table = TABLE.get_or_init(|| {
         let mut matcher = matchit::Router::new();
@@ -51,9 +107,20 @@ fn found(routes: Routes, path: &str) -> Option<&'static Entry> {
             .iter()
             .map(|(methods, template)| Entry {
                 template,
-                names: methods
+                methods: methods
                     .split(' ')
-                    .map(|method| (method, format!("{method} {template}")))
+                    .map(|method| Method {
+                        method,
+                        name: format!("{method} {template}"),
+                        attributes: ["1.0", "1.1", "2"].map(|version| {
+                            Block::new(&[
+                                ("http.request.method", method.into()),
+                                ("url.scheme", "http".into()),
+                                ("http.route", (*template).into()),
+                                ("network.protocol.version", version.into()),
+                            ])
+                        }),
+                    })
                     .collect(),
             })
             .collect();
@@ -99,34 +166,34 @@ pub(crate) async fn server_span(
     let span = {
         let route = std::cell::OnceCell::new();
         let entry = || *route.get_or_init(|| found(routes, request.uri().path()));
-        let route = || entry().map(|entry| entry.template);
+        let known = || {
+            let method = request.method().as_str();
+            entry().and_then(|entry| entry.methods.iter().find(|m| m.method == method))
+        };
         parent.start_with(
             Kind::Server,
             || -> Cow<'static, str> {
                 let method = request.method().as_str();
-                match entry() {
-                    Some(entry) => match entry.names.iter().find(|(m, _)| *m == method) {
-                        Some((_, name)) => Cow::Borrowed(name.as_str()),
-                        None => Cow::Owned(format!("{method} {}", entry.template)),
-                    },
-                    None => Cow::Owned(method.to_string()),
+                match (entry(), known()) {
+                    (_, Some(known)) => Cow::Borrowed(known.name.as_str()),
+                    (Some(entry), None) => Cow::Owned(format!("{method} {}", entry.template)),
+                    (None, _) => Cow::Owned(method.to_string()),
                 }
             },
             |attributes| {
-                attributes.set("http.request.method", request.method().as_str());
-                attributes.set("url.path", request.uri().path());
-                attributes.set("url.scheme", "http");
-                attributes.set(
-                    "network.protocol.version",
-                    match request.version() {
-                        axum::http::Version::HTTP_2 => "2",
-                        axum::http::Version::HTTP_10 => "1.0",
-                        _ => "1.1",
-                    },
-                );
-                if let Some(route) = route() {
-                    attributes.set("http.route", route);
+                let (version, at) = version(&request);
+                match known().and_then(|known| known.attributes.get(at)) {
+                    Some(block) => attributes.extend(block),
+                    None => {
+                        attributes.set("http.request.method", request.method().as_str());
+                        attributes.set("url.scheme", "http");
+                        if let Some(entry) = entry() {
+                            attributes.set("http.route", entry.template);
+                        }
+                        attributes.set("network.protocol.version", version);
+                    }
                 }
+                attributes.set("url.path", request.uri().path());
                 if let Some(agent) = request
                     .headers()
                     .get(header::USER_AGENT)
@@ -146,8 +213,15 @@ pub(crate) async fn server_span(
         span.set("error.type", status.as_str());
         span.fail(status.canonical_reason().unwrap_or("server error"));
     }
-    // An unsampled span records nothing: no need to hold it to the body's end.
-    if !span.is_recording() {
+    // An unsampled span records nothing: no need to hold it to the body's end. Nor does an
+    // answer whose body is whole already (a JSON answer, an error: its length known, it is
+    // written at once): the span ends here, without a boxed body around it for each request.
+    // A stream's body (length unknown) holds it to its end.
+    if !span.is_recording()
+        || http_body::Body::size_hint(response.body())
+            .exact()
+            .is_some()
+    {
         return response;
     }
     response.map(|body| Body::new(SpanBody { body, _span: span }))

@@ -62,6 +62,11 @@ fn dropped(reason: &'static str) -> &'static metrics::Counter {
     cell.get_or_init(|| metrics::counter!(crate::metrics::SPANS_DROPPED, "reason" => reason))
 }
 
+fn exported() -> &'static metrics::Counter {
+    static EXPORTED: OnceLock<metrics::Counter> = OnceLock::new();
+    EXPORTED.get_or_init(|| metrics::counter!(crate::metrics::SPANS_EXPORTED))
+}
+
 impl Queue {
     /// Queues an ended span, written here (on the caller's thread) into the queue's buffer,
     /// or drops and counts it when the queue is full or closed. Written under the lock: its
@@ -144,7 +149,8 @@ impl Drop for Lent {
 struct Sender {
     client: reqwest::Client,
     runtime: tokio::runtime::Runtime,
-    endpoint: String,
+    /// Parsed once (reqwest parsed a text URL again on every send).
+    endpoint: reqwest::Url,
     headers: reqwest::header::HeaderMap,
     timeout: Duration,
     /// The resource's attributes, written once.
@@ -167,7 +173,7 @@ impl Sender {
         });
         let request = self
             .client
-            .post(&self.endpoint)
+            .post(self.endpoint.clone())
             .headers(self.headers.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
             .body(body);
@@ -217,6 +223,12 @@ pub(super) fn start(resolved: &Resolved) -> Result<Arc<Queue>, String> {
         .connect_timeout(resolved.timeout)
         .build()
         .map_err(|err| format!("telemetry: cannot build the HTTP client: {err}"))?;
+    let endpoint = reqwest::Url::parse(&resolved.endpoint).map_err(|err| {
+        format!(
+            "telemetry: the traces endpoint `{}` is not a URL: {err} (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT, telemetry.traces_endpoint or telemetry.endpoint)",
+            super::settings::shown(&resolved.endpoint)
+        )
+    })?;
     let mut resource = resolved.resource.clone();
     resource.extend([
         KeyValue::new("telemetry.sdk.name", "flowhost"),
@@ -226,7 +238,7 @@ pub(super) fn start(resolved: &Resolved) -> Result<Arc<Queue>, String> {
     let sender = Sender {
         client,
         runtime,
-        endpoint: resolved.endpoint.clone(),
+        endpoint,
         headers,
         timeout: resolved.timeout,
         resource: super::otlp::resource(&resource),
@@ -258,7 +270,7 @@ fn send_batches(mut sender: Sender, queue: &Queue, delay: Duration) {
     let mut send = |batch: &[u8], count: usize| {
         let count = count as u64;
         match sender.send(batch) {
-            Ok(()) => metrics::counter!(crate::metrics::SPANS_EXPORTED).increment(count),
+            Ok(()) => exported().increment(count),
             Err(err) => {
                 dropped("export_failed").increment(count);
                 // One line a minute at most: a receiver that is down would fill the log.

@@ -27,6 +27,7 @@ pub(super) async fn run_step(
         |attributes| {
             let (plugin, version) = library.labels;
             attributes.extend(crate::telemetry::block_of(
+                "op",
                 [step.op.name, plugin, version],
                 || {
                     crate::telemetry::Block::new(&[
@@ -92,7 +93,7 @@ async fn run_policy(
     loop {
         let (result, report) =
             call_once(step, &context_json, env, trace, cache_key.is_some()).await;
-        // Set once, by the last call (an attribute set twice would be sent twice).
+        // Set by the last call (a later set replaces an earlier one: set once, not per call).
         let last = |span: &crate::telemetry::Span| {
             span.set_all(&[
                 ("flowhost.op.placement", report.placement.into()),

@@ -221,23 +221,35 @@ impl Block {
 /// Texts that never change address: interned, never freed (`ops::intern`).
 type Interned = [&'static str; 3];
 
-/// The block `make` makes for `texts`, made once per process and kept for its life (a
-/// thread remembers the last few it used; the others are found under a lock). `texts` must be
-/// interned (never freed): they are told apart by address and length, not compared.
-pub(crate) fn block_of(texts: Interned, make: impl FnOnce() -> Block) -> &'static Block {
+/// The block `make` makes for `texts` at `site` (which caller: its blocks' keys differ from
+/// another's), made once per process and kept for its life (a thread remembers the last 16 it
+/// used; the others are found under a lock). `site` and `texts` must be interned or literals
+/// (never freed): they are told apart by address and length, not compared.
+pub(crate) fn block_of(
+    site: &'static str,
+    texts: Interned,
+    make: impl FnOnce() -> Block,
+) -> &'static Block {
     use std::collections::HashMap;
     use std::sync::Mutex;
-    type Key = [(usize, usize); 3];
+    type Key = [(usize, usize); 4];
+    type Known = (Vec<(Key, &'static Block)>, usize);
     const RECENT: usize = 16;
     thread_local! {
-        static KNOWN: std::cell::RefCell<Vec<(Key, &'static Block)>> =
-            const { std::cell::RefCell::new(Vec::new()) };
+        static KNOWN: std::cell::RefCell<Known> = const { std::cell::RefCell::new((Vec::new(), 0)) };
     }
     static ALL: Mutex<Option<HashMap<Key, &'static Block>>> = Mutex::new(None);
-    let key: Key = texts.map(|text| (text.as_ptr() as usize, text.len()));
+    let address = |text: &str| (text.as_ptr() as usize, text.len());
+    let key: Key = [
+        address(site),
+        address(texts[0]),
+        address(texts[1]),
+        address(texts[2]),
+    ];
     let known = KNOWN.try_with(|known| {
         let known = known.borrow();
         known
+            .0
             .iter()
             .find(|(k, _)| *k == key)
             .map(|(_, block)| *block)
@@ -252,9 +264,12 @@ pub(crate) fn block_of(texts: Interned, make: impl FnOnce() -> Block) -> &'stati
             .or_insert_with(|| Box::leak(Box::new(make())))
     };
     let _ = KNOWN.try_with(|known| {
-        let mut known = known.borrow_mut();
+        let (known, next) = &mut *known.borrow_mut();
         if known.len() < RECENT {
             known.push((key, block));
+        } else if let Some(slot) = known.get_mut(*next) {
+            *slot = (key, block);
+            *next = (*next + 1) % RECENT;
         }
     });
     block
@@ -344,13 +359,13 @@ pub(super) fn fresh(
     }
 }
 
-/// Keeps an ended span's record for this thread's next span, emptied (its attributes'
-/// buffer kept unless a span grew it large).
+/// Keeps an ended span's record for this thread's next span, emptied (its buffers kept
+/// unless a span grew them large).
 pub(super) fn recycle(mut boxed: Box<std::sync::Mutex<Record>>) {
     let Ok(record) = boxed.get_mut() else {
         return;
     };
-    if record.attributes.capacity() > 4 * ATTRIBUTE_ROOM {
+    if record.attributes.capacity() > 4 * ATTRIBUTE_ROOM || record.events.capacity() > 8 {
         return;
     }
     record.name = Cow::Borrowed("");
@@ -516,6 +531,14 @@ mod tests {
         record.extend(&block);
         assert_eq!(record.attributes, expected.attributes);
         assert_eq!(record.attribute_count, 2);
+        // At the limit: what does not fit is counted as dropped, as with single attributes.
+        let mut full = Record::new("x".into(), SpanKind::Internal, None, 0);
+        for n in 0..MAX_ATTRIBUTES - 1 {
+            full.set(&format!("k{n}"), &Val::Int(1));
+        }
+        full.extend(&block);
+        assert_eq!(full.attribute_count as usize, MAX_ATTRIBUTES);
+        assert_eq!(full.dropped_attributes, 1);
     }
 
     #[test]
@@ -526,6 +549,8 @@ mod tests {
             record.set("k", &"v".into());
             record.event("e".into(), &[]);
             record.status = Status::error("failed");
+            record.dropped_attributes = 3;
+            record.dropped_events = 4;
         }
         let at = std::ptr::from_ref::<std::sync::Mutex<Record>>(&first);
         recycle(first);
@@ -537,6 +562,7 @@ mod tests {
         assert_eq!(record.start, 2);
         assert!(record.attributes.is_empty() && record.attribute_count == 0 && record.keys == 0);
         assert!(record.events.is_empty() && record.status == Status::Unset);
+        assert_eq!((record.dropped_attributes, record.dropped_events), (0, 0));
     }
 
     #[test]

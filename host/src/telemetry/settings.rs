@@ -104,7 +104,11 @@ impl Settings {
         }
         let uri = endpoint.parse::<http::Uri>().ok();
         let web = uri.as_ref().is_some_and(|uri| {
-            matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
+            matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri.authority().is_some()
+                // A port past 65535 is read by `http::Uri` (as no port), refused by the
+                // HTTP client.
+                && (uri.port_u16().is_some() || !port_given(uri))
         });
         if !web {
             return Err(format!(
@@ -255,6 +259,13 @@ impl Settings {
 }
 
 /// An endpoint as it may be logged: no user, password or query (where credentials hide).
+/// Whether `uri`'s authority ends in a port (`:` and digits after the host).
+fn port_given(uri: &http::Uri) -> bool {
+    uri.authority()
+        .and_then(|authority| authority.as_str().rsplit_once(':'))
+        .is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+}
+
 pub(super) fn shown(endpoint: &str) -> String {
     match endpoint.parse::<http::Uri>() {
         Ok(uri) => {
@@ -367,6 +378,15 @@ mod tests {
             ..Settings::default()
         };
         assert!(bad
+            .resolve(&env(&[]))
+            .expect_err("refused")
+            .contains("http://"));
+        // A port no TCP port can be: refused here, not by the exporter at its first send.
+        let port = Settings {
+            endpoint: Some("http://collector:70000".into()),
+            ..Settings::default()
+        };
+        assert!(port
             .resolve(&env(&[]))
             .expect_err("refused")
             .contains("http://"));

@@ -31,6 +31,8 @@ struct Got {
     /// OTLP's SpanKind: 1 internal, 2 server, 3 client.
     kind: i32,
     attributes: HashMap<String, String>,
+    /// How many attributes the span carried (more than `attributes` holds: a key sent twice).
+    attribute_count: usize,
     /// 2: error.
     status: i32,
     message: String,
@@ -106,6 +108,7 @@ async fn receive(
                     .iter()
                     .map(|kv| (kv.key.clone(), text(&kv.value)))
                     .collect(),
+                attribute_count: span.attributes.len(),
                 status: span.status.as_ref().map_or(0, |s| s.code),
                 message: span
                     .status
@@ -191,6 +194,13 @@ async fn post(
             .header("tracestate", "proxy=2");
     }
     request.send().await.expect("POST")
+}
+
+fn parent_of<'a>(spans: &'a [Got], span: &Got) -> &'a Got {
+    spans
+        .iter()
+        .find(|s| s.id == span.parent)
+        .expect("a parent span")
 }
 
 fn one<'a>(spans: &'a [Got], name: &str) -> &'a Got {
@@ -299,6 +309,8 @@ async fn http_runs_are_span_trees_under_the_callers_trace() {
     assert_eq!(server_span.service, "flowhost-test");
     assert_eq!(server_span.attr("http.request.method"), "POST");
     assert_eq!(server_span.attr("http.route"), "/{flow}");
+    assert_eq!(server_span.attr("url.scheme"), "http");
+    assert_eq!(server_span.attr("network.protocol.version"), "1.1");
     assert_eq!(server_span.attr("url.path"), "/serial_stream");
     assert_eq!(server_span.attr("http.response.status_code"), "200");
     assert_eq!(children(&spans, server_span), ["run serial_stream"]);
@@ -313,6 +325,14 @@ async fn http_runs_are_span_trees_under_the_callers_trace() {
     );
     let count = one(&spans, "op CountOp");
     assert_eq!(count.attr("flowhost.op.plugin"), "op-basic");
+    assert_eq!(count.attr("flowhost.op.name"), "CountOp");
+    assert!(!count.attr("flowhost.op.plugin_version").is_empty());
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.attribute_count == s.attributes.len()),
+        "no attribute key sent twice: {spans:?}"
+    );
     assert_eq!(count.attr("flowhost.op.attempts"), "1");
     assert!(
         ["inline", "pool"].contains(&count.attr("flowhost.op.placement")),
@@ -438,6 +458,10 @@ async fn an_agent_run_traces_its_llm_calls_and_tool_calls_and_the_upstream_gets_
     let spans = receiver.wait_for("POST /{flow}").await;
     eprintln!("{}", tree(&spans));
     let agent = one(&spans, "op ReactAgentOp");
+    // Langfuse's trace name on the run (set as the run's span starts).
+    let run = parent_of(&spans, agent);
+    assert!(run.name.starts_with("run ") && !run.attr("flowhost.flow").is_empty());
+    assert_eq!(run.attr("langfuse.trace.name"), run.attr("flowhost.flow"));
     let mut under_agent = children(&spans, agent);
     under_agent.dedup();
     assert_eq!(

@@ -563,29 +563,42 @@ mod tests {
             assert_eq!(route_of(ROUTES, &path), Some(*template), "{path}");
         }
         assert_eq!(route_of(ROUTES, "/runs//events"), None);
-        // Asked again and again (from the paths this thread keeps, more paths than it keeps,
-        // so some are matched again): the same answers.
+        // Asked again right away: a path of one segment a route serves is kept by the thread
+        // and answered from there, the same as the matcher's answer; others are not kept.
+        // More paths than a thread keeps: the oldest make room.
+        use super::traced::route_by_matcher;
         let paths = [
             "/echo_flow",
-            "/a/b/c",
-            "/runs/abc",
-            "/mcp/",
-            "/docs",
             "/health",
-            "/v1/models/m",
+            "/mcp/",
             "/",
-            "/runs//events",
-            "/other_flow",
-            "/runs/abc/events",
-            "/docs/x.css",
+            "/ready",
+            "/flow_a",
+            "/flow_b",
+            "/flow_c",
+            "/flow_d",
+            "/flow_e",
+            "/runs/abc",
+            "/a/b/c",
+            "/v1/models/m",
         ];
-        let first: Vec<_> = paths.iter().map(|path| route_of(ROUTES, path)).collect();
-        for _ in 0..3 {
-            let again: Vec<_> = paths.iter().map(|path| route_of(ROUTES, path)).collect();
-            assert_eq!(again, first);
+        for path in paths {
+            let first = route_of(ROUTES, path);
+            let (by_matcher, kept) = route_by_matcher(ROUTES, path);
+            assert_eq!(route_of(ROUTES, path), first, "{path}");
+            assert_eq!(by_matcher, first, "{path}");
+            let one_segment = first.is_some_and(|route| !route[1..].contains('/'));
+            assert_eq!(kept, one_segment, "{path}");
         }
-        assert_eq!(first[0], Some("/{flow}"));
-        assert_eq!(first[8], None);
+        let fresh: Vec<String> = (0..8).map(|n| format!("/fresh_{n}")).collect();
+        for path in &fresh {
+            assert_eq!(route_of(ROUTES, path), Some("/{flow}"));
+        }
+        assert!(
+            !route_by_matcher(ROUTES, "/flow_e").1,
+            "the oldest made room"
+        );
+        assert!(fresh.iter().all(|path| route_by_matcher(ROUTES, path).1));
     }
 
     /// A flow named like a route's first segment is refused by the flow language: the list

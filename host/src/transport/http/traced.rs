@@ -28,6 +28,16 @@ pub(super) fn route_of(routes: Routes, path: &str) -> Option<&'static str> {
     found(routes, path).map(|entry| entry.template)
 }
 
+/// [`route_of`] by the matcher alone, and whether this thread keeps `path` (tests: the kept
+/// answers are the matcher's).
+#[cfg(test)]
+pub(super) fn route_by_matcher(routes: Routes, path: &str) -> (Option<&'static str>, bool) {
+    let kept = RECENT
+        .try_with(|recent| recent.borrow().0.iter().any(|(seen, _)| **seen == *path))
+        .unwrap_or(false);
+    (matched(routes, path).map(|entry| entry.template), kept)
+}
+
 /// A route and what its server spans start with, per method it serves.
 struct Entry {
     template: &'static str,
@@ -43,14 +53,19 @@ struct Method {
     attributes: [Block; 3],
 }
 
-/// The request's HTTP version as `network.protocol.version`, and its place in
-/// [`Method::attributes`].
+/// The HTTP versions a server span names (`network.protocol.version`), in
+/// [`Method::attributes`]' order.
+const VERSIONS: [&str; 3] = ["1.0", "1.1", "2"];
+
+/// The request's HTTP version: its name and its place in [`VERSIONS`] (any other is
+/// named 1.1, as hyper serves it).
 fn version(request: &Request) -> (&'static str, usize) {
-    match request.version() {
-        axum::http::Version::HTTP_10 => ("1.0", 0),
-        axum::http::Version::HTTP_2 => ("2", 2),
-        _ => ("1.1", 1),
-    }
+    let at = match request.version() {
+        axum::http::Version::HTTP_10 => 0,
+        axum::http::Version::HTTP_2 => 2,
+        _ => 1,
+    };
+    (VERSIONS[at], at)
 }
 
 /// `routes` ready to match, made at the first request from the table it passes (there is
@@ -62,17 +77,22 @@ struct Table {
     entries: Vec<Entry>,
 }
 
+/// Paths kept per thread, and the longest kept.
+const KEPT: usize = 8;
+const LONGEST: usize = 128;
+
+type Recent = (Vec<(Box<str>, Option<&'static Entry>)>, usize);
+
+thread_local! {
+    /// The paths this thread looked up last and their routes, oldest replaced first.
+    static RECENT: std::cell::RefCell<Recent> = const { std::cell::RefCell::new((Vec::new(), 0)) };
+}
+
 /// [`matched`], through the paths this thread looked up last (a request's path is most often
 /// one it served a moment ago: the matcher's walk was a tenth of what a traced request paid).
+/// Kept: paths of one segment a route serves (`/{flow}`, `/health`); not a path with an id
+/// in it (`/runs/{id}`: a poller's every path is new) nor one no route serves.
 fn found(routes: Routes, path: &str) -> Option<&'static Entry> {
-    use std::cell::RefCell;
-    /// Paths kept per thread, and the longest kept.
-    const KEPT: usize = 8;
-    const LONGEST: usize = 128;
-    type Recent = (Vec<(Box<str>, Option<&'static Entry>)>, usize);
-    thread_local! {
-        static RECENT: RefCell<Recent> = const { RefCell::new((Vec::new(), 0)) };
-    }
     let kept = RECENT.try_with(|recent| {
         let recent = recent.borrow();
         recent
@@ -85,7 +105,8 @@ fn found(routes: Routes, path: &str) -> Option<&'static Entry> {
         return entry;
     }
     let entry = matched(routes, path);
-    if path.len() <= LONGEST {
+    let one_segment = entry.is_some_and(|entry| !entry.template[1..].contains('/'));
+    if one_segment && path.len() <= LONGEST {
         let _ = RECENT.try_with(|recent| {
             let (paths, next) = &mut *recent.borrow_mut();
             if paths.len() < KEPT {
@@ -112,7 +133,7 @@ fn matched(routes: Routes, path: &str) -> Option<&'static Entry> {
                     .map(|method| Method {
                         method,
                         name: format!("{method} {template}"),
-                        attributes: ["1.0", "1.1", "2"].map(|version| {
+                        attributes: VERSIONS.map(|version| {
                             Block::new(&[
                                 ("http.request.method", method.into()),
                                 ("url.scheme", "http".into()),

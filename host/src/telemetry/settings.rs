@@ -373,22 +373,15 @@ mod tests {
         assert!(err(&[("OTEL_TRACES_SAMPLER_ARG", "lots")]).contains("OTEL_TRACES_SAMPLER_ARG"));
         assert!(err(&[("OTEL_TRACES_EXPORTER", "zipkin")]).contains("OTLP only"));
         assert!(err(&[("OTEL_RESOURCE_ATTRIBUTES", "novalue")]).contains("key=value"));
-        let bad = Settings {
-            endpoint: Some("collector:4318".into()),
-            ..Settings::default()
-        };
-        assert!(bad
-            .resolve(&env(&[]))
-            .expect_err("refused")
-            .contains("http://"));
-        // A port no TCP port can be: refused here, not by the exporter at its first send.
-        let port = Settings {
-            endpoint: Some("http://collector:70000".into()),
-            ..Settings::default()
-        };
-        assert!(port
-            .resolve(&env(&[]))
-            .expect_err("refused")
-            .contains("http://"));
+        // Not a URL; a port no TCP port can be (refused here, not by the exporter at its first
+        // send).
+        for endpoint in ["collector:4318", "http://collector:70000"] {
+            let bad = Settings {
+                endpoint: Some(endpoint.into()),
+                ..Settings::default()
+            };
+            let refused = bad.resolve(&env(&[])).expect_err(endpoint);
+            assert!(refused.contains("http://"), "{endpoint}: {refused}");
+        }
     }
 }

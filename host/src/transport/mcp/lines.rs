@@ -106,7 +106,7 @@ impl Lines {
 }
 
 fn memchr(data: &[u8]) -> Option<usize> {
-    data.iter().position(|&b| b == b'\n')
+    memchr::memchr(b'\n', data)
 }
 
 /// Stdin read ahead by whoever just answered the client's last request (see
@@ -126,6 +126,9 @@ pub(crate) struct ReadAhead {
 /// message. Past it the thread parks as before.
 pub(crate) const READ_AHEAD_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 
+/// Room made in the read-ahead buffer before each read.
+const READ_AHEAD_BYTES: usize = 16 * 1024;
+
 impl ReadAhead {
     /// Called after the answer to the client's last request was written: keeps this thread
     /// reading stdin for up to [`READ_AHEAD_SPIN`], and hands what arrives to the reader.
@@ -138,24 +141,32 @@ impl ReadAhead {
     /// and only when no other request of this client is in flight.
     pub(crate) fn wait_for_next(&self) {
         let started = std::time::Instant::now();
-        let mut chunk = [0u8; 16 * 1024];
         let mut got = false;
         loop {
             let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
-            if ahead.1 {
+            let (bytes, ended) = &mut *ahead;
+            if *ended {
                 break;
             }
-            match read_fd(&self.fd, &mut chunk) {
+            // Straight into the buffer's spare room (kept between answers): no zeroed chunk
+            // on the stack for every answer.
+            bytes.reserve(READ_AHEAD_BYTES);
+            let before = bytes.len();
+            let spare = bytes.spare_capacity_mut();
+            // SAFETY: reads at most `spare.len()` bytes into the vector's own spare capacity.
+            let read = unsafe { read_raw(&self.fd, spare.as_mut_ptr().cast(), spare.len()) };
+            match read {
                 Ok(0) => {
-                    ahead.1 = true;
+                    *ended = true;
                     got = true;
                     break;
                 }
                 Ok(n) => {
-                    ahead.0.extend_from_slice(&chunk[..n]);
+                    // SAFETY: the read initialised `n` bytes past the old length.
+                    unsafe { bytes.set_len(before + n) };
                     got = true;
                     // A client that writes a message in pieces: wait for its end too.
-                    if chunk[..n].contains(&b'\n') {
+                    if memchr::memchr(b'\n', &bytes[before..]).is_some() {
                         break;
                     }
                 }
@@ -201,7 +212,16 @@ impl ReadAhead {
 
 fn read_fd(fd: &impl AsRawFd, into: &mut [u8]) -> std::io::Result<usize> {
     // SAFETY: reads into a buffer the caller owns, at most its length.
-    let n = unsafe { libc::read(fd.as_raw_fd(), into.as_mut_ptr().cast(), into.len()) };
+    unsafe { read_raw(fd, into.as_mut_ptr(), into.len()) }
+}
+
+/// `read(2)` of at most `len` bytes to `into`.
+///
+/// # Safety
+/// `into` must be valid for writes of `len` bytes.
+unsafe fn read_raw(fd: &impl AsRawFd, into: *mut u8, len: usize) -> std::io::Result<usize> {
+    // SAFETY: the caller's promise.
+    let n = unsafe { libc::read(fd.as_raw_fd(), into.cast(), len) };
     if n < 0 {
         Err(std::io::Error::last_os_error())
     } else {

@@ -6,14 +6,16 @@
 //! One job per file: `handler` (rmcp's `ServerHandler`: tools, resources, prompts,
 //! announcements), `call` (running a flow for `tools/call`), `tasks` (calls that became MCP
 //! tasks), `ask` (an op's questions to the client, input-required rounds), `logging` (op logs
-//! as MCP log messages), `stdio` and `lines` (the stdio transport), `service` (the Streamable
-//! HTTP endpoint and its `Mcp-Param-*` check), `access` (who calls: the HTTP guard's caller or
-//! stdio's `local`, and who made each task).
+//! as MCP log messages), `stdio`, `lines` and `known` (the stdio transport; `known` reads the
+//! usual requests as their own type instead of rmcp's try-every-type union), `service` (the
+//! Streamable HTTP endpoint and its `Mcp-Param-*` check), `access` (who calls: the HTTP
+//! guard's caller or stdio's `local`, and who made each task).
 
 mod access;
 mod ask;
 mod call;
 mod handler;
+mod known;
 pub(crate) mod lines;
 mod logging;
 mod service;

@@ -279,6 +279,9 @@ pub fn classify_line(line: &[u8], number: u64) -> Line {
     if text.is_empty() {
         return Line::Empty;
     }
+    if let Some(message) = super::known::request(text) {
+        return Line::Message(Box::new(message));
+    }
     match serde_json::from_slice::<RxJsonRpcMessage<RoleServer>>(text) {
         Ok(message) => Line::Message(Box::new(message)),
         Err(err) if err.is_syntax() || err.is_eof() => {

@@ -477,7 +477,18 @@ mod tests {
             max_bytes,
         };
         let before = count(dir);
-        let audit = Audit::open(&settings).unwrap().unwrap();
+        // The previous writer's thread lets go of the lock a moment after its last line is
+        // on disk (it ends when its channel closes): wait for it as a restart would.
+        let mut tries = 0;
+        let audit = loop {
+            match Audit::open(&settings) {
+                Err(err) if err.contains("lock") && tries < 500 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                opened => break opened.unwrap().unwrap(),
+            }
+        };
         for flow in flows {
             audit.write(entry(flow));
         }

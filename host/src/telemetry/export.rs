@@ -6,10 +6,11 @@
 //! never slows a run.
 //!
 //! Nothing is allocated per span on the way out: the two span buffers take turns (the runs
-//! fill one while the thread sends the other) and the request body's buffer comes back from
-//! the HTTP client when it is done with it ([`Lent`]). A fresh body per batch was a large
-//! allocation freed on another thread, its pages given back to the system and faulted in again
-//! on every batch.
+//! fill one while the thread sends the other), and a batch is sent as a small head (the
+//! envelope's resource and scope) and its spans where the queue wrote them ([`Parts`]), both
+//! lent to the HTTP client and given back when it is done with them ([`Lent`]). A fresh body
+//! per batch was a large allocation freed on another thread, its pages given back to the
+//! system and faulted in again on every batch; then a copy of every batch into one body.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -145,6 +146,49 @@ impl Drop for Lent {
     }
 }
 
+/// A request body sent as the pieces it is made of (the envelope's head, then the spans
+/// where the queue wrote them): nothing copied into one buffer first.
+struct Parts {
+    pieces: std::collections::VecDeque<bytes::Bytes>,
+    left: u64,
+}
+
+impl Parts {
+    fn new<const N: usize>(pieces: [bytes::Bytes; N]) -> Parts {
+        Parts {
+            left: pieces.iter().map(|piece| piece.len() as u64).sum(),
+            pieces: pieces
+                .into_iter()
+                .filter(|piece| !piece.is_empty())
+                .collect(),
+        }
+    }
+}
+
+impl http_body::Body for Parts {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let piece = self.pieces.pop_front();
+        if let Some(piece) = &piece {
+            self.left -= piece.len() as u64;
+        }
+        std::task::Poll::Ready(piece.map(|piece| Ok(http_body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
+}
+
 /// Sends export bodies to the receiver: reqwest on a runtime of the exporter's own thread.
 struct Sender {
     client: reqwest::Client,
@@ -159,18 +203,20 @@ struct Sender {
 }
 
 impl Sender {
-    fn send(&mut self, spans: &[u8]) -> Result<(), String> {
-        let mut body = std::mem::take(&mut *lock(&self.body));
-        super::otlp::envelope(
+    /// Sends one batch: `spans` as the queue wrote them, after a head the envelope needs.
+    fn send(&mut self, spans: bytes::Bytes) -> Result<(), String> {
+        let mut head = std::mem::take(&mut *lock(&self.body));
+        super::otlp::envelope_head(
             &self.resource,
             ("flowhost", Some(env!("CARGO_PKG_VERSION"))),
-            spans,
-            &mut body,
+            spans.len(),
+            &mut head,
         );
-        let body = bytes::Bytes::from_owner(Lent {
-            body,
+        let head = bytes::Bytes::from_owner(Lent {
+            body: head,
             home: self.body.clone(),
         });
+        let body = reqwest::Body::wrap(Parts::new([head, spans]));
         let request = self
             .client
             .post(self.endpoint.clone())
@@ -267,7 +313,7 @@ pub(super) fn start(resolved: &Resolved) -> Result<Arc<Queue>, String> {
 /// end.
 fn send_batches(mut sender: Sender, queue: &Queue, delay: Duration) {
     let mut last_warning: Option<Instant> = None;
-    let mut send = |batch: &[u8], count: usize| {
+    let mut send = |batch: bytes::Bytes, count: usize| {
         let count = count as u64;
         match sender.send(batch) {
             Ok(()) => exported().increment(count),
@@ -281,8 +327,11 @@ fn send_batches(mut sender: Sender, queue: &Queue, delay: Duration) {
             }
         }
     };
-    // Two buffers take turns: the runs fill one while this sends the other.
+    // Two buffers take turns: the runs fill one while this sends the other. The one being
+    // sent is lent to the request bodies (each batch a slice of it) and comes back to
+    // `home` when the last of them is dropped.
     let mut spans: Vec<u8> = Vec::new();
+    let home: Arc<Mutex<Vec<u8>>> = Arc::default();
     let mut cuts: Vec<usize> = Vec::new();
     loop {
         let (closed, count) = {
@@ -298,18 +347,24 @@ fn send_batches(mut sender: Sender, queue: &Queue, delay: Duration) {
             let count = std::mem::take(&mut state.count);
             (state.closed, count)
         };
+        let written = bytes::Bytes::from_owner(Lent {
+            body: std::mem::take(&mut spans),
+            home: home.clone(),
+        });
         let mut from = 0;
         let mut left = count;
         for &cut in &cuts {
-            send(&spans[from..cut], queue.batch);
+            send(written.slice(from..cut), queue.batch);
             from = cut;
             left -= queue.batch;
         }
         if left > 0 {
-            send(&spans[from..], left);
+            send(written.slice(from..), left);
         }
+        drop(written);
+        // Back once the client dropped the bodies (a fresh one otherwise).
+        spans = std::mem::take(&mut *lock(&home));
         spans.clear();
-        spans.shrink_to(KEEP);
         cuts.clear();
         if closed {
             return;

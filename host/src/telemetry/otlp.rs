@@ -24,14 +24,28 @@ use super::record::{Record, Val};
 /// The body of one export into `out`: `resource` (its attributes, as [`resource`] wrote
 /// them) and `scope` (name, version) are the same for every span of this process; `spans` is
 /// what [`span`] wrote.
+#[cfg(test)]
 pub(super) fn envelope(
     resource: &[u8],
     scope: (&str, Option<&str>),
     spans: &[u8],
     out: &mut Vec<u8>,
 ) {
+    envelope_head(resource, scope, spans.len(), out);
+    out.extend_from_slice(spans);
+}
+
+/// What goes before `spans_len` bytes of spans in the body of one export (see [`envelope`]):
+/// the spans come last in every message around them, so the exporter sends this head and
+/// then the spans where they were written, without copying them into one body.
+pub(super) fn envelope_head(
+    resource: &[u8],
+    scope: (&str, Option<&str>),
+    spans_len: usize,
+    out: &mut Vec<u8>,
+) {
     out.clear();
-    out.reserve(spans.len() + 256);
+    out.reserve(resource.len() + 64);
     // ExportTraceServiceRequest.resource_spans (1)
     let resource_spans = begin(out, 1);
     {
@@ -48,11 +62,10 @@ pub(super) fn envelope(
             string(out, 2, version);
         }
         end(out, at);
-        // ScopeSpans.spans (2), each already a whole field
-        out.extend_from_slice(spans);
-        end(out, scope_spans);
+        // ScopeSpans.spans (2), each already a whole field: they follow.
+        end_before(out, scope_spans, spans_len);
     }
-    end(out, resource_spans);
+    end_before(out, resource_spans, spans_len);
 }
 
 /// One ended span, as a `ScopeSpans.spans` field (2), appended to `out`; `state` is the
@@ -298,7 +311,12 @@ fn begin(out: &mut Vec<u8>, tag: u32) -> usize {
 
 /// Writes the length of the message begun at `at` as a 5-byte varint.
 fn end(out: &mut [u8], at: usize) {
-    let len = (out.len() - at - 5) as u64;
+    end_before(out, at, 0);
+}
+
+/// [`end`] of a message whose last `more` bytes are not written yet.
+fn end_before(out: &mut [u8], at: usize, more: usize) {
+    let len = (out.len() - at - 5 + more) as u64;
     for (i, byte) in out[at..at + 5].iter_mut().enumerate() {
         let bits = ((len >> (7 * i)) & 0x7f) as u8;
         *byte = if i < 4 { bits | 0x80 } else { bits };

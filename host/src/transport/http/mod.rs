@@ -485,8 +485,7 @@ pub(crate) async fn serve(
     // one around it clones the router (a reference count). The span's layer only when there
     // are traces to make; the log line inside it, to carry its ids.
     let spans = tower::util::option_layer(
-        crate::telemetry::enabled()
-            .then(|| middleware::from_fn_with_state(ROUTES, traced::server_span)),
+        crate::telemetry::enabled().then_some(traced::ServerSpans(ROUTES)),
     );
     let app = tower::Layer::layer(&middleware::from_fn(layers::around_router), router(state));
     let app = tower::Layer::layer(&spans, app);

@@ -200,6 +200,8 @@ struct Sender {
     /// The resource's attributes, written once.
     resource: Vec<u8>,
     body: Arc<Mutex<Vec<u8>>>,
+    /// The receiver redirects (307, 308): bodies go whole, so that reqwest can follow.
+    whole: bool,
 }
 
 impl Sender {
@@ -216,7 +218,25 @@ impl Sender {
             body: head,
             home: self.body.clone(),
         });
-        let body = reqwest::Body::wrap(Parts::new([head, spans]));
+        if !self.whole {
+            let body = reqwest::Body::wrap(Parts::new([head.clone(), spans.clone()]));
+            let status = self.post(body)?;
+            // A body sent in pieces cannot be sent again, so reqwest hands back a 307 or 308
+            // instead of following it: from now on this receiver gets whole bodies (a copy
+            // per batch), which it follows as before.
+            if !matches!(status.as_u16(), 307 | 308) {
+                return answered(status);
+            }
+            self.whole = true;
+        }
+        let mut whole = Vec::with_capacity(head.len() + spans.len());
+        whole.extend_from_slice(&head);
+        whole.extend_from_slice(&spans);
+        answered(self.post(reqwest::Body::from(whole))?)
+    }
+
+    /// One POST of `body`; its status once the answer's body is read.
+    fn post(&self, body: reqwest::Body) -> Result<reqwest::StatusCode, String> {
         let request = self
             .client
             .post(self.endpoint.clone())
@@ -234,16 +254,20 @@ impl Sender {
                     .map_err(|err| format!("cannot reach the receiver: {}", err.without_url()))?;
                 let status = response.status();
                 let _ = response.bytes().await;
-                if status.is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("the receiver answered HTTP {status}"))
-                }
+                Ok(status)
             };
             tokio::time::timeout(timeout, answer)
                 .await
                 .map_err(|_| format!("no answer within {}s", timeout.as_secs_f64()))?
         })
+    }
+}
+
+fn answered(status: reqwest::StatusCode) -> Result<(), String> {
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("the receiver answered HTTP {status}"))
     }
 }
 
@@ -289,6 +313,7 @@ pub(super) fn start(resolved: &Resolved) -> Result<Arc<Queue>, String> {
         timeout: resolved.timeout,
         resource: super::otlp::resource(&resource),
         body: Arc::default(),
+        whole: false,
     };
     let queue = Arc::new(Queue {
         state: Mutex::new(State::default()),

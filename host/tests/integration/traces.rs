@@ -133,6 +133,11 @@ impl Receiver {
         };
         let app = axum::Router::new()
             .route("/v1/traces", axum::routing::post(receive))
+            // A receiver that moved: the exporter follows, as the OTLP spec's clients do.
+            .route(
+                "/moved/v1/traces",
+                axum::routing::post(|| async { axum::response::Redirect::permanent("/v1/traces") }),
+            )
             .with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -625,6 +630,34 @@ async fn an_mcp_call_continues_the_trace_in_its_meta() {
     assert_eq!(call.parent, post.id, "{}", tree(&spans));
     assert_eq!(call.attr("network.transport"), "tcp");
     assert_eq!(one(&spans, "run echo_json").parent, call.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_moved_is_followed() {
+    // Batches go as pieces (no copy), which an HTTP client cannot send twice: on a 308 the
+    // exporter sends them whole from then on, and the redirect is followed.
+    let receiver = Receiver::start().await;
+    let flows = folder(&[("flows.yaml", FLOWS)]);
+    let moved = format!("{}/moved/v1/traces", receiver.url);
+    let server = host(
+        flows.path(),
+        &receiver,
+        &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", moved.as_str())],
+    );
+    let client = client();
+    for round in 0..2 {
+        let status = post(&client, &server, "/echo_json", json!({"query": "x"}), false)
+            .await
+            .status();
+        assert_eq!(status, 200);
+        // The first batch meets the redirect, the next ones go whole at once.
+        let runs = || {
+            let spans = receiver.spans.lock().expect("spans");
+            spans.iter().filter(|s| s.name == "run echo_json").count()
+        };
+        let arrived = wait_async(Duration::from_secs(15), || async { runs() > round }).await;
+        assert!(arrived.is_some(), "round {round}: {} runs arrived", runs());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

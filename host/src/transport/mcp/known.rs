@@ -15,16 +15,23 @@ use rmcp::service::RxJsonRpcMessage;
 use rmcp::RoleServer;
 use serde::de::DeserializeOwned;
 
-/// Keys a request must not have (searchers made once: making one is most of a short search).
-static REFUSED: LazyLock<[Finder<'static>; 2]> =
-    LazyLock::new(|| [Finder::new(b"\"result\""), Finder::new(b"\"error\"")]);
+/// What leaves a line to rmcp: keys a request must not have, and any `\u` escape (searchers
+/// made once: making one is most of a short search).
+static REFUSED: LazyLock<[Finder<'static>; 3]> = LazyLock::new(|| {
+    [
+        Finder::new(b"\"result\""),
+        Finder::new(b"\"error\""),
+        Finder::new(b"\\u"),
+    ]
+});
 static METHOD: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"method\""));
 
 /// The request on `text` read as its method's own type, or `None` when the line is anything
 /// else (another method, a notification, a reply, malformed): rmcp's union then reads it.
 pub(super) fn request(text: &[u8]) -> Option<RxJsonRpcMessage<RoleServer>> {
     // rmcp refuses a "request" that also carries a result or an error; a line that so much as
-    // mentions either name is left to it.
+    // mentions either name is left to it, and so is one with a `\u` escape (a key can spell
+    // `res\u0075lt`; serde reads keys unescaped).
     if REFUSED.iter().any(|key| key.find(text).is_some()) {
         return None;
     }
@@ -125,8 +132,10 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
             r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
             r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"echo"}}"#,
-            // A request that also carries a result, which rmcp refuses.
+            // A request that also carries a result, which rmcp refuses, its key escaped or not.
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"e"},"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"e"},"res\u0075lt":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"e"},"\u0065rror":{}}"#,
             // Params that do not fit `tools/call` (no name): a custom request to rmcp.
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{}}}"#,
             // A wrong version, an escaped method, a method met inside the params first.

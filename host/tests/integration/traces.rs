@@ -645,16 +645,16 @@ async fn a_receiver_that_moved_is_followed() {
         &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", moved.as_str())],
     );
     let client = client();
+    let runs = || {
+        let spans = receiver.spans.lock().expect("spans");
+        spans.iter().filter(|s| s.name == "run echo_json").count()
+    };
     for round in 0..2 {
         let status = post(&client, &server, "/echo_json", json!({"query": "x"}), false)
             .await
             .status();
         assert_eq!(status, 200);
         // The first batch meets the redirect, the next ones go whole at once.
-        let runs = || {
-            let spans = receiver.spans.lock().expect("spans");
-            spans.iter().filter(|s| s.name == "run echo_json").count()
-        };
         let arrived = wait_async(Duration::from_secs(15), || async { runs() > round }).await;
         assert!(arrived.is_some(), "round {round}: {} runs arrived", runs());
     }

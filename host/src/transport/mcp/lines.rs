@@ -39,7 +39,7 @@ impl Lines {
     /// Feeds bytes read; `on` sees every finished line and returns `false` to stop.
     pub(crate) fn feed(&mut self, mut data: &[u8], on: &mut impl FnMut(Event<'_>) -> bool) -> bool {
         while !data.is_empty() {
-            let newline = memchr(data);
+            let newline = memchr::memchr(b'\n', data);
             let (segment, rest) = match newline {
                 Some(at) => (&data[..at], &data[at + 1..]),
                 None => (data, &[][..]),
@@ -103,10 +103,6 @@ impl Lines {
             self.buf.clear();
         }
     }
-}
-
-fn memchr(data: &[u8]) -> Option<usize> {
-    memchr::memchr(b'\n', data)
 }
 
 /// Stdin read ahead by whoever just answered the client's last request (see
